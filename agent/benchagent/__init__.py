@@ -1,0 +1,1 @@
+"""benchagent: the per-node GPU agent of benchop (NVML sampler, exporter, baseline server)."""

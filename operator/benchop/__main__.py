@@ -1,0 +1,5 @@
+import sys
+
+from benchop.cli import main
+
+sys.exit(main())
