@@ -1,6 +1,27 @@
 #!/usr/bin/env bash
-# Installs benchop and everything its tests use, on a fresh Debian machine with Python >= 3.11.
-# Idempotent: re-running it only installs what is missing.
+# Installs benchop and everything its checks and tests use, on a fresh Debian machine with
+# Python >= 3.11: the package with its dev extras, Debian's prometheus (for the Prometheus
+# tests), wrk (load-generator benchmark) and shellcheck, and a pinned helm + kubectl
+# (hack/install-tools.sh). Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
 python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+missing=()
+for pkg_bin in prometheus:prometheus wrk:wrk shellcheck:shellcheck; do
+  command -v "${pkg_bin#*:}" >/dev/null 2>&1 || missing+=("${pkg_bin%%:*}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: not root, cannot install ${missing[*]}; tests that need them will skip and say so" >&2
+  fi
+fi
+
+if [ -f hack/install-tools.sh ]; then
+  bash hack/install-tools.sh
+fi
