@@ -1,0 +1,177 @@
+"""The wire codec: every message round-trips; garbage is counted and dropped, never raised."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+import pytest
+from benchagent.codec import Codec, MsgpackCodec
+from benchagent.wire import (
+    BaselineAck,
+    BaselineRequest,
+    GateDenied,
+    GateGranted,
+    GateRequest,
+    GpuSample,
+    Message,
+    MetricsSnapshot,
+    SeriesSummary,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+SAMPLE = GpuSample(
+    index=0,
+    uuid="GPU-0",
+    name="H100",
+    timestamp_ns=1_700_000_000_000_000_000,
+    gpu_util_pct=93.5,
+    mem_copy_util_pct=12.0,
+    mem_used_bytes=70 << 30,
+    mem_total_bytes=80 << 30,
+    power_w=612.25,
+    power_limit_w=700.0,
+    energy_mj=123_456_789_012,
+    temperature_c=61.0,
+    sm_clock_mhz=1980,
+    mem_clock_mhz=2619,
+)
+
+MESSAGES: list[Message] = [
+    BaselineRequest(request_id="r1", run="ns/run", phase_id="p1", boundary="START"),
+    BaselineRequest(request_id="r2", run="ns/run", phase_id="p1", boundary="END", gpus=["GPU-0"]),
+    BaselineAck(
+        request_id="r1",
+        run="ns/run",
+        phase_id="p1",
+        boundary="START",
+        agent="agent-a",
+        node="node-1",
+        success=True,
+        samples=[SAMPLE, msgspec.structs.replace(SAMPLE, index=1, error="XID 79")],
+    ),
+    BaselineAck(
+        request_id="r1",
+        run="ns/run",
+        phase_id="p1",
+        boundary="END",
+        agent="agent-a",
+        node="node-1",
+        success=False,
+        error="nvml not loaded",
+        simulated=True,
+    ),
+    GateRequest(run="ns/run", phase_id="p1", boundary="START", worker=1, workers=2),
+    GateGranted(
+        run="ns/run",
+        phase_id="p1",
+        boundary="END",
+        worker=0,
+        start_at_ns=2**62,
+        baseline_captured=False,
+        missing=["agent-b"],
+    ),
+    GateDenied(run="x", phase_id="p1", boundary="START", worker=3, reason="unknown run"),
+    MetricsSnapshot(
+        run="ns/run",
+        worker=1,
+        seq=7,
+        state="COMPLETE",
+        phase="done",
+        time_ns=1,
+        elapsed_s=12.5,
+        n_pending=0,
+        counters={"requests_total": 10},
+        gauges={"client_cpu_pct": 41.5},
+        series={
+            "ttft_ns": SeriesSummary(
+                count=2,
+                sum=3_000_000_000_000_000_001,  # beyond float precision: must stay exact
+                m2=0.5,
+                min=1,
+                max=3_000_000_000_000_000_000,
+                buckets={3: 1, 120: 1},
+                values=b"\x01\x00\x00\x00\x00\x00\x00\x00",
+            )
+        },
+        interrupted=True,
+    ),
+]
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
+def test_every_message_round_trips(msg: Message) -> None:
+    codec = MsgpackCodec()
+    decoded = codec.decode(codec.encode(msg))
+    assert decoded == msg
+    assert type(decoded) is type(msg)
+    assert codec.decode_errors == 0
+
+
+def test_codec_satisfies_the_protocol() -> None:
+    codec: Codec = MsgpackCodec()
+    assert codec.decode_errors == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"garbage",
+        b"\xc1",  # never-used msgpack byte
+        msgspec.msgpack.encode({"kind": "NoSuchKind"}),
+        msgspec.msgpack.encode({"kind": "GateRequest", "run": "r"}),  # missing fields
+        msgspec.msgpack.encode(
+            {"kind": "GateRequest", "run": 1, "phase_id": "p", "boundary": "START", "worker": 0}
+        ),
+        msgspec.msgpack.encode(
+            {
+                "kind": "GateRequest",
+                "run": "r",
+                "phase_id": "p",
+                "boundary": "MIDDLE",  # not a Boundary
+                "worker": 0,
+                "workers": 1,
+            }
+        ),
+        msgspec.msgpack.encode([1, 2, 3]),
+        msgspec.json.encode(MESSAGES[4]),  # right message, wrong encoding
+    ],
+)
+def test_malformed_frame_is_counted_and_dropped(
+    data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    codec = MsgpackCodec()
+    with caplog.at_level(logging.DEBUG, logger="benchagent.codec"):
+        assert codec.decode(data) is None
+    assert codec.decode_errors == 1
+    assert "malformed frame" in caplog.text
+
+
+def test_truncated_frame_is_dropped() -> None:
+    codec = MsgpackCodec()
+    data = codec.encode(MESSAGES[2])
+    for cut in range(len(data)):
+        assert codec.decode(data[:cut]) is None
+    assert codec.decode_errors == len(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_random_bytes_never_raise(data: bytes) -> None:
+    codec = MsgpackCodec()
+    result = codec.decode(data)
+    assert result is None or isinstance(result, Message)
+    assert codec.decode_errors == (1 if result is None else 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(MESSAGES), st.data())
+def test_corrupted_valid_frames_never_raise(msg: Message, data: st.DataObject) -> None:
+    codec = MsgpackCodec()
+    frame = bytearray(codec.encode(msg))
+    pos = data.draw(st.integers(0, len(frame) - 1))
+    frame[pos] = data.draw(st.integers(0, 255))
+    result = codec.decode(bytes(frame))
+    assert result is None or isinstance(result, Message)
