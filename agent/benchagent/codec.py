@@ -51,7 +51,7 @@ class MsgpackCodec:
 
     def __init__(self) -> None:
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(Message)
+        self._decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
         self.decode_errors = 0
 
     def encode(self, msg: Message) -> bytes:
