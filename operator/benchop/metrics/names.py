@@ -1,0 +1,56 @@
+"""Names of the series, counters and gauges a worker records (profiling phase only).
+
+Series hold integer values: latencies in nanoseconds, token counts.
+Counters are integers; gauges are floats.
+
+>>> from benchop.metrics import names
+>>> names.failed("timeout")
+'failed_timeout'
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Series (integers: ns or tokens).
+TTFT: Final = "ttft_ns"
+ITL: Final = "itl_ns"
+TPOT: Final = "tpot_ns"
+E2E: Final = "e2e_ns"
+INPUT_TOKENS: Final = "input_tokens"
+OUTPUT_TOKENS: Final = "output_tokens"
+SEND_LAG: Final = "send_lag_ns"
+SERIES: Final = (TTFT, ITL, TPOT, E2E, INPUT_TOKENS, OUTPUT_TOKENS, SEND_LAG)
+
+# Counters.
+REQUESTS: Final = "requests_total"
+REQUESTS_OK: Final = "requests_ok"
+REQUESTS_FAILED: Final = "requests_failed"
+GOOD: Final = "requests_good"  # succeeded and met every SLO
+OUTPUT_TOKENS_TOTAL: Final = "output_tokens_total"
+INPUT_TOKENS_TOTAL: Final = "input_tokens_total"
+
+# One counter per failure reason: FAILED_PREFIX + reason.
+FAILED_PREFIX: Final = "failed_"
+FAILURE_REASONS: Final = (
+    "http_4xx",
+    "http_429",
+    "http_5xx",
+    "timeout",
+    "connection",
+    "malformed_stream",
+    "disconnected",
+    "cancelled",
+    "other",
+)
+
+# Gauges (floats).
+CLIENT_CPU: Final = "client_cpu_pct"
+RECV_LAG_P99: Final = "recv_lag_p99_ms"
+
+
+def failed(reason: str) -> str:
+    """Counter name of one failure reason; raises ValueError for an unknown reason."""
+    if reason not in FAILURE_REASONS:
+        raise ValueError(f"unknown failure reason {reason!r}; expected one of {FAILURE_REASONS}")
+    return FAILED_PREFIX + reason
