@@ -1,0 +1,717 @@
+"""Mock OpenAI-compatible model server: the default target of local runs and of every test.
+
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``
+(streaming SSE and non-streaming, OpenAI's shapes), ``GET /healthz``.
+
+Behaviour, set by :class:`MockConfig` (also the flags of ``benchop mock-server``):
+
+- Timing: the first token is due ``ttft`` seconds after the request body was read, each next
+  one ``itl`` seconds after the previous one, every delay scaled by ``1 + jitter * U(-1, 1)``.
+  Due times are absolute (``loop.time()`` targets), so event-loop overhead never accumulates;
+  tokens that are already due are written together in one write (``ttft=0, itl=0`` sends the
+  whole stream at once). Under uvloop, timers have 1 ms resolution.
+- Tokens: each output token is one word (``" tok0"``, ``" tok1"``, ...) and one SSE chunk,
+  so 1 chunk = 1 token. Count: ``max_completion_tokens``, else ``max_tokens``, else
+  ``output_tokens``; ``ignore_eos`` is accepted (the mock never stops early anyway).
+  ``finish_reason`` (on the last token's chunk) is ``"length"`` when a limit was given,
+  else ``"stop"``.
+- Prompt tokens are counted as whitespace-separated words of the completions ``prompt`` (an
+  integer in a token-id list counts as one) or of all chat message contents. The load
+  generator builds prompts whose word count equals the requested token count, so
+  ``usage.prompt_tokens`` echoes it.
+- Any ``model`` name is accepted and echoed; ``/v1/models`` lists ``config.model``.
+- Faults, drawn per request in arrival order from one ``random.Random(seed)`` per server
+  (same seed and request order -> same behaviour): ``error_rate`` -> HTTP 500,
+  ``rate_limit_rate`` -> HTTP 429 (500 is drawn first), ``disconnect_rate`` -> the transport
+  is aborted after 1..n-1 token chunks (no ``[DONE]``; non-streaming: no response at all),
+  ``malformed_rate`` -> one token chunk is sent as truncated, unparsable JSON (the stream
+  then continues to ``[DONE]``; non-streaming: a truncated JSON body).
+
+Non-standard field: every chunk, and a non-streaming body, carries ``"benchop_sent_ns"``,
+``time.time_ns()`` when the server built it, so a client on the same host measures receive
+lag as ``time.time_ns() - benchop_sent_ns`` (across hosts only with synchronised clocks).
+Tokens written together share one stamp.
+
+Example::
+
+    server = await start_mock_server(MockConfig(ttft=0.05, itl=0.01))
+    ...  # POST f"{server.url}/chat/completions"
+    await server.close()
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import enum
+import itertools
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+__all__ = [
+    "STATS",
+    "STATS_KEYS",
+    "ChunkEncoder",
+    "Fault",
+    "MockConfig",
+    "MockServer",
+    "Plan",
+    "add_arguments",
+    "build_app",
+    "config_args",
+    "count_prompt_tokens",
+    "plan_request",
+    "run",
+    "run_in_thread",
+    "spawn_mock_server_process",
+    "start_mock_server",
+]
+
+STATS_KEYS = (
+    "requests",  # generation requests received (chat + completions)
+    "chat",
+    "completions",
+    "models",  # GET /v1/models
+    "ok",  # generation responses completed normally (including malformed ones)
+    "bad_requests",  # 400
+    "errors",  # injected 500
+    "rate_limited",  # injected 429
+    "disconnects",  # injected mid-stream disconnects
+    "malformed",  # injected malformed chunks / bodies
+    "client_disconnects",  # the client went away before the response was complete
+    "tokens",  # output tokens written
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MockConfig:
+    """How the mock server behaves; times in seconds, rates and jitter as fractions 0..1."""
+
+    ttft: float = 0.02
+    itl: float = 0.005
+    jitter: float = 0.0
+    output_tokens: int = 64
+    error_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    disconnect_rate: float = 0.0
+    malformed_rate: float = 0.0
+    seed: int = 0
+    model: str = "benchop-mock"
+
+    def __post_init__(self) -> None:
+        if self.ttft < 0 or self.itl < 0:
+            raise ValueError("ttft and itl must be >= 0")
+        if self.output_tokens < 1:
+            raise ValueError("output_tokens must be >= 1")
+        for name in (
+            "jitter",
+            "error_rate",
+            "rate_limit_rate",
+            "disconnect_rate",
+            "malformed_rate",
+        ):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure core: request parsing, planning, encoding
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class _Part(msgspec.Struct):
+    type: str = "text"
+    text: str | None = None
+
+
+class _Message(msgspec.Struct):
+    role: str
+    content: str | list[_Part] | None = None
+
+
+class _Request(msgspec.Struct):
+    """The fields of an OpenAI chat/completions request the mock reads; others are ignored."""
+
+    model: str | None = None
+    messages: list[_Message] | None = None
+    prompt: str | list[Any] | None = None
+    stream: bool | None = None
+    stream_options: _StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    ignore_eos: bool | None = None
+
+
+_decode_request = msgspec.json.Decoder(_Request).decode
+
+
+def count_prompt_tokens(req: _Request) -> int:
+    """Whitespace-separated words of the prompt or of all message contents (ids count 1)."""
+    n = 0
+    if req.messages is not None:
+        for m in req.messages:
+            if isinstance(m.content, str):
+                n += len(m.content.split())
+            elif m.content is not None:
+                n += sum(len(p.text.split()) for p in m.content if p.text)
+    prompt = req.prompt
+    if isinstance(prompt, str):
+        n += len(prompt.split())
+    elif prompt is not None:
+        for item in prompt:
+            if isinstance(item, str):
+                n += len(item.split())
+            elif isinstance(item, list):
+                n += len(item)
+            else:
+                n += 1
+    return n
+
+
+class Fault(enum.Enum):
+    NONE = "none"
+    ERROR = "error"
+    RATE_LIMIT = "rate_limit"
+    DISCONNECT = "disconnect"
+    MALFORMED = "malformed"
+
+
+@dataclass(slots=True)
+class Plan:
+    """What one request will get: the fault, token count, due offsets and the fault position.
+
+    ``offsets[i]`` is when token i is due, in seconds after the request arrived. ``at`` is the
+    number of token chunks sent before a disconnect, or the index of the malformed chunk.
+    """
+
+    fault: Fault
+    n_tokens: int
+    offsets: list[float]
+    at: int = 0
+
+
+def plan_request(config: MockConfig, rng: random.Random, n_tokens: int) -> Plan:
+    """Draw one request's fate; all draws happen here, so arrival order alone decides them."""
+    fault = Fault.NONE
+    if config.error_rate and rng.random() < config.error_rate:
+        fault = Fault.ERROR
+    elif config.rate_limit_rate and rng.random() < config.rate_limit_rate:
+        fault = Fault.RATE_LIMIT
+    elif config.disconnect_rate and rng.random() < config.disconnect_rate:
+        fault = Fault.DISCONNECT
+    elif config.malformed_rate and rng.random() < config.malformed_rate:
+        fault = Fault.MALFORMED
+    if fault in (Fault.ERROR, Fault.RATE_LIMIT):
+        return Plan(fault, 0, [])
+    at = 0
+    if fault is Fault.DISCONNECT:
+        at = rng.randint(1, max(1, n_tokens - 1))
+    elif fault is Fault.MALFORMED:
+        at = rng.randrange(n_tokens)
+    ttft, itl, jitter = config.ttft, config.itl, config.jitter
+    if jitter:
+        rand = rng.random
+        t = ttft * (1.0 + jitter * (2.0 * rand() - 1.0))
+        offsets = [t]
+        for _ in range(n_tokens - 1):
+            t += itl * (1.0 + jitter * (2.0 * rand() - 1.0))
+            offsets.append(t)
+    else:
+        offsets = [ttft + i * itl for i in range(n_tokens)]
+    return Plan(fault, n_tokens, offsets, at)
+
+
+_TOKENS = [b" tok%d" % i for i in range(4096)]
+
+
+def _token(i: int) -> bytes:
+    return _TOKENS[i] if i < len(_TOKENS) else b" tok%d" % i
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+class ChunkEncoder:
+    """Builds one request's SSE chunks from per-request byte templates (no json.dumps per chunk).
+
+    A token chunk is ``head + token + tail + sent_ns + b"}\\n\\n"``.
+    """
+
+    __slots__ = ("_common", "_done_tail", "_first", "_head", "_tail", "_tail_last", "chat")
+
+    def __init__(
+        self, *, chat: bool, rid: int, created: int, model: str, usage: bool, finish: str
+    ) -> None:
+        self.chat = chat
+        kind = b"chat.completion.chunk" if chat else b"text_completion"
+        prefix = b"chatcmpl-" if chat else b"cmpl-"
+        self._common = b'{"id":"%s%d","object":"%s","created":%d,"model":%s' % (
+            prefix,
+            rid,
+            kind,
+            created,
+            json.dumps(model).encode(),
+        )
+        usage_null = b',"usage":null' if usage else b""
+        if chat:
+            self._head = b'data: %s,"choices":[{"index":0,"delta":{"content":"' % self._common
+            self._first = (
+                b'data: %s,"choices":[{"index":0,"delta":{"role":"assistant","content":"'
+                % self._common
+            )
+            close = b'"},"logprobs":null,"finish_reason":'
+        else:
+            self._head = self._first = b'data: %s,"choices":[{"index":0,"text":"' % self._common
+            close = b'","logprobs":null,"finish_reason":'
+        self._tail = close + b'null}]%s,"benchop_sent_ns":' % usage_null
+        self._tail_last = close + b'"%s"}]%s,"benchop_sent_ns":' % (finish.encode(), usage_null)
+
+    def tokens(self, start: int, stop: int, n: int, sent_ns: bytes) -> list[bytes]:
+        """Parts of the chunks for tokens ``start..stop-1`` of ``n``, all stamped ``sent_ns``."""
+        parts: list[bytes] = []
+        end = b"%s}\n\n" % sent_ns
+        for i in range(start, stop):
+            parts.append(self._first if i == 0 else self._head)
+            parts.append(_token(i))
+            parts.append(self._tail_last if i == n - 1 else self._tail)
+            parts.append(end)
+        return parts
+
+    def malformed(self, i: int, n: int, sent_ns: bytes) -> bytes:
+        """Token i's chunk cut in the middle of its JSON: an unparsable SSE event."""
+        chunk = b"".join(self.tokens(i, i + 1, n, sent_ns))
+        return chunk[: len(chunk) // 2] + b"\n\n"
+
+    def usage(self, prompt_tokens: int, completion_tokens: int, sent_ns: bytes) -> bytes:
+        """The final ``include_usage`` chunk: empty choices and the usage totals."""
+        return b'data: %s,"choices":[],"usage":%s,"benchop_sent_ns":%s}\n\n' % (
+            self._common,
+            _usage(prompt_tokens, completion_tokens),
+            sent_ns,
+        )
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> bytes:
+    return b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}' % (
+        prompt_tokens,
+        completion_tokens,
+        prompt_tokens + completion_tokens,
+    )
+
+
+def full_body(
+    *, chat: bool, rid: int, created: int, model: str, n: int, prompt_tokens: int, finish: str
+) -> bytes:
+    """The non-streaming response body for ``n`` output tokens."""
+    text = b"".join(_token(i) for i in range(n)).decode()
+    if chat:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish,
+        }
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    body = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{rid}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": n,
+            "total_tokens": prompt_tokens + n,
+        },
+        "benchop_sent_ns": time.time_ns(),
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _error_body(message: str, type_: str, code: str | int | None) -> bytes:
+    err = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return json.dumps(err, separators=(",", ":")).encode()
+
+
+_ERROR_500 = _error_body("injected server error (benchop mock)", "server_error", 500)
+_ERROR_429 = _error_body(
+    "injected rate limit (benchop mock)", "rate_limit_error", "rate_limit_exceeded"
+)
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+# ---------------------------------------------------------------------------------------------
+# I/O shell: aiohttp handlers, server lifecycle
+
+STATS = web.AppKey("benchop_mock_stats", dict)
+
+
+class _Handlers:
+    def __init__(self, config: MockConfig, stats: dict[str, int]) -> None:
+        self.config = config
+        self.stats = stats
+        self.rng = random.Random(config.seed)
+        self.ids = itertools.count(1)
+        created = int(time.time())
+        self.models_body = json.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": config.model,
+                        "object": "model",
+                        "created": created,
+                        "owned_by": "benchop",
+                    }
+                ],
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def models(self, request: web.Request) -> web.Response:
+        self.stats["models"] += 1
+        return web.Response(body=self.models_body, content_type="application/json")
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.stats["chat"] += 1
+        return await self._generate(request, chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        self.stats["completions"] += 1
+        return await self._generate(request, chat=False)
+
+    def _bad_request(self, message: str) -> web.Response:
+        self.stats["bad_requests"] += 1
+        body = _error_body(message, "invalid_request_error", None)
+        return web.Response(status=400, body=body, content_type="application/json")
+
+    async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        stats = self.stats
+        stats["requests"] += 1
+        loop = asyncio.get_running_loop()
+        body = await request.read()
+        arrived = loop.time()
+        try:
+            req = _decode_request(body)
+        except msgspec.DecodeError as exc:  # includes ValidationError
+            return self._bad_request(f"invalid request body: {exc}")
+        if chat and not req.messages:
+            return self._bad_request("'messages' is required")
+        if not chat and req.prompt is None:
+            return self._bad_request("'prompt' is required")
+        limit = req.max_completion_tokens
+        if limit is None:
+            limit = req.max_tokens
+        if limit is not None and limit < 1:
+            return self._bad_request("max_tokens must be >= 1")
+        n = limit if limit is not None else self.config.output_tokens
+
+        plan = plan_request(self.config, self.rng, n)
+        if plan.fault is Fault.ERROR:
+            stats["errors"] += 1
+            return web.Response(status=500, body=_ERROR_500, content_type="application/json")
+        if plan.fault is Fault.RATE_LIMIT:
+            stats["rate_limited"] += 1
+            return web.Response(
+                status=429,
+                body=_ERROR_429,
+                content_type="application/json",
+                headers={"Retry-After": "0"},
+            )
+
+        rid = next(self.ids)
+        model = req.model or self.config.model
+        finish = "stop" if limit is None else "length"
+        prompt_tokens = count_prompt_tokens(req)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            enc = ChunkEncoder(
+                chat=chat,
+                rid=rid,
+                created=int(time.time()),
+                model=model,
+                usage=include_usage,
+                finish=finish,
+            )
+            usage_tokens = prompt_tokens if include_usage else None
+            return await self._stream(request, plan, enc, arrived, usage_tokens)
+
+        delay = arrived + plan.offsets[-1] - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if plan.fault is Fault.DISCONNECT:
+            return self._abort(request)
+        out = full_body(
+            chat=chat,
+            rid=rid,
+            created=int(time.time()),
+            model=model,
+            n=n,
+            prompt_tokens=prompt_tokens,
+            finish=finish,
+        )
+        if plan.fault is Fault.MALFORMED:
+            stats["malformed"] += 1
+            out = out[: len(out) // 2]
+        stats["tokens"] += n
+        stats["ok"] += 1
+        return web.Response(body=out, content_type="application/json")
+
+    def _abort(self, request: web.Request) -> web.StreamResponse:
+        self.stats["disconnects"] += 1
+        if request.transport is not None:
+            request.transport.abort()
+        # The connection is gone; aiohttp drops whatever is returned for it.
+        return web.Response(status=204)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        plan: Plan,
+        enc: ChunkEncoder,
+        arrived: float,
+        usage_prompt_tokens: int | None,
+    ) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        stats = self.stats
+        resp = web.StreamResponse(headers=_SSE_HEADERS)
+        await resp.prepare(request)
+        n, offsets, fault = plan.n_tokens, plan.offsets, plan.fault
+        stop_at = plan.at if fault is Fault.DISCONNECT else n
+        malformed_at = plan.at if fault is Fault.MALFORMED else -1
+        i = 0
+        try:
+            while i < stop_at:
+                delay = arrived + offsets[i] - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                now = loop.time() - arrived
+                j = i + 1
+                while j < stop_at and offsets[j] <= now:
+                    j += 1
+                sent_ns = b"%d" % time.time_ns()
+                if i <= malformed_at < j:
+                    parts = enc.tokens(i, malformed_at, n, sent_ns)
+                    parts.append(enc.malformed(malformed_at, n, sent_ns))
+                    parts += enc.tokens(malformed_at + 1, j, n, sent_ns)
+                    stats["malformed"] += 1
+                else:
+                    parts = enc.tokens(i, j, n, sent_ns)
+                stats["tokens"] += j - i
+                i = j
+                if i < n or fault is Fault.DISCONNECT:
+                    await resp.write(b"".join(parts))
+                    continue
+                if usage_prompt_tokens is not None:
+                    parts.append(enc.usage(usage_prompt_tokens, n, sent_ns))
+                parts.append(DONE)
+                await resp.write_eof(b"".join(parts))
+        except ConnectionResetError:
+            stats["client_disconnects"] += 1
+            return resp
+        if fault is Fault.DISCONNECT:
+            return self._abort(request)
+        stats["ok"] += 1
+        return resp
+
+
+def build_app(config: MockConfig) -> web.Application:
+    """The aiohttp application; ``app[STATS]`` counts what it served (keys: STATS_KEYS)."""
+    app = web.Application()
+    stats = dict.fromkeys(STATS_KEYS, 0)
+    app[STATS] = stats
+    h = _Handlers(config, stats)
+    app.router.add_get("/healthz", h.healthz)
+    app.router.add_get("/health", h.healthz)
+    app.router.add_get("/v1/models", h.models)
+    app.router.add_post("/v1/chat/completions", h.chat)
+    app.router.add_post("/v1/completions", h.completions)
+    return app
+
+
+class MockServer:
+    """A running mock server: ``url`` is the OpenAI base URL (``http://host:port/v1``)."""
+
+    def __init__(self, runner: web.AppRunner, url: str, config: MockConfig) -> None:
+        self._runner = runner
+        self.url = url
+        self.config = config
+        self.stats: dict[str, int] = runner.app[STATS]
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+    async def __aenter__(self) -> MockServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def start_mock_server(
+    config: MockConfig, host: str = "127.0.0.1", port: int = 0
+) -> MockServer:
+    """Serve ``build_app(config)`` on host:port (0 = a free port) in the running loop.
+
+    Example: ``async with await start_mock_server(MockConfig()) as server: ...``
+    """
+    runner = web.AppRunner(build_app(config), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_port = runner.addresses[0][1]
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    if ":" in url_host:
+        url_host = f"[{url_host}]"
+    return MockServer(runner, f"http://{url_host}:{bound_port}/v1", config)
+
+
+@contextlib.contextmanager
+def run_in_thread(config: MockConfig, host: str = "127.0.0.1") -> Iterator[MockServer]:
+    """Run a mock server on its own event loop in a daemon thread, for synchronous callers.
+
+    Example: ``with run_in_thread(MockConfig()) as server: requests.get(server.url + "/models")``
+    (read ``server.stats`` only after the requests of interest finished).
+    """
+    loop = asyncio.new_event_loop()
+    started: asyncio.Future[MockServer] = loop.create_future()
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        try:
+            server = await start_mock_server(config, host)
+        except BaseException as exc:
+            started.set_exception(exc)
+            return
+        started.set_result(server)
+        await stop.wait()
+        await server.close()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        server = asyncio.run_coroutine_threadsafe(_wait(started), loop).result(timeout=30)
+        yield server
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=30)
+        loop.close()
+
+
+async def _wait(fut: asyncio.Future[MockServer]) -> MockServer:
+    return await fut
+
+
+def config_args(config: MockConfig) -> list[str]:
+    """``benchop mock-server`` flags that reproduce ``config``."""
+    args: list[str] = []
+    for f in fields(config):
+        args += [f"--{f.name.replace('_', '-')}", str(getattr(config, f.name))]
+    return args
+
+
+def spawn_mock_server_process(
+    config: MockConfig, host: str = "127.0.0.1", timeout: float = 30.0
+) -> tuple[subprocess.Popen[str], str]:
+    """Start ``benchop mock-server`` as a child process on a free port; return it and its URL.
+
+    The caller owns the process: ``proc.terminate(); proc.wait()``.
+    """
+    cmd = [sys.executable, "-m", "benchop", "mock-server", "--host", host, "--port", "0"]
+    proc = subprocess.Popen(cmd + config_args(config), stdout=subprocess.PIPE, text=True)
+    stdout = proc.stdout
+    assert stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    line = lines[0] if lines else ""
+    if not line.startswith("URL "):
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"mock server did not print its URL (got {line!r})")
+    return proc, line.split(None, 1)[1].strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# `benchop mock-server`
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = MockConfig()
+    a = parser.add_argument
+    a("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    a("--port", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)")
+    a("--ttft", type=float, default=d.ttft, help="time to first token, s (default: %(default)s)")
+    a("--itl", type=float, default=d.itl, help="inter-token latency, s (default: %(default)s)")
+    a("--jitter", type=float, default=d.jitter, help="delay jitter fraction 0..1")
+    a("--output-tokens", type=int, default=d.output_tokens, help="tokens when no max_tokens")
+    a("--error-rate", type=float, default=d.error_rate, help="share of requests -> HTTP 500")
+    a("--rate-limit-rate", type=float, default=d.rate_limit_rate, help="share -> HTTP 429")
+    a("--disconnect-rate", type=float, default=d.disconnect_rate, help="share cut mid-stream")
+    a("--malformed-rate", type=float, default=d.malformed_rate, help="share with a bad chunk")
+    a("--seed", type=int, default=d.seed, help="seed of the fault/jitter draws")
+    a("--model", default=d.model, help="model name listed by /v1/models")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; the first stdout line is ``URL http://host:port/v1``."""
+    try:
+        config = MockConfig(
+            ttft=args.ttft,
+            itl=args.itl,
+            jitter=args.jitter,
+            output_tokens=args.output_tokens,
+            error_rate=args.error_rate,
+            rate_limit_rate=args.rate_limit_rate,
+            disconnect_rate=args.disconnect_rate,
+            malformed_rate=args.malformed_rate,
+            seed=args.seed,
+            model=args.model,
+        )
+    except ValueError as exc:
+        print(f"benchop mock-server: {exc}", file=sys.stderr)
+        return 2
+
+    async def serve() -> None:
+        server = await start_mock_server(config, args.host, args.port)
+        print(f"URL {server.url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await server.close()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve())
+    else:
+        uvloop.run(serve())
+    return 0
