@@ -1,0 +1,733 @@
+"""The benchop API (``benchop.io/v1alpha1``) as pydantic v2 models.
+
+One source of truth: the CRDs in ``crds/`` are generated from these classes by
+``hack/gen_crds.py`` (see :mod:`benchop.api.crdgen`). Python attributes are
+snake_case, the wire is camelCase (``spec.load.requestTimeout``); both names
+are accepted on input, :func:`to_wire` writes camelCase.
+
+Specs are strict (``extra="forbid"``, no ``"8"`` for an int, no ``"yes"`` for
+a bool) so a model accepts what the CRD schema accepts. Rules a schema cannot
+say live twice, on purpose: as a model validator and as a CEL rule
+(``x-kubernetes-validations``) with the same message. Statuses ignore unknown
+fields so an older reader tolerates a newer writer.
+
+    >>> run = load_manifest(yaml.safe_load(open("examples/run.yaml")))
+    >>> run.spec.load.request_timeout.seconds
+    300.0
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from benchop.api.durations import Duration
+from benchop.api.sweep import set_path, sweep_points
+
+GROUP = "benchop.io"
+VERSION = "v1alpha1"
+API_VERSION: Literal["benchop.io/v1alpha1"] = "benchop.io/v1alpha1"
+BENCHMARKRUN_PLURAL = "benchmarkruns"
+EXPERIMENT_PLURAL = "experiments"
+RESULTS_VERSION = 1
+"""``status.results.version`` written by this code."""
+METRICS_VERSION = 1
+"""``status.metrics.version`` (the Experiment rollup) written by this code."""
+
+# --------------------------------------------------------------------------- scalar types
+
+URL_PATTERN = r"^https?://[^\s/?#]+([/?#][^\s]*)?$"
+_URL = re.compile(URL_PATTERN)
+
+
+def _check_url(value: str) -> str:
+    if not _URL.fullmatch(value):
+        raise ValueError(
+            f"invalid URL {value!r}: expected http://host[:port][/path] or https://..."
+        )
+    return value
+
+
+HttpUrl = Annotated[
+    str,
+    AfterValidator(_check_url),
+    WithJsonSchema({"type": "string", "pattern": URL_PATTERN, "maxLength": 2048}),
+]
+"""An absolute http(s) URL, kept as the string the user wrote."""
+
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+
+
+def _check_quantity(value: object) -> int | str:
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and _QUANTITY.fullmatch(value):
+        return value
+    raise PydanticCustomError(
+        "quantity",
+        "Input should be a Kubernetes quantity: an integer or a string like '500m', '4Gi', '0.5'",
+    )
+
+
+Quantity = Annotated[
+    int | str,
+    PlainValidator(_check_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+"""A Kubernetes resource quantity: an int or a string (write fractions as strings: ``"0.5"``)."""
+
+# --------------------------------------------------------------------------- bases
+
+
+class _Spec(BaseModel):
+    """Base of everything a user writes: strict, camelCase, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True
+    )
+
+
+class _Status(BaseModel):
+    """Base of everything the operator writes: camelCase, unknown fields ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """``json_schema_extra`` carrying CEL rules (rule, message) into the CRD."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+# --------------------------------------------------------------------------- spec: target
+
+
+class SecretKeyRef(_Spec):
+    """A key of a Secret in the run's namespace."""
+
+    name: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
+SELECTOR_VALUES_RULE = (
+    "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) "
+    ": (!has(self.values) || size(self.values) == 0)"
+)
+SELECTOR_VALUES_MESSAGE = (
+    "values must be non-empty for In and NotIn and empty for Exists and DoesNotExist"
+)
+
+
+class LabelSelectorRequirement(
+    _Spec, json_schema_extra=_cel((SELECTOR_VALUES_RULE, SELECTOR_VALUES_MESSAGE))
+):
+    """One matchExpressions entry of a label selector."""
+
+    key: str = Field(min_length=1)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _values_match_operator(self) -> Self:
+        wants_values = self.operator in ("In", "NotIn")
+        if wants_values != bool(self.values):
+            raise ValueError(SELECTOR_VALUES_MESSAGE)
+        return self
+
+
+class LabelSelector(_Spec):
+    """A Kubernetes label selector (``matchLabels`` AND ``matchExpressions``)."""
+
+    match_labels: dict[str, str] | None = None
+    match_expressions: list[LabelSelectorRequirement] | None = None
+
+
+class TargetSpec(_Spec):
+    """The OpenAI-compatible server under test."""
+
+    url: HttpUrl | None = Field(
+        None,
+        description="Base URL, e.g. http://vllm.default.svc:8000/v1. Required by the operator; "
+        "local mode uses its mock server when unset.",
+    )
+    model: str = Field(min_length=1, description="Model name sent in each request.")
+    api: Literal["chat", "completions"] = "chat"
+    api_key_secret_ref: SecretKeyRef | None = None
+    pod_selector: LabelSelector | None = Field(
+        None, description="Pods of the model server, whose GPUs are observed."
+    )
+
+
+# --------------------------------------------------------------------------- spec: load
+
+
+class WorkloadSpec(_Spec):
+    """Synthetic prompts: token lengths and the random seed."""
+
+    prompt_tokens: int = Field(512, ge=1)
+    output_tokens: int = Field(128, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+LOAD_RULES: tuple[tuple[str, str], ...] = (
+    (
+        "self.mode != 'concurrency' || has(self.concurrency)",
+        "concurrency is required when mode is concurrency",
+    ),
+    ("self.mode != 'rate' || has(self.rate)", "rate is required when mode is rate"),
+    (
+        "self.mode == 'concurrency' || !has(self.concurrency)",
+        "concurrency is only allowed when mode is concurrency",
+    ),
+    ("self.mode == 'rate' || !has(self.rate)", "rate is only allowed when mode is rate"),
+    (
+        "self.mode == 'rate' || !has(self.maxInFlight)",
+        "maxInFlight is only allowed when mode is rate",
+    ),
+)
+
+
+class LoadSpec(_Spec, json_schema_extra=_cel(*LOAD_RULES)):
+    """How requests are issued: a fixed concurrency, or a request rate."""
+
+    mode: Literal["concurrency", "rate"] = "concurrency"
+    concurrency: int | None = Field(
+        None, ge=1, description="Requests in flight (mode=concurrency), across all workers."
+    )
+    rate: float | None = Field(
+        None, gt=0, description="Requests per second (mode=rate), across all workers."
+    )
+    arrival: Literal["constant", "poisson"] = Field(
+        "poisson", description="Inter-arrival times in rate mode."
+    )
+    workers: int = Field(1, ge=1, description="Load-generator pods; load is split evenly.")
+    request_timeout: Duration = Duration("300s")
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Cap on requests in flight in rate mode."
+    )
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> Self:
+        present = {
+            "concurrency": self.concurrency is not None,
+            "rate": self.rate is not None,
+            "maxInFlight": self.max_in_flight is not None,
+        }
+        for (_, message), broken in zip(
+            LOAD_RULES,
+            (
+                self.mode == "concurrency" and not present["concurrency"],
+                self.mode == "rate" and not present["rate"],
+                self.mode != "concurrency" and present["concurrency"],
+                self.mode != "rate" and present["rate"],
+                self.mode != "rate" and present["maxInFlight"],
+            ),
+            strict=True,
+        ):
+            if broken:
+                raise ValueError(message)
+        return self
+
+
+PHASE_BOUND_RULE = (
+    "has(self.requests) != has(self.duration)",
+    "set exactly one of requests or duration",
+)
+
+
+class PhaseBound(_Spec, json_schema_extra=_cel(PHASE_BOUND_RULE)):
+    """When a phase ends: after a number of completed requests, or after a duration."""
+
+    requests: int | None = Field(None, ge=1)
+    duration: Duration | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.requests is None) == (self.duration is None):
+            raise ValueError(PHASE_BOUND_RULE[1])
+        return self
+
+
+class PhasesSpec(_Spec):
+    """Warmup (optional, not measured) then profiling (measured)."""
+
+    warmup: PhaseBound | None = None
+    profiling: PhaseBound
+
+
+class GatesSpec(_Spec):
+    """GPU baselines at the profiling boundaries."""
+
+    baseline: bool = Field(True, description="Take START/END GPU baselines on the target's nodes.")
+    timeout: Duration = Field(Duration("5s"), description="How long a gate waits for agents.")
+
+
+class SloSpec(_Spec):
+    """Per-request objectives; goodput is the share of requests meeting all of them."""
+
+    ttft_ms: float | None = Field(None, gt=0)
+    itl_ms: float | None = Field(None, gt=0)
+    tpot_ms: float | None = Field(None, gt=0)
+    e2e_ms: float | None = Field(None, gt=0, alias="e2eMs")  # to_camel would say e2EMs
+
+
+class PrometheusSpec(_Spec):
+    """Where GPU rollups and live stats are queried."""
+
+    url: HttpUrl
+
+
+# --------------------------------------------------------------------------- spec: pods
+
+
+class ResourceRequirements(_Spec):
+    """Container resources of the load-generator pods."""
+
+    requests: dict[str, Quantity] | None = None
+    limits: dict[str, Quantity] | None = None
+
+
+class Toleration(_Spec):
+    """A Kubernetes toleration."""
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class PodOverrides(_Spec):
+    """Overrides for the load-generator pods."""
+
+    image: str | None = Field(None, min_length=1)
+    resources: ResourceRequirements | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: list[Toleration] | None = None
+
+
+class BenchmarkRunSpec(_Spec):
+    """One measurement of one server."""
+
+    target: TargetSpec
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    load: LoadSpec
+    phases: PhasesSpec
+    gates: GatesSpec = Field(default_factory=GatesSpec)
+    slo: SloSpec | None = None
+    prometheus: PrometheusSpec | None = None
+    pod: PodOverrides | None = None
+    active_deadline_seconds: int | None = Field(None, ge=1)
+    ttl_seconds_after_finished: int | None = Field(None, ge=0)
+
+
+# --------------------------------------------------------------------------- status
+
+
+class Phase(StrEnum):
+    """``status.phase`` of a BenchmarkRun."""
+
+    PENDING = "Pending"
+    INITIALIZING = "Initializing"
+    WARMUP = "Warmup"
+    PROFILING = "Profiling"
+    FINALIZING = "Finalizing"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(_Status):
+    """metav1.Condition shape; see :mod:`benchop.api.conditions` for the types."""
+
+    type: str = Field(min_length=1)
+    status: ConditionStatus
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str = Field(description="RFC 3339, e.g. 2024-05-01T12:00:00Z")
+    observed_generation: int | None = None
+
+
+def _conditions_field() -> Any:
+    return Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class LiveStatus(_Status):
+    """Bounded live view, rewritten at most every few seconds while running."""
+
+    updated_at: str | None = None
+    phase: Phase | None = None
+    workers_connected: int | None = None
+    requests: int | None = None
+    errors: int | None = None
+    rps: float | None = None
+    output_tok_per_s: float | None = None
+    ttft_p50_ms: float | None = None
+    itl_p50_ms: float | None = None
+    in_flight: int | None = None
+    gpu: dict[str, Any] | None = Field(
+        None, description="Live GPU stats from Prometheus (free-form)."
+    )
+
+
+class RequestCounts(_Status):
+    """Requests of the profiling phase."""
+
+    total: int
+    ok: int
+    failed: int
+    by_reason: dict[str, int] = Field(default_factory=dict)
+
+
+class Throughput(_Status):
+    """Throughput over the profiling window."""
+
+    rps: float
+    output_tok_per_s: float
+    input_tok_per_s: float
+
+
+class LatencyStats(_Status):
+    """Exact statistics of one latency series, in milliseconds."""
+
+    count: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    p50: float
+    p90: float
+    p99: float
+
+
+class Goodput(_Status):
+    """Share and rate of requests that met every SLO."""
+
+    ratio: float = Field(ge=0, le=1)
+    rps: float
+    slo: SloSpec
+
+
+class GpuResults(_Status):
+    """GPU numbers for the profiling window, from the agents' baselines."""
+
+    util_mean: float | None = None
+    power_mean_w: float | None = None
+    energy_j: float | None = None
+    joules_per_output_token: float | None = None
+    mem_peak_bytes: int | None = None
+    gpus: int = 0
+    simulated: bool = False
+    agents: list[str] = Field(default_factory=list)
+    missing_agents: list[str] = Field(default_factory=list)
+    prometheus: dict[str, Any] | None = Field(None, description="Prometheus rollups (free-form).")
+
+
+class ClientStats(_Status):
+    """Load-generator health: a saturated client under-reports the server."""
+
+    cpu_pct: float | None = None
+    recv_lag_p99_ms: float | None = None
+    saturated: bool = False
+    reason: str | None = None
+
+
+class Results(_Status):
+    """Final results, written once; ``version`` is the format version."""
+
+    version: int = RESULTS_VERSION
+    complete: bool
+    source: Literal["pubsub", "terminationMessage", "live", "local"]
+    duration_s: float
+    requests: RequestCounts
+    throughput: Throughput
+    ttft_ms: LatencyStats | None = None
+    itl_ms: LatencyStats | None = None
+    tpot_ms: LatencyStats | None = None
+    e2e_ms: LatencyStats | None = Field(None, alias="e2eMs")
+    goodput: Goodput | None = None
+    gpu: GpuResults | None = None
+    client: ClientStats | None = None
+    workers: int
+
+
+class BenchmarkRunStatus(_Status):
+    """Written by the operator only (or by local mode)."""
+
+    phase: Phase | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = _conditions_field()
+    start_time: str | None = None
+    completion_time: str | None = None
+    live: LiveStatus | None = None
+    results: Results | None = None
+
+
+# --------------------------------------------------------------------------- experiment
+
+
+def _field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every camelCase field path of ``model``, objects and leaves, depth first."""
+    out: list[str] = []
+    for name, info in model.model_fields.items():
+        path = prefix + (info.alias or name)
+        out.append(path)
+        for arg in (info.annotation, *get_args(info.annotation)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                out.extend(_field_paths(arg, path + "."))
+    return out
+
+
+SWEEPABLE_PATHS: tuple[str, ...] = tuple(_field_paths(BenchmarkRunSpec))
+"""Paths a sweep axis may set (``load.concurrency``, ``phases.profiling``, ...)."""
+
+SWEEP_PATH_RULE = (
+    f"self.path in {json.dumps(list(SWEEPABLE_PATHS))}",
+    "path must name a field of a BenchmarkRun spec, such as load.concurrency",
+)
+
+
+class SweepAxis(_Spec, json_schema_extra=_cel(SWEEP_PATH_RULE)):
+    """One swept field: ``path`` (camelCase, dotted, relative to the spec) takes each value."""
+
+    path: str = Field(max_length=256)
+    values: list[Any] = Field(min_length=1)
+
+    @field_validator("path")
+    @classmethod
+    def _known_path(cls, path: str) -> str:
+        if path not in SWEEPABLE_PATHS:
+            raise ValueError(f"{SWEEP_PATH_RULE[1]} (got {path!r})")
+        return path
+
+
+class ExperimentSpec(_Spec):
+    """A sweep of BenchmarkRuns: the cartesian product of the axes over ``template``."""
+
+    template: BenchmarkRunSpec
+    sweep: list[SweepAxis] = Field(
+        min_length=1,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["path"]},
+    )
+    max_parallel: int = Field(1, ge=1)
+    failure_policy: Literal["continue", "abort"] = "continue"
+    max_failures: int | None = Field(None, ge=0)
+
+    @field_validator("sweep")
+    @classmethod
+    def _valid_axes(cls, sweep: list[SweepAxis], info: ValidationInfo) -> list[SweepAxis]:
+        paths = [axis.path for axis in sweep]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"sweep paths must be unique, got {paths}")
+        template = info.data.get("template")
+        if template is None:  # template itself failed; that error is reported
+            return sweep
+        base = to_wire(template)
+        for i, axis in enumerate(sweep):
+            for j, value in enumerate(axis.values):
+                try:
+                    BenchmarkRunSpec.model_validate(set_path(base, axis.path, value))
+                except ValidationError as err:
+                    raise ValueError(
+                        f"sweep[{i}].values[{j}]: {axis.path}={json.dumps(value)} makes the "
+                        f"template invalid: {format_validation_error(err)}"
+                    ) from None
+        return sweep
+
+    def points(self) -> list[tuple[dict[str, Any], BenchmarkRunSpec]]:
+        """Each run of the sweep as (params ``{path: value}``, its spec), first axis slowest."""
+        base = to_wire(self.template)
+        out = []
+        for params in sweep_points([(a.path, a.values) for a in self.sweep]):
+            doc = base
+            for path, value in params.items():
+                doc = set_path(doc, path, value)
+            out.append((params, BenchmarkRunSpec.model_validate(doc)))
+        return out
+
+
+class ExperimentPhase(StrEnum):
+    """``status.phase`` of an Experiment."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class ExperimentCounts(_Status):
+    """How many child runs are in each state."""
+
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+class ExperimentRunRow(_Status):
+    """Headline numbers of one child run (latencies in ms)."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    phase: Phase | None = None
+    rps: float | None = None
+    tok_per_s: float | None = None
+    ttft_p50: float | None = None
+    ttft_p99: float | None = None
+    itl_p50: float | None = None
+    goodput: float | None = None
+    gpu_util: float | None = None
+    joules_per_token: float | None = None
+
+
+class ExperimentMetrics(_Status):
+    """Denormalized, size-bounded rollup of the child runs."""
+
+    version: int = METRICS_VERSION
+    refreshed_at: str | None = None
+    capped: bool = Field(False, description="True when runs was truncated to stay bounded.")
+    runs: list[ExperimentRunRow] = Field(default_factory=list)
+    best: dict[str, str] = Field(default_factory=dict, description="objective -> run name")
+
+
+class ExperimentStatus(_Status):
+    """Written by the operator only."""
+
+    phase: ExperimentPhase | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = _conditions_field()
+    counts: ExperimentCounts | None = None
+    metrics: ExperimentMetrics | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+
+
+# --------------------------------------------------------------------------- resources
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metav1.ObjectMeta benchop reads; everything else is kept as is."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    name: str | None = None
+    generate_name: str | None = None
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    resource_version: str | None = None
+    creation_timestamp: str | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class _Resource(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class BenchmarkRun(_Resource):
+    """A BenchmarkRun: one load test of an OpenAI-compatible server; results land in status."""
+
+    api_version: Literal["benchop.io/v1alpha1"] = API_VERSION
+    kind: Literal["BenchmarkRun"] = "BenchmarkRun"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: BenchmarkRunSpec
+    status: BenchmarkRunStatus | None = None
+
+
+class Experiment(_Resource):
+    """An Experiment: a sweep of BenchmarkRuns from one template; the rollup lands in status."""
+
+    api_version: Literal["benchop.io/v1alpha1"] = API_VERSION
+    kind: Literal["Experiment"] = "Experiment"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: ExperimentSpec
+    status: ExperimentStatus | None = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def load_manifest(data: Mapping[str, Any]) -> BenchmarkRun | Experiment:
+    """Validate a manifest dict by its ``kind``; raises ``ValidationError``.
+
+    >>> load_manifest({"kind": "Experiment", ...}).spec.sweep[0].path
+    """
+    kind = data.get("kind") if isinstance(data, Mapping) else None
+    if kind == "BenchmarkRun":
+        return BenchmarkRun.model_validate(data)
+    if kind == "Experiment":
+        return Experiment.model_validate(data)
+    raise ValidationError.from_exception_data(
+        "manifest",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("kind", "kind should be 'BenchmarkRun' or 'Experiment'"),
+                loc=("kind",),
+                input=kind,
+            )
+        ],
+    )
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per error: ``spec.load.concurrency: Input should be ... (got -3)``.
+
+    Paths are dotted camelCase with ``[i]`` for list items; a scalar input is
+    echoed unless the message already quotes it.
+    """
+    lines = []
+    for e in err.errors(include_url=False):
+        msg = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        if e["type"] not in ("missing", "value_error") and (
+            value is None or isinstance(value, str | int | float | bool)
+        ):
+            msg += f" (got {json.dumps(value)})"
+        lines.append(f"{_loc(tuple(e['loc'])) or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def to_wire(model: BaseModel) -> dict[str, Any]:
+    """The camelCase JSON-ready dict of a model, without unset (None) fields."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
