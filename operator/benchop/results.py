@@ -1,0 +1,189 @@
+"""Final results of a run: merge the workers' snapshots, then build ``Results``.
+
+Two pure functions; the operator and local mode call them on the snapshots
+they collected (one per worker).
+
+- ``merge_snapshots`` is exact: counters add up, series merge with
+  ``benchop.metrics.stats.merge`` (percentiles equal numpy over every worker's
+  values when every snapshot carries them), gauges take the maximum (every
+  gauge is a worst-of measure: client CPU %, receive lag), the elapsed time is
+  the longest worker's (workers start profiling together at the gate), and the
+  merge is complete only when every worker is COMPLETE and none was interrupted.
+- ``build_results`` turns merged metrics into the ``Results`` status model.
+  Definitions:
+  * requests: total, ok, failed from the counters; ``byReason`` holds the
+    non-zero ``failed_<reason>`` counters by reason;
+  * throughput: ok requests, output and input tokens per second of elapsed time;
+  * latencies: ``Stats`` of each series with nanoseconds divided by 1e6 (ms);
+  * goodput (only when an SLO is given): ``ratio`` is the share of *all*
+    profiling requests that succeeded and met every SLO (``requests_good /
+    requests_total``), ``rps`` is ``requests_good`` per second;
+  * client saturated: client CPU above 80 %, or receive-lag p99 above 10 % of
+    the TTFT p50 — a saturated client under-reports the server.
+
+>>> merged = merge_snapshots(snapshots)                  # doctest: +SKIP
+>>> results = build_results(merged, slo=spec.slo, source="pubsub")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from benchagent.wire import MetricsSnapshot, SeriesSummary
+
+from benchop.api.models import (
+    ClientStats,
+    Goodput,
+    GpuResults,
+    LatencyStats,
+    RequestCounts,
+    Results,
+    SloSpec,
+    Throughput,
+)
+from benchop.metrics import names
+from benchop.metrics.stats import Stats, merge, summarize
+
+Source = Literal["pubsub", "terminationMessage", "live", "local"]
+
+CPU_SATURATED_PCT = 80.0
+"""Client CPU % above which the load generator counts as saturated."""
+RECV_LAG_SHARE = 0.10
+"""Receive-lag p99 above this share of the TTFT p50 means the client is saturated."""
+NS_PER_MS = 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class MergedMetrics:
+    """The metrics of every worker of one run, merged exactly."""
+
+    run: str
+    workers: int
+    counters: dict[str, int]
+    gauges: dict[str, float]
+    series: dict[str, SeriesSummary]
+    elapsed_s: float
+    complete: bool  # every worker COMPLETE and none interrupted
+    interrupted: bool  # some worker was stopped by a signal
+    n_pending: int  # requests still in flight, summed over workers
+
+
+def merge_snapshots(snaps: Sequence[MetricsSnapshot]) -> MergedMetrics:
+    """Merge one snapshot per worker (raises ValueError on none, duplicates or mixed runs)."""
+    if not snaps:
+        raise ValueError("no snapshots to merge")
+    runs = {s.run for s in snaps}
+    if len(runs) != 1:
+        raise ValueError(f"snapshots of different runs: {sorted(runs)}")
+    workers = [s.worker for s in snaps]
+    if len(set(workers)) != len(workers):
+        raise ValueError(f"more than one snapshot per worker: {sorted(workers)}")
+
+    counters: dict[str, int] = {}
+    gauges: dict[str, float] = {}
+    parts: dict[str, list[SeriesSummary]] = {}
+    for s in snaps:
+        for name, n in s.counters.items():
+            counters[name] = counters.get(name, 0) + n
+        for name, x in s.gauges.items():
+            gauges[name] = max(gauges.get(name, x), x)
+        for name, summary in s.series.items():
+            parts.setdefault(name, []).append(summary)
+    interrupted = any(s.interrupted for s in snaps)
+    return MergedMetrics(
+        run=snaps[0].run,
+        workers=len(snaps),
+        counters=counters,
+        gauges=gauges,
+        series={name: merge(p) for name, p in parts.items()},
+        elapsed_s=max(s.elapsed_s for s in snaps),
+        complete=all(s.state == "COMPLETE" for s in snaps) and not interrupted,
+        interrupted=interrupted,
+        n_pending=sum(s.n_pending for s in snaps),
+    )
+
+
+def _latency_ms(merged: MergedMetrics, name: str) -> LatencyStats | None:
+    summary = merged.series.get(name)
+    if summary is None or summary.count == 0:
+        return None
+    s: Stats = summarize(summary)
+    return LatencyStats(
+        count=s.count,
+        mean=s.mean / NS_PER_MS,
+        std=s.std / NS_PER_MS,
+        min=s.min / NS_PER_MS,
+        max=s.max / NS_PER_MS,
+        p50=s.p50 / NS_PER_MS,
+        p90=s.p90 / NS_PER_MS,
+        p99=s.p99 / NS_PER_MS,
+    )
+
+
+def _client(gauges: dict[str, float], ttft: LatencyStats | None) -> ClientStats:
+    cpu = gauges.get(names.CLIENT_CPU)
+    lag = gauges.get(names.RECV_LAG_P99)
+    reasons = []
+    if cpu is not None and cpu > CPU_SATURATED_PCT:
+        reasons.append(f"client CPU {cpu:.0f}% > {CPU_SATURATED_PCT:.0f}%")
+    if lag is not None and ttft is not None and lag > RECV_LAG_SHARE * ttft.p50:
+        reasons.append(
+            f"receive lag p99 {lag:.3g} ms > {RECV_LAG_SHARE:.0%} of TTFT p50 {ttft.p50:.3g} ms"
+        )
+    return ClientStats(
+        cpu_pct=cpu,
+        recv_lag_p99_ms=lag,
+        saturated=bool(reasons),
+        reason="; ".join(reasons) or None,
+    )
+
+
+def build_results(
+    merged: MergedMetrics,
+    *,
+    slo: SloSpec | None,
+    source: Source,
+    gpu: GpuResults | None = None,
+) -> Results:
+    """The ``status.results`` of a run from its merged metrics (definitions: module doc)."""
+    c = merged.counters
+    ok = c.get(names.REQUESTS_OK, 0)
+    failed = c.get(names.REQUESTS_FAILED, 0)
+    total = c.get(names.REQUESTS, ok + failed)
+    good = c.get(names.GOOD, 0)
+    elapsed = merged.elapsed_s
+
+    def per_s(n: int) -> float:
+        return n / elapsed if elapsed > 0 else 0.0
+
+    by_reason = {
+        name.removeprefix(names.FAILED_PREFIX): n
+        for name, n in sorted(c.items())
+        if name.startswith(names.FAILED_PREFIX) and n > 0
+    }
+    ttft = _latency_ms(merged, names.TTFT)
+    return Results(
+        complete=merged.complete,
+        source=source,
+        duration_s=elapsed,
+        workers=merged.workers,
+        requests=RequestCounts(total=total, ok=ok, failed=failed, by_reason=by_reason),
+        throughput=Throughput(
+            rps=per_s(ok),
+            output_tok_per_s=per_s(c.get(names.OUTPUT_TOKENS_TOTAL, 0)),
+            input_tok_per_s=per_s(c.get(names.INPUT_TOKENS_TOTAL, 0)),
+        ),
+        ttft_ms=ttft,
+        itl_ms=_latency_ms(merged, names.ITL),
+        tpot_ms=_latency_ms(merged, names.TPOT),
+        e2e_ms=_latency_ms(merged, names.E2E),
+        goodput=(
+            None
+            if slo is None
+            else Goodput(ratio=good / total if total else 0.0, rps=per_s(good), slo=slo)
+        ),
+        gpu=gpu,
+        client=_client(merged.gauges, ttft),
+    )

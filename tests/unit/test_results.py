@@ -1,0 +1,232 @@
+"""benchop.results: snapshots of two workers merged and turned into Results, vs numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from benchagent.wire import MetricsSnapshot
+from benchop.api.models import GpuResults, Results, SloSpec, to_wire
+from benchop.metrics import Registry, names
+from benchop.metrics.buckets import REL_ERROR
+from benchop.results import build_results, merge_snapshots
+
+LATENCIES = (names.TTFT, names.ITL, names.TPOT, names.E2E)
+SLO = SloSpec(ttft_ms=200.0, itl_ms=30.0)
+
+
+def worker_registry(seed: int, n: int) -> tuple[Registry, dict[str, list[int]]]:
+    """A registry as a worker would fill it, and the raw values it recorded."""
+    rng = np.random.default_rng(seed)
+    reg = Registry()
+    recorded: dict[str, list[int]] = {name: [] for name in LATENCIES}
+    for i in range(n):
+        if i % 10 == 9:  # one request in ten fails
+            reason = names.FAILURE_REASONS[i % len(names.FAILURE_REASONS)]
+            reg.counter(names.REQUESTS).inc()
+            reg.counter(names.REQUESTS_FAILED).inc()
+            reg.counter(names.failed(reason)).inc()
+            continue
+        ttft = int(rng.integers(50_000_000, 400_000_000))
+        itls = rng.integers(5_000_000, 40_000_000, size=8).tolist()
+        e2e = ttft + sum(itls)
+        tpot = (e2e - ttft) // len(itls)
+        for name, v in ((names.TTFT, ttft), (names.TPOT, tpot), (names.E2E, e2e)):
+            reg.series(name).record(v)
+            recorded[name].append(v)
+        reg.series(names.ITL).record_many(itls)
+        recorded[names.ITL].extend(itls)
+        reg.counter(names.REQUESTS).inc()
+        reg.counter(names.REQUESTS_OK).inc()
+        reg.counter(names.OUTPUT_TOKENS_TOTAL).inc(len(itls) + 1)
+        reg.counter(names.INPUT_TOKENS_TOTAL).inc(512)
+        if ttft <= 200_000_000 and max(itls) <= 30_000_000:
+            reg.counter(names.GOOD).inc()
+        if i % 50 == 0:
+            reg.fold()
+    return reg, recorded
+
+
+def snapshot(
+    reg: Registry,
+    worker: int,
+    *,
+    elapsed_s: float,
+    state: str = "COMPLETE",
+    include_values: bool = True,
+    interrupted: bool = False,
+    cpu: float = 20.0,
+    lag_ms: float = 0.5,
+) -> MetricsSnapshot:
+    reg.gauge(names.CLIENT_CPU).set(cpu)
+    reg.gauge(names.RECV_LAG_P99).set(lag_ms)
+    counters, gauges, series = reg.snapshot(include_values=include_values)
+    return MetricsSnapshot(
+        run="r1",
+        worker=worker,
+        seq=7,
+        state=state,  # type: ignore[arg-type]
+        phase="done",
+        time_ns=1,
+        elapsed_s=elapsed_s,
+        n_pending=0,
+        counters=counters,
+        gauges=gauges,
+        series=series,
+        interrupted=interrupted,
+    )
+
+
+Workers = tuple[Registry, Registry, dict[str, np.ndarray]]
+
+
+@pytest.fixture(scope="module")
+def two_workers() -> Workers:
+    a, ra = worker_registry(1, 400)
+    b, rb = worker_registry(2, 300)
+    union = {name: np.array(ra[name] + rb[name], dtype=np.int64) for name in LATENCIES}
+    return a, b, union
+
+
+def test_results_equal_numpy_over_the_union(two_workers: Workers) -> None:
+    a, b, union = two_workers
+    snaps = [snapshot(a, 0, elapsed_s=10.0, cpu=35.0), snapshot(b, 1, elapsed_s=12.5, cpu=20.0)]
+    merged = merge_snapshots(snaps)
+    assert merged.complete and not merged.interrupted
+    assert merged.workers == 2
+    assert merged.elapsed_s == 12.5
+    assert merged.gauges[names.CLIENT_CPU] == 35.0  # gauges: max over workers
+
+    res = build_results(merged, slo=SLO, source="pubsub")
+    ca, cb = a.snapshot()[0], b.snapshot()[0]
+
+    def both(name: str) -> int:
+        return ca.get(name, 0) + cb.get(name, 0)
+
+    assert res.complete and res.source == "pubsub" and res.workers == 2
+    assert res.duration_s == 12.5
+    assert res.requests.total == 700
+    assert res.requests.ok == both(names.REQUESTS_OK) == 630
+    assert res.requests.failed == 70
+    assert sum(res.requests.by_reason.values()) == 70
+    assert res.requests.by_reason["timeout"] == both(names.failed("timeout")) > 0
+    assert set(res.requests.by_reason) <= set(names.FAILURE_REASONS)
+    assert res.throughput.rps == 630 / 12.5
+    assert res.throughput.output_tok_per_s == both(names.OUTPUT_TOKENS_TOTAL) / 12.5
+    assert res.throughput.input_tok_per_s == 630 * 512 / 12.5
+
+    for name, stats in (
+        (names.TTFT, res.ttft_ms),
+        (names.ITL, res.itl_ms),
+        (names.TPOT, res.tpot_ms),
+        (names.E2E, res.e2e_ms),
+    ):
+        v = union[name]
+        assert stats is not None
+        assert stats.count == v.size
+        assert (stats.p50, stats.p90, stats.p99) == tuple(np.percentile(v, (50, 90, 99)) / 1e6)
+        assert (stats.min, stats.max) == (v.min() / 1e6, v.max() / 1e6)
+        assert stats.mean == pytest.approx(v.mean() / 1e6, rel=1e-14)
+        assert stats.std == pytest.approx(v.std() / 1e6, rel=1e-12)
+
+    good = both(names.GOOD)
+    assert 0 < good < 630
+    assert res.goodput is not None
+    assert res.goodput.ratio == good / 700  # share of ALL requests, failed ones included
+    assert res.goodput.rps == good / 12.5
+    assert res.goodput.slo == SLO
+    assert res.client is not None
+    assert (res.client.cpu_pct, res.client.saturated, res.client.reason) == (35.0, False, None)
+
+
+def test_results_serialise_as_camel_case_status(two_workers: Workers) -> None:
+    a, b, _ = two_workers
+    merged = merge_snapshots([snapshot(a, 0, elapsed_s=1.0), snapshot(b, 1, elapsed_s=1.0)])
+    gpu = GpuResults(energy_j=10.0, gpus=1)
+    doc = to_wire(build_results(merged, slo=None, source="local", gpu=gpu))
+    assert {"ttftMs", "itlMs", "durationS", "requests", "throughput"} <= set(doc)
+    assert "goodput" not in doc  # no SLO, no goodput
+    assert doc["gpu"]["energyJ"] == 10.0
+    assert Results.model_validate(doc).ttft_ms is not None
+
+
+def test_live_snapshots_give_estimates_and_incomplete_results(two_workers: Workers) -> None:
+    a, b, union = two_workers
+    snaps = [
+        snapshot(a, 0, elapsed_s=10.0, state="LIVE", include_values=False),
+        snapshot(b, 1, elapsed_s=10.0),
+    ]
+    merged = merge_snapshots(snaps)
+    assert not merged.complete
+    res = build_results(merged, slo=SLO, source="live")
+    assert not res.complete
+    assert res.ttft_ms is not None
+    exact = np.percentile(union[names.TTFT], (50, 90, 99)) / 1e6
+    for est, x in zip((res.ttft_ms.p50, res.ttft_ms.p90, res.ttft_ms.p99), exact, strict=True):
+        assert abs(est - x) <= REL_ERROR * x
+    assert res.ttft_ms.mean == pytest.approx(union[names.TTFT].mean() / 1e6, rel=1e-14)
+
+
+def test_interrupted_worker_makes_results_incomplete(two_workers: Workers) -> None:
+    a, b, _ = two_workers
+    merged = merge_snapshots(
+        [snapshot(a, 0, elapsed_s=3.0), snapshot(b, 1, elapsed_s=3.0, interrupted=True)]
+    )
+    assert merged.interrupted and not merged.complete
+
+
+@pytest.mark.parametrize(
+    ("cpu", "lag_ms", "saturated", "reason"),
+    [
+        (80.0, 0.5, False, None),
+        (93.0, 0.5, True, "client CPU"),
+        (10.0, 1e6, True, "receive lag"),
+    ],
+)
+def test_client_saturation(cpu: float, lag_ms: float, saturated: bool, reason: str | None) -> None:
+    reg, _ = worker_registry(3, 50)
+    res = build_results(
+        merge_snapshots([snapshot(reg, 0, elapsed_s=1.0, cpu=cpu, lag_ms=lag_ms)]),
+        slo=None,
+        source="local",
+    )
+    assert res.client is not None
+    assert res.client.saturated is saturated
+    if reason is None:
+        assert res.client.reason is None
+    else:
+        assert res.client.reason is not None and reason in res.client.reason
+
+
+def test_receive_lag_threshold_is_ten_percent_of_ttft_p50() -> None:
+    reg = Registry()
+    reg.series(names.TTFT).record_many([100_000_000] * 5)  # TTFT p50 = 100 ms
+    below = build_results(
+        merge_snapshots([snapshot(reg, 0, elapsed_s=1.0, lag_ms=10.0)]), slo=None, source="local"
+    )
+    above = build_results(
+        merge_snapshots([snapshot(reg, 0, elapsed_s=1.0, lag_ms=10.01)]), slo=None, source="local"
+    )
+    assert below.client is not None and not below.client.saturated
+    assert above.client is not None and above.client.saturated
+
+
+def test_empty_run_has_zero_rates_and_no_latencies() -> None:
+    reg = Registry()
+    res = build_results(
+        merge_snapshots([snapshot(reg, 0, elapsed_s=0.0)]), slo=SLO, source="terminationMessage"
+    )
+    assert (res.requests.total, res.throughput.rps, res.ttft_ms) == (0, 0.0, None)
+    assert res.goodput is not None and res.goodput.ratio == 0.0
+
+
+def test_merge_rejects_bad_input() -> None:
+    reg = Registry()
+    with pytest.raises(ValueError, match="no snapshots"):
+        merge_snapshots([])
+    s = snapshot(reg, 0, elapsed_s=1.0)
+    with pytest.raises(ValueError, match="per worker"):
+        merge_snapshots([s, s])
+    other = snapshot(reg, 1, elapsed_s=1.0)
+    other.run = "r2"
+    with pytest.raises(ValueError, match="different runs"):
+        merge_snapshots([s, other])
