@@ -1,0 +1,315 @@
+"""Streaming OpenAI-compatible HTTP client: one request in, one :class:`RequestRecord` out.
+
+One ``aiohttp.ClientSession`` with one ``TCPConnector`` (``limit`` = the
+worker's concurrency, 0 = unbounded) serves every request of a worker; httpx
+is not used because its shared pool collapses at high concurrency. Each
+response is parsed at byte level by :class:`~benchop.loadgen.sse.StreamParser`.
+
+Every request ends in exactly one call of its ``sink`` with a record whose
+``outcome`` is ``"ok"`` or a reason: ``http_4xx``, ``http_429``, ``http_5xx``,
+``timeout``, ``connection`` (no response: refused, reset before headers),
+``malformed_stream`` (not SSE, undecodable chunk, no content), ``disconnected``
+(the stream broke or ended without ``[DONE]``), ``cancelled`` (the worker
+stopped it; the sink runs and the ``CancelledError`` propagates) or ``other``.
+Errors never escape :meth:`StreamClient.send`.
+
+    async with StreamClient(Target(url, "m"), request_timeout=60) as client:
+        await client.send(client.body("a b c", 16), ident=Ident(0, 1, 0), input_words=3,
+                          sink=records.append)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiohttp
+import msgspec
+from benchop.loadgen.records import OK, RequestRecord
+from benchop.loadgen.sse import StreamParser
+
+__all__ = ["Ident", "Sink", "StreamClient", "Target"]
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[RequestRecord], None]
+_perf_ns = time.perf_counter_ns
+_wall_ns = time.time_ns
+_ERROR_CHARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The server under test: OpenAI base URL (``http://host:8000/v1``) and model."""
+
+    url: str
+    model: str
+    api: Literal["chat", "completions"] = "chat"
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        """The streaming endpoint for ``api``."""
+        path = "/chat/completions" if self.api == "chat" else "/completions"
+        return self.url.rstrip("/") + path
+
+
+@dataclass(frozen=True, slots=True)
+class Ident:
+    """Who sends a request: worker index, attempt (1 + resumes) and request index."""
+
+    worker: int
+    attempt: int
+    index: int
+
+    @property
+    def id(self) -> str:
+        return f"w{self.worker}-a{self.attempt}-{self.index}"
+
+
+def _status_outcome(status: int) -> str:
+    if status == 429:
+        return "http_429"
+    if 400 <= status < 500:
+        return "http_4xx"
+    if status >= 500:
+        return "http_5xx"
+    return "other"
+
+
+class StreamClient:
+    """Sends streaming completions and measures them; use as an async context manager."""
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        request_timeout: float,
+        limit: int = 0,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.target = target
+        self._endpoint = target.endpoint
+        self._timeout = request_timeout
+        self._limit = limit
+        self._connect_timeout = connect_timeout
+        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if target.api_key:
+            self._headers["Authorization"] = f"Bearer {target.api_key}"
+        self._session: aiohttp.ClientSession | None = None
+        self._encode = msgspec.json.Encoder().encode
+        #: Requests currently in flight.
+        self.in_flight = 0
+        #: Receive lags (wall ns, from ``benchop_sent_ns``) of finished requests; the
+        #: owner swaps the list out when it reads it.
+        self.recv_lags: list[int] = []
+        #: Stream chunks with content received by finished requests (all outcomes).
+        self.chunks = 0
+
+    async def __aenter__(self) -> StreamClient:
+        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+            auto_decompress=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def body(self, prompt: str, max_tokens: int) -> bytes:
+        """The JSON request body for ``api``: streaming, usage included, ``ignore_eos``."""
+        common = {
+            "model": self.target.model,
+            "max_tokens": max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "ignore_eos": True,
+        }
+        if self.target.api == "chat":
+            return self._encode({"messages": [{"role": "user", "content": prompt}], **common})
+        return self._encode({"prompt": prompt, **common})
+
+    async def send(
+        self,
+        body: bytes,
+        *,
+        ident: Ident,
+        input_words: int,
+        sink: Sink,
+        scheduled_ns: int | None = None,
+    ) -> None:
+        """Send one request and call ``sink`` once with its record; never raises
+        (except ``CancelledError``, after the sink ran).
+
+        ``scheduled_ns`` (``time.perf_counter_ns`` clock) is the open-loop send
+        time; the record's ``send_lag_ns`` is the actual send time minus it.
+        """
+        session = self._session
+        assert session is not None, "use StreamClient as an async context manager"
+        status = 0
+        outcome = "other"
+        error: str | None = None
+        parser: StreamParser | None = None
+        finished = False  # saw [DONE]: later errors do not change the outcome
+        self.in_flight += 1
+        wall0 = _wall_ns()
+        t0 = _perf_ns()
+        t_end = t0
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with session.post(self._endpoint, data=body, headers=self._headers) as resp:
+                    status = resp.status
+                    if status != 200:
+                        outcome = _status_outcome(status)
+                        error = (await resp.read())[:_ERROR_CHARS].decode("utf-8", "replace")
+                        t_end = _perf_ns()
+                    elif resp.content_type != "text/event-stream":
+                        outcome = "malformed_stream"
+                        error = f"expected text/event-stream, got {resp.content_type}"
+                        t_end = _perf_ns()
+                    else:
+                        parser = StreamParser(wall0 - t0)
+                        feed = parser.feed
+                        read = resp.content.readany
+                        while True:
+                            data = await read()
+                            if not data:
+                                break
+                            if feed(data, _perf_ns()):
+                                break
+                        t_end = _perf_ns()
+                        outcome, error = _stream_outcome(parser)
+                        if parser.done:
+                            finished = True
+                            while await read():  # consume the end of the body: keep-alive
+                                pass
+                        else:
+                            resp.close()
+        except TimeoutError:
+            if not finished:
+                t_end = _perf_ns()
+                outcome, error = "timeout", f"no complete response within {self._timeout:g}s"
+        except asyncio.CancelledError:
+            if not finished:
+                t_end = _perf_ns()
+                outcome, error = "cancelled", "stopped by the worker"
+            self._finish(
+                ident,
+                wall0,
+                t0,
+                t_end,
+                scheduled_ns,
+                status,
+                outcome,
+                error,
+                parser,
+                input_words,
+                sink,
+            )
+            raise
+        except aiohttp.ClientPayloadError as exc:
+            if not finished:
+                t_end = _perf_ns()
+                outcome, error = "disconnected", _short(exc)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if not finished:
+                t_end = _perf_ns()
+                outcome = "connection" if status == 0 else "disconnected"
+                error = _short(exc)
+        except aiohttp.ClientConnectionError as exc:
+            if not finished:
+                t_end = _perf_ns()
+                outcome, error = "connection", _short(exc)
+        except Exception as exc:  # a request must never crash the worker
+            if not finished:
+                t_end = _perf_ns()
+                outcome, error = "other", _short(exc)
+            log.debug("request %s failed", ident.id, exc_info=True)
+        self._finish(
+            ident, wall0, t0, t_end, scheduled_ns, status, outcome, error, parser, input_words, sink
+        )
+
+    def _finish(
+        self,
+        ident: Ident,
+        wall0: int,
+        t0: int,
+        t_end: int,
+        scheduled_ns: int | None,
+        status: int,
+        outcome: str,
+        error: str | None,
+        parser: StreamParser | None,
+        input_words: int,
+        sink: Sink,
+    ) -> None:
+        self.in_flight -= 1
+        ttft = None
+        itl: list[int] = []
+        out_tokens = 0
+        in_tokens = input_words
+        from_usage = False
+        if parser is not None:
+            if parser.first_ns >= 0:
+                ttft = parser.first_ns - t0
+            itl = parser.itl_ns
+            out_tokens = parser.n_tokens
+            self.chunks += parser.n_tokens
+            if parser.usage_completion is not None:
+                out_tokens = parser.usage_completion
+                from_usage = True
+            if parser.usage_prompt is not None:
+                in_tokens = parser.usage_prompt
+            if parser.recv_lag_ns:
+                self.recv_lags.extend(parser.recv_lag_ns)
+        rec = RequestRecord(
+            id=ident.id,
+            worker=ident.worker,
+            attempt=ident.attempt,
+            index=ident.index,
+            sent_ns=wall0,
+            outcome=outcome,
+            status=status,
+            error=error,
+            ttft_ns=ttft,
+            itl_ns=itl,
+            e2e_ns=t_end - t0,
+            input_tokens=in_tokens,
+            output_tokens=out_tokens,
+            tokens_from_usage=from_usage,
+            send_lag_ns=None if scheduled_ns is None else t0 - scheduled_ns,
+        )
+        try:
+            sink(rec)
+        except Exception:  # a failing sink must not take the worker down either
+            log.exception("recording request %s failed", ident.id)
+
+
+def _stream_outcome(p: StreamParser) -> tuple[str, str | None]:
+    if p.malformed is not None:
+        return "malformed_stream", p.malformed[:_ERROR_CHARS]
+    if p.error is not None:
+        code = p.error_code
+        outcome = _status_outcome(code) if code is not None else "other"
+        return outcome, p.error[:_ERROR_CHARS]
+    if not p.done:
+        return "disconnected", "stream ended without [DONE]"
+    if p.n_tokens == 0:
+        return "malformed_stream", "stream had no content"
+    return OK, None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:_ERROR_CHARS]

@@ -1,0 +1,270 @@
+"""Load modes: fixed concurrency (closed loop) and request rate (open loop).
+
+- :func:`run_closed`: ``concurrency`` tasks, each sends its next request as soon
+  as its previous one finished.
+- :class:`OpenLoop`: sends on an absolute schedule (``t0 + offset_k``) whatever
+  the responses do, so a late send never shifts the ones after it. Offsets
+  come from :func:`arrival_offsets` (constant or Poisson). The last
+  millisecond of each wait is timed by a helper thread (``time.sleep`` is
+  precise to ~0.1 ms, the event loop's timers only to 1 ms) which wakes the
+  loop early by the learned wake-up latency (an integral controller on the
+  observed lags, at most 0.5 ms), so lags centre on zero; the record's
+  ``send_lag_ns`` is the actual minus the scheduled time (may be slightly
+  negative).
+  With a ``max_in_flight`` cap, an arrival that finds the cap reached waits
+  for a slot; it is counted in ``delayed`` and its send lag is measured from
+  the moment the slot freed (the cap's delay is the user's choice, not
+  client lag).
+
+Both stop admitting requests when the :class:`Budget` says so (request count,
+deadline, or ``stop()``) and return once every admitted request finished.
+
+    budget = Budget(requests=100)
+    await run_closed(8, budget, send)          # send(scheduled_ns | None) -> None
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Literal
+
+__all__ = ["Budget", "OpenLoop", "SendFn", "arrival_offsets", "run_closed"]
+
+SendFn = Callable[[int | None], Coroutine[Any, Any, None]]
+log = logging.getLogger(__name__)
+_perf_ns = time.perf_counter_ns
+_FINE_NS = 2_000_000  # the last 2 ms of a wait are timed by the helper thread
+_LEAD_MAX_NS = 500_000  # the helper thread wakes at most this much early
+
+
+class Budget:
+    """How many more requests a phase may admit: a count, a deadline, or until ``stop()``.
+
+    Deadlines are ``time.perf_counter_ns`` values.
+    """
+
+    def __init__(self, requests: int | None = None, deadline_ns: int | None = None) -> None:
+        self.requests = requests
+        self.deadline_ns = deadline_ns
+        self.admitted = 0
+        self.stopped = False
+        self._wakers: list[Callable[[], None]] = []
+
+    def take(self, at_ns: int | None = None) -> bool:
+        """Admit one request at ``at_ns`` (default now) if the budget allows it."""
+        if self.stopped:
+            return False
+        if self.requests is not None and self.admitted >= self.requests:
+            return False
+        if self.deadline_ns is not None and (at_ns or _perf_ns()) >= self.deadline_ns:
+            return False
+        self.admitted += 1
+        return True
+
+    def stop(self) -> None:
+        """Admit nothing more (drain); wakes a waiting open-loop scheduler."""
+        self.stopped = True
+        for wake in self._wakers:
+            wake()
+
+    def on_stop(self, wake: Callable[[], None]) -> None:
+        self._wakers.append(wake)
+
+
+async def run_closed(concurrency: int, budget: Budget, send: SendFn) -> None:
+    """``concurrency`` loops of admit-then-send; cancelling it cancels in-flight requests."""
+
+    async def loop() -> None:
+        while budget.take():
+            await send(None)
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(max(concurrency, 0)):
+            tg.create_task(loop())
+
+
+def arrival_offsets(
+    rate: float, arrival: Literal["constant", "poisson"], seed: int, phase_s: float = 0.0
+) -> Iterator[int]:
+    """Send-time offsets in ns from the start for ``rate`` requests/s (infinite).
+
+    Constant: ``phase + k / rate``. Poisson: exponential gaps of mean ``1/rate``
+    from ``random.Random(seed)``, starting at ``phase``.
+
+    >>> it = arrival_offsets(4.0, "constant", 0)
+    >>> [next(it) for _ in range(3)]
+    [0, 250000000, 500000000]
+    """
+    if rate <= 0:
+        raise ValueError(f"rate must be > 0, got {rate}")
+    base = phase_s * 1e9
+    if arrival == "constant":
+        k = 0
+        while True:
+            yield round(base + k * 1e9 / rate)
+            k += 1
+    rng = random.Random(seed)
+    t = base
+    while True:
+        yield round(t)
+        t += rng.expovariate(rate) * 1e9
+
+
+class _FineTimer:
+    """A helper thread that resolves futures at precise ``perf_counter_ns`` times."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._q: queue.SimpleQueue[tuple[int, asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="benchop-arrivals", daemon=True)
+        self._thread.start()
+
+    def wait_until(self, t_ns: int) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._q.put((t_ns, fut))
+        return fut
+
+    def close(self) -> None:
+        self._q.put(None)
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            t_ns, fut = item
+            delay = t_ns - _perf_ns()
+            if delay > 0:
+                time.sleep(delay / 1e9)
+            try:
+                self._loop.call_soon_threadsafe(_resolve, fut)
+            except RuntimeError:  # loop closed
+                return
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class OpenLoop:
+    """Sends at ``t0 + offset`` for each offset while the budget admits them."""
+
+    def __init__(
+        self,
+        offsets: Iterator[int],
+        budget: Budget,
+        send: SendFn,
+        *,
+        max_in_flight: int | None = None,
+    ) -> None:
+        self._offsets = offsets
+        self._budget = budget
+        self._send = send
+        self._cap = max_in_flight
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiter: asyncio.Future[None] | None = None
+        self._slot_freed: asyncio.Event | None = None
+        self._lead_ns = 0  # learned wake-up latency: wake this much before the send time
+        #: Arrivals that waited for a free slot under ``max_in_flight``.
+        self.delayed = 0
+        #: Sends made.
+        self.sent = 0
+        budget.on_stop(self._wake)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _resolve(self._waiter)
+        if self._slot_freed is not None:
+            self._slot_freed.set()
+
+    async def _sleep_until(
+        self, loop: asyncio.AbstractEventLoop, timer: _FineTimer, t: int
+    ) -> None:
+        coarse = t - _FINE_NS - _perf_ns()
+        if coarse > 0:
+            self._waiter = loop.create_future()
+            handle = loop.call_later(coarse / 1e9, _resolve, self._waiter)
+            try:
+                await self._waiter
+            finally:
+                handle.cancel()
+                self._waiter = None
+            if self._budget.stopped:
+                return
+        if t - self._lead_ns > _perf_ns():
+            self._waiter = timer.wait_until(t - self._lead_ns)
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def run(self, t0_ns: int | None = None) -> None:
+        """Run the schedule from ``t0_ns`` (default now) and wait for every send to finish.
+
+        Cancelling ``run`` cancels the requests in flight.
+        """
+        loop = asyncio.get_running_loop()
+        timer = _FineTimer(loop)
+        t0 = _perf_ns() if t0_ns is None else t0_ns
+        budget = self._budget
+        tasks = self._tasks
+        try:
+            for off in self._offsets:
+                t = t0 + off
+                if budget.stopped or not budget.take(t):
+                    break
+                await self._sleep_until(loop, timer, t)
+                if budget.stopped:
+                    budget.admitted -= 1  # admitted but never sent
+                    break
+                scheduled = t
+                if self._cap is not None and len(tasks) >= self._cap:
+                    self.delayed += 1
+                    await self._wait_for_slot()
+                    if budget.stopped:
+                        budget.admitted -= 1
+                        break
+                    scheduled = _perf_ns()
+                task = loop.create_task(self._launch(scheduled))
+                tasks.add(task)
+                task.add_done_callback(self._done)
+                self.sent += 1
+            while tasks:
+                await asyncio.wait(list(tasks))
+        finally:
+            timer.close()
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(list(tasks))
+
+    async def _launch(self, scheduled: int) -> None:
+        lag = _perf_ns() - scheduled
+        if -_LEAD_MAX_NS < lag < _LEAD_MAX_NS:  # learn the wake-up latency, ignore outliers
+            self._lead_ns = min(max(self._lead_ns + lag // 8, 0), _LEAD_MAX_NS)
+        await self._send(scheduled)
+
+    async def _wait_for_slot(self) -> None:
+        assert self._cap is not None
+        self._slot_freed = asyncio.Event()
+        try:
+            while len(self._tasks) >= self._cap and not self._budget.stopped:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+        finally:
+            self._slot_freed = None
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._slot_freed is not None:
+            self._slot_freed.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("a send task raised", exc_info=exc)
