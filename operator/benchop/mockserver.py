@@ -393,11 +393,19 @@ class _Handlers:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.stats["chat"] += 1
-        return await self._generate(request, chat=True)
+        return await self._guarded(request, chat=True)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         self.stats["completions"] += 1
-        return await self._generate(request, chat=False)
+        return await self._guarded(request, chat=False)
+
+    async def _guarded(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        """Count a client that went away (reset or closed early) instead of logging it."""
+        try:
+            return await self._generate(request, chat=chat)
+        except ConnectionResetError:
+            self.stats["client_disconnects"] += 1
+            return web.Response()  # aiohttp drops a response for a closed connection
 
     def _bad_request(self, message: str) -> web.Response:
         self.stats["bad_requests"] += 1
@@ -499,35 +507,31 @@ class _Handlers:
         stop_at = plan.at if fault is Fault.DISCONNECT else n
         malformed_at = plan.at if fault is Fault.MALFORMED else -1
         i = 0
-        try:
-            while i < stop_at:
-                delay = arrived + offsets[i] - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                now = loop.time() - arrived
-                j = i + 1
-                while j < stop_at and offsets[j] <= now:
-                    j += 1
-                sent_ns = b"%d" % time.time_ns()
-                if i <= malformed_at < j:
-                    parts = enc.tokens(i, malformed_at, n, sent_ns)
-                    parts.append(enc.malformed(malformed_at, n, sent_ns))
-                    parts += enc.tokens(malformed_at + 1, j, n, sent_ns)
-                    stats["malformed"] += 1
-                else:
-                    parts = enc.tokens(i, j, n, sent_ns)
-                stats["tokens"] += j - i
-                i = j
-                if i < n or fault is Fault.DISCONNECT:
-                    await resp.write(b"".join(parts))
-                    continue
+        while i < stop_at:
+            delay = arrived + offsets[i] - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time() - arrived
+            j = i + 1
+            while j < stop_at and offsets[j] <= now:
+                j += 1
+            sent_ns = b"%d" % time.time_ns()
+            if i <= malformed_at < j:
+                parts = enc.tokens(i, malformed_at, n, sent_ns)
+                parts.append(enc.malformed(malformed_at, n, sent_ns))
+                parts += enc.tokens(malformed_at + 1, j, n, sent_ns)
+                stats["malformed"] += 1
+            else:
+                parts = enc.tokens(i, j, n, sent_ns)
+            if j < n or fault is Fault.DISCONNECT:
+                await resp.write(b"".join(parts))
+            else:
                 if usage_prompt_tokens is not None:
                     parts.append(enc.usage(usage_prompt_tokens, n, sent_ns))
                 parts.append(DONE)
                 await resp.write_eof(b"".join(parts))
-        except ConnectionResetError:
-            stats["client_disconnects"] += 1
-            return resp
+            stats["tokens"] += j - i
+            i = j
         if fault is Fault.DISCONNECT:
             return self._abort(request)
         stats["ok"] += 1

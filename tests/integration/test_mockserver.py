@@ -353,3 +353,26 @@ def test_cli_rejects_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
     mockserver.add_arguments(parser)
     assert mockserver.run(parser.parse_args(["--error-rate", "2"])) == 2
     assert "error_rate" in capsys.readouterr().err
+
+
+async def test_clients_closing_before_the_response_are_counted_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    config = MockConfig(ttft=0.0, itl=0.0, output_tokens=4)
+    async with await serve(config) as server:
+        host, port = server.url.removeprefix("http://").removesuffix("/v1").split(":")
+        request = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        for _ in range(20):
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(request * 5)  # pipelined: most are answered after the close
+            writer.transport.abort()
+        deadline = time.monotonic() + 5
+        while server.stats["ok"] + server.stats["client_disconnects"] < server.stats["requests"]:
+            assert time.monotonic() < deadline, server.stats
+            await asyncio.sleep(0.01)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
