@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
@@ -57,6 +58,7 @@ class ClientResult:
     cpu_seconds: float  # the client's own CPU (user + system) over the window
     errors: int = 0
     recv_lag_p99_ms: float | None = None  # from the chunks' benchop_sent_ns stamps
+    start_wall: float = 0.0  # time.time() at the start of the window
 
     @property
     def rps(self) -> float:
@@ -118,6 +120,7 @@ def measure_wrk(
         script.write_text(WRK_LUA.replace("{body}", json.dumps(payload(tokens))))
         cmd = [wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "-s", str(script)]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start_wall = time.time()
         out = subprocess.run(
             [*cmd, f"{url}/chat/completions"],
             capture_output=True,
@@ -130,7 +133,8 @@ def measure_wrk(
     f = {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
     errors = f["status"] + f["connect"] + f["read"] + f["write"] + f["timeout"]
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return ClientResult(f["requests"] - f["status"], f["duration_us"] / 1e6, cpu_s, errors)
+    ok = f["requests"] - f["status"]
+    return ClientResult(ok, f["duration_us"] / 1e6, cpu_s, errors, start_wall=start_wall)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,10 +169,11 @@ async def _bare_aiohttp(url: str, concurrency: int, seconds: float, tokens: int)
 
         tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
         await asyncio.sleep(max(0.0, warmup_end - time.perf_counter()))
-        cpu0, t0 = time.process_time(), time.perf_counter()
+        cpu0, t0, w0 = time.process_time(), time.perf_counter(), time.time()
         await asyncio.gather(*tasks)
         cpu1, t1 = time.process_time(), time.perf_counter()
-    return ClientResult(counts["ok"], min(t1 - t0, seconds), cpu1 - cpu0, counts["errors"])
+    window = min(t1 - t0, seconds)
+    return ClientResult(counts["ok"], window, cpu1 - cpu0, counts["errors"], start_wall=w0)
 
 
 def measure_benchop(
@@ -215,12 +220,13 @@ def measure_benchop(
             tasks = [asyncio.create_task(worker(w)) for w in range(concurrency)]
             await asyncio.sleep(max(0.0, warmup_end - time.perf_counter()))
             client.recv_lags.clear()
-            cpu0, t0 = time.process_time(), time.perf_counter()
+            cpu0, t0, w0 = time.process_time(), time.perf_counter(), time.time()
             await asyncio.gather(*tasks)
             cpu1, t1 = time.process_time(), time.perf_counter()
             lags = sorted(client.recv_lags)
         p99 = lags[int(0.99 * (len(lags) - 1))] / 1e6 if lags else None
-        return ClientResult(counts["ok"], min(t1 - t0, seconds), cpu1 - cpu0, counts["errors"], p99)
+        window = min(t1 - t0, seconds)
+        return ClientResult(counts["ok"], window, cpu1 - cpu0, counts["errors"], p99, w0)
 
     return _run_loop(go())
 
@@ -281,6 +287,70 @@ def _proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
+def _busy_cpu_seconds() -> float:
+    """CPU-seconds spent busy by the whole machine (all cores), from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks[:8]) - idle) / CLK_TCK
+
+
+class CpuSampler:
+    """Samples (wall time, server CPU-s, machine busy CPU-s) every 50 ms in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sample = (time.time(), _proc_cpu_seconds(self.pid), _busy_cpu_seconds())
+            self.samples.append(sample)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, t0: float, t1: float) -> tuple[float, float]:
+        """(server CPU-s, machine busy CPU-s) from the samples closest inside [t0, t1]."""
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        if len(inside) < 2:
+            return 0.0, 0.0
+        a, b = inside[0], inside[-1]
+        scale = (t1 - t0) / (b[0] - a[0])  # extrapolate the sampled span to the window
+        return (b[1] - a[1]) * scale, (b[2] - a[2]) * scale
+
+
+@dataclass
+class Row:
+    name: str
+    result: ClientResult
+    server_cpu_s: float
+    other_cpu_s: float  # busy CPU of everything else on the machine in the window
+
+
+def measure(
+    name: str, what: str, args: argparse.Namespace, url: str, cpu: int | None, sampler: CpuSampler
+) -> Row | None:
+    if name.startswith("wrk"):
+        res: ClientResult | None = measure_wrk(
+            what, url, args.concurrency, args.seconds, args.tokens, cpu
+        )
+    else:
+        res = measure_child(what, url, args.concurrency, args.seconds, args.tokens, cpu)
+    if res is None:
+        return None
+    time.sleep(0.1)  # let the sampler pass the end of the window
+    server_s, busy_s = sampler.between(res.start_wall, res.start_wall + res.seconds)
+    return Row(name, res, server_s, max(0.0, busy_s - server_s - res.cpu_seconds))
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         return _child_main(sys.argv[2:])
@@ -288,6 +358,7 @@ def main() -> int:
     p.add_argument("-c", "--concurrency", type=int, default=32)
     p.add_argument("--tokens", type=int, default=64, help="output tokens (chunks) per response")
     p.add_argument("--seconds", type=float, default=5.0, help="measurement window per client")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; median is shown")
     p.add_argument("--server-cpu", type=int, default=0, help="core for the mock server")
     p.add_argument("--client-cpu", type=int, default=1, help="core for the client")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
@@ -295,76 +366,67 @@ def main() -> int:
     server_cpu = None if args.no_pin else args.server_cpu
     client_cpu = None if args.no_pin else args.client_cpu
 
+    wrk = ensure_wrk()
+    runs: list[tuple[str, str]] = [("wrk -t1", wrk)] if wrk else []
+    runs += [("aiohttp-bare", "aiohttp"), ("benchop", "benchop")]
     config = MockConfig(ttft=0.0, itl=0.0, output_tokens=args.tokens)
     proc, url = spawn_mock_server_process(config)
-    rows: list[tuple[str, ClientResult, float]] = []
+    results: dict[str, list[Row]] = {name: [] for name, _ in runs}
     try:
         if server_cpu is not None:
             os.sched_setaffinity(proc.pid, {server_cpu})
-        wrk = ensure_wrk()
-        runs: list[tuple[str, object]] = []
-        if wrk:
-            runs.append(("wrk -t1", wrk))
-        runs += [("aiohttp-bare", "aiohttp"), ("benchop", "benchop")]
-        for name, what in runs:
-            srv0 = _proc_cpu_seconds(proc.pid)
-            if name.startswith("wrk"):
-                res: ClientResult | None = measure_wrk(
-                    str(what), url, args.concurrency, args.seconds, args.tokens, client_cpu
-                )
-            else:
-                res = measure_child(
-                    str(what), url, args.concurrency, args.seconds, args.tokens, client_cpu
-                )
-            srv1 = _proc_cpu_seconds(proc.pid)
-            if res is not None:
-                rows.append((name, res, srv1 - srv0))
+        with CpuSampler(proc.pid) as sampler:
+            for _ in range(args.rounds):
+                for name, what in runs:
+                    row = measure(name, what, args, url, client_cpu, sampler)
+                    if row is not None:
+                        results[name].append(row)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
+    rows = []
+    for found in results.values():
+        if found:
+            found.sort(key=lambda r: r.result.rps)
+            rows.append(found[len(found) // 2])
+    print_table(args, server_cpu, client_cpu, rows)
+    return 0
+
+
+def print_table(
+    args: argparse.Namespace, server_cpu: int | None, client_cpu: int | None, rows: list[Row]
+) -> None:
     print(
         f"\nmock server: ttft=0 itl=0 tokens={args.tokens}; C={args.concurrency}; "
-        f"window {args.seconds:g}s; server cpu {server_cpu}, client cpu {client_cpu}\n"
+        f"window {args.seconds:g}s x {args.rounds} round(s), median shown; "
+        f"server cpu {server_cpu}, client cpu {client_cpu}\n"
     )
-    head = (
-        "client",
-        "req/s",
-        "tok/s",
-        "client CPU %",
-        "client us/req",
-        "server CPU %",
-        "errors",
-        "recv lag p99 ms",
-    )
-    print("{:<14}{:>10}{:>12}{:>14}{:>15}{:>14}{:>8}{:>17}".format(*head))
-    wrk_rps = None
-    for name, r, _ in rows:
-        if name.startswith("wrk"):
-            wrk_rps = r.rps
-    for name, r, srv_cpu in rows:
-        cpu_pct = 100 * r.cpu_seconds / r.seconds if r.seconds else 0.0
+    head = ["client", "req/s", "tok/s", "client CPU%", "us/req", "us/tok"]
+    head += ["server CPU%", "other CPU%", "errors", "lag p99 ms"]
+    fmt = "{:<14}{:>9}{:>10}{:>13}{:>8}{:>8}{:>13}{:>12}{:>8}{:>12}"
+    print(fmt.format(*head))
+    for row in rows:
+        r, w = row.result, row.result.seconds or 1.0
         us_req = 1e6 * r.cpu_seconds / r.requests if r.requests else 0.0
-        # the server ran during the whole child process (startup, warmup), so its share is
-        # approximate for the Python rows: server CPU seconds / client window.
-        srv_pct = 100 * srv_cpu / r.seconds if r.seconds else 0.0
         lag = "-" if r.recv_lag_p99_ms is None else f"{r.recv_lag_p99_ms:.2f}"
-        print(
-            f"{name:<14}{r.rps:>10.0f}{r.rps * args.tokens:>12.0f}{cpu_pct:>14.0f}"
-            f"{us_req:>15.1f}{min(srv_pct, 999):>14.0f}{r.errors:>8}{lag:>17}"
-        )
-    for name, r, srv_cpu in rows:
-        if name.startswith("wrk") and srv_cpu > 0:
-            cap = r.requests / srv_cpu
+        cells = [row.name, f"{r.rps:.0f}", f"{r.rps * args.tokens:.0f}"]
+        cells += [f"{100 * r.cpu_seconds / w:.0f}", f"{us_req:.1f}", f"{us_req / args.tokens:.2f}"]
+        cells += [f"{100 * row.server_cpu_s / w:.0f}", f"{100 * row.other_cpu_s / w:.0f}"]
+        cells += [str(r.errors), lag]
+        print(fmt.format(*cells))
+    for row in rows:
+        if row.name.startswith("wrk") and row.server_cpu_s > 0:
+            cap = row.result.requests / row.server_cpu_s
             print(
-                f"\nserver capacity: {cap:.0f} req/s per server core "
-                f"({r.requests} requests / {srv_cpu:.2f} server CPU-s during the wrk run)"
+                f"\nserver capacity: {cap:.0f} req/s per server core-second "
+                f"(wrk run: {row.result.requests} requests / {row.server_cpu_s:.2f} server CPU-s)"
             )
-    if wrk_rps:
-        for name, r, _ in rows:
-            if not name.startswith("wrk"):
-                print(f"{name} / wrk = {r.rps / wrk_rps:.2f}")
-    return 0
+            for other in rows:
+                if other is not row:
+                    print(f"{other.name} / wrk = {other.result.rps / row.result.rps:.2f}")
+    if any(100 * row.other_cpu_s / (row.result.seconds or 1.0) > 10 for row in rows):
+        print("WARNING: other processes used > 10% CPU during a window: figures are contended")
 
 
 if __name__ == "__main__":
