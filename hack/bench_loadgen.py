@@ -362,13 +362,17 @@ def main() -> int:
     p.add_argument("--server-cpu", type=int, default=0, help="core for the mock server")
     p.add_argument("--client-cpu", type=int, default=1, help="core for the client")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    p.add_argument("--clients", default="wrk,aiohttp,benchop", help="comma-separated subset to run")
     args = p.parse_args()
+    wanted = set(args.clients.split(","))
     server_cpu = None if args.no_pin else args.server_cpu
     client_cpu = None if args.no_pin else args.client_cpu
 
-    wrk = ensure_wrk()
+    wrk = ensure_wrk() if "wrk" in wanted else None
     runs: list[tuple[str, str]] = [("wrk -t1", wrk)] if wrk else []
-    runs += [("aiohttp-bare", "aiohttp"), ("benchop", "benchop")]
+    runs += [
+        (n, w) for n, w in (("aiohttp-bare", "aiohttp"), ("benchop", "benchop")) if w in wanted
+    ]
     config = MockConfig(ttft=0.0, itl=0.0, output_tokens=args.tokens)
     proc, url = spawn_mock_server_process(config)
     results: dict[str, list[Row]] = {name: [] for name, _ in runs}
