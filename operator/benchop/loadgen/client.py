@@ -29,6 +29,7 @@ from typing import Literal
 
 import aiohttp
 import msgspec
+
 from benchop.loadgen.records import OK, RequestRecord
 from benchop.loadgen.sse import StreamParser
 

@@ -17,10 +17,12 @@
   client lag).
 
 Both stop admitting requests when the :class:`Budget` says so (request count,
-deadline, or ``stop()``) and return once every admitted request finished.
+deadline, or ``stop()``) and return once every admitted request finished. A
+request is built by ``prepare()`` before its send time (prompt generation is
+not send lag) and sent by ``send(prepared, scheduled_ns, delayed)``.
 
     budget = Budget(requests=100)
-    await run_closed(8, budget, send)          # send(scheduled_ns | None) -> None
+    await run_closed(8, budget, prepare, send)
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 __all__ = ["Budget", "OpenLoop", "SendFn", "arrival_offsets", "run_closed"]
 
-SendFn = Callable[[int | None], Coroutine[Any, Any, None]]
+T = TypeVar("T")
+SendFn = Callable[[T, int | None, bool], Coroutine[Any, Any, None]]
+"""``send(prepared, scheduled_ns or None, delayed)``."""
 log = logging.getLogger(__name__)
 _perf_ns = time.perf_counter_ns
 _FINE_NS = 2_000_000  # the last 2 ms of a wait are timed by the helper thread
@@ -49,20 +53,29 @@ class Budget:
     Deadlines are ``time.perf_counter_ns`` values.
     """
 
-    def __init__(self, requests: int | None = None, deadline_ns: int | None = None) -> None:
+    def __init__(
+        self,
+        requests: int | None = None,
+        deadline_ns: int | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.requests = requests
         self.deadline_ns = deadline_ns
         self.admitted = 0
-        self.stopped = False
+        self.stopped = False  # stop() was called
+        self.closed = False  # no more admissions (exhausted or stopped)
+        self._on_close = on_close
         self._wakers: list[Callable[[], None]] = []
 
     def take(self, at_ns: int | None = None) -> bool:
         """Admit one request at ``at_ns`` (default now) if the budget allows it."""
-        if self.stopped:
+        if self.closed:
             return False
-        if self.requests is not None and self.admitted >= self.requests:
-            return False
-        if self.deadline_ns is not None and (at_ns or _perf_ns()) >= self.deadline_ns:
+        if (self.requests is not None and self.admitted >= self.requests) or (
+            self.deadline_ns is not None
+            and (_perf_ns() if at_ns is None else at_ns) >= self.deadline_ns
+        ):
+            self._close()
             return False
         self.admitted += 1
         return True
@@ -70,19 +83,28 @@ class Budget:
     def stop(self) -> None:
         """Admit nothing more (drain); wakes a waiting open-loop scheduler."""
         self.stopped = True
+        self._close()
         for wake in self._wakers:
             wake()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self._on_close is not None:
+                self._on_close()
 
     def on_stop(self, wake: Callable[[], None]) -> None:
         self._wakers.append(wake)
 
 
-async def run_closed(concurrency: int, budget: Budget, send: SendFn) -> None:
+async def run_closed(
+    concurrency: int, budget: Budget, prepare: Callable[[], T], send: SendFn[T]
+) -> None:
     """``concurrency`` loops of admit-then-send; cancelling it cancels in-flight requests."""
 
     async def loop() -> None:
         while budget.take():
-            await send(None)
+            await send(prepare(), None, False)
 
     async with asyncio.TaskGroup() as tg:
         for _ in range(max(concurrency, 0)):
@@ -150,19 +172,21 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-class OpenLoop:
+class OpenLoop(Generic[T]):
     """Sends at ``t0 + offset`` for each offset while the budget admits them."""
 
     def __init__(
         self,
         offsets: Iterator[int],
         budget: Budget,
-        send: SendFn,
+        prepare: Callable[[], T],
+        send: SendFn[T],
         *,
         max_in_flight: int | None = None,
     ) -> None:
         self._offsets = offsets
         self._budget = budget
+        self._prepare = prepare
         self._send = send
         self._cap = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
@@ -221,19 +245,21 @@ class OpenLoop:
                 t = t0 + off
                 if budget.stopped or not budget.take(t):
                     break
+                item = self._prepare()
                 await self._sleep_until(loop, timer, t)
                 if budget.stopped:
                     budget.admitted -= 1  # admitted but never sent
                     break
                 scheduled = t
-                if self._cap is not None and len(tasks) >= self._cap:
+                delayed = self._cap is not None and len(tasks) >= self._cap
+                if delayed:
                     self.delayed += 1
                     await self._wait_for_slot()
                     if budget.stopped:
                         budget.admitted -= 1
                         break
                     scheduled = _perf_ns()
-                task = loop.create_task(self._launch(scheduled))
+                task = loop.create_task(self._launch(item, scheduled, delayed))
                 tasks.add(task)
                 task.add_done_callback(self._done)
                 self.sent += 1
@@ -246,11 +272,11 @@ class OpenLoop:
             if tasks:
                 await asyncio.wait(list(tasks))
 
-    async def _launch(self, scheduled: int) -> None:
+    async def _launch(self, item: T, scheduled: int, delayed: bool) -> None:
         lag = _perf_ns() - scheduled
-        if -_LEAD_MAX_NS < lag < _LEAD_MAX_NS:  # learn the wake-up latency, ignore outliers
+        if not delayed and -_LEAD_MAX_NS < lag < _LEAD_MAX_NS:  # learn the wake-up latency
             self._lead_ns = min(max(self._lead_ns + lag // 8, 0), _LEAD_MAX_NS)
-        await self._send(scheduled)
+        await self._send(item, scheduled, delayed)
 
     async def _wait_for_slot(self) -> None:
         assert self._cap is not None

@@ -13,14 +13,14 @@ How tokens are counted (documented for users):
   TGI and the mock server). Each record says which source it used
   (``tokens_from_usage``).
 
-Prompts are deterministic in ``(seed, worker, index)`` and differ between
+Prompts are deterministic in ``(seed, worker, attempt, index)`` and differ between
 requests, so a server's prefix cache does not turn the benchmark into a cache
 benchmark.
 
->>> p = make_prompt(7, worker=0, index=3, n_tokens=5)
+>>> p = make_prompt(7, worker=0, attempt=1, index=3, n_tokens=5)
 >>> len(p.split())
 5
->>> p == make_prompt(7, worker=0, index=3, n_tokens=5)
+>>> p == make_prompt(7, worker=0, attempt=1, index=3, n_tokens=5)
 True
 """
 
@@ -47,9 +47,12 @@ _WORDS_TEXT = """
 WORDS: tuple[str, ...] = tuple(_WORDS_TEXT.split())
 
 
-def make_prompt(seed: int, *, worker: int, index: int, n_tokens: int) -> str:
-    """``n_tokens`` words chosen by a RNG seeded with ``(seed, worker, index)``."""
+def make_prompt(seed: int, *, worker: int, attempt: int, index: int, n_tokens: int) -> str:
+    """``n_tokens`` words chosen by a RNG seeded with ``(seed, worker, attempt, index)``.
+
+    Attempt 0 is the warmup phase; profiling attempts count from 1.
+    """
     if n_tokens <= 0:
         return ""
-    rng = random.Random(f"benchop:{seed}:{worker}:{index}")
+    rng = random.Random(f"benchop:{seed}:{worker}:{attempt}:{index}")
     return " ".join(rng.choices(WORDS, k=n_tokens))

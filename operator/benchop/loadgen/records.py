@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import msgspec
+
 from benchop.metrics import Registry, names
 
 __all__ = [
