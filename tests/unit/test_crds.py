@@ -326,3 +326,53 @@ def test_invalid_manifest_is_rejected_naming_the_field(path: Path) -> None:
     matching = [r for r in rules if cel.group(1).strip() in r["rule"]]
     assert matching, f"no CEL rule containing {cel.group(1)!r} at {fragment}: {rules}"
     assert any(r["message"] in model_message for r in matching), (matching, model_message)
+
+
+# --------------------------------------------------------------------------- CEL, evaluated
+
+
+def _defaulted(node: dict[str, Any], value: Any) -> Any:
+    """Apply the schema's leaf defaults to one object, as the API server does before CEL."""
+    if not isinstance(value, dict):
+        return value
+    props = node.get("properties", {})
+    out = {k: v["default"] for k, v in props.items() if "default" in v}
+    out.update({k: _defaulted(props.get(k, {}), v) for k, v in value.items()})
+    return out
+
+
+def _value_at(doc: Any, path: str) -> Any:
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+        doc = doc[int(index)] if index else doc[name]
+    return doc
+
+
+def _cel_results(doc: dict[str, Any], path: str) -> list[bool]:
+    celpy = pytest.importorskip("celpy", reason="cel-python not installed")
+    env = celpy.Environment()
+    node = schema_node(doc["kind"], path)
+    value = celpy.json_to_cel(_defaulted(node, _value_at(doc, path)))
+    rules = node.get("x-kubernetes-validations", [])
+    return [bool(env.program(env.compile(r["rule"])).evaluate({"self": value})) for r in rules]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in INVALID if "\n# cel: " in p.read_text()],
+    ids=lambda p: p.stem,
+)
+def test_cel_rule_rejects_the_invalid_manifest(path: Path) -> None:
+    text = path.read_text()
+    fragment = re.search(r"^# expect: (.+)$", text, re.M)
+    assert fragment
+    assert False in _cel_results(yaml.safe_load(text), fragment.group(1).strip())
+
+
+@pytest.mark.parametrize(
+    "path", ["spec.load", "spec.phases.warmup", "spec.phases.profiling", "spec.sweep[0]"]
+)
+def test_cel_rules_accept_the_examples(path: str) -> None:
+    name = "experiment.yaml" if "sweep" in path else "run.yaml"
+    doc = yaml.safe_load((ROOT / "examples" / name).read_text())
+    results = _cel_results(doc, path)
+    assert results and all(results)
