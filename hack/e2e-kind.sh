@@ -10,7 +10,7 @@
 #      RUN_TIMEOUT_SECONDS (default 600) bounds the wait for the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$PWD/.tools/bin:$PATH"
+export PATH="${BENCHOP_TOOLS_BIN:-$PWD/.tools/bin}:$PATH"
 
 CLUSTER="${KIND_CLUSTER:-benchop-e2e}"
 IMAGE="benchop:e2e" # the tag tests/e2e/values-kind.yaml and the scenario manifests use

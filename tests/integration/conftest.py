@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from kube.harness import Kube, kopf_tasks, run_operator, start_emulator, stop_operator
-
-OperatorFactory = Callable[..., asyncio.Task[None]]
+from kube.harness import (
+    Kube,
+    OperatorFactory,
+    kopf_tasks,
+    run_operator,
+    start_emulator,
+    stop_operator,
+)
 
 
 @pytest.fixture

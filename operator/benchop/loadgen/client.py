@@ -149,6 +149,7 @@ class StreamClient:
         input_words: int,
         sink: Sink,
         scheduled_ns: int | None = None,
+        delayed: bool = False,
     ) -> None:
         """Send one request and call ``sink`` once with its record; never raises
         (except ``CancelledError``, after the sink ran).
@@ -158,100 +159,63 @@ class StreamClient:
         """
         session = self._session
         assert session is not None, "use StreamClient as an async context manager"
-        status = 0
-        outcome = "other"
-        error: str | None = None
-        parser: StreamParser | None = None
-        finished = False  # saw [DONE]: later errors do not change the outcome
+        c = _Call()
         self.in_flight += 1
         wall0 = _wall_ns()
         t0 = _perf_ns()
-        t_end = t0
         try:
             async with asyncio.timeout(self._timeout):
                 async with session.post(self._endpoint, data=body, headers=self._headers) as resp:
-                    status = resp.status
-                    if status != 200:
-                        outcome = _status_outcome(status)
-                        error = (await resp.read())[:_ERROR_CHARS].decode("utf-8", "replace")
-                        t_end = _perf_ns()
-                    elif resp.content_type != "text/event-stream":
-                        outcome = "malformed_stream"
-                        error = f"expected text/event-stream, got {resp.content_type}"
-                        t_end = _perf_ns()
-                    else:
-                        parser = StreamParser(wall0 - t0)
-                        feed = parser.feed
-                        read = resp.content.readany
-                        while True:
-                            data = await read()
-                            if not data:
-                                break
-                            if feed(data, _perf_ns()):
-                                break
-                        t_end = _perf_ns()
-                        outcome, error = _stream_outcome(parser)
-                        if parser.done:
-                            finished = True
-                            while await read():  # consume the end of the body: keep-alive
-                                pass
-                        else:
-                            resp.close()
+                    await self._receive(resp, c, wall0 - t0)
         except TimeoutError:
-            if not finished:
-                t_end = _perf_ns()
-                outcome, error = "timeout", f"no complete response within {self._timeout:g}s"
+            c.fail("timeout", f"no complete response within {self._timeout:g}s")
         except asyncio.CancelledError:
-            if not finished:
-                t_end = _perf_ns()
-                outcome, error = "cancelled", "stopped by the worker"
-            self._finish(
-                ident,
-                wall0,
-                t0,
-                t_end,
-                scheduled_ns,
-                status,
-                outcome,
-                error,
-                parser,
-                input_words,
-                sink,
-            )
+            c.fail("cancelled", "stopped by the worker")
+            self._finish(c, ident, wall0, t0, scheduled_ns, delayed, input_words, sink)
             raise
         except aiohttp.ClientPayloadError as exc:
-            if not finished:
-                t_end = _perf_ns()
-                outcome, error = "disconnected", _short(exc)
+            c.fail("disconnected", _short(exc))
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            if not finished:
-                t_end = _perf_ns()
-                outcome = "connection" if status == 0 else "disconnected"
-                error = _short(exc)
+            c.fail("connection" if c.status == 0 else "disconnected", _short(exc))
         except aiohttp.ClientConnectionError as exc:
-            if not finished:
-                t_end = _perf_ns()
-                outcome, error = "connection", _short(exc)
+            c.fail("connection", _short(exc))
         except Exception as exc:  # a request must never crash the worker
-            if not finished:
-                t_end = _perf_ns()
-                outcome, error = "other", _short(exc)
+            c.fail("other", _short(exc))
             log.debug("request %s failed", ident.id, exc_info=True)
-        self._finish(
-            ident, wall0, t0, t_end, scheduled_ns, status, outcome, error, parser, input_words, sink
-        )
+        self._finish(c, ident, wall0, t0, scheduled_ns, delayed, input_words, sink)
+
+    async def _receive(self, resp: aiohttp.ClientResponse, c: _Call, wall_offset: int) -> None:
+        c.status = resp.status
+        if resp.status != 200:
+            error = (await resp.read())[:_ERROR_CHARS].decode("utf-8", "replace")
+            c.end(_status_outcome(resp.status), error)
+            return
+        if resp.content_type != "text/event-stream":
+            c.end("malformed_stream", f"expected text/event-stream, got {resp.content_type}")
+            return
+        parser = c.parser = StreamParser(wall_offset)
+        feed = parser.feed
+        read = resp.content.readany
+        while True:
+            data = await read()
+            if not data or feed(data, _perf_ns()):
+                break
+        c.end(*_stream_outcome(parser))
+        if parser.done:
+            c.finished = True
+            while await read():  # consume the end of the body so the connection is reused
+                pass
+        else:
+            resp.close()
 
     def _finish(
         self,
+        c: _Call,
         ident: Ident,
         wall0: int,
         t0: int,
-        t_end: int,
         scheduled_ns: int | None,
-        status: int,
-        outcome: str,
-        error: str | None,
-        parser: StreamParser | None,
+        delayed: bool,
         input_words: int,
         sink: Sink,
     ) -> None:
@@ -261,6 +225,7 @@ class StreamClient:
         out_tokens = 0
         in_tokens = input_words
         from_usage = False
+        parser = c.parser
         if parser is not None:
             if parser.first_ns >= 0:
                 ttft = parser.first_ns - t0
@@ -280,21 +245,45 @@ class StreamClient:
             attempt=ident.attempt,
             index=ident.index,
             sent_ns=wall0,
-            outcome=outcome,
-            status=status,
-            error=error,
+            outcome=c.outcome,
+            status=c.status,
+            error=c.error,
             ttft_ns=ttft,
             itl_ns=itl,
-            e2e_ns=t_end - t0,
+            e2e_ns=c.t_end - t0,
             input_tokens=in_tokens,
             output_tokens=out_tokens,
             tokens_from_usage=from_usage,
             send_lag_ns=None if scheduled_ns is None else t0 - scheduled_ns,
+            delayed=delayed,
         )
         try:
             sink(rec)
         except Exception:  # a failing sink must not take the worker down either
             log.exception("recording request %s failed", ident.id)
+
+
+class _Call:
+    """The facts of one request while it runs."""
+
+    __slots__ = ("error", "finished", "outcome", "parser", "status", "t_end")
+
+    def __init__(self) -> None:
+        self.status = 0  # HTTP status; 0 until headers arrived
+        self.outcome = "other"
+        self.error: str | None = None
+        self.parser: StreamParser | None = None
+        self.finished = False  # saw [DONE]: later errors do not change the outcome
+        self.t_end = 0
+
+    def end(self, outcome: str, error: str | None) -> None:
+        self.t_end = _perf_ns()
+        self.outcome = outcome
+        self.error = error
+
+    def fail(self, outcome: str, error: str) -> None:
+        if not self.finished:
+            self.end(outcome, error)
 
 
 def _stream_outcome(p: StreamParser) -> tuple[str, str | None]:

@@ -22,6 +22,7 @@ import msgspec
 from benchop.metrics import Registry, names
 
 __all__ = [
+    "DELAYED",
     "OK",
     "RequestRecord",
     "Slo",
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 OK = "ok"
+DELAYED = "requests_delayed"
+"""Counter (not in ``benchop.metrics.names``): open-loop sends held back by maxInFlight."""
 
 
 class RequestRecord(msgspec.Struct, kw_only=True):
@@ -59,6 +62,7 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     output_tokens: int = 0
     tokens_from_usage: bool = False  # counts from the server's usage, else counted by us
     send_lag_ns: int | None = None  # open loop only: actual - scheduled send time
+    delayed: bool = False  # open loop: waited for a slot under maxInFlight
     good: bool = False  # ok and met every SLO given
 
 
@@ -104,6 +108,7 @@ def new_registry() -> Registry:
         names.GOOD,
         names.OUTPUT_TOKENS_TOTAL,
         names.INPUT_TOKENS_TOTAL,
+        DELAYED,
     ):
         reg.counter(c)
     for reason in names.FAILURE_REASONS:
@@ -120,6 +125,8 @@ def record_into(reg: Registry, rec: RequestRecord) -> None:
     every request that had a schedule (open loop).
     """
     reg.counter(names.REQUESTS).inc()
+    if rec.delayed:
+        reg.counter(DELAYED).inc()
     if rec.send_lag_ns is not None:
         reg.series(names.SEND_LAG).record(rec.send_lag_ns)
     if rec.outcome != OK:

@@ -44,6 +44,7 @@ ANNOTATIONS_PREFIX = "benchop.io"
 DEFAULT_NAMESPACE = "default"
 
 T = TypeVar("T")
+OperatorFactory = Callable[..., "asyncio.Task[None]"]  # the operator_task fixture
 
 
 def register_resources(emulator: Emulator) -> None:
