@@ -46,7 +46,9 @@ def health(request: pytest.FixtureRequest) -> Any:
     return run
 
 
-def cond(type_: str, status: str, reason: str = "", message: str = "", gen: int = 1) -> dict[str, Any]:
+def cond(
+    type_: str, status: str, reason: str = "", message: str = "", gen: int = 1
+) -> dict[str, Any]:
     return {
         "type": type_,
         "status": status,
