@@ -1,0 +1,248 @@
+"""Pure builders of a run's child manifests: the spec ConfigMap and the load-generator Job.
+
+No I/O, no clocks, no randomness: the same run gives the same dicts, so creation is
+idempotent by name (409 = it exists) and tests compare whole manifests.
+
+    owner = owner_reference(body)
+    cm = build_spec_configmap(run, name=spec_configmap_name(run_name), namespace=ns, owner=owner)
+    job = build_loadgen_job(run, name=loadgen_job_name(run_name), namespace=ns, owner=owner,
+                            image=image, gate_endpoint="tcp://op.ns.svc:5555",
+                            snapshot_endpoint="tcp://op.ns.svc:5556")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from benchop.api.models import API_VERSION, BenchmarkRun, to_wire
+
+LABEL_PREFIX = "benchop.io/"
+RUN_LABEL = LABEL_PREFIX + "run"
+RUN_NAME_ANNOTATION = LABEL_PREFIX + "run-name"
+NAME_LABEL = "app.kubernetes.io/name"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+APP = "benchop"
+LOADGEN = "loadgen"
+
+MAX_NAME = 63
+"""Longest child name (a Job's name is also a label value on its pods)."""
+
+SPEC_KEY = "spec.json"
+SPEC_DIR = "/etc/benchop"
+RESULTS_DIR = "/results"
+TERMINATION_LOG = "/dev/termination-log"
+CONTAINER = "loadgen"
+BACKOFF_PER_WORKER = 3
+"""Container restarts allowed per worker before the Job fails (``backoffLimit = 3 * workers``)."""
+
+
+def safe_name(base: str, suffix: str = "", limit: int = MAX_NAME) -> str:
+    """``base`` + ``-suffix`` if that fits ``limit``; else a truncated base plus a stable hash.
+
+    >>> safe_name("r1", "loadgen")
+    'r1-loadgen'
+    """
+    full = f"{base}-{suffix}" if suffix else base
+    if len(full) <= limit:
+        return full
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    tail = f"-{digest}-{suffix}" if suffix else f"-{digest}"
+    return base[: limit - len(tail)].rstrip("-.") + tail
+
+
+def loadgen_job_name(run_name: str) -> str:
+    """``<run>-loadgen`` (truncated with a hash above 63 characters)."""
+    return safe_name(run_name, "loadgen")
+
+
+def spec_configmap_name(run_name: str) -> str:
+    """``<run>-spec`` (truncated with a hash above 63 characters)."""
+    return safe_name(run_name, "spec")
+
+
+def run_label_value(run_name: str) -> str:
+    """The ``benchop.io/run`` label value: the run name, hashed down to 63 characters if longer."""
+    return safe_name(run_name)
+
+
+def labels_for(run_name: str, component: str) -> dict[str, str]:
+    """The labels of every object benchop creates for a run.
+
+    >>> labels_for("r1", "loadgen")["benchop.io/run"]
+    'r1'
+    """
+    return {
+        NAME_LABEL: APP,
+        COMPONENT_LABEL: component,
+        MANAGED_BY_LABEL: "benchop-operator",
+        RUN_LABEL: run_label_value(run_name),
+    }
+
+
+def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The controller ownerReference pointing at a BenchmarkRun body (needs metadata.uid)."""
+    meta = body["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "BenchmarkRun",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(
+    run_name: str, name: str, namespace: str, owner: Mapping[str, Any], component: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels_for(run_name, component),
+        "annotations": {RUN_NAME_ANNOTATION: run_name},
+        "ownerReferences": [dict(owner)],
+    }
+
+
+def spec_json(run: BenchmarkRun) -> str:
+    """The run spec as the workers read it: camelCase JSON, keys sorted (deterministic)."""
+    return json.dumps(to_wire(run.spec), sort_keys=True, separators=(",", ":"))
+
+
+def build_spec_configmap(
+    run: BenchmarkRun, *, name: str, namespace: str, owner: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The ConfigMap holding the run spec (``spec.json``), mounted read-only by the workers."""
+    run_name = run.metadata.name or ""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(run_name, name, namespace, owner, LOADGEN),
+        "data": {SPEC_KEY: spec_json(run)},
+    }
+
+
+def build_loadgen_job(
+    run: BenchmarkRun,
+    *,
+    name: str,
+    namespace: str,
+    owner: Mapping[str, Any],
+    image: str,
+    gate_endpoint: str,
+    snapshot_endpoint: str,
+    run_key: str | None = None,
+    config_map: str | None = None,
+) -> dict[str, Any]:
+    """The Indexed Job of the run's workers (``parallelism = completions = workers``).
+
+    Each pod runs ``benchop loadgen`` on the spec mounted from the ConfigMap; the worker index
+    comes from ``JOB_COMPLETION_INDEX`` (set by Kubernetes for Indexed Jobs). ``run_key`` is
+    what workers send as their run id (default: the run name). ``restartPolicy: OnFailure``
+    on purpose: a killed worker restarts *in the same pod*, so its results emptyDir (with the
+    request checkpoint) survives and it resumes without counting a request twice; a new pod
+    would start from an empty dir. (``backoffLimitPerIndex`` needs ``Never``, so the backoff
+    is the Job-wide ``backoffLimit``.)
+    """
+    spec = run.spec
+    run_name = run.metadata.name or ""
+    workers = spec.load.workers
+    pod = spec.pod
+    env: list[dict[str, Any]] = [
+        {"name": "BENCHOP_RUN", "value": run_key or run_name},
+        {"name": "BENCHOP_SPEC_FILE", "value": f"{SPEC_DIR}/{SPEC_KEY}"},
+        {"name": "BENCHOP_GATE_ENDPOINT", "value": gate_endpoint},
+        {"name": "BENCHOP_SNAPSHOT_ENDPOINT", "value": snapshot_endpoint},
+    ]
+    ref = spec.target.api_key_secret_ref
+    if ref is not None:  # resolved by the kubelet; the operator never reads the Secret
+        env.append(
+            {
+                "name": "BENCHOP_API_KEY",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": (pod.image if pod and pod.image else image),
+        "command": ["benchop"],
+        "args": [
+            "loadgen",
+            "--spec",
+            f"{SPEC_DIR}/{SPEC_KEY}",
+            "--workers",
+            str(workers),
+            "--results-dir",
+            RESULTS_DIR,
+            "--termination-log",
+            TERMINATION_LOG,
+        ],
+        "env": env,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+        "volumeMounts": [
+            {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+            {"name": "results", "mountPath": RESULTS_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    if pod and pod.resources:
+        container["resources"] = to_wire(pod.resources)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "OnFailure",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {
+                "name": "spec",
+                "configMap": {"name": config_map or spec_configmap_name(run_name)},
+            },
+            {"name": "results", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+        ],
+    }
+    if pod and pod.node_selector:
+        pod_spec["nodeSelector"] = dict(pod.node_selector)
+    if pod and pod.tolerations:
+        pod_spec["tolerations"] = [to_wire(t) for t in pod.tolerations]
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": workers,
+        "parallelism": workers,
+        "backoffLimit": BACKOFF_PER_WORKER * workers,
+        "template": {
+            "metadata": {
+                "labels": labels_for(run_name, LOADGEN),
+                "annotations": {RUN_NAME_ANNOTATION: run_name},
+            },
+            "spec": pod_spec,
+        },
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(run_name, name, namespace, owner, LOADGEN),
+        "spec": job_spec,
+    }

@@ -1,0 +1,1 @@
+"""Plain async handler functions called by ``benchop.operator.main`` (no kopf decorators here)."""

@@ -1,0 +1,262 @@
+"""The operator's pure builders: whole manifests vs expected dicts (k6-operator style)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from benchop.api.models import BenchmarkRun
+from benchop.operator import builders
+from benchop.operator.builders import (
+    build_loadgen_job,
+    build_spec_configmap,
+    labels_for,
+    loadgen_job_name,
+    owner_reference,
+    safe_name,
+    spec_configmap_name,
+)
+from kubernetes_validate import validate as k8s_validate
+
+K8S_VERSION = "1.30"
+
+
+def run_doc(**spec_overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "target": {"url": "http://vllm.default.svc:8000/v1", "model": "m"},
+        "load": {"mode": "concurrency", "concurrency": 8, "workers": 2},
+        "phases": {"profiling": {"requests": 100}},
+    }
+    spec.update(spec_overrides)
+    return {
+        "apiVersion": "benchop.io/v1alpha1",
+        "kind": "BenchmarkRun",
+        "metadata": {"name": "r1", "namespace": "ns", "uid": "uid-1", "generation": 1},
+        "spec": spec,
+    }
+
+
+OWNER = {
+    "apiVersion": "benchop.io/v1alpha1",
+    "kind": "BenchmarkRun",
+    "name": "r1",
+    "uid": "uid-1",
+    "controller": True,
+    "blockOwnerDeletion": True,
+}
+LABELS = {
+    "app.kubernetes.io/name": "benchop",
+    "app.kubernetes.io/component": "loadgen",
+    "app.kubernetes.io/managed-by": "benchop-operator",
+    "benchop.io/run": "r1",
+}
+META = {
+    "name": "r1-loadgen",
+    "namespace": "ns",
+    "labels": LABELS,
+    "annotations": {"benchop.io/run-name": "r1"},
+    "ownerReferences": [OWNER],
+}
+
+
+def expected_job(
+    *, env_extra: list[dict[str, Any]] | None = None, image: str = "img:1"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": META,
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": 2,
+            "parallelism": 2,
+            "backoffLimit": 6,
+            "template": {
+                "metadata": {
+                    "labels": LABELS,
+                    "annotations": {"benchop.io/run-name": "r1"},
+                },
+                "spec": {
+                    "restartPolicy": "OnFailure",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "fsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "loadgen",
+                            "image": image,
+                            "command": ["benchop"],
+                            "args": [
+                                "loadgen",
+                                "--spec",
+                                "/etc/benchop/spec.json",
+                                "--workers",
+                                "2",
+                                "--results-dir",
+                                "/results",
+                                "--termination-log",
+                                "/dev/termination-log",
+                            ],
+                            "env": [
+                                {"name": "BENCHOP_RUN", "value": "ns.r1"},
+                                {"name": "BENCHOP_SPEC_FILE", "value": "/etc/benchop/spec.json"},
+                                {"name": "BENCHOP_GATE_ENDPOINT", "value": "tcp://op:5555"},
+                                {"name": "BENCHOP_SNAPSHOT_ENDPOINT", "value": "tcp://op:5556"},
+                                *(env_extra or []),
+                            ],
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "runAsNonRoot": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "terminationMessagePath": "/dev/termination-log",
+                            "terminationMessagePolicy": "File",
+                            "volumeMounts": [
+                                {"name": "spec", "mountPath": "/etc/benchop", "readOnly": True},
+                                {"name": "results", "mountPath": "/results"},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "spec", "configMap": {"name": "r1-spec"}},
+                        {"name": "results", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def job_for(doc: dict[str, Any]) -> dict[str, Any]:
+    run = BenchmarkRun.model_validate(doc)
+    return build_loadgen_job(
+        run,
+        name="r1-loadgen",
+        namespace="ns",
+        owner=owner_reference(doc),
+        image="img:1",
+        gate_endpoint="tcp://op:5555",
+        snapshot_endpoint="tcp://op:5556",
+        run_key="ns.r1",
+    )
+
+
+def test_minimal_job_whole_manifest() -> None:
+    assert job_for(run_doc()) == expected_job()
+
+
+def test_job_with_every_pod_override_whole_manifest() -> None:
+    doc = run_doc(
+        pod={
+            "image": "custom:2",
+            "resources": {"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi", "cpu": 2}},
+            "nodeSelector": {"pool": "cpu"},
+            "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+        activeDeadlineSeconds=600,
+        ttlSecondsAfterFinished=3600,
+    )
+    doc["spec"]["target"]["apiKeySecretRef"] = {"name": "hf", "key": "token"}
+    want = expected_job(
+        image="custom:2",
+        env_extra=[
+            {
+                "name": "BENCHOP_API_KEY",
+                "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}},
+            }
+        ],
+    )
+    want["spec"]["activeDeadlineSeconds"] = 600
+    want["spec"]["ttlSecondsAfterFinished"] = 3600
+    pod = want["spec"]["template"]["spec"]
+    pod["containers"][0]["resources"] = {
+        "requests": {"cpu": "500m"},
+        "limits": {"memory": "1Gi", "cpu": 2},
+    }
+    pod["nodeSelector"] = {"pool": "cpu"}
+    pod["tolerations"] = [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}]
+    assert job_for(doc) == want
+
+
+def test_secret_value_never_in_manifest() -> None:
+    doc = run_doc()
+    doc["spec"]["target"]["apiKeySecretRef"] = {"name": "hf", "key": "token"}
+    text = json.dumps(job_for(doc))
+    assert "secretKeyRef" in text and '"value": "hf"' not in text
+
+
+def test_spec_configmap_whole_manifest() -> None:
+    doc = run_doc()
+    run = BenchmarkRun.model_validate(doc)
+    cm = build_spec_configmap(run, name="r1-spec", namespace="ns", owner=owner_reference(doc))
+    assert cm == {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {**META, "name": "r1-spec"},
+        "data": {
+            "spec.json": json.dumps(
+                {
+                    "gates": {"baseline": True, "timeout": "5s"},
+                    "load": {
+                        "arrival": "poisson",
+                        "concurrency": 8,
+                        "mode": "concurrency",
+                        "requestTimeout": "300s",
+                        "workers": 2,
+                    },
+                    "phases": {"profiling": {"requests": 100}},
+                    "target": {
+                        "api": "chat",
+                        "model": "m",
+                        "url": "http://vllm.default.svc:8000/v1",
+                    },
+                    "workload": {"outputTokens": 128, "promptTokens": 512, "seed": 0},
+                },
+                sort_keys=True,
+                separators=(",", ":"),
+            )
+        },
+    }
+    # the mounted spec validates back into the same model
+    again = BenchmarkRun.model_validate({"spec": json.loads(cm["data"]["spec.json"])})
+    assert again.spec == run.spec
+
+
+def test_builders_are_deterministic() -> None:
+    assert job_for(run_doc()) == job_for(run_doc())
+
+
+@pytest.mark.parametrize("builder", ["job", "configmap"])
+def test_manifests_pass_kubernetes_schema(builder: str) -> None:
+    doc = run_doc(pod={"resources": {"limits": {"cpu": 2}}}, activeDeadlineSeconds=60)
+    run = BenchmarkRun.model_validate(doc)
+    manifest = (
+        job_for(doc)
+        if builder == "job"
+        else build_spec_configmap(run, name="r1-spec", namespace="ns", owner=owner_reference(doc))
+    )
+    k8s_validate(manifest, K8S_VERSION, strict=True)
+
+
+def test_names_and_labels() -> None:
+    assert loadgen_job_name("r1") == "r1-loadgen"
+    assert spec_configmap_name("r1") == "r1-spec"
+    assert labels_for("r1", "loadgen") == LABELS
+    long = "a" * 60 + ".b" * 40
+    for name in (loadgen_job_name(long), spec_configmap_name(long)):
+        assert len(name) <= 63 and name[-1].isalnum() and name[0].isalnum()
+    assert loadgen_job_name(long) != loadgen_job_name(long + "x")
+    assert loadgen_job_name(long) == loadgen_job_name(long)  # stable
+    value = labels_for(long, "loadgen")[builders.RUN_LABEL]
+    assert len(value) <= 63 and value[-1].isalnum()
+    assert safe_name("x" * 63) == "x" * 63
