@@ -71,7 +71,7 @@ async def test_create_assigns_uid_rv_generation_and_timestamp(kube: Kube) -> Non
     assert meta["creationTimestamp"].endswith("Z")
     assert int(second["metadata"]["resourceVersion"]) > int(meta["resourceVersion"])
     assert first["kind"] == "BenchmarkRun" and first["apiVersion"] == "benchop.io/v1alpha1"
-    assert kube.emulator.get(BENCHMARKRUNS, "a") == first
+    assert kube.emulator.read(BENCHMARKRUNS, "a") == first
 
 
 async def test_generation_bumps_on_spec_changes_only(kube: Kube) -> None:
@@ -170,7 +170,7 @@ async def test_stale_resource_version_in_a_merge_patch_or_put_conflicts(kube: Ku
         )
     assert e.value.status == 409
 
-    current = kube.emulator.get(BENCHMARKRUNS, "a")
+    current = kube.emulator.read(BENCHMARKRUNS, "a")
     assert current is not None and current["spec"] == {"x": 2}
     url = kube.url + resource_url(BENCHMARKRUNS, "default", "a")
     async with aiohttp.ClientSession() as session:
@@ -297,7 +297,7 @@ async def test_deletion_waits_for_finalizers(kube: Kube) -> None:
 
     await kube.client.patch(BENCHMARKRUNS, "a", {"metadata": {"finalizers": None}})
     assert await kube.client.get_or_none(BENCHMARKRUNS, "a") is None
-    assert kube.emulator.get(BENCHMARKRUNS, "a") is None
+    assert kube.emulator.read(BENCHMARKRUNS, "a") is None
 
 
 async def test_deletion_without_finalizers_is_immediate(kube: Kube) -> None:
@@ -351,7 +351,7 @@ async def test_fail_next_fails_without_applying(kube: Kube) -> None:
     with pytest.raises(ApiError) as e:
         await kube.client.patch_status(BENCHMARKRUNS, "a", {"phase": "X"})
     assert e.value.status == 409 and e.value.body["reason"] == "Conflict"
-    assert "status" not in (kube.emulator.get(BENCHMARKRUNS, "a") or {})
+    assert "status" not in (kube.emulator.read(BENCHMARKRUNS, "a") or {})
     assert fault.times == 0
 
     done = await kube.client.patch_status(BENCHMARKRUNS, "a", {"phase": "Y"})

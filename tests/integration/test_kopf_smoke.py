@@ -79,7 +79,7 @@ def start(
 
 
 def phase_of(kube: Kube, name: str, namespace: str = "default") -> str | None:
-    obj = kube.emulator.get(BENCHMARKRUNS, name, namespace) or {}
+    obj = kube.emulator.read(BENCHMARKRUNS, name, namespace) or {}
     return obj.get("status", {}).get("phase")
 
 
@@ -125,7 +125,7 @@ async def test_spec_changes_reach_kopf_through_the_watch(
 
     def observed() -> int | None:
         return (
-            (kube.emulator.get(BENCHMARKRUNS, "r1") or {})
+            (kube.emulator.read(BENCHMARKRUNS, "r1") or {})
             .get("status", {})
             .get("observedGeneration")
         )
@@ -142,7 +142,7 @@ async def test_delete_runs_the_handler_then_releases_the_finalizer(
     await wait_for(lambda: phase_of(kube, "r1"))
 
     await kube.client.delete(BENCHMARKRUNS, "r1")
-    await wait_for(lambda: kube.emulator.get(BENCHMARKRUNS, "r1") is None, message="r1 gone")
+    await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "r1") is None, message="r1 gone")
     assert memo.calls == [("create", "r1"), ("delete", "r1")]
 
     # No garbage collector here: the test calls it where the cluster's GC would run.

@@ -227,10 +227,11 @@ class Emulator(kmock.KubernetesEmulator):
             and (status is None or c.status == status)
         )
 
-    def get(self, resource: str, name: str, namespace: str | None = "default") -> Body | None:
+    def read(self, resource: str, name: str, namespace: str | None = "default") -> Body | None:
         """The current stored object (a deep copy), or None if absent or deleted.
 
-        Same argument order as ``KubeClient.get``; use ``namespace=None`` if cluster-scoped.
+        Same arguments as ``KubeClient.get``; ``namespace=None`` for cluster-scoped objects.
+        (Not ``get``: kmock's handler already has ``get(url)``, an HTTP client shortcut.)
         """
         key = (kmock.resource(resource), namespace, name)
         if key not in self.objects or self.objects[key].deleted:
@@ -368,8 +369,8 @@ class Emulator(kmock.KubernetesEmulator):
                     return
                 if event is None:
                     return
-                if (item := self._filtered(query, event)) is not None:
-                    yield item
+                if (visible := self._filtered(query, event)) is not None:
+                    yield visible
         finally:
             self._watchers.discard(queue)
 
@@ -410,7 +411,7 @@ class Emulator(kmock.KubernetesEmulator):
                 elif resource == kmock.resource("v1/namespaces"):
                     body["status"] = {"phase": "Active"}
             stored = self._commit(key, "ADDED", body)
-        return kmock.Response(status=201, payload=stored)
+        return rendering.Response(status=201, payload=stored)
 
     async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
         key = self._key(request, subresources={None, "status"})

@@ -3,7 +3,7 @@
     async with start_emulator() as kube:            # Emulator + URL + KubeClient
         task = run_operator(kube.url, registry=registry)
         await kube.client.create(BENCHMARKRUNS, {"metadata": {"name": "r1"}, "spec": {}})
-        run = await wait_for(lambda: kube.emulator.get(BENCHMARKRUNS, "r1"))
+        run = await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "r1"))
         await stop_operator(task)
 
 Conventions: resources are addressed as ``group/version/plural`` strings (``v1/pods`` for the
@@ -14,13 +14,14 @@ against a deadline.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import contextvars
 import dataclasses
 import inspect
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import aiohttp.web
@@ -109,12 +110,12 @@ class KubeClient:
         self.url = url.rstrip("/")
         self._session = session
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Body:
         async with self._session.request(method, self.url + path, **kwargs) as response:
             body = await response.json(content_type=None)
             if response.status >= 400:
                 raise ApiError(response.status, body)
-            return body
+            return cast(Body, body)
 
     async def create(self, resource: str, body: Body, namespace: str | None = "default") -> Body:
         return await self._request("POST", resource_url(resource, namespace), json=body)
@@ -139,7 +140,7 @@ class KubeClient:
         *,
         labels: str | None = None,
         fields: str | None = None,
-    ) -> list[Body]:
+    ) -> builtins.list[Body]:
         """List items; ``namespace=None`` lists across namespaces (or cluster-scoped)."""
         params = {k: v for k, v in {"labelSelector": labels, "fieldSelector": fields}.items() if v}
         body = await self._request("GET", resource_url(resource, namespace), params=params)
@@ -149,7 +150,7 @@ class KubeClient:
         self,
         resource: str,
         name: str,
-        patch: Body | list[Body],
+        patch: Body | builtins.list[Body],
         namespace: str | None = "default",
         *,
         subresource: str | None = None,
@@ -225,7 +226,7 @@ async def wait_for(
 
     Raises ``TimeoutError`` with the last value seen after ``timeout`` seconds::
 
-        run = await wait_for(lambda: kube.emulator.get(BENCHMARKRUNS, "r1"))
+        run = await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "r1"))
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -234,7 +235,7 @@ async def wait_for(
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if loop.time() >= deadline:
             raise TimeoutError(f"not true within {timeout}s: {message or predicate} -> {value!r}")
         await asyncio.sleep(interval)
