@@ -2,7 +2,7 @@
 # The project's one test command (README and .ci/run both use it).
 # Lint, type-check, then pytest; pytest's exit code 5 (no tests collected) fails.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ruff check . || exit 1
 ruff format --check . || exit 1
 mypy || exit 1

@@ -1,0 +1,130 @@
+"""Terminal tables of results, shared by ``benchop run`` and ``benchop get``.
+
+``printer_row`` resolves the CRD's own printer columns against a resource
+dict, so the local table shows exactly what ``kubectl get benchmarkruns -o
+wide`` shows on a cluster (Age aside). ``results_table`` is the detailed view.
+
+>>> printer_row({"status": {"phase": "Succeeded"}}, BENCHMARKRUN_COLUMNS[:1])
+{'Phase': 'Succeeded'}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.table import Table
+
+from benchop.api.crdgen import BENCHMARKRUN_COLUMNS, EXPERIMENT_COLUMNS
+from benchop.api.models import LatencyStats, Results
+
+__all__ = [
+    "BENCHMARKRUN_COLUMNS",
+    "EXPERIMENT_COLUMNS",
+    "fmt",
+    "printer_row",
+    "printer_table",
+    "resolve",
+    "results_table",
+]
+
+
+def resolve(obj: Any, json_path: str) -> Any:
+    """Value at a simple ``.a.b.c`` JSONPath (as printer columns use), or None."""
+    for key in json_path.lstrip(".").split("."):
+        if not isinstance(obj, Mapping) or key not in obj:
+            return None
+        obj = obj[key]
+    return obj
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """Short human form: floats to ``digits`` significant figures, None as ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:.0f}"
+    return str(value)
+
+
+def printer_row(
+    resource: Mapping[str, Any], columns: Sequence[Mapping[str, Any]]
+) -> dict[str, str]:
+    """Column name -> formatted value for every non-date column."""
+    return {
+        c["name"]: fmt(resolve(resource, c["jsonPath"])) for c in columns if c["type"] != "date"
+    }
+
+
+def printer_table(
+    resources: Sequence[Mapping[str, Any]],
+    columns: Sequence[Mapping[str, Any]] = BENCHMARKRUN_COLUMNS,
+    *,
+    title: str | None = None,
+) -> Table:
+    """The ``kubectl get -o wide`` view of resources (NAME plus every printer column)."""
+    table = Table(title=title)
+    table.add_column("NAME")
+    shown = [c for c in columns if c["type"] != "date"]
+    for c in shown:
+        table.add_column(c["name"].upper(), justify="left" if c["type"] == "string" else "right")
+    for res in resources:
+        row = printer_row(res, shown)
+        table.add_row(str(resolve(res, ".metadata.name") or "-"), *row.values())
+    return table
+
+
+def results_table(results: Results, *, title: str = "Results (profiling phase)") -> Table:
+    """Latency statistics, throughput, goodput, GPU and client health of one run."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for col in ("p50", "p90", "p99", "mean", "std", "min", "max", "count"):
+        table.add_column(col, justify="right")
+    series: list[tuple[str, LatencyStats | None]] = [
+        ("TTFT ms", results.ttft_ms),
+        ("ITL ms", results.itl_ms),
+        ("TPOT ms", results.tpot_ms),
+        ("E2E ms", results.e2e_ms),
+    ]
+    for name, s in series:
+        if s is None:
+            table.add_row(name, *["-"] * 8)
+        else:
+            table.add_row(
+                name,
+                *(fmt(v) for v in (s.p50, s.p90, s.p99, s.mean, s.std, s.min, s.max)),
+                str(s.count),
+            )
+    req = results.requests
+    table.add_section()
+    failed = ", ".join(f"{k}={v}" for k, v in sorted(req.by_reason.items())) or "none"
+    table.add_row("requests", f"{req.total} total, {req.ok} ok, {req.failed} failed ({failed})")
+    tp = results.throughput
+    table.add_row(
+        "throughput",
+        f"{fmt(tp.rps)} req/s, {fmt(tp.output_tok_per_s)} output tok/s "
+        f"over {fmt(results.duration_s)} s, {results.workers} worker(s)",
+    )
+    if results.goodput is not None:
+        g = results.goodput
+        table.add_row("goodput", f"{fmt(g.ratio * 100)} % of requests met the SLO ({fmt(g.rps)}/s)")
+    if results.gpu is not None:
+        gpu = results.gpu
+        sim = " SIMULATED" if gpu.simulated else ""
+        table.add_row(
+            "gpu" + sim,
+            f"{gpu.gpus} GPU(s): util {fmt(gpu.util_mean)} %, power {fmt(gpu.power_mean_w)} W, "
+            f"energy {fmt(gpu.energy_j)} J, {fmt(gpu.joules_per_output_token)} J/token"
+            + (f"; missing agents: {', '.join(gpu.missing_agents)}" if gpu.missing_agents else ""),
+        )
+    if results.client is not None:
+        c = results.client
+        verdict = f"SATURATED: {c.reason}" if c.saturated else "ok"
+        table.add_row(
+            "client",
+            f"cpu {fmt(c.cpu_pct)} %, receive lag p99 {fmt(c.recv_lag_p99_ms)} ms: {verdict}",
+        )
+    table.add_row("source", f"{results.source}" + ("" if results.complete else " (INCOMPLETE)"))
+    return table
