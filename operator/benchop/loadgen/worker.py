@@ -1,0 +1,599 @@
+"""One load-generator worker: warmup, the START gate, profiling, the END gate, results.
+
+:func:`run_worker` (or :class:`Worker` for a stoppable handle) runs the
+whole worker in-process; ``benchop loadgen`` wraps it for a pod or a local
+subprocess.
+
+Phases. Warmup (optional) then profiling, each bounded by a request count or
+a duration, with the spec's load mode. The load of the run is split evenly
+across the ``workers`` (:func:`plan_for`): concurrency, rate and request
+counts are shares (the first ``total % workers`` workers take one more), a
+duration bounds every worker alike. A phase admits no request past its bound
+and ends when every admitted request finished (in-flight requests at a
+duration's end complete and count). Between warmup and profiling the worker
+waits for no warmup request to be in flight, then asks the coordinator for
+START; after profiling it asks for END (:mod:`benchop.loadgen.gate`). Only
+profiling requests reach the registry and ``records.jsonl``. A request is
+*good* when it succeeded and met every SLO given.
+
+Resume. With a results directory that already holds a checkpoint of the
+same run, worker and spec, the worker loads the records (they count towards
+the profiling bound and into the metrics exactly once), skips warmup and the
+START gate (both happened in the earlier attempt) and profiles only what is
+left: the remaining requests, or the remaining duration (the profiling time
+of the earlier attempts counts). A checkpoint of another run or spec is an
+error, never silently mixed in.
+
+Stopping. :meth:`Worker.stop` (SIGTERM/SIGINT in the command) admits no more
+requests, lets those in flight finish for up to ``drain_timeout_s`` (then
+cancels them: outcome ``cancelled``), skips the END gate and still produces
+the final snapshot, with ``interrupted=True``. A second ``stop`` cancels at
+once.
+
+    outcome = await run_worker(WorkerConfig(spec=spec, run="r", results_dir=d))
+    outcome.snapshot.counters["requests_total"]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from array import array
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from benchagent.transport import Publisher
+from benchagent.wire import MetricsSnapshot
+
+from benchop.api.models import BenchmarkRunSpec, PhaseBound
+from benchop.loadgen import checkpoint as ckpt
+from benchop.loadgen.client import Ident, StreamClient, Target
+from benchop.loadgen.gate import GateClient, GateResult
+from benchop.loadgen.load import Budget, OpenLoop, arrival_offsets, run_closed
+from benchop.loadgen.prompts import make_prompt
+from benchop.loadgen.records import OK, RequestRecord, Slo, is_good, new_registry, record_into
+from benchop.loadgen.snapshots import Snapshots
+from benchop.metrics import names
+
+__all__ = [
+    "CheckpointMismatch",
+    "FinalOutcome",
+    "PhasePlan",
+    "Plan",
+    "Worker",
+    "WorkerConfig",
+    "plan_for",
+    "run_worker",
+    "spec_hash",
+]
+
+log = logging.getLogger(__name__)
+
+WARMUP_ATTEMPT = 0  # Ident.attempt of warmup requests (profiling attempts start at 1)
+CHECKPOINT_WRITE_ERRORS = "checkpoint_write_errors"
+"""Counter (only present when non-zero): profiling records that could not be checkpointed."""
+
+
+class CheckpointMismatch(RuntimeError):
+    """The results directory holds a checkpoint of another run, worker or spec."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Everything one worker needs; only ``spec`` and ``run`` are required.
+
+    ``results_dir=None`` runs without checkpoint, resume and final files;
+    ``gate_endpoint=None`` runs ungated; ``snapshot_endpoint=None`` publishes
+    nothing (the final snapshot is still returned and written).
+    """
+
+    spec: BenchmarkRunSpec
+    run: str
+    worker_index: int = 0
+    workers: int | None = None  # default: spec.load.workers
+    target_url: str | None = None  # default: spec.target.url
+    api_key: str | None = field(default=None, repr=False)
+    gate_endpoint: str | None = None
+    snapshot_endpoint: str | None = None
+    results_dir: Path | None = None
+    termination_log: Path | None = None
+    snapshot_interval_s: float = 1.0
+    drain_timeout_s: float = 10.0
+    gate_attempt_s: float = 5.0
+    gate_wait_s: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class PhasePlan:
+    """This worker's bound of one phase: a request count or a duration."""
+
+    requests: int | None = None
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """This worker's share of the run's load (see :func:`plan_for`)."""
+
+    mode: Literal["concurrency", "rate"]
+    concurrency: int  # closed loop: tasks of this worker
+    rate: float  # open loop: requests/s of this worker
+    arrival: Literal["constant", "poisson"]
+    phase_s: float  # open loop: offset of this worker's first arrival
+    max_in_flight: int | None
+    warmup: PhasePlan | None
+    profiling: PhasePlan
+    prompt_tokens: int
+    output_tokens: int
+    seed: int
+    request_timeout_s: float
+    slo: Slo
+
+
+def _share(total: int, worker: int, workers: int) -> int:
+    return total // workers + (1 if worker < total % workers else 0)
+
+
+def _phase(bound: PhaseBound | None, worker: int, workers: int) -> PhasePlan | None:
+    if bound is None:
+        return None
+    if bound.requests is not None:
+        return PhasePlan(requests=_share(bound.requests, worker, workers))
+    assert bound.duration is not None
+    return PhasePlan(duration_s=bound.duration.seconds)
+
+
+def plan_for(spec: BenchmarkRunSpec, worker: int, workers: int) -> Plan:
+    """Worker ``worker``'s share of the load of ``spec`` split over ``workers``.
+
+    >>> plan_for(spec, 1, 3).concurrency   # concurrency 32 over 3 workers  # doctest: +SKIP
+    11
+    """
+    if not 0 <= worker < workers:
+        raise ValueError(f"worker index {worker} is not in 0..{workers - 1}")
+    load = spec.load
+    rate = (load.rate or 0.0) / workers
+    slo = spec.slo
+    cap = load.max_in_flight
+    return Plan(
+        mode=load.mode,
+        concurrency=_share(load.concurrency or 0, worker, workers),
+        rate=rate,
+        arrival=load.arrival,
+        # constant arrivals of the workers interleave instead of coinciding
+        phase_s=worker / load.rate if load.rate else 0.0,
+        max_in_flight=None if cap is None else max(_share(cap, worker, workers), 1),
+        warmup=_phase(spec.phases.warmup, worker, workers),
+        profiling=_phase(spec.phases.profiling, worker, workers) or PhasePlan(requests=0),
+        prompt_tokens=spec.workload.prompt_tokens,
+        output_tokens=spec.workload.output_tokens,
+        seed=spec.workload.seed,
+        request_timeout_s=load.request_timeout.seconds,
+        slo=Slo(
+            ttft_ms=slo.ttft_ms if slo else None,
+            itl_ms=slo.itl_ms if slo else None,
+            tpot_ms=slo.tpot_ms if slo else None,
+            e2e_ms=slo.e2e_ms if slo else None,
+        ),
+    )
+
+
+def spec_hash(spec: BenchmarkRunSpec) -> str:
+    """sha256 of the spec's canonical JSON: a checkpoint belongs to one spec."""
+    wire = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class FinalOutcome:
+    """What a worker did: its final (COMPLETE) snapshot and how it got there."""
+
+    snapshot: MetricsSnapshot
+    interrupted: bool
+    attempt: int  # 1 + resumes
+    resumed_records: int  # profiling records loaded from the checkpoint
+    gates: dict[str, GateResult]
+    warmup_requests: int
+    warmup_ok: int
+    checkpoint_write_errors: int
+
+    @property
+    def exit_code(self) -> int:
+        """0 when the worker finished its bound, 1 when it was interrupted."""
+        return 1 if self.interrupted else 0
+
+
+@dataclass(slots=True)
+class _Request:
+    ident: Ident
+    body: bytes
+
+
+class Worker:
+    """One worker run; ``await worker.run()`` once, ``worker.stop()`` from anywhere on its loop."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        spec = config.spec
+        self.workers = config.workers or spec.load.workers
+        self.index = config.worker_index
+        self.plan = plan_for(spec, self.index, self.workers)
+        url = config.target_url or spec.target.url
+        if not url:
+            raise ValueError("no target URL: set spec.target.url or --target-url")
+        self.target = Target(url, spec.target.model, spec.target.api, config.api_key)
+        self.registry = new_registry()
+        self.phase = "starting"
+        self.attempt = 1
+        self.resumed_records = 0
+        self.gates: dict[str, GateResult] = {}
+        self.warmup_requests = 0
+        self.warmup_ok = 0
+        self._stopping = 0  # stop() calls
+        self._stop_event = asyncio.Event()
+        self._load_task: asyncio.Task[None] | None = None
+        self._elapsed_before_s = 0.0
+        self._attempt_started_ns = 0
+        self._profiling_t0: float | None = None  # perf_counter of this attempt's start
+        self._profiling_elapsed: float | None = None  # frozen at the end of profiling
+        self._client: StreamClient | None = None
+        self._checkpoint: ckpt.Checkpoint | None = None
+        self._state: ckpt.CheckpointState | None = None
+        self._snaps: Snapshots | None = None
+        self._recv_lags = array("q")  # profiling receive lags (ns), for the final p99
+        self._cpu_mark = (time.perf_counter(), time.process_time())
+        self._profiling_cpu: tuple[float, float] | None = None  # (wall, cpu) at start
+        self._final_cpu_pct: float | None = None
+        self._next_index = 0
+
+    # ------------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        """Drain and finish (interrupted); a second call cancels in-flight requests now."""
+        self._stopping += 1
+        self._stop_event.set()
+        if self._stopping > 1 and self._load_task is not None:
+            self._load_task.cancel()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._stopping > 0
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> FinalOutcome:
+        """Run the worker to its final snapshot (never raises on request errors).
+
+        Raises :class:`CheckpointMismatch` before sending anything when the
+        results directory belongs to another run, worker or spec.
+        """
+        cfg = self.config
+        loaded = self._load_checkpoint()
+        publisher = Publisher(cfg.snapshot_endpoint) if cfg.snapshot_endpoint else None
+        gate = GateClient(
+            cfg.gate_endpoint,
+            run=cfg.run,
+            worker=self.index,
+            workers=self.workers,
+            attempt_s=cfg.gate_attempt_s,
+            wait_s=cfg.gate_wait_s,
+        )
+        snaps = self._snaps = Snapshots(
+            self.registry,
+            run=cfg.run,
+            worker=self.index,
+            publisher=publisher,
+            progress=self._progress,
+            interval_s=cfg.snapshot_interval_s,
+            before_snapshot=self._update_gauges,
+        )
+        limit = self.plan.concurrency if self.plan.mode == "concurrency" else 0
+        client = self._client = StreamClient(
+            self.target, request_timeout=self.plan.request_timeout_s, limit=limit
+        )
+        snaps.start()
+        try:
+            async with client:
+                await self._phases(loaded, gate)
+        finally:
+            if self._checkpoint is not None:
+                await self._checkpoint.close()
+            await self._save_state()
+            final = await snaps.finish(
+                interrupted=self.interrupted,
+                results_dir=cfg.results_dir,
+                termination_log=cfg.termination_log,
+            )
+            gate.close()
+            if publisher is not None:
+                publisher.close()
+        return FinalOutcome(
+            snapshot=final,
+            interrupted=self.interrupted,
+            attempt=self.attempt,
+            resumed_records=self.resumed_records,
+            gates=self.gates,
+            warmup_requests=self.warmup_requests,
+            warmup_ok=self.warmup_ok,
+            checkpoint_write_errors=self._checkpoint_errors(),
+        )
+
+    async def _phases(self, loaded: ckpt.Loaded | None, gate: GateClient) -> None:
+        resumed = loaded is not None and loaded.state is not None
+        if not resumed and self.plan.warmup is not None:
+            self.phase = "warmup"
+            await self._run_phase(self.plan.warmup, self._warmup_sink, WARMUP_ATTEMPT, 0.0)
+        if self.interrupted:
+            return
+        if resumed:
+            log.info(
+                "resuming: warmup and the START gate were passed by attempt %d", self.attempt - 1
+            )
+        else:
+            self.phase = "gate"
+            result = await self._until_stopped(gate.pass_gate("START"))
+            if result is None:
+                return
+            self.gates["START"] = result
+        self._start_profiling()
+        await self._save_state()
+        self.phase = "profiling"
+        await self._run_phase(
+            self.plan.profiling,
+            self._profiling_sink,
+            self.attempt,
+            self._elapsed_before_s,
+            already=self.resumed_records,
+        )
+        self._end_profiling()
+        if self.interrupted:
+            return
+        await self._save_state()
+        self.phase = "done"
+        assert self._snaps is not None
+        self._snaps.state = "DRAINING"
+        end = await self._until_stopped(gate.pass_gate("END"))
+        if end is not None:
+            self.gates["END"] = end
+
+    async def _until_stopped(self, coro: Coroutine[Any, Any, GateResult]) -> GateResult | None:
+        """``coro``'s result, or None when the worker is stopped first."""
+        task = asyncio.ensure_future(coro)
+        stopper = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+
+    async def _run_phase(
+        self,
+        bound: PhasePlan,
+        sink: Callable[[RequestRecord], None],
+        attempt: int,
+        elapsed_before_s: float,
+        already: int = 0,
+    ) -> None:
+        """Issue the phase's requests until its bound or a stop; wait for them to finish."""
+        if self.interrupted:
+            return
+        plan = self.plan
+        snaps = self._snaps
+        assert snaps is not None and self._client is not None
+        snaps.state = "LIVE"
+
+        def draining() -> None:
+            if self.phase == "profiling":
+                snaps.state = "DRAINING"
+
+        deadline = None
+        if bound.duration_s is not None:
+            left = bound.duration_s - elapsed_before_s
+            deadline = time.perf_counter_ns() + int(max(left, 0.0) * 1e9)
+        requests = None if bound.requests is None else max(bound.requests - already, 0)
+        budget = Budget(requests=requests, deadline_ns=deadline, on_close=draining)
+        self._next_index = 0
+        client = self._client
+        n_words = plan.prompt_tokens
+
+        def prepare() -> _Request:
+            i = self._next_index
+            self._next_index += 1
+            ident = Ident(self.index, attempt, i)
+            prompt = make_prompt(
+                plan.seed, worker=self.index, attempt=attempt, index=i, n_tokens=n_words
+            )
+            return _Request(ident, client.body(prompt, plan.output_tokens))
+
+        async def send(req: _Request, scheduled: int | None, delayed: bool) -> None:
+            await client.send(
+                req.body,
+                ident=req.ident,
+                input_words=n_words,
+                sink=sink,
+                scheduled_ns=scheduled,
+                delayed=delayed,
+            )
+
+        if plan.mode == "concurrency":
+            load = run_closed(plan.concurrency, budget, prepare, send)
+        elif plan.rate > 0:
+            offsets = arrival_offsets(
+                plan.rate, plan.arrival, plan.seed * 1_000_003 + self.index, plan.phase_s
+            )
+            load = OpenLoop(offsets, budget, prepare, send, max_in_flight=plan.max_in_flight).run()
+        else:
+            return
+        task = self._load_task = asyncio.ensure_future(load)
+        stopper = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                budget.stop()
+                log.info("stopping: draining %d requests in flight", client.in_flight)
+                done, _ = await asyncio.wait({task}, timeout=self.config.drain_timeout_s)
+                if not done:
+                    log.warning("drain timeout: cancelling %d requests", client.in_flight)
+                    task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            stopper.cancel()
+            self._load_task = None
+
+    # ------------------------------------------------------------------ sinks
+
+    def _warmup_sink(self, rec: RequestRecord) -> None:
+        self.warmup_requests += 1
+        if rec.outcome == OK:
+            self.warmup_ok += 1
+
+    def _profiling_sink(self, rec: RequestRecord) -> None:
+        rec.good = is_good(rec, self.plan.slo)
+        record_into(self.registry, rec)
+        if self._checkpoint is not None:
+            self._checkpoint.append(rec)
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def _load_checkpoint(self) -> ckpt.Loaded | None:
+        d = self.config.results_dir
+        if d is None:
+            return None
+        d.mkdir(parents=True, exist_ok=True)
+        loaded = ckpt.load(d, repair=True)
+        st = loaded.state
+        digest = spec_hash(self.config.spec)
+        if st is None:
+            if loaded.records:
+                raise CheckpointMismatch(
+                    f"{d / ckpt.RECORDS} has records but no {ckpt.STATE}: not a benchop "
+                    "checkpoint; use an empty results directory"
+                )
+            self._state = None
+        else:
+            mine = (self.config.run, self.index, self.workers, digest)
+            theirs = (st.run, st.worker, st.workers, st.spec_hash)
+            if mine != theirs:
+                raise CheckpointMismatch(
+                    f"{d} holds a checkpoint of run {st.run!r} worker {st.worker}/{st.workers} "
+                    f"(spec {st.spec_hash[:12]}), not run {self.config.run!r} worker "
+                    f"{self.index}/{self.workers} (spec {digest[:12]}); use an empty directory"
+                )
+            self.attempt = st.attempt + 1
+            self._elapsed_before_s = loaded.elapsed_s
+            for rec in loaded.records:
+                record_into(self.registry, rec)
+            self.resumed_records = len(loaded.records)
+            self._state = st
+            log.info(
+                "resuming attempt %d: %d records (%.1fs of profiling) loaded, %d cancelled "
+                "dropped, %d torn bytes cut",
+                self.attempt,
+                self.resumed_records,
+                self._elapsed_before_s,
+                loaded.dropped_cancelled,
+                loaded.torn_bytes,
+            )
+        self._checkpoint = ckpt.Checkpoint(d)
+        return loaded
+
+    async def _save_state(self) -> None:
+        d = self.config.results_dir
+        if d is None or self._profiling_t0 is None:
+            return
+        st = ckpt.CheckpointState(
+            run=self.config.run,
+            worker=self.index,
+            workers=self.workers,
+            spec_hash=spec_hash(self.config.spec),
+            attempt=self.attempt,
+            attempt_started_ns=self._attempt_started_ns,
+            elapsed_before_s=self._elapsed_before_s,
+            elapsed_s=self._elapsed(),
+            profiling_done=self._profiling_elapsed is not None and not self.interrupted,
+        )
+        try:
+            await asyncio.to_thread(ckpt.save_state, d, st)
+            self._state = st
+        except OSError as exc:
+            log.error("writing %s failed: %s", ckpt.STATE, exc)
+
+    def _checkpoint_errors(self) -> int:
+        return self._checkpoint.write_errors if self._checkpoint is not None else 0
+
+    # ------------------------------------------------------------------ progress
+
+    def _start_profiling(self) -> None:
+        self._attempt_started_ns = time.time_ns()
+        self._profiling_t0 = time.perf_counter()
+        self._profiling_cpu = (time.perf_counter(), time.process_time())
+        assert self._client is not None
+        self._client.recv_lags = []
+
+    def _end_profiling(self) -> None:
+        self._profiling_elapsed = self._elapsed()
+        self._update_gauges()  # collect the last receive lags
+        if self._profiling_cpu is not None:
+            wall0, cpu0 = self._profiling_cpu
+            wall = time.perf_counter() - wall0
+            if wall > 0:
+                self._final_cpu_pct = 100.0 * (time.process_time() - cpu0) / wall
+        self._update_gauges()
+
+    def _elapsed(self) -> float:
+        if self._profiling_elapsed is not None:
+            return self._profiling_elapsed
+        if self._profiling_t0 is None:
+            return self._elapsed_before_s
+        return self._elapsed_before_s + time.perf_counter() - self._profiling_t0
+
+    def _progress(self) -> tuple[str, float, int]:
+        in_flight = self._client.in_flight if self._client is not None else 0
+        return self.phase, self._elapsed(), in_flight
+
+    def _update_gauges(self) -> None:
+        """Client CPU % and receive-lag p99 (ms): of the last tick while profiling runs, of
+        the whole profiling phase once it ended; checkpoint write errors, if any."""
+        reg = self.registry
+        now = (time.perf_counter(), time.process_time())
+        wall, cpu = now[0] - self._cpu_mark[0], now[1] - self._cpu_mark[1]
+        self._cpu_mark = now
+        lags: list[int] = []
+        client = self._client
+        if client is not None:
+            lags, client.recv_lags = client.recv_lags, []
+            if self._profiling_t0 is None or self._final_cpu_pct is not None:
+                lags = []  # warmup, or after profiling: not measured
+            self._recv_lags.extend(lags)
+        if self._final_cpu_pct is not None:
+            reg.gauge(names.CLIENT_CPU).set(self._final_cpu_pct)
+            if len(self._recv_lags):
+                p99 = float(np.percentile(np.frombuffer(self._recv_lags, np.int64), 99))
+                reg.gauge(names.RECV_LAG_P99).set(p99 / 1e6)
+        else:
+            if wall > 0:
+                reg.gauge(names.CLIENT_CPU).set(100.0 * cpu / wall)
+            if lags:
+                reg.gauge(names.RECV_LAG_P99).set(float(np.percentile(lags, 99)) / 1e6)
+        errors = self._checkpoint.write_errors if self._checkpoint is not None else 0
+        if errors:
+            counter = reg.counter(CHECKPOINT_WRITE_ERRORS)
+            counter.inc(errors - counter.value)
+
+
+async def run_worker(config: WorkerConfig) -> FinalOutcome:
+    """Run one worker to completion in-process (see :class:`Worker` to stop it)."""
+    return await Worker(config).run()
