@@ -421,3 +421,16 @@ async def test_watch_call_is_logged_with_status_200(kube: Kube) -> None:
     assert await collect(stream, 1) == [("ADDED", "a")]
     await stream.aclose()
     assert kube.emulator.count("GET", RUNS_PATH, status=200) == 1
+
+
+async def test_delete_preconditions_are_checked(kube: Kube) -> None:
+    created = await kube.client.create(BENCHMARKRUNS, run("a"))
+    url = kube.url + resource_url(BENCHMARKRUNS, "default", "a")
+    async with aiohttp.ClientSession() as session:
+        stale = {"preconditions": {"resourceVersion": "0"}}
+        async with session.delete(url, json=stale) as response:
+            assert response.status == 409
+        fresh = {"preconditions": {"uid": created["metadata"]["uid"]}}
+        async with session.delete(url, json=fresh) as response:
+            assert response.status == 200
+    assert kube.emulator.read(BENCHMARKRUNS, "a") is None

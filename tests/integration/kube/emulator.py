@@ -281,7 +281,8 @@ class Emulator(kmock.KubernetesEmulator):
         # that it parses; the namespace segment is ignored for cluster-scoped resources.
         path = raw_request.rel_url.path
         rest = path.removeprefix(_NAMESPACES).strip("/").split("/")
-        if path.startswith(_NAMESPACES) and (len(rest) <= 1 or rest[1] in {"status", "finalize"}):
+        is_namespaces = path == _NAMESPACES or path.startswith(_NAMESPACES + "/")
+        if is_namespaces and (len(rest) <= 1 or rest[1] in {"status", "finalize"}):
             alias = _NAMESPACES_ALIAS + path.removeprefix(_NAMESPACES)
             url = raw_request.rel_url.with_path(alias).with_query(raw_request.rel_url.query)
             raw_request = raw_request.clone(rel_url=url)
@@ -448,13 +449,10 @@ class Emulator(kmock.KubernetesEmulator):
         key = self._key(request, subresources={None})
         async with self._lock:
             old = self._current(key)
-            pre = (request.data or {}).get("preconditions") or {}
-            meta = old["metadata"]
-            if pre.get("uid") not in (None, meta["uid"]) or pre.get("resourceVersion") not in (
-                None,
-                meta["resourceVersion"],
-            ):
-                raise _error(409, "Conflict", "the delete preconditions did not match")
+            preconditions = (request.data or {}).get("preconditions") or {}
+            for field in ("uid", "resourceVersion"):
+                if preconditions.get(field) not in (None, old["metadata"][field]):
+                    raise _error(409, "Conflict", f"the delete precondition on {field} failed")
             return self._delete(key, old)
 
     # -- writes (call with the lock held) --------------------------------------------------
