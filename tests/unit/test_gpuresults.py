@@ -1,0 +1,71 @@
+from benchagent.wire import BaselineAck, GpuSample
+from benchop.gpuresults import gpu_results
+
+
+def sample(uuid: str, t_s: float, energy_mj: int, util: float = 50.0, mem: int = 1000) -> GpuSample:
+    return GpuSample(
+        index=0,
+        uuid=uuid,
+        name="sim",
+        timestamp_ns=int(t_s * 1e9),
+        gpu_util_pct=util,
+        mem_copy_util_pct=0.0,
+        mem_used_bytes=mem,
+        mem_total_bytes=10_000,
+        power_w=0.0,
+        power_limit_w=700.0,
+        energy_mj=energy_mj,
+        temperature_c=40.0,
+        sm_clock_mhz=1,
+        mem_clock_mhz=1,
+    )
+
+
+def ack(agent: str, boundary: str, *samples: GpuSample, ok: bool = True, sim: bool = False):
+    return BaselineAck(
+        request_id="r",
+        run="run",
+        phase_id="profiling",
+        boundary=boundary,  # type: ignore[arg-type]
+        agent=agent,
+        node="n",
+        success=ok,
+        simulated=sim,
+        samples=list(samples),
+    )
+
+
+def test_energy_and_power_are_exact_end_minus_start_over_gpus():
+    start = [ack("a", "START", sample("g0", 10, 1_000_000), sample("g1", 10, 5_000_000))]
+    end = [ack("a", "END", sample("g0", 20, 3_000_000, util=70), sample("g1", 20, 6_000_000))]
+    res = gpu_results(start, end, output_tokens=1500)
+    assert res is not None
+    assert res.energy_j == 3000.0  # (2000 + 1000) J
+    assert res.power_mean_w == 300.0  # 200 W + 100 W
+    assert res.joules_per_output_token == 2.0
+    assert res.util_mean == 55.0  # g0 (50+70)/2 = 60, g1 50 -> mean 55
+    assert res.gpus == 2 and res.agents == ["a"] and res.missing_agents == []
+    assert res.simulated is False
+
+
+def test_gpu_missing_at_one_boundary_and_failed_acks_are_left_out():
+    start = [ack("a", "START", sample("g0", 0, 0)), ack("b", "START", sample("h0", 0, 0))]
+    end = [ack("a", "END", sample("g0", 1, 500)), ack("b", "END", ok=False)]
+    res = gpu_results(start, end, output_tokens=0, expected_agents=["a", "b", "c"])
+    assert res is not None
+    assert res.gpus == 1 and res.energy_j == 0.5
+    assert res.joules_per_output_token is None
+    assert res.missing_agents == ["b", "c"]
+
+
+def test_simulated_acks_mark_the_results():
+    start = [ack("a", "START", sample("g0", 0, 0), sim=True)]
+    end = [ack("a", "END", sample("g0", 1, 1000), sim=True)]
+    res = gpu_results(start, end, output_tokens=1)
+    assert res is not None and res.simulated is True
+
+
+def test_no_agents_at_all_gives_none_but_missing_agents_are_reported():
+    assert gpu_results([], [], output_tokens=5) is None
+    res = gpu_results([], [], output_tokens=5, expected_agents=["a"])
+    assert res is not None and res.gpus == 0 and res.missing_agents == ["a"]
