@@ -72,8 +72,10 @@ def test_any_split_into_reads_gives_the_same_tokens(cuts: list[int]) -> None:
     p = StreamParser(wall_offset_ns=0)
     stopped = False
     for t, (a, b) in enumerate(itertools.pairwise(edges)):
-        assert not stopped
         stopped = p.feed(STREAM[a:b], t)
+        if stopped:  # only the blank line after [DONE] may be left unread
+            assert b >= len(STREAM) - 1
+            break
     assert stopped and p.done
     assert p.n_tokens == 6 and len(p.itl_ns) == 5
     assert p.usage_completion == 3
