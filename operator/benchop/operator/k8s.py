@@ -1,0 +1,207 @@
+"""Every Kubernetes API call the operator makes (besides kopf's own) and its error mapping.
+
+The one place where HTTP answers become outcomes:
+
+========================== =============================================================
+answer                     outcome
+========================== =============================================================
+404 on get / patch         ``None`` (the parent is gone: the caller returns quietly)
+409 on create              the object exists: it is read back and returned (idempotent)
+409 on a status patch      :class:`Conflict` (the StatusWriter re-reads and retries)
+5xx, 429, timeouts,        ``kopf.TemporaryError(delay=...)``: kopf retries the handler
+connection errors
+other 4xx                  :class:`ApiError` (a bug or missing RBAC: visible, not retried)
+========================== =============================================================
+
+The client is aiohttp, not the ``kubernetes`` package in threads: the operator is one asyncio
+process that may hold a thousand runs, and a thread per concurrent call (plus the sync client's
+own pool) costs more than a shared async connection pool; the API surface needed here (get,
+list, create, merge-patch of /status) is five verbs of plain JSON. It talks to the same server
+with the same identity as kopf: tests and callers pass the ``kopf.ConnectionInfo`` that kopf's
+login handler returns (``memo.connection``); otherwise it logs in exactly like kopf's default
+login does (in-cluster service account first, then kubeconfig), via kopf's public helpers.
+
+    client = await KubeApi.connect(kopf.ConnectionInfo(server="http://127.0.0.1:8001"))
+    pods = await client.list(POD, "default", labels="benchop.io/run=r1")
+    await client.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import kopf
+
+log = logging.getLogger(__name__)
+
+Body = dict[str, Any]
+
+RETRY_DELAY_S = 5.0
+"""``kopf.TemporaryError`` delay after a 5xx / timeout / connection error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """An API resource: ``group`` ("" for core), ``version``, ``plural``."""
+
+    group: str
+    version: str
+    plural: str
+
+    def path(self, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+        """``/apis/batch/v1/namespaces/ns/jobs/j`` (``/api/v1/...`` for the core group)."""
+        root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        parts = [root]
+        if namespace is not None:
+            parts.append(f"namespaces/{quote(namespace, safe='')}")
+        parts.append(self.plural)
+        if name is not None:
+            parts.append(quote(name, safe=""))
+        if sub is not None:
+            parts.append(sub)
+        return "/".join(parts)
+
+
+BENCHMARKRUN = Resource("benchop.io", "v1alpha1", "benchmarkruns")
+POD = Resource("", "v1", "pods")
+CONFIGMAP = Resource("", "v1", "configmaps")
+JOB = Resource("batch", "v1", "jobs")
+
+
+class ApiError(Exception):
+    """An API answer that is neither success nor mapped (see the module table)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class Conflict(ApiError):
+    """409 on an update: the object changed since it was read."""
+
+
+def _message(body: Any) -> str:
+    return str(body.get("message") if isinstance(body, Mapping) else body)[:500]
+
+
+def login() -> kopf.ConnectionInfo:
+    """Credentials as kopf's default login finds them: service account, then kubeconfig."""
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+    if info is None:
+        raise kopf.LoginError("no in-cluster service account and no kubeconfig found")
+    return info
+
+
+class KubeApi:
+    """A small async Kubernetes client; see the module doc for the error mapping."""
+
+    def __init__(self, info: kopf.ConnectionInfo, session: aiohttp.ClientSession) -> None:
+        self.info = info
+        self.server = info.server.rstrip("/")
+        self._session = session
+        self.requests = 0
+
+    @classmethod
+    async def connect(
+        cls, info: kopf.ConnectionInfo | None = None, *, timeout_s: float = 30.0
+    ) -> KubeApi:
+        """A client for ``info`` (default: :func:`login`)."""
+        info = info if info is not None else await asyncio.to_thread(login)
+        headers = {"User-Agent": "benchop-operator", **info.as_http_headers()}
+        ssl = info.as_ssl_context() if info.server.startswith("https") else False
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ssl, limit=64),
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        )
+        return cls(info, session)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> tuple[int, Any]:
+        headers = {"Content-Type": content_type} if content_type else None
+        self.requests += 1
+        try:
+            async with self._session.request(
+                method, self.server + path, json=json, params=params, headers=headers
+            ) as resp:
+                body = await resp.json(content_type=None)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise kopf.TemporaryError(
+                f"{method} {path}: {type(e).__name__}: {e}", delay=RETRY_DELAY_S
+            ) from e
+        if status >= 500 or status == 429:
+            raise kopf.TemporaryError(
+                f"{method} {path}: HTTP {status}: {_message(body)}", delay=RETRY_DELAY_S
+            )
+        return status, body
+
+    def _check(self, method: str, path: str, status: int, body: Any) -> Body:
+        if status == 409:
+            raise Conflict(status, f"{method} {path}: {_message(body)}")
+        if status >= 400:
+            raise ApiError(status, f"{method} {path}: {_message(body)}")
+        return body  # type: ignore[no-any-return]
+
+    async def get(self, res: Resource, namespace: str | None, name: str) -> Body | None:
+        """The object, or None when it does not exist."""
+        path = res.path(namespace, name)
+        status, body = await self._call("GET", path)
+        if status == 404:
+            return None
+        return self._check("GET", path, status, body)
+
+    async def list(
+        self, res: Resource, namespace: str | None, *, labels: str | None = None
+    ) -> list[Body]:
+        """Items of ``res`` in ``namespace`` (None: every namespace) matching ``labels``."""
+        path = res.path(namespace)
+        params = {"labelSelector": labels} if labels else None
+        status, body = await self._call("GET", path, params=params)
+        return list(self._check("GET", path, status, body).get("items") or [])
+
+    async def create(self, res: Resource, namespace: str, body: Body) -> Body:
+        """Create; if it already exists (409), return the existing object (idempotent)."""
+        path = res.path(namespace)
+        status, answer = await self._call("POST", path, json=body)
+        if status == 409:
+            existing = await self.get(res, namespace, body["metadata"]["name"])
+            if existing is not None:
+                return existing
+            raise kopf.TemporaryError(f"POST {path}: 409 but then gone", delay=1.0)
+        return self._check("POST", path, status, answer)
+
+    async def patch_status(
+        self, res: Resource, namespace: str, name: str, status_patch: Body, resource_version: str
+    ) -> Body | None:
+        """Merge-patch ``.status`` via /status, conditional on ``resource_version``.
+
+        Returns the new object; None when it is gone; :class:`Conflict` when it changed.
+        """
+        path = res.path(namespace, name, "status")
+        payload = {"metadata": {"resourceVersion": resource_version}, "status": status_patch}
+        status, body = await self._call(
+            "PATCH", path, json=payload, content_type="application/merge-patch+json"
+        )
+        if status == 404:
+            return None
+        return self._check("PATCH", path, status, body)

@@ -1,0 +1,73 @@
+"""``OperatorSettings``: everything ``benchop operator`` is told by its flags, in one dataclass.
+
+It lives in kopf's ``memo`` (``memo.settings``), never in a module-level singleton, so tests run
+several operators with different settings in one process.
+
+    settings = OperatorSettings(namespaces=("default",), gate_port=0, snapshot_port=0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_IMAGE = "ghcr.io/benchop/benchop:0.1.0"
+DEFAULT_AGENT_SELECTOR = "app.kubernetes.io/component=agent,app.kubernetes.io/name=benchop"
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorSettings:
+    """The operator's configuration (flags of ``benchop operator``, see CONTRACTS.md).
+
+    Ports may be 0 (the OS picks one; tests read the bound endpoint back). ``bind_host`` is
+    where the ZMQ ports listen (all interfaces in a pod, loopback in tests).
+    """
+
+    namespaces: tuple[str, ...] = ()  # empty: every namespace (clusterwide)
+    gate_port: int = 5555
+    snapshot_port: int = 5556
+    live_interval_s: float = 5.0
+    refresh_interval_s: float = 10.0
+    health_port: int = 8080
+    agent_selector: str = DEFAULT_AGENT_SELECTOR
+    agent_port: int = 5557
+    agent_namespace: str | None = None  # None: agents are looked up in every namespace
+    image: str = DEFAULT_IMAGE
+    operator_service: str = "benchop-operator.benchop.svc"
+    gate_timeout_s: float | None = None  # default for runs whose spec sets none
+    peering: str | None = None  # kopf peering object name; None = standalone
+    bind_host: str = "0.0.0.0"
+    # Endpoints the workers dial; default tcp://<operator_service>:<port>.
+    gate_endpoint: str | None = None
+    snapshot_endpoint: str | None = None
+    # A run that is not terminal after this long (since startTime) is failed by the watchdog,
+    # unless spec.activeDeadlineSeconds says otherwise (then that plus a grace).
+    default_deadline_s: float = 6 * 3600.0
+    deadline_grace_s: float = 60.0
+    # Pods unschedulable or failing to pull their image for this long fail the run (other
+    # stuck states, OOMKilled and a crash loop past the backoff, fail it at once).
+    stuck_after_s: float = 120.0
+    # How long to wait for COMPLETE snapshots after the Job completed before falling back.
+    complete_wait_s: float = 5.0
+    # kopf timeouts (seconds).
+    watch_server_timeout: float = 300.0
+    watch_client_timeout: float = 330.0
+    request_timeout: float = 30.0
+    connect_timeout: float = 10.0
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    def worker_gate_endpoint(self, bound: str) -> str:
+        """What workers dial for gates: explicit, else the Service; the bound one for port 0."""
+        if self.gate_endpoint:
+            return self.gate_endpoint
+        return f"tcp://{self.operator_service}:{self.gate_port}" if self.gate_port else bound
+
+    def worker_snapshot_endpoint(self, bound: str) -> str:
+        """What workers publish to: explicit, else the Service; the bound one for port 0."""
+        if self.snapshot_endpoint:
+            return self.snapshot_endpoint
+        if self.snapshot_port:
+            return f"tcp://{self.operator_service}:{self.snapshot_port}"
+        return bound

@@ -1,0 +1,252 @@
+"""Pure status transitions, pod/Job readings and the status merge diff of the operator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchop.api import conditions as c
+from benchop.operator import transitions as t
+from benchop.operator.pods import job_view, pod_view
+from benchop.operator.status import merge_diff
+
+NOW = "2024-05-01T12:00:00Z"
+LATER = "2024-05-01T12:05:00Z"
+
+
+def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    found = c.get_condition(status.get("conditions"), type_)
+    assert found is not None, type_
+    return found
+
+
+def test_accepted_sets_conditions_phase_start_time_with_generation() -> None:
+    st = t.accepted({}, generation=3, now=NOW)
+    assert st is not None
+    assert st["phase"] == "Initializing" and st["startTime"] == NOW
+    assert st["observedGeneration"] == 3
+    assert cond(st, c.ACCEPTED)["status"] == "True"
+    assert cond(st, c.SUCCEEDED)["status"] == "Unknown"
+    assert all(x["observedGeneration"] == 3 for x in st["conditions"])
+    # idempotent on resume: same status back (no write), startTime kept
+    again = t.accepted(st, generation=3, now=LATER)
+    assert again is not None and again["startTime"] == NOW
+    assert [x["lastTransitionTime"] for x in again["conditions"]] == [
+        x["lastTransitionTime"] for x in st["conditions"]
+    ]
+
+
+def test_accepted_does_not_move_a_later_phase_back() -> None:
+    st = t.accepted({"phase": "Profiling"}, generation=1, now=NOW)
+    assert st is not None and st["phase"] == "Profiling"
+
+
+def test_rejected_names_the_field_and_fails() -> None:
+    st = t.rejected({}, generation=1, message="spec.load.concurrency: required", now=NOW)
+    a = cond(st, c.ACCEPTED)
+    assert (a["status"], a["reason"]) == ("False", "InvalidSpec")
+    assert "spec.load.concurrency" in a["message"]
+    s = cond(st, c.SUCCEEDED)
+    assert (s["status"], s["reason"]) == ("False", "InvalidSpec")
+    assert st["phase"] == "Failed" and st["completionTime"] == NOW
+
+
+def test_terminal_runs_are_never_reopened() -> None:
+    done = t.rejected({}, generation=1, message="x", now=NOW)
+    assert t.accepted(done, generation=1, now=NOW) is None
+    assert t.workers_ready(done, generation=1, running=1, workers=1, warmup=False) is None
+    assert t.gate_closed(done, generation=1, boundary="START", record={}) is None
+    assert t.failed(done, generation=1, reason="R", message="m", now=NOW) is None
+    assert t.with_live(done, {"requests": 1}) is None
+
+
+def test_gates_move_conditions_and_phase() -> None:
+    st = t.accepted({}, generation=1, now=NOW)
+    assert st is not None
+    st = t.workers_ready(st, generation=1, running=2, workers=2, warmup=True)
+    assert st is not None and st["phase"] == "Warmup"
+    rec = {"agents": ["a1"], "missing": [], "baseline": True, "simulated": False}
+    st = t.gate_closed(st, generation=1, boundary="START", record=rec)
+    assert st is not None and st["phase"] == "Profiling"
+    assert cond(st, c.BASELINE_START_CAPTURED)["status"] == "True"
+    assert cond(st, c.PROFILING)["status"] == "True"
+    assert cond(st, c.TELEMETRY_DEGRADED)["status"] == "False"
+    assert st["gates"]["START"] == rec
+    end = {"agents": ["a1"], "missing": ["a2"], "baseline": True, "simulated": False}
+    st = t.gate_closed(st, generation=1, boundary="END", record=end)
+    assert st is not None and st["phase"] == "Finalizing"
+    assert cond(st, c.PROFILING)["status"] == "False"
+    deg = cond(st, c.TELEMETRY_DEGRADED)
+    assert deg["status"] == "True" and "a2" in deg["message"]
+    captured = cond(st, c.BASELINE_END_CAPTURED)
+    assert captured["reason"] == "TimedOut" and "a2" in captured["message"]
+
+
+def test_simulated_gpus_degrade_telemetry() -> None:
+    rec = {"agents": ["a1"], "missing": [], "simulated": True}
+    st = t.gate_closed({}, generation=1, boundary="START", record=rec)
+    assert st is not None and cond(st, c.TELEMETRY_DEGRADED)["reason"] == "Simulated"
+
+
+def test_failed_closes_open_conditions_and_keeps_partial_results() -> None:
+    st = t.gate_closed({}, generation=2, boundary="START", record={"agents": []})
+    assert st is not None
+    out = t.failed(
+        st,
+        generation=2,
+        reason="BackoffLimitExceeded",
+        message="Job failed",
+        now=NOW,
+        results={"complete": False},
+        results_reason="LatestLiveSnapshots",
+    )
+    assert out is not None and out["phase"] == "Failed" and out["completionTime"] == NOW
+    assert cond(out, c.SUCCEEDED)["reason"] == "BackoffLimitExceeded"
+    assert cond(out, c.PROFILING)["status"] == "False"
+    assert cond(out, c.BASELINE_END_CAPTURED)["status"] == "False"
+    assert cond(out, c.RESULTS_AVAILABLE)["reason"] == "LatestLiveSnapshots"
+    assert out["results"] == {"complete": False}
+
+
+def test_finished_success_and_all_failed() -> None:
+    res = {"complete": True, "requests": {"total": 4, "ok": 4, "failed": 0}}
+    ok = t.finished(
+        {},
+        generation=1,
+        results=res,
+        results_reason="PubSubComplete",
+        succeeded=True,
+        reason="Completed",
+        message="4 of 4",
+        now=NOW,
+    )
+    assert ok is not None and ok["phase"] == "Succeeded" and ok["results"] == res
+    assert cond(ok, c.RESULTS_AVAILABLE)["reason"] == "PubSubComplete"
+    assert cond(ok, c.SUCCEEDED)["status"] == "True"
+    bad = t.finished(
+        {},
+        generation=1,
+        results=res,
+        results_reason="PubSubComplete",
+        succeeded=False,
+        reason="TargetUnreachable",
+        message="m",
+        now=NOW,
+    )
+    assert bad is not None and bad["phase"] == "Failed"
+    assert cond(bad, c.SUCCEEDED)["reason"] == "TargetUnreachable"
+
+
+def pod(**status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "p0",
+            "annotations": {"batch.kubernetes.io/job-completion-index": "1"},
+        },
+        "status": status,
+    }
+
+
+def test_pod_views() -> None:
+    running = pod_view(
+        pod(phase="Running", containerStatuses=[{"state": {"running": {}}, "restartCount": 0}])
+    )
+    assert running.running and running.index == 1 and running.stuck_reason is None
+    pull = pod_view(
+        pod(
+            phase="Pending",
+            containerStatuses=[{"state": {"waiting": {"reason": "ImagePullBackOff"}}}],
+        )
+    )
+    assert pull.stuck_reason == "ImagePullFailed" and "ImagePullBackOff" in pull.stuck_message
+    oom = pod_view(
+        pod(
+            phase="Running",
+            containerStatuses=[
+                {
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+                    "restartCount": 1,
+                }
+            ],
+        )
+    )
+    assert oom.stuck_reason == "OOMKilled"
+    one_crash = pod_view(
+        pod(
+            phase="Running",
+            containerStatuses=[
+                {"state": {"waiting": {"reason": "CrashLoopBackOff"}}, "restartCount": 1}
+            ],
+        )
+    )
+    assert one_crash.stuck_reason is None  # a killed worker restarts and resumes
+    loop = pod_view(
+        pod(
+            phase="Running",
+            containerStatuses=[
+                {"state": {"waiting": {"reason": "CrashLoopBackOff"}}, "restartCount": 3}
+            ],
+        )
+    )
+    assert loop.stuck_reason == "CrashLoopBackOff"
+    unsched = pod_view(
+        pod(
+            phase="Pending",
+            conditions=[
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes",
+                }
+            ],
+        )
+    )
+    assert unsched.stuck_reason == "Unschedulable" and "0/3 nodes" in unsched.stuck_message
+    done = pod_view(
+        pod(
+            phase="Succeeded",
+            containerStatuses=[
+                {"state": {"terminated": {"exitCode": 0, "message": '{"run":"x"}'}}}
+            ],
+        )
+    )
+    assert done.termination_message == '{"run":"x"}' and not done.running
+
+
+def test_job_views() -> None:
+    failed = job_view(
+        {
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "DeadlineExceeded",
+                        "message": "too long",
+                    }
+                ]
+            }
+        }
+    )
+    assert (failed.state, failed.reason, failed.message) == (
+        "Failed",
+        "DeadlineExceeded",
+        "too long",
+    )
+    assert job_view({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}).state == (
+        "Complete"
+    )
+    assert job_view({"status": {}}).state is None
+
+
+def test_merge_diff_is_a_minimal_rfc7386_patch() -> None:
+    old = {"phase": "A", "live": {"rps": 1, "x": 2}, "conditions": [1], "gone": 1}
+    new = {"phase": "A", "live": {"rps": 2}, "conditions": [1, 2], "added": {"k": 1}}
+    assert merge_diff(old, new) == {
+        "added": {"k": 1},
+        "conditions": [1, 2],
+        "gone": None,
+        "live": {"rps": 2, "x": None},
+    }
+    assert merge_diff(new, new) == {}
