@@ -1,0 +1,535 @@
+"""benchop's ZMQ sockets (pyzmq asyncio), one small class per socket role.
+
+    Publisher (PUB)      ── snapshots ──▶  Subscriber (SUB)        worker -> operator
+    RequestClient (DEALER) ── request ──▶  RequestServer (ROUTER)  worker -> gates,
+                           ◀── reply ───                           operator -> agent
+
+Every frame payload is one :data:`~benchagent.wire.Message` encoded by a
+:class:`~benchagent.codec.Codec`; malformed frames are counted and dropped by
+the codec, never raised into a reader loop. Bind to ``tcp://127.0.0.1:*`` (the
+OS picks the port) and read the real address from ``.endpoint``.
+
+CurveZMQ is optional: the side that accepts connections takes a
+:class:`CurveServer` (its secret key file and a directory of allowed client
+public keys; it then gets its own context and a ZAP authenticator thread), the
+other side a :class:`CurveClient` (its secret key file and the server's public
+key file). Key files are the ones ``zmq.auth.create_certificates`` writes
+(``name.key`` public, ``name.key_secret`` both).
+
+Sockets share ``zmq.asyncio.Context.instance()`` unless a context is given;
+``close()`` never terminates a shared context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
+
+from benchagent.codec import Codec, MsgpackCodec
+from benchagent.wire import Message, MetricsSnapshot
+
+log = logging.getLogger(__name__)
+
+ANY_LOCAL_PORT = "tcp://127.0.0.1:*"
+
+Handler = Callable[[Message], Awaitable[Message | None]]
+"""A RequestServer handler: gets one decoded request, returns the reply or None (no reply)."""
+
+
+@dataclass(frozen=True)
+class CurveServer:
+    """CurveZMQ keys of the side that authenticates its peers.
+
+    ``client_keys_dir`` holds the allowed clients' ``*.key`` public key files;
+    ``None`` accepts any client that speaks CURVE (encryption without
+    client authentication).
+    """
+
+    secret_key_file: Path
+    client_keys_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class CurveClient:
+    """CurveZMQ keys of the side that dials a CurveServer."""
+
+    secret_key_file: Path
+    server_public_key_file: Path
+
+
+Curve = CurveServer | CurveClient
+
+
+class RequestTimeout(TimeoutError):
+    """No reply after every attempt of :meth:`RequestClient.request`."""
+
+
+class _Sockets:
+    """The context, authenticator and socket options one role needs (composition, not a base)."""
+
+    def __init__(self, curve: Curve | None, ctx: zmq.asyncio.Context | None) -> None:
+        self.curve = curve
+        self.auth: ThreadAuthenticator | None = None
+        self.owns_ctx = False
+        if isinstance(curve, CurveServer):
+            # ZAP is per context: an own context keeps this server's allow-list its own.
+            self.ctx = zmq.asyncio.Context()
+            self.owns_ctx = True
+            self.auth = ThreadAuthenticator(self.ctx, log=log.getChild("zap"))
+            self.auth.start()
+            location = (
+                str(curve.client_keys_dir) if curve.client_keys_dir else zmq.auth.CURVE_ALLOW_ANY
+            )
+            self.auth.configure_curve(domain="*", location=location)
+        else:
+            self.ctx = ctx if ctx is not None else zmq.asyncio.Context.instance()
+
+    def socket(self, socket_type: int, linger_ms: int) -> zmq.asyncio.Socket:
+        sock = self.ctx.socket(socket_type)
+        sock.linger = linger_ms
+        if isinstance(self.curve, CurveServer):
+            public, secret = zmq.auth.load_certificate(self.curve.secret_key_file)
+            if secret is None:
+                raise ValueError(f"{self.curve.secret_key_file} holds no secret key")
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+            sock.curve_server = True
+        elif isinstance(self.curve, CurveClient):
+            public, secret = zmq.auth.load_certificate(self.curve.secret_key_file)
+            if secret is None:
+                raise ValueError(f"{self.curve.secret_key_file} holds no secret key")
+            server_public, _ = zmq.auth.load_certificate(self.curve.server_public_key_file)
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+            sock.curve_serverkey = server_public
+        return sock
+
+    def close(self) -> None:
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
+        if self.owns_ctx:
+            self.ctx.term()
+            self.owns_ctx = False
+
+
+def _attach(sock: zmq.asyncio.Socket, endpoint: str, bind: bool) -> str:
+    """Bind or connect; return the real endpoint (the OS-chosen port for ``:*``)."""
+    if bind:
+        sock.bind(endpoint)
+        return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    sock.connect(endpoint)
+    return endpoint
+
+
+class Publisher:
+    """Fire-and-forget publisher of messages (workers publish MetricsSnapshot).
+
+        ┌───────────────┐  connect (default)   ┌────────────────┐
+        │ Publisher     │ ───────────────────▶ │ Subscriber     │
+        │ XPUB / PUB    │    one frame per     │ SUB (bound)    │
+        └───────────────┘       message        └────────────────┘
+          worker 0..N-1                            operator
+
+    ``publish`` never blocks. A message is counted in ``drops`` (and
+    ``publish`` returns False) when no peer is connected or when the send
+    queue is at ``sndhwm``. Without ``conflate`` the socket is an XPUB with
+    ``XPUB_NODROP`` so a full queue is reported instead of silently dropped;
+    with ``conflate`` it is a PUB with ``ZMQ_CONFLATE``: each peer's queue
+    holds only the newest message and superseded ones are not drops. A peer
+    that connected but whose subscription has not arrived yet still loses
+    the message silently (ZMQ's slow joiner): publish periodically. ``linger_ms``
+    is how long queued messages are still sent after ``close()``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        bind: bool = False,
+        sndhwm: int = 1000,
+        linger_ms: int = 1000,
+        conflate: bool = False,
+        curve: Curve | None = None,
+        codec: Codec | None = None,
+        ctx: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.codec: Codec = codec if codec is not None else MsgpackCodec()
+        self.published = 0
+        self.drops = 0
+        self._peers: set[int] = set()
+        self._sockets = _Sockets(curve, ctx)
+        self._xpub = not conflate
+        self._async_sock = self._sockets.socket(zmq.XPUB if self._xpub else zmq.PUB, linger_ms)
+        # Publishing never awaits: a sync view of the same socket raises zmq.Again at once.
+        self._sock: zmq.Socket[bytes] = zmq.Socket.shadow(self._async_sock.underlying)
+        self._sock.sndhwm = sndhwm
+        if conflate:
+            self._sock.conflate = True
+        else:
+            self._sock.setsockopt(zmq.XPUB_NODROP, 1)
+        mon = self._async_sock.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+        )
+        self._monitor_async = mon
+        self._monitor: zmq.Socket[bytes] = zmq.Socket.shadow(mon.underlying)
+        self.endpoint = _attach(self._async_sock, endpoint, bind)
+        self._closed = False
+
+    @property
+    def peers(self) -> int:
+        """Connected peers (TCP/IPC level) as last seen by the socket monitor."""
+        self._poll_events()
+        return len(self._peers)
+
+    def publish(self, msg: Message) -> bool:
+        """Queue one message for every subscriber; False (and counted) when dropped."""
+        if self._closed:
+            raise RuntimeError("publish on a closed Publisher")
+        self._poll_events()
+        if not self._peers:
+            self.drops += 1
+            log.debug("no peer: dropped %s", type(msg).__name__)
+            return False
+        try:
+            self._sock.send(self.codec.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            self.drops += 1
+            log.debug("send queue full: dropped %s", type(msg).__name__)
+            return False
+        self.published += 1
+        return True
+
+    def _poll_events(self) -> None:
+        while True:
+            try:
+                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            event = parse_monitor_message(frames)
+            if event["event"] in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
+                self._peers.add(int(event["value"]))  # the peer's fd
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._peers.discard(int(event["value"]))
+        if self._xpub:
+            # Drain subscription frames so they do not pile up; peers are counted above.
+            with contextlib.suppress(zmq.Again):
+                while True:
+                    self._sock.recv(zmq.NOBLOCK)
+
+    def close(self) -> None:
+        """Close; queued messages are still sent for up to ``linger_ms``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._async_sock.disable_monitor()
+        self._monitor_async.close(linger=0)
+        self._async_sock.close()
+        self._sockets.close()
+
+
+class Subscriber:
+    """Receives MetricsSnapshots and keeps the latest and the COMPLETE one per (run, worker).
+
+        ┌───────────────┐                      ┌────────────────┐
+        │ Publisher     │ ───────────────────▶ │ Subscriber     │
+        │ PUB (worker i)│ ───────────────────▶ │ SUB, bound     │
+        └───────────────┘                      └────────────────┘
+                                               operator / local mode
+
+    ``start()`` launches the reader task (``wait_for_complete`` starts it if
+    needed). The latest snapshot is the last one received; the COMPLETE one
+    is the last COMPLETE received. With ``conflate`` each publisher's queue
+    keeps only its newest snapshot (a live view; COMPLETE is a worker's last
+    snapshot so it is never superseded). Other message kinds are counted in
+    ``unexpected`` and dropped.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = ANY_LOCAL_PORT,
+        *,
+        bind: bool = True,
+        conflate: bool = False,
+        rcvhwm: int = 1000,
+        max_message_bytes: int | None = None,
+        curve: Curve | None = None,
+        codec: Codec | None = None,
+        ctx: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.codec: Codec = codec if codec is not None else MsgpackCodec()
+        self.received = 0
+        self.unexpected = 0
+        self._latest: dict[str, dict[int, MetricsSnapshot]] = {}
+        self._complete: dict[str, dict[int, MetricsSnapshot]] = {}
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sockets = _Sockets(curve, ctx)
+        self._sock = self._sockets.socket(zmq.SUB, 0)
+        self._sock.rcvhwm = rcvhwm
+        if max_message_bytes is not None:
+            self._sock.maxmsgsize = max_message_bytes
+        if conflate:
+            self._sock.conflate = True
+        self._sock.subscribe(b"")
+        self.endpoint = _attach(self._sock, endpoint, bind)
+        self._closed = False
+
+    def start(self) -> None:
+        """Start the reader task (idempotent); needs a running event loop."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._read(), name="sub-reader")
+
+    async def _read(self) -> None:
+        while not self._closed:
+            try:
+                data = await self._sock.recv()
+            except (asyncio.CancelledError, zmq.ZMQError):
+                if self._closed:
+                    return
+                raise
+            msg = self.codec.decode(data)
+            if msg is None:
+                continue
+            if not isinstance(msg, MetricsSnapshot):
+                self.unexpected += 1
+                log.debug("subscriber dropped a %s", type(msg).__name__)
+                continue
+            self.received += 1
+            self._latest.setdefault(msg.run, {})[msg.worker] = msg
+            if msg.state == "COMPLETE":
+                self._complete.setdefault(msg.run, {})[msg.worker] = msg
+                self._changed.set()
+                self._changed = asyncio.Event()
+
+    def latest(self, run: str) -> dict[int, MetricsSnapshot]:
+        """The last snapshot of each worker of ``run`` (a copy)."""
+        return dict(self._latest.get(run, {}))
+
+    def complete(self, run: str) -> dict[int, MetricsSnapshot]:
+        """The COMPLETE snapshot of each worker of ``run`` that sent one (a copy)."""
+        return dict(self._complete.get(run, {}))
+
+    async def wait_for_complete(
+        self,
+        run: str,
+        workers: int | Iterable[int],
+        timeout: float,  # noqa: ASYNC109 - returns partial results at the deadline
+    ) -> dict[int, MetricsSnapshot]:
+        """Wait until every worker (a count: indices 0..n-1, or the indices) sent COMPLETE.
+
+        Returns what arrived by the deadline: a dict that may lack some workers.
+        """
+        self.start()
+        wanted = set(range(workers)) if isinstance(workers, int) else set(workers)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            done = self._complete.get(run, {})
+            remaining = deadline - loop.time()
+            if wanted <= done.keys() or remaining <= 0:
+                return {w: s for w, s in done.items() if w in wanted}
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    def forget(self, run: str) -> None:
+        """Drop everything kept for ``run``."""
+        self._latest.pop(run, None)
+        self._complete.pop(run, None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        self._sock.close(linger=0)
+        self._sockets.close()
+
+
+class RequestClient:
+    """Request/reply client with timeout, retries and backoff (ZMQ's lazy pirate).
+
+        ┌────────────────┐  [req-id, request]  ┌─────────────────┐
+        │ RequestClient  │ ──────────────────▶ │ RequestServer   │
+        │ DEALER         │ ◀────────────────── │ ROUTER (bound)  │
+        └────────────────┘  [req-id, reply]    └─────────────────┘
+         worker / operator                      gates / agent
+
+    One request is in flight at a time per client (concurrent callers queue).
+    On a timeout the socket is closed and recreated, so a lost reply or a
+    restarted server never wedges it; the request is then resent after
+    ``backoff * 2**k`` seconds (capped at ``max_backoff``). Requests must be
+    idempotent (the server may see one twice). A reply whose req-id does not
+    match (a late reply to an earlier attempt) is ignored.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        curve: CurveClient | None = None,
+        codec: Codec | None = None,
+        ctx: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.codec: Codec = codec if codec is not None else MsgpackCodec()
+        self.attempts = 0
+        self.timeouts = 0
+        self._sockets = _Sockets(curve, ctx)
+        self._lock = asyncio.Lock()
+        self._seq = 0
+        self._sock = self._connect()
+        self._closed = False
+
+    def _connect(self) -> zmq.asyncio.Socket:
+        sock = self._sockets.socket(zmq.DEALER, 0)
+        sock.connect(self.endpoint)
+        return sock
+
+    async def request(
+        self,
+        msg: Message,
+        *,
+        timeout: float = 1.0,  # noqa: ASYNC109 - per attempt, not overall
+        retries: int = 3,
+        backoff: float = 0.1,
+        max_backoff: float = 2.0,
+    ) -> Message:
+        """Send ``msg`` and return the reply; RequestTimeout after ``1 + retries`` attempts."""
+        payload = self.codec.encode(msg)
+        async with self._lock:
+            for attempt in range(retries + 1):
+                if self._closed:
+                    raise RuntimeError("request on a closed RequestClient")
+                if attempt:
+                    await asyncio.sleep(min(backoff * 2 ** (attempt - 1), max_backoff))
+                self._seq += 1
+                req_id = struct.pack("<Q", self._seq)
+                self.attempts += 1
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._sock.send_multipart([req_id, payload])
+                        return await self._receive(req_id)
+                except TimeoutError:
+                    self.timeouts += 1
+                    log.debug(
+                        "no reply from %s (attempt %d/%d)", self.endpoint, attempt + 1, retries + 1
+                    )
+                    self._sock.close(linger=0)
+                    self._sock = self._connect()
+        raise RequestTimeout(
+            f"no reply from {self.endpoint} to {type(msg).__name__} after {retries + 1} attempts"
+        )
+
+    async def _receive(self, req_id: bytes) -> Message:
+        while True:
+            frames = await self._sock.recv_multipart()
+            if len(frames) != 2 or frames[0] != req_id:
+                log.debug("ignored a stale or malformed reply from %s", self.endpoint)
+                continue
+            reply = self.codec.decode(frames[1])
+            if reply is not None:
+                return reply
+
+    def close(self) -> None:
+        """Close (do not close while a request is in flight)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sock.close(linger=0)
+        self._sockets.close()
+
+
+class RequestServer:
+    """Serves requests concurrently and routes each reply back by peer identity.
+
+        ┌────────────────┐                       ┌──────────────────┐
+        │ RequestClient  │ ──┐  [id, env.., req] │ RequestServer    │
+        │ DEALER (N)     │ ──┼─────────────────▶ │ ROUTER (bound)   │──▶ handler(msg)
+        └────────────────┘ ◀─┴────────────────── │                  │◀── reply | None
+                             [id, env.., reply]  └──────────────────┘
+
+    ``serve(handler)`` runs until ``close()``: each decoded request runs in
+    its own task, so a handler may wait (a barrier) without blocking others.
+    The frames between the identity and the payload (the envelope: a
+    RequestClient's req-id, a REQ socket's empty delimiter) are echoed back.
+    Malformed frames are counted (``decode_errors`` on the codec) and
+    dropped; a handler that raises is logged, counted in ``handler_errors``
+    and answered with nothing (the client retries).
+    """
+
+    def __init__(
+        self,
+        endpoint: str = ANY_LOCAL_PORT,
+        *,
+        max_message_bytes: int | None = None,
+        curve: CurveServer | None = None,
+        codec: Codec | None = None,
+        ctx: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.codec: Codec = codec if codec is not None else MsgpackCodec()
+        self.requests = 0
+        self.replies = 0
+        self.handler_errors = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sockets = _Sockets(curve, ctx)
+        self._sock = self._sockets.socket(zmq.ROUTER, 0)
+        if max_message_bytes is not None:
+            self._sock.maxmsgsize = max_message_bytes
+        self.endpoint = _attach(self._sock, endpoint, bind=True)
+        self._closed = False
+
+    async def serve(self, handler: Handler) -> None:
+        """Receive and dispatch requests until ``close()``."""
+        while not self._closed:
+            try:
+                frames = await self._sock.recv_multipart()
+            except (asyncio.CancelledError, zmq.ZMQError):
+                if self._closed:
+                    return
+                raise
+            if len(frames) < 2:
+                self.codec.on_decode_error(b"".join(frames), ValueError("no payload frame"))
+                continue
+            msg = self.codec.decode(frames[-1])
+            if msg is None:
+                continue
+            self.requests += 1
+            task = asyncio.create_task(self._handle(handler, frames[:-1], msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, handler: Handler, route: list[bytes], msg: Message) -> None:
+        try:
+            reply = await handler(msg)
+        except Exception:
+            self.handler_errors += 1
+            log.exception("request handler failed on %s", type(msg).__name__)
+            return
+        if reply is None or self._closed:
+            return
+        await self._sock.send_multipart([*route, self.codec.encode(reply)])
+        self.replies += 1
+
+    def close(self) -> None:
+        """Stop serving; in-flight handlers are cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        self._sock.close(linger=0)
+        self._sockets.close()
