@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +82,7 @@ class _Sockets:
         self.curve = curve
         self.auth: ThreadAuthenticator | None = None
         self.owns_ctx = False
+        self.open: list[zmq.asyncio.Socket] = []
         if isinstance(curve, CurveServer):
             # ZAP is per context: an own context keeps this server's allow-list its own.
             self.ctx = zmq.asyncio.Context()
@@ -97,6 +98,8 @@ class _Sockets:
 
     def socket(self, socket_type: int, linger_ms: int) -> zmq.asyncio.Socket:
         sock = self.ctx.socket(socket_type)
+        self.open = [s for s in self.open if not s.closed]
+        self.open.append(sock)
         sock.linger = linger_ms
         if isinstance(self.curve, CurveServer):
             public, secret = zmq.auth.load_certificate(self.curve.secret_key_file)
@@ -115,7 +118,23 @@ class _Sockets:
             sock.curve_serverkey = server_public
         return sock
 
+    @contextlib.contextmanager
+    def closed_on_error(self) -> Iterator[None]:
+        """Release everything if a role's set-up (bad key, address in use) fails."""
+        try:
+            yield
+        except BaseException:
+            for sock in self.open:
+                sock.close(linger=0)
+            self.open = []
+            self.close()
+            raise
+
     def close(self) -> None:
+        """Close sockets still open (with their linger), the authenticator and an own context."""
+        for sock in self.open:
+            sock.close()
+        self.open = []
         if self.auth is not None:
             self.auth.stop()
             self.auth = None
@@ -170,21 +189,23 @@ class Publisher:
         self.drops = 0
         self._peers: set[int] = set()
         self._sockets = _Sockets(curve, ctx)
-        self._xpub = not conflate
-        self._async_sock = self._sockets.socket(zmq.XPUB if self._xpub else zmq.PUB, linger_ms)
-        # Publishing never awaits: a sync view of the same socket raises zmq.Again at once.
-        self._sock: zmq.Socket[bytes] = zmq.Socket.shadow(self._async_sock.underlying)
-        self._sock.sndhwm = sndhwm
-        if conflate:
-            self._sock.conflate = True
-        else:
-            self._sock.setsockopt(zmq.XPUB_NODROP, 1)
-        mon = self._async_sock.get_monitor_socket(
-            zmq.EVENT_CONNECTED | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
-        )
-        self._monitor_async = mon
-        self._monitor: zmq.Socket[bytes] = zmq.Socket.shadow(mon.underlying)
-        self.endpoint = _attach(self._async_sock, endpoint, bind)
+        with self._sockets.closed_on_error():
+            self._xpub = not conflate
+            self._async_sock = self._sockets.socket(zmq.XPUB if self._xpub else zmq.PUB, linger_ms)
+            # Publishing never awaits: a sync view of the same socket raises zmq.Again at once.
+            self._sock: zmq.Socket[bytes] = zmq.Socket.shadow(self._async_sock.underlying)
+            self._sock.sndhwm = sndhwm
+            if conflate:
+                self._sock.conflate = True
+            else:
+                self._sock.setsockopt(zmq.XPUB_NODROP, 1)
+            mon = self._async_sock.get_monitor_socket(
+                zmq.EVENT_CONNECTED | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+            )
+            self._monitor_async = mon
+            self._sockets.open.append(mon)
+            self._monitor: zmq.Socket[bytes] = zmq.Socket.shadow(mon.underlying)
+            self.endpoint = _attach(self._async_sock, endpoint, bind)
         self._closed = False
 
     @property
@@ -276,14 +297,15 @@ class Subscriber:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sockets = _Sockets(curve, ctx)
-        self._sock = self._sockets.socket(zmq.SUB, 0)
-        self._sock.rcvhwm = rcvhwm
-        if max_message_bytes is not None:
-            self._sock.maxmsgsize = max_message_bytes
-        if conflate:
-            self._sock.conflate = True
-        self._sock.subscribe(b"")
-        self.endpoint = _attach(self._sock, endpoint, bind)
+        with self._sockets.closed_on_error():
+            self._sock = self._sockets.socket(zmq.SUB, 0)
+            self._sock.rcvhwm = rcvhwm
+            if max_message_bytes is not None:
+                self._sock.maxmsgsize = max_message_bytes
+            if conflate:
+                self._sock.conflate = True
+            self._sock.subscribe(b"")
+            self.endpoint = _attach(self._sock, endpoint, bind)
         self._closed = False
 
     def start(self) -> None:
@@ -391,7 +413,8 @@ class RequestClient:
         self._sockets = _Sockets(curve, ctx)
         self._lock = asyncio.Lock()
         self._seq = 0
-        self._sock = self._connect()
+        with self._sockets.closed_on_error():
+            self._sock = self._connect()
         self._closed = False
 
     def _connect(self) -> zmq.asyncio.Socket:
@@ -486,10 +509,11 @@ class RequestServer:
         self.handler_errors = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._sockets = _Sockets(curve, ctx)
-        self._sock = self._sockets.socket(zmq.ROUTER, 0)
-        if max_message_bytes is not None:
-            self._sock.maxmsgsize = max_message_bytes
-        self.endpoint = _attach(self._sock, endpoint, bind=True)
+        with self._sockets.closed_on_error():
+            self._sock = self._sockets.socket(zmq.ROUTER, 0)
+            if max_message_bytes is not None:
+                self._sock.maxmsgsize = max_message_bytes
+            self.endpoint = _attach(self._sock, endpoint, bind=True)
         self._closed = False
 
     async def serve(self, handler: Handler) -> None:

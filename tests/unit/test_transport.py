@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -448,3 +449,16 @@ async def test_curve_pubsub(closer: Closer, keys: dict[str, Path]) -> None:
         return bool(sub.latest("r"))
 
     await wait_until(delivered)
+
+
+async def test_failed_set_up_releases_the_authenticator(keys: dict[str, Path]) -> None:
+    threads = threading.active_count()
+    with pytest.raises(ValueError, match="no secret key"):
+        RequestServer(curve=CurveServer(keys["server_pub"]))  # a public key file only
+    server = RequestServer()
+    try:
+        with pytest.raises(zmq.ZMQError):
+            RequestServer(server.endpoint, curve=CurveServer(keys["server_secret"]))  # in use
+    finally:
+        server.close()
+    assert threading.active_count() == threads
