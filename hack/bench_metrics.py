@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+
 from benchop.metrics import Series, describe, merge, summarize
 
 FOLD_EVERY = 10_000

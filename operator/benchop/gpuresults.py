@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from benchagent.wire import BaselineAck, GpuSample
-
 from benchop.api.models import GpuResults
 
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from benchagent.wire import MetricsSnapshot, SeriesSummary
-
 from benchop.api.models import (
     ClientStats,
     Goodput,

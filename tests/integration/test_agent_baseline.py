@@ -18,6 +18,7 @@ import zmq
 import zmq.asyncio
 import zmq.auth
 from agent_helpers import get, metric
+
 from benchagent import command
 from benchagent.agent import Agent, AgentConfig
 from benchagent.gpu import GpuBackendError, SimulatedReader

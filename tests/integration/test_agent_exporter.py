@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc.aio
 import pytest
 from agent_helpers import eventually, families, get
+
 from benchagent.agent import Agent, AgentConfig
 from benchagent.exporter import DCGM_FIELDS, render_dcgm
 from benchagent.gpu import SimulatedReader

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import pytest
+
 from benchagent.podresources import PodAttribution, PodRef
 from benchagent.podresources_pb import api_pb2, api_pb2_grpc
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from benchop import mockserver
 from benchop.mockserver import (
     Fault,

@@ -12,9 +12,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import ValidationError
+
 from benchop.api import crdgen, models
 from benchop.api.models import format_validation_error, load_manifest, to_wire
-from pydantic import ValidationError
 
 ROOT = Path(__file__).resolve().parents[2]
 INVALID = sorted((ROOT / "tests" / "unit" / "invalid").glob("*.yaml"))

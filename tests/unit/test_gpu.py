@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-from benchagent.gpu import GpuBackendError, NvmlReader, SimulatedReader, open_reader
 from fake_pynvml import FakeNvml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from benchagent.gpu import GpuBackendError, NvmlReader, SimulatedReader, open_reader
 
 
 def test_nvml_reader_maps_units_and_fields() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from benchop.metrics import Counter, Gauge, Registry, Series, names, summarize
 from benchop.metrics.stats import decode_values
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from benchagent.wire import SeriesSummary
 from benchop.metrics import Series
 from benchop.metrics.buckets import REL_ERROR, bounds, keys, midpoint
 from benchop.metrics.stats import decode_values
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 FAST = settings(max_examples=60, deadline=None)
 INT64 = st.integers(-(2**62), 2**62)

@@ -9,6 +9,9 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from benchagent.wire import SeriesSummary
 from benchop.metrics import Series, describe, merge, percentile, summarize
 from benchop.metrics.buckets import REL_ERROR
@@ -20,8 +23,6 @@ from benchop.metrics.stats import (
     estimate_percentiles,
     moments,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 QS = (50.0, 90.0, 99.0)
 FAST = settings(max_examples=60, deadline=None)

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
+
 from benchop.api import models
 from benchop.api.durations import Duration, format_duration, parse_duration
 from benchop.api.models import (
@@ -21,7 +23,6 @@ from benchop.api.models import (
     to_wire,
 )
 from benchop.api.sweep import set_path, sweep_points
-from pydantic import ValidationError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from benchagent.wire import MetricsSnapshot
 from benchop.api.models import GpuResults, Results, SloSpec, to_wire
 from benchop.metrics import Registry, names

@@ -6,10 +6,11 @@ import asyncio
 import math
 
 import pytest
+from fake_pynvml import FakeNvml
+
 from benchagent.gpu import NvmlReader, SimulatedReader
 from benchagent.sampler import MIN_INTERVAL_S, Sampler, Tick, check_interval
 from benchagent.wire import GpuSample
-from fake_pynvml import FakeNvml
 
 
 @pytest.mark.parametrize("bad", [0.0, 0.01, 0.049, -1.0, math.nan])

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from benchagent.wire import SeriesSummary
-
 from benchop.metrics.series import Series
 
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import numpy as np
-from benchagent.wire import SeriesSummary
 
+from benchagent.wire import SeriesSummary
 from benchop.metrics import buckets
 from benchop.metrics.stats import NO_MOMENTS, IntArray, Moments, combine, encode_values, moments
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from benchagent.wire import SeriesSummary
 
+from benchagent.wire import SeriesSummary
 from benchop.metrics import buckets as _buckets
 
 IntArray = npt.NDArray[np.int64]
