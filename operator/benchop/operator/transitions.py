@@ -119,7 +119,13 @@ def gate_closed(
     reason = "TimedOut" if missing else "Captured"
     updates: list[Update]
     if boundary == "START":
-        updates = [
+        updates = []
+        if not c.is_true(status.get("conditions"), c.WORKERS_READY):
+            # every worker asked for the gate: all are running and connected
+            updates.append(
+                (c.WORKERS_READY, c.TRUE, "AllConnected", "every worker reached the START gate")
+            )
+        updates += [
             (c.BASELINE_START_CAPTURED, c.TRUE, reason, captured_msg),
             (c.PROFILING, c.TRUE, "GateGranted", "the START gate was granted to every worker"),
         ]

@@ -1,0 +1,129 @@
+"""``benchop operator``: run the kopf operator (flags: CONTRACTS.md, the chart passes them).
+
+    benchop operator --namespace team-a --namespace team-b --gate-port 5555 \\
+        --operator-service benchop-operator.benchop.svc --image ghcr.io/benchop/benchop:0.1.0
+
+No ``--namespace`` watches every namespace (clusterwide). Liveness: kopf's probes serve
+``/healthz`` on ``--health-port``. Peering is off unless ``--peering NAME`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+from benchop.api.durations import parse_duration
+from benchop.operator.settings import DEFAULT_AGENT_SELECTOR, DEFAULT_IMAGE, OperatorSettings
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = OperatorSettings()
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="namespace to watch (repeatable); none = every namespace",
+    )
+    p.add_argument("--gate-port", type=int, default=d.gate_port, help="ZMQ ROUTER port for gates")
+    p.add_argument(
+        "--snapshot-port", type=int, default=d.snapshot_port, help="ZMQ SUB port for snapshots"
+    )
+    p.add_argument(
+        "--live-interval",
+        type=_duration,
+        default=d.live_interval_s,
+        metavar="DURATION",
+        help="minimum time between two status.live patches of one run (default 5s)",
+    )
+    p.add_argument(
+        "--refresh-interval",
+        type=_duration,
+        default=d.refresh_interval_s,
+        metavar="DURATION",
+        help="Experiment rollup refresh interval (default 10s)",
+    )
+    p.add_argument("--health-port", type=int, default=d.health_port, help="/healthz port")
+    p.add_argument(
+        "--agent-selector", default=DEFAULT_AGENT_SELECTOR, help="label selector of agent pods"
+    )
+    p.add_argument(
+        "--agent-namespace",
+        default=None,
+        help="namespace of the agent pods (default: $POD_NAMESPACE, else every namespace)",
+    )
+    p.add_argument("--agent-port", type=int, default=d.agent_port, help="agents' baseline port")
+    p.add_argument("--image", default=DEFAULT_IMAGE, help="load-generator image")
+    p.add_argument(
+        "--operator-service",
+        default=d.operator_service,
+        help="DNS name the workers dial for gates and snapshots",
+    )
+    p.add_argument(
+        "--gate-timeout",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="gate timeout for runs whose spec sets none",
+    )
+    p.add_argument(
+        "--peering",
+        nargs="?",
+        const="benchop",
+        default=None,
+        metavar="NAME",
+        help="enable kopf peering (object NAME, default 'benchop'); off by default",
+    )
+    p.add_argument("--bind-host", default=d.bind_host, help="address the ZMQ ports bind to")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
+    return OperatorSettings(
+        namespaces=tuple(args.namespace),
+        gate_port=args.gate_port,
+        snapshot_port=args.snapshot_port,
+        live_interval_s=args.live_interval,
+        refresh_interval_s=args.refresh_interval,
+        health_port=args.health_port,
+        agent_selector=args.agent_selector,
+        agent_port=args.agent_port,
+        agent_namespace=args.agent_namespace or os.environ.get("POD_NAMESPACE"),
+        image=args.image,
+        operator_service=args.operator_service,
+        gate_timeout_s=args.gate_timeout,
+        peering=args.peering,
+        bind_host=args.bind_host,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import kopf
+
+    import benchop.operator.main  # noqa: F401 - registers the handlers
+
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(
+        kopf.operator(
+            clusterwide=settings.clusterwide,
+            namespaces=list(settings.namespaces),
+            standalone=settings.peering is None,
+            peering_name=settings.peering,
+            liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+            memo=kopf.Memo(settings=settings),
+        )
+    )
+    return 0

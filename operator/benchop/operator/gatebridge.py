@@ -1,0 +1,278 @@
+"""The gate coordinator inside the operator, and the persistence of gate outcomes in status.
+
+:class:`GateBridge` runs one :class:`benchop.gates.GateCoordinator` on ``--gate-port`` (the
+ROUTER every worker of every run dials). For each run it resolves the agents to ask — the
+target's ``podSelector`` -> its pods -> their node names -> the agent pods on those nodes (by
+``--agent-selector``) -> ``tcp://<podIP>:<--agent-port>`` — and registers the run.
+
+When a gate closes, the coordinator's ``on_gate`` callback gets the outcome; the bridge turns it
+into a bounded record (:func:`gate_record`) and awaits ``record_gate`` (handlers.runs), which
+writes it to ``status.gates.<START|END>`` together with the conditions (BaselineStartCaptured /
+Profiling / BaselineEndCaptured / TelemetryDegraded) and the phase — *before* the workers are
+granted. After an operator restart the bridge seeds the coordinator from ``status.gates``
+(``restore_gate``), so a retrying worker is answered from status and a gate never runs twice
+(no second barrier, no second baseline request to the agents).
+
+:func:`gpu_from_status` turns the persisted START/END samples into ``results.gpu``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from benchagent.wire import BaselineAck, GpuSample
+from benchop.api.conditions import now_rfc3339
+from benchop.api.models import GpuResults, LabelSelector
+from benchop.gates import AgentEndpoint, GateCoordinator, GateOutcome
+from benchop.gpuresults import gpu_results
+from benchop.operator.k8s import POD, KubeApi
+from benchop.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+OnGate = Callable[[str, str, Mapping[str, Any]], Awaitable[bool]]
+"""``on_gate(run_key, boundary, record)``: persist the record; False when the run is gone."""
+
+MAX_SAMPLES = 64
+"""GPU samples kept per gate in status (bounded status; beyond that GPUs are dropped)."""
+
+
+# --------------------------------------------------------------------------- agents
+
+
+def selector_string(selector: LabelSelector) -> str:
+    """A LabelSelector as a ``labelSelector`` query string.
+
+    >>> selector_string(LabelSelector(match_labels={"app": "vllm"}))
+    'app=vllm'
+    """
+    parts = [f"{k}={v}" for k, v in sorted((selector.match_labels or {}).items())]
+    for req in selector.match_expressions or []:
+        values = ",".join(req.values or [])
+        if req.operator == "In":
+            parts.append(f"{req.key} in ({values})")
+        elif req.operator == "NotIn":
+            parts.append(f"{req.key} notin ({values})")
+        elif req.operator == "Exists":
+            parts.append(req.key)
+        else:
+            parts.append(f"!{req.key}")
+    return ",".join(parts)
+
+
+async def resolve_agents(
+    api: KubeApi,
+    *,
+    namespace: str,
+    pod_selector: LabelSelector | None,
+    agent_selector: str,
+    agent_namespace: str | None,
+    agent_port: int,
+) -> dict[str, str]:
+    """``{agent pod name: tcp://podIP:port}`` of the agents on the nodes of the target's pods."""
+    if pod_selector is None:
+        return {}
+    targets = await api.list(POD, namespace, labels=selector_string(pod_selector))
+    nodes = {p.get("spec", {}).get("nodeName") for p in targets} - {None, ""}
+    if not nodes:
+        return {}
+    agents = await api.list(POD, agent_namespace, labels=agent_selector)
+    out = {}
+    for pod in agents:
+        node = pod.get("spec", {}).get("nodeName")
+        ip = (pod.get("status") or {}).get("podIP")
+        if node in nodes and ip and (pod.get("status") or {}).get("phase") == "Running":
+            out[pod["metadata"]["name"]] = f"tcp://{ip}:{agent_port}"
+    return out
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+def _sample_record(s: GpuSample) -> dict[str, Any]:
+    return {
+        "uuid": s.uuid,
+        "index": s.index,
+        "timestampNs": s.timestamp_ns,
+        "util": s.gpu_util_pct,
+        "memUsed": s.mem_used_bytes,
+        "powerW": s.power_w,
+        "energyMj": s.energy_mj,
+    }
+
+
+def gate_record(
+    *,
+    phase_id: str,
+    start_at_ns: int,
+    baseline: bool,
+    agents: Sequence[str],
+    missing: Sequence[str],
+    acks: Sequence[BaselineAck],
+    closed_at: str | None = None,
+) -> dict[str, Any]:
+    """The bounded ``status.gates.<boundary>`` record of a closed gate."""
+    kept = 0
+    ack_records = []
+    for ack in acks:
+        gpus = []
+        for s in ack.samples:
+            if s.error is None and kept < MAX_SAMPLES:
+                gpus.append(_sample_record(s))
+                kept += 1
+        rec: dict[str, Any] = {
+            "agent": ack.agent,
+            "node": ack.node,
+            "success": ack.success,
+            "simulated": ack.simulated,
+            "gpus": gpus,
+        }
+        if ack.error:
+            rec["error"] = ack.error[:200]
+        ack_records.append(rec)
+    return {
+        "phaseId": phase_id,
+        "startAtNs": start_at_ns,
+        "baseline": baseline,
+        "baselineCaptured": baseline and not missing,
+        "agents": sorted(agents),
+        "missing": sorted(missing),
+        "simulated": any(a.simulated for a in acks),
+        "closedAt": closed_at or now_rfc3339(),
+        "acks": ack_records,
+    }
+
+
+def acks_from_record(record: Mapping[str, Any], boundary: str) -> list[BaselineAck]:
+    """The BaselineAcks of a persisted record (only the fields results need are kept)."""
+    out = []
+    for a in record.get("acks") or []:
+        samples = [
+            GpuSample(
+                index=int(g.get("index", 0)),
+                uuid=str(g["uuid"]),
+                name="",
+                timestamp_ns=int(g["timestampNs"]),
+                gpu_util_pct=float(g["util"]),
+                mem_copy_util_pct=0.0,
+                mem_used_bytes=int(g["memUsed"]),
+                mem_total_bytes=0,
+                power_w=float(g.get("powerW", 0.0)),
+                power_limit_w=0.0,
+                energy_mj=int(g["energyMj"]),
+                temperature_c=0.0,
+                sm_clock_mhz=0,
+                mem_clock_mhz=0,
+            )
+            for g in a.get("gpus") or []
+        ]
+        out.append(
+            BaselineAck(
+                request_id="",
+                run="",
+                phase_id=str(record.get("phaseId", "")),
+                boundary="START" if boundary == "START" else "END",
+                agent=str(a["agent"]),
+                node=str(a.get("node", "")),
+                success=bool(a.get("success")),
+                error=a.get("error"),
+                simulated=bool(a.get("simulated")),
+                samples=samples,
+            )
+        )
+    return out
+
+
+def gpu_from_status(gates: Mapping[str, Any], *, output_tokens: int) -> GpuResults | None:
+    """``results.gpu`` from ``status.gates`` (None without both gates or without agents)."""
+    start, end = gates.get("START"), gates.get("END")
+    if not start or not end:
+        return None
+    expected = set(start.get("agents") or []) | set(end.get("agents") or [])
+    if not expected:
+        return None
+    return gpu_results(
+        acks_from_record(start, "START"),
+        acks_from_record(end, "END"),
+        output_tokens=output_tokens,
+        expected_agents=sorted(expected),
+    )
+
+
+# --------------------------------------------------------------------------- the bridge
+
+
+class GateBridge:
+    """The operator's gate coordinator on ``--gate-port`` (see the module doc).
+
+    worker DEALER ─┐                         ┌─▶ agent ROUTER (node a)  BaselineRequest
+    worker DEALER ─┼─▶ ROUTER :gate-port ────┤
+    worker DEALER ─┘   GateCoordinator       └─▶ agent ROUTER (node b)  ◀─ BaselineAck
+    """
+
+    def __init__(self, settings: OperatorSettings, api: KubeApi, *, on_gate: OnGate) -> None:
+        self.settings = settings
+        self.api = api
+        self.on_gate = on_gate
+        port = settings.gate_port
+        self.coordinator = GateCoordinator(
+            endpoint=f"tcp://{settings.bind_host}:{port if port else '*'}",
+            on_gate=self._on_gate,
+        )
+        self.endpoint = ""
+
+    async def start(self) -> None:
+        await self.coordinator.start()
+        self.endpoint = self.coordinator.endpoint
+
+    async def close(self) -> None:
+        await self.coordinator.close()
+
+    async def _on_gate(self, run: str, outcome: GateOutcome) -> None:
+        record = gate_record(
+            phase_id=outcome.phase_id,
+            start_at_ns=outcome.start_at_ns,
+            baseline=outcome.baseline,
+            agents=outcome.agents,
+            missing=outcome.missing,
+            acks=outcome.acks,
+        )
+        await self.on_gate(run, outcome.boundary, record)
+
+    async def register(self, ctx: Any, restored: Mapping[str, Any]) -> None:
+        """Register a run: resolve its agents, seed the gates that already closed."""
+        spec = ctx.spec
+        timeout_s = spec.gates.timeout.seconds
+        if "timeout" not in spec.gates.model_fields_set and self.settings.gate_timeout_s:
+            timeout_s = self.settings.gate_timeout_s
+        agents = {}
+        if spec.gates.baseline:
+            agents = await resolve_agents(
+                self.api,
+                namespace=ctx.namespace,
+                pod_selector=spec.target.pod_selector,
+                agent_selector=self.settings.agent_selector,
+                agent_namespace=self.settings.agent_namespace,
+                agent_port=self.settings.agent_port,
+            )
+        self.coordinator.register_run(
+            ctx.key,
+            workers=ctx.workers,
+            agents=[AgentEndpoint(name=n, endpoint=e) for n, e in sorted(agents.items())],
+            timeout_s=timeout_s,
+            baseline=spec.gates.baseline,
+        )
+        for boundary, record in restored.items():
+            self.coordinator.restore_gate(
+                ctx.key,
+                phase_id=str(record.get("phaseId", "")),
+                boundary=boundary,
+                start_at_ns=int(record.get("startAtNs", 0)),
+                baseline_captured=bool(record.get("baselineCaptured")),
+                missing=list(record.get("missing") or []),
+            )
+
+    def forget(self, key: str) -> None:
+        self.coordinator.forget_run(key)

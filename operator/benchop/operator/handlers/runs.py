@@ -1,0 +1,491 @@
+"""BenchmarkRun reconciliation as plain async functions (``main`` wires them to kopf).
+
+Flow (docs/operator.md has the picture):
+
+1. :func:`reconcile_run` (create/resume): validated spec -> Accepted=True, Succeeded=Unknown,
+   phase Initializing; the spec ConfigMap and the loadgen Job created idempotently; the run
+   registered with the gate coordinator (seeded from ``status.gates`` after a restart).
+   :func:`reject_run` handles an invalid spec (Accepted=False InvalidSpec, phase Failed).
+2. :func:`observe_pod` / :func:`observe_job` (watch events) record what the kubelet and the Job
+   controller report into the run's :class:`RunContext` and wake its loop.
+3. :func:`run_loop` (one kopf daemon per non-terminal run) is the only place that ends a run:
+   WorkersReady, stuck pods, Job failure, the watchdog deadline, ``status.live`` at most once per
+   ``--live-interval``, and final results once every worker is COMPLETE or the Job completed.
+4. Gate outcomes come from :mod:`benchop.operator.gatebridge` (:func:`record_gate`).
+5. :func:`forget_run` (delete) drops the in-memory gate and snapshot state.
+
+All status writes go through the run's :class:`~benchop.operator.status.StatusWriter`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from benchop.api.conditions import now_rfc3339
+from benchop.api.models import BenchmarkRun, BenchmarkRunSpec
+from benchop.operator import builders, transitions
+from benchop.operator.k8s import CONFIGMAP, JOB, POD, KubeApi
+from benchop.operator.pods import GRACEFUL, JobView, PodView, job_view, pod_view
+from benchop.operator.settings import OperatorSettings
+from benchop.operator.snapshots import (
+    REASONS,
+    SnapshotCollector,
+    build_final_results,
+    final_snapshots,
+    live_status,
+    output_tokens,
+    parse_termination_message,
+    verdict,
+)
+from benchop.operator.status import StatusWriter
+
+log = logging.getLogger(__name__)
+
+RESYNC_S = 30.0
+"""The run loop re-lists the run's pods and reads its Job this often (a missed event heals)."""
+TICK_S = 1.0
+"""The run loop wakes at least this often (and at once on a pod/Job event)."""
+
+
+class Gates(Protocol):
+    """What the run handlers need from the gate bridge."""
+
+    endpoint: str  # the bound ROUTER endpoint
+
+    async def register(self, ctx: RunContext, restored: Mapping[str, Any]) -> None: ...
+
+    def forget(self, key: str) -> None: ...
+
+
+def run_key(namespace: str, name: str) -> str:
+    """The run id workers, gates and snapshots use: ``<namespace>.<name>`` (unambiguous:
+    a namespace has no dots)."""
+    return f"{namespace}.{name}"
+
+
+class InvalidRun(ValueError):
+    """The spec is valid for the schema but not for the operator; the message names the field."""
+
+
+def check_operator_rules(run: BenchmarkRun) -> None:
+    """Rules of the in-cluster operator beyond the model's (local mode may differ)."""
+    if run.spec.target.url is None:
+        raise InvalidRun(
+            "spec.target.url: required in a cluster (only local mode has a built-in mock server)"
+        )
+
+
+@dataclass
+class RunContext:
+    """In-memory state of one non-terminal run (lost on restart; rebuilt from the cluster)."""
+
+    key: str
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: BenchmarkRunSpec
+    writer: StatusWriter
+    accepted: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    pods: dict[str, PodView] = field(default_factory=dict)
+    stuck_since: dict[str, float] = field(default_factory=dict)
+    job: JobView = field(default_factory=lambda: JobView(None, "", ""))
+    job_complete_at: float | None = None
+    started_at: float = field(default_factory=time.time)  # wall clock, from status.startTime
+    last_live_at: float = float("-inf")
+    last_live_seqs: dict[int, int] = field(default_factory=dict)
+    done: bool = False
+
+    @property
+    def workers(self) -> int:
+        return self.spec.load.workers
+
+    def termination(self) -> dict[int, str]:
+        out = {}
+        for view in self.pods.values():
+            if view.index is not None and view.termination_message:
+                out[view.index] = view.termination_message
+        return out
+
+
+@dataclass
+class Services:
+    """Shared services of one operator process; lives in kopf's ``memo.services``."""
+
+    settings: OperatorSettings
+    api: KubeApi
+    snapshots: SnapshotCollector
+    gates: Gates
+    runs: dict[str, RunContext] = field(default_factory=dict)
+    writers: dict[str, StatusWriter] = field(default_factory=dict)
+
+    def writer(self, namespace: str, name: str) -> StatusWriter:
+        key = run_key(namespace, name)
+        if key not in self.writers:
+            self.writers[key] = StatusWriter(self.api, namespace, name)
+        return self.writers[key]
+
+
+def parse_time(text: str | None) -> float | None:
+    """Epoch seconds of an RFC 3339 timestamp (``2024-05-01T12:00:00Z``), None if unreadable."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _meta(body: Mapping[str, Any]) -> tuple[str, str, str, int]:
+    m = body["metadata"]
+    return m["namespace"], m["name"], m.get("uid", ""), int(m.get("generation") or 1)
+
+
+# --------------------------------------------------------------------------- create / resume
+
+
+async def reject_run(services: Services, body: Mapping[str, Any], message: str) -> None:
+    """Invalid spec: Accepted=False InvalidSpec + Succeeded=False + phase Failed."""
+    namespace, name, _, generation = _meta(body)
+    writer = services.writer(namespace, name)
+    writer.seed(body)
+    now = now_rfc3339()
+    await writer.update(
+        lambda st: transitions.rejected(st, generation=generation, message=message, now=now)
+    )
+
+
+async def reconcile_run(services: Services, body: Mapping[str, Any], run: BenchmarkRun) -> None:
+    """Accept a valid run, create its children idempotently, register it with the gates."""
+    check_operator_rules(run)
+    namespace, name, uid, generation = _meta(body)
+    writer = services.writer(namespace, name)
+    writer.seed(body)
+    if transitions.is_terminal(body.get("status")):
+        return
+    key = run_key(namespace, name)
+    ctx = services.runs.get(key)
+    if ctx is None or ctx.uid != uid:
+        ctx = RunContext(key, namespace, name, uid, generation, run.spec, writer)
+        services.runs[key] = ctx
+    now = now_rfc3339()
+    status = await writer.update(
+        lambda st: transitions.accepted(st, generation=generation, now=now)
+    )
+    if status is None or transitions.is_terminal(status):
+        return
+    ctx.started_at = parse_time(status.get("startTime")) or ctx.started_at
+    owner = builders.owner_reference(body)
+    settings = services.settings
+    cm = builders.build_spec_configmap(
+        run, name=builders.spec_configmap_name(name), namespace=namespace, owner=owner
+    )
+    job = builders.build_loadgen_job(
+        run,
+        name=builders.loadgen_job_name(name),
+        namespace=namespace,
+        owner=owner,
+        image=settings.image,
+        gate_endpoint=settings.worker_gate_endpoint(services.gates.endpoint),
+        snapshot_endpoint=settings.worker_snapshot_endpoint(services.snapshots.endpoint),
+        run_key=key,
+    )
+    await services.api.create(CONFIGMAP, namespace, cm)
+    await services.api.create(JOB, namespace, job)
+    await services.gates.register(ctx, status.get("gates") or {})
+    ctx.accepted.set()
+    ctx.wake.set()
+
+
+# --------------------------------------------------------------------------- watch events
+
+
+def _ctx_for(services: Services, obj: Mapping[str, Any]) -> RunContext | None:
+    meta = obj.get("metadata") or {}
+    run_name = (meta.get("annotations") or {}).get(builders.RUN_NAME_ANNOTATION)
+    if not run_name:
+        return None
+    return services.runs.get(run_key(meta.get("namespace", ""), run_name))
+
+
+def _note_pod(ctx: RunContext, pod: Mapping[str, Any], deleted: bool = False) -> None:
+    view = pod_view(pod)
+    if deleted:
+        ctx.pods.pop(view.name, None)
+        ctx.stuck_since.pop(view.name, None)
+        return
+    ctx.pods[view.name] = view
+    if view.stuck_reason is None:
+        ctx.stuck_since.pop(view.name, None)
+    else:
+        ctx.stuck_since.setdefault(view.name, time.monotonic())
+
+
+def _note_job(ctx: RunContext, job: Mapping[str, Any]) -> None:
+    ctx.job = job_view(job)
+    if ctx.job.state == "Complete" and ctx.job_complete_at is None:
+        ctx.job_complete_at = time.monotonic()
+
+
+async def observe_pod(services: Services, pod: Mapping[str, Any], event_type: str | None) -> None:
+    """A worker pod changed: remember it and wake the run's loop."""
+    ctx = _ctx_for(services, pod)
+    if ctx is None:
+        return
+    _note_pod(ctx, pod, deleted=event_type == "DELETED")
+    ctx.wake.set()
+
+
+async def observe_job(services: Services, job: Mapping[str, Any]) -> None:
+    """The loadgen Job changed: remember its terminal state and wake the run's loop."""
+    ctx = _ctx_for(services, job)
+    if ctx is None:
+        return
+    _note_job(ctx, job)
+    ctx.wake.set()
+
+
+async def resync(services: Services, ctx: RunContext) -> None:
+    """Read the run's pods and Job directly (after a restart, or if a watch event was missed)."""
+    label = f"{builders.RUN_LABEL}={builders.run_label_value(ctx.name)}"
+    pods = await services.api.list(POD, ctx.namespace, labels=label)
+    seen = set()
+    for pod in pods:
+        ann = (pod.get("metadata") or {}).get("annotations") or {}
+        if ann.get(builders.RUN_NAME_ANNOTATION) == ctx.name:
+            _note_pod(ctx, pod)
+            seen.add(pod["metadata"]["name"])
+    for gone in set(ctx.pods) - seen:
+        ctx.pods.pop(gone, None)
+        ctx.stuck_since.pop(gone, None)
+    job = await services.api.get(JOB, ctx.namespace, builders.loadgen_job_name(ctx.name))
+    if job is not None:
+        _note_job(ctx, job)
+
+
+# --------------------------------------------------------------------------- gates
+
+
+async def record_gate(
+    services: Services, key: str, boundary: str, record: Mapping[str, Any]
+) -> bool:
+    """Persist a closed gate into status (before the workers are granted). False if gone."""
+    ctx = services.runs.get(key)
+    if ctx is None:
+        return False
+    gen = ctx.generation
+    status = await ctx.writer.update(
+        lambda st: transitions.gate_closed(st, generation=gen, boundary=boundary, record=record)
+    )
+    ctx.wake.set()
+    return status is not None
+
+
+# --------------------------------------------------------------------------- the run loop
+
+
+def deadline_s(settings: OperatorSettings, spec: BenchmarkRunSpec) -> float:
+    """Seconds after acceptance when the watchdog fails a run that is still not terminal."""
+    if spec.active_deadline_seconds is not None:
+        return spec.active_deadline_seconds + settings.deadline_grace_s
+    return settings.default_deadline_s
+
+
+async def _fail(services: Services, ctx: RunContext, reason: str, message: str) -> None:
+    """End the run as failed, keeping whatever results the workers reported."""
+    final = final_snapshots(
+        ctx.workers,
+        services.snapshots.complete(ctx.key),
+        _terminations(ctx),
+        services.snapshots.latest(ctx.key),
+    )
+    results = None
+    results_reason = ""
+    if final is not None:
+        results = build_final_results(final, slo=ctx.spec.slo, gpu=_gpu(ctx, final))
+        results_reason = REASONS[final.source]
+    now = now_rfc3339()
+    gen = ctx.generation
+    log.info("run %s failed: %s: %s", ctx.key, reason, message)
+    await ctx.writer.update(
+        lambda st: transitions.failed(
+            st,
+            generation=gen,
+            reason=reason,
+            message=message,
+            now=now,
+            results=results,
+            results_reason=results_reason,
+        )
+    )
+    ctx.done = True
+
+
+def _terminations(ctx: RunContext) -> dict[int, Any]:
+    out = {}
+    for index, text in ctx.termination().items():
+        snap = parse_termination_message(text, ctx.key)
+        if snap is not None and snap.worker == index:
+            out[index] = snap
+    return out
+
+
+def _gpu(ctx: RunContext, final: Any) -> Any:
+    from benchop.operator.gatebridge import gpu_from_status
+
+    status = ctx.writer.status or {}
+    return gpu_from_status(status.get("gates") or {}, output_tokens=output_tokens(final))
+
+
+async def _finish(services: Services, ctx: RunContext) -> None:
+    final = final_snapshots(
+        ctx.workers,
+        services.snapshots.complete(ctx.key),
+        _terminations(ctx),
+        services.snapshots.latest(ctx.key),
+    )
+    if final is None:
+        await _fail(services, ctx, "NoResults", "the Job completed but no worker reported")
+        return
+    results = build_final_results(final, slo=ctx.spec.slo, gpu=_gpu(ctx, final))
+    ok, reason, message = verdict(results)
+    now = now_rfc3339()
+    gen = ctx.generation
+    await ctx.writer.update(
+        lambda st: transitions.finished(
+            st,
+            generation=gen,
+            results=results,
+            results_reason=REASONS[final.source],
+            succeeded=ok,
+            reason=reason,
+            message=message,
+            now=now,
+        )
+    )
+    ctx.done = True
+
+
+async def _step(services: Services, ctx: RunContext, now: float) -> None:
+    """One pass of the run loop: end the run if it is time, else maybe write live status."""
+    settings = services.settings
+    gen = ctx.generation
+    # 1. stuck pods
+    for pod_name, since in ctx.stuck_since.items():
+        view = ctx.pods.get(pod_name)
+        if view is None or view.stuck_reason is None:
+            continue
+        grace = settings.stuck_after_s if view.stuck_reason in GRACEFUL else 0.0
+        if now - since >= grace:
+            await _fail(services, ctx, view.stuck_reason, view.stuck_message)
+            return
+    # 2. the Job failed
+    if ctx.job.state == "Failed":
+        msg = f"Job {builders.loadgen_job_name(ctx.name)} failed: {ctx.job.message}".strip(": ")
+        await _fail(services, ctx, ctx.job.reason, msg)
+        return
+    # 3. results: every worker COMPLETE, or the Job completed (then wait a little for COMPLETE)
+    complete = services.snapshots.complete(ctx.key)
+    if len(complete) >= ctx.workers or (
+        ctx.job_complete_at is not None
+        and (
+            now - ctx.job_complete_at >= settings.complete_wait_s
+            or len(_terminations(ctx)) >= ctx.workers
+        )
+    ):
+        await _finish(services, ctx)
+        return
+    # 4. watchdog
+    if time.time() - ctx.started_at >= deadline_s(settings, ctx.spec):
+        await _fail(
+            services,
+            ctx,
+            "DeadlineExceeded",
+            f"the run was not finished {deadline_s(settings, ctx.spec):.0f}s after it was "
+            "accepted (spec.activeDeadlineSeconds or the operator's default)",
+        )
+        return
+    # 5. WorkersReady
+    running = {v.index for v in ctx.pods.values() if v.running and v.index is not None}
+    finished_ok = {v.index for v in ctx.pods.values() if v.phase == "Succeeded"}
+    warmup = ctx.spec.phases.warmup is not None
+    if len(running | finished_ok) >= ctx.workers:
+        await ctx.writer.update(
+            lambda st: transitions.workers_ready(
+                st, generation=gen, running=len(running), workers=ctx.workers, warmup=warmup
+            )
+        )
+    else:
+        await ctx.writer.update(
+            lambda st: transitions.workers_pending(
+                st, generation=gen, running=len(running), workers=ctx.workers
+            )
+        )
+    # 6. live status, at most once per live interval and only when a snapshot is new
+    latest = services.snapshots.latest(ctx.key)
+    seqs = {w: s.seq for w, s in latest.items()}
+    if latest and seqs != ctx.last_live_seqs and now - ctx.last_live_at >= settings.live_interval_s:
+        phase = (ctx.writer.status or {}).get("phase")
+        live = live_status(latest, phase=phase, workers_connected=len(latest), now=now_rfc3339())
+        ctx.last_live_at = now
+        ctx.last_live_seqs = seqs
+        await ctx.writer.update(lambda st: transitions.with_live(st, live))
+
+
+async def run_loop(
+    services: Services, body: Mapping[str, Any], stopped: Any, *, tick_s: float = TICK_S
+) -> None:
+    """The per-run daemon: drives the run to a terminal phase (see the module doc)."""
+    namespace, name, uid, _ = _meta(body)
+    key = run_key(namespace, name)
+    last_resync = float("-inf")
+    while not stopped:
+        ctx = services.runs.get(key)
+        if ctx is None or ctx.uid != uid or not ctx.accepted.is_set():
+            if transitions.is_terminal(services.writer(namespace, name).status):
+                return
+            await _sleep(None, tick_s, stopped)
+            continue
+        if ctx.done or transitions.is_terminal(ctx.writer.status):
+            return
+        now = time.monotonic()
+        if now - last_resync >= RESYNC_S:
+            await resync(services, ctx)
+            last_resync = now
+        ctx.wake.clear()
+        await _step(services, ctx, now)
+        if ctx.done or ctx.writer.gone:
+            return
+        await _sleep(ctx.wake, tick_s, stopped)
+
+
+async def _sleep(wake: asyncio.Event | None, seconds: float, stopped: Any) -> None:
+    """Wait for ``wake`` (or just ``seconds``); kopf cancels the task when the daemon stops."""
+    if wake is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), seconds)
+
+
+# --------------------------------------------------------------------------- delete
+
+
+async def forget_run(services: Services, namespace: str, name: str) -> None:
+    """The run is being deleted: drop its gate, snapshot and status-writer state."""
+    key = run_key(namespace, name)
+    ctx = services.runs.pop(key, None)
+    if ctx is not None:
+        ctx.done = True
+        ctx.wake.set()
+    services.writers.pop(key, None)
+    services.gates.forget(key)
+    services.snapshots.forget(key)

@@ -1,0 +1,142 @@
+"""Every kopf decorator of the operator, and nothing else.
+
+Each handler validates the body into the pydantic model where there is one and calls a plain
+async function in :mod:`benchop.operator.handlers.runs`; handlers return None, so kopf writes
+nothing into ``.status`` (the StatusWriter is its only writer). kopf is configured once, in
+:func:`startup`, from ``memo.settings`` (an :class:`OperatorSettings`, set by ``benchop
+operator`` or a test); the shared services live in ``memo.services``.
+
+    memo = kopf.Memo(settings=OperatorSettings(...), connection=kopf.ConnectionInfo(server=url))
+    await kopf.operator(memo=memo, namespaces=["default"])   # with this module imported
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from benchop.api.models import BenchmarkRun, format_validation_error
+from benchop.operator import builders, transitions
+from benchop.operator.gatebridge import GateBridge
+from benchop.operator.handlers import runs
+from benchop.operator.k8s import KubeApi
+from benchop.operator.settings import OperatorSettings
+from benchop.operator.snapshots import SnapshotCollector
+
+GROUP, VERSION, PLURAL = "benchop.io", "v1alpha1", "benchmarkruns"
+FINALIZER = "benchop.io/finalizer"
+LOADGEN_LABELS: dict[str, Any] = {
+    builders.RUN_LABEL: kopf.PRESENT,
+    builders.COMPONENT_LABEL: builders.LOADGEN,
+}
+
+
+def _services(memo: Any) -> runs.Services:
+    services: runs.Services = memo.services
+    return services
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Configure kopf once and start the shared services (gate ROUTER, snapshot SUB, client)."""
+    ours: OperatorSettings = memo.get("settings") or OperatorSettings()
+    memo.settings = ours
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = ours.watch_server_timeout
+    settings.watching.client_timeout = ours.watch_client_timeout
+    settings.watching.connect_timeout = ours.connect_timeout
+    settings.networking.request_timeout = ours.request_timeout
+    settings.networking.connect_timeout = ours.connect_timeout
+    settings.peering.standalone = ours.peering is None
+    if ours.peering is not None:
+        settings.peering.name = ours.peering
+        settings.peering.mandatory = True
+    api = await KubeApi.connect(memo.get("connection"), timeout_s=ours.request_timeout)
+    snapshots = SnapshotCollector(ours.bind_host, ours.snapshot_port)
+    snapshots.start()
+    services = runs.Services(settings=ours, api=api, snapshots=snapshots, gates=None)  # type: ignore[arg-type]
+
+    async def on_gate(key: str, boundary: str, record: Mapping[str, Any]) -> bool:
+        return await runs.record_gate(services, key, boundary, record)
+
+    gates = GateBridge(ours, api, on_gate=on_gate)
+    await gates.start()
+    services.gates = gates
+    memo.services = services
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """Close the ZMQ sockets and the API client."""
+    services: runs.Services | None = memo.get("services")
+    if services is None:
+        return
+    await services.gates.close()  # type: ignore[attr-defined]
+    services.snapshots.close()
+    await services.api.close()
+
+
+@kopf.on.probe(id="runs")
+def probe_runs(memo: kopf.Memo, **_: Any) -> int:
+    """Liveness detail: the number of runs in progress."""
+    services: runs.Services | None = memo.get("services")
+    return 0 if services is None else len(services.runs)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+async def benchmarkrun_create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Validate, accept, create the children, register with the gates."""
+    services = _services(memo)
+    try:
+        run = BenchmarkRun.model_validate(
+            {"metadata": dict(body.metadata), "spec": dict(body.spec)}
+        )
+        runs.check_operator_rules(run)
+    except ValidationError as e:
+        message = format_validation_error(e)
+        await runs.reject_run(services, body, message)
+        raise kopf.PermanentError(f"invalid spec: {message}") from None
+    except runs.InvalidRun as e:
+        await runs.reject_run(services, body, str(e))
+        raise kopf.PermanentError(f"invalid spec: {e}") from None
+    await runs.reconcile_run(services, body, run)
+
+
+def _not_terminal(status: Mapping[str, Any], **_: Any) -> bool:
+    return not transitions.is_terminal(status)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, id="run-loop", when=_not_terminal)
+async def benchmarkrun_loop(
+    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    """Drive one run to a terminal phase (workers, failures, live status, results, watchdog)."""
+    await runs.run_loop(_services(memo), body, stopped)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def benchmarkrun_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Forget the run's in-memory gate and snapshot state (children go by owner GC)."""
+    await runs.forget_run(_services(memo), body.metadata["namespace"], body.metadata["name"])
+
+
+@kopf.on.event("", "v1", "pods", labels=LOADGEN_LABELS)
+async def worker_pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A worker pod changed (running, stuck, terminated with its message)."""
+    await runs.observe_pod(_services(memo), body, type)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=LOADGEN_LABELS)
+async def loadgen_job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The loadgen Job changed (Complete / Failed)."""
+    await runs.observe_job(_services(memo), body)

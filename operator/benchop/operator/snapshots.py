@@ -1,0 +1,307 @@
+"""Worker snapshots in the operator: one SUB port, the live view, and final results.
+
+:class:`SnapshotCollector` binds the one :class:`~benchagent.transport.Subscriber` of the
+operator (``--snapshot-port``); every worker of every run publishes to it. It keeps, per run and
+worker, the latest snapshot and the COMPLETE one. Everything else here is pure:
+
+- :func:`live_status` — the bounded ``status.live`` of a run from its latest snapshots (the run
+  loop in ``handlers.runs`` patches it at most once per ``--live-interval``);
+- :func:`final_snapshots` — per worker the best source: pub/sub COMPLETE, else the pod's
+  termination message (a compact JSON summary: counters and gauges, no raw values), else the
+  latest live snapshot (then the results are ``complete: false``); the weakest source used names
+  the results' source;
+- :func:`gpu_results` — GPU numbers of the profiling window from the START/END baseline samples
+  persisted in ``status.gates``;
+- :func:`verdict` — Succeeded, or the failure reason (``AllRequestsFailed``,
+  ``TargetUnreachable``, ``NoRequests``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from benchagent.transport import Subscriber
+from benchagent.wire import MetricsSnapshot, SeriesSummary
+from benchop.api.models import GpuResults, Results, SloSpec, to_wire
+from benchop.metrics import names
+from benchop.metrics.stats import merge, summarize
+from benchop.results import build_results, merge_snapshots
+
+log = logging.getLogger(__name__)
+
+Source = Literal["pubsub", "terminationMessage", "live"]
+_RANK: dict[Source, int] = {"pubsub": 0, "terminationMessage": 1, "live": 2}
+REASONS: dict[Source, str] = {
+    "pubsub": "PubSubComplete",
+    "terminationMessage": "TerminationMessages",
+    "live": "LatestLiveSnapshots",
+}
+"""``ResultsAvailable`` reason per source."""
+
+MAX_GPUS = 64
+"""At most this many GPU samples per gate are kept in status (bounded status)."""
+RESULTS_MAX_BYTES = 16_384
+"""``status.results`` larger than this (as JSON) is trimmed (GPU lists, then latencies)."""
+
+
+class SnapshotCollector:
+    """The operator's SUB socket for worker snapshots (``--snapshot-port``).
+
+    worker PUB ─┐
+    worker PUB ─┼──▶ SUB (bound, tcp://<host>:<port>) ──▶ latest / complete per run
+    worker PUB ─┘
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._sub = Subscriber(f"tcp://{host}:{port}" if port else f"tcp://{host}:*", bind=True)
+        self.endpoint = self._sub.endpoint
+
+    def start(self) -> None:
+        self._sub.start()
+
+    def latest(self, run: str) -> dict[int, MetricsSnapshot]:
+        return self._sub.latest(run)
+
+    def complete(self, run: str) -> dict[int, MetricsSnapshot]:
+        return self._sub.complete(run)
+
+    @property
+    def received(self) -> int:
+        return self._sub.received
+
+    def forget(self, run: str) -> None:
+        self._sub.forget(run)
+
+    def close(self) -> None:
+        self._sub.close()
+
+
+# --------------------------------------------------------------------------- live
+
+
+def _p50_ms(snaps: Sequence[MetricsSnapshot], name: str) -> float | None:
+    parts = [s.series[name] for s in snaps if name in s.series and s.series[name].count]
+    if not parts:
+        return None
+    return round(summarize(merge(parts)).p50 / 1e6, 3)
+
+
+def live_status(
+    snaps: Mapping[int, MetricsSnapshot], *, phase: str | None, workers_connected: int, now: str
+) -> dict[str, Any]:
+    """``status.live`` (camelCase, bounded) from each worker's latest snapshot."""
+    items = list(snaps.values())
+    counters: dict[str, int] = {}
+    for s in items:
+        for k, v in s.counters.items():
+            counters[k] = counters.get(k, 0) + v
+    elapsed = max((s.elapsed_s for s in items), default=0.0)
+    ok = counters.get(names.REQUESTS_OK, 0)
+    live: dict[str, Any] = {
+        "updatedAt": now,
+        "workersConnected": workers_connected,
+        "requests": counters.get(names.REQUESTS, 0),
+        "errors": counters.get(names.REQUESTS_FAILED, 0),
+        "rps": round(ok / elapsed, 3) if elapsed > 0 else 0.0,
+        "outputTokPerS": (
+            round(counters.get(names.OUTPUT_TOKENS_TOTAL, 0) / elapsed, 3) if elapsed > 0 else 0.0
+        ),
+        "inFlight": sum(s.n_pending for s in items),
+    }
+    if phase:
+        live["phase"] = phase
+    for key, series in (("ttftP50Ms", names.TTFT), ("itlP50Ms", names.ITL)):
+        p50 = _p50_ms(items, series)
+        if p50 is not None:
+            live[key] = p50
+    return live
+
+
+# --------------------------------------------------------------------------- final results
+
+
+def parse_termination_message(text: str | None, run: str) -> MetricsSnapshot | None:
+    """The worker's compact termination summary as a snapshot (counters, gauges; no series)."""
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("run") != run:
+            return None
+        return MetricsSnapshot(
+            run=run,
+            worker=int(doc["worker"]),
+            seq=0,
+            state=doc.get("state", "COMPLETE"),
+            phase=str(doc.get("phase", "done")),
+            time_ns=0,
+            elapsed_s=float(doc.get("elapsed_s", 0.0)),
+            n_pending=int(doc.get("n_pending", 0)),
+            counters={str(k): int(v) for k, v in (doc.get("counters") or {}).items()},
+            gauges={str(k): float(v) for k, v in (doc.get("gauges") or {}).items()},
+            series={},
+            interrupted=bool(doc.get("interrupted", False)),
+        )
+    except (ValueError, TypeError, KeyError) as e:
+        log.debug("unreadable termination message of %s: %s", run, e)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """The snapshots chosen for the final results and where they came from."""
+
+    snapshots: list[MetricsSnapshot]
+    source: Source
+    missing: list[int]  # workers with no snapshot at all
+
+
+def final_snapshots(
+    workers: int,
+    complete: Mapping[int, MetricsSnapshot],
+    termination: Mapping[int, MetricsSnapshot],
+    latest: Mapping[int, MetricsSnapshot],
+) -> Final | None:
+    """Per worker: pub/sub COMPLETE, else termination message, else latest live; None if none."""
+    chosen: list[MetricsSnapshot] = []
+    worst: Source = "pubsub"
+    missing = []
+    for w in range(workers):
+        snap: MetricsSnapshot | None
+        src: Source
+        if w in complete:
+            snap, src = complete[w], "pubsub"
+        elif w in termination:
+            snap, src = termination[w], "terminationMessage"
+        elif w in latest:
+            snap, src = latest[w], "live"
+        else:
+            missing.append(w)
+            continue
+        chosen.append(snap)
+        if _RANK[src] > _RANK[worst]:
+            worst = src
+    if not chosen:
+        return None
+    if missing:
+        worst = "live"
+    return Final(chosen, worst, missing)
+
+
+def build_final_results(
+    final: Final, *, slo: SloSpec | None, gpu: GpuResults | None
+) -> dict[str, Any]:
+    """``status.results`` (camelCase) from the chosen snapshots; bounded in size."""
+    merged = merge_snapshots(final.snapshots)
+    results: Results = build_results(merged, slo=slo, source=final.source, gpu=gpu)
+    if final.source == "live" or final.missing:
+        results = results.model_copy(update={"complete": False})
+    doc = to_wire(results)
+    return bound_results(doc)
+
+
+def bound_results(doc: dict[str, Any], limit: int = RESULTS_MAX_BYTES) -> dict[str, Any]:
+    """Trim a results dict until its JSON is at most ``limit`` bytes (agent lists, reasons)."""
+
+    def size() -> int:
+        return len(json.dumps(doc, separators=(",", ":")))
+
+    gpu = doc.get("gpu") or {}
+    for key in ("agents", "missingAgents", "prometheus"):
+        if size() <= limit:
+            break
+        gpu.pop(key, None)
+    if size() > limit:
+        by_reason = doc.get("requests", {}).get("byReason")
+        if by_reason:
+            doc["requests"]["byReason"] = dict(sorted(by_reason.items(), key=lambda kv: -kv[1])[:8])
+    return doc
+
+
+def verdict(results: Mapping[str, Any]) -> tuple[bool, str, str]:
+    """(succeeded, reason, message) of final results.
+
+    No successful request: ``TargetUnreachable`` when connection errors and timeouts make up
+    most failures, else ``AllRequestsFailed``; no request at all: ``NoRequests``.
+    """
+    req = results.get("requests") or {}
+    total, ok, failed = req.get("total", 0), req.get("ok", 0), req.get("failed", 0)
+    if ok > 0:
+        return True, "Completed", f"{ok} of {total} requests succeeded"
+    if total == 0:
+        return False, "NoRequests", "no request was made in the profiling phase"
+    by_reason: dict[str, int] = req.get("byReason") or {}
+    unreachable = by_reason.get("connection", 0) + by_reason.get("timeout", 0)
+    detail = ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items())) or "no reasons"
+    if unreachable * 2 > failed:
+        return False, "TargetUnreachable", f"all {total} requests failed ({detail})"
+    return False, "AllRequestsFailed", f"all {total} requests failed ({detail})"
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+def gpu_results(
+    start: Mapping[str, Any] | None,
+    end: Mapping[str, Any] | None,
+    *,
+    output_tokens: int,
+) -> GpuResults | None:
+    """GPU numbers of the profiling window from the persisted START/END gate outcomes.
+
+    Per GPU present (and error-free) in both samples: energy = END - START of NVML's energy
+    counter (exact), summed over GPUs, in joules; joules per output token = that energy over
+    the run's output tokens; power mean = energy / window (the START-to-END sample interval,
+    summed over GPUs: the power of the whole serving set); util mean = the mean of the START
+    and END utilisation samples over GPUs — a two-point estimate, not a time average (the
+    agent's Prometheus series give the time average); memory peak = the larger sample.
+    """
+    if not start or not end:
+        return None
+    agents = sorted({a["agent"] for a in (*start.get("acks", []), *end.get("acks", []))})
+    missing = sorted(set(start.get("missing", [])) | set(end.get("missing", [])))
+    s_gpus = {g["uuid"]: g for a in start.get("acks", []) for g in a.get("gpus", [])}
+    e_gpus = {g["uuid"]: g for a in end.get("acks", []) for g in a.get("gpus", [])}
+    simulated = any(a.get("simulated") for a in (*start.get("acks", []), *end.get("acks", [])))
+    both = sorted(s_gpus.keys() & e_gpus.keys())
+    energy_mj = 0
+    power_w = 0.0
+    utils: list[float] = []
+    mem_peak = 0
+    for uuid in both:
+        s, e = s_gpus[uuid], e_gpus[uuid]
+        delta = int(e["energyMj"]) - int(s["energyMj"])
+        window_s = (int(e["timestampNs"]) - int(s["timestampNs"])) / 1e9
+        if delta < 0:  # the counter reset (driver reload): no energy for this GPU
+            continue
+        energy_mj += delta
+        if window_s > 0:
+            power_w += delta / 1000 / window_s
+        utils += [float(s["util"]), float(e["util"])]
+        mem_peak = max(mem_peak, int(s["memUsed"]), int(e["memUsed"]))
+    if not both:
+        return GpuResults(gpus=0, simulated=simulated, agents=agents, missing_agents=missing)
+    energy_j = energy_mj / 1000
+    return GpuResults(
+        util_mean=round(sum(utils) / len(utils), 3) if utils else None,
+        power_mean_w=round(power_w, 3),
+        energy_j=round(energy_j, 3),
+        joules_per_output_token=(round(energy_j / output_tokens, 6) if output_tokens else None),
+        mem_peak_bytes=mem_peak,
+        gpus=len(both),
+        simulated=simulated,
+        agents=agents,
+        missing_agents=missing,
+    )
+
+
+def output_tokens(final: Final) -> int:
+    return sum(s.counters.get(names.OUTPUT_TOKENS_TOTAL, 0) for s in final.snapshots)
+
+
+def empty_series() -> SeriesSummary:
+    return SeriesSummary()

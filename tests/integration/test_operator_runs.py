@@ -1,0 +1,426 @@
+"""The operator end to end: real kopf against the kube emulator, real ZMQ, real mock model server.
+
+The test plays the kubelet (operator_kubelet.Kubelet): it starts the Job's workers as local
+``python -m benchop loadgen`` processes, mirrors them as pods, and registers in-process agents
+(simulated GPUs) as pods on the target's node. Each test waits on conditions with deadlines.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import kmock
+import kopf
+import pytest
+from kube.harness import BENCHMARKRUNS, CONFIGMAPS, JOBS, Kube, stop_operator, wait_for
+from operator_kubelet import AGENT_LABELS, Kubelet, add_pod
+
+import benchop.operator.main  # noqa: F401 - registers the handlers in kopf's default registry
+from benchagent.agent import Agent, AgentConfig
+from benchop.api import conditions as c
+from benchop.mockserver import MockConfig, MockServer, start_mock_server
+from benchop.operator.settings import OperatorSettings
+
+pytestmark = pytest.mark.timeout(60)
+
+TARGET_NODE = "gpu-node"
+ORDER = [
+    c.ACCEPTED,
+    c.WORKERS_READY,
+    c.BASELINE_START_CAPTURED,
+    c.PROFILING,
+    c.BASELINE_END_CAPTURED,
+    c.RESULTS_AVAILABLE,
+    c.SUCCEEDED,
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def mock() -> AsyncIterator[MockServer]:
+    server = await start_mock_server(MockConfig(ttft=0.004, itl=0.001, output_tokens=8))
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[Agent]:
+    cfg = AgentConfig.local(
+        gpu_backend="simulated",
+        simulated_gpus=2,
+        node_name=TARGET_NODE,
+        agent_name="agent-a",
+        metrics_port=0,
+    )
+    a = Agent(cfg)
+    await a.start()
+    yield a
+    await a.stop()
+
+
+@pytest.fixture
+async def kubelet(kube: Kube, tmp_path: Path) -> AsyncIterator[Kubelet]:
+    k = Kubelet(kube, tmp_path)
+    yield k
+    await k.stop()
+
+
+def agent_port(agent: Agent) -> int:
+    return int(agent.baseline_endpoint.rsplit(":", 1)[1])
+
+
+def settings_for(agent: Agent | None = None, **overrides: Any) -> OperatorSettings:
+    base: dict[str, Any] = dict(
+        namespaces=("default",),
+        gate_port=free_port(),
+        snapshot_port=free_port(),
+        bind_host="127.0.0.1",
+        operator_service="127.0.0.1",
+        live_interval_s=0.5,
+        agent_port=agent_port(agent) if agent else 1,
+        agent_namespace="default",
+        stuck_after_s=0.0,
+        complete_wait_s=3.0,
+        watch_server_timeout=5,
+        watch_client_timeout=10,
+        request_timeout=10,
+        connect_timeout=2,
+    )
+    base.update(overrides)
+    return OperatorSettings(**base)
+
+
+def start(operator_task: Callable[..., Any], kube: Kube, settings: OperatorSettings) -> Any:
+    memo = kopf.Memo(settings=settings, connection=kopf.ConnectionInfo(server=kube.url))
+    return operator_task(memo=memo)
+
+
+def run_manifest(name: str, url: str, **spec: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "target": {"url": url, "model": "mock", "podSelector": {"matchLabels": {"app": "mock"}}},
+        "workload": {"promptTokens": 16, "outputTokens": 8, "seed": 1},
+        "load": {"mode": "concurrency", "concurrency": 4, "workers": 2},
+        "phases": {"warmup": {"requests": 4}, "profiling": {"requests": 40}},
+        "gates": {"baseline": True, "timeout": "2s"},
+    }
+    doc.update(spec)
+    return {
+        "apiVersion": "benchop.io/v1alpha1",
+        "kind": "BenchmarkRun",
+        "metadata": {"name": name},
+        "spec": doc,
+    }
+
+
+async def add_target_and_agent(kube: Kube) -> None:
+    await add_pod(kube, "vllm-0", labels={"app": "mock"}, node=TARGET_NODE, ip="127.0.0.9")
+    await add_pod(kube, "agent-a", labels=AGENT_LABELS, node=TARGET_NODE, ip="127.0.0.1")
+
+
+def status_of(kube: Kube, name: str) -> dict[str, Any]:
+    body = kube.emulator.read(BENCHMARKRUNS, name)
+    return dict((body or {}).get("status") or {})
+
+
+def condition(kube: Kube, name: str, type_: str) -> dict[str, Any] | None:
+    return c.get_condition(status_of(kube, name).get("conditions"), type_)
+
+
+async def wait_condition(
+    kube: Kube,
+    name: str,
+    type_: str,
+    status: str,
+    timeout: float = 40,  # noqa: ASYNC109
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        cond = condition(kube, name, type_)
+        return cond if cond is not None and cond["status"] == status else None
+
+    return await wait_for(check, timeout, message=f"{name}: {type_}={status}")
+
+
+def history(kube: Kube, name: str) -> list[dict[str, Any]]:
+    """Every stored version of the run, oldest first (the emulator keeps them all)."""
+    wanted = kmock.resource(BENCHMARKRUNS)
+    for (res, _ns, n), obj in kube.emulator.objects.items():
+        if res == wanted and n == name:
+            return [dict(v) for v in obj.history]
+    return []
+
+
+def first_true(versions: list[dict[str, Any]]) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    for i, body in enumerate(versions):
+        for cond in (body.get("status") or {}).get("conditions") or []:
+            if cond["status"] == "True":
+                seen.setdefault(cond["type"], i)
+    return seen
+
+
+def status_patches(kube: Kube, name: str) -> int:
+    return kube.emulator.count("PATCH", f"/benchmarkruns/{name}/status", status=200)
+
+
+def worker_records(kubelet: Kubelet) -> list[list[dict[str, Any]]]:
+    out = []
+    for w in kubelet.workers:
+        path = w.results / "records.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        out.append([json.loads(line) for line in lines if line.strip()])
+    return out
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_apply_to_succeeded_with_results_and_conditions_in_order(
+    kube: Kube, operator_task: Any, mock: MockServer, agent: Agent, kubelet: Kubelet
+) -> None:
+    """Two workers pass both gates together; results are exact; conditions come in order."""
+    await add_target_and_agent(kube)
+    start(operator_task, kube, settings_for(agent))
+    await kube.client.create(BENCHMARKRUNS, run_manifest("r1", mock.url))
+    await wait_condition(kube, "r1", c.ACCEPTED, "True", 15)
+    assert kube.emulator.read(CONFIGMAPS, "r1-spec") is not None
+    await kubelet.start("r1")
+    await wait_condition(kube, "r1", c.WORKERS_READY, "True", 15)
+    assert await kubelet.wait_all() == [0, 0]
+    await kubelet.job_condition("Complete")
+    done = await wait_condition(kube, "r1", c.SUCCEEDED, "True")
+    assert done["reason"] == "Completed"
+
+    st = status_of(kube, "r1")
+    assert st["phase"] == "Succeeded" and st["completionTime"] and st["startTime"]
+    res = st["results"]
+    assert res["complete"] is True and res["source"] == "pubsub" and res["workers"] == 2
+    records = worker_records(kubelet)
+    assert res["requests"]["total"] == 40 == sum(len(r) for r in records)
+    assert res["requests"]["ok"] == 40 and res["ttftMs"]["count"] == 40
+    assert condition(kube, "r1", c.RESULTS_AVAILABLE)["reason"] == "PubSubComplete"  # type: ignore[index]
+    # GPU numbers from the START/END baselines of the one agent (simulated: degraded, said so)
+    gpu = res["gpu"]
+    assert gpu["gpus"] == 2 and gpu["energyJ"] > 0 and gpu["joulesPerOutputToken"] > 0
+    assert gpu["simulated"] is True and gpu["agents"] == ["agent-a"]
+    assert condition(kube, "r1", c.TELEMETRY_DEGRADED)["reason"] == "Simulated"  # type: ignore[index]
+    assert agent.stats().baseline_requests == 2  # one START, one END: not one per worker
+    # both workers passed START together: nobody profiled before the grant's start time
+    start_at = st["gates"]["START"]["startAtNs"]
+    firsts = [min(r["sent_ns"] for r in recs) for recs in records]
+    assert all(f >= start_at for f in firsts)
+    assert abs(firsts[0] - firsts[1]) < 0.5e9
+    # every condition carries observedGeneration, and they became True in order
+    assert all(x["observedGeneration"] == 1 for x in st["conditions"])
+    seen = first_true(history(kube, "r1"))
+    order = [seen[t] for t in ORDER]
+    assert order == sorted(order), dict(zip(ORDER, order, strict=True))
+    assert condition(kube, "r1", c.PROFILING)["status"] == "False"  # type: ignore[index]
+    # deletion: the finalizer is released; owned children go by the (emulated) GC
+    await kube.client.delete(BENCHMARKRUNS, "r1")
+    await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "r1") is None, 10)
+    await kube.emulator.collect_garbage()
+    assert kube.emulator.read(JOBS, "r1-loadgen") is None
+
+
+async def test_silent_agent_released_at_timeout_and_telemetry_degraded(
+    kube: Kube, operator_task: Any, mock: MockServer, agent: Agent, kubelet: Kubelet
+) -> None:
+    await add_target_and_agent(kube)
+    # an agent pod whose address answers nothing (nothing listens on 127.0.0.2:<port>)
+    await add_pod(kube, "agent-b", labels=AGENT_LABELS, node=TARGET_NODE, ip="127.0.0.2")
+    start(operator_task, kube, settings_for(agent))
+    manifest = run_manifest(
+        "r2",
+        mock.url,
+        load={"mode": "concurrency", "concurrency": 2, "workers": 1},
+        phases={"profiling": {"requests": 10}},
+        gates={"baseline": True, "timeout": "1s"},
+    )
+    await kube.client.create(BENCHMARKRUNS, manifest)
+    await kubelet.start("r2")
+    assert await kubelet.wait_all() == [0]
+    await kubelet.job_condition("Complete")
+    await wait_condition(kube, "r2", c.SUCCEEDED, "True")
+    started = condition(kube, "r2", c.BASELINE_START_CAPTURED)
+    assert (
+        started is not None and started["reason"] == "TimedOut" and "agent-b" in started["message"]
+    )
+    degraded = condition(kube, "r2", c.TELEMETRY_DEGRADED)
+    assert degraded is not None and degraded["status"] == "True"
+    assert degraded["reason"] == "AgentMissing" and "agent-b" in degraded["message"]
+    gpu = status_of(kube, "r2")["results"]["gpu"]
+    assert gpu["missingAgents"] == ["agent-b"] and gpu["agents"] == ["agent-a"]
+    assert status_of(kube, "r2")["results"]["requests"]["total"] == 10
+
+
+async def test_operator_restart_between_gates_completes_once(
+    kube: Kube, operator_task: Any, mock: MockServer, agent: Agent, kubelet: Kubelet
+) -> None:
+    await add_target_and_agent(kube)
+    settings = settings_for(agent)
+    first = start(operator_task, kube, settings)
+    manifest = run_manifest(
+        "r3",
+        mock.url,
+        load={"mode": "concurrency", "concurrency": 2, "workers": 2},
+        phases={"profiling": {"duration": "3s"}},
+    )
+    await kube.client.create(BENCHMARKRUNS, manifest)
+    await kubelet.start("r3")
+    await wait_condition(kube, "r3", c.BASELINE_START_CAPTURED, "True", 20)
+    await stop_operator(first)
+    assert agent.stats().baseline_requests == 1
+    start(operator_task, kube, settings)  # same ports: the workers' endpoints are in the Job
+    assert await kubelet.wait_all() == [0, 0]
+    await kubelet.job_condition("Complete")
+    await wait_condition(kube, "r3", c.SUCCEEDED, "True")
+    assert (
+        agent.stats().baseline_requests == 2
+    )  # START once (not again after the restart), END once
+    st = status_of(kube, "r3")
+    records = worker_records(kubelet)
+    assert st["results"]["requests"]["total"] == sum(len(r) for r in records) > 0
+    phases = [(v.get("status") or {}).get("phase") for v in history(kube, "r3")]
+    assert phases.count("Succeeded") >= 1
+    first_done = phases.index("Succeeded")
+    assert all(p == "Succeeded" for p in phases[first_done:])  # finished once, never reopened
+
+
+async def test_killed_worker_resumes_with_exact_counts(
+    kube: Kube, operator_task: Any, agent: Agent, kubelet: Kubelet
+) -> None:
+    slow = await start_mock_server(MockConfig(ttft=0.02, itl=0.002, output_tokens=8))
+    try:
+        await add_target_and_agent(kube)
+        start(operator_task, kube, settings_for(agent))
+        manifest = run_manifest(
+            "r4",
+            slow.url,
+            load={"mode": "concurrency", "concurrency": 2, "workers": 1},
+            phases={"profiling": {"requests": 120}},
+        )
+        await kube.client.create(BENCHMARKRUNS, manifest)
+        await kubelet.start("r4")
+        await wait_for(lambda: len(worker_records(kubelet)[0]) >= 20, 30, message="20 records")
+        await kubelet.kill(0)
+        await kubelet.launch(kubelet.workers[0])  # the kubelet restarts it in the same pod
+        assert await kubelet.wait_all() == [0]
+        await kubelet.job_condition("Complete")
+        await wait_condition(kube, "r4", c.SUCCEEDED, "True")
+        res = status_of(kube, "r4")["results"]
+        records = worker_records(kubelet)[0]
+        assert res["requests"]["total"] == 120 == len(records)
+        assert len({r["id"] for r in records}) == 120  # none counted twice
+        assert {r["attempt"] for r in records} == {1, 2}  # some from each attempt
+        assert res["complete"] is True
+    finally:
+        await slow.close()
+
+
+async def test_job_failure_and_stuck_pod_fail_the_run_with_reasons(
+    kube: Kube, operator_task: Any, mock: MockServer, kubelet: Kubelet
+) -> None:
+    start(operator_task, kube, settings_for())
+    await kube.client.create(BENCHMARKRUNS, run_manifest("r5", mock.url))
+    await kubelet.read_job("r5")
+    kubelet.job_name = "r5-loadgen"
+    await kubelet.job_condition("Failed", "BackoffLimitExceeded", "Job has reached the limit")
+    failed = await wait_condition(kube, "r5", c.SUCCEEDED, "False")
+    assert failed["reason"] == "BackoffLimitExceeded" and "r5-loadgen" in failed["message"]
+    assert status_of(kube, "r5")["phase"] == "Failed"
+
+    await kube.client.create(BENCHMARKRUNS, run_manifest("r6", mock.url))
+    job = await kubelet.read_job("r6")
+    meta = job["spec"]["template"]["metadata"]
+    await kube.client.create(
+        "v1/pods",
+        {
+            "metadata": {
+                "name": "r6-loadgen-0",
+                "labels": meta["labels"],
+                "annotations": meta["annotations"],
+            },
+            "spec": job["spec"]["template"]["spec"],
+        },
+    )
+    await kube.client.patch_status(
+        "v1/pods",
+        "r6-loadgen-0",
+        {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "loadgen",
+                    "restartCount": 0,
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}},
+                }
+            ],
+        },
+    )
+    stuck = await wait_condition(kube, "r6", c.SUCCEEDED, "False")
+    assert stuck["reason"] == "ImagePullFailed" and "r6-loadgen-0" in stuck["message"]
+
+
+async def test_invalid_spec_fails_once_without_retries(
+    kube: Kube, operator_task: Any, mock: MockServer
+) -> None:
+    start(operator_task, kube, settings_for())
+    no_url = run_manifest("bad1", mock.url)
+    del no_url["spec"]["target"]["url"]
+    await kube.client.create(BENCHMARKRUNS, no_url)
+    bad_load = run_manifest("bad2", mock.url, load={"mode": "concurrency", "workers": 2})
+    await kube.client.create(BENCHMARKRUNS, bad_load)
+    for name, field in (("bad1", "spec.target.url"), ("bad2", "spec.load")):
+        acc = await wait_condition(kube, name, c.ACCEPTED, "False", 15)
+        assert acc["reason"] == "InvalidSpec" and field in acc["message"]
+        suc = condition(kube, name, c.SUCCEEDED)
+        assert suc is not None and suc["status"] == "False" and suc["reason"] == "InvalidSpec"
+        assert status_of(kube, name)["phase"] == "Failed"
+        assert kube.emulator.read(JOBS, f"{name}-loadgen") is None
+    # kopf records the permanent failure; nothing retries: a later valid run completes its
+    # accept, and the invalid ones got exactly one status patch each
+    await kube.client.create(BENCHMARKRUNS, run_manifest("ok", mock.url))
+    await wait_condition(kube, "ok", c.ACCEPTED, "True", 15)
+    assert status_patches(kube, "bad1") == 1 and status_patches(kube, "bad2") == 1
+
+
+async def test_status_patches_stay_within_the_live_interval_budget(
+    kube: Kube, operator_task: Any, mock: MockServer, agent: Agent, kubelet: Kubelet
+) -> None:
+    await add_target_and_agent(kube)
+    live_interval = 1.0
+    start(operator_task, kube, settings_for(agent, live_interval_s=live_interval))
+    manifest = run_manifest(
+        "r7",
+        mock.url,
+        load={"mode": "concurrency", "concurrency": 2, "workers": 2},
+        phases={"profiling": {"duration": "4s"}},
+    )
+    await kube.client.create(BENCHMARKRUNS, manifest)
+    await kubelet.start("r7")
+    assert await kubelet.wait_all() == [0, 0]
+    await kubelet.job_condition("Complete")
+    await wait_condition(kube, "r7", c.SUCCEEDED, "True")
+    versions = history(kube, "r7")
+    live_writes = sum(
+        1
+        for a, b in itertools.pairwise(versions)
+        if (a.get("status") or {}).get("live") != (b.get("status") or {}).get("live")
+    )
+    started = c.get_condition(status_of(kube, "r7")["conditions"], c.ACCEPTED)
+    assert started is not None
+    # the run lasted a few seconds: live writes are bounded by its duration / live interval
+    run_s = 4 + 6  # profiling + warmup/start/stop slack
+    assert 2 <= live_writes <= run_s / live_interval + 1
+    # fixed transitions: accepted, workers pending/ready, START, END, finished (+ live)
+    assert status_patches(kube, "r7") <= 6 + live_writes
