@@ -1,0 +1,378 @@
+"""GateCoordinator over real loopback sockets: barrier, baseline handshake, idempotency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from benchagent.transport import RequestClient, RequestServer, RequestTimeout
+from benchagent.wire import (
+    BaselineAck,
+    BaselineRequest,
+    Boundary,
+    GateDenied,
+    GateGranted,
+    GateRequest,
+    Message,
+)
+from benchop.gates import AgentEndpoint, GateCoordinator, GateOutcome
+
+pytestmark = pytest.mark.timeout(30)
+
+RUN = "ns/run"
+
+
+class FakeAgent:
+    """A RequestServer answering BaselineRequests like a node agent (or never, when silent)."""
+
+    def __init__(self, name: str, *, silent: bool = False, success: bool = True) -> None:
+        self.name = name
+        self.silent = silent
+        self.success = success
+        self.requests: list[BaselineRequest] = []
+        self.server = RequestServer()
+        self.task = asyncio.create_task(self.server.serve(self.handle))
+
+    @property
+    def endpoint(self) -> AgentEndpoint:
+        return AgentEndpoint(
+            name=self.name, node=f"node-{self.name}", endpoint=self.server.endpoint
+        )
+
+    async def handle(self, msg: Message) -> Message | None:
+        assert isinstance(msg, BaselineRequest)
+        self.requests.append(msg)
+        if self.silent:
+            await asyncio.Event().wait()  # hangs until the server is closed
+        return BaselineAck(
+            request_id=msg.request_id,
+            run=msg.run,
+            phase_id=msg.phase_id,
+            boundary=msg.boundary,
+            agent=self.name,
+            node=f"node-{self.name}",
+            success=self.success,
+            error=None if self.success else "nvml gone",
+        )
+
+    async def close(self) -> None:
+        self.server.close()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, GateOutcome]] = []
+
+    async def __call__(self, run: str, outcome: GateOutcome) -> None:
+        self.calls.append((run, outcome))
+
+
+@pytest.fixture
+async def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def coordinator(recorder: Recorder) -> AsyncIterator[GateCoordinator]:
+    coord = GateCoordinator(on_gate=recorder)
+    await coord.start()
+    yield coord
+    await coord.close()
+
+
+@pytest.fixture
+async def agents() -> AsyncIterator[list[FakeAgent]]:
+    made: list[FakeAgent] = []
+    yield made
+    for agent in made:
+        await agent.close()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[RequestClient]]:
+    made: list[RequestClient] = []
+    yield made
+    for client in made:
+        client.close()
+
+
+async def ask(
+    coord: GateCoordinator,
+    clients: list[RequestClient],
+    worker: int,
+    *,
+    workers: int = 2,
+    boundary: Boundary = "START",
+    run: str = RUN,
+    attempt_s: float = 10.0,
+) -> Message:
+    client = RequestClient(coord.endpoint)
+    clients.append(client)
+    req = GateRequest(
+        run=run, phase_id="profiling", boundary=boundary, worker=worker, workers=workers
+    )
+    return await client.request(req, timeout=attempt_s, retries=0)
+
+
+async def not_done_within(task: asyncio.Task[Message], seconds: float) -> bool:
+    """True when ``task`` is still pending after ``seconds`` (a bounded negative check)."""
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    return not done
+
+
+async def test_two_workers_pass_together(
+    coordinator: GateCoordinator, clients: list[RequestClient], recorder: Recorder
+) -> None:
+    coordinator.register_run(RUN, workers=2, agents=[], timeout_s=1.0, baseline=True)
+    first = asyncio.create_task(ask(coordinator, clients, 0))
+    assert await not_done_within(first, 0.3), "worker 0 passed before worker 1 asked"
+    assert recorder.calls == []
+
+    before = time.time_ns()
+    second = await ask(coordinator, clients, 1)
+    granted = [await first, second]
+    assert all(isinstance(g, GateGranted) for g in granted)
+    g0, g1 = (g for g in granted if isinstance(g, GateGranted))
+    assert (g0.worker, g1.worker) == (0, 1)
+    assert g0.start_at_ns == g1.start_at_ns > before  # one common start, in the future
+    assert g0.missing == [] and g0.baseline_captured is False  # no agent: nothing captured
+
+    [(run, outcome)] = recorder.calls
+    assert run == RUN and outcome.key == ("profiling", "START")
+    assert outcome.missing == [] and outcome.acks == [] and outcome.barrier_s >= 0.25
+    assert coordinator.outcomes(RUN) == {("profiling", "START"): outcome}
+    assert coordinator.handshakes == 0
+
+
+async def test_baseline_acks_are_recorded(
+    coordinator: GateCoordinator,
+    clients: list[RequestClient],
+    agents: list[FakeAgent],
+    recorder: Recorder,
+) -> None:
+    agents += [FakeAgent("a"), FakeAgent("b")]
+    coordinator.register_run(
+        RUN, workers=1, agents=[a.endpoint for a in agents], timeout_s=2.0, baseline=True
+    )
+    for boundary in ("START", "END"):
+        reply = await ask(coordinator, clients, 0, workers=1, boundary=boundary)
+        assert isinstance(reply, GateGranted)
+        assert reply.boundary == boundary and reply.baseline_captured and reply.missing == []
+
+    outcomes = coordinator.outcomes(RUN)
+    assert set(outcomes) == {("profiling", "START"), ("profiling", "END")}
+    start = outcomes[("profiling", "START")]
+    assert sorted(a.agent for a in start.acks) == ["a", "b"]
+    assert start.agents == ["a", "b"] and start.baseline
+    assert all(a.boundary == "START" and a.success for a in start.acks)
+    for agent in agents:
+        assert [r.boundary for r in agent.requests] == ["START", "END"]
+    ids = [r.request_id for agent in agents for r in agent.requests]
+    assert len(set(ids)) == 4  # a fresh request id per agent and gate
+    assert [o.boundary for _, o in recorder.calls] == ["START", "END"]
+
+
+async def test_failed_ack_counts_as_acked_but_not_captured(
+    coordinator: GateCoordinator, clients: list[RequestClient], agents: list[FakeAgent]
+) -> None:
+    agents.append(FakeAgent("broken", success=False))
+    coordinator.register_run(
+        RUN, workers=1, agents=[agents[0].endpoint], timeout_s=2.0, baseline=True
+    )
+    reply = await ask(coordinator, clients, 0, workers=1)
+    assert isinstance(reply, GateGranted)
+    assert reply.missing == [] and reply.baseline_captured is False
+    [ack] = coordinator.outcomes(RUN)[("profiling", "START")].acks
+    assert ack.error == "nvml gone"
+
+
+async def test_silent_and_lost_agents_never_hold_the_gate_past_the_timeout(
+    coordinator: GateCoordinator,
+    clients: list[RequestClient],
+    agents: list[FakeAgent],
+    tmp_path: Path,
+) -> None:
+    agents += [FakeAgent("ok"), FakeAgent("silent", silent=True)]
+    lost = AgentEndpoint(name="lost", node="n", endpoint=f"ipc://{tmp_path}/nobody.sock")
+    timeout_s = 0.6
+    coordinator.register_run(
+        RUN,
+        workers=1,
+        agents=[agents[0].endpoint, agents[1].endpoint, lost],
+        timeout_s=timeout_s,
+        baseline=True,
+    )
+    started = time.monotonic()
+    reply = await ask(coordinator, clients, 0, workers=1)
+    took = time.monotonic() - started
+    assert isinstance(reply, GateGranted)
+    assert sorted(reply.missing) == ["lost", "silent"]
+    assert reply.baseline_captured is False
+    assert timeout_s * 0.9 <= took < timeout_s + 2.0
+    outcome = coordinator.outcomes(RUN)[("profiling", "START")]
+    assert [a.agent for a in outcome.acks] == ["ok"]
+    assert timeout_s * 0.9 <= outcome.handshake_s < timeout_s + 1.0
+    assert len(agents[1].requests) >= 1  # it was asked, it just never answered
+
+
+async def test_retries_are_answered_without_a_second_handshake(
+    coordinator: GateCoordinator,
+    clients: list[RequestClient],
+    agents: list[FakeAgent],
+    recorder: Recorder,
+) -> None:
+    agents.append(FakeAgent("a"))
+    coordinator.register_run(
+        RUN, workers=2, agents=[agents[0].endpoint], timeout_s=2.0, baseline=True
+    )
+    # Worker 0 gives up waiting once (its reply would go to a dead socket) and asks again,
+    # the way the load generator's gate client does.
+    with pytest.raises(RequestTimeout):
+        await ask(coordinator, clients, 0, attempt_s=0.2)
+    again = asyncio.create_task(ask(coordinator, clients, 0))
+    assert await not_done_within(again, 0.1)
+    g1 = await ask(coordinator, clients, 1)
+    g0 = await again
+    assert isinstance(g0, GateGranted) and isinstance(g1, GateGranted)
+    assert g0.start_at_ns == g1.start_at_ns
+
+    # After the gate closed: a worker restarted and asks again -> answered from the outcome.
+    late = await ask(coordinator, clients, 1)
+    assert isinstance(late, GateGranted) and late.start_at_ns == g1.start_at_ns
+    assert len(agents[0].requests) == 1
+    assert coordinator.handshakes == 1
+    assert len(recorder.calls) == 1
+
+
+async def test_unknown_run_and_bad_worker_are_denied(
+    coordinator: GateCoordinator, clients: list[RequestClient]
+) -> None:
+    reply = await ask(coordinator, clients, 0, run="ns/nope")
+    assert isinstance(reply, GateDenied) and "ns/nope" in reply.reason
+    coordinator.register_run(RUN, workers=2, agents=[], timeout_s=1.0, baseline=False)
+    reply = await ask(coordinator, clients, 2)
+    assert isinstance(reply, GateDenied) and "out of range" in reply.reason
+
+
+async def test_baseline_off_skips_the_agents(
+    coordinator: GateCoordinator, clients: list[RequestClient], agents: list[FakeAgent]
+) -> None:
+    agents.append(FakeAgent("a"))
+    coordinator.register_run(
+        RUN, workers=1, agents=[agents[0].endpoint], timeout_s=2.0, baseline=False
+    )
+    reply = await ask(coordinator, clients, 0, workers=1)
+    assert isinstance(reply, GateGranted) and reply.missing == [] and not reply.baseline_captured
+    outcome = coordinator.outcomes(RUN)[("profiling", "START")]
+    assert outcome.agents == [] and not outcome.baseline
+    assert agents[0].requests == [] and coordinator.handshakes == 0
+
+
+async def test_restored_gate_is_answered_without_running(
+    coordinator: GateCoordinator,
+    clients: list[RequestClient],
+    agents: list[FakeAgent],
+    recorder: Recorder,
+) -> None:
+    agents.append(FakeAgent("a"))
+    coordinator.register_run(
+        RUN, workers=2, agents=[agents[0].endpoint], timeout_s=2.0, baseline=True
+    )
+    coordinator.restore_gate(
+        RUN,
+        phase_id="profiling",
+        boundary="START",
+        start_at_ns=12345,
+        baseline_captured=True,
+        missing=[],
+    )
+    # A worker waiting on END when the END outcome is restored is released at once.
+    waiting = asyncio.create_task(ask(coordinator, clients, 0, boundary="END"))
+    assert await not_done_within(waiting, 0.1)
+    end = GateOutcome(
+        run=RUN,
+        phase_id="profiling",
+        boundary="END",
+        start_at_ns=67890,
+        baseline=True,
+        baseline_captured=False,
+        missing=["a"],
+        restored=True,
+    )
+    coordinator.restore_gate(RUN, end)
+
+    start = await ask(coordinator, clients, 1)
+    assert isinstance(start, GateGranted) and start.start_at_ns == 12345 and start.baseline_captured
+    released = await waiting
+    assert isinstance(released, GateGranted) and released.start_at_ns == 67890
+    assert released.missing == ["a"]
+    assert agents[0].requests == [] and recorder.calls == [] and coordinator.handshakes == 0
+
+
+async def test_forgotten_run_denies_waiting_workers(
+    coordinator: GateCoordinator, clients: list[RequestClient]
+) -> None:
+    coordinator.register_run(RUN, workers=2, agents=[], timeout_s=1.0, baseline=True)
+    waiting = asyncio.create_task(ask(coordinator, clients, 0))
+    assert await not_done_within(waiting, 0.1)
+    coordinator.forget_run(RUN)
+    reply = await waiting
+    assert isinstance(reply, GateDenied) and "forgotten" in reply.reason
+    assert coordinator.outcomes(RUN) == {}
+
+
+async def test_failing_callback_still_grants(clients: list[RequestClient]) -> None:
+    async def broken(run: str, outcome: GateOutcome) -> None:
+        raise RuntimeError("apiserver down")
+
+    coord = GateCoordinator(on_gate=broken)
+    await coord.start()
+    try:
+        coord.register_run(RUN, workers=1, agents=[], timeout_s=1.0, baseline=True)
+        reply = await ask(coord, clients, 0, workers=1)
+        assert isinstance(reply, GateGranted)
+        assert ("profiling", "START") in coord.outcomes(RUN)
+    finally:
+        await coord.close()
+
+
+async def test_callback_runs_before_workers_are_granted(clients: list[RequestClient]) -> None:
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def slow(run: str, outcome: GateOutcome) -> None:
+        entered.set()
+        await release.wait()
+
+    coord = GateCoordinator(on_gate=slow)
+    await coord.start()
+    try:
+        coord.register_run(RUN, workers=1, agents=[], timeout_s=1.0, baseline=True)
+        worker = asyncio.create_task(ask(coord, clients, 0, workers=1))
+        await asyncio.wait_for(entered.wait(), 5)
+        assert await not_done_within(worker, 0.1)
+        release.set()
+        assert isinstance(await worker, GateGranted)
+    finally:
+        await coord.close()
+
+
+def test_register_run_validates() -> None:
+    coord = GateCoordinator()
+    with pytest.raises(ValueError, match="workers"):
+        coord.register_run(RUN, workers=0, agents=[], timeout_s=1.0, baseline=True)
+    with pytest.raises(ValueError, match="unique"):
+        coord.register_run(
+            RUN,
+            workers=1,
+            agents=[AgentEndpoint("a"), AgentEndpoint("a")],
+            timeout_s=1,
+            baseline=True,
+        )
+    with pytest.raises(ValueError, match="not registered"):
+        coord.restore_gate("ns/other", phase_id="p", boundary="START")
