@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+
 from benchop.atomicio import FILE_MODE, fsync_dir, write_atomic
 
 

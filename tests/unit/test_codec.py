@@ -6,6 +6,9 @@ import logging
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from benchagent.codec import Codec, MsgpackCodec
 from benchagent.wire import (
     BaselineAck,
@@ -18,8 +21,6 @@ from benchagent.wire import (
     MetricsSnapshot,
     SeriesSummary,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 SAMPLE = GpuSample(
     index=0,
