@@ -1,0 +1,136 @@
+"""The Experiment rollup, pure: child BenchmarkRuns in, ``status.metrics`` out.
+
+One row of headline numbers per child run (sweep order), plus the best run per objective,
+chosen only among ``Succeeded`` runs that have the metric (ties: the earlier run). The table is
+bounded: at most ``cap`` rows; when there are more, ``capped`` is true, the best runs are
+always kept and the rest are the first ones in sweep order (``status.counts.total`` says how
+many runs there are).
+
+Row fields come from the child's ``status.results``: ``rps`` and ``tokPerS`` (throughput),
+``ttftP50``/``ttftP99``/``itlP50`` (ms), ``goodput`` (share of requests meeting every SLO,
+0..1), ``gpuUtil`` (mean %, profiling window), ``joulesPerToken`` (J per output token). A child
+whose results are missing or malformed gets a row with its phase and no numbers.
+
+    metrics = rollup(children, cap=DEFAULT_CAP, now="2024-05-01T12:00:00Z")
+    metrics.best["ttftP50"]   # -> "sweep-0"
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from benchop.api.models import (
+    METRICS_VERSION,
+    ExperimentMetrics,
+    ExperimentRunRow,
+    Phase,
+)
+from benchop.operator.children import child_params, order_children
+
+DEFAULT_CAP = 200
+"""Rows kept in ``status.metrics.runs`` (about 300 bytes each: far below etcd's object limit)."""
+
+OBJECTIVES: dict[str, Literal["max", "min"]] = {
+    "rps": "max",
+    "tokPerS": "max",
+    "ttftP50": "min",
+    "ttftP99": "min",
+    "itlP50": "min",
+    "goodput": "max",
+    "joulesPerToken": "min",
+}
+"""Objective (row field, camelCase) -> whether the best run has its maximum or minimum."""
+
+# row field (camelCase) -> path under status.results
+_SOURCES: dict[str, tuple[str, ...]] = {
+    "rps": ("throughput", "rps"),
+    "tokPerS": ("throughput", "outputTokPerS"),
+    "ttftP50": ("ttftMs", "p50"),
+    "ttftP99": ("ttftMs", "p99"),
+    "itlP50": ("itlMs", "p50"),
+    "goodput": ("goodput", "ratio"),
+    "gpuUtil": ("gpu", "utilMean"),
+    "joulesPerToken": ("gpu", "joulesPerOutputToken"),
+}
+_PHASES = {p.value for p in Phase}
+
+
+def _number(obj: Any, path: Sequence[str]) -> float | None:
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    if isinstance(obj, bool) or not isinstance(obj, int | float) or not math.isfinite(obj):
+        return None
+    return float(obj)
+
+
+def run_row(run: Mapping[str, Any]) -> ExperimentRunRow:
+    """The headline numbers of one child run (tolerant of missing or malformed status)."""
+    meta = run.get("metadata") or {}
+    status = run.get("status")
+    status = status if isinstance(status, Mapping) else {}
+    phase = status.get("phase")
+    results = status.get("results")
+    numbers = {field: _number(results, path) for field, path in _SOURCES.items()}
+    return ExperimentRunRow.model_validate(
+        {
+            "name": str(meta.get("name") or ""),
+            "params": child_params(run),
+            "phase": phase if phase in _PHASES else None,
+            **numbers,
+        }
+    )
+
+
+def best_runs(rows: Sequence[ExperimentRunRow]) -> dict[str, str]:
+    """Objective -> name of the best Succeeded run having that metric (earliest on ties)."""
+    succeeded = [
+        (row.name, row.model_dump(by_alias=True)) for row in rows if row.phase == Phase.SUCCEEDED
+    ]
+    best: dict[str, str] = {}
+    for objective, direction in OBJECTIVES.items():
+        winner: tuple[float, str] | None = None
+        for name, values in succeeded:
+            value = values[objective]
+            if value is None:
+                continue
+            better = winner is None or (
+                value > winner[0] if direction == "max" else value < winner[0]
+            )
+            if better:
+                winner = (value, name)
+        if winner is not None:
+            best[objective] = winner[1]
+    return best
+
+
+def rollup(runs: Sequence[Mapping[str, Any]], *, cap: int, now: str) -> ExperimentMetrics:
+    """``status.metrics`` of an Experiment from its child runs (see the module doc).
+
+    ``runs`` are BenchmarkRun bodies in any order; rows come out in sweep order. ``cap`` >= 1.
+    """
+    if cap < 1:
+        raise ValueError(f"cap must be >= 1, got {cap}")
+    rows = [run_row(run) for run in order_children(runs)]
+    best = best_runs(rows)
+    capped = len(rows) > cap
+    if capped:
+        keep = set(list(dict.fromkeys(best[o] for o in OBJECTIVES if o in best))[:cap])
+        for row in rows:
+            if len(keep) >= cap:
+                break
+            keep.add(row.name)
+        rows = [row for row in rows if row.name in keep]
+    return ExperimentMetrics(
+        version=METRICS_VERSION, refreshed_at=now, capped=capped, runs=rows, best=best
+    )
+
+
+def same_rollup(a: ExperimentMetrics, b: ExperimentMetrics) -> bool:
+    """Equal apart from ``refreshedAt`` (then a refresh has nothing to write)."""
+    return a.model_copy(update={"refreshed_at": None}) == b.model_copy(
+        update={"refreshed_at": None}
+    )
