@@ -17,10 +17,10 @@ from benchop import __version__
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("benchop.local.command", "run a BenchmarkRun or Experiment YAML locally, without a cluster"),
+    "run": ("benchop.local.command", "run a BenchmarkRun or Experiment locally, no cluster"),
     "operator": ("benchop.operator.command", "run the Kubernetes operator (kopf)"),
-    "agent": ("benchagent.command", "run the per-node GPU agent (sampler, exporter, baseline server)"),
-    "loadgen": ("benchop.loadgen.command", "run one load-generator worker (the program a Job runs)"),
+    "agent": ("benchagent.command", "run the per-node GPU agent (sampler, exporter, baselines)"),
+    "loadgen": ("benchop.loadgen.command", "run one load-generator worker (what a Job runs)"),
     "mock-server": ("benchop.mockserver", "serve a mock OpenAI-compatible model server"),
     "get": ("benchop.get", "show results of runs and experiments from the cluster"),
     "top": ("benchop.top", "live GPU table of a run, from Prometheus"),

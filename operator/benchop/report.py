@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 
 from benchop.api.crdgen import BENCHMARKRUN_COLUMNS, EXPERIMENT_COLUMNS
@@ -76,10 +77,10 @@ def printer_table(
     return table
 
 
-def results_table(results: Results, *, title: str = "Results (profiling phase)") -> Table:
-    """Latency statistics, throughput, goodput, GPU and client health of one run."""
-    table = Table(title=title)
-    table.add_column("metric")
+def results_table(results: Results, *, title: str = "Results (profiling phase)") -> Group:
+    """Latency statistics, then throughput, goodput, GPU and client health of one run."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("latency")
     for col in ("p50", "p90", "p99", "mean", "std", "min", "max", "count"):
         table.add_column(col, justify="right")
     series: list[tuple[str, LatencyStats | None]] = [
@@ -92,39 +93,37 @@ def results_table(results: Results, *, title: str = "Results (profiling phase)")
         if s is None:
             table.add_row(name, *["-"] * 8)
         else:
-            table.add_row(
-                name,
-                *(fmt(v) for v in (s.p50, s.p90, s.p99, s.mean, s.std, s.min, s.max)),
-                str(s.count),
-            )
+            values = (s.p50, s.p90, s.p99, s.mean, s.std, s.min, s.max)
+            table.add_row(name, *(fmt(v) for v in values), str(s.count))
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
     req = results.requests
-    table.add_section()
     failed = ", ".join(f"{k}={v}" for k, v in sorted(req.by_reason.items())) or "none"
-    table.add_row("requests", f"{req.total} total, {req.ok} ok, {req.failed} failed ({failed})")
+    facts.add_row("requests", f"{req.total} total, {req.ok} ok, {req.failed} failed ({failed})")
     tp = results.throughput
-    table.add_row(
+    facts.add_row(
         "throughput",
         f"{fmt(tp.rps)} req/s, {fmt(tp.output_tok_per_s)} output tok/s "
         f"over {fmt(results.duration_s)} s, {results.workers} worker(s)",
     )
     if results.goodput is not None:
         g = results.goodput
-        table.add_row("goodput", f"{fmt(g.ratio * 100)} % of requests met the SLO ({fmt(g.rps)}/s)")
+        facts.add_row("goodput", f"{fmt(g.ratio * 100)} % of requests met the SLO ({fmt(g.rps)}/s)")
     if results.gpu is not None:
         gpu = results.gpu
-        sim = " SIMULATED" if gpu.simulated else ""
-        table.add_row(
-            "gpu" + sim,
+        missing = f"; missing agents: {', '.join(gpu.missing_agents)}" if gpu.missing_agents else ""
+        facts.add_row(
+            "gpu (SIMULATED)" if gpu.simulated else "gpu",
             f"{gpu.gpus} GPU(s): util {fmt(gpu.util_mean)} %, power {fmt(gpu.power_mean_w)} W, "
-            f"energy {fmt(gpu.energy_j)} J, {fmt(gpu.joules_per_output_token)} J/token"
-            + (f"; missing agents: {', '.join(gpu.missing_agents)}" if gpu.missing_agents else ""),
+            f"energy {fmt(gpu.energy_j)} J, {fmt(gpu.joules_per_output_token)} J/token{missing}",
         )
     if results.client is not None:
         c = results.client
         verdict = f"SATURATED: {c.reason}" if c.saturated else "ok"
-        table.add_row(
+        facts.add_row(
             "client",
             f"cpu {fmt(c.cpu_pct)} %, receive lag p99 {fmt(c.recv_lag_p99_ms)} ms: {verdict}",
         )
-    table.add_row("source", f"{results.source}" + ("" if results.complete else " (INCOMPLETE)"))
-    return table
+    facts.add_row("source", results.source + ("" if results.complete else " (INCOMPLETE)"))
+    return Group(table, facts)

@@ -1,0 +1,327 @@
+"""One BenchmarkRun on this machine: the same pieces the operator drives, as local processes.
+
+    target   the spec's URL, or a mock model server child process (`benchop mock-server`)
+    agent    one in-process node agent (simulated GPUs unless NVML loads; marked so)
+    gates    a GateCoordinator on a loopback port, the agent as its only collector
+    results  a Subscriber on a loopback port for the workers' snapshots
+    workers  N `benchop loadgen` child processes, one results directory each
+
+The status is built with the same conditions the operator writes, in the same
+order, and the results with the same pure functions (``benchop.results``,
+``benchop.gpuresults``); final snapshots come over pub/sub, else from each
+worker's ``final.msgpack``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from benchagent.agent import Agent, AgentConfig
+from benchagent.codec import MsgpackCodec
+from benchagent.gpu import Backend
+from benchagent.transport import Subscriber
+from benchagent.wire import MetricsSnapshot
+from benchop.api import conditions as c
+from benchop.api.models import BenchmarkRun, Phase, Results, to_wire
+from benchop.gates import AgentEndpoint, GateCoordinator, GateOutcome
+from benchop.gpuresults import gpu_results
+from benchop.local.progress import progress_view
+from benchop.metrics import names
+from benchop.mockserver import MockConfig, spawn_mock_server_process
+from benchop.results import build_results, merge_snapshots
+
+PHASE_ID = "profiling"
+COMPLETE_WAIT_S = 5.0  # after the workers exited, how long COMPLETE snapshots may still arrive
+
+
+@dataclass
+class LocalOptions:
+    """How ``benchop run`` runs things; every default suits a laptop."""
+
+    results_dir: Path
+    gpu_backend: Backend = "auto"
+    gpus: int = 1
+    agent: bool = True
+    live: bool = True
+    mock: MockConfig = field(default_factory=MockConfig)
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+
+
+@dataclass
+class LocalOutcome:
+    name: str
+    status: dict[str, Any]
+    results: Results | None
+    succeeded: bool
+
+
+class _Status:
+    """The status local mode would have written; same conditions as the operator."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.status: dict[str, Any] = {"observedGeneration": generation, "conditions": []}
+        self.events: list[str] = []
+
+    def condition(self, type_: str, status: str, reason: str, message: str = "") -> None:
+        self.status["conditions"] = c.set_condition(
+            self.status["conditions"],
+            type=type_,
+            status=status,  # type: ignore[arg-type]
+            reason=reason,
+            message=message,
+            observed_generation=self.generation,
+        )
+        self.events.append(f"{type_}={status} {reason}" + (f": {message}" if message else ""))
+
+    def phase(self, phase: Phase) -> None:
+        self.status["phase"] = phase.value
+
+
+@contextlib.asynccontextmanager
+async def _target(url: str | None, opts: LocalOptions) -> AsyncIterator[str]:
+    if url is not None:
+        yield url
+        return
+    proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, opts.mock)
+    try:
+        yield mock_url
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait)
+
+
+@contextlib.asynccontextmanager
+async def _agent(opts: LocalOptions) -> AsyncIterator[Agent | None]:
+    if not opts.agent:
+        yield None
+        return
+    agent = Agent(
+        AgentConfig.local(
+            gpu_backend=opts.gpu_backend,
+            simulated_gpus=opts.gpus,
+            node_name="localhost",
+            agent_name="local-agent",
+        )
+    )
+    await agent.start()
+    try:
+        async with asyncio.timeout(10):
+            await agent.wait_ready()
+        yield agent
+    finally:
+        await agent.stop()
+
+
+def _read_final(path: Path) -> MetricsSnapshot | None:
+    try:
+        msg = MsgpackCodec().decode(path.read_bytes())
+    except OSError:
+        return None
+    return msg if isinstance(msg, MetricsSnapshot) else None
+
+
+def _gate_events(st: _Status, outcome: GateOutcome) -> None:
+    missing = ", ".join(outcome.missing)
+    captured = c.TRUE if not outcome.missing else c.FALSE
+    detail = f"missing agents: {missing}" if missing else f"{len(outcome.acks)} agent(s) acked"
+    if outcome.boundary == "START":
+        st.condition(
+            c.BASELINE_START_CAPTURED, captured, "Captured" if not missing else "Timeout", detail
+        )
+        st.condition(c.PROFILING, c.TRUE, "GateGranted", "all workers passed the START gate")
+        st.phase(Phase.PROFILING)
+    else:
+        st.condition(
+            c.BASELINE_END_CAPTURED, captured, "Captured" if not missing else "Timeout", detail
+        )
+        st.condition(c.PROFILING, c.FALSE, "ProfilingDone", "all workers passed the END gate")
+        st.phase(Phase.FINALIZING)
+    if missing:
+        st.condition(c.TELEMETRY_DEGRADED, c.TRUE, "AgentsMissed", detail)
+
+
+async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
+    """Run ``run`` locally to the end; never raises for a failed benchmark (see ``succeeded``)."""
+    spec = run.spec
+    name = run.metadata.name or "local-run"
+    workers = spec.load.workers
+    st = _Status(run.metadata.generation or 1)
+    st.condition(c.ACCEPTED, c.TRUE, "SpecValid")
+    st.condition(c.SUCCEEDED, c.UNKNOWN, "Running")
+    st.phase(Phase.INITIALIZING)
+    st.status["startTime"] = c.now_rfc3339()
+    opts.results_dir.mkdir(parents=True, exist_ok=True)
+    spec_file = opts.results_dir / "spec.json"
+    spec_file.write_text(json.dumps(to_wire(run)))
+
+    async with _target(spec.target.url, opts) as url, _agent(opts) as agent:
+        st.events.append(f"target {url}" + ("" if spec.target.url else " (built-in mock server)"))
+        agents: list[AgentEndpoint] = []
+        if agent is None:
+            st.events.append("no agent: GPU numbers are not measured")
+        else:
+            agents.append(
+                AgentEndpoint(
+                    name=agent.config.agent,
+                    node=agent.config.node,
+                    endpoint=agent.baseline_endpoint,
+                )
+            )
+            if agent.simulated:
+                st.condition(
+                    c.TELEMETRY_DEGRADED,
+                    c.TRUE,
+                    "SimulatedGpus",
+                    f"no NVML here: {opts.gpus} simulated GPU(s); GPU numbers are not real",
+                )
+        sub = Subscriber()
+        sub.start()
+        outcomes: dict[str, GateOutcome] = {}
+
+        async def on_gate(run_name: str, outcome: GateOutcome) -> None:
+            outcomes[outcome.boundary] = outcome
+            _gate_events(st, outcome)
+
+        coordinator = GateCoordinator(on_gate=on_gate)
+        await coordinator.start()
+        coordinator.register_run(
+            name,
+            workers=workers,
+            agents=agents,
+            timeout_s=spec.gates.timeout.seconds,
+            baseline=spec.gates.baseline,
+        )
+        try:
+            codes = await _run_workers(
+                name, url, spec_file, workers, coordinator.endpoint, sub, st, opts
+            )
+            complete = await sub.wait_for_complete(name, workers, COMPLETE_WAIT_S)
+        finally:
+            await coordinator.close()
+            sub.close()
+
+    source = "pubsub"
+    snaps = list(complete.values())
+    for w in range(workers):
+        if w not in complete:
+            final = _read_final(opts.results_dir / f"worker-{w}" / "final.msgpack")
+            if final is not None:
+                snaps.append(final)
+                source = "local"
+    results = None
+    if snaps:
+        merged = merge_snapshots(snaps)
+        start, end = outcomes.get("START"), outcomes.get("END")
+        gpu = gpu_results(
+            start.acks if start else [],
+            end.acks if end else [],
+            output_tokens=merged.counters.get(names.OUTPUT_TOKENS_TOTAL, 0),
+            expected_agents=[a.name for a in agents] if start and end else [],
+        )
+        results = build_results(merged, slo=spec.slo, source=source, gpu=gpu)  # type: ignore[arg-type]
+        st.status["results"] = to_wire(results)
+        reason = "FromPubSub" if source == "pubsub" else "FromResultsFiles"
+        how = "complete" if results.complete else "INCOMPLETE (a worker was interrupted)"
+        st.condition(
+            c.RESULTS_AVAILABLE, c.TRUE, reason, f"{len(snaps)}/{workers} worker(s), {how}"
+        )
+    failed = {w: code for w, code in enumerate(codes) if code != 0}
+    if results is None:
+        ok, reason, message = False, "NoResults", "no worker produced a final snapshot"
+    elif failed:
+        ok, reason = False, "WorkerFailed"
+        message = ", ".join(f"worker {w} exited {code}" for w, code in failed.items())
+    elif results.requests.ok == 0:
+        ok, reason = False, "AllRequestsFailed"
+        message = f"{results.requests.failed} request(s) failed: {results.requests.by_reason}"
+    else:
+        ok, reason, message = True, "Completed", f"{results.requests.ok} requests ok"
+    st.condition(c.SUCCEEDED, c.TRUE if ok else c.FALSE, reason, message)
+    st.phase(Phase.SUCCEEDED if ok else Phase.FAILED)
+    st.status["completionTime"] = c.now_rfc3339()
+    return LocalOutcome(name=name, status=st.status, results=results, succeeded=ok)
+
+
+async def _run_workers(
+    name: str,
+    url: str,
+    spec_file: Path,
+    workers: int,
+    gate_endpoint: str,
+    sub: Subscriber,
+    st: _Status,
+    opts: LocalOptions,
+) -> list[int]:
+    procs: list[asyncio.subprocess.Process] = []
+    logs = []
+    for w in range(workers):
+        wdir = opts.results_dir / f"worker-{w}"
+        wdir.mkdir(parents=True, exist_ok=True)
+        log = (wdir / "worker.log").open("wb")
+        logs.append(log)
+        cmd = [
+            sys.executable, "-m", "benchop", "loadgen",
+            "--spec", str(spec_file), "--run", name,
+            "--worker-index", str(w), "--workers", str(workers),
+            "--gate-endpoint", gate_endpoint, "--snapshot-endpoint", sub.endpoint,
+            "--results-dir", str(wdir), "--termination-log", str(wdir / "termination-log"),
+            "--target-url", url,
+        ]  # fmt: skip
+        procs.append(
+            await asyncio.create_subprocess_exec(*cmd, stdout=log, stderr=subprocess.STDOUT)
+        )
+    ready = False
+    live = Live(console=opts.console, refresh_per_second=4, transient=False) if opts.live else None
+    try:
+        if live is not None:
+            live.start()
+        while any(p.returncode is None for p in procs):
+            latest = sub.latest(name)
+            if not ready and len(latest) == workers:
+                ready = True
+                st.condition(
+                    c.WORKERS_READY, c.TRUE, "AllConnected", f"{workers} worker(s) publishing"
+                )
+                if st.status.get("phase") == Phase.INITIALIZING.value:
+                    st.phase(Phase.WARMUP)
+            if live is not None:
+                live.update(
+                    progress_view(name, st.status.get("phase", "-"), latest, workers, st.events)
+                )
+            await asyncio.sleep(0.25)
+        if live is not None:
+            live.update(
+                progress_view(
+                    name, st.status.get("phase", "-"), sub.latest(name), workers, st.events
+                )
+            )
+    except asyncio.CancelledError:
+        for p in procs:  # Ctrl-C: the workers drain and still write their final snapshot
+            if p.returncode is None:
+                p.terminate()
+        for p in procs:
+            await p.wait()
+        raise
+    finally:
+        if live is not None:
+            live.stop()
+        for log in logs:
+            log.close()
+    codes = [await p.wait() for p in procs]
+    for w, code in enumerate(codes):
+        if code != 0:
+            tail = (opts.results_dir / f"worker-{w}" / "worker.log").read_text()[-2000:]
+            opts.console.print(f"[red]worker {w} exited {code}[/red]; its log ends:\n{tail}")
+    return codes

@@ -1,0 +1,109 @@
+"""`benchop run` end to end: real processes, real HTTP to the mock server, real ZMQ."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def benchop(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchop", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def small_run(tmp_path: Path, **load: object) -> Path:
+    doc = yaml.safe_load((ROOT / "examples/run.yaml").read_text())
+    doc["metadata"]["name"] = "t-local"
+    doc["spec"]["phases"] = {"warmup": {"requests": 4}, "profiling": {"requests": 60}}
+    doc["spec"]["load"].update(load)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def conditions(status: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_local_run_end_to_end_matches_the_records_exactly(tmp_path: Path) -> None:
+    out = tmp_path / "status.yaml"
+    res = benchop(
+        "run", str(small_run(tmp_path)), "--output", str(out), "--results-dir", str(tmp_path / "r")
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "kubectl get benchmarkruns" in res.stdout and "TTFT" in res.stdout
+    doc = yaml.safe_load(out.read_text())
+    status = doc["status"]
+    assert status["phase"] == "Succeeded"
+    conds = conditions(status)
+    for t in ("Accepted", "WorkersReady", "BaselineStartCaptured", "BaselineEndCaptured",
+              "ResultsAvailable", "Succeeded"):  # fmt: skip
+        assert conds[t]["status"] == "True", (t, conds[t])
+    assert conds["Profiling"]["status"] == "False"  # profiling ended
+    assert conds["TelemetryDegraded"]["reason"] == "SimulatedGpus"
+    results = status["results"]
+    assert results["requests"]["total"] == 60 and results["requests"]["ok"] == 60
+    assert results["complete"] is True and results["workers"] == 2
+    gpu = results["gpu"]
+    assert gpu["simulated"] is True and gpu["gpus"] == 1 and gpu["energyJ"] > 0
+    assert gpu["joulesPerOutputToken"] == pytest.approx(gpu["energyJ"] / (60 * 64), rel=1e-3)
+
+    # Recompute TTFT and ITL percentiles from every worker's records.jsonl: exact equality.
+
+    ttft, itl = [], []
+    for w in (0, 1):
+        for line in (tmp_path / "r" / f"worker-{w}" / "records.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            if "ttft_ns" not in rec:
+                continue
+            ttft.append(rec["ttft_ns"])
+            itl.extend(rec["itl_ns"])
+    assert len(ttft) == 60
+    assert results["ttftMs"]["p50"] == pytest.approx(np.percentile(ttft, 50) / 1e6, rel=1e-12)
+    assert results["ttftMs"]["p99"] == pytest.approx(np.percentile(ttft, 99) / 1e6, rel=1e-12)
+    assert results["itlMs"]["p90"] == pytest.approx(np.percentile(itl, 90) / 1e6, rel=1e-12)
+    assert results["itlMs"]["count"] == len(itl)
+
+
+def test_bad_run_yaml_fails_with_a_message_naming_the_field(tmp_path: Path) -> None:
+    doc = yaml.safe_load((ROOT / "examples/run.yaml").read_text())
+    doc["spec"]["load"]["concurrency"] = -3
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    res = benchop("run", str(path))
+    assert res.returncode == 2
+    assert "spec.load.concurrency" in res.stderr and "-3" in res.stderr
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    res = benchop("run", str(tmp_path / "nope.yaml"))
+    assert res.returncode == 2 and "cannot read" in res.stderr
+
+
+def test_all_requests_failing_is_a_failed_run(tmp_path: Path) -> None:
+    doc = yaml.safe_load((ROOT / "examples/run.yaml").read_text())
+    doc["spec"]["target"]["url"] = "http://127.0.0.1:9/v1"  # discard port: connection refused
+    doc["spec"]["phases"] = {"profiling": {"requests": 5}}
+    doc["spec"]["gates"] = {"baseline": False}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "status.yaml"
+    res = benchop("run", str(path), "--output", str(out), "--no-agent")
+    assert res.returncode == 1, res.stdout + res.stderr
+    status = yaml.safe_load(out.read_text())["status"]
+    succeeded = conditions(status)["Succeeded"]
+    assert succeeded["status"] == "False" and succeeded["reason"] == "AllRequestsFailed"
+    assert status["results"]["requests"]["byReason"].get("connection") == 5
