@@ -50,7 +50,7 @@ class PromClient:
         self.timeout_s = timeout_s
         self.queries = 0
         self._prom = PrometheusConnect(
-            self.url, retry=Retry(total=0, raise_on_status=False), timeout=timeout_s
+            self.url, retry=Retry(total=0, read=False, raise_on_status=False), timeout=timeout_s
         )
 
     def query(self, promql: str) -> list[dict[str, Any]]:

@@ -11,8 +11,13 @@ container holds it, and always with ``Hostname``. So:
   kept (the fallback: the node's GPUs stand in for the pod's);
 - with only pods known, the query matches ``namespace`` and ``pod`` directly.
 
-    >>> GpuSelector(namespace="models", pods=("vllm-0",)).matchers()
-    '{namespace="models",pod=~"vllm\\\\-0"}'
+    >>> GpuSelector(nodes=("gpu1", "gpu2")).matchers()
+    '{Hostname=~"gpu1|gpu2"}'
+
+The operator builds one from the target's pods (listed with
+:func:`label_selector` of ``spec.target.podSelector``)::
+
+    selector = GpuSelector.from_pods(namespace, pod_bodies)
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,18 @@ class GpuSelector:
     namespace: str | None = None
     pods: tuple[str, ...] = ()
     nodes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pods(cls, namespace: str, pods: Iterable[Mapping[str, Any]]) -> GpuSelector:
+        """The pods' names and the nodes they are scheduled on (pod bodies as dicts)."""
+        names, nodes = [], []
+        for pod in pods:
+            meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+            if meta.get("name"):
+                names.append(meta["name"])
+            if spec.get("nodeName"):
+                nodes.append(spec["nodeName"])
+        return cls(namespace, tuple(sorted(set(names))), tuple(sorted(set(nodes))))
 
     @property
     def empty(self) -> bool:
@@ -80,3 +98,28 @@ def keep(labels: Mapping[str, str], selector: GpuSelector, modes: Mapping[str, s
     if modes.get(labels.get("Hostname", "")) == "pod" and selector.pods:
         return selector.owns(labels)
     return True
+
+
+def label_selector(selector: Mapping[str, Any] | None) -> str:
+    """A Kubernetes ``LabelSelector`` (camelCase dict) as a ``labelSelector`` query string.
+
+    >>> label_selector({"matchLabels": {"app": "vllm"}, "matchExpressions": [
+    ...     {"key": "tier", "operator": "In", "values": ["a", "b"]}]})
+    'app=vllm,tier in (a,b)'
+    """
+    if not selector:
+        return ""
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for req in selector.get("matchExpressions") or []:
+        key, op, values = req["key"], req["operator"], ",".join(req.get("values") or [])
+        if op == "In":
+            parts.append(f"{key} in ({values})")
+        elif op == "NotIn":
+            parts.append(f"{key} notin ({values})")
+        elif op == "Exists":
+            parts.append(key)
+        elif op == "DoesNotExist":
+            parts.append(f"!{key}")
+        else:
+            raise ValueError(f"unknown label selector operator {op!r}")
+    return ",".join(parts)
