@@ -107,3 +107,38 @@ def test_all_requests_failing_is_a_failed_run(tmp_path: Path) -> None:
     succeeded = conditions(status)["Succeeded"]
     assert succeeded["status"] == "False" and succeeded["reason"] == "AllRequestsFailed"
     assert status["results"]["requests"]["byReason"].get("connection") == 5
+
+
+def test_local_experiment_runs_the_sweep_in_order_and_rolls_it_up(tmp_path: Path) -> None:
+    exp = {
+        "apiVersion": "benchop.io/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "tiny"},
+        "spec": {
+            "template": {
+                "target": {"model": "mock-llm"},
+                "workload": {"promptTokens": 16, "outputTokens": 8},
+                "load": {"mode": "concurrency", "concurrency": 1},
+                "phases": {"profiling": {"requests": 12}},
+                "gates": {"baseline": False},
+            },
+            "sweep": [{"path": "load.concurrency", "values": [1, 4]}],
+        },
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    out = tmp_path / "out.yaml"
+    res = benchop("run", str(path), "--output", str(out), "--no-agent")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "tiny: comparison" in res.stdout
+    exp_doc, *runs = yaml.safe_load_all(out.read_text())
+    assert [r["metadata"]["name"] for r in runs] == ["tiny-0", "tiny-1"]
+    assert [r["spec"]["load"]["concurrency"] for r in runs] == [1, 4]
+    status = exp_doc["status"]
+    assert status["phase"] == "Succeeded" and status["counts"]["succeeded"] == 2
+    rows = status["metrics"]["runs"]
+    assert [row["params"] for row in rows] == [{"load.concurrency": 1}, {"load.concurrency": 4}]
+    for row, run in zip(rows, runs, strict=True):
+        assert row["rps"] == run["status"]["results"]["throughput"]["rps"]
+        assert row["ttftP50"] == run["status"]["results"]["ttftMs"]["p50"]
+    assert status["metrics"]["best"]["rps"] == "tiny-1"

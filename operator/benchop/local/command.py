@@ -18,6 +18,7 @@ import asyncio
 import logging
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +26,20 @@ import yaml
 from pydantic import ValidationError
 from rich.console import Console
 
+from benchop.api.conditions import ACCEPTED, FALSE, SUCCEEDED, TRUE, now_rfc3339, set_condition
 from benchop.api.models import (
     BenchmarkRun,
     Experiment,
-    ObjectMeta,
+    ExperimentMetrics,
     format_validation_error,
     load_manifest,
     to_wire,
 )
 from benchop.local.session import LocalOptions, LocalOutcome, run_benchmark
 from benchop.mockserver import MockConfig
-from benchop.report import BENCHMARKRUN_COLUMNS, printer_table, results_table
+from benchop.operator.children import build_child_run, child_phase, plan_sweep, should_stop
+from benchop.operator.rollup import DEFAULT_CAP, rollup
+from benchop.report import BENCHMARKRUN_COLUMNS, printer_table, results_table, rollup_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,28 +79,49 @@ def _resource(run: BenchmarkRun, outcome: LocalOutcome) -> dict[str, Any]:
 async def _run_experiment(
     exp: Experiment, opts: LocalOptions
 ) -> list[tuple[BenchmarkRun, LocalOutcome]]:
-    name = exp.metadata.name or "experiment"
+    """The sweep in order, one run at a time, children built as the operator builds them."""
+    body = to_wire(exp)
+    body["metadata"].setdefault("namespace", "default")
+    body["metadata"].setdefault("uid", "local")
+    name = body["metadata"].setdefault("name", "experiment")
     done: list[tuple[BenchmarkRun, LocalOutcome]] = []
     failures = 0
     points = exp.spec.points()
     for i, (params, spec) in enumerate(points):
         label = ", ".join(f"{k}={v}" for k, v in params.items())
         opts.console.rule(f"{name}: run {i + 1}/{len(points)} ({label})")
-        run = BenchmarkRun(
-            metadata=ObjectMeta(name=f"{name}-{i}", labels={"benchop.io/experiment": name}),
-            spec=spec,
-        )
-        run_opts = LocalOptions(**{**opts.__dict__, "results_dir": opts.results_dir / f"run-{i}"})
-        outcome = await run_benchmark(run, run_opts)
+        run = BenchmarkRun.model_validate(build_child_run(body, index=i, params=params, spec=spec))
+        outcome = await run_benchmark(run, replace(opts, results_dir=opts.results_dir / f"run-{i}"))
         done.append((run, outcome))
-        if not outcome.succeeded:
-            failures += 1
-            if exp.spec.failure_policy == "abort" or (
-                exp.spec.max_failures is not None and failures > exp.spec.max_failures
-            ):
-                opts.console.print(f"[red]{name}: stopping the sweep after {failures} failure(s)")
-                break
+        failures += not outcome.succeeded
+        if should_stop(exp.spec, failures):
+            opts.console.print(f"[red]{name}: sweep stopped after {failures} failure(s)[/red]")
+            break
     return done
+
+
+def _experiment_status(exp: Experiment, children: list[dict[str, Any]]) -> dict[str, Any]:
+    total = len(exp.spec.points())
+    plan = plan_sweep(exp.spec, {i: child_phase(c) for i, c in enumerate(children)}, total)
+    if not plan.finished:  # stopped early by the failure policy: nothing else will run
+        plan = replace(plan, finished=True, reason="Aborted")
+    now = now_rfc3339()
+    conds = set_condition([], type=ACCEPTED, status=TRUE, reason="SpecValid", now=now)
+    conds = set_condition(
+        conds,
+        type=SUCCEEDED,
+        status=TRUE if plan.succeeded else FALSE,
+        reason=plan.reason,
+        message=plan.message,
+        now=now,
+    )
+    metrics = rollup(children, cap=DEFAULT_CAP, now=now)
+    return {
+        "phase": "Succeeded" if plan.succeeded else "Failed",
+        "conditions": conds,
+        "counts": plan.counts,
+        "metrics": to_wire(metrics),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,9 +163,17 @@ def run(args: argparse.Namespace) -> int:
         if tmp is not None:
             tmp.cleanup()
     resources = [_resource(run, outcome) for run, outcome in pairs]
-    for _, outcome in pairs:
-        if outcome.results is not None and len(pairs) == 1:
-            out.print(results_table(outcome.results, title=f"{outcome.name}: results (profiling)"))
+    if isinstance(manifest, BenchmarkRun) and pairs[0][1].results is not None:
+        outcome = pairs[0][1]
+        assert outcome.results is not None
+        out.print(results_table(outcome.results, title=f"{outcome.name}: results (profiling)"))
+    docs = resources
+    if isinstance(manifest, Experiment):
+        exp_doc = to_wire(manifest)
+        exp_doc["status"] = _experiment_status(manifest, resources)
+        metrics = ExperimentMetrics.model_validate(exp_doc["status"]["metrics"])
+        out.print(rollup_table(metrics, title=f"{exp_doc['metadata'].get('name')}: comparison"))
+        docs = [exp_doc, *resources]
     out.print(
         printer_table(resources, BENCHMARKRUN_COLUMNS, title="kubectl get benchmarkruns -o wide")
     )
@@ -149,7 +182,6 @@ def run(args: argparse.Namespace) -> int:
             cond = next(x for x in outcome.status["conditions"] if x["type"] == "Succeeded")
             out.print(f"[red]{outcome.name} failed: {cond['reason']}: {cond['message']}[/red]")
     if args.output is not None:
-        docs = resources if isinstance(manifest, Experiment) else resources[:1]
         args.output.write_text(yaml.safe_dump_all(docs, sort_keys=False))
         err.print(f"status written to {args.output}")
     return 0 if all(o.succeeded for _, o in pairs) else 1
