@@ -28,7 +28,7 @@ from benchop.api.durations import parse_duration
 from benchop.api.models import BENCHMARKRUN_PLURAL, GROUP, VERSION
 from benchop.promstats.query import PromClient, PrometheusUnavailable
 from benchop.promstats.selector import GpuSelector, label_selector
-from benchop.promstats.shape import Gpu, gpus
+from benchop.promstats.shape import Gpu, gpus, parse_result
 
 UTIL = "DCGM_FI_DEV_GPU_UTIL"
 FB_USED = "DCGM_FI_DEV_FB_USED"
@@ -148,7 +148,10 @@ def _target(args: argparse.Namespace) -> Target:
 
 
 class Top:
-    """Fetches the rows: one batched query per metric, plus the energy at ``since`` once."""
+    """Fetches the rows: one batched query per metric, plus the energy at ``since`` once.
+
+    Node-level selection (``--hostname``) is not narrowed by pod: it shows every GPU.
+    """
 
     def __init__(self, target: Target, *, timeout_s: float = 3.0) -> None:
         self.target = target
@@ -157,17 +160,24 @@ class Top:
 
     def fetch(self, lookback_s: float) -> list[Gpu]:
         if self._energy_at_since is None:
-            at = self.client.instant(ENERGY, self.target.selector, at=self.target.since)
-            self._energy_at_since = {
-                f"{s.labels.get('Hostname', '')}/{s.labels.get('gpu', '')}": s.points[-1][1] / 1000
-                for s in at
-            }
+            self._energy_at_since = self._energy_baseline()
         by_metric = self.client.current(TOP_METRICS, self.target.selector, lookback_s=lookback_s)
         rows = gpus(by_metric)
-        for g in rows:  # a GPU first seen after `since` counts from its first sight
+        for g in rows:  # a GPU Prometheus never saw before: count from now on
             if ENERGY in g.numbers:
                 self._energy_at_since.setdefault(g.key, g.numbers[ENERGY].current)
         return rows
+
+    def _energy_baseline(self) -> dict[str, float]:
+        """Each GPU's energy counter (J) at ``since``, or at its first sample after it: the
+        counter only grows, so that is its minimum over ``[since, now]`` (a counter reset
+        inside the window would make the column too large)."""
+        range_ms = max(1, round((time.time() - self.target.since) * 1000))
+        promql = f"min_over_time({ENERGY}{self.target.selector.matchers()}[{range_ms}ms])"
+        return {
+            f"{s.labels.get('Hostname', '')}/{s.labels.get('gpu', '')}": s.points[-1][1] / 1000
+            for s in parse_result(self.client.query(promql))
+        }
 
     def table(self, rows: list[Gpu], error: str | None = None) -> Table:
         since = datetime.fromtimestamp(self.target.since, UTC).strftime("%H:%M:%S")

@@ -437,6 +437,25 @@ def test_top_once_shows_every_gpu_of_the_node(
         assert cells[7] == "0.0"  # node-b's energy counter is frozen
     assert "(simulated)" in out
 
+    # node-a: pods from the kubelet, energy counted since 3 s ago
+    args = ["top", "--once", "--prometheus", fleet.prometheus.url, "--hostname", "node-a"]
+    assert cli.main([*args, "--since", "3s"]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    cells = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[1:-1]]
+        for line in out.splitlines()
+        if "node-a/" in line
+    }
+    assert {k: v[1] for k, v in cells.items()} == {
+        "node-a/0": "models/vllm-0",
+        "node-a/1": "models/vllm-0",
+        "node-a/2": "other/x",
+        "node-a/3": "-",
+    }
+    for row in cells.values():  # ~3 s at 70..700 W, give or take a scrape
+        assert 70 * 1 <= float(row[7]) <= 700 * 5
+
 
 def test_top_once_prometheus_down(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{closed_port()}"

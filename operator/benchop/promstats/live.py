@@ -23,7 +23,7 @@ from typing import Any
 from benchop.api.models import GpuResults
 from benchop.promstats.kinds import ALL_AGENT_METRICS, kinds_for
 from benchop.promstats.query import PromClient, PrometheusUnavailable
-from benchop.promstats.selector import GpuSelector
+from benchop.promstats.selector import GpuSelector, attribution
 from benchop.promstats.shape import Gpu, gpus, summary
 
 LIVE_METRICS: tuple[str, ...] = (
@@ -95,7 +95,7 @@ def _collect(
     block, truncated = gpu_block(gpu_list, metrics, max_gpus)
     head |= {
         "queries": client.queries - before,
-        "attribution": client.modes(by_metric),
+        "attribution": attribution(s.labels for ss in by_metric.values() for s in ss),
         "summary": summary(gpu_list, window_s),
         "gpus": block,
     }

@@ -118,10 +118,6 @@ class PromClient:
         """:meth:`window` over the last ``lookback_s`` seconds (Prometheus' own now)."""
         return self.window(metrics, selector, time.time() - lookback_s)
 
-    def modes(self, by_metric: dict[str, list[Series]]) -> dict[str, str]:
-        """Per node, how its GPUs were attributed (``pod`` or ``node``)."""
-        return attribution(s.labels for series in by_metric.values() for s in series)
-
     def close(self) -> None:
         self._prom._session.close()
 
