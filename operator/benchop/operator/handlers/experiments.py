@@ -1,0 +1,417 @@
+"""Experiment reconciliation as plain async functions (``main`` wires them to kopf).
+
+Flow:
+
+1. :func:`reconcile_experiment` (create / resume / spec update / the resync timer / a child
+   run that ended): under the experiment's lock, read it fresh (gone or deleting: stop — a
+   deleted experiment is never re-populated), validate the spec (invalid: ``Accepted=False``
+   naming the field, ``Succeeded=False``, phase Failed, :class:`InvalidExperiment` so kopf does
+   not retry), list its children once, ask the pure :func:`~benchop.operator.children.plan_sweep`
+   what to start (in sweep order, at most ``maxParallel`` non-terminal, the failure policy),
+   create those children idempotently and write counts, conditions and phase.
+2. :func:`child_event` (every event of a run labelled ``benchop.io/experiment``): mark the
+   parent dirty for the refresher; when the run ended or was deleted, reconcile the parent.
+3. The :class:`~benchop.operator.refresher.Refresher` writes ``status.metrics``.
+
+INVARIANT — one writer per status field: the refresher owns ``status.metrics``; this module
+owns the rest of the Experiment's status and never writes ``metrics`` (:func:`update_status`
+puts the value it read back before diffing, so a patch from here cannot touch it). Both write
+with a resourceVersion precondition, so a stale read costs a 409 and a retry, never a lost
+update.
+
+A spec edit that changes the spec of a point whose run already exists is refused
+(``Accepted=False``, reason ``SpecChanged``; running runs finish, no new ones start): delete and
+re-create the Experiment for a new sweep. Edits that leave existing points alone (more values
+on the last axis, ``maxParallel``, the failure policy) apply.
+
+kopf wiring (for ``main.py``; the test operator tests/integration/experiment_operator.py uses
+the same functions)::
+
+    from benchop.operator.handlers import experiments
+
+    EXPERIMENTS = "experiments"
+    CHILD_LABELS = {experiments.EXPERIMENT_LABEL: kopf.PRESENT}
+
+    # in startup(), after ``api`` exists:
+    memo.experiments = experiments.start_experiments(api, ours)
+    # in cleanup(), before ``api.close()``:
+    if memo.get("experiments") is not None:
+        await experiments.stop_experiments(memo.experiments)   # flushes pending rollups
+
+    @kopf.on.resume(GROUP, VERSION, EXPERIMENTS)
+    @kopf.on.create(GROUP, VERSION, EXPERIMENTS)
+    @kopf.on.update(GROUP, VERSION, EXPERIMENTS, field="spec")
+    async def experiment_reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        \"\"\"Validate, start the next runs of the sweep, write counts and conditions.\"\"\"
+        try:
+            await experiments.reconcile_experiment(
+                memo.experiments, body.metadata["namespace"], body.metadata["name"]
+            )
+        except experiments.InvalidExperiment as e:
+            raise kopf.PermanentError(f"invalid spec: {e}") from None
+
+    @kopf.timer(GROUP, VERSION, EXPERIMENTS, id="experiment-resync",
+                interval=experiments.RESYNC_S, initial_delay=experiments.RESYNC_S,
+                when=experiments.needs_resync)
+    async def experiment_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        \"\"\"Safety net for a missed or failed child event: reconcile again.\"\"\"
+        await experiments.resync_experiment(
+            memo.experiments, body.metadata["namespace"], body.metadata["name"]
+        )
+
+    @kopf.on.event(GROUP, VERSION, EXPERIMENTS)
+    async def experiment_event(body: kopf.Body, type: str | None, memo: kopf.Memo,
+                               **_: Any) -> None:
+        \"\"\"A deleted or deleting experiment is forgotten (no child is created for it).\"\"\"
+        experiments.observe_experiment(memo.experiments, body, type)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, labels=CHILD_LABELS)
+    async def experiment_child_event(body: kopf.Body, type: str | None, memo: kopf.Memo,
+                                     **_: Any) -> None:
+        \"\"\"A child run changed: its experiment's rollup is dirty; if it ended, start more.\"\"\"
+        await experiments.child_event(memo.experiments, body, type)
+
+The timer makes kopf put its finalizer on experiments, so deletion is seen as a
+``deletionTimestamp`` before the object goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from benchop.api import conditions as c
+from benchop.api.models import (
+    BenchmarkRunSpec,
+    ExperimentPhase,
+    ExperimentSpec,
+    format_validation_error,
+)
+from benchop.operator.children import (
+    EXPERIMENT,
+    EXPERIMENT_LABEL,
+    TERMINAL,
+    Plan,
+    build_child_run,
+    child_phase,
+    experiment_selector,
+    owned_by,
+    plan_sweep,
+    sweep_index,
+)
+from benchop.operator.k8s import BENCHMARKRUN, Body, Conflict, KubeApi
+from benchop.operator.refresher import Refresher
+from benchop.operator.settings import OperatorSettings
+from benchop.operator.status import merge_diff, with_conditions
+
+__all__ = [
+    "EXPERIMENT_LABEL",
+    "MAX_POINTS",
+    "RESYNC_S",
+    "ExperimentServices",
+    "InvalidExperiment",
+    "child_event",
+    "needs_resync",
+    "observe_experiment",
+    "reconcile_experiment",
+    "resync_experiment",
+    "start_experiments",
+    "stop_experiments",
+]
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+Status = dict[str, Any]
+
+RESYNC_S = 30.0
+"""Interval of the resync timer (a missed child event heals within this)."""
+MAX_POINTS = 1000
+"""Largest sweep (cartesian product) an Experiment may have."""
+MAX_ATTEMPTS = 8
+"""Status writes retried on 409 before giving up with ``kopf.TemporaryError``."""
+REASON_SPEC_CHANGED = "SpecChanged"
+TERMINAL_PHASES = frozenset({ExperimentPhase.SUCCEEDED.value, ExperimentPhase.FAILED.value})
+
+
+class InvalidExperiment(ValueError):
+    """The spec was rejected (status already says so); the message names the field."""
+
+
+@dataclass
+class ExperimentServices:
+    """What the experiment handlers share; lives in kopf's ``memo.experiments``."""
+
+    api: KubeApi
+    refresher: Refresher
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)  # uids of deleted or deleting experiments
+    created: int = 0  # child runs this process created (for tests and probes)
+
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self.locks.setdefault((namespace, name), asyncio.Lock())
+
+
+def start_experiments(api: KubeApi, settings: OperatorSettings) -> ExperimentServices:
+    """The services, with the rollup refresher started (call in kopf's startup, in the loop)."""
+    refresher = Refresher(api, interval_s=settings.refresh_interval_s)
+    refresher.start()
+    return ExperimentServices(api=api, refresher=refresher)
+
+
+async def stop_experiments(services: ExperimentServices) -> None:
+    """Stop the refresher after one more flush (call in kopf's cleanup, before closing api)."""
+    await services.refresher.stop()
+
+
+# --------------------------------------------------------------------------- pure status
+
+
+def _meta(body: Mapping[str, Any]) -> tuple[str, str, str, int]:
+    m = body["metadata"]
+    return m["namespace"], m["name"], str(m.get("uid") or ""), int(m.get("generation") or 1)
+
+
+def is_terminal(status: Mapping[str, Any] | None) -> bool:
+    return isinstance(status, Mapping) and status.get("phase") in TERMINAL_PHASES
+
+
+def rejected(
+    status: Status, *, generation: int, reason: str, message: str, now: str
+) -> Status | None:
+    """Accepted=False and Succeeded=False with ``reason``; phase Failed."""
+    new = with_conditions(
+        status,
+        [(c.ACCEPTED, c.FALSE, reason, message), (c.SUCCEEDED, c.FALSE, reason, message)],
+        generation,
+    )
+    new["observedGeneration"] = generation
+    new["phase"] = ExperimentPhase.FAILED.value
+    new.setdefault("completionTime", now)
+    return new
+
+
+def progressed(status: Status, *, generation: int, plan: Plan, now: str) -> Status:
+    """Accepted=True, counts, Succeeded (Unknown while running), phase, start/completion."""
+    succeeded: tuple[str, str, str, str]
+    if plan.finished:
+        succeeded = (c.SUCCEEDED, c.TRUE if plan.succeeded else c.FALSE, plan.reason, plan.message)
+        phase = ExperimentPhase.SUCCEEDED if plan.succeeded else ExperimentPhase.FAILED
+    else:
+        succeeded = (c.SUCCEEDED, c.UNKNOWN, plan.reason, plan.message)
+        started = plan.counts["total"] > plan.counts["pending"] or plan.create
+        phase = ExperimentPhase.RUNNING if started else ExperimentPhase.PENDING
+    new = with_conditions(
+        status, [(c.ACCEPTED, c.TRUE, "Valid", "the spec passed validation"), succeeded], generation
+    )
+    new["observedGeneration"] = generation
+    new["phase"] = phase.value
+    new["counts"] = dict(plan.counts)
+    new.setdefault("startTime", now)
+    if plan.finished:
+        new.setdefault("completionTime", now)
+    else:
+        new.pop("completionTime", None)
+    return new
+
+
+def spec_problem(spec: Mapping[str, Any]) -> tuple[ExperimentSpec | None, str]:
+    """The validated spec, or None and a message naming the offending field."""
+    try:
+        exp = ExperimentSpec.model_validate(dict(spec))
+    except ValidationError as e:
+        lines = format_validation_error(e).splitlines()
+        return None, "\n".join(f"spec.{line}" for line in lines)
+    size = math.prod(len(axis.values) for axis in exp.sweep)
+    if size > MAX_POINTS:
+        return None, f"spec.sweep: {size} runs in the cartesian product, at most {MAX_POINTS}"
+    return exp, ""
+
+
+def _url_problem(points: list[tuple[dict[str, Any], BenchmarkRunSpec]]) -> str:
+    for i, (_, spec) in enumerate(points):
+        if spec.target.url is None:
+            return (
+                f"spec.template.target.url: required in a cluster (run {i} has none; only "
+                "local mode has a built-in mock server)"
+            )
+    return ""
+
+
+def needs_resync(status: Mapping[str, Any], meta: Mapping[str, Any], **_: Any) -> bool:
+    """kopf ``when=`` filter of the resync timer: not finished for the current generation."""
+    return not is_terminal(status) or status.get("observedGeneration") != meta.get("generation")
+
+
+# --------------------------------------------------------------------------- status writes
+
+
+async def update_status(
+    api: KubeApi, body: Body | None, namespace: str, name: str, mutate: Callable[[Status], Any]
+) -> Status | None:
+    """Apply ``mutate`` to the experiment's status and patch the difference via /status.
+
+    Starts from ``body`` (a fresh read) if given; on 409 re-reads and re-applies. ``metrics``
+    (the refresher's field) is put back as read before diffing, so it is never written here.
+    Returns the new status; None if the experiment is gone.
+    """
+    for _ in range(MAX_ATTEMPTS):
+        if body is None:
+            body = await api.get(EXPERIMENT, namespace, name)
+            if body is None:
+                return None
+        old: Status = dict(body.get("status") or {})
+        new = mutate(copy.deepcopy(old))
+        if new is None:
+            return old
+        new.pop("metrics", None)
+        if "metrics" in old:
+            new["metrics"] = old["metrics"]
+        if new == old:
+            return old
+        rv = str(body["metadata"]["resourceVersion"])
+        try:
+            written = await api.patch_status(EXPERIMENT, namespace, name, merge_diff(old, new), rv)
+        except Conflict:
+            body = None
+            continue
+        return None if written is None else dict(written.get("status") or {})
+    raise kopf.TemporaryError(
+        f"status of experiment {namespace}/{name}: {MAX_ATTEMPTS} conflicts in a row", delay=1.0
+    )
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def _deleting(services: ExperimentServices, body: Mapping[str, Any]) -> bool:
+    meta = body.get("metadata") or {}
+    return bool(meta.get("deletionTimestamp")) or str(meta.get("uid")) in services.gone
+
+
+async def _reject(
+    services: ExperimentServices, body: Body, reason: str, message: str, now: str
+) -> None:
+    namespace, name, _, generation = _meta(body)
+    await update_status(
+        services.api,
+        body,
+        namespace,
+        name,
+        lambda st: rejected(st, generation=generation, reason=reason, message=message, now=now),
+    )
+
+
+async def reconcile_experiment(services: ExperimentServices, namespace: str, name: str) -> None:
+    """One reconciliation of an experiment (see the module doc). Idempotent.
+
+    Raises :class:`InvalidExperiment` after writing the rejection when the spec is invalid;
+    ``kopf.TemporaryError`` on API trouble (kopf retries).
+    """
+    async with services.lock(namespace, name):
+        body = await services.api.get(EXPERIMENT, namespace, name)
+        if body is None or _deleting(services, body):
+            services.locks.pop((namespace, name), None)
+            return
+        _, _, uid, generation = _meta(body)
+        status = body.get("status") or {}
+        if is_terminal(status) and status.get("observedGeneration") == generation:
+            return  # finished (or rejected) for this spec: a late event never reopens it
+        now = c.now_rfc3339()
+        spec, problem = spec_problem(body.get("spec") or {})
+        points = spec.points() if spec is not None else []
+        problem = problem or _url_problem(points)
+        if spec is None or problem:
+            await _reject(services, body, c.REASON_INVALID_SPEC, problem, now)
+            raise InvalidExperiment(problem)
+        kids = await services.api.list(BENCHMARKRUN, namespace, labels=experiment_selector(name))
+        phases: dict[int, str] = {}
+        for kid in kids:
+            index = sweep_index(kid)
+            if not owned_by(kid, uid) or index is None:
+                continue
+            if index >= len(points) or not _same_spec(kid, points[index][1]):
+                message = (
+                    f"spec: run {kid['metadata']['name']} (point {index}) already exists with "
+                    "another spec; an Experiment's points cannot change once their runs exist "
+                    "(delete and re-create the Experiment for a new sweep)"
+                )
+                await _reject(services, body, REASON_SPEC_CHANGED, message, now)
+                raise InvalidExperiment(message)
+            phases[index] = child_phase(kid)
+        plan = plan_sweep(spec, phases, len(points))
+        for index in plan.create:
+            if _deleting(services, body):
+                return
+            params, run_spec = points[index]
+            child = build_child_run(body, index=index, params=params, spec=run_spec)
+            await services.api.create(BENCHMARKRUN, namespace, child)
+            services.created += 1
+            log.info("experiment %s/%s: created run %s", namespace, name, child["metadata"]["name"])
+        await update_status(
+            services.api,
+            body,
+            namespace,
+            name,
+            lambda st: progressed(st, generation=generation, plan=plan, now=now),
+        )
+
+
+def _same_spec(kid: Mapping[str, Any], expected: BenchmarkRunSpec) -> bool:
+    try:
+        return BenchmarkRunSpec.model_validate(kid.get("spec") or {}) == expected
+    except ValidationError:
+        return False
+
+
+async def resync_experiment(services: ExperimentServices, namespace: str, name: str) -> None:
+    """The timer's reconcile: like :func:`reconcile_experiment`; a rejection is not an error."""
+    with contextlib.suppress(InvalidExperiment):
+        await reconcile_experiment(services, namespace, name)
+
+
+# --------------------------------------------------------------------------- events
+
+
+def parent_of(run: Mapping[str, Any]) -> Key | None:
+    """(namespace, name) of the Experiment controlling ``run``, from its ownerReferences."""
+    meta = run.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or ():
+        if isinstance(ref, Mapping) and ref.get("kind") == "Experiment" and ref.get("controller"):
+            return str(meta.get("namespace") or ""), str(ref.get("name"))
+    return None
+
+
+async def child_event(
+    services: ExperimentServices, run: Mapping[str, Any], event_type: str | None
+) -> None:
+    """A child run changed: mark its experiment dirty; if the run ended or went, reconcile."""
+    parent = parent_of(run)
+    if parent is None:
+        return
+    services.refresher.mark_dirty(*parent)
+    status = run.get("status")
+    ended = isinstance(status, Mapping) and status.get("phase") in TERMINAL
+    if ended or event_type == "DELETED":
+        with contextlib.suppress(InvalidExperiment):
+            await reconcile_experiment(services, *parent)
+
+
+def observe_experiment(
+    services: ExperimentServices, body: Mapping[str, Any], event_type: str | None
+) -> None:
+    """Remember deleted or deleting experiments so that no child is created for them."""
+    meta = body.get("metadata") or {}
+    if event_type == "DELETED" or meta.get("deletionTimestamp"):
+        services.gone.add(str(meta.get("uid")))
+        if event_type == "DELETED":
+            services.locks.pop((str(meta.get("namespace")), str(meta.get("name"))), None)

@@ -1,0 +1,342 @@
+"""Experiments through kopf against the emulator: sweep order, rollup, deletion, shutdown.
+
+The test plays the BenchmarkRun operator: it patches each child run's status (phase, then
+Succeeded with results) itself, one run at a time, instead of running load-generator workers
+(``EXPERIMENTS_ONLY`` registry: nothing else writes the children).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from experiment_operator import EXPERIMENTS_ONLY, experiment_memo, services
+from kube.harness import (
+    BENCHMARKRUNS,
+    EXPERIMENTS,
+    Kube,
+    OperatorFactory,
+    stop_operator,
+    wait_for,
+)
+
+from benchop.api.conditions import get_condition
+from benchop.api.models import ExperimentMetrics
+from benchop.operator.rollup import DEFAULT_CAP, rollup
+
+TEMPLATE: dict[str, Any] = {
+    "target": {"url": "http://vllm.default.svc:8000/v1", "model": "m"},
+    "load": {"mode": "concurrency", "concurrency": 1},
+    "phases": {"profiling": {"requests": 10}},
+}
+METRICS_STATUS = "/experiments/{}/status"
+
+
+def experiment(name: str, values: list[Any], **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "template": TEMPLATE,
+            "sweep": [{"path": "load.concurrency", "values": values}],
+            **spec,
+        },
+    }
+
+
+def results(c: int) -> dict[str, Any]:
+    """Plausible results of a run at concurrency ``c`` (all different, so rows are checkable)."""
+    lat = {"count": 100, "mean": 1.0, "std": 0.1, "min": 0.5, "max": 9.0, "p90": 2.0}
+    return {
+        "version": 1,
+        "complete": True,
+        "source": "pubsub",
+        "durationS": 10.0,
+        "requests": {"total": 100, "ok": 100, "failed": 0},
+        "throughput": {"rps": 10.0 * c, "outputTokPerS": 640.0 * c, "inputTokPerS": 1.0},
+        "ttftMs": {**lat, "p50": 20.0 + c, "p99": 40.0 + 3 * c},
+        "itlMs": {**lat, "p50": 5.0 + c / 10, "p99": 9.0},
+        "goodput": {"ratio": 1.0 - c / 100, "rps": 9.0 * c, "slo": {"ttftMs": 200}},
+        "gpu": {"utilMean": 10.0 * c, "joulesPerOutputToken": 1.0 / c, "gpus": 1},
+        "workers": 1,
+    }
+
+
+def metrics_patches(kube: Kube, name: str) -> int:
+    """Status patches of experiment ``name`` that carried ``status.metrics`` (the refresher's)."""
+    return sum(
+        1
+        for call in kube.emulator.calls
+        if call.method == "PATCH"
+        and call.path.endswith(METRICS_STATUS.format(name))
+        and "metrics" in ((call.body or {}).get("status") or {})
+        and call.status == 200
+    )
+
+
+async def children(kube: Kube) -> list[dict[str, Any]]:
+    return await kube.client.list(BENCHMARKRUNS)
+
+
+def created_runs(kube: Kube) -> list[str]:
+    """Names of the BenchmarkRuns created, in the order the API server saw them."""
+    return [
+        c.body["metadata"]["name"]
+        for c in kube.emulator.calls
+        if c.method == "POST" and c.path.endswith("/benchmarkruns") and c.status == 201
+    ]
+
+
+def exp_status(kube: Kube, name: str) -> dict[str, Any]:
+    return (kube.emulator.read(EXPERIMENTS, name) or {}).get("status") or {}
+
+
+async def finish(kube: Kube, run: str, phase: str = "Succeeded", c: int = 1) -> None:
+    """Play the BenchmarkRun operator: the run goes through Profiling to ``phase``."""
+    await kube.client.patch_status(BENCHMARKRUNS, run, {"phase": "Profiling"})
+    status: dict[str, Any] = {"phase": phase}
+    if phase == "Succeeded":
+        status["results"] = results(c)
+    await kube.client.patch_status(BENCHMARKRUNS, run, status)
+
+
+async def test_four_point_sweep_runs_in_order_and_rolls_up(
+    kube: Kube, operator_task: OperatorFactory
+) -> None:
+    memo = experiment_memo(kube.url, refresh_interval_s=0.2)
+    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    values = [1, 2, 4, 8]
+    exp = await kube.client.create(EXPERIMENTS, experiment("sw", values))
+    for i, c in enumerate(values):
+        run = f"sw-{i}"
+        body = await wait_for(lambda run=run: kube.emulator.read(BENCHMARKRUNS, run))
+        # maxParallel 1: this run is the only non-terminal one, the next does not exist yet.
+        assert created_runs(kube) == [f"sw-{j}" for j in range(i + 1)]
+        assert body["spec"]["load"]["concurrency"] == c
+        assert body["metadata"]["labels"] == {
+            "benchop.io/experiment": "sw",
+            "benchop.io/load.concurrency": str(c),
+        }
+        owner = body["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == (
+            "Experiment",
+            exp["metadata"]["uid"],
+            True,
+        )
+        await wait_for(
+            lambda i=i: (
+                (exp_status(kube, "sw").get("counts") or {}).get("running") == 0
+                and exp_status(kube, "sw")["counts"]["pending"] == 4 - i
+            )
+        )
+        st = exp_status(kube, "sw")
+        assert st["phase"] == "Running"
+        assert get_condition(st["conditions"], "Succeeded")["status"] == "Unknown"
+        await finish(kube, run, c=c)
+    st = await wait_for(
+        lambda: exp_status(kube, "sw").get("phase") == "Succeeded" and exp_status(kube, "sw")
+    )
+    assert st["counts"] == {"total": 4, "pending": 0, "running": 0, "succeeded": 4, "failed": 0}
+    cond = get_condition(st["conditions"], "Succeeded")
+    assert (cond["status"], cond["reason"]) == ("True", "AllSucceeded")
+    assert get_condition(st["conditions"], "Accepted")["status"] == "True"
+    assert st["completionTime"] and st["startTime"] and st["observedGeneration"] == 1
+
+    # The rollup lands: 4 rows equal to the children's results, best per objective.
+    def rollup_done() -> dict[str, Any] | None:
+        blob = exp_status(kube, "sw").get("metrics") or {}
+        rows = blob.get("runs") or []
+        return blob if [r.get("phase") for r in rows] == ["Succeeded"] * 4 else None
+
+    blob = await wait_for(rollup_done)
+    metrics = ExperimentMetrics.model_validate(blob)
+    expected = rollup(await children(kube), cap=DEFAULT_CAP, now=metrics.refreshed_at or "")
+    assert metrics == expected
+    assert [(r.name, r.params, r.rps, r.ttft_p50) for r in metrics.runs] == [
+        (f"sw-{i}", {"load.concurrency": c}, 10.0 * c, 20.0 + c) for i, c in enumerate(values)
+    ]
+    assert metrics.best == {
+        "rps": "sw-3",
+        "tokPerS": "sw-3",
+        "ttftP50": "sw-0",
+        "ttftP99": "sw-0",
+        "itlP50": "sw-0",
+        "goodput": "sw-0",
+        "joulesPerToken": "sw-3",
+    }
+    assert created_runs(kube) == ["sw-0", "sw-1", "sw-2", "sw-3"]
+
+
+async def test_many_child_updates_in_one_interval_are_one_patch(
+    kube: Kube, operator_task: OperatorFactory
+) -> None:
+    memo = experiment_memo(kube.url, refresh_interval_s=3600)  # one interval = the whole test
+    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    await kube.client.create(EXPERIMENTS, experiment("many", [1, 2, 4, 8], maxParallel=4))
+    await wait_for(lambda: len(created_runs(kube)) == 4)
+    for i, c in enumerate([1, 2, 4, 8]):
+        run = f"many-{i}"
+        for phase in ("Initializing", "Warmup"):
+            await kube.client.patch_status(BENCHMARKRUNS, run, {"phase": phase})
+        await finish(kube, run, c=c)  # 4 status updates per run: 16 child events
+    await wait_for(lambda: exp_status(kube, "many").get("phase") == "Succeeded")
+    refresher = services(memo).refresher
+    assert refresher.pending == {("default", "many")}
+    assert metrics_patches(kube, "many") == 0
+    lists_before = kube.emulator.count("GET", "/namespaces/default/benchmarkruns")
+    await refresher.flush()
+    assert metrics_patches(kube, "many") == 1
+    # one read of the children for the experiment in this flush
+    assert kube.emulator.count("GET", "/namespaces/default/benchmarkruns") == lists_before + 1
+    blob = exp_status(kube, "many")["metrics"]
+    assert [r["phase"] for r in blob["runs"]] == ["Succeeded"] * 4
+    assert refresher.pending == set()
+    await refresher.flush()  # nothing dirty: nothing read, nothing written
+    assert metrics_patches(kube, "many") == 1
+
+
+async def test_a_409_on_either_writer_is_retried_and_the_rollup_lands(
+    kube: Kube, operator_task: OperatorFactory
+) -> None:
+    memo = experiment_memo(kube.url, refresh_interval_s=3600)  # flushes driven by the test
+    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    await kube.client.create(EXPERIMENTS, experiment("cf", [1]))
+    await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "cf-0"))
+    await wait_for(lambda: exp_status(kube, "cf").get("counts"))
+    path = METRICS_STATUS.format("cf")
+    # The reconciler's write after the child ended conflicts once: it re-reads and retries.
+    fault = kube.emulator.fail_next("PATCH", path, 409)
+    await finish(kube, "cf-0", c=4)
+    await wait_for(lambda: exp_status(kube, "cf").get("phase") == "Succeeded")
+    assert fault.times == 0 and kube.emulator.count("PATCH", path, status=409) == 1
+    # The refresher's metrics patch conflicts once: the experiment goes back into the set ...
+    refresher = services(memo).refresher
+    fault = kube.emulator.fail_next("PATCH", path, 409)
+    await refresher.flush()
+    assert fault.times == 0 and refresher.conflicts == 1
+    assert refresher.pending == {("default", "cf")} and "metrics" not in exp_status(kube, "cf")
+    # ... and the next flush lands it.
+    await refresher.flush()
+    st = exp_status(kube, "cf")
+    assert refresher.pending == set() and metrics_patches(kube, "cf") == 1
+    assert st["metrics"]["runs"][0]["rps"] == 40.0
+    assert st["metrics"]["best"]["rps"] == "cf-0"
+    assert st["phase"] == "Succeeded"  # the reconciler's fields untouched by the refresher
+
+
+async def test_deletion_mid_sweep_stops_creating_children(
+    kube: Kube, operator_task: OperatorFactory
+) -> None:
+    memo = experiment_memo(kube.url, refresh_interval_s=3600)
+    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    await kube.client.create(EXPERIMENTS, experiment("del", [1, 2, 4, 8]))
+    await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "del-0"))
+    # Hold the object in "deleting" (deletionTimestamp set) with a foreign finalizer.
+    held = (kube.emulator.read(EXPERIMENTS, "del") or {})["metadata"].get("finalizers") or []
+    await kube.client.patch(EXPERIMENTS, "del", {"metadata": {"finalizers": [*held, "test/hold"]}})
+    await kube.client.delete(EXPERIMENTS, "del")
+    await wait_for(
+        lambda: (
+            (kube.emulator.read(EXPERIMENTS, "del") or {})
+            .get("metadata", {})
+            .get("deletionTimestamp")
+        )
+    )
+    gets = kube.emulator.count("GET", "/experiments/del")
+    await finish(kube, "del-0")  # a terminal child would start del-1 ...
+    await wait_for(lambda: kube.emulator.count("GET", "/experiments/del") > gets)  # reconciled
+    assert created_runs(kube) == ["del-0"]  # ... but not for a deleting experiment
+    # Gone for good: the next child event finds 404 and creates nothing either.
+    await kube.client.patch(EXPERIMENTS, "del", {"metadata": {"finalizers": None}})
+    await wait_for(lambda: kube.emulator.read(EXPERIMENTS, "del") is None)
+    gets = kube.emulator.count("GET", "/experiments/del", status=404)
+    await kube.client.patch_status(BENCHMARKRUNS, "del-0", {"phase": "Failed"})
+    await wait_for(lambda: kube.emulator.count("GET", "/experiments/del", status=404) > gets)
+    assert created_runs(kube) == ["del-0"]
+    # The refresher skips the deleted experiment: no error, nothing left queued.
+    refresher = services(memo).refresher
+    assert ("default", "del") in refresher.pending
+    await refresher.flush()
+    assert refresher.pending == set() and refresher.failures == 0 and refresher.patches == 0
+    assert await kube.emulator.collect_garbage()  # the owner is gone: its child goes too
+    assert kube.emulator.read(BENCHMARKRUNS, "del-0") is None
+
+
+async def test_shutdown_flushes_pending_refreshes(
+    kube: Kube, operator_task: OperatorFactory
+) -> None:
+    memo = experiment_memo(kube.url, refresh_interval_s=3600)  # never flushes by itself
+    task = operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    await kube.client.create(EXPERIMENTS, experiment("sd", [1, 2], maxParallel=2))
+    await wait_for(lambda: len(created_runs(kube)) == 2)
+    await finish(kube, "sd-0", c=1)
+    await finish(kube, "sd-1", c=2)
+    await wait_for(lambda: exp_status(kube, "sd").get("phase") == "Succeeded")
+    assert services(memo).refresher.pending == {("default", "sd")}
+    assert "metrics" not in exp_status(kube, "sd")
+    await stop_operator(task)
+    assert metrics_patches(kube, "sd") == 1
+    blob = exp_status(kube, "sd")["metrics"]
+    assert [r["name"] for r in blob["runs"]] == ["sd-0", "sd-1"]
+    assert services(memo).refresher.pending == set()
+
+
+async def test_invalid_spec_is_rejected_naming_the_field_without_retries(
+    kube: Kube, operator_task: OperatorFactory
+) -> None:
+    memo = experiment_memo(kube.url, refresh_interval_s=3600)
+    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    bad_path = experiment("bp", [1])
+    bad_path["spec"]["sweep"][0]["path"] = "load.concurrensy"
+    bad_value = experiment("bv", [1, "eight"])
+    for body in (bad_path, bad_value):
+        await kube.client.create(EXPERIMENTS, body)
+    for name, needle in (("bp", "load.concurrensy"), ("bv", '"eight"')):
+        st = await wait_for(
+            lambda name=name: (
+                exp_status(kube, name).get("phase") == "Failed" and exp_status(kube, name)
+            )
+        )
+        accepted = get_condition(st["conditions"], "Accepted")
+        assert (accepted["status"], accepted["reason"]) == ("False", "InvalidSpec")
+        assert needle in accepted["message"] and "spec.sweep" in accepted["message"]
+        assert get_condition(st["conditions"], "Succeeded")["status"] == "False"
+    patches = kube.emulator.count("PATCH", "/experiments/bv/status")
+    # An unrelated event (a label) re-runs no handler that writes status: no retry loop.
+    await kube.client.patch(EXPERIMENTS, "bv", {"metadata": {"labels": {"x": "y"}}})
+    await kube.client.create(EXPERIMENTS, experiment("ok", [1]))  # a later, valid one works
+    await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "ok-0"))
+    assert kube.emulator.count("PATCH", "/experiments/bv/status") == patches
+    assert created_runs(kube) == ["ok-0"]
+
+
+async def test_abort_policy_stops_the_sweep(kube: Kube, operator_task: OperatorFactory) -> None:
+    memo = experiment_memo(kube.url, refresh_interval_s=0.2)
+    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    await kube.client.create(EXPERIMENTS, experiment("ab", [1, 2, 4], failurePolicy="abort"))
+    await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "ab-0"))
+    await finish(kube, "ab-0", phase="Failed")
+    st = await wait_for(
+        lambda: exp_status(kube, "ab").get("phase") == "Failed" and exp_status(kube, "ab")
+    )
+    cond = get_condition(st["conditions"], "Succeeded")
+    assert (cond["status"], cond["reason"]) == ("False", "Aborted")
+    assert st["counts"] == {"total": 3, "pending": 2, "running": 0, "succeeded": 0, "failed": 1}
+    assert created_runs(kube) == ["ab-0"]
+    blob = await wait_for(lambda: exp_status(kube, "ab").get("metrics"))
+    assert blob["runs"][0]["phase"] == "Failed" and blob["best"] == {}
+
+
+async def test_restart_resumes_the_sweep_without_duplicates(
+    kube: Kube, operator_task: OperatorFactory
+) -> None:
+    memo = experiment_memo(kube.url, refresh_interval_s=0.2)
+    task = operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    await kube.client.create(EXPERIMENTS, experiment("rs", [1, 2]))
+    await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "rs-0"))
+    await stop_operator(task)
+    await finish(kube, "rs-0")  # while no operator runs
+    memo2 = experiment_memo(kube.url, refresh_interval_s=0.2)
+    operator_task(registry=EXPERIMENTS_ONLY, memo=memo2)  # on.resume reconciles
+    await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "rs-1"))
+    await finish(kube, "rs-1")
+    await wait_for(lambda: exp_status(kube, "rs").get("phase") == "Succeeded")
+    assert created_runs(kube) == ["rs-0", "rs-1"]
