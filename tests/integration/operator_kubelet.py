@@ -66,8 +66,13 @@ class Kubelet:
         )
         return job
 
-    async def start(self, run: str, namespace: str = "default") -> None:
-        """Create the pods of the run's Job and start one worker process per index."""
+    async def start(
+        self, run: str, namespace: str = "default", env: dict[str, str] | None = None
+    ) -> None:
+        """Create the pods of the run's Job and start one worker process per index.
+
+        ``env`` overrides the Job's env (e.g. a snapshot endpoint nobody listens on).
+        """
         job = await self.read_job(run, namespace)
         self.job_name, self.namespace = job["metadata"]["name"], namespace
         pod_spec = job["spec"]["template"]["spec"]
@@ -86,13 +91,14 @@ class Kubelet:
             args[args.index("--spec") + 1] = str(spec_file)
             args[args.index("--results-dir") + 1] = str(results)
             args[args.index("--termination-log") + 1] = str(term)
-            env = {
+            proc_env = {
                 **os.environ,
                 **env_base,
                 "BENCHOP_SPEC_FILE": str(spec_file),
                 "JOB_COMPLETION_INDEX": str(index),
+                **(env or {}),
             }
-            w = WorkerProc(index, f"{self.job_name}-{index}", results, term, args, env)
+            w = WorkerProc(index, f"{self.job_name}-{index}", results, term, args, proc_env)
             self.workers.append(w)
             meta = job["spec"]["template"]["metadata"]
             await self.kube.client.create(

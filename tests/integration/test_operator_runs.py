@@ -424,3 +424,58 @@ async def test_status_patches_stay_within_the_live_interval_budget(
     assert 2 <= live_writes <= run_s / live_interval + 1
     # fixed transitions: accepted, workers pending/ready, START, END, finished (+ live)
     assert status_patches(kube, "r7") <= 6 + live_writes
+
+
+async def test_results_from_termination_messages_when_pubsub_is_lost(
+    kube: Kube, operator_task: Any, mock: MockServer, agent: Agent, kubelet: Kubelet
+) -> None:
+    """No snapshot reaches the operator: results come from the pods' termination messages."""
+    await add_target_and_agent(kube)
+    start(operator_task, kube, settings_for(agent))
+    manifest = run_manifest("r8", mock.url, phases={"profiling": {"requests": 20}})
+    await kube.client.create(BENCHMARKRUNS, manifest)
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    await kubelet.start("r8", env={"BENCHOP_SNAPSHOT_ENDPOINT": dead})
+    assert await kubelet.wait_all() == [0, 0]
+    await kubelet.job_condition("Complete")
+    await wait_condition(kube, "r8", c.SUCCEEDED, "True")
+    avail = condition(kube, "r8", c.RESULTS_AVAILABLE)
+    assert avail is not None and avail["reason"] == "TerminationMessages"
+    res = status_of(kube, "r8")["results"]
+    assert res["source"] == "terminationMessage" and res["requests"]["total"] == 20
+    assert res["complete"] is True  # every worker's summary says COMPLETE, not interrupted
+    assert "live" not in status_of(kube, "r8")  # nothing live ever arrived
+
+
+async def test_unreachable_target_fails_with_target_unreachable(
+    kube: Kube, operator_task: Any, kubelet: Kubelet
+) -> None:
+    start(operator_task, kube, settings_for())
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    manifest = run_manifest(
+        "r9",
+        url,
+        load={"mode": "concurrency", "concurrency": 1, "workers": 1},
+        phases={"profiling": {"requests": 5}},
+        gates={"baseline": False, "timeout": "1s"},
+    )
+    await kube.client.create(BENCHMARKRUNS, manifest)
+    await kubelet.start("r9")
+    await kubelet.wait_all()
+    failed = await wait_condition(kube, "r9", c.SUCCEEDED, "False")
+    assert failed["reason"] == "TargetUnreachable" and "connection" in failed["message"]
+    st = status_of(kube, "r9")
+    assert st["phase"] == "Failed" and st["results"]["requests"]["failed"] == 5
+
+
+async def test_watchdog_fails_a_run_that_never_finishes(
+    kube: Kube, operator_task: Any, mock: MockServer
+) -> None:
+    start(operator_task, kube, settings_for(deadline_grace_s=0.5))
+    manifest = run_manifest("r10", mock.url, activeDeadlineSeconds=1)
+    await kube.client.create(BENCHMARKRUNS, manifest)
+    job = await wait_for(lambda: kube.emulator.read(JOBS, "r10-loadgen"), 10)
+    assert job["spec"]["activeDeadlineSeconds"] == 1
+    failed = await wait_condition(kube, "r10", c.SUCCEEDED, "False", 10)  # no worker ever ran
+    assert failed["reason"] == "DeadlineExceeded"
+    assert condition(kube, "r10", c.RESULTS_AVAILABLE)["reason"] == "NoResults"  # type: ignore[index]

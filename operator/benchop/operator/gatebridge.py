@@ -18,16 +18,19 @@ granted. After an operator restart the bridge seeds the coordinator from ``statu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
+
+import kopf
 
 from benchagent.wire import BaselineAck, GpuSample
 from benchop.api.conditions import now_rfc3339
 from benchop.api.models import GpuResults, LabelSelector
 from benchop.gates import AgentEndpoint, GateCoordinator, GateOutcome
 from benchop.gpuresults import gpu_results
-from benchop.operator.k8s import POD, KubeApi
+from benchop.operator.k8s import POD, ApiError, KubeApi
 from benchop.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 OnGate = Callable[[str, str, Mapping[str, Any]], Awaitable[bool]]
 """``on_gate(run_key, boundary, record)``: persist the record; False when the run is gone."""
 
+PERSIST_ATTEMPTS = 6
+"""Tries to write a closed gate to status before granting anyway."""
 MAX_SAMPLES = 64
 """GPU samples kept per gate in status (bounded status; beyond that GPUs are dropped)."""
 
@@ -70,8 +75,8 @@ async def resolve_agents(
     agent_selector: str,
     agent_namespace: str | None,
     agent_port: int,
-) -> dict[str, str]:
-    """``{agent pod name: tcp://podIP:port}`` of the agents on the nodes of the target's pods."""
+) -> dict[str, tuple[str, str]]:
+    """``{agent pod name: (node, tcp://podIP:port)}`` of the agents on the target's nodes."""
     if pod_selector is None:
         return {}
     targets = await api.list(POD, namespace, labels=selector_string(pod_selector))
@@ -84,7 +89,7 @@ async def resolve_agents(
         node = pod.get("spec", {}).get("nodeName")
         ip = (pod.get("status") or {}).get("podIP")
         if node in nodes and ip and (pod.get("status") or {}).get("phase") == "Running":
-            out[pod["metadata"]["name"]] = f"tcp://{ip}:{agent_port}"
+            out[pod["metadata"]["name"]] = (node, f"tcp://{ip}:{agent_port}")
     return out
 
 
@@ -111,6 +116,7 @@ def gate_record(
     agents: Sequence[str],
     missing: Sequence[str],
     acks: Sequence[BaselineAck],
+    baseline_captured: bool | None = None,
     closed_at: str | None = None,
 ) -> dict[str, Any]:
     """The bounded ``status.gates.<boundary>`` record of a closed gate."""
@@ -136,7 +142,9 @@ def gate_record(
         "phaseId": phase_id,
         "startAtNs": start_at_ns,
         "baseline": baseline,
-        "baselineCaptured": baseline and not missing,
+        "baselineCaptured": (
+            baseline and not missing if baseline_captured is None else baseline_captured
+        ),
         "agents": sorted(agents),
         "missing": sorted(missing),
         "simulated": any(a.simulated for a in acks),
@@ -224,6 +232,8 @@ class GateBridge:
         self.endpoint = ""
 
     async def start(self) -> None:
+        """Bind the ROUTER and serve. Register the runs in progress first (after a restart,
+        a worker of an unregistered run would be denied and go on ungated)."""
         await self.coordinator.start()
         self.endpoint = self.coordinator.endpoint
 
@@ -235,11 +245,25 @@ class GateBridge:
             phase_id=outcome.phase_id,
             start_at_ns=outcome.start_at_ns,
             baseline=outcome.baseline,
+            baseline_captured=outcome.baseline_captured,
             agents=outcome.agents,
             missing=outcome.missing,
             acks=outcome.acks,
         )
-        await self.on_gate(run, outcome.boundary, record)
+        # Persist before the coordinator grants: a restarted operator answers from status.
+        delay = 0.2
+        for attempt in range(PERSIST_ATTEMPTS):
+            try:
+                await self.on_gate(run, outcome.boundary, record)
+                return
+            except (kopf.TemporaryError, ApiError) as e:
+                if attempt == PERSIST_ATTEMPTS - 1:
+                    # Granting unpersisted beats blocking the workers; only a restart before the
+                    # next write could then run this gate again.
+                    log.error("gate %s of %s not persisted: %s", outcome.boundary, run, e)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def register(self, ctx: Any, restored: Mapping[str, Any]) -> None:
         """Register a run: resolve its agents, seed the gates that already closed."""
@@ -247,7 +271,7 @@ class GateBridge:
         timeout_s = spec.gates.timeout.seconds
         if "timeout" not in spec.gates.model_fields_set and self.settings.gate_timeout_s:
             timeout_s = self.settings.gate_timeout_s
-        agents = {}
+        agents: dict[str, tuple[str, str]] = {}
         if spec.gates.baseline:
             agents = await resolve_agents(
                 self.api,
@@ -260,7 +284,10 @@ class GateBridge:
         self.coordinator.register_run(
             ctx.key,
             workers=ctx.workers,
-            agents=[AgentEndpoint(name=n, endpoint=e) for n, e in sorted(agents.items())],
+            agents=[
+                AgentEndpoint(name=n, node=node, endpoint=e)
+                for n, (node, e) in sorted(agents.items())
+            ],
             timeout_s=timeout_s,
             baseline=spec.gates.baseline,
         )

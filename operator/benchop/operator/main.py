@@ -23,7 +23,7 @@ from benchop.api.models import BenchmarkRun, format_validation_error
 from benchop.operator import builders, transitions
 from benchop.operator.gatebridge import GateBridge
 from benchop.operator.handlers import runs
-from benchop.operator.k8s import KubeApi
+from benchop.operator.k8s import ApiError, KubeApi
 from benchop.operator.settings import OperatorSettings
 from benchop.operator.snapshots import SnapshotCollector
 
@@ -69,8 +69,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         return await runs.record_gate(services, key, boundary, record)
 
     gates = GateBridge(ours, api, on_gate=on_gate)
-    await gates.start()
     services.gates = gates
+    try:  # before the ROUTER serves: no worker of a run in progress is denied
+        await runs.preload_runs(services)
+    except (kopf.TemporaryError, ApiError) as e:  # then the resume handlers register them
+        logging.getLogger(__name__).warning("could not preload runs in progress: %s", e)
+    await gates.start()
     memo.services = services
 
 
@@ -116,7 +120,7 @@ def _not_terminal(status: Mapping[str, Any], **_: Any) -> bool:
     return not transitions.is_terminal(status)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, id="run-loop", when=_not_terminal)
+@kopf.daemon(GROUP, VERSION, PLURAL, id="run-loop", when=_not_terminal, cancellation_timeout=2.0)
 async def benchmarkrun_loop(
     body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
 ) -> None:

@@ -28,10 +28,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
+from benchop.api import conditions as c
 from benchop.api.conditions import now_rfc3339
 from benchop.api.models import BenchmarkRun, BenchmarkRunSpec
 from benchop.operator import builders, transitions
-from benchop.operator.k8s import CONFIGMAP, JOB, POD, KubeApi
+from benchop.operator.k8s import BENCHMARKRUN, CONFIGMAP, JOB, POD, KubeApi
 from benchop.operator.pods import GRACEFUL, JobView, PodView, job_view, pod_view
 from benchop.operator.settings import OperatorSettings
 from benchop.operator.snapshots import (
@@ -48,7 +51,7 @@ from benchop.operator.status import StatusWriter
 
 log = logging.getLogger(__name__)
 
-RESYNC_S = 30.0
+RESYNC_S = 60.0
 """The run loop re-lists the run's pods and reads its Job this often (a missed event heals)."""
 TICK_S = 1.0
 """The run loop wakes at least this often (and at once on a pod/Job event)."""
@@ -166,11 +169,11 @@ async def reject_run(services: Services, body: Mapping[str, Any], message: str) 
 async def reconcile_run(services: Services, body: Mapping[str, Any], run: BenchmarkRun) -> None:
     """Accept a valid run, create its children idempotently, register it with the gates."""
     check_operator_rules(run)
+    if transitions.is_terminal(body.get("status")):
+        return  # finished before (e.g. resumed after a restart): nothing in memory for it
     namespace, name, uid, generation = _meta(body)
     writer = services.writer(namespace, name)
     writer.seed(body)
-    if transitions.is_terminal(body.get("status")):
-        return
     key = run_key(namespace, name)
     ctx = services.runs.get(key)
     if ctx is None or ctx.uid != uid:
@@ -198,11 +201,44 @@ async def reconcile_run(services: Services, body: Mapping[str, Any], run: Benchm
         snapshot_endpoint=settings.worker_snapshot_endpoint(services.snapshots.endpoint),
         run_key=key,
     )
+    # Registered before the Job exists: no worker can ask for a gate of an unknown run.
+    await services.gates.register(ctx, status.get("gates") or {})
     await services.api.create(CONFIGMAP, namespace, cm)
     await services.api.create(JOB, namespace, job)
-    await services.gates.register(ctx, status.get("gates") or {})
     ctx.accepted.set()
     ctx.wake.set()
+
+
+async def preload_runs(services: Services) -> int:
+    """Register every accepted, non-terminal run with the gates (startup, before serving).
+
+    After a restart, workers retry their gate requests as soon as the ROUTER is back; a run
+    the coordinator does not know yet would be denied (the worker then goes on ungated), so the
+    runs in progress are registered, with their closed gates restored from status, first.
+    """
+    namespaces: list[str | None] = list(services.settings.namespaces) or [None]
+    count = 0
+    for ns in namespaces:
+        for body in await services.api.list(BENCHMARKRUN, ns):
+            status = body.get("status") or {}
+            accepted = c.get_condition(status.get("conditions"), c.ACCEPTED)
+            if transitions.is_terminal(status) or not accepted or accepted["status"] != c.TRUE:
+                continue
+            try:
+                run = BenchmarkRun.model_validate(
+                    {"metadata": body["metadata"], "spec": body.get("spec") or {}}
+                )
+            except ValidationError:
+                continue  # the create/resume handler reports it
+            namespace, name, uid, generation = _meta(body)
+            key = run_key(namespace, name)
+            writer = services.writer(namespace, name)
+            writer.seed(body)
+            ctx = RunContext(key, namespace, name, uid, generation, run.spec, writer)
+            services.runs[key] = ctx
+            await services.gates.register(ctx, status.get("gates") or {})
+            count += 1
+    return count
 
 
 # --------------------------------------------------------------------------- watch events
@@ -455,6 +491,7 @@ async def run_loop(
             await _sleep(None, tick_s, stopped)
             continue
         if ctx.done or transitions.is_terminal(ctx.writer.status):
+            release(services, ctx)
             return
         now = time.monotonic()
         if now - last_resync >= RESYNC_S:
@@ -463,6 +500,7 @@ async def run_loop(
         ctx.wake.clear()
         await _step(services, ctx, now)
         if ctx.done or ctx.writer.gone:
+            release(services, ctx)
             return
         await _sleep(ctx.wake, tick_s, stopped)
 
@@ -474,6 +512,16 @@ async def _sleep(wake: asyncio.Event | None, seconds: float, stopped: Any) -> No
         return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(wake.wait(), seconds)
+
+
+def release(services: Services, ctx: RunContext) -> None:
+    """A finished run: free its in-memory state (gates, snapshots, writer, context)."""
+    if services.runs.get(ctx.key) is ctx:
+        del services.runs[ctx.key]
+    if services.writers.get(ctx.key) is ctx.writer:
+        del services.writers[ctx.key]
+    services.gates.forget(ctx.key)
+    services.snapshots.forget(ctx.key)
 
 
 # --------------------------------------------------------------------------- delete
