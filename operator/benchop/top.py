@@ -115,12 +115,20 @@ def _cluster_target(args: argparse.Namespace) -> Target:  # pragma: no cover - n
         _, active = kube.config.list_kube_config_contexts()
         default_ns = (active or {}).get("context", {}).get("namespace") or "default"
     except kube.config.ConfigException:
-        kube.config.load_incluster_config()
+        try:
+            kube.config.load_incluster_config()
+        except kube.config.ConfigException as e:
+            raise SystemExit(
+                f"no kubeconfig and not in a cluster ({e}): use --prometheus URL --hostname NODE"
+            ) from None
         default_ns = "default"
     namespace = args.namespace or default_ns
-    run: dict[str, Any] = kube.client.CustomObjectsApi().get_namespaced_custom_object(
-        GROUP, VERSION, namespace, BENCHMARKRUN_PLURAL, args.run
-    )
+    try:
+        run: dict[str, Any] = kube.client.CustomObjectsApi().get_namespaced_custom_object(
+            GROUP, VERSION, namespace, BENCHMARKRUN_PLURAL, args.run
+        )
+    except kube.client.ApiException as e:
+        raise SystemExit(f"cannot read benchmarkrun {namespace}/{args.run}: {e.reason}") from None
     pod_selector = ((run.get("spec") or {}).get("target") or {}).get("podSelector")
     if not pod_selector:
         raise SystemExit(f"run {namespace}/{args.run} has no spec.target.podSelector")

@@ -184,6 +184,12 @@ def test_live_values_match_what_the_agent_exported(fleet: Fleet) -> None:
     """node-b read its GPUs once: every MetricValue must equal its /metrics exactly."""
     assert fleet.b.sampler.count == 1
     want = exported(fleet.b)
+    client = PromClient(fleet.prometheus.url)
+    latest = client.instant("DCGM_FI_DEV_GPU_UTIL", GpuSelector(nodes=("node-b",)))
+    assert client.queries == 1
+    assert {s.labels["gpu"]: s.points[0][1] for s in latest} == {
+        gpu: value for gpu, (value, _) in want["DCGM_FI_DEV_GPU_UTIL"].items()
+    }
     out = live_gpu(fleet.prometheus.url, GpuSelector(nodes=("node-b",)), metrics=ALL_AGENT_METRICS)
     assert "error" not in out, out
     assert out["queries"] == len(ALL_AGENT_METRICS)  # 10 metrics, 2 GPUs: 10 queries

@@ -18,7 +18,15 @@ from benchop.promstats.kinds import (
     resolve_unit_hint,
 )
 from benchop.promstats.selector import GpuSelector, attribution, keep
-from benchop.promstats.shape import Series, fmt, gpus, numbers, parse_result, summary
+from benchop.promstats.shape import (
+    Series,
+    fmt,
+    gpus,
+    numbers,
+    parse_result,
+    summary,
+    window_energy,
+)
 
 ENERGY = "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"
 UTIL = "DCGM_FI_DEV_GPU_UTIL"
@@ -190,16 +198,26 @@ def test_summary_rolls_up_all_gpus() -> None:
         ],
         "DCGM_FI_DEV_FB_USED": [Series(lab("a", "0"), ((0.0, 10.0), (1.0, 30.0)))],
     }
-    s = summary(gpus(by_metric), window_s=3.0)
+    s = summary(gpus(by_metric), window=(-0.5, 2.5))
     assert s == {
         "gpus": 2,
         "energyJ": 1600.0,
         "powerMeanW": 800.0,
         "coveredS": 2.0,
-        "energyWindowJ": 2400.0,
+        "energyWindowJ": 2400.0,  # both edges (0.5 s < 1.1 x 2 s) filled at 800 W
         "utilMean": 55.0,
         "memPeakBytes": 30 * 1024 * 1024,
     }
+
+
+def test_window_energy_extrapolates_like_increase() -> None:
+    kind = kind_of(ENERGY)
+    n = numbers(kind, [(10.0, 0.0), (11.0, 400_000.0), (12.0, 800_000.0)])  # 400 W, 1 s scrapes
+    assert window_energy(n, 10.0, 12.0) == 800.0  # samples on the edges: nothing to fill
+    assert window_energy(n, 9.5, 12.9) == pytest.approx(800.0 + 400 * 1.4)  # scrapes just missed
+    # the series started 5 s into the window: fill half an interval there, not 5 s
+    assert window_energy(n, 5.0, 12.0) == pytest.approx(800.0 + 400 * 0.5)
+    assert window_energy(numbers(kind, [(1.0, 5.0)]), 0.0, 2.0) == 0.0
 
 
 def test_live_block_is_bounded() -> None:

@@ -91,12 +91,11 @@ def _collect(
         if not isinstance(prom, PromClient):
             client.close()
     gpu_list = gpus(by_metric)
-    window_s = (time.time() if end is None else end) - start
     block, truncated = gpu_block(gpu_list, metrics, max_gpus)
     head |= {
         "queries": client.queries - before,
         "attribution": attribution(s.labels for ss in by_metric.values() for s in ss),
-        "summary": summary(gpu_list, window_s),
+        "summary": summary(gpu_list, None if end is None else (start, end)),
         "gpus": block,
     }
     if truncated:

@@ -103,7 +103,13 @@ class Numbers:
     sum: float | None = None
     diff: float | None = None
     rate: float | None = None
-    span_s: float = 0.0  # t_n - t_0
+    t0: float = 0.0  # time of the first sample (unix s)
+    t1: float = 0.0  # time of the last sample
+    samples: int = 1
+
+    @property
+    def span_s(self) -> float:
+        return self.t1 - self.t0
 
     def value(self, unit_hint: str) -> MetricValue:
         def f(x: float | None) -> str | None:
@@ -144,12 +150,14 @@ def numbers(kind: MetricKind, points: Sequence[Point], capacity: float | None = 
             sum=sum(vs),
             diff=diff,
             rate=diff / span if diff is not None and span > 0 else None,
-            span_s=span,
+            t0=ts[0],
+            t1=ts[-1],
+            samples=len(ts),
         )
     increments = [b - a if b >= a else b for a, b in pairwise(vs)]
     rates = [d / (t1 - t0) for d, (t0, t1) in zip(increments, pairwise(ts), strict=True) if t1 > t0]
     if not increments or span <= 0:
-        return Numbers(current=vs[-1], capacity=capacity, span_s=span)
+        return Numbers(current=vs[-1], capacity=capacity, t0=ts[0], t1=ts[-1], samples=len(ts))
     increase = sum(increments)
     rate = increase / span
     return Numbers(
@@ -162,7 +170,9 @@ def numbers(kind: MetricKind, points: Sequence[Point], capacity: float | None = 
         sum=increase,
         diff=increase,
         rate=rate,
-        span_s=span,
+        t0=ts[0],
+        t1=ts[-1],
+        samples=len(ts),
     )
 
 
@@ -282,28 +292,40 @@ POWER = "DCGM_FI_DEV_POWER_USAGE"
 FB_USED = "DCGM_FI_DEV_FB_USED"
 
 
-def summary(gpu_list: Sequence[Gpu], window_s: float | None = None) -> dict[str, Any]:
+def window_energy(n: Numbers, start: float, end: float) -> float:
+    """A counter's increase scaled to ``[start, end]`` the way PromQL's ``increase()`` does:
+    each edge gap is filled at the window's mean rate when it is shorter than 1.1 mean
+    scrape intervals (a scrape just missed the edge), else by half an interval only (the
+    series started or stopped inside the window)."""
+    if n.diff is None or n.rate is None or n.samples < 2:
+        return 0.0
+    interval = n.span_s / (n.samples - 1)
+    gaps = [max(0.0, n.t0 - start), max(0.0, end - n.t1)]
+    filled = sum(g if g < 1.1 * interval else interval / 2 for g in gaps)
+    return n.diff + n.rate * filled
+
+
+def summary(gpu_list: Sequence[Gpu], window: tuple[float, float] | None = None) -> dict[str, Any]:
     """Run totals over every GPU (not only those shown), as floats.
 
     ``energyJ`` is the counters' increase between each GPU's first and last
-    sample in the window (``coveredS``: the shortest such span); ``powerMeanW``
-    the sum of the GPUs' mean power from the energy counter;
-    ``energyWindowJ`` = powerMeanW x ``window_s``, the energy scaled to the
-    whole window like PromQL's ``increase()`` (scrapes never fall exactly on
-    the window's edges). ``utilMean`` is the mean over GPUs of their mean
-    utilisation; ``powerGaugeMeanW`` the sum of the power gauges' means;
-    ``memPeakBytes`` the highest framebuffer use seen.
+    sample (``coveredS``: the shortest such span); ``powerMeanW`` the sum of
+    the GPUs' mean power from the energy counter. With a ``window`` (the
+    profiling window), ``energyWindowJ`` is the energy scaled to the whole
+    window (:func:`window_energy`), comparable with the baseline acks' END -
+    START. ``utilMean`` is the mean over GPUs of their mean utilisation;
+    ``powerGaugeMeanW`` the sum of the power gauges' means; ``memPeakBytes``
+    the highest framebuffer use seen.
     """
     out: dict[str, Any] = {"gpus": len(gpu_list)}
     energy = [g.numbers[ENERGY] for g in gpu_list if ENERGY in g.numbers]
     energy = [n for n in energy if n.diff is not None and n.rate is not None]
     if energy:
-        power = sum(n.rate or 0.0 for n in energy)
         out["energyJ"] = round(sum(n.diff or 0.0 for n in energy), 3)
-        out["powerMeanW"] = round(power, 3)
+        out["powerMeanW"] = round(sum(n.rate or 0.0 for n in energy), 3)
         out["coveredS"] = round(min(n.span_s for n in energy), 3)
-        if window_s is not None:
-            out["energyWindowJ"] = round(power * window_s, 3)
+        if window is not None:
+            out["energyWindowJ"] = round(sum(window_energy(n, *window) for n in energy), 3)
     util = [g.numbers[UTIL].avg for g in gpu_list if UTIL in g.numbers]
     utils = [u for u in util if u is not None]
     if utils:
