@@ -17,7 +17,7 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kube.harness import BENCHMARKRUNS, CONFIGMAPS, JOBS, Kube, stop_operator, wait_for
+from kube.harness import BENCHMARKRUNS, CONFIGMAPS, EXPERIMENTS, JOBS, Kube, stop_operator, wait_for
 from operator_kubelet import AGENT_LABELS, Kubelet, add_pod
 
 import benchop.operator.main  # noqa: F401 - registers the handlers in kopf's default registry
@@ -479,3 +479,25 @@ async def test_watchdog_fails_a_run_that_never_finishes(
     failed = await wait_condition(kube, "r10", c.SUCCEEDED, "False", 10)  # no worker ever ran
     assert failed["reason"] == "DeadlineExceeded"
     assert condition(kube, "r10", c.RESULTS_AVAILABLE)["reason"] == "NoResults"  # type: ignore[index]
+
+
+async def test_experiment_children_are_reconciled_by_the_same_operator(
+    kube: Kube, operator_task: Any, mock: MockServer
+) -> None:
+    """main.py wires the Experiment handlers too: a sweep's first child run gets Accepted."""
+    start(operator_task, kube, settings_for())
+    template = run_manifest("unused", mock.url)["spec"]
+    experiment = {
+        "apiVersion": "benchop.io/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "sweep"},
+        "spec": {
+            "template": template,
+            "sweep": [{"path": "load.concurrency", "values": [2, 4]}],
+            "maxParallel": 1,
+        },
+    }
+    await kube.client.create(EXPERIMENTS, experiment)
+    await wait_condition(kube, "sweep-0", c.ACCEPTED, "True", 15)
+    assert kube.emulator.read(JOBS, "sweep-0-loadgen") is not None
+    assert kube.emulator.read(BENCHMARKRUNS, "sweep-1") is None  # maxParallel 1

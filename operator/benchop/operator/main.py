@@ -1,4 +1,4 @@
-"""Every kopf decorator of the operator, and nothing else.
+"""Every kopf decorator of the operator (BenchmarkRuns and Experiments), and nothing else.
 
 Each handler validates the body into the pydantic model where there is one and calls a plain
 async function in :mod:`benchop.operator.handlers.runs`; handlers return None, so kopf writes
@@ -22,17 +22,19 @@ from pydantic import ValidationError
 from benchop.api.models import BenchmarkRun, format_validation_error
 from benchop.operator import builders, transitions
 from benchop.operator.gatebridge import GateBridge
-from benchop.operator.handlers import runs
+from benchop.operator.handlers import experiments, runs
 from benchop.operator.k8s import ApiError, KubeApi
 from benchop.operator.settings import OperatorSettings
 from benchop.operator.snapshots import SnapshotCollector
 
 GROUP, VERSION, PLURAL = "benchop.io", "v1alpha1", "benchmarkruns"
+EXPERIMENTS = "experiments"
 FINALIZER = "benchop.io/finalizer"
 LOADGEN_LABELS: dict[str, Any] = {
     builders.RUN_LABEL: kopf.PRESENT,
     builders.COMPONENT_LABEL: builders.LOADGEN,
 }
+CHILD_LABELS: dict[str, Any] = {experiments.EXPERIMENT_LABEL: kopf.PRESENT}
 
 
 def _services(memo: Any) -> runs.Services:
@@ -76,11 +78,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         logging.getLogger(__name__).warning("could not preload runs in progress: %s", e)
     await gates.start()
     memo.services = services
+    memo.experiments = experiments.start_experiments(api, ours)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Close the ZMQ sockets and the API client."""
+    if memo.get("experiments") is not None:
+        await experiments.stop_experiments(memo.experiments)  # flushes pending rollups
     services: runs.Services | None = memo.get("services")
     if services is None:
         return
@@ -144,3 +149,49 @@ async def worker_pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, *
 async def loadgen_job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The loadgen Job changed (Complete / Failed)."""
     await runs.observe_job(_services(memo), body)
+
+
+# --------------------------------------------------------------------------- Experiments
+
+
+@kopf.on.resume(GROUP, VERSION, EXPERIMENTS)
+@kopf.on.create(GROUP, VERSION, EXPERIMENTS)
+@kopf.on.update(GROUP, VERSION, EXPERIMENTS, field="spec")
+async def experiment_reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Validate, start the next runs of the sweep, write counts and conditions."""
+    try:
+        await experiments.reconcile_experiment(
+            memo.experiments, body.metadata["namespace"], body.metadata["name"]
+        )
+    except experiments.InvalidExperiment as e:
+        raise kopf.PermanentError(f"invalid spec: {e}") from None
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    EXPERIMENTS,
+    id="experiment-resync",
+    interval=experiments.RESYNC_S,
+    initial_delay=experiments.RESYNC_S,
+    when=experiments.needs_resync,
+)
+async def experiment_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Safety net for a missed or failed child event: reconcile again."""
+    await experiments.resync_experiment(
+        memo.experiments, body.metadata["namespace"], body.metadata["name"]
+    )
+
+
+@kopf.on.event(GROUP, VERSION, EXPERIMENTS)
+async def experiment_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted or deleting experiment is forgotten (no child is created for it)."""
+    experiments.observe_experiment(memo.experiments, body, type)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, labels=CHILD_LABELS)
+async def experiment_child_event(
+    body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A child run changed: its experiment's rollup is dirty; if it ended, start more."""
+    await experiments.child_event(memo.experiments, body, type)
