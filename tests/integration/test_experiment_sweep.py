@@ -86,7 +86,24 @@ def created_runs(kube: Kube) -> list[str]:
 
 
 def exp_status(kube: Kube, name: str) -> dict[str, Any]:
-    return (kube.emulator.read(EXPERIMENTS, name) or {}).get("status") or {}
+    status: dict[str, Any] = (kube.emulator.read(EXPERIMENTS, name) or {}).get("status") or {}
+    return status
+
+
+def status_in(kube: Kube, name: str, phase: str) -> dict[str, Any] | None:
+    """The experiment's status once its phase is ``phase`` (for ``wait_for``)."""
+    st = exp_status(kube, name)
+    return st if st.get("phase") == phase else None
+
+
+def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    found = get_condition(status.get("conditions"), type_)
+    assert found is not None, f"no {type_} condition in {status}"
+    return found
+
+
+def read_run(kube: Kube, name: str) -> dict[str, Any] | None:
+    return kube.emulator.read(BENCHMARKRUNS, name)
 
 
 async def finish(kube: Kube, run: str, phase: str = "Succeeded", c: int = 1) -> None:
@@ -107,7 +124,7 @@ async def test_four_point_sweep_runs_in_order_and_rolls_up(
     exp = await kube.client.create(EXPERIMENTS, experiment("sw", values))
     for i, c in enumerate(values):
         run = f"sw-{i}"
-        body = await wait_for(lambda run=run: kube.emulator.read(BENCHMARKRUNS, run))
+        body = await wait_for(lambda run=run: read_run(kube, run))  # type: ignore[misc]
         # maxParallel 1: this run is the only non-terminal one, the next does not exist yet.
         assert created_runs(kube) == [f"sw-{j}" for j in range(i + 1)]
         assert body["spec"]["load"]["concurrency"] == c
@@ -123,21 +140,19 @@ async def test_four_point_sweep_runs_in_order_and_rolls_up(
         )
         await wait_for(
             lambda i=i: (
-                (exp_status(kube, "sw").get("counts") or {}).get("running") == 0
-                and exp_status(kube, "sw")["counts"]["pending"] == 4 - i
+                (exp_status(kube, "sw").get("counts") or {})  # type: ignore[misc]
+                == {"total": 4, "pending": 4 - i, "running": 0, "succeeded": i, "failed": 0}
             )
         )
         st = exp_status(kube, "sw")
         assert st["phase"] == "Running"
-        assert get_condition(st["conditions"], "Succeeded")["status"] == "Unknown"
+        assert cond(st, "Succeeded")["status"] == "Unknown"
         await finish(kube, run, c=c)
-    st = await wait_for(
-        lambda: exp_status(kube, "sw").get("phase") == "Succeeded" and exp_status(kube, "sw")
-    )
+    st = await wait_for(lambda: status_in(kube, "sw", "Succeeded"))
     assert st["counts"] == {"total": 4, "pending": 0, "running": 0, "succeeded": 4, "failed": 0}
-    cond = get_condition(st["conditions"], "Succeeded")
-    assert (cond["status"], cond["reason"]) == ("True", "AllSucceeded")
-    assert get_condition(st["conditions"], "Accepted")["status"] == "True"
+    succeeded = cond(st, "Succeeded")
+    assert (succeeded["status"], succeeded["reason"]) == ("True", "AllSucceeded")
+    assert cond(st, "Accepted")["status"] == "True"
     assert st["completionTime"] and st["startTime"] and st["observedGeneration"] == 1
 
     # The rollup lands: 4 rows equal to the children's results, best per objective.
@@ -290,15 +305,11 @@ async def test_invalid_spec_is_rejected_naming_the_field_without_retries(
     for body in (bad_path, bad_value):
         await kube.client.create(EXPERIMENTS, body)
     for name, needle in (("bp", "load.concurrensy"), ("bv", '"eight"')):
-        st = await wait_for(
-            lambda name=name: (
-                exp_status(kube, name).get("phase") == "Failed" and exp_status(kube, name)
-            )
-        )
-        accepted = get_condition(st["conditions"], "Accepted")
+        st = await wait_for(lambda name=name: status_in(kube, name, "Failed"))  # type: ignore[misc]
+        accepted = cond(st, "Accepted")
         assert (accepted["status"], accepted["reason"]) == ("False", "InvalidSpec")
         assert needle in accepted["message"] and "spec.sweep" in accepted["message"]
-        assert get_condition(st["conditions"], "Succeeded")["status"] == "False"
+        assert cond(st, "Succeeded")["status"] == "False"
     patches = kube.emulator.count("PATCH", "/experiments/bv/status")
     # An unrelated event (a label) re-runs no handler that writes status: no retry loop.
     await kube.client.patch(EXPERIMENTS, "bv", {"metadata": {"labels": {"x": "y"}}})
@@ -314,11 +325,9 @@ async def test_abort_policy_stops_the_sweep(kube: Kube, operator_task: OperatorF
     await kube.client.create(EXPERIMENTS, experiment("ab", [1, 2, 4], failurePolicy="abort"))
     await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "ab-0"))
     await finish(kube, "ab-0", phase="Failed")
-    st = await wait_for(
-        lambda: exp_status(kube, "ab").get("phase") == "Failed" and exp_status(kube, "ab")
-    )
-    cond = get_condition(st["conditions"], "Succeeded")
-    assert (cond["status"], cond["reason"]) == ("False", "Aborted")
+    st = await wait_for(lambda: status_in(kube, "ab", "Failed"))
+    succeeded = cond(st, "Succeeded")
+    assert (succeeded["status"], succeeded["reason"]) == ("False", "Aborted")
     assert st["counts"] == {"total": 3, "pending": 2, "running": 0, "succeeded": 0, "failed": 1}
     assert created_runs(kube) == ["ab-0"]
     blob = await wait_for(lambda: exp_status(kube, "ab").get("metrics"))
