@@ -1,0 +1,247 @@
+"""``benchop get``: results of runs and experiments, read from the cluster.
+
+    benchop get runs [-n NS] [-A] [--experiment NAME]     # the kubectl get br -o wide view
+    benchop get experiments [-n NS]                       # phase and counts of each
+    benchop get experiment NAME [-n NS] [-o table|yaml]   # the sweep's comparison table
+
+An experiment's comparison comes from its cached rollup (``status.metrics``) when that is of
+the current version and decodes; otherwise it is computed from the child runs (see
+:mod:`benchop.operator.cache`), and the output says which. Credentials: kubeconfig, else the
+in-cluster service account; ``--server URL`` talks to that API server without credentials
+(tests, ``kubectl proxy``). Exit codes: 0 ok, 1 not found, 2 API or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from benchop.api.models import (
+    BENCHMARKRUN_PLURAL,
+    EXPERIMENT_PLURAL,
+    GROUP,
+    VERSION,
+    ExperimentMetrics,
+    to_wire,
+)
+from benchop.operator.cache import Source, read_rollup
+from benchop.operator.children import experiment_selector
+from benchop.operator.rollup import OBJECTIVES
+from benchop.report import (
+    BENCHMARKRUN_COLUMNS,
+    EXPERIMENT_COLUMNS,
+    fmt,
+    printer_table,
+)
+
+WHAT = {
+    "runs": "runs",
+    "run": "runs",
+    "benchmarkruns": "runs",
+    "br": "runs",
+    "experiments": "experiments",
+    "bexp": "experiments",
+    "experiment": "experiment",
+}
+
+# (header, row field)
+ROW_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("RPS", "rps"),
+    ("TOK/S", "tokPerS"),
+    ("TTFT-P50 ms", "ttftP50"),
+    ("TTFT-P99 ms", "ttftP99"),
+    ("ITL-P50 ms", "itlP50"),
+    ("GOODPUT", "goodput"),
+    ("GPU-UTIL %", "gpuUtil"),
+    ("J/TOK", "joulesPerToken"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=sorted(WHAT), help="runs | experiments | experiment NAME")
+    parser.add_argument("name", nargs="?", help="the experiment's name (for 'experiment')")
+    parser.add_argument("-n", "--namespace", help="namespace (default: kubeconfig's, else default)")
+    parser.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="runs of every namespace"
+    )
+    parser.add_argument("--experiment", metavar="NAME", help="only the runs of this experiment")
+    parser.add_argument("-o", "--output", choices=["table", "yaml"], default="table")
+    parser.add_argument("--server", metavar="URL", help="API server URL (no credentials)")
+
+
+# --------------------------------------------------------------------------- pure views
+
+
+def experiment_table(metrics: ExperimentMetrics, *, title: str | None = None) -> Table:
+    """The comparison of a sweep: one row per run, swept params first, best values marked ``*``.
+
+    >>> console.print(experiment_table(metrics, title="sweep"))
+    """
+    table = Table(title=title, caption="* best run per objective (Succeeded runs only)")
+    params = list(dict.fromkeys(k for row in metrics.runs for k in row.params))
+    table.add_column("NAME")
+    for p in params:
+        table.add_column(p.upper(), justify="right")
+    table.add_column("PHASE")
+    for header, _ in ROW_COLUMNS:
+        table.add_column(header, justify="right")
+    for row in metrics.runs:
+        values = row.model_dump(by_alias=True)
+        cells = [row.name, *(fmt(row.params.get(p)) for p in params), fmt(values["phase"])]
+        for _, field in ROW_COLUMNS:
+            mark = "*" if field in OBJECTIVES and metrics.best.get(field) == row.name else ""
+            cells.append(fmt(values[field]) + mark)
+        table.add_row(*cells)
+    return table
+
+
+def rollup_note(metrics: ExperimentMetrics, source: Source, total: int | None) -> str:
+    """One line saying where the numbers came from and whether the table is capped."""
+    where = (
+        f"cached rollup (status.metrics, refreshed {metrics.refreshed_at})"
+        if source == "cache"
+        else "computed from the runs (no usable status.metrics)"
+    )
+    capped = ""
+    if metrics.capped:
+        capped = f"; capped: {len(metrics.runs)} of {total if total is not None else '?'} runs"
+    return where + capped
+
+
+def with_rollup(experiment: Mapping[str, Any], metrics: ExperimentMetrics) -> dict[str, Any]:
+    """The experiment as YAML shows it: ``status.metrics`` replaced by the resolved rollup."""
+    out = dict(experiment)
+    out["status"] = {**(experiment.get("status") or {}), "metrics": to_wire(metrics)}
+    return out
+
+
+# --------------------------------------------------------------------------- cluster I/O
+
+
+class Cluster:
+    """The few reads ``get`` makes, through the kubernetes client (sync; fine for a CLI)."""
+
+    def __init__(self, server: str | None) -> None:
+        import kubernetes
+
+        k8s: Any = kubernetes  # the client is untyped
+        self.namespace = "default"
+        if server:
+            config = k8s.client.Configuration()
+            config.host = server.rstrip("/")
+            api_client = k8s.client.ApiClient(config)
+        else:
+            try:
+                k8s.config.load_kube_config()
+                _, active = k8s.config.list_kube_config_contexts()
+                self.namespace = (active or {}).get("context", {}).get("namespace") or "default"
+            except (k8s.config.ConfigException, FileNotFoundError, TypeError):
+                k8s.config.load_incluster_config()
+                try:
+                    with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+                        self.namespace = f.read().strip() or "default"
+                except OSError:
+                    pass
+            api_client = k8s.client.ApiClient()
+        self.api = k8s.client.CustomObjectsApi(api_client)
+        self.ApiException = k8s.client.exceptions.ApiException
+
+    def list(
+        self, plural: str, namespace: str | None, *, labels: str | None = None
+    ) -> list[dict[str, Any]]:
+        kwargs = {"label_selector": labels} if labels else {}
+        if namespace is None:
+            body = self.api.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
+        else:
+            body = self.api.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, **kwargs
+            )
+        items: list[dict[str, Any]] = body.get("items") or []
+        return items
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = self.api.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name
+            )
+        except self.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return body
+
+
+def _rollup(cluster: Cluster, exp: Mapping[str, Any]) -> tuple[ExperimentMetrics, Source]:
+    namespace = exp["metadata"]["namespace"]
+
+    async def list_children(e: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+        selector = experiment_selector(e["metadata"]["name"])
+        return cluster.list(BENCHMARKRUN_PLURAL, namespace, labels=selector)
+
+    return asyncio.run(read_rollup(exp, list_children))
+
+
+def _get_experiment(cluster: Cluster, args: argparse.Namespace, out: Console) -> int:
+    namespace = args.namespace or cluster.namespace
+    exp = cluster.get(EXPERIMENT_PLURAL, namespace, args.name)
+    if exp is None:
+        print(f'benchop get: experiment "{args.name}" not found in {namespace}', file=sys.stderr)
+        return 1
+    metrics, source = _rollup(cluster, exp)
+    status = exp.get("status") or {}
+    total = (status.get("counts") or {}).get("total")
+    note = rollup_note(metrics, source, total)
+    if args.output == "yaml":
+        print(f"# rollup: {note}")
+        print(yaml.safe_dump(with_rollup(exp, metrics), sort_keys=False), end="")
+        return 0
+    counts = status.get("counts") or {}
+    succeeded: dict[str, Any] = next(
+        (c for c in status.get("conditions") or () if c.get("type") == "Succeeded"), {}
+    )
+    out.print(
+        f"[bold]{namespace}/{args.name}[/bold]  phase {status.get('phase') or '-'}  "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+    )
+    if succeeded:
+        out.print(f"Succeeded={succeeded.get('status')} {succeeded.get('reason')}: "
+                  f"{succeeded.get('message')}", markup=False)  # fmt: skip
+    out.print(experiment_table(metrics, title=args.name))
+    out.print(note, markup=False)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    what = WHAT[args.what]
+    if what == "experiment" and not args.name:
+        print("benchop get experiment: NAME is required", file=sys.stderr)
+        return 2
+    out = Console()
+    try:
+        cluster = Cluster(args.server)
+        if what == "experiment":
+            return _get_experiment(cluster, args, out)
+        namespace = None if args.all_namespaces else (args.namespace or cluster.namespace)
+        if what == "runs":
+            labels = experiment_selector(args.experiment) if args.experiment else None
+            items = cluster.list(BENCHMARKRUN_PLURAL, namespace, labels=labels)
+            columns = BENCHMARKRUN_COLUMNS
+        else:
+            items = cluster.list(EXPERIMENT_PLURAL, namespace)
+            columns = EXPERIMENT_COLUMNS
+    except Exception as e:  # any config or API failure: one line, not a traceback
+        print(f"benchop get: {type(e).__name__}: {str(e).strip()[:500]}", file=sys.stderr)
+        return 2
+    if args.output == "yaml":
+        print(yaml.safe_dump({"items": items}, sort_keys=False), end="")
+        return 0
+    items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+    out.print(printer_table(items, columns, title=f"{what} in {namespace or 'all namespaces'}"))
+    return 0

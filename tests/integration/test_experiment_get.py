@@ -1,0 +1,111 @@
+"""``benchop get`` against the emulator (``--server``): runs, experiments, and one experiment's
+comparison from the cached rollup or, when the cache is unusable, from the runs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import yaml
+from kube.harness import BENCHMARKRUNS, EXPERIMENTS, Kube
+
+from benchop.api.models import ExperimentSpec, to_wire
+from benchop.cli import main
+from benchop.operator.children import build_child_run
+from benchop.operator.rollup import rollup
+
+TEMPLATE: dict[str, Any] = {
+    "target": {"url": "http://vllm.default.svc:8000/v1", "model": "m"},
+    "load": {"mode": "concurrency", "concurrency": 1},
+    "phases": {"profiling": {"requests": 10}},
+}
+SPEC = {"template": TEMPLATE, "sweep": [{"path": "load.concurrency", "values": [1, 8]}]}
+
+
+async def benchop(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the CLI in a thread (the kubernetes client is sync; the emulator is in this loop)."""
+    code = await asyncio.to_thread(main, list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+async def sweep(kube: Kube, name: str = "sw") -> list[dict[str, Any]]:
+    exp = await kube.client.create(EXPERIMENTS, {"metadata": {"name": name}, "spec": SPEC})
+    runs = []
+    for i, (params, spec) in enumerate(ExperimentSpec.model_validate(SPEC).points()):
+        run = build_child_run(exp, index=i, params=params, spec=spec)
+        await kube.client.create(BENCHMARKRUNS, run)
+        c = params["load.concurrency"]
+        results = {"throughput": {"rps": 10.0 * c, "outputTokPerS": 100.0 * c}}
+        runs.append(
+            await kube.client.patch_status(
+                BENCHMARKRUNS, run["metadata"]["name"], {"phase": "Succeeded", "results": results}
+            )
+        )
+    await kube.client.patch_status(
+        EXPERIMENTS, name, {"phase": "Succeeded", "counts": {"total": 2, "succeeded": 2}}
+    )
+    return runs
+
+
+@pytest.fixture(autouse=True)
+def wide(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+
+
+async def test_experiment_hydrates_from_runs_without_a_cache(
+    kube: Kube, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = await sweep(kube)
+    code, out, _ = await benchop(capsys, "get", "experiment", "sw", "--server", kube.url)
+    assert code == 0
+    assert "computed from the runs" in out
+    assert "sw-0" in out and "sw-1" in out and "LOAD.CONCURRENCY" in out
+    assert "80*" in out  # sw-1's rps, best
+    code, out, _ = await benchop(
+        capsys, "get", "experiment", "sw", "--server", kube.url, "-o", "yaml"
+    )
+    doc = yaml.safe_load(out)
+    expected = to_wire(rollup(runs, cap=200, now=doc["status"]["metrics"]["refreshedAt"]))
+    assert doc["status"]["metrics"] == expected
+    assert doc["status"]["phase"] == "Succeeded"
+
+
+async def test_experiment_uses_a_current_cache_and_survives_a_bad_one(
+    kube: Kube, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await sweep(kube)
+    cached = {
+        "version": 1,
+        "refreshedAt": "2024-05-01T12:00:00Z",
+        "runs": [{"name": "from-cache", "params": {"load.concurrency": 3}, "rps": 1.5}],
+        "best": {},
+    }
+    await kube.client.patch_status(EXPERIMENTS, "sw", {"metrics": cached})
+    code, out, _ = await benchop(capsys, "get", "experiment", "sw", "--server", kube.url)
+    assert code == 0 and "from-cache" in out and "cached rollup" in out and "sw-0" not in out
+    await kube.client.patch_status(EXPERIMENTS, "sw", {"metrics": {"version": 99, "runs": 7}})
+    code, out, _ = await benchop(capsys, "get", "experiment", "sw", "--server", kube.url)
+    assert code == 0 and "computed from the runs" in out and "sw-1" in out
+
+
+async def test_runs_and_experiments_lists(kube: Kube, capsys: pytest.CaptureFixture[str]) -> None:
+    await sweep(kube)
+    code, out, _ = await benchop(capsys, "get", "runs", "--server", kube.url)
+    assert code == 0 and "sw-0" in out and "sw-1" in out and "Succeeded" in out
+    code, out, _ = await benchop(
+        capsys, "get", "runs", "--experiment", "other", "--server", kube.url
+    )
+    assert code == 0 and "sw-0" not in out
+    code, out, _ = await benchop(capsys, "get", "bexp", "--server", kube.url)
+    assert code == 0 and "sw" in out and "Succeeded" in out
+
+
+async def test_not_found_and_errors(kube: Kube, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = await benchop(capsys, "get", "experiment", "nope", "--server", kube.url)
+    assert code == 1 and "not found" in err
+    code, _, err = await benchop(capsys, "get", "experiment", "--server", kube.url)
+    assert code == 2 and "NAME is required" in err
+    code, _, err = await benchop(capsys, "get", "runs", "--server", "http://127.0.0.1:9")
+    assert code == 2 and "benchop get:" in err
