@@ -361,6 +361,12 @@ def test_one_query_per_metric_whatever_the_gpu_count(
         assert float(entry["metrics"]["energy"]["stats"]["rate"]) >= 0
 
 
+def test_node_names_are_matched_literally(fleet: Fleet) -> None:
+    client = PromClient(fleet.prometheus.url)
+    odd = GpuSelector(nodes=("node-a", "node.b", "node-(a|b)", "x\\y"))  # "." is no wildcard
+    assert {s.labels["Hostname"] for s in client.instant("DCGM_FI_DEV_GPU_UTIL", odd)} == {"node-a"}
+
+
 # --------------------------------------------------------------------------- failures
 
 

@@ -257,6 +257,9 @@ def test_matchers_escape_and_batch() -> None:
     assert sel.matchers() == '{Hostname=~"a|b\\\\.x"}'
     assert GpuSelector(namespace="m", pods=('p"q',)).matchers() == '{namespace="m",pod=~"p\\"q"}'
     assert GpuSelector(pods=("p",)).matchers() == '{pod=~"p"}'
+    # only RE2 metacharacters are escaped (then the backslash, for the string literal)
+    odd = GpuSelector(nodes=("gpu-node-1", "a|b", "x\\y")).matchers()
+    assert odd == '{Hostname=~"a\\\\|b|gpu-node-1|x\\\\\\\\y"}'
     with pytest.raises(ValueError, match="selects nothing"):
         GpuSelector().matchers()
 

@@ -74,9 +74,12 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_RE2_META = re.compile(r"([\\.+*?()|\[\]{}^$])")
+
+
 def _alternation(values: Iterable[str]) -> str:
-    """An anchored (PromQL anchors ``=~``) RE2 alternation of literal ``values``."""
-    return _quote("|".join(re.escape(v) for v in sorted(set(values))))
+    """An RE2 alternation of literal ``values`` (PromQL anchors ``=~`` matches)."""
+    return _quote("|".join(_RE2_META.sub(r"\\\1", v) for v in sorted(set(values))))
 
 
 def attribution(labels: Iterable[Mapping[str, str]]) -> dict[str, str]:
