@@ -7,8 +7,8 @@ to run them:
 - ``EXPERIMENTS_ONLY``: a registry with just the Experiment handlers and kopf configured the way
   ``main.startup`` configures it. The test plays the BenchmarkRun operator (it patches the child
   runs' status), so nothing else writes the children.
-- :func:`full_registry`: kopf's default registry with the real operator's ``main`` imported
-  (BenchmarkRun handling is real) plus the Experiment handlers.
+- :func:`full_registry`: kopf's default registry with the real operator's ``main`` imported,
+  which wires these same handlers itself (BenchmarkRun handling is real too).
 
 Both take ``memo=experiment_memo(kube.url, refresh_interval_s=...)``.
 """
@@ -30,13 +30,8 @@ CHILD_LABELS = {experiments.EXPERIMENT_LABEL: kopf.PRESENT}
 
 def experiment_memo(url: str, *, refresh_interval_s: float, **settings: Any) -> kopf.Memo:
     """The memo ``benchop operator`` would build: settings + how to reach the API server."""
-    ours = OperatorSettings(
-        refresh_interval_s=refresh_interval_s,
-        gate_port=0,
-        snapshot_port=0,
-        bind_host="127.0.0.1",
-        **settings,
-    )
+    defaults: dict[str, Any] = {"gate_port": 0, "snapshot_port": 0, "bind_host": "127.0.0.1"}
+    ours = OperatorSettings(refresh_interval_s=refresh_interval_s, **{**defaults, **settings})
     return kopf.Memo(settings=ours, connection=kopf.ConnectionInfo(server=url))
 
 
@@ -127,14 +122,9 @@ def install(registry: kopf.OperatorRegistry, *, configure: bool) -> kopf.Operato
 
 EXPERIMENTS_ONLY = install(kopf.OperatorRegistry(), configure=True)
 
-_FULL: kopf.OperatorRegistry | None = None
-
 
 def full_registry() -> kopf.OperatorRegistry:
-    """kopf's default registry: the real operator (``benchop.operator.main``) + experiments."""
-    global _FULL
-    if _FULL is None:
-        import benchop.operator.main  # noqa: F401 - registers the BenchmarkRun handlers
+    """kopf's default registry with the real operator (``benchop.operator.main``) imported."""
+    import benchop.operator.main  # noqa: F401 - registers every handler, Experiments included
 
-        _FULL = install(kopf.get_default_registry(), configure=False)
-    return _FULL
+    return kopf.get_default_registry()

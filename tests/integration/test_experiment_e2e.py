@@ -1,0 +1,107 @@
+"""A 4-point sweep end to end through the real operator (``benchop.operator.main``): real kopf, real
+BenchmarkRun handling, real load-generator workers against the real mock model server.
+
+The test plays only the kubelet and the Job controller (operator_kubelet.Kubelet) for each child
+run as it appears; GPU baselines are off (no agent), so GPU columns stay empty.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from experiment_operator import experiment_memo, full_registry
+from kube.harness import BENCHMARKRUNS, EXPERIMENTS, Kube, OperatorFactory, wait_for
+from operator_kubelet import Kubelet
+
+from benchop.api.models import ExperimentMetrics
+from benchop.mockserver import MockConfig, MockServer, start_mock_server
+from benchop.operator.rollup import DEFAULT_CAP, rollup
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def mock() -> AsyncIterator[MockServer]:
+    server = await start_mock_server(MockConfig(ttft=0.002, itl=0.001, output_tokens=4))
+    yield server
+    await server.close()
+
+
+def phase(kube: Kube, resource: str, name: str) -> str | None:
+    body = kube.emulator.read(resource, name) or {}
+    value: str | None = (body.get("status") or {}).get("phase")
+    return value
+
+
+async def test_four_point_sweep_with_real_workers(
+    kube: Kube, operator_task: OperatorFactory, mock: MockServer, tmp_path: Path
+) -> None:
+    memo = experiment_memo(
+        kube.url,
+        refresh_interval_s=0.2,
+        namespaces=("default",),
+        gate_port=free_port(),
+        snapshot_port=free_port(),
+        operator_service="127.0.0.1",
+        agent_namespace="default",
+        complete_wait_s=3.0,
+    )
+    operator_task(registry=full_registry(), memo=memo)
+    template: dict[str, Any] = {
+        "target": {"url": mock.url, "model": "mock"},
+        "workload": {"promptTokens": 8, "outputTokens": 4, "seed": 1},
+        "load": {"mode": "concurrency", "concurrency": 1, "workers": 1},
+        "phases": {"profiling": {"requests": 12}},
+        "gates": {"baseline": False, "timeout": "1s"},
+    }
+    sweep = [{"path": "load.concurrency", "values": [1, 2, 4, 8]}]
+    await kube.client.create(
+        EXPERIMENTS, {"metadata": {"name": "e2e"}, "spec": {"template": template, "sweep": sweep}}
+    )
+    kubelets = []
+    try:
+        for i in range(4):
+            kubelet = Kubelet(kube, tmp_path / f"run-{i}")
+            (tmp_path / f"run-{i}").mkdir()
+            kubelets.append(kubelet)
+            await kubelet.start(f"e2e-{i}")  # waits for the run's Job: the child was accepted
+            # maxParallel 1, in order: the runs before this one exist, the next one does not.
+            names = sorted(r["metadata"]["name"] for r in await kube.client.list(BENCHMARKRUNS))
+            assert names == [f"e2e-{j}" for j in range(i + 1)]
+            assert await kubelet.wait_all() == [0]
+            await kubelet.job_condition("Complete")
+            await wait_for(lambda i=i: phase(kube, BENCHMARKRUNS, f"e2e-{i}") == "Succeeded", 20)
+        await wait_for(lambda: phase(kube, EXPERIMENTS, "e2e") == "Succeeded", 10)
+
+        def rollup_done() -> dict[str, Any] | None:
+            st = (kube.emulator.read(EXPERIMENTS, "e2e") or {}).get("status") or {}
+            rows = (st.get("metrics") or {}).get("runs") or []
+            done = [r.get("phase") for r in rows] == ["Succeeded"] * 4
+            return st["metrics"] if done else None
+
+        blob = await wait_for(rollup_done, 10)
+    finally:
+        for kubelet in kubelets:
+            await kubelet.stop()
+    metrics = ExperimentMetrics.model_validate(blob)
+    children = await kube.client.list(BENCHMARKRUNS)
+    assert metrics == rollup(children, cap=DEFAULT_CAP, now=metrics.refreshed_at or "")
+    by_name = sorted(children, key=lambda c: c["metadata"]["name"])
+    for row, child in zip(metrics.runs, by_name, strict=True):
+        res = child["status"]["results"]
+        assert row.rps == res["throughput"]["rps"] > 0
+        assert row.ttft_p50 == res["ttftMs"]["p50"] > 0
+        assert res["requests"]["total"] == 12
+    assert [r.params for r in metrics.runs] == [{"load.concurrency": c} for c in (1, 2, 4, 8)]
+    assert [r.name for r in metrics.runs] == [f"e2e-{i}" for i in range(4)]
+    assert set(metrics.best) >= {"rps", "tokPerS", "ttftP50", "ttftP99", "itlP50"}
