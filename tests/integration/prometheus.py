@@ -164,6 +164,8 @@ class PrometheusServer:
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     """A real Prometheus on loopback for the whole session (skipped without the binary)."""
     binary = prometheus_binary()
+    if os.environ.get("BENCHOP_PROMETHEUS_BIN") and not os.access(str(binary), os.X_OK):
+        pytest.fail(f"BENCHOP_PROMETHEUS_BIN={binary} is not an executable file")
     if binary is None:
         pytest.skip(
             "prometheus binary not found: `apt-get install prometheus` "
