@@ -7,8 +7,9 @@ an unreachable or misconfigured Prometheus or an empty selector: the dict
 then holds ``error`` (a message) and the run goes on. An unknown metric kind
 is a programming error and raises :class:`UnknownMetricKind`.
 
-    prom = PromClient(spec.prometheus.url)          # keep one per URL, reuse it
-    live = await asyncio.to_thread(live_gpu, prom, GpuSelector("models", ("vllm-0",), ("node-a",)))
+    prom = PromClient(spec.prometheus.url)   # one per run: reuses its HTTP session
+    selector = GpuSelector.from_pods(namespace, target_pod_bodies)
+    live = await asyncio.to_thread(live_gpu, prom, selector)
     gpu = await asyncio.to_thread(window_gpu, prom, selector, start, end)
     gpu["crossCheck"] = cross_check(baseline_results, gpu)
 """
@@ -119,6 +120,8 @@ def live_gpu(
     Bounded: per-GPU MetricValues of ``metrics`` for at most ``max_gpus`` GPUs
     (``truncated`` says so), ``summary`` over all of them. Never raises for
     Prometheus trouble: returns ``{"error": message, ...}`` instead.
+    ``prom`` is a URL (a client with ``timeout_s`` is made and closed) or a
+    :class:`PromClient` (its own timeout applies).
     """
     now = time.time()
     out = _collect(prom, selector, metrics, now - lookback_s, None, max_gpus, timeout_s)
