@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -43,8 +44,11 @@ log = logging.getLogger(__name__)
 
 ANY_LOCAL_PORT = "tcp://127.0.0.1:*"
 
-Handler = Callable[[Message], Awaitable[Message | None]]
-"""A RequestServer handler: gets one decoded request, returns the reply or None (no reply)."""
+Handler = Callable[[Message], Awaitable[Message | None] | Message | None]
+"""A RequestServer handler: gets one decoded request, returns the reply or None (no reply).
+
+An ``async def`` handler runs in its own task; a plain function's result is sent at once.
+"""
 
 
 @dataclass(frozen=True)
@@ -485,14 +489,22 @@ class RequestServer:
         └────────────────┘ ◀─┴────────────────── │                  │◀── reply | None
                              [id, env.., reply]  └──────────────────┘
 
-    ``serve(handler)`` runs until ``close()``: each decoded request runs in
-    its own task, so a handler may wait (a barrier) without blocking others.
-    The frames between the identity and the payload (the envelope: a
-    RequestClient's req-id, a REQ socket's empty delimiter) are echoed back.
-    Malformed frames are counted (``decode_errors`` on the codec) and
-    dropped; a handler that raises is logged, counted in ``handler_errors``
-    and answered with nothing (the client retries).
+    ``serve(handler)`` runs until ``close()``. Each wakeup drains every frame
+    already queued on the socket (up to ``max_batch``), then hands each
+    decoded request to the handler: one *batch* (counted in ``batches``;
+    every request of a batch arrived before the batch is dispatched). A
+    handler that returns an awaitable (an ``async def``) runs in its own
+    task, so it may wait (a barrier) without blocking others; a handler that
+    returns the reply (or None) directly is answered at once, with no task
+    and no await. The frames between the identity and the payload (the
+    envelope: a RequestClient's req-id, a REQ socket's empty delimiter) are
+    echoed back. Malformed frames are counted (``decode_errors`` on the
+    codec) and dropped; a handler that raises is logged, counted in
+    ``handler_errors`` and answered with nothing (the client retries).
     """
+
+    max_batch = 256
+    """Frames drained per wakeup at most, so a flood cannot starve the event loop."""
 
     def __init__(
         self,
@@ -507,12 +519,15 @@ class RequestServer:
         self.requests = 0
         self.replies = 0
         self.handler_errors = 0
+        self.batches = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._sockets = _Sockets(curve, ctx)
         with self._sockets.closed_on_error():
             self._sock = self._sockets.socket(zmq.ROUTER, 0)
             if max_message_bytes is not None:
                 self._sock.maxmsgsize = max_message_bytes
+            # Draining and immediate replies use a sync view of the same socket: no futures.
+            self._sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)
             self.endpoint = _attach(self._sock, endpoint, bind=True)
         self._closed = False
 
@@ -520,32 +535,70 @@ class RequestServer:
         """Receive and dispatch requests until ``close()``."""
         while not self._closed:
             try:
-                frames = await self._sock.recv_multipart()
+                batch = [await self._sock.recv_multipart()]
+                while len(batch) < self.max_batch:
+                    batch.append(self._sync.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                pass
             except (asyncio.CancelledError, zmq.ZMQError):
                 if self._closed:
                     return
                 raise
-            if len(frames) < 2:
-                self.codec.on_decode_error(b"".join(frames), ValueError("no payload frame"))
-                continue
-            msg = self.codec.decode(frames[-1])
-            if msg is None:
-                continue
-            self.requests += 1
-            task = asyncio.create_task(self._handle(handler, frames[:-1], msg))
+            self.batches += 1
+            for frames in batch:
+                self._dispatch(handler, frames)
+            if len(batch) >= self.max_batch:
+                await asyncio.sleep(0)  # let the handlers' tasks and replies run
+
+    def _dispatch(self, handler: Handler, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self.codec.on_decode_error(b"".join(frames), ValueError("no payload frame"))
+            return
+        msg = self.codec.decode(frames[-1])
+        if msg is None:
+            return
+        self.requests += 1
+        route = frames[:-1]
+        try:
+            result = handler(msg)
+        except Exception:
+            self._handler_failed(msg)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(self._finish(result, route, msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        elif result is not None and not self._closed:
+            payload = self.codec.encode(result)
+            try:
+                self._sync.send_multipart([*route, payload], zmq.NOBLOCK)
+            except zmq.Again:  # a ROUTER does not block; if it ever does, wait in a task
+                task = asyncio.ensure_future(self._send(route, payload))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                self.replies += 1
 
-    async def _handle(self, handler: Handler, route: list[bytes], msg: Message) -> None:
+    def _handler_failed(self, msg: Message) -> None:
+        self.handler_errors += 1
+        log.exception("request handler failed on %s", type(msg).__name__)
+
+    async def _finish(
+        self, pending: Awaitable[Message | None], route: list[bytes], msg: Message
+    ) -> None:
         try:
-            reply = await handler(msg)
+            reply = await pending
         except Exception:
-            self.handler_errors += 1
-            log.exception("request handler failed on %s", type(msg).__name__)
+            self._handler_failed(msg)
             return
         if reply is None or self._closed:
             return
-        await self._sock.send_multipart([*route, self.codec.encode(reply)])
+        await self._send(route, self.codec.encode(reply))
+
+    async def _send(self, route: list[bytes], payload: bytes) -> None:
+        # The asyncio socket, not the sync view: serve() may be awaiting a recv
+        # on it, and only its own send re-checks the edge-triggered events.
+        await self._sock.send_multipart([*route, payload])
         self.replies += 1
 
     def close(self) -> None:

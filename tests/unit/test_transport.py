@@ -13,6 +13,7 @@ import pytest
 import zmq
 import zmq.asyncio
 import zmq.auth
+
 from benchagent.codec import MsgpackCodec
 from benchagent.transport import (
     CurveClient,
@@ -372,6 +373,67 @@ async def test_handler_error_is_counted_and_server_survives(closer: Closer) -> N
     reply = await client.request(gate(1), timeout=2.0, retries=0)
     assert isinstance(reply, GateGranted)
     assert server.handler_errors == 1
+
+
+async def test_plain_function_handler_is_answered_without_a_task(closer: Closer) -> None:
+    """A handler returning the reply directly is answered in the same wakeup."""
+    server = closer(RequestServer())
+    tasks_seen: list[int] = []
+
+    def now(msg: Message) -> Message | None:
+        assert isinstance(msg, GateRequest)
+        tasks_seen.append(len(server._tasks))
+        if msg.worker == 9:
+            return None  # no reply
+        if msg.worker == 8:
+            raise RuntimeError("boom")
+        return granted(msg)
+
+    closer.serve(server, now)
+    clients = [closer(RequestClient(server.endpoint)) for _ in range(5)]
+    replies = await asyncio.gather(
+        *(c.request(gate(i), timeout=2.0, retries=0) for i, c in enumerate(clients))
+    )
+    assert [r.worker for r in replies if isinstance(r, GateGranted)] == list(range(5))
+    assert tasks_seen == [0] * 5 and server.replies == 5
+    with pytest.raises(RequestTimeout):
+        await clients[0].request(gate(9), timeout=0.2, retries=0)
+    with pytest.raises(RequestTimeout):
+        await clients[1].request(gate(8), timeout=0.2, retries=0)
+    assert (server.requests, server.replies, server.handler_errors) == (7, 5, 1)
+
+
+async def test_frames_queued_together_are_dispatched_as_one_batch(closer: Closer) -> None:
+    """Everything queued before a wakeup is drained before any handler runs.
+
+    inproc: a send puts the frame in the pipe before it returns, so all six
+    are queued when serve() starts.
+    """
+    ctx = zmq.asyncio.Context.instance()
+    server = closer(RequestServer("inproc://benchop-batch-test", ctx=ctx))
+    raw = ctx.socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(server.endpoint)
+    batches: list[int] = []
+
+    def record(msg: Message) -> Message | None:
+        assert isinstance(msg, GateRequest)
+        batches.append(server.batches)
+        return granted(msg)
+
+    try:
+        codec = MsgpackCodec()
+        for i in range(6):
+            await raw.send_multipart([b"id-%d" % i, codec.encode(gate(i))])
+        closer.serve(server, record)
+        got = []
+        for _ in range(6):
+            async with asyncio.timeout(5):
+                got.append(await raw.recv_multipart())
+    finally:
+        raw.close()
+    assert [f[0] for f in got] == [b"id-%d" % i for i in range(6)]
+    assert batches == [1] * 6 and server.batches == 1
 
 
 async def test_close_ends_serve(closer: Closer) -> None:
