@@ -7,14 +7,19 @@ of exactly the profiling window.
 
     ┌──────────────────┐ BaselineRequest  ┌──────────────────────────┐
     │ coordinator(s)   │ ───────────────▶ │ BaselineServer           │──▶ reader.read()
-    │ RequestClient    │ ◀─────────────── │ transport.RequestServer  │    (in a thread)
+    │ RequestClient    │ ◀─────────────── │ transport.RequestServer  │    (thread or inline)
     └──────────────────┘   BaselineAck    └──────────────────────────┘
 
-Requests are handled concurrently (one task each, see RequestServer) and
-concurrent requests share reads (:class:`FreshReads`): each is answered with
-a read that *started after the request arrived*, so 64 coordinators asking at
-once cost two or three reads, not 64. Malformed frames are counted by the
-codec and dropped. ``success`` is True
+Concurrent requests share reads, and each is answered with a read that
+*started after the request arrived*, so 64 coordinators asking at once cost
+one to three reads, not 64. A blocking reader (NVML) is read in a thread,
+one task per request, coalesced by :class:`FreshReads`. A non-blocking
+reader (:class:`~benchagent.gpu.SimulatedReader`, or any reader whose
+``blocking`` attribute is False) is read on the event loop, once per
+RequestServer batch: every request of a batch arrived before the batch is
+dispatched, so one read taken while dispatching it is fresh for all of them,
+and the acks go out with no task and no thread hop. Malformed frames are
+counted by the codec and dropped. ``success`` is True
 exactly when ``error`` is None: a GPU that failed to read or a requested UUID
 this node does not have makes the ack fail, with whatever samples could be
 read still attached.
@@ -28,11 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeGuard
 
 import zmq.asyncio
 
-from benchagent.gpu import GpuReader
+from benchagent.gpu import GpuReader, SimulatedReader
 from benchagent.transport import ANY_LOCAL_PORT, CurveServer, RequestServer
 from benchagent.wire import BaselineAck, BaselineRequest, GpuSample, Message
 
@@ -133,12 +139,26 @@ class FreshReads:
                 self._start()
 
 
+def reads_inline(reader: GpuReader) -> bool:
+    """True when ``reader.read()`` never blocks, so it may run on the event loop.
+
+    A reader says so with ``blocking = False``; a SimulatedReader (pure
+    arithmetic, ~35 us for 8 GPUs) is non-blocking. Anything else (NVML) is
+    read in a thread.
+    """
+    blocking = getattr(reader, "blocking", None)
+    if blocking is not None:
+        return not blocking
+    return type(reader) is SimulatedReader
+
+
 class BaselineServer:
     """Baseline request handler on a :class:`~benchagent.transport.RequestServer`.
 
-    ``read_timeout_s`` bounds one read: a hung NVML call yields a failed ack
-    instead of a coordinator waiting forever (the read thread is left to
-    finish on its own).
+    ``read_timeout_s`` bounds one threaded read: a hung NVML call yields a
+    failed ack instead of a coordinator waiting forever (the read thread is
+    left to finish on its own). Inline reads (see :func:`reads_inline`)
+    cannot hang and are not timed.
     """
 
     def __init__(
@@ -159,7 +179,9 @@ class BaselineServer:
         self.requests = 0
         self.failures = 0
         self.unexpected = 0
+        self.inline = reads_inline(reader)
         self._reads = FreshReads(reader.read, timeout_s=read_timeout_s)
+        self._batch_read: tuple[int, list[GpuSample]] | None = None  # (batch, samples)
         self._server = RequestServer(endpoint, curve=curve, ctx=ctx)
 
     @property
@@ -172,12 +194,9 @@ class BaselineServer:
         return self._server.codec.decode_errors
 
     async def handle(self, msg: Message) -> Message | None:
-        """One request -> one ack; other message kinds are counted and unanswered."""
-        if not isinstance(msg, BaselineRequest):
-            self.unexpected += 1
-            log.debug("baseline server ignored a %s", type(msg).__name__)
+        """One request -> one ack (read in a thread); other kinds are counted and unanswered."""
+        if not self._accept(msg):
             return None
-        self.requests += 1
         samples: list[GpuSample] | None = None
         error: str | None = None
         try:
@@ -187,6 +206,35 @@ class BaselineServer:
         except Exception as e:  # a reader bug must still produce an answer
             log.exception("GPU read for baseline %s/%s failed", msg.run, msg.boundary)
             error = f"GPU read failed: {e!r}"
+        return self._ack(msg, samples, error)
+
+    def _respond(self, msg: Message) -> Message | Awaitable[Message | None] | None:
+        """The RequestServer handler: the ack at once for an inline reader, else :meth:`handle`."""
+        if not self.inline:
+            return self.handle(msg)
+        if not self._accept(msg):
+            return None
+        batch = self._server.batches
+        if self._batch_read is None or self._batch_read[0] != batch:
+            try:
+                self._batch_read = (batch, self.reader.read())
+            except Exception as e:  # a reader bug must still produce an answer
+                log.exception("GPU read for baseline %s/%s failed", msg.run, msg.boundary)
+                return self._ack(msg, None, f"GPU read failed: {e!r}")
+        return self._ack(msg, self._batch_read[1], None)
+
+    def _accept(self, msg: Message) -> TypeGuard[BaselineRequest]:
+        """Count a baseline request; count and refuse any other kind."""
+        if not isinstance(msg, BaselineRequest):
+            self.unexpected += 1
+            log.debug("baseline server ignored a %s", type(msg).__name__)
+            return False
+        self.requests += 1
+        return True
+
+    def _ack(
+        self, msg: BaselineRequest, samples: list[GpuSample] | None, error: str | None
+    ) -> BaselineAck:
         ack = ack_for(
             msg,
             agent=self.agent,
@@ -204,7 +252,7 @@ class BaselineServer:
 
     async def serve(self) -> None:
         """Answer requests until :meth:`close`."""
-        await self._server.serve(self.handle)
+        await self._server.serve(self._respond)
 
     def close(self) -> None:
         self._server.close()

@@ -21,6 +21,7 @@ from agent_helpers import get, metric
 
 from benchagent import command
 from benchagent.agent import Agent, AgentConfig
+from benchagent.baseline import BaselineServer, reads_inline
 from benchagent.gpu import GpuBackendError, SimulatedReader
 from benchagent.transport import CurveClient, RequestClient, RequestTimeout
 from benchagent.wire import (
@@ -194,7 +195,7 @@ async def test_auto_without_nvml_falls_back_loudly(
             await agent.wait_ready()
         assert await metric(agent.metrics_url, "benchop_agent_simulated") == 1.0
         for boundary in ("START", "END"):
-            ack = await ask(agent.baseline_endpoint, request(boundary))  # type: ignore[arg-type]
+            ack = await ask(agent.baseline_endpoint, request(boundary))
             assert ack.simulated is True and ack.success and len(ack.samples) == 3
     finally:
         await agent.stop()
@@ -321,3 +322,82 @@ async def test_a_hung_read_fails_the_ack_and_does_not_wedge_the_server() -> None
     finally:
         reader.release.set()
         await agent.stop()
+
+
+class CountingReader(SimulatedReader):
+    """A non-blocking reader (read on the event loop) that counts its reads."""
+
+    blocking = False
+
+    def __init__(self, clock: FakeClock, *, fail: bool = False) -> None:
+        super().__init__(2, seed=3, clock_ms=clock)
+        self.reads = 0
+        self.fail = fail
+
+    def read(self) -> list[GpuSample]:
+        self.reads += 1
+        if self.fail:
+            raise RuntimeError("reader bug")
+        return super().read()
+
+
+async def send_all(
+    server: BaselineServer, ctx: zmq.asyncio.Context, reqs: list[BaselineRequest]
+) -> list[BaselineAck]:
+    """Queue every request (inproc: queued when send returns), then serve them; the acks."""
+    raw = ctx.socket(zmq.DEALER)
+    raw.linger = 0
+    raw.connect(server.endpoint)
+    try:
+        for i, req in enumerate(reqs):
+            await raw.send_multipart([b"%d" % i, msgspec.msgpack.encode(req)])
+        task = asyncio.create_task(server.serve())
+        acks: dict[bytes, BaselineAck] = {}
+        try:
+            async with asyncio.timeout(5):
+                while len(acks) < len(reqs):
+                    rid, payload = await raw.recv_multipart()
+                    acks[rid] = msgspec.msgpack.decode(payload, type=BaselineAck)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        raw.close()
+    return [acks[b"%d" % i] for i in range(len(reqs))]
+
+
+async def test_inline_reader_shares_one_fresh_read_per_batch(clock: FakeClock) -> None:
+    ctx = zmq.asyncio.Context.instance()
+    reader = CountingReader(clock)
+    assert reads_inline(reader) and reads_inline(SimulatedReader(1))
+    assert not reads_inline(HangingReader())  # unknown readers are read in a thread
+    server = BaselineServer(reader, agent="a", node="n", endpoint="inproc://bl-batch", ctx=ctx)
+    try:
+        t0 = clock.t
+        clock.t += 1_000  # requests arrive after the reader's creation
+        first = await send_all(server, ctx, [request("START", rid=f"q{i}") for i in range(5)])
+        assert reader.reads == 1  # five queued requests, one batch, one read
+        assert [a.request_id for a in first] == [f"q{i}-START" for i in range(5)]
+        assert all(a.success and a.samples == first[0].samples for a in first)
+        clock.t += 2_500
+        t1 = clock.t
+        later = await send_all(server, ctx, [request("END", rid="z")])
+        assert reader.reads == 2  # a later batch never reuses an older read
+        for s0, s1 in zip(first[0].samples, later[0].samples, strict=True):
+            assert s1.energy_mj - s0.energy_mj == reader.integral_mj(s0.index, t0 + 1_000, t1)
+        assert (server.requests, server.failures) == (6, 0)
+    finally:
+        server.close()
+
+
+async def test_inline_reader_failure_fails_the_ack(clock: FakeClock) -> None:
+    ctx = zmq.asyncio.Context.instance()
+    reader = CountingReader(clock, fail=True)
+    server = BaselineServer(reader, agent="a", node="n", endpoint="inproc://bl-fail", ctx=ctx)
+    try:
+        (ack,) = await send_all(server, ctx, [request("START")])
+    finally:
+        server.close()
+    assert ack.success is False and ack.samples == []
+    assert ack.error == "GPU read failed: RuntimeError('reader bug')"
+    assert server.failures == 1
