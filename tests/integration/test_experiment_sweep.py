@@ -102,6 +102,14 @@ def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return found
 
 
+def settled(kube: Kube, name: str) -> bool:
+    """Finished, and kopf's last write is done: with the resync timer's filter no longer
+    matching, kopf removes its finalizer (a concurrent write a test must not race with)."""
+    body = kube.emulator.read(EXPERIMENTS, name) or {}
+    phase = (body.get("status") or {}).get("phase")
+    return phase in ("Succeeded", "Failed") and not body["metadata"].get("finalizers")
+
+
 def read_run(kube: Kube, name: str) -> dict[str, Any] | None:
     return kube.emulator.read(BENCHMARKRUNS, name)
 
@@ -193,6 +201,7 @@ async def test_many_child_updates_in_one_interval_are_one_patch(
             await kube.client.patch_status(BENCHMARKRUNS, run, {"phase": phase})
         await finish(kube, run, c=c)  # 4 status updates per run: 16 child events
     await wait_for(lambda: exp_status(kube, "many").get("phase") == "Succeeded")
+    await wait_for(lambda: settled(kube, "many"))
     refresher = services(memo).refresher
     assert refresher.pending == {("default", "many")}
     assert metrics_patches(kube, "many") == 0
@@ -221,6 +230,7 @@ async def test_a_409_on_either_writer_is_retried_and_the_rollup_lands(
     fault = kube.emulator.fail_next("PATCH", path, 409)
     await finish(kube, "cf-0", c=4)
     await wait_for(lambda: exp_status(kube, "cf").get("phase") == "Succeeded")
+    await wait_for(lambda: settled(kube, "cf"))
     assert fault.times == 0 and kube.emulator.count("PATCH", path, status=409) == 1
     # The refresher's metrics patch conflicts once: the experiment goes back into the set ...
     refresher = services(memo).refresher
@@ -285,6 +295,7 @@ async def test_shutdown_flushes_pending_refreshes(
     await finish(kube, "sd-0", c=1)
     await finish(kube, "sd-1", c=2)
     await wait_for(lambda: exp_status(kube, "sd").get("phase") == "Succeeded")
+    await wait_for(lambda: settled(kube, "sd"))
     assert services(memo).refresher.pending == {("default", "sd")}
     assert "metrics" not in exp_status(kube, "sd")
     await stop_operator(task)
@@ -302,9 +313,15 @@ async def test_invalid_spec_is_rejected_naming_the_field_without_retries(
     bad_path = experiment("bp", [1])
     bad_path["spec"]["sweep"][0]["path"] = "load.concurrensy"
     bad_value = experiment("bv", [1, "eight"])
-    for body in (bad_path, bad_value):
+    bad_combo = experiment("bc", [4])  # each value valid alone, not together:
+    bad_combo["spec"]["sweep"].insert(0, {"path": "load", "values": [{"mode": "rate", "rate": 5}]})
+    for body in (bad_path, bad_value, bad_combo):
         await kube.client.create(EXPERIMENTS, body)
-    for name, needle in (("bp", "load.concurrensy"), ("bv", '"eight"')):
+    for name, needle in (
+        ("bp", "load.concurrensy"),
+        ("bv", '"eight"'),
+        ("bc", "concurrency is only allowed when mode is concurrency"),
+    ):
         st = await wait_for(lambda name=name: status_in(kube, name, "Failed"))  # type: ignore[misc]
         accepted = cond(st, "Accepted")
         assert (accepted["status"], accepted["reason"]) == ("False", "InvalidSpec")

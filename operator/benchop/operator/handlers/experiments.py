@@ -80,6 +80,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -95,7 +96,9 @@ from benchop.api.models import (
     ExperimentPhase,
     ExperimentSpec,
     format_validation_error,
+    to_wire,
 )
+from benchop.api.sweep import set_path, sweep_points
 from benchop.operator.children import (
     EXPERIMENT,
     EXPERIMENT_LABEL,
@@ -126,6 +129,7 @@ __all__ = [
     "resync_experiment",
     "start_experiments",
     "stop_experiments",
+    "validate_spec",
 ]
 
 log = logging.getLogger(__name__)
@@ -224,27 +228,41 @@ def progressed(status: Status, *, generation: int, plan: Plan, now: str) -> Stat
     return new
 
 
-def spec_problem(spec: Mapping[str, Any]) -> tuple[ExperimentSpec | None, str]:
-    """The validated spec, or None and a message naming the offending field."""
+Point = tuple[dict[str, Any], BenchmarkRunSpec]
+
+
+def validate_spec(spec: Mapping[str, Any]) -> tuple[ExperimentSpec, list[Point]] | str:
+    """The validated spec and its points, or a message naming the offending field.
+
+    Beyond the model: at most :data:`MAX_POINTS` points, every combination of values valid
+    (each value alone was checked by the model), and a target URL in every run.
+    """
     try:
         exp = ExperimentSpec.model_validate(dict(spec))
     except ValidationError as e:
-        lines = format_validation_error(e).splitlines()
-        return None, "\n".join(f"spec.{line}" for line in lines)
+        return "\n".join(f"spec.{line}" for line in format_validation_error(e).splitlines())
     size = math.prod(len(axis.values) for axis in exp.sweep)
     if size > MAX_POINTS:
-        return None, f"spec.sweep: {size} runs in the cartesian product, at most {MAX_POINTS}"
-    return exp, ""
-
-
-def _url_problem(points: list[tuple[dict[str, Any], BenchmarkRunSpec]]) -> str:
-    for i, (_, spec) in enumerate(points):
-        if spec.target.url is None:
+        return f"spec.sweep: {size} runs in the cartesian product, at most {MAX_POINTS}"
+    points: list[Point] = []
+    for params in sweep_points([(axis.path, axis.values) for axis in exp.sweep]):
+        doc = to_wire(exp.template)
+        for path, value in params.items():
+            doc = set_path(doc, path, value)
+        try:
+            points.append((params, BenchmarkRunSpec.model_validate(doc)))
+        except ValidationError as e:
+            return (
+                f"spec.sweep: run {len(points)} ({json.dumps(params)}) makes the template "
+                f"invalid: {format_validation_error(e)}"
+            )
+    for i, (_, run_spec) in enumerate(points):
+        if run_spec.target.url is None:
             return (
                 f"spec.template.target.url: required in a cluster (run {i} has none; only "
                 "local mode has a built-in mock server)"
             )
-    return ""
+    return exp, points
 
 
 def needs_resync(status: Mapping[str, Any], meta: Mapping[str, Any], **_: Any) -> bool:
@@ -327,12 +345,11 @@ async def reconcile_experiment(services: ExperimentServices, namespace: str, nam
         if is_terminal(status) and status.get("observedGeneration") == generation:
             return  # finished (or rejected) for this spec: a late event never reopens it
         now = c.now_rfc3339()
-        spec, problem = spec_problem(body.get("spec") or {})
-        points = spec.points() if spec is not None else []
-        problem = problem or _url_problem(points)
-        if spec is None or problem:
-            await _reject(services, body, c.REASON_INVALID_SPEC, problem, now)
-            raise InvalidExperiment(problem)
+        valid = validate_spec(body.get("spec") or {})
+        if isinstance(valid, str):
+            await _reject(services, body, c.REASON_INVALID_SPEC, valid, now)
+            raise InvalidExperiment(valid)
+        spec, points = valid
         kids = await services.api.list(BENCHMARKRUN, namespace, labels=experiment_selector(name))
         phases: dict[int, str] = {}
         for kid in kids:
@@ -394,11 +411,17 @@ def parent_of(run: Mapping[str, Any]) -> Key | None:
 async def child_event(
     services: ExperimentServices, run: Mapping[str, Any], event_type: str | None
 ) -> None:
-    """A child run changed: mark its experiment dirty; if the run ended or went, reconcile."""
+    """A child run changed: mark its experiment dirty; if the run ended or went, reconcile.
+
+    ``event_type`` None (kopf's initial listing at startup) only marks dirty: the experiment's
+    resume handler reconciles it once, rather than once per finished child.
+    """
     parent = parent_of(run)
     if parent is None:
         return
     services.refresher.mark_dirty(*parent)
+    if event_type is None:
+        return  # kopf's initial listing: the experiment's own resume handler reconciles it
     status = run.get("status")
     ended = isinstance(status, Mapping) and status.get("phase") in TERMINAL
     if ended or event_type == "DELETED":

@@ -1,0 +1,121 @@
+"""The Experiment reconciler's pure parts: spec validation, status transitions, parents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchop.api.conditions import get_condition
+from benchop.operator.children import plan_sweep
+from benchop.operator.handlers.experiments import (
+    MAX_POINTS,
+    needs_resync,
+    parent_of,
+    progressed,
+    rejected,
+    validate_spec,
+)
+
+NOW = "2024-05-01T12:00:00Z"
+TEMPLATE: dict[str, Any] = {
+    "target": {"url": "http://vllm.default.svc:8000/v1", "model": "m"},
+    "load": {"mode": "concurrency", "concurrency": 1},
+    "phases": {"profiling": {"requests": 10}},
+}
+
+
+def spec(*axes: tuple[str, list[Any]], **kw: Any) -> dict[str, Any]:
+    return {
+        "template": TEMPLATE,
+        "sweep": [{"path": p, "values": v} for p, v in axes],
+        **kw,
+    }
+
+
+def test_valid_spec_gives_the_points() -> None:
+    valid = validate_spec(spec(("load.concurrency", [1, 2]), ("target.model", ["a", "b"])))
+    assert not isinstance(valid, str)
+    exp, points = valid
+    assert [p for p, _ in points] == [
+        {"load.concurrency": 1, "target.model": "a"},
+        {"load.concurrency": 1, "target.model": "b"},
+        {"load.concurrency": 2, "target.model": "a"},
+        {"load.concurrency": 2, "target.model": "b"},
+    ]
+    assert [s for _, s in points] == [s for _, s in exp.points()]
+
+
+def test_unknown_path_and_wrong_type_name_the_field() -> None:
+    msg = validate_spec(spec(("load.concurrensy", [1])))
+    assert isinstance(msg, str) and msg.startswith("spec.sweep[0].path: ")
+    assert "load.concurrensy" in msg
+    msg = validate_spec(spec(("load.concurrency", [1, "eight"])))
+    assert isinstance(msg, str) and msg.startswith("spec.sweep: ")
+    assert 'sweep[0].values[1]: load.concurrency="eight"' in msg
+    msg = validate_spec({**spec(("load.concurrency", [1])), "maxParallel": 0})
+    assert isinstance(msg, str) and "spec.maxParallel" in msg
+
+
+def test_a_combination_of_individually_valid_values_can_be_invalid() -> None:
+    msg = validate_spec(spec(("load", [{"mode": "rate", "rate": 5.0}]), ("load.concurrency", [4])))
+    assert isinstance(msg, str)
+    assert msg.startswith('spec.sweep: run 0 ({"load": {"mode": "rate", "rate": 5.0}, ')
+    assert "concurrency is only allowed when mode is concurrency" in msg
+
+
+def test_too_many_points_and_missing_url() -> None:
+    big = spec(("load.concurrency", list(range(1, 101))), ("workload.seed", list(range(11))))
+    msg = validate_spec(big)
+    assert (
+        isinstance(msg, str) and f"1100 runs in the cartesian product, at most {MAX_POINTS}" in msg
+    )
+    no_url = spec(("load.concurrency", [1]))
+    no_url["template"] = {**TEMPLATE, "target": {"model": "m"}}
+    msg = validate_spec(no_url)
+    assert isinstance(msg, str) and msg.startswith("spec.template.target.url: required")
+    swept = {**no_url, "sweep": [{"path": "target.url", "values": ["http://a:1/v1"]}]}
+    assert not isinstance(validate_spec(swept), str)
+
+
+def test_progressed_and_rejected_statuses() -> None:
+    valid = validate_spec(spec(("load.concurrency", [1, 2])))
+    assert not isinstance(valid, str)
+    exp = valid[0]
+    st = progressed({}, generation=2, plan=plan_sweep(exp, {}, 2), now=NOW)
+    assert st["phase"] == "Running" and st["observedGeneration"] == 2
+    assert st["startTime"] == NOW and "completionTime" not in st
+    assert get_condition(st["conditions"], "Accepted")["status"] == "True"  # type: ignore[index]
+    assert get_condition(st["conditions"], "Succeeded")["status"] == "Unknown"  # type: ignore[index]
+    done = progressed(
+        {**st, "metrics": {"x": 1}},
+        generation=2,
+        plan=plan_sweep(exp, {0: "Succeeded", 1: "Failed"}, 2),
+        now="later",
+    )
+    cond = get_condition(done["conditions"], "Succeeded")
+    assert cond is not None and (cond["status"], cond["reason"]) == ("False", "SomeFailed")
+    assert done["phase"] == "Failed" and done["completionTime"] == "later"
+    assert done["startTime"] == NOW and done["metrics"] == {"x": 1}  # not the reconciler's
+    assert all(c["observedGeneration"] == 2 for c in done["conditions"])
+    bad = rejected(st, generation=3, reason="InvalidSpec", message="spec.x: no", now=NOW)
+    assert bad is not None and bad["phase"] == "Failed"
+    acc = get_condition(bad["conditions"], "Accepted")
+    assert acc is not None and (acc["status"], acc["message"]) == ("False", "spec.x: no")
+
+
+def test_parent_of_and_resync_filter() -> None:
+    run = {
+        "metadata": {
+            "namespace": "ns",
+            "ownerReferences": [
+                {"kind": "Other", "name": "x", "controller": True},
+                {"kind": "Experiment", "name": "sw", "controller": True},
+            ],
+        }
+    }
+    assert parent_of(run) == ("ns", "sw")
+    assert (
+        parent_of({"metadata": {"ownerReferences": [{"kind": "Experiment", "name": "a"}]}}) is None
+    )
+    assert needs_resync({"phase": "Running"}, {"generation": 1})
+    assert not needs_resync({"phase": "Succeeded", "observedGeneration": 1}, {"generation": 1})
+    assert needs_resync({"phase": "Failed", "observedGeneration": 1}, {"generation": 2})
