@@ -119,3 +119,47 @@ def test_parent_of_and_resync_filter() -> None:
     assert needs_resync({"phase": "Running"}, {"generation": 1})
     assert not needs_resync({"phase": "Succeeded", "observedGeneration": 1}, {"generation": 1})
     assert needs_resync({"phase": "Failed", "observedGeneration": 1}, {"generation": 2})
+
+
+class FakeApi:
+    """Just enough KubeApi for child_event: every experiment is gone (reconcile returns)."""
+
+    def __init__(self) -> None:
+        self.gets = 0
+
+    async def get(self, *_: Any) -> None:
+        self.gets += 1
+
+
+class FakeRefresher:
+    def __init__(self) -> None:
+        self.marks: list[tuple[str, str]] = []
+
+    def mark_dirty(self, namespace: str, name: str) -> None:
+        self.marks.append((namespace, name))
+
+
+async def test_child_events_mark_dirty_only_when_the_row_changes() -> None:
+    from benchop.operator.handlers.experiments import ExperimentServices, child_event
+
+    api, refresher = FakeApi(), FakeRefresher()
+    services = ExperimentServices(api=api, refresher=refresher)  # type: ignore[arg-type]
+    owner = {"kind": "Experiment", "name": "sw", "controller": True}
+    meta = {"name": "sw-0", "namespace": "ns", "uid": "u0", "ownerReferences": [owner]}
+
+    async def event(status: dict[str, Any], type_: str | None = "MODIFIED") -> None:
+        await child_event(services, {"metadata": meta, "status": status}, type_)
+
+    await event({"phase": "Profiling"}, None)  # initial listing: mark, never reconcile
+    assert refresher.marks == [("ns", "sw")] and api.gets == 0
+    await event({"phase": "Profiling", "live": {"rps": 3.0}})  # live only: row unchanged
+    await event({"phase": "Profiling", "live": {"rps": 4.0}})
+    assert len(refresher.marks) == 1 and api.gets == 0
+    await event({"phase": "Succeeded", "results": {"throughput": {"rps": 5.0}}})
+    assert len(refresher.marks) == 2 and api.gets == 1  # ended: reconcile the experiment
+    await event({"phase": "Succeeded", "results": {"throughput": {"rps": 5.0}}})  # kopf noise
+    assert len(refresher.marks) == 2 and api.gets == 1
+    await event({"phase": "Succeeded"}, "DELETED")
+    assert len(refresher.marks) == 3 and api.gets == 2 and services.rows == {}
+    await child_event(services, {"metadata": {"name": "orphan", "uid": "u9"}}, "MODIFIED")
+    assert len(refresher.marks) == 3  # no Experiment owner: not ours

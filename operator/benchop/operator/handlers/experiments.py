@@ -9,8 +9,9 @@ Flow:
    not retry), list its children once, ask the pure :func:`~benchop.operator.children.plan_sweep`
    what to start (in sweep order, at most ``maxParallel`` non-terminal, the failure policy),
    create those children idempotently and write counts, conditions and phase.
-2. :func:`child_event` (every event of a run labelled ``benchop.io/experiment``): mark the
-   parent dirty for the refresher; when the run ended or was deleted, reconcile the parent.
+2. :func:`child_event` (every event of a run labelled ``benchop.io/experiment``): when the
+   run's rollup row changed, mark the parent dirty for the refresher; when the run just ended
+   or was deleted, reconcile the parent.
 3. The :class:`~benchop.operator.refresher.Refresher` writes ``status.metrics``.
 
 INVARIANT — one writer per status field: the refresher owns ``status.metrics``; this module
@@ -94,6 +95,7 @@ from benchop.api import conditions as c
 from benchop.api.models import (
     BenchmarkRunSpec,
     ExperimentPhase,
+    ExperimentRunRow,
     ExperimentSpec,
     format_validation_error,
     to_wire,
@@ -113,6 +115,7 @@ from benchop.operator.children import (
 )
 from benchop.operator.k8s import BENCHMARKRUN, Body, Conflict, KubeApi
 from benchop.operator.refresher import Refresher
+from benchop.operator.rollup import run_row
 from benchop.operator.settings import OperatorSettings
 from benchop.operator.status import merge_diff, with_conditions
 
@@ -159,6 +162,7 @@ class ExperimentServices:
     refresher: Refresher
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)  # uids of deleted or deleting experiments
+    rows: dict[str, ExperimentRunRow] = field(default_factory=dict)  # child uid -> last row seen
     created: int = 0  # child runs this process created (for tests and probes)
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
@@ -411,20 +415,29 @@ def parent_of(run: Mapping[str, Any]) -> Key | None:
 async def child_event(
     services: ExperimentServices, run: Mapping[str, Any], event_type: str | None
 ) -> None:
-    """A child run changed: mark its experiment dirty; if the run ended or went, reconcile.
+    """A child run changed: if its rollup row changed, mark its experiment dirty; if it just
+    ended or went away, reconcile the experiment (start the next runs).
 
-    ``event_type`` None (kopf's initial listing at startup) only marks dirty: the experiment's
-    resume handler reconciles it once, rather than once per finished child.
+    Events that leave the row unchanged (``status.live`` every few seconds, kopf's annotation
+    patches) do nothing. ``event_type`` None (kopf's initial listing at startup) only marks
+    dirty: the experiment's resume handler reconciles it once, not once per finished child.
     """
     parent = parent_of(run)
     if parent is None:
         return
+    uid = str((run.get("metadata") or {}).get("uid") or "")
+    if event_type == "DELETED":
+        services.rows.pop(uid, None)
+        services.refresher.mark_dirty(*parent)
+        with contextlib.suppress(InvalidExperiment):
+            await reconcile_experiment(services, *parent)
+        return
+    row = run_row(run)
+    if services.rows.get(uid) == row:
+        return
+    services.rows[uid] = row
     services.refresher.mark_dirty(*parent)
-    if event_type is None:
-        return  # kopf's initial listing: the experiment's own resume handler reconciles it
-    status = run.get("status")
-    ended = isinstance(status, Mapping) and status.get("phase") in TERMINAL
-    if ended or event_type == "DELETED":
+    if event_type is not None and row.phase in TERMINAL:
         with contextlib.suppress(InvalidExperiment):
             await reconcile_experiment(services, *parent)
 
