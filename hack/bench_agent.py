@@ -1,45 +1,60 @@
 #!/usr/bin/env python
 """Benchmark the node agent: CPU per sampling tick and baseline round-trip latency.
 
-The agent runs in a child process (8 simulated GPUs, 10 Hz sampling, its
-exporter and baseline server bound on loopback); this process is the
-coordinators. Two measurements:
+Three processes besides this one (the conductor, which only starts them and
+prints):
 
-1. CPU per tick: the child's process CPU time (user + sys, all threads) over
-   a quiet window divided by the ticks in it, and as % of one core.
-2. Baseline round trip: N RequestClients (DEALER, like N coordinators) each
-   send one BaselineRequest at the same moment; the time from send to ack is
-   recorded per request, over many rounds, for N = 1, 8, 64.
+- **agent**: a real Agent (8 simulated GPUs, 10 Hz sampling, exporter and
+  baseline server on loopback TCP). It answers every BaselineRequest with a
+  fresh read taken after the request arrived.
+- **floor**: a bare RequestServer whose plain-function handler answers with a
+  precomputed ack of the same size (no GPU read): the transport's own cost,
+  which the agent cannot beat.
+- **clients**: N clients (like N coordinators), each sending one
+  BaselineRequest at the same moment; the time from send to ack is recorded
+  per request over many rounds, for N = 1, 8, 64. The client process imports
+  only the transport (a small heap) and pauses its garbage collector during a
+  round (collecting between rounds), so the client's own GC pauses — up to
+  ~15 ms with the agent's modules loaded — do not show up as server latency.
+  Two kinds of client: ``raw`` (N blocking pyzmq DEALER sockets and a poller:
+  little client overhead, closest to the server's latency) and ``asyncio``
+  (N benchagent RequestClients on one event loop: what a coordinator sees,
+  its own pyzmq-asyncio overhead included). Agent and floor are measured in
+  alternating blocks so both see the same machine load.
 
-For reference the same clients are then run against a bare RequestServer
-child that answers every request with a precomputed ack (no GPU read): the
-transport's own floor on this machine, which the agent cannot beat.
+Also measured in the servers: process CPU per request (user + sys, all
+threads, the agent's idle sampler CPU subtracted).
 
 Targets (issue 4): <= 1 ms CPU per tick; baseline p99 <= 5 ms at 64 concurrent.
 
-    python hack/bench_agent.py            # ~20 s
-    python hack/bench_agent.py --quick    # ~8 s
+    python hack/bench_agent.py            # ~30 s
+    python hack/bench_agent.py --quick    # ~10 s
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing as mp
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any, Literal
 
-from benchagent.agent import Agent, AgentConfig
-from benchagent.baseline import ack_for
-from benchagent.gpu import SimulatedReader
-from benchagent.transport import RequestClient, RequestServer
-from benchagent.wire import BaselineAck, BaselineRequest, Message
+ClientKind = Literal["raw", "asyncio"]
+KINDS: tuple[ClientKind, ...] = ("raw", "asyncio")
+TARGETS = ("agent", "floor")
+
+
+# ------------------------------------------------------------------ servers
 
 
 def agent_main(conn: Connection, gpus: int, interval_s: float) -> None:
-    """Child: run an agent; answer ("cpu", seconds) with CPU stats, ("stop",) to exit."""
+    """Child: run an agent; ("cpu", s) -> tick CPU stats, ("mark",) -> CPU time, ("stop",)."""
+    from benchagent.agent import Agent, AgentConfig
 
     async def main() -> None:
         agent = Agent(
@@ -54,6 +69,9 @@ def agent_main(conn: Connection, gpus: int, interval_s: float) -> None:
             cmd = await loop.run_in_executor(None, conn.recv)
             if cmd[0] == "stop":
                 break
+            if cmd[0] == "mark":
+                conn.send((time.process_time(), time.monotonic()))
+                continue
             ticks0, cpu0, wall0 = agent.sampler.count, time.process_time(), time.monotonic()
             await asyncio.sleep(cmd[1])
             ticks1, cpu1, wall1 = agent.sampler.count, time.process_time(), time.monotonic()
@@ -67,23 +85,138 @@ def agent_main(conn: Connection, gpus: int, interval_s: float) -> None:
     asyncio.run(main())
 
 
-def echo_main(conn: Connection, gpus: int) -> None:
+def floor_main(conn: Connection, gpus: int) -> None:
     """Child: a bare RequestServer answering with precomputed samples (transport floor)."""
+    from benchagent.baseline import ack_for
+    from benchagent.gpu import SimulatedReader
+    from benchagent.transport import RequestServer
+    from benchagent.wire import BaselineRequest, Message
+
     samples = SimulatedReader(gpus).read()
 
-    async def handler(msg: Message) -> Message | None:
+    def handler(msg: Message) -> Message | None:
         assert isinstance(msg, BaselineRequest)
-        return ack_for(msg, agent="echo", node="echo", simulated=True, samples=samples)
+        return ack_for(msg, agent="floor", node="floor", simulated=True, samples=samples)
 
     async def main() -> None:
         server = RequestServer()
         task = asyncio.create_task(server.serve(handler))
         conn.send(server.endpoint)
-        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        loop = asyncio.get_running_loop()
+        while (await loop.run_in_executor(None, conn.recv)) == "mark":
+            conn.send((time.process_time(), time.monotonic()))
         server.close()
         await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------ clients
+
+
+def raw_rounds(endpoint: str, concurrency: int, rounds: int) -> list[float]:
+    """Latencies (ms) with N blocking DEALER sockets: send all, then poll every reply in."""
+    import msgspec
+    import zmq
+
+    from benchagent.wire import BaselineAck, BaselineRequest
+
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+    socks = []
+    poller = zmq.Poller()
+    for _ in range(concurrency):
+        s = ctx.socket(zmq.DEALER)
+        s.linger = 0
+        s.connect(endpoint)
+        poller.register(s, zmq.POLLIN)
+        socks.append(s)
+    index = {s: i for i, s in enumerate(socks)}
+    payloads = [
+        msgspec.msgpack.encode(
+            BaselineRequest(request_id=str(i), run="bench", phase_id="p", boundary="START")
+        )
+        for i in range(concurrency)
+    ]
+    latencies: list[float] = []
+    try:
+        for r in range(rounds + 3):  # 3 warm-up rounds
+            sent = [0] * concurrency
+            got: list[tuple[int, int, bytes]] = []
+            gc.disable()
+            for i, s in enumerate(socks):
+                sent[i] = time.perf_counter_ns()
+                s.send_multipart([b"r%d" % r, payloads[i]])
+            while len(got) < concurrency:
+                ready = poller.poll(5000)
+                if not ready:
+                    raise TimeoutError(f"no reply from {endpoint} within 5 s")
+                for s, _ in ready:
+                    while True:
+                        try:
+                            frames = s.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        got.append((index[s], time.perf_counter_ns(), frames[-1]))
+            gc.enable()
+            for i, t, payload in got:
+                ack = msgspec.msgpack.decode(payload, type=BaselineAck)
+                assert ack.success and ack.samples and ack.request_id == str(i)
+                if r >= 3:
+                    latencies.append((t - sent[i]) / 1e6)
+            gc.collect()
+    finally:
+        gc.enable()
+        for s in socks:
+            s.close()
+    return latencies
+
+
+async def asyncio_rounds(endpoint: str, concurrency: int, rounds: int) -> list[float]:
+    """Latencies (ms) with N RequestClients on one event loop (what a coordinator does)."""
+    from benchagent.transport import RequestClient
+    from benchagent.wire import BaselineAck, BaselineRequest
+
+    clients = [RequestClient(endpoint) for _ in range(concurrency)]
+    latencies: list[float] = []
+
+    async def one(client: RequestClient, i: int) -> float:
+        req = BaselineRequest(request_id=str(i), run="bench", phase_id="p", boundary="START")
+        t0 = time.perf_counter_ns()
+        ack = await client.request(req, timeout=5.0, retries=0)
+        dt = (time.perf_counter_ns() - t0) / 1e6
+        assert isinstance(ack, BaselineAck) and ack.success and len(ack.samples) > 0
+        return dt
+
+    try:
+        for r in range(rounds + 3):  # 3 warm-up rounds
+            gc.disable()
+            got = await asyncio.gather(*(one(c, i) for i, c in enumerate(clients)))
+            gc.enable()
+            if r >= 3:
+                latencies += got
+            gc.collect()
+    finally:
+        gc.enable()
+        for c in clients:
+            c.close()
+    return latencies
+
+
+def client_main(conn: Connection) -> None:
+    """Child: ("run", kind, endpoint, concurrency, rounds) -> latencies; ("stop",)."""
+    gc.freeze()  # what is imported so far is never collected again
+    while True:
+        cmd = conn.recv()
+        if cmd[0] == "stop":
+            return
+        _, kind, endpoint, concurrency, rounds = cmd
+        if kind == "raw":
+            conn.send(raw_rounds(endpoint, concurrency, rounds))
+        else:
+            conn.send(asyncio.run(asyncio_rounds(endpoint, concurrency, rounds)))
+
+
+# ------------------------------------------------------------------ conductor
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -94,29 +227,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-async def round_trips(endpoint: str, concurrency: int, rounds: int) -> list[float]:
-    """Latencies in ms of ``rounds`` x ``concurrency`` requests (after 3 warm-up rounds)."""
-    clients = [RequestClient(endpoint) for _ in range(concurrency)]
-    latencies: list[float] = []
-
-    async def one(client: RequestClient, i: int, record: bool) -> None:
-        req = BaselineRequest(request_id=str(i), run="bench", phase_id="p", boundary="START")
-        t0 = time.perf_counter_ns()
-        ack = await client.request(req, timeout=5.0, retries=0)
-        dt = (time.perf_counter_ns() - t0) / 1e6
-        assert isinstance(ack, BaselineAck) and ack.success and len(ack.samples) > 0
-        if record:
-            latencies.append(dt)
-
-    try:
-        for r in range(rounds + 3):
-            await asyncio.gather(*(one(c, i, r >= 3) for i, c in enumerate(clients)))
-    finally:
-        for c in clients:
-            c.close()
-    return latencies
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", type=int, default=8)
@@ -124,63 +234,115 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter windows, fewer rounds")
     args = parser.parse_args()
     cpu_window = 3.0 if args.quick else 10.0
-    rounds = {1: 200, 8: 50, 64: 10} if args.quick else {1: 1000, 8: 250, 64: 60}
+    rounds = {1: 200, 8: 50, 64: 20} if args.quick else {1: 600, 8: 150, 64: 150}
+    blocks = 3  # agent and floor alternate, `blocks` times each, per (kind, concurrency)
 
     ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=agent_main, args=(child, args.gpus, 1.0 / args.hz), daemon=True)
-    proc.start()
+    conns: dict[str, Connection] = {}
+    procs: list[mp.process.BaseProcess] = []
+
+    def start(name: str, target: Callable[..., None], *extra: object) -> Connection:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=target, args=(child, *extra), daemon=True, name=name)
+        proc.start()
+        procs.append(proc)
+        conns[name] = parent
+        return parent
+
     try:
-        endpoint, _metrics_url = parent.recv()
-        parent.send(("cpu", cpu_window))
-        ticks, cpu_s, wall_s, render_ms = parent.recv()
+        agent = start("agent", agent_main, args.gpus, 1.0 / args.hz)
+        floor = start("floor", floor_main, args.gpus)
+        clients = start("clients", client_main)
+        endpoints = {"agent": agent.recv()[0], "floor": floor.recv()}
+
+        agent.send(("cpu", cpu_window))
+        ticks, cpu_s, wall_s, render_ms = agent.recv()
         per_tick_ms = cpu_s / max(ticks, 1) * 1000
-        core_pct = cpu_s / wall_s * 100
-        results = {c: asyncio.run(round_trips(endpoint, c, n)) for c, n in rounds.items()}
-        parent.send(("stop",))
-        proc.join(10)
+        idle_cpu_per_s = cpu_s / wall_s
+
+        lat: dict[tuple[str, ClientKind, int], list[float]] = {}
+        cpu: dict[str, list[float]] = {t: [0.0, 0.0] for t in TARGETS}  # [cpu s, requests]
+        for kind in KINDS:
+            for conc, n in rounds.items():
+                for _ in range(blocks):
+                    for target in TARGETS:
+                        server = conns[target]
+                        server.send(("mark",) if target == "agent" else "mark")
+                        cpu0, wall0 = server.recv()
+                        clients.send(("run", kind, endpoints[target], conc, n // blocks))
+                        got = clients.recv()
+                        server.send(("mark",) if target == "agent" else "mark")
+                        cpu1, wall1 = server.recv()
+                        idle = idle_cpu_per_s * (wall1 - wall0) if target == "agent" else 0.0
+                        cpu[target][0] += cpu1 - cpu0 - idle
+                        cpu[target][1] += (n // blocks + 3) * conc
+                        lat.setdefault((target, kind, conc), []).extend(got)
+        clients.send(("stop",))
+        agent.send(("stop",))
+        floor.send("stop")
+        for proc in procs:
+            proc.join(10)
     finally:
-        if proc.is_alive():
-            proc.kill()
-    e_parent, e_child = ctx.Pipe()
-    echo = ctx.Process(target=echo_main, args=(e_child, args.gpus), daemon=True)
-    echo.start()
-    try:
-        echo_endpoint = e_parent.recv()
-        floor = {c: asyncio.run(round_trips(echo_endpoint, c, n)) for c, n in rounds.items()}
-        e_parent.send("stop")
-        echo.join(10)
-    finally:
-        if echo.is_alive():
-            echo.kill()
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
 
     print(
         f"benchop agent: {args.gpus} simulated GPUs at {args.hz:g} Hz, loopback TCP, "
         f"{mp.cpu_count()} CPUs, Python {sys.version.split()[0]}"
     )
     print()
-    print(f"{'measure':<44} {'value':>12} {'target':>10}")
+    print(f"{'agent process (measured in the agent)':<44} {'value':>12} {'target':>10}")
     print("-" * 68)
     print(f"{'CPU per tick (process, all threads), ms':<44} {per_tick_ms:>12.3f} {'<= 1':>10}")
-    print(f"{'CPU, % of one core':<44} {core_pct:>11.2f}% {'':>10}")
+    print(f"{'CPU, % of one core':<44} {idle_cpu_per_s * 100:>11.2f}% {'':>10}")
     print(f"{'ticks in window / window s':<44} {f'{ticks} / {wall_s:.1f}':>12} {'':>10}")
     print(f"{'/metrics render (CPU per scrape), ms':<44} {render_ms:>12.3f} {'':>10}")
     print()
+    print("baseline round trip, ms (measured in the client process, send -> ack received)")
     print(
-        f"{'baseline round trip':<20} {'n':>6} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9} "
-        f"{'max ms':>9} {'target':>12}"
+        f"{'client':<8} {'conc':>4} {'n':>6} | {'agent p50':>9} {'p99':>7} {'max':>7} | "
+        f"{'floor p50':>9} {'p99':>7} {'max':>7} | {'ratio p50':>9} {'p99':>6} | target"
     )
-    print("-" * 80)
-    rows = [(f"{c} concurrent", lat, "p99 <= 5" if c == 64 else "") for c, lat in results.items()]
-    rows += [(f"{c} conc. (floor)", lat, "") for c, lat in floor.items()]
-    for label, lat, target in rows:
-        print(
-            f"{label:<20} {len(lat):>6} {percentile(lat, 50):>9.3f} "
-            f"{percentile(lat, 99):>9.3f} {statistics.fmean(lat):>9.3f} {max(lat):>9.3f} "
-            f"{target:>12}"
-        )
+    print("-" * 108)
+    for kind in KINDS:
+        for conc in rounds:
+            a, f = lat[("agent", kind, conc)], lat[("floor", kind, conc)]
+            a50, a99, f50, f99 = (
+                percentile(a, 50),
+                percentile(a, 99),
+                percentile(f, 50),
+                percentile(f, 99),
+            )
+            target = ("met" if a99 <= 5 else "NOT met") + " (p99<=5)" if conc == 64 else ""
+            print(
+                f"{kind:<8} {conc:>4} {len(a):>6} | {a50:>9.3f} {a99:>7.3f} {max(a):>7.3f} | "
+                f"{f50:>9.3f} {f99:>7.3f} {max(f):>7.3f} | {a50 / f50:>9.2f} {a99 / f99:>6.2f} | "
+                f"{target}"
+            )
     print()
-    print("floor: the same clients against a bare RequestServer that answers without reading GPUs")
+    a_us = cpu["agent"][0] / cpu["agent"][1] * 1e6
+    f_us = cpu["floor"][0] / cpu["floor"][1] * 1e6
+    print(
+        "server CPU per request (measured in each server process, all round trips above): "
+        f"agent {a_us:.1f} us (idle sampler CPU subtracted), floor {f_us:.1f} us, "
+        f"ratio {a_us / f_us:.2f}"
+    )
+    print()
+    print(
+        "agent: fresh simulated read per request batch; floor: bare RequestServer, "
+        "precomputed ack, no GPU read."
+    )
+    print(
+        "raw: blocking DEALER sockets (little client overhead: ~server latency); "
+        "asyncio: RequestClients (a coordinator's view)."
+    )
+    print(
+        "clients: separate lean process, GC paused within a round; agent/floor "
+        f"alternate in {blocks} blocks each."
+    )
+    mean = statistics.fmean(lat[("agent", "raw", 64)])
+    print(f"agent raw 64-concurrent mean: {mean:.3f} ms")
     return 0
 
 
