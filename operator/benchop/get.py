@@ -142,8 +142,14 @@ class Cluster:
                 k8s.config.load_kube_config()
                 _, active = k8s.config.list_kube_config_contexts()
                 self.namespace = (active or {}).get("context", {}).get("namespace") or "default"
-            except (k8s.config.ConfigException, FileNotFoundError, TypeError):
-                k8s.config.load_incluster_config()
+            except (k8s.config.ConfigException, FileNotFoundError, TypeError) as e:
+                try:
+                    k8s.config.load_incluster_config()
+                except k8s.config.ConfigException:
+                    raise RuntimeError(
+                        f"no usable kubeconfig ({e}) and not running in a cluster; "
+                        "set KUBECONFIG or pass --server URL"
+                    ) from None
                 try:
                     with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
                         self.namespace = f.read().strip() or "default"
