@@ -192,7 +192,7 @@ async def test_apply_to_succeeded_with_results_and_conditions_in_order(
     start(operator_task, kube, settings_for(agent))
     await kube.client.create(BENCHMARKRUNS, run_manifest("r1", mock.url))
     await wait_condition(kube, "r1", c.ACCEPTED, "True", 15)
-    assert kube.emulator.read(CONFIGMAPS, "r1-spec") is not None
+    await wait_for(lambda: kube.emulator.read(CONFIGMAPS, "r1-spec"), 10)
     await kubelet.start("r1")
     await wait_condition(kube, "r1", c.WORKERS_READY, "True", 15)
     assert await kubelet.wait_all() == [0, 0]
@@ -499,5 +499,5 @@ async def test_experiment_children_are_reconciled_by_the_same_operator(
     }
     await kube.client.create(EXPERIMENTS, experiment)
     await wait_condition(kube, "sweep-0", c.ACCEPTED, "True", 15)
-    assert kube.emulator.read(JOBS, "sweep-0-loadgen") is not None
+    await wait_for(lambda: kube.emulator.read(JOBS, "sweep-0-loadgen"), 10)
     assert kube.emulator.read(BENCHMARKRUNS, "sweep-1") is None  # maxParallel 1

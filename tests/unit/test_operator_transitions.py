@@ -26,6 +26,7 @@ def test_accepted_sets_conditions_phase_start_time_with_generation() -> None:
     assert st["observedGeneration"] == 3
     assert cond(st, c.ACCEPTED)["status"] == "True"
     assert cond(st, c.SUCCEEDED)["status"] == "Unknown"
+    assert cond(st, c.WORKERS_READY)["status"] == "Unknown"
     assert all(x["observedGeneration"] == 3 for x in st["conditions"])
     # idempotent on resume: same status back (no write), startTime kept
     again = t.accepted(st, generation=3, now=LATER)

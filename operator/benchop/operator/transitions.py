@@ -38,6 +38,8 @@ def accepted(status: Status, *, generation: int, now: str) -> Status | None:
     succeeded = _cond(status, c.SUCCEEDED)
     if succeeded is None or succeeded.get("observedGeneration") != generation:
         updates.append((c.SUCCEEDED, c.UNKNOWN, "Running", "the run has not finished"))
+    if _cond(status, c.WORKERS_READY) is None:
+        updates.append((c.WORKERS_READY, c.UNKNOWN, "Starting", "waiting for the worker pods"))
     new = with_conditions(status, updates, generation)
     new["observedGeneration"] = generation
     new.setdefault("startTime", now)
@@ -76,19 +78,6 @@ def workers_ready(
     if warmup and new.get("phase") in (None, Phase.PENDING.value, Phase.INITIALIZING.value):
         new["phase"] = Phase.WARMUP.value
     return new
-
-
-def workers_pending(
-    status: Status, *, generation: int, running: int, workers: int
-) -> Status | None:
-    """Before all workers run: WorkersReady=Unknown with a count (once; not after True)."""
-    if is_terminal(status) or _cond(status, c.WORKERS_READY) is not None:
-        return None
-    return with_conditions(
-        status,
-        [(c.WORKERS_READY, c.UNKNOWN, "Starting", f"{running}/{workers} worker pods are running")],
-        generation,
-    )
 
 
 def gate_closed(

@@ -105,6 +105,7 @@ class RunContext:
     started_at: float = field(default_factory=time.time)  # wall clock, from status.startTime
     last_live_at: float = float("-inf")
     last_live_seqs: dict[int, int] = field(default_factory=dict)
+    next_resync: float = 0.0  # monotonic; 0: re-read pods and Job at the first pass
     done: bool = False
 
     @property
@@ -179,6 +180,9 @@ async def reconcile_run(services: Services, body: Mapping[str, Any], run: Benchm
     if ctx is None or ctx.uid != uid:
         ctx = RunContext(key, namespace, name, uid, generation, run.spec, writer)
         services.runs[key] = ctx
+    fresh = not c.is_true((body.get("status") or {}).get("conditions"), c.ACCEPTED)
+    if fresh:  # accepted just now: pods and Job come through the watches, no resync needed yet
+        ctx.next_resync = time.monotonic() + RESYNC_S
     now = now_rfc3339()
     status = await writer.update(
         lambda st: transitions.accepted(st, generation=generation, now=now)
@@ -459,12 +463,6 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
                 st, generation=gen, running=len(running), workers=ctx.workers, warmup=warmup
             )
         )
-    else:
-        await ctx.writer.update(
-            lambda st: transitions.workers_pending(
-                st, generation=gen, running=len(running), workers=ctx.workers
-            )
-        )
     # 6. live status, at most once per live interval and only when a snapshot is new
     latest = services.snapshots.latest(ctx.key)
     seqs = {w: s.seq for w, s in latest.items()}
@@ -482,7 +480,6 @@ async def run_loop(
     """The per-run daemon: drives the run to a terminal phase (see the module doc)."""
     namespace, name, uid, _ = _meta(body)
     key = run_key(namespace, name)
-    last_resync = float("-inf")
     while not stopped:
         ctx = services.runs.get(key)
         if ctx is None or ctx.uid != uid or not ctx.accepted.is_set():
@@ -494,9 +491,9 @@ async def run_loop(
             release(services, ctx)
             return
         now = time.monotonic()
-        if now - last_resync >= RESYNC_S:
+        if now >= ctx.next_resync:
             await resync(services, ctx)
-            last_resync = now
+            ctx.next_resync = now + RESYNC_S
         ctx.wake.clear()
         await _step(services, ctx, now)
         if ctx.done or ctx.writer.gone:
