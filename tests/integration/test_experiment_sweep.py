@@ -186,6 +186,17 @@ async def test_four_point_sweep_runs_in_order_and_rolls_up(
         "joulesPerToken": "sw-3",
     }
     assert created_runs(kube) == ["sw-0", "sw-1", "sw-2", "sw-3"]
+    # One writer per field: a status patch is either the refresher's (metrics only) or the
+    # reconciler's (no metrics).
+    status_patches = [
+        set((c.body or {}).get("status") or {})
+        for c in kube.emulator.calls
+        if c.method == "PATCH" and c.path.endswith(METRICS_STATUS.format("sw"))
+    ]
+    assert status_patches and all(
+        keys == {"metrics"} or "metrics" not in keys for keys in status_patches
+    )
+    assert any(keys == {"metrics"} for keys in status_patches)
 
 
 async def test_many_child_updates_in_one_interval_are_one_patch(
@@ -366,3 +377,34 @@ async def test_restart_resumes_the_sweep_without_duplicates(
     await finish(kube, "rs-1")
     await wait_for(lambda: exp_status(kube, "rs").get("phase") == "Succeeded")
     assert created_runs(kube) == ["rs-0", "rs-1"]
+
+
+async def test_spec_edits_extend_the_sweep_or_are_refused(
+    kube: Kube, operator_task: OperatorFactory
+) -> None:
+    memo = experiment_memo(kube.url, refresh_interval_s=3600)
+    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    await kube.client.create(EXPERIMENTS, experiment("ed", [1]))
+    await wait_for(lambda: read_run(kube, "ed-0"))
+    await finish(kube, "ed-0")
+    await wait_for(lambda: status_in(kube, "ed", "Succeeded"))
+    # More values on the (last) axis: existing points unchanged, the new one runs.
+    sweep = [{"path": "load.concurrency", "values": [1, 2]}]
+    await kube.client.patch(EXPERIMENTS, "ed", {"spec": {"sweep": sweep}})
+    body = await wait_for(lambda: read_run(kube, "ed-1"))
+    assert body["spec"]["load"]["concurrency"] == 2
+    st = await wait_for(lambda: status_in(kube, "ed", "Running"))
+    assert st["observedGeneration"] == 2 and "completionTime" not in st
+    await finish(kube, "ed-1", c=2)
+    st = await wait_for(lambda: status_in(kube, "ed", "Succeeded"))
+    assert st["counts"]["succeeded"] == 2 and cond(st, "Succeeded")["reason"] == "AllSucceeded"
+    # Changing a point whose run exists is refused, naming the run; nothing new starts.
+    sweep = [{"path": "load.concurrency", "values": [3, 2, 4]}]
+    await kube.client.patch(EXPERIMENTS, "ed", {"spec": {"sweep": sweep}})
+    st = await wait_for(
+        lambda: (s := status_in(kube, "ed", "Failed")) and s.get("observedGeneration") == 3 and s
+    )
+    accepted = cond(st, "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "SpecChanged")
+    assert "ed-0" in accepted["message"]
+    assert created_runs(kube) == ["ed-0", "ed-1"]
