@@ -17,7 +17,7 @@ from rich.console import Group
 from rich.table import Table
 
 from benchop.api.crdgen import BENCHMARKRUN_COLUMNS, EXPERIMENT_COLUMNS
-from benchop.api.models import ExperimentMetrics, LatencyStats, Results
+from benchop.api.models import LatencyStats, Results
 
 __all__ = [
     "BENCHMARKRUN_COLUMNS",
@@ -27,7 +27,6 @@ __all__ = [
     "printer_table",
     "resolve",
     "results_table",
-    "rollup_table",
 ]
 
 
@@ -128,36 +127,3 @@ def results_table(results: Results, *, title: str = "Results (profiling phase)")
         )
     facts.add_row("source", results.source + ("" if results.complete else " (INCOMPLETE)"))
     return Group(table, facts)
-
-
-def rollup_table(metrics: ExperimentMetrics, *, title: str = "Experiment") -> Group:
-    """An Experiment's comparison: one row per run, ``*`` marks the best run per objective."""
-    table = Table(title=title, title_justify="left")
-    params = list(dict.fromkeys(k for row in metrics.runs for k in row.params))
-    for p in params:
-        table.add_column(p)
-    table.add_column("run")
-    table.add_column("phase")
-    columns = [
-        ("rps", "rps", "RPS"),
-        ("tokPerS", "tok_per_s", "Tok/s"),
-        ("ttftP50", "ttft_p50", "TTFT-P50"),
-        ("ttftP99", "ttft_p99", "TTFT-P99"),
-        ("itlP50", "itl_p50", "ITL-P50"),
-        ("goodput", "goodput", "Goodput"),
-        ("gpuUtil", "gpu_util", "GPU-Util"),
-        ("joulesPerToken", "joules_per_token", "J/Tok"),
-    ]
-    for _, _, header in columns:
-        table.add_column(header, justify="right")
-    for row in metrics.runs:
-        cells = [fmt(row.params.get(p)) for p in params]
-        cells += [row.name, row.phase.value if row.phase else "-"]
-        for objective, attr, _ in columns:
-            mark = "*" if metrics.best.get(objective) == row.name else ""
-            cells.append(fmt(getattr(row, attr)) + mark)
-        table.add_row(*cells)
-    notes = ["* best run per objective (among succeeded runs)"]
-    if metrics.capped:
-        notes.append(f"capped: only {len(metrics.runs)} rows are kept in status.metrics")
-    return Group(table, *notes)

@@ -35,11 +35,12 @@ from benchop.api.models import (
     load_manifest,
     to_wire,
 )
+from benchop.get import experiment_table
 from benchop.local.session import LocalOptions, LocalOutcome, run_benchmark
 from benchop.mockserver import MockConfig
 from benchop.operator.children import build_child_run, child_phase, plan_sweep, should_stop
 from benchop.operator.rollup import DEFAULT_CAP, rollup
-from benchop.report import BENCHMARKRUN_COLUMNS, printer_table, results_table, rollup_table
+from benchop.report import BENCHMARKRUN_COLUMNS, printer_table, results_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         exp_doc = to_wire(manifest)
         exp_doc["status"] = _experiment_status(manifest, resources)
         metrics = ExperimentMetrics.model_validate(exp_doc["status"]["metrics"])
-        out.print(rollup_table(metrics, title=f"{exp_doc['metadata'].get('name')}: comparison"))
+        out.print(experiment_table(metrics, title=f"{exp_doc['metadata'].get('name')}: comparison"))
         docs = [exp_doc, *resources]
     out.print(
         printer_table(resources, BENCHMARKRUN_COLUMNS, title="kubectl get benchmarkruns -o wide")
