@@ -6,7 +6,11 @@ prints):
 
 - **agent**: a real Agent (8 simulated GPUs, 10 Hz sampling, exporter and
   baseline server on loopback TCP). It answers every BaselineRequest with a
-  fresh read taken after the request arrived.
+  fresh read taken after the request arrived; the SimulatedReader does not
+  block, so it is read on the event loop, once per batch of requests.
+- **thread**: the same agent with the same reader declared blocking
+  (``blocking = True``), so baseline reads take the NVML code path: one task
+  per request and a coalesced read in a worker thread.
 - **floor**: a bare RequestServer whose plain-function handler answers with a
   precomputed ack of the same size (no GPU read): the transport's own cost,
   which the agent cannot beat.
@@ -37,7 +41,6 @@ import argparse
 import asyncio
 import gc
 import multiprocessing as mp
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -46,19 +49,38 @@ from typing import Any, Literal
 
 ClientKind = Literal["raw", "asyncio"]
 KINDS: tuple[ClientKind, ...] = ("raw", "asyncio")
-TARGETS = ("agent", "floor")
+TARGETS = ("agent", "thread", "floor")
 
 
 # ------------------------------------------------------------------ servers
 
 
-def agent_main(conn: Connection, gpus: int, interval_s: float) -> None:
+class BlockingReader:
+    """A SimulatedReader declared blocking: the baseline server reads it in a thread (as NVML)."""
+
+    blocking = True
+    simulated = True
+
+    def __init__(self, gpus: int) -> None:
+        from benchagent.gpu import SimulatedReader
+
+        self.inner = SimulatedReader(gpus)
+
+    def read(self) -> list[Any]:
+        return self.inner.read()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def agent_main(conn: Connection, gpus: int, interval_s: float, threaded: bool) -> None:
     """Child: run an agent; ("cpu", s) -> tick CPU stats, ("mark",) -> CPU time, ("stop",)."""
     from benchagent.agent import Agent, AgentConfig
 
     async def main() -> None:
         agent = Agent(
-            AgentConfig.local(gpu_backend="simulated", simulated_gpus=gpus, interval_s=interval_s)
+            AgentConfig.local(gpu_backend="simulated", simulated_gpus=gpus, interval_s=interval_s),
+            reader=BlockingReader(gpus) if threaded else None,
         )
         await agent.start()
         async with asyncio.timeout(10):
@@ -253,15 +275,18 @@ def main() -> int:
         return parent
 
     try:
-        agent = start("agent", agent_main, args.gpus, 1.0 / args.hz)
+        agent = start("agent", agent_main, args.gpus, 1.0 / args.hz, False)
+        thread = start("thread", agent_main, args.gpus, 1.0 / args.hz, True)
         floor = start("floor", floor_main, args.gpus)
         clients = start("clients", client_main)
-        endpoints = {"agent": agent.recv()[0], "floor": floor.recv()}
+        endpoints = {"agent": agent.recv()[0], "thread": thread.recv()[0], "floor": floor.recv()}
 
         agent.send(("cpu", cpu_window))
+        thread.send(("cpu", cpu_window))  # both idle agents over the same window
         ticks, cpu_s, wall_s, render_ms = agent.recv()
+        _, t_cpu_s, t_wall_s, _ = thread.recv()
         per_tick_ms = cpu_s / max(ticks, 1) * 1000
-        idle_cpu_per_s = cpu_s / wall_s
+        idle_cpu_per_s = {"agent": cpu_s / wall_s, "thread": t_cpu_s / t_wall_s, "floor": 0.0}
 
         lat: dict[tuple[str, ClientKind, int], list[float]] = {}
         cpu: dict[str, list[float]] = {t: [0.0, 0.0] for t in TARGETS}  # [cpu s, requests]
@@ -270,18 +295,20 @@ def main() -> int:
                 for _ in range(blocks):
                     for target in TARGETS:
                         server = conns[target]
-                        server.send(("mark",) if target == "agent" else "mark")
+                        mark = "mark" if target == "floor" else ("mark",)
+                        server.send(mark)
                         cpu0, wall0 = server.recv()
                         clients.send(("run", kind, endpoints[target], conc, n // blocks))
                         got = clients.recv()
-                        server.send(("mark",) if target == "agent" else "mark")
+                        server.send(mark)
                         cpu1, wall1 = server.recv()
-                        idle = idle_cpu_per_s * (wall1 - wall0) if target == "agent" else 0.0
+                        idle = idle_cpu_per_s[target] * (wall1 - wall0)
                         cpu[target][0] += cpu1 - cpu0 - idle
                         cpu[target][1] += (n // blocks + 3) * conc
                         lat.setdefault((target, kind, conc), []).extend(got)
         clients.send(("stop",))
         agent.send(("stop",))
+        thread.send(("stop",))
         floor.send("stop")
         for proc in procs:
             proc.join(10)
@@ -298,54 +325,55 @@ def main() -> int:
     print(f"{'agent process (measured in the agent)':<44} {'value':>12} {'target':>10}")
     print("-" * 68)
     print(f"{'CPU per tick (process, all threads), ms':<44} {per_tick_ms:>12.3f} {'<= 1':>10}")
-    print(f"{'CPU, % of one core':<44} {idle_cpu_per_s * 100:>11.2f}% {'':>10}")
+    print(f"{'CPU, % of one core':<44} {idle_cpu_per_s['agent'] * 100:>11.2f}% {'':>10}")
     print(f"{'ticks in window / window s':<44} {f'{ticks} / {wall_s:.1f}':>12} {'':>10}")
     print(f"{'/metrics render (CPU per scrape), ms':<44} {render_ms:>12.3f} {'':>10}")
     print()
     print("baseline round trip, ms (measured in the client process, send -> ack received)")
     print(
-        f"{'client':<8} {'conc':>4} {'n':>6} | {'agent p50':>9} {'p99':>7} {'max':>7} | "
-        f"{'floor p50':>9} {'p99':>7} {'max':>7} | {'ratio p50':>9} {'p99':>6} | target"
+        f"{'client':<8} {'conc':>4} {'n':>5} | {'agent p50':>9} {'p99':>6} | "
+        f"{'thread p50':>10} {'p99':>6} | {'floor p50':>9} {'p99':>6} | "
+        f"{'agent/floor p50':>15} {'p99':>5} | {'thread/floor p50':>16} {'p99':>5} | target"
     )
-    print("-" * 108)
+    print("-" * 130)
     for kind in KINDS:
         for conc in rounds:
-            a, f = lat[("agent", kind, conc)], lat[("floor", kind, conc)]
-            a50, a99, f50, f99 = (
-                percentile(a, 50),
-                percentile(a, 99),
-                percentile(f, 50),
-                percentile(f, 99),
-            )
-            target = ("met" if a99 <= 5 else "NOT met") + " (p99<=5)" if conc == 64 else ""
+            q = {
+                t: (percentile(lat[(t, kind, conc)], 50), percentile(lat[(t, kind, conc)], 99))
+                for t in TARGETS
+            }
+            (a50, a99), (t50, t99), (f50, f99) = q["agent"], q["thread"], q["floor"]
+            target = ""
+            if conc == 64:
+                target = "p99<=5: " + ("met" if a99 <= 5 else "NOT met")
+                target += " / " + ("met" if t99 <= 5 else "NOT met")
             print(
-                f"{kind:<8} {conc:>4} {len(a):>6} | {a50:>9.3f} {a99:>7.3f} {max(a):>7.3f} | "
-                f"{f50:>9.3f} {f99:>7.3f} {max(f):>7.3f} | {a50 / f50:>9.2f} {a99 / f99:>6.2f} | "
+                f"{kind:<8} {conc:>4} {len(lat[('agent', kind, conc)]):>5} | "
+                f"{a50:>9.3f} {a99:>6.2f} | {t50:>10.3f} {t99:>6.2f} | {f50:>9.3f} {f99:>6.2f} | "
+                f"{a50 / f50:>15.2f} {a99 / f99:>5.2f} | {t50 / f50:>16.2f} {t99 / f99:>5.2f} | "
                 f"{target}"
             )
     print()
-    a_us = cpu["agent"][0] / cpu["agent"][1] * 1e6
-    f_us = cpu["floor"][0] / cpu["floor"][1] * 1e6
+    per_req = {t: cpu[t][0] / cpu[t][1] * 1e6 for t in TARGETS}
     print(
-        "server CPU per request (measured in each server process, all round trips above): "
-        f"agent {a_us:.1f} us (idle sampler CPU subtracted), floor {f_us:.1f} us, "
-        f"ratio {a_us / f_us:.2f}"
+        "server CPU per request, us (measured in each server process over all round trips "
+        "above; the agents' idle sampler CPU subtracted): "
+        f"agent {per_req['agent']:.1f}, thread {per_req['thread']:.1f}, "
+        f"floor {per_req['floor']:.1f}; ratios to floor "
+        f"{per_req['agent'] / per_req['floor']:.2f}, {per_req['thread'] / per_req['floor']:.2f}"
     )
     print()
+    print("agent: fresh simulated read on the event loop, one per batch of requests")
     print(
-        "agent: fresh simulated read per request batch; floor: bare RequestServer, "
-        "precomputed ack, no GPU read."
+        "thread: same reader declared blocking: one task per request, reads in a thread (NVML path)"
     )
+    print("floor: bare RequestServer, plain-function handler, precomputed ack, no GPU read")
+    print("raw: blocking DEALER sockets (little client overhead: ~server latency)")
+    print("asyncio: RequestClients on one event loop (a coordinator's view)")
     print(
-        "raw: blocking DEALER sockets (little client overhead: ~server latency); "
-        "asyncio: RequestClients (a coordinator's view)."
+        f"clients: one separate lean process, GC paused within a round; the servers alternate "
+        f"in {blocks} blocks each"
     )
-    print(
-        "clients: separate lean process, GC paused within a round; agent/floor "
-        f"alternate in {blocks} blocks each."
-    )
-    mean = statistics.fmean(lat[("agent", "raw", 64)])
-    print(f"agent raw 64-concurrent mean: {mean:.3f} ms")
     return 0
 
 
