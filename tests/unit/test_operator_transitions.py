@@ -251,3 +251,14 @@ def test_merge_diff_is_a_minimal_rfc7386_patch() -> None:
         "live": {"rps": 2, "x": None},
     }
     assert merge_diff(new, new) == {}
+
+
+def test_telemetry_without_agents_is_degraded_unless_baselines_are_off() -> None:
+    none = t.gate_closed(
+        {}, generation=1, boundary="START", record={"agents": [], "baseline": True}
+    )
+    assert none is not None and cond(none, c.TELEMETRY_DEGRADED)["reason"] == "NoAgents"
+    off = t.gate_closed(
+        {}, generation=1, boundary="START", record={"agents": [], "baseline": False}
+    )
+    assert off is not None and c.get_condition(off["conditions"], c.TELEMETRY_DEGRADED) is None

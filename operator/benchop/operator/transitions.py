@@ -126,13 +126,17 @@ def gate_closed(
         ]
         new["phase"] = Phase.FINALIZING.value
     degraded = c.is_true(status.get("conditions"), c.TELEMETRY_DEGRADED)
-    if missing or simulated:
+    if not record.get("baseline", True) and not agents:
+        pass  # baselines off (spec.gates.baseline=false): no telemetry was asked for
+    elif missing or simulated or not agents:
         why = []
+        if not agents:
+            why.append("no agent serves the target's nodes (spec.target.podSelector): no GPU data")
         if missing:
             why.append(f"{boundary}: missing agents {', '.join(missing)}")
         if simulated:
             why.append("GPU numbers are simulated")
-        why_reason = "AgentMissing" if missing else "Simulated"
+        why_reason = "NoAgents" if not agents else "AgentMissing" if missing else "Simulated"
         updates.append((c.TELEMETRY_DEGRADED, c.TRUE, why_reason, "; ".join(why)))
     elif not degraded:
         updates.append((c.TELEMETRY_DEGRADED, c.FALSE, "Complete", "every agent acked"))
