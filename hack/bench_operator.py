@@ -9,7 +9,8 @@ p50/p99/max of that latency, the wall time for all, the operator's RSS (current 
 the API requests the operator made. Workers never start (nothing plays the kubelet), so every
 run stays in progress: a daemon per run, the worst case for memory.
 
-    python hack/bench_operator.py --runs 1000
+    python hack/bench_operator.py --runs 1000            # burst: queueing at the emulator
+    python hack/bench_operator.py --runs 1000 --rate 40  # paced below the emulator's limit
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +93,7 @@ def accepted(obj: dict[str, Any]) -> bool:
     return False
 
 
-async def bench(runs: int, concurrency: int, timeout_s: float) -> int:
+async def bench(runs: int, concurrency: int, rate: float, timeout_s: float) -> int:
     async with start_emulator() as kube:
         emulator = kube.emulator
         # kmock 0.8 routes each request by scanning every request served so far (`request in
@@ -104,10 +106,11 @@ async def bench(runs: int, concurrency: int, timeout_s: float) -> int:
         kubeconfig(kube.url, tmp / "kubeconfig")
         env = {**os.environ, "KUBECONFIG": str(tmp / "kubeconfig")}
         env.pop("KUBERNETES_SERVICE_HOST", None)
+        health_port = free_port()
         cmd = [
             sys.executable, "-m", "benchop", "operator", "--namespace", "default",
             "--gate-port", str(free_port()), "--snapshot-port", str(free_port()),
-            "--health-port", str(free_port()), "--bind-host", "127.0.0.1",
+            "--health-port", str(health_port), "--bind-host", "127.0.0.1",
             "--operator-service", "127.0.0.1",
         ]  # fmt: skip
         log = open(tmp / "operator.log", "wb")  # noqa: SIM115, ASYNC230 - child's stderr
@@ -143,11 +146,18 @@ async def bench(runs: int, concurrency: int, timeout_s: float) -> int:
             async with asyncio.timeout(60):
                 await until(1)
             rss_idle, _ = rss_kib(proc.pid)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{health_port}/healthz") as resp,
+            ):
+                print(f"liveness /healthz:      {resp.status} {await resp.text()}")
             calls_before = len(emulator.calls)
             sem = asyncio.Semaphore(concurrency)
 
             async def create(i: int) -> None:
                 name = f"run-{i:05d}"
+                if rate > 0:  # paced: run i is created at t0 + i / rate
+                    await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
                 async with sem:
                     await kube.client.create(BENCHMARKRUNS, manifest(name))
                     created[name] = time.perf_counter()
@@ -162,7 +172,8 @@ async def bench(runs: int, concurrency: int, timeout_s: float) -> int:
             rss, hwm = rss_kib(proc.pid)
             lat = np.array([done[n] - created[n] for n in created if n != "warmup" and n in done])
             calls = emulator.calls[calls_before:]
-            print(f"runs created:           {runs} in {t_created:.2f}s ({concurrency} concurrent)")
+            pace = f"{rate:g}/s" if rate > 0 else f"burst, {concurrency} concurrent"
+            print(f"runs created:           {runs} in {t_created:.2f}s ({pace})")
             print(f"runs accepted:          {len(lat)}/{runs} in {t_all:.2f}s")
             if len(lat):
                 print(
@@ -196,9 +207,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=20, help="concurrent create requests")
+    p.add_argument(
+        "--rate", type=float, default=0.0, help="creates per second (default: unpaced burst)"
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for Accepted")
     args = p.parse_args()
-    return asyncio.run(bench(args.runs, args.concurrency, args.timeout))
+    return asyncio.run(bench(args.runs, args.concurrency, args.rate, args.timeout))
 
 
 if __name__ == "__main__":
