@@ -546,6 +546,8 @@ class RequestServer:
                 raise
             self.batches += 1
             for frames in batch:
+                if self._closed:  # a handler closed the server
+                    return
                 self._dispatch(handler, frames)
             if len(batch) >= self.max_batch:
                 await asyncio.sleep(0)  # let the handlers' tasks and replies run
@@ -561,6 +563,8 @@ class RequestServer:
         route = frames[:-1]
         try:
             result = handler(msg)
+            if not inspect.isawaitable(result) and result is not None:
+                payload = self.codec.encode(result)
         except Exception:
             self._handler_failed(msg)
             return
@@ -569,7 +573,6 @@ class RequestServer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         elif result is not None and not self._closed:
-            payload = self.codec.encode(result)
             try:
                 self._sync.send_multipart([*route, payload], zmq.NOBLOCK)
             except zmq.Again:  # a ROUTER does not block; if it ever does, wait in a task

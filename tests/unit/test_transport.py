@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import pytest
 import zmq
@@ -387,6 +387,8 @@ async def test_plain_function_handler_is_answered_without_a_task(closer: Closer)
             return None  # no reply
         if msg.worker == 8:
             raise RuntimeError("boom")
+        if msg.worker == 7:
+            return cast(Message, object())  # cannot be encoded: a handler error too
         return granted(msg)
 
     closer.serve(server, now)
@@ -400,7 +402,11 @@ async def test_plain_function_handler_is_answered_without_a_task(closer: Closer)
         await clients[0].request(gate(9), timeout=0.2, retries=0)
     with pytest.raises(RequestTimeout):
         await clients[1].request(gate(8), timeout=0.2, retries=0)
-    assert (server.requests, server.replies, server.handler_errors) == (7, 5, 1)
+    with pytest.raises(RequestTimeout):
+        await clients[2].request(gate(7), timeout=0.2, retries=0)
+    reply = await clients[3].request(gate(3), timeout=2.0, retries=0)  # still serving
+    assert isinstance(reply, GateGranted)
+    assert (server.requests, server.replies, server.handler_errors) == (9, 6, 2)
 
 
 async def test_frames_queued_together_are_dispatched_as_one_batch(closer: Closer) -> None:
