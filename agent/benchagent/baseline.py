@@ -12,13 +12,14 @@ of exactly the profiling window.
 
 Concurrent requests share reads, and each is answered with a read that
 *started after the request arrived*, so 64 coordinators asking at once cost
-one to three reads, not 64. A blocking reader (NVML) is read in a thread,
-one task per request, coalesced by :class:`FreshReads`. A non-blocking
-reader (:class:`~benchagent.gpu.SimulatedReader`, or any reader whose
-``blocking`` attribute is False) is read on the event loop, once per
-RequestServer batch: every request of a batch arrived before the batch is
-dispatched, so one read taken while dispatching it is fresh for all of them,
-and the acks go out with no task and no thread hop. Malformed frames are
+one to three reads, not 64. Requests arrive in RequestServer batches, and
+every request of a batch arrived before the batch is dispatched. A
+non-blocking reader (:class:`~benchagent.gpu.SimulatedReader`, or any reader
+whose ``blocking`` attribute is False) is read on the event loop once per
+batch, while dispatching it, and the acks go out at once: no task, no thread
+hop. A blocking reader (NVML) gets one task per batch (requests dispatched
+before it runs join it) that reads in a thread through :class:`FreshReads`
+and resolves each request's future with its ack. Malformed frames are
 counted by the codec and dropped. ``success`` is True
 exactly when ``error`` is None: a GPU that failed to read or a requested UUID
 this node does not have makes the ack fail, with whatever samples could be
@@ -182,6 +183,9 @@ class BaselineServer:
         self.inline = reads_inline(reader)
         self._reads = FreshReads(reader.read, timeout_s=read_timeout_s)
         self._batch_read: tuple[int, list[GpuSample]] | None = None  # (batch, samples)
+        self._pending: list[tuple[BaselineRequest, asyncio.Future[Message | None]]] = []
+        self._pending_task: asyncio.Task[None] | None = None  # not started yet
+        self._tasks: set[asyncio.Task[None]] = set()
         self._server = RequestServer(endpoint, curve=curve, ctx=ctx)
 
     @property
@@ -209,11 +213,17 @@ class BaselineServer:
         return self._ack(msg, samples, error)
 
     def _respond(self, msg: Message) -> Message | Awaitable[Message | None] | None:
-        """The RequestServer handler: the ack at once for an inline reader, else :meth:`handle`."""
-        if not self.inline:
-            return self.handle(msg)
+        """The RequestServer handler: the ack now (inline reader) or a future of it (thread)."""
         if not self._accept(msg):
             return None
+        if not self.inline:
+            fut: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
+            self._pending.append((msg, fut))
+            if self._pending_task is None:
+                self._pending_task = asyncio.create_task(self._answer_pending())
+                self._tasks.add(self._pending_task)
+                self._pending_task.add_done_callback(self._tasks.discard)
+            return fut
         batch = self._server.batches
         if self._batch_read is None or self._batch_read[0] != batch:
             try:
@@ -222,6 +232,27 @@ class BaselineServer:
                 log.exception("GPU read for baseline %s/%s failed", msg.run, msg.boundary)
                 return self._ack(msg, None, f"GPU read failed: {e!r}")
         return self._ack(msg, self._batch_read[1], None)
+
+    async def _answer_pending(self) -> None:
+        """One threaded read for every request queued before this task ran; resolve their acks.
+
+        Runs after the batch that created it was dispatched, so every pending
+        request arrived before the read (FreshReads: one started after this call).
+        """
+        pending, self._pending = self._pending, []
+        self._pending_task = None  # requests from now on wait for the next read
+        samples: list[GpuSample] | None = None
+        error: str | None = None
+        try:
+            samples = await self._reads.read()
+        except TimeoutError:
+            error = f"GPU read took longer than {self.read_timeout_s:g} s"
+        except Exception as e:  # a reader bug must still produce an answer
+            log.exception("GPU read for %d baseline requests failed", len(pending))
+            error = f"GPU read failed: {e!r}"
+        for msg, fut in pending:
+            if not fut.done():
+                fut.set_result(self._ack(msg, samples, error))
 
     def _accept(self, msg: Message) -> TypeGuard[BaselineRequest]:
         """Count a baseline request; count and refuse any other kind."""
@@ -255,4 +286,6 @@ class BaselineServer:
         await self._server.serve(self._respond)
 
     def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         self._server.close()

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -47,7 +49,8 @@ ANY_LOCAL_PORT = "tcp://127.0.0.1:*"
 Handler = Callable[[Message], Awaitable[Message | None] | Message | None]
 """A RequestServer handler: gets one decoded request, returns the reply or None (no reply).
 
-An ``async def`` handler runs in its own task; a plain function's result is sent at once.
+An ``async def`` handler runs in its own task; a returned asyncio.Future is answered from
+its done callback; a plain function's result is sent at once.
 """
 
 
@@ -494,9 +497,10 @@ class RequestServer:
     decoded request to the handler: one *batch* (counted in ``batches``;
     every request of a batch arrived before the batch is dispatched). A
     handler that returns an awaitable (an ``async def``) runs in its own
-    task, so it may wait (a barrier) without blocking others; a handler that
-    returns the reply (or None) directly is answered at once, with no task
-    and no await. The frames between the identity and the payload (the
+    task, so it may wait (a barrier) without blocking others; one that
+    returns an ``asyncio.Future`` is answered when the future is done (no
+    task); one that returns the reply (or None) directly is answered at
+    once, with no task and no await. The frames between the identity and the payload (the
     envelope: a RequestClient's req-id, a REQ socket's empty delimiter) are
     echoed back. Malformed frames are counted (``decode_errors`` on the
     codec) and dropped; a handler that raises is logged, counted in
@@ -521,6 +525,7 @@ class RequestServer:
         self.handler_errors = 0
         self.batches = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._futures: set[asyncio.Future[Message | None]] = set()
         self._sockets = _Sockets(curve, ctx)
         with self._sockets.closed_on_error():
             self._sock = self._sockets.socket(zmq.ROUTER, 0)
@@ -568,7 +573,10 @@ class RequestServer:
         except Exception:
             self._handler_failed(msg)
             return
-        if inspect.isawaitable(result):
+        if isinstance(result, asyncio.Future):  # answered from its callback: no task
+            self._futures.add(result)
+            result.add_done_callback(functools.partial(self._on_done, route, msg))
+        elif inspect.isawaitable(result):
             task = asyncio.ensure_future(self._finish(result, route, msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -581,6 +589,28 @@ class RequestServer:
                 task.add_done_callback(self._tasks.discard)
             else:
                 self.replies += 1
+
+    def _on_done(
+        self, route: list[bytes], msg: Message, fut: asyncio.Future[Message | None]
+    ) -> None:
+        self._futures.discard(fut)
+        if fut.cancelled():
+            return
+        try:
+            reply = fut.result()
+            if reply is None or self._closed:
+                return
+            payload = self.codec.encode(reply)
+        except Exception:
+            self._handler_failed(msg)
+            return
+        # The asyncio socket (see _send); a ROUTER's send completes at once.
+        sent = cast("asyncio.Future[object]", self._sock.send_multipart([*route, payload]))
+        sent.add_done_callback(self._on_sent)
+
+    def _on_sent(self, sent: asyncio.Future[object]) -> None:
+        if not sent.cancelled() and sent.exception() is None:
+            self.replies += 1
 
     def _handler_failed(self, msg: Message) -> None:
         self.handler_errors += 1
@@ -611,5 +641,7 @@ class RequestServer:
         self._closed = True
         for task in list(self._tasks):
             task.cancel()
+        for fut in list(self._futures):
+            fut.cancel()
         self._sock.close(linger=0)
         self._sockets.close()

@@ -325,14 +325,13 @@ async def test_a_hung_read_fails_the_ack_and_does_not_wedge_the_server() -> None
 
 
 class CountingReader(SimulatedReader):
-    """A non-blocking reader (read on the event loop) that counts its reads."""
+    """A reader that counts its reads; non-blocking (read on the event loop) unless told."""
 
-    blocking = False
-
-    def __init__(self, clock: FakeClock, *, fail: bool = False) -> None:
+    def __init__(self, clock: FakeClock, *, fail: bool = False, blocking: bool = False) -> None:
         super().__init__(2, seed=3, clock_ms=clock)
         self.reads = 0
         self.fail = fail
+        self.blocking = blocking
 
     def read(self) -> list[GpuSample]:
         self.reads += 1
@@ -366,12 +365,19 @@ async def send_all(
     return [acks[b"%d" % i] for i in range(len(reqs))]
 
 
-async def test_inline_reader_shares_one_fresh_read_per_batch(clock: FakeClock) -> None:
-    ctx = zmq.asyncio.Context.instance()
-    reader = CountingReader(clock)
-    assert reads_inline(reader) and reads_inline(SimulatedReader(1))
+def test_which_readers_are_read_inline(clock: FakeClock) -> None:
+    assert reads_inline(SimulatedReader(1)) and reads_inline(CountingReader(clock))
+    assert not reads_inline(CountingReader(clock, blocking=True))
     assert not reads_inline(HangingReader())  # unknown readers are read in a thread
-    server = BaselineServer(reader, agent="a", node="n", endpoint="inproc://bl-batch", ctx=ctx)
+
+
+@pytest.mark.parametrize("blocking", [False, True], ids=["inline", "thread"])
+async def test_queued_requests_share_one_fresh_read(clock: FakeClock, blocking: bool) -> None:
+    ctx = zmq.asyncio.Context.instance()
+    reader = CountingReader(clock, blocking=blocking)
+    endpoint = f"inproc://bl-batch-{blocking}"
+    server = BaselineServer(reader, agent="a", node="n", endpoint=endpoint, ctx=ctx)
+    assert server.inline is not blocking
     try:
         t0 = clock.t
         clock.t += 1_000  # requests arrive after the reader's creation
@@ -390,10 +396,12 @@ async def test_inline_reader_shares_one_fresh_read_per_batch(clock: FakeClock) -
         server.close()
 
 
-async def test_inline_reader_failure_fails_the_ack(clock: FakeClock) -> None:
+@pytest.mark.parametrize("blocking", [False, True], ids=["inline", "thread"])
+async def test_reader_failure_fails_the_ack(clock: FakeClock, blocking: bool) -> None:
     ctx = zmq.asyncio.Context.instance()
-    reader = CountingReader(clock, fail=True)
-    server = BaselineServer(reader, agent="a", node="n", endpoint="inproc://bl-fail", ctx=ctx)
+    reader = CountingReader(clock, fail=True, blocking=blocking)
+    endpoint = f"inproc://bl-fail-{blocking}"
+    server = BaselineServer(reader, agent="a", node="n", endpoint=endpoint, ctx=ctx)
     try:
         (ack,) = await send_all(server, ctx, [request("START")])
     finally:

@@ -409,6 +409,41 @@ async def test_plain_function_handler_is_answered_without_a_task(closer: Closer)
     assert (server.requests, server.replies, server.handler_errors) == (9, 6, 2)
 
 
+async def test_future_handler_is_answered_when_the_future_is_done(closer: Closer) -> None:
+    server = closer(RequestServer())
+    futures: dict[int, asyncio.Future[Message | None]] = {}
+
+    def later(msg: Message) -> asyncio.Future[Message | None]:
+        assert isinstance(msg, GateRequest)
+        futures[msg.worker] = asyncio.get_running_loop().create_future()
+        return futures[msg.worker]
+
+    closer.serve(server, later)
+    clients = [closer(RequestClient(server.endpoint)) for _ in range(3)]
+    pending = [
+        asyncio.create_task(c.request(gate(i), timeout=1.0, retries=0))
+        for i, c in enumerate(clients)
+    ]
+    await wait_until(lambda: len(futures) == 3)
+    assert not server._tasks  # no task per request
+    futures[2].set_result(granted(gate(2)))
+    futures[0].set_exception(RuntimeError("boom"))  # a handler error: no reply
+    futures[1].set_result(None)  # no reply
+    reply = await pending[2]
+    assert isinstance(reply, GateGranted) and reply.worker == 2
+    for p in pending[:2]:
+        with pytest.raises(RequestTimeout):
+            await p
+    assert (server.requests, server.replies, server.handler_errors) == (3, 1, 1)
+    futures.clear()
+    waiting = asyncio.create_task(clients[0].request(gate(5), timeout=0.3, retries=0))
+    await wait_until(lambda: 5 in futures)
+    server.close()
+    assert futures[5].cancelled()  # close() cancels what is still pending
+    with pytest.raises(RequestTimeout):
+        await waiting
+
+
 async def test_frames_queued_together_are_dispatched_as_one_batch(closer: Closer) -> None:
     """Everything queued before a wakeup is drained before any handler runs.
 
