@@ -290,6 +290,12 @@ async def test_operator_restart_between_gates_completes_once(
     st = status_of(kube, "r3")
     records = worker_records(kubelet)
     assert st["results"]["requests"]["total"] == sum(len(r) for r in records) > 0
+    # the END gate ran under the new operator, the START samples came from status: exact energy
+    end = condition(kube, "r3", c.BASELINE_END_CAPTURED)
+    assert end is not None and end["reason"] == "Captured"
+    assert st["results"]["gpu"]["energyJ"] > 0 and st["results"]["gpu"]["gpus"] == 2
+    logs = "".join(p.read_text() for p in kubelet.tmp.glob("*.log"))
+    assert "denied" not in logs.lower()  # no worker was turned away during the restart
     phases = [(v.get("status") or {}).get("phase") for v in history(kube, "r3")]
     assert phases.count("Succeeded") >= 1
     first_done = phases.index("Succeeded")

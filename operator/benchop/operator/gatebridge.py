@@ -19,11 +19,13 @@ granted. After an operator restart the bridge seeds the coordinator from ``statu
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import kopf
+import zmq
 
 from benchagent.wire import BaselineAck, GpuSample
 from benchop.api.conditions import now_rfc3339
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 OnGate = Callable[[str, str, Mapping[str, Any]], Awaitable[bool]]
 """``on_gate(run_key, boundary, record)``: persist the record; False when the run is gone."""
 
+BIND_WAIT_S = 5.0
+"""How long start() retries binding --gate-port while it is still held."""
 PERSIST_ATTEMPTS = 6
 """Tries to write a closed gate to status before granting anyway."""
 MAX_SAMPLES = 64
@@ -234,7 +238,17 @@ class GateBridge:
     async def start(self) -> None:
         """Bind the ROUTER and serve. Register the runs in progress first (after a restart,
         a worker of an unregistered run would be denied and go on ungated)."""
-        await self.coordinator.start()
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BIND_WAIT_S
+        while True:  # the port may still be held by a previous operator closing it
+            try:
+                await self.coordinator.start()
+                break
+            except zmq.ZMQError as e:
+                if e.errno != errno.EADDRINUSE or loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(0.1)
         self.endpoint = self.coordinator.endpoint
 
     async def close(self) -> None:

@@ -63,7 +63,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         settings.peering.name = ours.peering
         settings.peering.mandatory = True
     api = await KubeApi.connect(memo.get("connection"), timeout_s=ours.request_timeout)
-    snapshots = SnapshotCollector(ours.bind_host, ours.snapshot_port)
+    try:
+        snapshots = await SnapshotCollector.open(ours.bind_host, ours.snapshot_port)
+    except BaseException:
+        await api.close()
+        raise
     snapshots.start()
     services = runs.Services(settings=ours, api=api, snapshots=snapshots, gates=None)  # type: ignore[arg-type]
 
@@ -76,7 +80,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         await runs.preload_runs(services)
     except (kopf.TemporaryError, ApiError) as e:  # then the resume handlers register them
         logging.getLogger(__name__).warning("could not preload runs in progress: %s", e)
-    await gates.start()
+    try:
+        await gates.start()
+    except BaseException:  # leave nothing bound: kopf retries the startup handler
+        snapshots.close()
+        await api.close()
+        raise
     memo.services = services
     memo.experiments = experiments.start_experiments(api, ours)
 

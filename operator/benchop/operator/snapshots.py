@@ -18,11 +18,15 @@ worker, the latest snapshot and the COMPLETE one. Everything else here is pure:
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+import zmq
 
 from benchagent.transport import Subscriber
 from benchagent.wire import MetricsSnapshot, SeriesSummary
@@ -60,6 +64,11 @@ class SnapshotCollector:
         self._sub = Subscriber(f"tcp://{host}:{port}" if port else f"tcp://{host}:*", bind=True)
         self.endpoint = self._sub.endpoint
 
+    @classmethod
+    async def open(cls, host: str, port: int, *, wait_s: float = 5.0) -> SnapshotCollector:
+        """Bind, retrying while the port is still held (a previous operator closing it)."""
+        return await retry_bind(lambda: cls(host, port), wait_s)
+
     def start(self) -> None:
         self._sub.start()
 
@@ -78,6 +87,27 @@ class SnapshotCollector:
 
     def close(self) -> None:
         self._sub.close()
+
+
+T = TypeVar("T")
+
+
+async def retry_bind(bind: Callable[[], T], wait_s: float) -> T:
+    """``bind()``, retried every 0.1 s for up to ``wait_s`` on EADDRINUSE.
+
+    ZMQ releases a closed socket's port asynchronously (in its I/O thread), so a new operator
+    in the same process, or one started right after the old one exited, may briefly find the
+    port taken.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        try:
+            return bind()
+        except zmq.ZMQError as e:
+            if e.errno != errno.EADDRINUSE or loop.time() >= deadline:
+                raise
+        await asyncio.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- live
