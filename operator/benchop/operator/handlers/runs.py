@@ -162,9 +162,12 @@ async def reject_run(services: Services, body: Mapping[str, Any], message: str) 
     writer = services.writer(namespace, name)
     writer.seed(body)
     now = now_rfc3339()
-    await writer.update(
-        lambda st: transitions.rejected(st, generation=generation, message=message, now=now)
-    )
+    try:
+        await writer.update(
+            lambda st: transitions.rejected(st, generation=generation, message=message, now=now)
+        )
+    finally:
+        services.writers.pop(run_key(namespace, name), None)  # terminal: nothing more to write
 
 
 async def reconcile_run(services: Services, body: Mapping[str, Any], run: BenchmarkRun) -> None:
@@ -483,7 +486,7 @@ async def run_loop(
     while not stopped:
         ctx = services.runs.get(key)
         if ctx is None or ctx.uid != uid or not ctx.accepted.is_set():
-            if transitions.is_terminal(services.writer(namespace, name).status):
+            if transitions.is_terminal(body.get("status")):  # kopf keeps a daemon's body live
                 return
             await _sleep(None, tick_s, stopped)
             continue
