@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from kubernetes_validate import validate as k8s_validate
+
 from benchop.api.models import BenchmarkRun
 from benchop.operator import builders
 from benchop.operator.builders import (
@@ -17,7 +19,6 @@ from benchop.operator.builders import (
     safe_name,
     spec_configmap_name,
 )
-from kubernetes_validate import validate as k8s_validate
 
 K8S_VERSION = "1.30"
 
