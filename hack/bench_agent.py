@@ -10,7 +10,7 @@ prints):
   block, so it is read on the event loop, once per batch of requests.
 - **thread**: the same agent with the same reader declared blocking
   (``blocking = True``), so baseline reads take the NVML code path: one task
-  per request and a coalesced read in a worker thread.
+  per batch of requests and a coalesced read in a worker thread.
 - **floor**: a bare RequestServer whose plain-function handler answers with a
   precomputed ack of the same size (no GPU read): the transport's own cost,
   which the agent cannot beat.
@@ -365,7 +365,7 @@ def main() -> int:
     print()
     print("agent: fresh simulated read on the event loop, one per batch of requests")
     print(
-        "thread: same reader declared blocking: one task per request, reads in a thread (NVML path)"
+        "thread: same reader declared blocking: one task per batch, reads in a thread (NVML path)"
     )
     print("floor: bare RequestServer, plain-function handler, precomputed ack, no GPU read")
     print("raw: blocking DEALER sockets (little client overhead: ~server latency)")
