@@ -507,3 +507,30 @@ async def test_experiment_children_are_reconciled_by_the_same_operator(
     await wait_condition(kube, "sweep-0", c.ACCEPTED, "True", 15)
     await wait_for(lambda: kube.emulator.read(JOBS, "sweep-0-loadgen"), 10)
     assert kube.emulator.read(BENCHMARKRUNS, "sweep-1") is None  # maxParallel 1
+
+
+async def test_agents_are_resolved_again_when_the_workers_are_ready(
+    kube: Kube, operator_task: Any, mock: MockServer, agent: Agent, kubelet: Kubelet
+) -> None:
+    """The model server's pod (and its node's agent) appear after the run was accepted."""
+    start(operator_task, kube, settings_for(agent))
+    manifest = run_manifest(
+        "r11",
+        mock.url,
+        load={"mode": "concurrency", "concurrency": 2, "workers": 1},
+        phases={"warmup": {"requests": 20}, "profiling": {"requests": 10}},
+    )
+    await kube.client.create(BENCHMARKRUNS, manifest)
+    await wait_condition(kube, "r11", c.ACCEPTED, "True", 15)
+    await add_target_and_agent(kube)
+    await kubelet.start("r11")
+    assert await kubelet.wait_all() == [0]
+    await kubelet.job_condition("Complete")
+    await wait_condition(kube, "r11", c.SUCCEEDED, "True")
+    print(
+        "DEBUG",
+        status_of(kube, "r11")["conditions"],
+        status_of(kube, "r11")["gates"]["START"]["agents"],
+    )
+    gpu = status_of(kube, "r11")["results"]["gpu"]
+    assert gpu["agents"] == ["agent-a"] and gpu["energyJ"] > 0

@@ -254,11 +254,10 @@ def test_merge_diff_is_a_minimal_rfc7386_patch() -> None:
 
 
 def test_telemetry_without_agents_is_degraded_unless_baselines_are_off() -> None:
-    none = t.gate_closed(
-        {}, generation=1, boundary="START", record={"agents": [], "baseline": True}
-    )
+    rec = {"agents": [], "baseline": False}  # no agent: no handshake ran, though asked for
+    none = t.gate_closed({}, generation=1, boundary="START", record=rec)
     assert none is not None and cond(none, c.TELEMETRY_DEGRADED)["reason"] == "NoAgents"
-    off = t.gate_closed(
-        {}, generation=1, boundary="START", record={"agents": [], "baseline": False}
-    )
+    assert "no agent" in cond(none, c.BASELINE_START_CAPTURED)["message"]
+    off = t.gate_closed({}, generation=1, boundary="START", record=rec, requested=False)
     assert off is not None and c.get_condition(off["conditions"], c.TELEMETRY_DEGRADED) is None
+    assert "disabled" in cond(off, c.BASELINE_START_CAPTURED)["message"]

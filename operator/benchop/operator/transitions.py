@@ -81,9 +81,17 @@ def workers_ready(
 
 
 def gate_closed(
-    status: Status, *, generation: int, boundary: str, record: Mapping[str, Any]
+    status: Status,
+    *,
+    generation: int,
+    boundary: str,
+    record: Mapping[str, Any],
+    requested: bool = True,
 ) -> Status | None:
     """A gate closed: persist it under ``status.gates.<boundary>`` and move the conditions.
+
+    ``requested`` is ``spec.gates.baseline`` (the record's ``baseline`` says whether a
+    handshake ran, which it cannot without agents).
 
     START: BaselineStartCaptured=True, Profiling=True, phase Profiling. END:
     BaselineEndCaptured=True, Profiling=False, phase Finalizing. Missing agents or simulated
@@ -99,7 +107,7 @@ def gate_closed(
     agents = list(record.get("agents") or [])
     if missing:
         captured_msg = f"agents that did not answer in time: {', '.join(missing)}"
-    elif not record.get("baseline", True):
+    elif not requested:
         captured_msg = "baselines disabled (spec.gates.baseline=false)"
     elif not agents:
         captured_msg = "no agent serves the target's nodes"
@@ -126,7 +134,7 @@ def gate_closed(
         ]
         new["phase"] = Phase.FINALIZING.value
     degraded = c.is_true(status.get("conditions"), c.TELEMETRY_DEGRADED)
-    if not record.get("baseline", True) and not agents:
+    if not requested:
         pass  # baselines off (spec.gates.baseline=false): no telemetry was asked for
     elif missing or simulated or not agents:
         why = []

@@ -325,8 +325,11 @@ async def record_gate(
     if ctx is None:
         return False
     gen = ctx.generation
+    requested = ctx.spec.gates.baseline
     status = await ctx.writer.update(
-        lambda st: transitions.gate_closed(st, generation=gen, boundary=boundary, record=record)
+        lambda st: transitions.gate_closed(
+            st, generation=gen, boundary=boundary, record=record, requested=requested
+        )
     )
     ctx.wake.set()
     return status is not None
@@ -460,12 +463,17 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
     running = {v.index for v in ctx.pods.values() if v.running and v.index is not None}
     finished_ok = {v.index for v in ctx.pods.values() if v.phase == "Succeeded"}
     warmup = ctx.spec.phases.warmup is not None
-    if len(running | finished_ok) >= ctx.workers:
-        await ctx.writer.update(
+    ready_before = c.is_true((ctx.writer.status or {}).get("conditions"), c.WORKERS_READY)
+    if not ready_before and len(running | finished_ok) >= ctx.workers:
+        status = await ctx.writer.update(
             lambda st: transitions.workers_ready(
                 st, generation=gen, running=len(running), workers=ctx.workers, warmup=warmup
             )
         )
+        if status is not None and not (status.get("gates") or {}).get("START"):
+            # the target's pods may have moved or started since acceptance: ask the agents
+            # that serve them now, before the START gate
+            await services.gates.register(ctx, status.get("gates") or {})
     # 6. live status, at most once per live interval and only when a snapshot is new
     latest = services.snapshots.latest(ctx.key)
     seqs = {w: s.seq for w, s in latest.items()}
@@ -488,7 +496,10 @@ async def run_loop(
         if ctx is None or ctx.uid != uid or not ctx.accepted.is_set():
             if transitions.is_terminal(body.get("status")):  # kopf keeps a daemon's body live
                 return
-            await _sleep(None, tick_s, stopped)
+            if ctx is None or ctx.uid != uid:  # the create/resume handler has not run yet
+                await asyncio.sleep(min(tick_s, 0.1))
+            else:
+                await _sleep(ctx.accepted, tick_s, stopped)
             continue
         if ctx.done or transitions.is_terminal(ctx.writer.status):
             release(services, ctx)
