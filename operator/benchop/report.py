@@ -6,6 +6,8 @@ wide`` shows on a cluster (Age aside). ``results_table`` is the detailed view.
 
 >>> printer_row({"status": {"phase": "Succeeded"}}, BENCHMARKRUN_COLUMNS[:1])
 {'Phase': 'Succeeded'}
+>>> fmt(999.7), fmt(0.01234), fmt(152234.0), fmt(None)
+('1000', '0.0123', '152234', '-')
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:.0f}"
+        short = f"{value:.{digits}g}"
+        return f"{value:.0f}" if "e" in short and abs(value) >= 1 else short
     return str(value)
 
 
