@@ -181,7 +181,9 @@ class Top:
         counter only grows, so that is its minimum over ``[since, now]`` (a counter reset
         inside the window would make the column too large)."""
         range_ms = max(1, round((time.time() - self.target.since) * 1000))
-        promql = f"min_over_time({ENERGY}{self.target.selector.matchers()}[{range_ms}ms])"
+        # min by GPU: a GPU whose pod label changed in the window has two series
+        window = f"{ENERGY}{self.target.selector.matchers()}[{range_ms}ms]"
+        promql = f"min by (Hostname, gpu) (min_over_time({window}))"
         return {
             f"{s.labels.get('Hostname', '')}/{s.labels.get('gpu', '')}": s.points[-1][1] / 1000
             for s in parse_result(self.client.query(promql))
