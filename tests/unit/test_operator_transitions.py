@@ -261,3 +261,23 @@ def test_telemetry_without_agents_is_degraded_unless_baselines_are_off() -> None
     off = t.gate_closed({}, generation=1, boundary="START", record=rec, requested=False)
     assert off is not None and c.get_condition(off["conditions"], c.TELEMETRY_DEGRADED) is None
     assert "disabled" in cond(off, c.BASELINE_START_CAPTURED)["message"]
+
+
+def test_watchdog_deadline() -> None:
+    from benchop.api.models import BenchmarkRunSpec
+    from benchop.operator.handlers.runs import deadline_s
+    from benchop.operator.settings import OperatorSettings
+
+    base = {
+        "target": {"url": "http://m/v1", "model": "m"},
+        "load": {"mode": "concurrency", "concurrency": 1},
+    }
+    settings = OperatorSettings(default_deadline_s=3600, deadline_grace_s=60)
+
+    def spec(**kw: Any) -> BenchmarkRunSpec:
+        return BenchmarkRunSpec.model_validate({**base, **kw})
+
+    assert deadline_s(settings, spec(phases={"profiling": {"requests": 5}})) == 3600
+    assert deadline_s(settings, spec(phases={"profiling": {"duration": "3h"}})) == 2 * 10800 + 600
+    with_deadline = spec(phases={"profiling": {"duration": "3h"}}, activeDeadlineSeconds=100)
+    assert deadline_s(settings, with_deadline) == 160

@@ -339,10 +339,17 @@ async def record_gate(
 
 
 def deadline_s(settings: OperatorSettings, spec: BenchmarkRunSpec) -> float:
-    """Seconds after acceptance when the watchdog fails a run that is still not terminal."""
+    """Seconds after acceptance when the watchdog fails a run that is still not terminal.
+
+    ``spec.activeDeadlineSeconds`` plus a grace (the Job's own deadline normally fires
+    first); else the operator's default, stretched to twice the phases' durations plus ten
+    minutes for a run whose phases are longer than that.
+    """
     if spec.active_deadline_seconds is not None:
         return spec.active_deadline_seconds + settings.deadline_grace_s
-    return settings.default_deadline_s
+    phases = (spec.phases.warmup, spec.phases.profiling)
+    planned = sum(p.duration.seconds for p in phases if p is not None and p.duration)
+    return max(settings.default_deadline_s, 2 * planned + 600)
 
 
 async def _fail(services: Services, ctx: RunContext, reason: str, message: str) -> None:
