@@ -7,14 +7,16 @@ Used in-process by local mode and by the operator (``operator.gatebridge``).
     worker N DEALER ─┘ ◀────────────                    ◀────────────── └─▶ agent b ROUTER
                         GateGranted{start_at_ns}          BaselineAck
 
-A gate is ``(run, phase_id, boundary)``. It closes when every worker of the
-run (``register_run(..., workers=N)``) has asked: then every agent is sent a
-``BaselineRequest`` concurrently and acks are collected until the run's
-timeout (an agent that is down, slow or refuses never holds the gate past
-it; it is listed in ``missing``), the :class:`GateOutcome` is recorded, the
-optional ``on_gate(run, outcome)`` callback is awaited (the operator writes
-status there) and every waiting worker gets ``GateGranted`` with one common
-``start_at_ns`` a short lead in the future, so all workers pass together.
+A gate is ``(run, phase_id, boundary)``. It closes when every worker of the run
+(``register_run(..., workers=N)``) has asked: then every agent is sent a
+``BaselineRequest`` concurrently (each over a client of this handshake's own,
+so runs whose gates close together never queue on a shared agent) and acks are
+collected until the run's timeout (an agent that is down, slow or refuses never
+holds the gate past it; it is listed in ``missing``), the :class:`GateOutcome`
+is recorded, the optional ``on_gate(run, outcome)`` callback is awaited (the
+operator writes status there) and every waiting worker gets ``GateGranted``
+with one common ``start_at_ns`` a short lead in the future, so all workers pass
+together.
 
 Idempotent by ``(run, phase_id, boundary)``: once closed, any later or retried
 request is answered from the recorded outcome and the handshake never runs
@@ -150,7 +152,6 @@ class GateCoordinator:
         self._lead_ns = int(start_lead_s * 1e9)
         self._callback_timeout_s = callback_timeout_s
         self._runs: dict[str, _Run] = {}
-        self._clients: dict[str, RequestClient] = {}  # by agent endpoint, shared by runs
         self._server: RequestServer | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
@@ -173,16 +174,13 @@ class GateCoordinator:
         return self._server.endpoint
 
     async def close(self) -> None:
-        """Stop serving; gates still closing are cancelled, agent clients closed."""
+        """Stop serving; gates still closing are cancelled (their agent clients closed)."""
         tasks = [t for t in (self._serve_task, *self._closing) if t is not None]
         for task in tasks:
             task.cancel()
         if self._server is not None:
             self._server.close()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for client in self._clients.values():
-            client.close()
-        self._clients.clear()
         self._server = None
         self._serve_task = None
 
@@ -427,12 +425,16 @@ class GateCoordinator:
     async def _ask(
         self, agent: AgentEndpoint, req: BaselineRequest, timeout_s: float
     ) -> BaselineAck | None:
-        client = self._clients.get(agent.endpoint)
-        if client is None:
-            client = RequestClient(agent.endpoint, curve=self._agent_curve)
-            self._clients[agent.endpoint] = client
-        # Three attempts fit in the timeout; the caller cancels whatever is left at the deadline.
-        reply = await client.request(req, timeout=max(timeout_s / 3, 0.05), retries=2, backoff=0.02)
+        # A client of its own: RequestClient serialises its requests, so a client shared by
+        # runs would queue one run's request behind another's attempts at the same agent.
+        client = RequestClient(agent.endpoint, curve=self._agent_curve)
+        try:
+            # Three attempts fit in the timeout; the caller cancels what is left at the deadline.
+            reply = await client.request(
+                req, timeout=max(timeout_s / 3, 0.05), retries=2, backoff=0.02
+            )
+        finally:
+            client.close()
         if (
             isinstance(reply, BaselineAck)
             and reply.request_id == req.request_id

@@ -29,10 +29,19 @@ RUN = "ns/run"
 class FakeAgent:
     """A RequestServer answering BaselineRequests like a node agent (or never, when silent)."""
 
-    def __init__(self, name: str, *, silent: bool = False, success: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        silent: bool = False,
+        success: bool = True,
+        delay_s: dict[str, float] | None = None,
+    ) -> None:
         self.name = name
         self.silent = silent
         self.success = success
+        self.delay_s = delay_s or {}  # by run: answer that much later
+        self.received = asyncio.Event()
         self.requests: list[BaselineRequest] = []
         self.server = RequestServer()
         self.task = asyncio.create_task(self.server.serve(self.handle))
@@ -46,8 +55,11 @@ class FakeAgent:
     async def handle(self, msg: Message) -> Message | None:
         assert isinstance(msg, BaselineRequest)
         self.requests.append(msg)
+        self.received.set()
         if self.silent:
             await asyncio.Event().wait()  # hangs until the server is closed
+        if msg.run in self.delay_s:
+            await asyncio.sleep(self.delay_s[msg.run])
         return BaselineAck(
             request_id=msg.request_id,
             run=msg.run,
@@ -218,6 +230,32 @@ async def test_silent_and_lost_agents_never_hold_the_gate_past_the_timeout(
     assert [a.agent for a in outcome.acks] == ["ok"]
     assert timeout_s * 0.9 <= outcome.handshake_s < timeout_s + 1.0
     assert len(agents[1].requests) >= 1  # it was asked, it just never answered
+
+
+async def test_runs_closing_together_do_not_queue_on_a_shared_agent(
+    coordinator: GateCoordinator, clients: list[RequestClient], agents: list[FakeAgent]
+) -> None:
+    # One agent serves both runs' targets. It answers run A after 0.6 s (within A's 3 s
+    # timeout) and run B at once. B's gate closes while A's request is in flight: B's
+    # request must not wait behind A's (0.6 s > B's 0.5 s timeout would make it "missing").
+    agent = FakeAgent("shared", delay_s={"ns/a": 0.6, "ns/b": 0.02})
+    agents.append(agent)
+    coordinator.register_run(
+        "ns/a", workers=1, agents=[agent.endpoint], timeout_s=3.0, baseline=True
+    )
+    coordinator.register_run(
+        "ns/b", workers=1, agents=[agent.endpoint], timeout_s=0.5, baseline=True
+    )
+    a = asyncio.create_task(ask(coordinator, clients, 0, workers=1, run="ns/a"))
+    await asyncio.wait_for(agent.received.wait(), 5)  # A's request is in flight
+    b = await ask(coordinator, clients, 0, workers=1, run="ns/b")
+    assert isinstance(b, GateGranted) and b.missing == [] and b.baseline_captured
+    granted_a = await a
+    assert isinstance(granted_a, GateGranted) and granted_a.baseline_captured
+    assert [r.run for r in agent.requests] == ["ns/a", "ns/b"]
+    for run in ("ns/a", "ns/b"):
+        [ack] = coordinator.outcomes(run)[("profiling", "START")].acks
+        assert ack.run == run and ack.success
 
 
 async def test_retries_are_answered_without_a_second_handshake(
