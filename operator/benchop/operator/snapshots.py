@@ -10,8 +10,6 @@ worker, the latest snapshot and the COMPLETE one. Everything else here is pure:
   termination message (a compact JSON summary: counters and gauges, no raw values), else the
   latest live snapshot (then the results are ``complete: false``); the weakest source used names
   the results' source;
-- :func:`gpu_results` — GPU numbers of the profiling window from the START/END baseline samples
-  persisted in ``status.gates``;
 - :func:`verdict` — Succeeded, or the failure reason (``AllRequestsFailed``,
   ``TargetUnreachable``, ``NoRequests``).
 """
@@ -29,7 +27,7 @@ from typing import Any, Literal, TypeVar
 import zmq
 
 from benchagent.transport import Subscriber
-from benchagent.wire import MetricsSnapshot, SeriesSummary
+from benchagent.wire import MetricsSnapshot
 from benchop.api.models import GpuResults, Results, SloSpec, to_wire
 from benchop.metrics import names
 from benchop.metrics.stats import merge, summarize
@@ -46,8 +44,6 @@ REASONS: dict[Source, str] = {
 }
 """``ResultsAvailable`` reason per source."""
 
-MAX_GPUS = 64
-"""At most this many GPU samples per gate are kept in status (bounded status)."""
 RESULTS_MAX_BYTES = 16_384
 """``status.results`` larger than this (as JSON) is trimmed (GPU lists, then latencies)."""
 
@@ -272,66 +268,6 @@ def verdict(results: Mapping[str, Any]) -> tuple[bool, str, str]:
     return False, "AllRequestsFailed", f"all {total} requests failed ({detail})"
 
 
-# --------------------------------------------------------------------------- GPU
-
-
-def gpu_results(
-    start: Mapping[str, Any] | None,
-    end: Mapping[str, Any] | None,
-    *,
-    output_tokens: int,
-) -> GpuResults | None:
-    """GPU numbers of the profiling window from the persisted START/END gate outcomes.
-
-    Per GPU present (and error-free) in both samples: energy = END - START of NVML's energy
-    counter (exact), summed over GPUs, in joules; joules per output token = that energy over
-    the run's output tokens; power mean = energy / window (the START-to-END sample interval,
-    summed over GPUs: the power of the whole serving set); util mean = the mean of the START
-    and END utilisation samples over GPUs — a two-point estimate, not a time average (the
-    agent's Prometheus series give the time average); memory peak = the larger sample.
-    """
-    if not start or not end:
-        return None
-    agents = sorted({a["agent"] for a in (*start.get("acks", []), *end.get("acks", []))})
-    missing = sorted(set(start.get("missing", [])) | set(end.get("missing", [])))
-    s_gpus = {g["uuid"]: g for a in start.get("acks", []) for g in a.get("gpus", [])}
-    e_gpus = {g["uuid"]: g for a in end.get("acks", []) for g in a.get("gpus", [])}
-    simulated = any(a.get("simulated") for a in (*start.get("acks", []), *end.get("acks", [])))
-    both = sorted(s_gpus.keys() & e_gpus.keys())
-    energy_mj = 0
-    power_w = 0.0
-    utils: list[float] = []
-    mem_peak = 0
-    for uuid in both:
-        s, e = s_gpus[uuid], e_gpus[uuid]
-        delta = int(e["energyMj"]) - int(s["energyMj"])
-        window_s = (int(e["timestampNs"]) - int(s["timestampNs"])) / 1e9
-        if delta < 0:  # the counter reset (driver reload): no energy for this GPU
-            continue
-        energy_mj += delta
-        if window_s > 0:
-            power_w += delta / 1000 / window_s
-        utils += [float(s["util"]), float(e["util"])]
-        mem_peak = max(mem_peak, int(s["memUsed"]), int(e["memUsed"]))
-    if not both:
-        return GpuResults(gpus=0, simulated=simulated, agents=agents, missing_agents=missing)
-    energy_j = energy_mj / 1000
-    return GpuResults(
-        util_mean=round(sum(utils) / len(utils), 3) if utils else None,
-        power_mean_w=round(power_w, 3),
-        energy_j=round(energy_j, 3),
-        joules_per_output_token=(round(energy_j / output_tokens, 6) if output_tokens else None),
-        mem_peak_bytes=mem_peak,
-        gpus=len(both),
-        simulated=simulated,
-        agents=agents,
-        missing_agents=missing,
-    )
-
-
 def output_tokens(final: Final) -> int:
+    """Output tokens of the profiling phase over the chosen snapshots (for J per token)."""
     return sum(s.counters.get(names.OUTPUT_TOKENS_TOTAL, 0) for s in final.snapshots)
-
-
-def empty_series() -> SeriesSummary:
-    return SeriesSummary()
