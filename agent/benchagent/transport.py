@@ -503,8 +503,9 @@ class RequestServer:
     once, with no task and no await. The frames between the identity and the payload (the
     envelope: a RequestClient's req-id, a REQ socket's empty delimiter) are
     echoed back. Malformed frames are counted (``decode_errors`` on the
-    codec) and dropped; a handler that raises is logged, counted in
-    ``handler_errors`` and answered with nothing (the client retries).
+    codec) and dropped; a handler that raises, or whose reply cannot be
+    encoded, is logged, counted in ``handler_errors`` and answered with nothing
+    (the client retries).
     """
 
     max_batch = 256
@@ -621,12 +622,13 @@ class RequestServer:
     ) -> None:
         try:
             reply = await pending
-        except Exception:
+            if reply is None or self._closed:
+                return
+            payload = self.codec.encode(reply)
+        except Exception:  # the handler raised, or its reply cannot be encoded
             self._handler_failed(msg)
             return
-        if reply is None or self._closed:
-            return
-        await self._send(route, self.codec.encode(reply))
+        await self._send(route, payload)
 
     async def _send(self, route: list[bytes], payload: bytes) -> None:
         # The asyncio socket, not the sync view: serve() may be awaiting a recv

@@ -375,6 +375,28 @@ async def test_handler_error_is_counted_and_server_survives(closer: Closer) -> N
     assert server.handler_errors == 1
 
 
+async def test_async_handler_reply_that_cannot_be_encoded_is_a_handler_error(
+    closer: Closer,
+) -> None:
+    server = closer(RequestServer())
+
+    async def bad_reply(msg: Message) -> Message | None:
+        assert isinstance(msg, GateRequest)
+        if msg.worker == 0:
+            return cast(Message, object())  # the codec raises on this, inside the task
+        return granted(msg)
+
+    closer.serve(server, bad_reply)
+    client = closer(RequestClient(server.endpoint))
+    with pytest.raises(RequestTimeout):
+        await client.request(gate(0), timeout=0.2, retries=0)
+    await wait_until(lambda: server.handler_errors == 1)
+    reply = await client.request(gate(1), timeout=2.0, retries=0)
+    assert isinstance(reply, GateGranted)
+    assert (server.requests, server.replies, server.handler_errors) == (2, 1, 1)
+    assert not server._tasks  # the failed task finished (its error handled, not left pending)
+
+
 async def test_plain_function_handler_is_answered_without_a_task(closer: Closer) -> None:
     """A handler returning the reply directly is answered in the same wakeup."""
     server = closer(RequestServer())
