@@ -197,21 +197,6 @@ class BaselineServer:
     def malformed_frames(self) -> int:
         return self._server.codec.decode_errors
 
-    async def handle(self, msg: Message) -> Message | None:
-        """One request -> one ack (read in a thread); other kinds are counted and unanswered."""
-        if not self._accept(msg):
-            return None
-        samples: list[GpuSample] | None = None
-        error: str | None = None
-        try:
-            samples = await self._reads.read()
-        except TimeoutError:
-            error = f"GPU read took longer than {self.read_timeout_s:g} s"
-        except Exception as e:  # a reader bug must still produce an answer
-            log.exception("GPU read for baseline %s/%s failed", msg.run, msg.boundary)
-            error = f"GPU read failed: {e!r}"
-        return self._ack(msg, samples, error)
-
     def _respond(self, msg: Message) -> Message | Awaitable[Message | None] | None:
         """The RequestServer handler: the ack now (inline reader) or a future of it (thread)."""
         if not self._accept(msg):
