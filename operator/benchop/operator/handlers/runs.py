@@ -30,15 +30,18 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from benchagent.wire import MetricsSnapshot
 from benchop.api import conditions as c
 from benchop.api.conditions import now_rfc3339
-from benchop.api.models import BenchmarkRun, BenchmarkRunSpec
+from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, GpuResults
 from benchop.operator import builders, transitions
+from benchop.operator.gatebridge import gpu_from_status
 from benchop.operator.k8s import BENCHMARKRUN, CONFIGMAP, JOB, POD, KubeApi
 from benchop.operator.pods import GRACEFUL, JobView, PodView, job_view, pod_view
 from benchop.operator.settings import OperatorSettings
 from benchop.operator.snapshots import (
     REASONS,
+    Final,
     SnapshotCollector,
     build_final_results,
     final_snapshots,
@@ -382,7 +385,7 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     ctx.done = True
 
 
-def _terminations(ctx: RunContext) -> dict[int, Any]:
+def _terminations(ctx: RunContext) -> dict[int, MetricsSnapshot]:
     out = {}
     for index, text in ctx.termination().items():
         snap = parse_termination_message(text, ctx.key)
@@ -391,9 +394,7 @@ def _terminations(ctx: RunContext) -> dict[int, Any]:
     return out
 
 
-def _gpu(ctx: RunContext, final: Any) -> Any:
-    from benchop.operator.gatebridge import gpu_from_status
-
+def _gpu(ctx: RunContext, final: Final) -> GpuResults | None:
     status = ctx.writer.status or {}
     return gpu_from_status(status.get("gates") or {}, output_tokens=output_tokens(final))
 
