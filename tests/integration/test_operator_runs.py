@@ -7,6 +7,7 @@ The test plays the kubelet (operator_kubelet.Kubelet): it starts the Job's worke
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import socket
@@ -534,3 +535,31 @@ async def test_agents_are_resolved_again_when_the_workers_are_ready(
     )
     gpu = status_of(kube, "r11")["results"]["gpu"]
     assert gpu["agents"] == ["agent-a"] and gpu["energyJ"] > 0
+
+
+async def test_unschedulable_worker_fails_the_run_after_the_grace(
+    kube: Kube, operator_task: Any, mock: MockServer, kubelet: Kubelet
+) -> None:
+    start(operator_task, kube, settings_for(stuck_after_s=1.0))
+    await kube.client.create(BENCHMARKRUNS, run_manifest("r12", mock.url))
+    job = await kubelet.read_job("r12")
+    meta = job["spec"]["template"]["metadata"]
+    pod = {
+        "metadata": {"name": "r12-loadgen-0", **{k: meta[k] for k in ("labels", "annotations")}},
+        "spec": job["spec"]["template"]["spec"],
+    }
+    await kube.client.create("v1/pods", pod)
+    unschedulable = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient cpu.",
+    }
+    await kube.client.patch_status(
+        "v1/pods", "r12-loadgen-0", {"phase": "Pending", "conditions": [unschedulable]}
+    )
+    loop = asyncio.get_running_loop()
+    seen = loop.time()
+    failed = await wait_condition(kube, "r12", c.SUCCEEDED, "False", 10)
+    assert loop.time() - seen >= 0.9  # not before the grace: an autoscaler may still add a node
+    assert failed["reason"] == "Unschedulable" and "Insufficient cpu" in failed["message"]
