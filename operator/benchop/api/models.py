@@ -493,6 +493,11 @@ class BenchmarkRunStatus(_Status):
     completion_time: str | None = None
     live: LiveStatus | None = None
     results: Results | None = None
+    gates: dict[str, Any] | None = Field(
+        None,
+        description="Closed phase gates (START/END) with their baseline acks; the operator "
+        "restores its gate coordinator from them after a restart.",
+    )
 
 
 # --------------------------------------------------------------------------- experiment
