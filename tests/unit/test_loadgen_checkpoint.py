@@ -7,6 +7,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+
 from benchop.loadgen import checkpoint as ckpt
 from benchop.loadgen.records import RequestRecord
 
@@ -41,7 +42,7 @@ def test_torn_last_line_is_dropped_and_cut_on_repair(tmp_path: Path) -> None:
     loaded = ckpt.load(tmp_path)
     assert [r.index for r in loaded.records] == [0, 1] and loaded.torn_bytes == 17
     assert (tmp_path / ckpt.RECORDS).stat().st_size == len(good) + 17  # readers do not cut
-    ckpt.load(tmp_path, repair=True)
+    ckpt.load(tmp_path, resume=True)
     assert (tmp_path / ckpt.RECORDS).read_bytes() == good
 
 
@@ -60,6 +61,8 @@ def test_cancelled_of_earlier_attempts_dropped_duplicates_and_garbage_skipped(
     loaded = ckpt.load(tmp_path)
     assert [r.id for r in loaded.records] == ["w0-a1-0", "w0-a2-0"]
     assert loaded.dropped_cancelled == 1 and loaded.bad_lines == 1
+    resumed = ckpt.load(tmp_path, resume=True)  # the next attempt drops every cancellation
+    assert [r.id for r in resumed.records] == ["w0-a1-0"] and resumed.dropped_cancelled == 2
 
 
 def test_elapsed_counts_earlier_attempts_not_downtime(tmp_path: Path) -> None:

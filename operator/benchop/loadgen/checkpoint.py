@@ -69,7 +69,7 @@ class Loaded(msgspec.Struct, kw_only=True):
     state: CheckpointState | None
     records: list[RequestRecord]
     dropped_cancelled: int = 0
-    torn_bytes: int = 0  # bytes of a torn last line (cut off when ``repair``)
+    torn_bytes: int = 0  # bytes of a torn last line (cut off when ``resume``)
     bad_lines: int = 0  # undecodable complete lines (skipped)
 
     @property
@@ -89,13 +89,16 @@ _decode_record = msgspec.json.Decoder(RequestRecord).decode
 _decode_state = msgspec.json.Decoder(CheckpointState).decode
 
 
-def load(results_dir: str | os.PathLike[str], *, repair: bool = False) -> Loaded:
+def load(results_dir: str | os.PathLike[str], *, resume: bool = False) -> Loaded:
     """Read ``checkpoint.json`` and ``records.jsonl`` (both optional).
 
-    Raises ValueError when ``checkpoint.json`` exists but is not a state.
+    Without ``resume`` this is the reader's view: the records the last
+    attempt's final snapshot covers. With ``resume`` it is the view of the next
+    attempt: every cancelled record is dropped too (they were cut short by the
+    worker, the next attempt sends new requests instead) and a torn last line
+    is truncated away so appends start on a clean line.
 
-    With ``repair`` a torn last line is truncated away so appends start on a
-    clean line (a resuming worker does this; readers should not).
+    Raises ValueError when ``checkpoint.json`` exists but is not a state.
     """
     d = Path(results_dir)
     state: CheckpointState | None = None
@@ -112,13 +115,15 @@ def load(results_dir: str | os.PathLike[str], *, repair: bool = False) -> Loaded
         data = b""
     end = data.rfind(b"\n") + 1  # everything after the last newline is a torn line
     torn = len(data) - end
-    if torn and repair:
+    if torn and resume:
         log.warning("%s: cutting off a torn last line (%d bytes)", path, torn)
         with open(path, "r+b") as f:
             f.truncate(end)
             f.flush()
             os.fsync(f.fileno())
     attempt = state.attempt if state is not None else 0
+    if resume:
+        attempt += 1
     records: list[RequestRecord] = []
     seen: set[str] = set()
     bad = dropped = 0

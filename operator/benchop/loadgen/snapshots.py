@@ -33,7 +33,6 @@ from typing import Any
 from benchagent.codec import MsgpackCodec
 from benchagent.transport import Publisher
 from benchagent.wire import MetricsSnapshot, SnapshotState
-
 from benchop.atomicio import write_atomic
 from benchop.metrics import Registry
 from benchop.metrics.stats import summarize

@@ -49,9 +49,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
 from benchagent.transport import Publisher
 from benchagent.wire import MetricsSnapshot
-
 from benchop.api.models import BenchmarkRunSpec, PhaseBound
 from benchop.loadgen import checkpoint as ckpt
 from benchop.loadgen.client import Ident, StreamClient, Target
@@ -473,7 +473,7 @@ class Worker:
         if d is None:
             return None
         d.mkdir(parents=True, exist_ok=True)
-        loaded = ckpt.load(d, repair=True)
+        loaded = ckpt.load(d, resume=True)
         st = loaded.state
         digest = spec_hash(self.config.spec)
         if st is None:
