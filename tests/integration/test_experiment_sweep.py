@@ -7,6 +7,7 @@ Succeeded with results) itself, one run at a time, instead of running load-gener
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from experiment_operator import EXPERIMENTS_ONLY, experiment_memo, services
@@ -21,6 +22,7 @@ from kube.harness import (
 
 from benchop.api.conditions import get_condition
 from benchop.api.models import ExperimentMetrics
+from benchop.operator.children import CREATED_ANNOTATION as CREATED
 from benchop.operator.rollup import DEFAULT_CAP, rollup
 
 TEMPLATE: dict[str, Any] = {
@@ -408,3 +410,152 @@ async def test_spec_edits_extend_the_sweep_or_are_refused(
     assert (accepted["status"], accepted["reason"]) == ("False", "SpecChanged")
     assert "ed-0" in accepted["message"]
     assert created_runs(kube) == ["ed-0", "ed-1"]
+
+
+# --------------------------------------------------------------------------- edits by identity
+
+PROMPT = "workload.promptTokens"
+
+
+async def finish_all(kube: Kube) -> None:
+    """Play the BenchmarkRun operator for every child that has no phase yet."""
+    for run in await children(kube):
+        if not (run.get("status") or {}).get("phase"):
+            await finish(kube, run["metadata"]["name"])
+
+
+def points_of(runs: list[dict[str, Any]]) -> dict[tuple[int, int], str]:
+    """(concurrency, promptTokens) -> child name; each child's spec is its params."""
+    out = {}
+    for run in runs:
+        params = json.loads(run["metadata"]["annotations"]["benchop.io/params"])
+        c, p = params["load.concurrency"], params[PROMPT]
+        assert (run["spec"]["load"]["concurrency"], run["spec"]["workload"]["promptTokens"]) == (
+            c,
+            p,
+        )
+        assert (c, p) not in out, f"two children of point {(c, p)}"
+        out[(c, p)] = run["metadata"]["name"]
+    return out
+
+
+async def test_extending_any_axis_of_a_multi_axis_sweep_runs_only_the_new_points(
+    kube: Kube, operator_task: OperatorFactory
+) -> None:
+    memo = experiment_memo(kube.url, refresh_interval_s=3600)
+    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+
+    def sweep(cs: list[int], ps: list[int]) -> list[dict[str, Any]]:
+        return [{"path": "load.concurrency", "values": cs}, {"path": PROMPT, "values": ps}]
+
+    body = experiment("mx", [])
+    body["spec"] = {**body["spec"], "sweep": sweep([1, 2], [128, 256]), "maxParallel": 30}
+    await kube.client.create(EXPERIMENTS, body)
+    generation = 1
+    edits = [
+        ([1, 2], [128, 256, 512]),  # the last axis: point 2 was (2,128), is (1,512) now
+        ([1, 2, 4], [128, 256, 512]),  # the first axis
+        ([1, 2, 4, 8], [128, 256, 512, 1024]),  # both
+    ]
+    before: dict[tuple[int, int], str] = {}
+    for step, (cs, ps) in enumerate([([1, 2], [128, 256]), *edits]):
+        if step:
+            await kube.client.patch(EXPERIMENTS, "mx", {"spec": {"sweep": sweep(cs, ps)}})
+            generation += 1
+        total = len(cs) * len(ps)
+        await wait_for(lambda total=total: len(created_runs(kube)) == total)  # type: ignore[misc]
+        await finish_all(kube)
+        st = await wait_for(
+            lambda g=generation: (  # type: ignore[misc]
+                (s := status_in(kube, "mx", "Succeeded")) and s["observedGeneration"] == g and s
+            )
+        )
+        assert st["counts"] == {
+            "total": total, "pending": 0, "running": 0, "succeeded": total, "failed": 0
+        }  # fmt: skip
+        assert cond(st, "Accepted")["status"] == "True"
+        now = points_of(await children(kube))
+        assert set(now) == {(c, p) for c in cs for p in ps}
+        assert {k: now[k] for k in before} == before  # old runs kept, none re-run
+        assert len(created_runs(kube)) == len(set(created_runs(kube))) == total
+        before = now
+    # Names: <exp>-<index at creation>, a point key suffix when that name was taken.
+    assert before[(1, 512)].startswith("mx-2-") and before[(2, 512)] == "mx-5"
+    assert before[(2, 128)] == "mx-2" and before[(4, 128)] == "mx-6"
+
+
+async def test_extending_a_single_axis_sweep(kube: Kube, operator_task: OperatorFactory) -> None:
+    memo = experiment_memo(kube.url, refresh_interval_s=3600)
+    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    await kube.client.create(EXPERIMENTS, experiment("one", [1, 2], maxParallel=4))
+    await wait_for(lambda: len(created_runs(kube)) == 2)
+    await finish_all(kube)
+    await wait_for(lambda: status_in(kube, "one", "Succeeded"))
+    sweep = [{"path": "load.concurrency", "values": [1, 2, 4, 8]}]
+    await kube.client.patch(EXPERIMENTS, "one", {"spec": {"sweep": sweep}})
+    await wait_for(lambda: len(created_runs(kube)) == 4)
+    await finish_all(kube)
+    st = await wait_for(
+        lambda: (s := status_in(kube, "one", "Succeeded")) and s["observedGeneration"] == 2 and s
+    )
+    assert st["counts"]["succeeded"] == 4
+    assert created_runs(kube) == ["one-0", "one-1", "one-2", "one-3"]
+    assert (read_run(kube, "one-3") or {})["spec"]["load"]["concurrency"] == 8
+
+
+async def test_a_running_child_deleted_by_hand_is_not_recreated(
+    kube: Kube, operator_task: OperatorFactory
+) -> None:
+    memo = experiment_memo(kube.url, refresh_interval_s=3600)
+    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    await kube.client.create(EXPERIMENTS, experiment("hd", [1, 2, 4]))
+    await wait_for(lambda: read_run(kube, "hd-0"))
+    await finish(kube, "hd-0")
+    await wait_for(lambda: read_run(kube, "hd-1"))
+
+    def recorded() -> set[str]:
+        body = kube.emulator.read(EXPERIMENTS, "hd") or {}
+        return set((body["metadata"].get("annotations") or {}).get(CREATED, "").split(","))
+
+    await wait_for(lambda: len(recorded()) == 2)  # the high-water set has hd-1
+    await kube.client.patch_status(BENCHMARKRUNS, "hd-1", {"phase": "Profiling"})
+    await kube.client.delete(BENCHMARKRUNS, "hd-1")  # the highest index, running
+    await wait_for(lambda: read_run(kube, "hd-2"))  # the next point starts instead
+    st = await wait_for(lambda: (s := exp_status(kube, "hd")).get("counts", {}).get("failed") and s)
+    assert st["counts"] == {"total": 3, "pending": 1, "running": 0, "succeeded": 1, "failed": 1}
+    await finish(kube, "hd-2")
+    st = await wait_for(lambda: status_in(kube, "hd", "Failed"))
+    succeeded = cond(st, "Succeeded")
+    assert succeeded["reason"] == "SomeFailed" and "deleted by hand: 1" in succeeded["message"]
+    assert created_runs(kube) == ["hd-0", "hd-1", "hd-2"]
+    assert read_run(kube, "hd-1") is None
+
+
+async def test_spec_changed_keeps_counting_until_the_running_children_end(
+    kube: Kube, operator_task: OperatorFactory
+) -> None:
+    memo = experiment_memo(kube.url, refresh_interval_s=3600)
+    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    await kube.client.create(EXPERIMENTS, experiment("sc", [1, 2]))
+    await wait_for(lambda: read_run(kube, "sc-0"))
+    await kube.client.patch_status(BENCHMARKRUNS, "sc-0", {"phase": "Profiling"})
+    sweep = [{"path": "load.concurrency", "values": [3, 2]}]
+    await kube.client.patch(EXPERIMENTS, "sc", {"spec": {"sweep": sweep}})
+    st = await wait_for(
+        lambda: (
+            (s := exp_status(kube, "sc")).get("observedGeneration") == 2
+            and (s.get("counts") or {}).get("running") == 1
+            and s
+        )
+    )
+    assert st["phase"] == "Running" and "completionTime" not in st
+    assert cond(st, "Accepted")["reason"] == "SpecChanged"
+    assert (cond(st, "Succeeded")["status"], cond(st, "Succeeded")["reason"]) == (
+        "Unknown",
+        "SpecChanged",
+    )
+    await finish(kube, "sc-0")  # the run ends: counts follow, the experiment ends Failed
+    st = await wait_for(lambda: status_in(kube, "sc", "Failed"))
+    assert st["counts"] == {"total": 1, "pending": 0, "running": 0, "succeeded": 1, "failed": 0}
+    assert st["completionTime"] and cond(st, "Succeeded")["status"] == "False"
+    assert created_runs(kube) == ["sc-0"]

@@ -10,12 +10,17 @@ from kubernetes_validate import validate as k8s_validate
 
 from benchop.api.models import ExperimentSpec
 from benchop.operator.children import (
+    CREATED_ANNOTATION,
     build_child_run,
     child_name,
     experiment_selector,
+    format_created,
     label_value,
     param_label_key,
+    parse_created,
+    pick_child_name,
     plan_sweep,
+    point_key,
     should_stop,
 )
 
@@ -182,3 +187,35 @@ def test_plan_does_not_recreate_a_run_deleted_by_hand() -> None:
     assert p.create == (2,) and p.counts["failed"] == 1
     p = plan_sweep(spec(), {1: "Succeeded", 2: "Succeeded", 3: "Succeeded"}, 4)
     assert p.finished and p.reason == "SomeFailed" and "deleted by hand: 0" in p.message
+
+
+def test_plan_never_recreates_a_deleted_point_of_the_high_water_set() -> None:
+    # maxParallel 1: point 1 is running (the highest index) and is deleted by hand.
+    p = plan_sweep(spec(), {0: "Succeeded"}, 4, created={0, 1})
+    assert p.create == (2,) and p.counts["failed"] == 1 and p.counts["succeeded"] == 1
+    assert p.counts == {"total": 4, "pending": 2, "running": 0, "succeeded": 1, "failed": 1}
+    p = plan_sweep(spec(), {0: "Succeeded", 2: "Succeeded", 3: "Succeeded"}, 4, created={1})
+    assert p.finished and p.reason == "SomeFailed" and "deleted by hand: 1" in p.message
+
+
+def test_plan_fills_gaps_left_by_an_extended_sweep_in_index_order() -> None:
+    # [c:[1,2], p:[128,256]] -> p:[128,256,512]: old points are now 0, 1, 3, 4.
+    phases = {0: "Succeeded", 1: "Succeeded", 3: "Succeeded", 4: "Succeeded"}
+    p = plan_sweep(spec(maxParallel=3), phases, 6, created=set(phases))
+    assert p.create == (2, 5) and p.counts["failed"] == 0 and p.counts["pending"] == 2
+    p = plan_sweep(spec(), {**phases, 2: "Succeeded", 5: "Succeeded"}, 6, created={0, 1, 3, 4})
+    assert p.finished and p.reason == "AllSucceeded"
+
+
+def test_point_keys_and_child_names() -> None:
+    a, b = point_key({"c": 1, "p": 128}), point_key({"p": 128, "c": 1})
+    assert a == b and len(a) == 12 and a != point_key({"c": 1, "p": 256})
+    assert point_key({"c": 1}) != point_key({"c": "1"})
+    assert pick_child_name("s", 2, {"c": 1}, {}) == "s-2"
+    assert pick_child_name("s", 2, {"c": 1}, {"s-2": point_key({"c": 1})}) == "s-2"
+    other = pick_child_name("s", 2, {"c": 1}, {"s-2": point_key({"c": 2})})
+    assert other == f"s-2-{point_key({'c': 1})}"
+    assert len(pick_child_name("x" * 80, 2, {"c": 1}, {child_name("x" * 80, 2): "k"})) <= 63
+    exp = {"metadata": {"annotations": {CREATED_ANNOTATION: format_created({"b", "a"})}}}
+    assert exp["metadata"]["annotations"][CREATED_ANNOTATION] == "a,b"
+    assert parse_created(exp) == {"a", "b"} and parse_created({"metadata": {}}) == set()

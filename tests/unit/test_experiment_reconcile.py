@@ -102,6 +102,23 @@ def test_progressed_and_rejected_statuses() -> None:
     assert acc is not None and (acc["status"], acc["message"]) == ("False", "spec.x: no")
 
 
+def test_a_rejection_waits_for_the_runs_already_started() -> None:
+    counts = {"total": 2, "pending": 0, "running": 1, "succeeded": 1, "failed": 0}
+    st = rejected({}, generation=2, reason="SpecChanged", message="m", now=NOW, counts=counts)
+    assert st is not None and st["phase"] == "Running" and "completionTime" not in st
+    assert st["counts"] == counts
+    assert needs_resync(st, {"generation": 2})  # the resync timer keeps the counts current
+    acc, suc = (get_condition(st["conditions"], t) for t in ("Accepted", "Succeeded"))
+    assert acc is not None and (acc["status"], acc["reason"]) == ("False", "SpecChanged")
+    assert suc is not None and (suc["status"], suc["reason"]) == ("Unknown", "SpecChanged")
+    done = {**counts, "running": 0, "failed": 1}
+    st = rejected(st, generation=2, reason="SpecChanged", message="m", now="later", counts=done)
+    assert st is not None and st["phase"] == "Failed" and st["completionTime"] == "later"
+    assert st["counts"] == done and not needs_resync(st, {"generation": 2})
+    suc = get_condition(st["conditions"], "Succeeded")
+    assert suc is not None and (suc["status"], suc["reason"]) == ("False", "SpecChanged")
+
+
 def test_parent_of_and_resync_filter() -> None:
     run = {
         "metadata": {
@@ -160,6 +177,32 @@ async def test_child_events_mark_dirty_only_when_the_row_changes() -> None:
     await event({"phase": "Succeeded", "results": {"throughput": {"rps": 5.0}}})  # kopf noise
     assert len(refresher.marks) == 2 and api.gets == 1
     await event({"phase": "Succeeded"}, "DELETED")
-    assert len(refresher.marks) == 3 and api.gets == 2 and services.rows == {}
+    assert len(refresher.marks) == 3 and api.gets == 2 and services.rows.get(("ns", "sw")) == {}
     await child_event(services, {"metadata": {"name": "orphan", "uid": "u9"}}, "MODIFIED")
     assert len(refresher.marks) == 3  # no Experiment owner: not ours
+
+
+async def test_memory_of_deleted_experiments_and_rows_is_pruned() -> None:
+    from benchop.operator.handlers.experiments import (
+        ExperimentServices,
+        child_event,
+        observe_experiment,
+    )
+
+    services = ExperimentServices(api=FakeApi(), refresher=FakeRefresher())  # type: ignore[arg-type]
+    owner = {"kind": "Experiment", "name": "sw", "controller": True}
+    for uid in ("k1", "k2"):
+        meta = {"name": uid, "namespace": "ns", "uid": uid, "ownerReferences": [owner]}
+        await child_event(services, {"metadata": meta, "status": {"phase": "Profiling"}}, None)
+    services.prune_rows("ns", "sw", {"k2"})  # a reconcile listed only k2
+    assert set(services.rows[("ns", "sw")]) == {"k2"}
+    exp = {"metadata": {"namespace": "ns", "name": "sw", "uid": "e1"}}
+    deleting = {"metadata": {**exp["metadata"], "deletionTimestamp": NOW}}
+    observe_experiment(services, deleting, "MODIFIED")
+    assert services.gone == {"e1"}
+    observe_experiment(services, deleting, "DELETED")
+    assert services.gone == set() and services.rows == {} and services.locks == {}
+    # DELETED while a reconcile holds the lock: remembered until the reconcile ends.
+    async with services.lock("ns", "sw"):
+        observe_experiment(services, deleting, "DELETED")
+        assert services.gone == {"e1"} and services.deleted == {"e1"}

@@ -4,22 +4,26 @@ No I/O and no clocks. The reconciler (:mod:`benchop.operator.handlers.experiment
 children, asks :func:`plan_sweep` what to do and creates what it says; the rollup reads the
 params and sweep index back from the annotations written here.
 
-Children are named ``<experiment>-<index>`` (index into ``ExperimentSpec.points()``, first axis
-slowest; the same names as ``benchop run`` uses locally), hashed down to 63 characters when
-longer. Each carries ``benchop.io/experiment=<experiment>``, one ``benchop.io/<path>=<value>``
+A child is identified by its params (:func:`point_key`), never by its index: values added to
+any axis shift the indices of later points. It is named ``<experiment>-<index>`` (its index into
+``ExperimentSpec.points()`` when it was created, first axis slowest; the same names as
+``benchop run`` uses locally) or, if a child of another point already has that name (the sweep
+was edited), ``<experiment>-<index>-<point key>``; hashed down to 63 characters when longer.
+Each carries ``benchop.io/experiment=<experiment>``, one ``benchop.io/<path>=<value>``
 label per swept parameter (values sanitised to label syntax), the exact params as JSON in an
 annotation, and a controller ownerReference to the Experiment.
 
     manifest = build_child_run(exp_body, index=0, params={"load.concurrency": 1}, spec=spec)
-    plan = plan_sweep(spec, [child_phase(c) for c in ordered_children])
+    plan = plan_sweep(spec, {index: child_phase(child), ...}, len(points), created=indices)
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,6 +38,9 @@ EXPERIMENT_LABEL = LABEL_PREFIX + "experiment"
 INDEX_ANNOTATION = LABEL_PREFIX + "sweep-index"
 PARAMS_ANNOTATION = LABEL_PREFIX + "params"
 EXPERIMENT_NAME_ANNOTATION = LABEL_PREFIX + "experiment-name"
+CREATED_ANNOTATION = LABEL_PREFIX + "created-points"
+"""On the Experiment (written by the reconciler): :func:`point_key` of every point that ever
+had a child, comma-separated — the high-water set that keeps a child deleted by hand deleted."""
 
 TERMINAL = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
 
@@ -48,6 +55,47 @@ def child_name(experiment: str, index: int) -> str:
     'sweep-3'
     """
     return safe_name(experiment, str(index))
+
+
+def point_key(params: Mapping[str, Any]) -> str:
+    """A point's identity: 12 hex digits of the SHA-256 of its params as canonical JSON.
+
+    Independent of the point's index, so it survives values added to any axis.
+
+    >>> point_key({"a": 1, "b": "x"}) == point_key({"b": "x", "a": 1})
+    True
+    """
+    text = json.dumps(dict(params), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def pick_child_name(
+    experiment: str, index: int, params: Mapping[str, Any], taken: Mapping[str, str]
+) -> str:
+    """The name of a new child: ``<experiment>-<index>``, unless a child of another point
+    (``taken``: name -> point key) already has that name (the sweep was edited after it was
+    created): then ``<experiment>-<index>-<point key>``. Deterministic and unique.
+
+    >>> pick_child_name("s", 2, {"c": 1}, {"s-2": point_key({"c": 2})}).startswith("s-2-")
+    True
+    """
+    name = child_name(experiment, index)
+    key = point_key(params)
+    if taken.get(name, key) == key:
+        return name
+    return safe_name(experiment, f"{index}-{key}")
+
+
+def parse_created(experiment: Mapping[str, Any]) -> set[str]:
+    """The point keys in the Experiment's :data:`CREATED_ANNOTATION` (empty if absent)."""
+    ann = (experiment.get("metadata") or {}).get("annotations") or {}
+    text = ann.get(CREATED_ANNOTATION)
+    return {k for k in text.split(",") if k} if isinstance(text, str) else set()
+
+
+def format_created(keys: Collection[str]) -> str:
+    """The :data:`CREATED_ANNOTATION` value of ``keys`` (sorted: the same set, the same text)."""
+    return ",".join(sorted(keys))
 
 
 def label_value(value: Any) -> str:
@@ -107,22 +155,25 @@ def build_child_run(
     index: int,
     params: Mapping[str, Any],
     spec: BenchmarkRunSpec,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """The BenchmarkRun manifest of sweep point ``index`` of ``experiment`` (a full body)."""
+    """The BenchmarkRun manifest of sweep point ``index`` of ``experiment`` (a full body),
+    named ``name`` (default :func:`child_name`; the reconciler uses :func:`pick_child_name`)."""
     meta = experiment["metadata"]
-    name = meta["name"]
-    labels = {EXPERIMENT_LABEL: experiment_label_value(name)}
+    exp_name = meta["name"]
+    name = name or child_name(exp_name, index)
+    labels = {EXPERIMENT_LABEL: experiment_label_value(exp_name)}
     for path, value in params.items():
         labels[param_label_key(path)] = label_value(value)
     return {
         "apiVersion": API_VERSION,
         "kind": "BenchmarkRun",
         "metadata": {
-            "name": child_name(name, index),
+            "name": name,
             "namespace": meta["namespace"],
             "labels": labels,
             "annotations": {
-                EXPERIMENT_NAME_ANNOTATION: name,
+                EXPERIMENT_NAME_ANNOTATION: exp_name,
                 INDEX_ANNOTATION: str(index),
                 PARAMS_ANNOTATION: params_json(params),
             },
@@ -212,16 +263,26 @@ def should_stop(spec: ExperimentSpec, failures: int) -> bool:
     return spec.max_failures is not None and failures > spec.max_failures
 
 
-def plan_sweep(spec: ExperimentSpec, phases: Mapping[int, str], total: int) -> Plan:
+def plan_sweep(
+    spec: ExperimentSpec,
+    phases: Mapping[int, str],
+    total: int,
+    created: Collection[int] | None = None,
+) -> Plan:
     """The next step of a sweep of ``total`` points given the children's phases by index.
 
-    Points are started in index order, at most ``spec.max_parallel`` non-terminal at a time.
-    A point below the highest created index that has no child was deleted by hand: it is not
-    re-created and counts as failed. The sweep is finished when nothing is running and either
-    every point was created or the failure policy stopped it (reason ``Aborted``).
+    ``created``: the points that ever had a child (the reconciler persists this high-water set
+    on the Experiment); None means every index below the highest one in ``phases`` (a sweep
+    created in index order, as ``benchop run`` does). A created point without a child was
+    deleted by hand: it is not re-created and counts as failed. Points are started in index
+    order, skipping created ones, at most ``spec.max_parallel`` non-terminal at a time. The
+    sweep is finished when nothing is running and either every point was created or the
+    failure policy stopped it (reason ``Aborted``).
     """
-    created_up_to = max(phases, default=-1)
-    missing = [i for i in range(created_up_to) if i not in phases]
+    if created is None:
+        created = range(max(phases, default=-1) + 1)
+    ever = set(created) | set(phases)
+    missing = sorted(i for i in ever if i not in phases)
     succeeded = sum(1 for p in phases.values() if p == Phase.SUCCEEDED.value)
     failed = sum(1 for p in phases.values() if p == Phase.FAILED.value) + len(missing)
     active = [i for i, p in phases.items() if p not in TERMINAL]
@@ -230,8 +291,9 @@ def plan_sweep(spec: ExperimentSpec, phases: Mapping[int, str], total: int) -> P
     create: tuple[int, ...] = ()
     if not stop:
         room = max(0, spec.max_parallel - len(active))
-        create = tuple(range(created_up_to + 1, min(total, created_up_to + 1 + room)))
-    not_created = max(0, total - (created_up_to + 1) - len(create))
+        fresh = (i for i in range(total) if i not in ever)
+        create = tuple(itertools.islice(fresh, room))
+    not_created = max(0, total - len(ever) - len(create))
     counts = {
         "total": total,
         "pending": not_created + len(create) + pending_children,
@@ -239,7 +301,7 @@ def plan_sweep(spec: ExperimentSpec, phases: Mapping[int, str], total: int) -> P
         "succeeded": succeeded,
         "failed": failed,
     }
-    all_created = created_up_to + 1 + len(create) >= total
+    all_created = not_created == 0
     finished = not active and not create and (all_created or stop)
     deleted = f"; deleted by hand: {', '.join(map(str, missing))}" if missing else ""
     if not finished:

@@ -84,7 +84,7 @@ import copy
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,21 +97,28 @@ from benchop.api.models import (
     ExperimentPhase,
     ExperimentRunRow,
     ExperimentSpec,
+    Phase,
     format_validation_error,
     to_wire,
 )
 from benchop.api.sweep import set_path, sweep_points
 from benchop.operator.children import (
+    CREATED_ANNOTATION,
     EXPERIMENT,
     EXPERIMENT_LABEL,
     TERMINAL,
     Plan,
     build_child_run,
+    child_params,
     child_phase,
     experiment_selector,
+    format_created,
     owned_by,
+    params_json,
+    parse_created,
+    pick_child_name,
     plan_sweep,
-    sweep_index,
+    point_key,
 )
 from benchop.operator.k8s import BENCHMARKRUN, Body, Conflict, KubeApi
 from benchop.operator.refresher import Refresher
@@ -162,11 +169,20 @@ class ExperimentServices:
     refresher: Refresher
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)  # uids of deleted or deleting experiments
-    rows: dict[str, ExperimentRunRow] = field(default_factory=dict)  # child uid -> last row seen
+    deleted: set[str] = field(default_factory=set)  # uids whose DELETED came during a reconcile
+    rows: dict[Key, dict[str, ExperimentRunRow]] = field(default_factory=dict)
+    """Per experiment: child uid -> last rollup row seen (pruned to the listed children)."""
     created: int = 0  # child runs this process created (for tests and probes)
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self.locks.setdefault((namespace, name), asyncio.Lock())
+
+    def prune_rows(self, namespace: str, name: str, uids: set[str]) -> None:
+        """Keep only the rows of the children just listed (a deleted child's row goes)."""
+        rows = self.rows.get((namespace, name))
+        if rows is not None:
+            for uid in set(rows) - uids:
+                del rows[uid]
 
 
 def start_experiments(api: KubeApi, settings: OperatorSettings) -> ExperimentServices:
@@ -194,17 +210,34 @@ def is_terminal(status: Mapping[str, Any] | None) -> bool:
 
 
 def rejected(
-    status: Status, *, generation: int, reason: str, message: str, now: str
+    status: Status,
+    *,
+    generation: int,
+    reason: str,
+    message: str,
+    now: str,
+    counts: Mapping[str, int] | None = None,
 ) -> Status | None:
-    """Accepted=False and Succeeded=False with ``reason``; phase Failed."""
-    new = with_conditions(
-        status,
-        [(c.ACCEPTED, c.FALSE, reason, message), (c.SUCCEEDED, c.FALSE, reason, message)],
-        generation,
-    )
+    """Accepted=False with ``reason``. While children still run (``counts``: of the existing
+    children) the phase stays Running with Succeeded=Unknown, so reconciles keep the counts
+    current; once none is active, Succeeded=False and phase Failed with a completionTime."""
+    active = counts is not None and counts.get("pending", 0) + counts.get("running", 0) > 0
+    succeeded: tuple[str, str, str, str]
+    if active:
+        waiting = f"{message}; waiting for the runs already started to finish"
+        succeeded = (c.SUCCEEDED, c.UNKNOWN, reason, waiting)
+    else:
+        succeeded = (c.SUCCEEDED, c.FALSE, reason, message)
+    new = with_conditions(status, [(c.ACCEPTED, c.FALSE, reason, message), succeeded], generation)
     new["observedGeneration"] = generation
-    new["phase"] = ExperimentPhase.FAILED.value
-    new.setdefault("completionTime", now)
+    if counts is not None:
+        new["counts"] = dict(counts)
+    if active:
+        new["phase"] = ExperimentPhase.RUNNING.value
+        new.pop("completionTime", None)
+    else:
+        new["phase"] = ExperimentPhase.FAILED.value
+        new.setdefault("completionTime", now)
     return new
 
 
@@ -320,16 +353,42 @@ def _deleting(services: ExperimentServices, body: Mapping[str, Any]) -> bool:
     return bool(meta.get("deletionTimestamp")) or str(meta.get("uid")) in services.gone
 
 
+def child_counts(phases: Iterable[str]) -> dict[str, int]:
+    """``status.counts`` of existing children alone (a rejected spec has no points to count)."""
+    listed = list(phases)
+    active = [p for p in listed if p not in TERMINAL]
+    pending = sum(1 for p in active if p == Phase.PENDING.value)
+    return {
+        "total": len(listed),
+        "pending": pending,
+        "running": len(active) - pending,
+        "succeeded": sum(1 for p in listed if p == Phase.SUCCEEDED.value),
+        "failed": sum(1 for p in listed if p == Phase.FAILED.value),
+    }
+
+
 async def _reject(
-    services: ExperimentServices, body: Body, reason: str, message: str, now: str
+    services: ExperimentServices,
+    body: Body,
+    reason: str,
+    message: str,
+    now: str,
+    kids: list[Body] | None = None,
 ) -> None:
-    namespace, name, _, generation = _meta(body)
+    """Write the rejection; with children still running the phase stays Running (counts kept
+    current by later reconciles) and turns Failed once none is active."""
+    namespace, name, uid, generation = _meta(body)
+    if kids is None:
+        kids = await services.api.list(BENCHMARKRUN, namespace, labels=experiment_selector(name))
+    counts = child_counts(child_phase(k) for k in kids if owned_by(k, uid))
     await update_status(
         services.api,
         body,
         namespace,
         name,
-        lambda st: rejected(st, generation=generation, reason=reason, message=message, now=now),
+        lambda st: rejected(
+            st, generation=generation, reason=reason, message=message, now=now, counts=counts
+        ),
     )
 
 
@@ -339,52 +398,121 @@ async def reconcile_experiment(services: ExperimentServices, namespace: str, nam
     Raises :class:`InvalidExperiment` after writing the rejection when the spec is invalid;
     ``kopf.TemporaryError`` on API trouble (kopf retries).
     """
-    async with services.lock(namespace, name):
-        body = await services.api.get(EXPERIMENT, namespace, name)
-        if body is None or _deleting(services, body):
-            services.locks.pop((namespace, name), None)
-            return
-        _, _, uid, generation = _meta(body)
-        status = body.get("status") or {}
-        if is_terminal(status) and status.get("observedGeneration") == generation:
-            return  # finished (or rejected) for this spec: a late event never reopens it
-        now = c.now_rfc3339()
-        valid = validate_spec(body.get("spec") or {})
-        if isinstance(valid, str):
-            await _reject(services, body, c.REASON_INVALID_SPEC, valid, now)
-            raise InvalidExperiment(valid)
-        spec, points = valid
-        kids = await services.api.list(BENCHMARKRUN, namespace, labels=experiment_selector(name))
-        phases: dict[int, str] = {}
-        for kid in kids:
-            index = sweep_index(kid)
-            if not owned_by(kid, uid) or index is None:
-                continue
-            if index >= len(points) or not _same_spec(kid, points[index][1]):
-                message = (
-                    f"spec: run {kid['metadata']['name']} (point {index}) already exists with "
-                    "another spec; an Experiment's points cannot change once their runs exist "
-                    "(delete and re-create the Experiment for a new sweep)"
-                )
-                await _reject(services, body, REASON_SPEC_CHANGED, message, now)
-                raise InvalidExperiment(message)
-            phases[index] = child_phase(kid)
-        plan = plan_sweep(spec, phases, len(points))
-        for index in plan.create:
-            if _deleting(services, body):
+    uid = ""
+    try:
+        async with services.lock(namespace, name):
+            body = await services.api.get(EXPERIMENT, namespace, name)
+            if body is None or _deleting(services, body):
+                services.locks.pop((namespace, name), None)
                 return
-            params, run_spec = points[index]
-            child = build_child_run(body, index=index, params=params, spec=run_spec)
-            await services.api.create(BENCHMARKRUN, namespace, child)
-            services.created += 1
-            log.info("experiment %s/%s: created run %s", namespace, name, child["metadata"]["name"])
-        await update_status(
-            services.api,
-            body,
-            namespace,
-            name,
-            lambda st: progressed(st, generation=generation, plan=plan, now=now),
+            uid = _meta(body)[2]
+            await _reconcile(services, body)
+    finally:
+        if uid in services.deleted:  # its DELETED event came while we held the lock
+            forget_experiment(services, namespace, name, uid)
+
+
+async def _reconcile(services: ExperimentServices, body: Body) -> None:
+    namespace, name, uid, generation = _meta(body)
+    status = body.get("status") or {}
+    if is_terminal(status) and status.get("observedGeneration") == generation:
+        return  # finished (or rejected) for this spec: a late event never reopens it
+    now = c.now_rfc3339()
+    kids = await services.api.list(BENCHMARKRUN, namespace, labels=experiment_selector(name))
+    services.prune_rows(namespace, name, {str(k["metadata"].get("uid")) for k in kids})
+    valid = validate_spec(body.get("spec") or {})
+    if isinstance(valid, str):
+        await _reject(services, body, c.REASON_INVALID_SPEC, valid, now, kids)
+        raise InvalidExperiment(valid)
+    spec, points = valid
+    index_of = {point_key(params): i for i, (params, _) in enumerate(points)}
+    phases: dict[int, str] = {}
+    taken: dict[str, str] = {}  # child name -> point key, for naming new children
+    ours = [kid for kid in kids if owned_by(kid, uid)]
+    for kid in ours:
+        key = point_key(child_params(kid))
+        taken[kid["metadata"]["name"]] = key
+        index = index_of.get(key)
+        if index is None or not _same_spec(kid, points[index][1]):
+            message = (
+                f"spec: run {kid['metadata']['name']} ({params_json(child_params(kid))}) already "
+                "exists with another spec or params not in the sweep; an Experiment's points "
+                "cannot change once their runs exist (delete and re-create the Experiment for a "
+                "new sweep)"
+            )
+            await _reject(services, body, REASON_SPEC_CHANGED, message, now, kids)
+            raise InvalidExperiment(message)
+        phases[index] = child_phase(kid)
+    recorded = parse_created(body)
+    created = {index_of[k] for k in recorded if k in index_of}
+    plan = plan_sweep(spec, phases, len(points), created)
+    keys = recorded | {point_key(points[i][0]) for i in phases}
+    for index in plan.create:
+        if _deleting(services, body):
+            return
+        params, run_spec = points[index]
+        child_name = pick_child_name(name, index, params, taken)
+        child = build_child_run(body, index=index, params=params, spec=run_spec, name=child_name)
+        made = await services.api.create(BENCHMARKRUN, namespace, child)
+        if not owned_by(made, uid):  # an older namesake's run, not yet garbage-collected
+            log.warning(
+                "experiment %s/%s: run %s exists, owned by another; retried later",
+                namespace,
+                name,
+                child_name,
+            )
+            continue
+        taken[child_name] = point_key(params)
+        keys.add(point_key(params))
+        services.created += 1
+        log.info("experiment %s/%s: created run %s", namespace, name, child_name)
+    if keys != recorded:
+        patched = await record_created(services.api, body, keys)
+        if patched is None:
+            return
+        body = patched
+    await update_status(
+        services.api,
+        body,
+        namespace,
+        name,
+        lambda st: progressed(st, generation=generation, plan=plan, now=now),
+    )
+
+
+async def record_created(api: KubeApi, body: Body, keys: set[str]) -> Body | None:
+    """Add ``keys`` to the experiment's :data:`CREATED_ANNOTATION` (a set that only grows).
+
+    A merge patch of ``metadata.annotations`` conditional on the resourceVersion read; on 409
+    re-read (same uid) and merge again. Returns the patched body; None if the experiment is gone.
+    """
+    namespace, name, uid, _ = _meta(body)
+    path = EXPERIMENT.path(namespace, name)
+    current: Body | None = body
+    for _ in range(MAX_ATTEMPTS):
+        if current is None or _meta(current)[2] != uid:
+            return None
+        merged = parse_created(current) | keys
+        rv = str(current["metadata"]["resourceVersion"])
+        patch = {
+            "metadata": {
+                "resourceVersion": rv,
+                "annotations": {CREATED_ANNOTATION: format_created(merged)},
+            }
+        }
+        # TODO(k8s.py owner): KubeApi.patch(res, ns, name, patch, resource_version) would
+        # replace these private calls.
+        status, answer = await api._call(
+            "PATCH", path, json=patch, content_type="application/merge-patch+json"
         )
+        if status == 404:
+            return None
+        if status != 409:
+            return api._check("PATCH", path, status, answer)
+        current = await api.get(EXPERIMENT, namespace, name)
+    raise kopf.TemporaryError(
+        f"experiment {namespace}/{name}: {MAX_ATTEMPTS} conflicts in a row", delay=1.0
+    )
 
 
 def _same_spec(kid: Mapping[str, Any], expected: BenchmarkRunSpec) -> bool:
@@ -427,15 +555,16 @@ async def child_event(
         return
     uid = str((run.get("metadata") or {}).get("uid") or "")
     if event_type == "DELETED":
-        services.rows.pop(uid, None)
+        services.rows.get(parent, {}).pop(uid, None)
         services.refresher.mark_dirty(*parent)
         with contextlib.suppress(InvalidExperiment):
             await reconcile_experiment(services, *parent)
         return
     row = run_row(run)
-    if services.rows.get(uid) == row:
+    rows = services.rows.setdefault(parent, {})
+    if rows.get(uid) == row:
         return
-    services.rows[uid] = row
+    rows[uid] = row
     services.refresher.mark_dirty(*parent)
     if event_type is not None and row.phase in TERMINAL:
         with contextlib.suppress(InvalidExperiment):
@@ -445,9 +574,26 @@ async def child_event(
 def observe_experiment(
     services: ExperimentServices, body: Mapping[str, Any], event_type: str | None
 ) -> None:
-    """Remember deleted or deleting experiments so that no child is created for them."""
+    """Remember deleted or deleting experiments so that no child is created for them; forget
+    an experiment once it is DELETED (at the end of a reconcile that holds its lock then)."""
     meta = body.get("metadata") or {}
     if event_type == "DELETED" or meta.get("deletionTimestamp"):
-        services.gone.add(str(meta.get("uid")))
+        uid = str(meta.get("uid"))
+        services.gone.add(uid)
         if event_type == "DELETED":
-            services.locks.pop((str(meta.get("namespace")), str(meta.get("name"))), None)
+            namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+            lock = services.locks.get((namespace, name))
+            if lock is not None and lock.locked():
+                services.deleted.add(uid)
+            else:
+                forget_experiment(services, namespace, name, uid)
+
+
+def forget_experiment(services: ExperimentServices, namespace: str, name: str, uid: str) -> None:
+    """Drop what is kept in memory for a deleted experiment (its uid, lock and rows)."""
+    services.gone.discard(uid)
+    services.deleted.discard(uid)
+    services.rows.pop((namespace, name), None)
+    lock = services.locks.get((namespace, name))
+    if lock is not None and not lock.locked():
+        del services.locks[(namespace, name)]
