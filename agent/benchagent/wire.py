@@ -38,6 +38,10 @@ class GpuSample(msgspec.Struct, frozen=True, kw_only=True):
     sm_clock_mhz: int
     mem_clock_mhz: int
     error: str | None = None  # per-GPU read error; other fields are then zero
+    # Integral of gpu_util_pct over time (%·s) since the agent's sampler started: a step
+    # function of its ticks, extended to ``timestamp_ns``; None when unknown (old agents,
+    # errors, not sampled yet). (END - START) / window is the window's mean utilisation.
+    util_integral_pct_s: float | None = None
 
 
 class BaselineRequest(msgspec.Struct, tag="BaselineRequest", tag_field="kind", kw_only=True):
@@ -137,6 +141,4 @@ class MetricsSnapshot(msgspec.Struct, tag="MetricsSnapshot", tag_field="kind", k
     interrupted: bool = False  # stopped by a signal before the phase's bound
 
 
-Message = (
-    BaselineRequest | BaselineAck | GateRequest | GateGranted | GateDenied | MetricsSnapshot
-)
+Message = BaselineRequest | BaselineAck | GateRequest | GateGranted | GateDenied | MetricsSnapshot

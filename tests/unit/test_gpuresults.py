@@ -1,3 +1,6 @@
+import msgspec
+import pytest
+
 from benchagent.wire import BaselineAck, GpuSample
 from benchop.gpuresults import gpu_results
 
@@ -69,3 +72,46 @@ def test_no_agents_at_all_gives_none_but_missing_agents_are_reported():
     assert gpu_results([], [], output_tokens=5) is None
     res = gpu_results([], [], output_tokens=5, expected_agents=["a"])
     assert res is not None and res.gpus == 0 and res.missing_agents == ["a"]
+
+
+def with_integral(s: GpuSample, integral: float | None) -> GpuSample:
+    return msgspec.structs.replace(s, util_integral_pct_s=integral)
+
+
+def test_util_mean_is_the_window_mean_of_the_integral_when_both_samples_carry_it():
+    # g0: 10 s window, integral 200 -> 800 %·s: 60 % mean (two points would say 30 %).
+    start = [ack("a", "START", with_integral(sample("g0", 10, 0, util=10), 200.0))]
+    end = [ack("a", "END", with_integral(sample("g0", 20, 0, util=50), 800.0))]
+    res = gpu_results(start, end, output_tokens=1)
+    assert res is not None and res.util_mean == 60.0
+
+
+@pytest.mark.parametrize(
+    ("start_integral", "end_integral"),
+    [(None, 800.0), (200.0, None), (900.0, 100.0), (0.0, 2000.0)],
+    ids=["start-unknown", "end-unknown", "went-backwards", "over-100-pct"],
+)
+def test_util_mean_falls_back_to_two_points(
+    start_integral: float | None, end_integral: float | None
+):
+    start = [ack("a", "START", with_integral(sample("g0", 10, 0, util=10), start_integral))]
+    end = [ack("a", "END", with_integral(sample("g0", 20, 0, util=50), end_integral))]
+    res = gpu_results(start, end, output_tokens=1)
+    assert res is not None and res.util_mean == 30.0
+
+
+def test_gpu_whose_energy_counter_went_backwards_is_dropped_from_energy():
+    start = [ack("a", "START", sample("g0", 10, 1_000_000), sample("g1", 10, 9_000_000))]
+    end = [ack("a", "END", sample("g0", 20, 3_000_000), sample("g1", 20, 4_000))]  # g1 reset
+    res = gpu_results(start, end, output_tokens=1000, expected_agents=["a"])
+    assert res is not None
+    assert res.energy_j == 2000.0 and res.power_mean_w == 200.0  # g0 only, never negative
+    assert res.joules_per_output_token == 2.0
+    assert res.gpus == 2 and res.util_mean == 50.0  # utilisation of both is still valid
+    assert res.missing_agents == ["a/g1: energy counter reset"]
+
+    only = gpu_results(start[:1], [ack("a", "END", sample("g1", 20, 4_000))], output_tokens=5)
+    assert only is not None and only.gpus == 1
+    assert only.energy_j is None and only.power_mean_w is None
+    assert only.joules_per_output_token is None
+    assert only.missing_agents == ["a/g1: energy counter reset"]
