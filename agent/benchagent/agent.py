@@ -189,6 +189,7 @@ class Agent:
                 endpoint=cfg.baseline_bind,
                 curve=curve,
                 read_timeout_s=cfg.read_timeout_s,
+                util_integrals=self._sampler.integrals,
             )
             self._spawn(self._sampler.run(), "agent-sampler")
             self._spawn(self._baseline.serve(), "agent-baseline")

@@ -14,8 +14,8 @@ Concurrent requests share reads, and each is answered with a read that
 *started after the request arrived*, so 64 coordinators asking at once cost
 one to three reads, not 64. Requests arrive in RequestServer batches, and
 every request of a batch arrived before the batch is dispatched. A
-non-blocking reader (:class:`~benchagent.gpu.SimulatedReader`, or any reader
-whose ``blocking`` attribute is False) is read on the event loop once per
+non-blocking reader (``reader.blocking`` False:
+:class:`~benchagent.gpu.SimulatedReader`) is read on the event loop once per
 batch, while dispatching it, and the acks go out at once: no task, no thread
 hop. A blocking reader (NVML) gets one task per batch (requests dispatched
 before it runs join it) that reads in a thread through :class:`FreshReads`
@@ -39,7 +39,8 @@ from typing import TypeGuard
 
 import zmq.asyncio
 
-from benchagent.gpu import GpuReader, SimulatedReader
+from benchagent.gpu import GpuReader
+from benchagent.sampler import UtilIntegrals
 from benchagent.transport import ANY_LOCAL_PORT, CurveServer, RequestServer
 from benchagent.wire import BaselineAck, BaselineRequest, GpuSample, Message
 
@@ -141,16 +142,12 @@ class FreshReads:
 
 
 def reads_inline(reader: GpuReader) -> bool:
-    """True when ``reader.read()`` never blocks, so it may run on the event loop.
+    """True when ``reader.read()`` never blocks (``reader.blocking`` is False).
 
-    A reader says so with ``blocking = False``; a SimulatedReader (pure
-    arithmetic, ~35 us for 8 GPUs) is non-blocking. Anything else (NVML) is
-    read in a thread.
+    Such a reader (SimulatedReader) is read on the event loop; a blocking one
+    (NVML) in a thread.
     """
-    blocking = getattr(reader, "blocking", None)
-    if blocking is not None:
-        return not blocking
-    return type(reader) is SimulatedReader
+    return not reader.blocking
 
 
 class BaselineServer:
@@ -159,7 +156,9 @@ class BaselineServer:
     ``read_timeout_s`` bounds one threaded read: a hung NVML call yields a
     failed ack instead of a coordinator waiting forever (the read thread is
     left to finish on its own). Inline reads (see :func:`reads_inline`)
-    cannot hang and are not timed.
+    cannot hang and are not timed. With ``util_integrals`` (the agent's
+    sampler's), every fresh sample carries the utilisation integral extended
+    to its read time (``GpuSample.util_integral_pct_s``).
     """
 
     def __init__(
@@ -171,9 +170,11 @@ class BaselineServer:
         endpoint: str = ANY_LOCAL_PORT,
         curve: CurveServer | None = None,
         read_timeout_s: float = 5.0,
+        util_integrals: UtilIntegrals | None = None,
         ctx: zmq.asyncio.Context | None = None,
     ) -> None:
         self.reader = reader
+        self.util_integrals = util_integrals
         self.agent = agent
         self.node = node
         self.read_timeout_s = read_timeout_s
@@ -212,7 +213,7 @@ class BaselineServer:
         batch = self._server.batches
         if self._batch_read is None or self._batch_read[0] != batch:
             try:
-                self._batch_read = (batch, self.reader.read())
+                self._batch_read = (batch, self._integrated(self.reader.read()))
             except Exception as e:  # a reader bug must still produce an answer
                 log.exception("GPU read for baseline %s/%s failed", msg.run, msg.boundary)
                 return self._ack(msg, None, f"GPU read failed: {e!r}")
@@ -229,7 +230,7 @@ class BaselineServer:
         samples: list[GpuSample] | None = None
         error: str | None = None
         try:
-            samples = await self._reads.read()
+            samples = self._integrated(await self._reads.read())
         except TimeoutError:
             error = f"GPU read took longer than {self.read_timeout_s:g} s"
         except Exception as e:  # a reader bug must still produce an answer
@@ -238,6 +239,11 @@ class BaselineServer:
         for msg, fut in pending:
             if not fut.done():
                 fut.set_result(self._ack(msg, samples, error))
+
+    def _integrated(self, samples: list[GpuSample]) -> list[GpuSample]:
+        if self.util_integrals is None:
+            return samples
+        return self.util_integrals.extend(samples)
 
     def _accept(self, msg: Message) -> TypeGuard[BaselineRequest]:
         """Count a baseline request; count and refuse any other kind."""

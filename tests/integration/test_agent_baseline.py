@@ -32,6 +32,7 @@ from benchagent.wire import (
     GpuSample,
     Message,
 )
+from benchop.gpuresults import gpu_results
 
 
 class FakeClock:
@@ -101,6 +102,51 @@ async def test_end_minus_start_energy_is_the_simulated_integral(
         assert delta == reader.integral_mj(s0.index, t0, t1)
         assert 12.345 * reader.IDLE_W * 1000 <= delta <= 12.345 * reader.POWER_LIMIT_W * 1000
         assert s1.power_w == reader.power_w(s0.index, t1 // reader.step_ms)
+
+
+def step_integral(points: list[tuple[int, float]], t0: int, t1: int) -> float:
+    """Integral (%·s) over [t0, t1] of the step function holding each (time_ns, util) point."""
+    total = 0.0
+    for (t, u), (t_next, _) in zip(points, [*points[1:], (t1, 0.0)], strict=True):
+        lo, hi = max(t, t0), min(t_next, t1)
+        if hi > lo:
+            total += u * (hi - lo) / 1e9
+    return total
+
+
+async def test_util_mean_is_the_samplers_step_integral_over_the_window(
+    agent: Agent, clock: FakeClock
+) -> None:
+    reader = agent.reader
+    assert isinstance(reader, SimulatedReader)
+
+    async def tick(advance_ms: int) -> None:
+        await asyncio.sleep(0.01)  # distinct wall-clock timestamps, not a synchronisation
+        clock.t += advance_ms  # the simulated load changes every 100 ms of this clock
+        assert await agent.sampler.poll() is not None
+
+    await tick(150)
+    start = await ask(agent.baseline_endpoint, request("START"))
+    for advance_ms in (100, 230, 100, 300):
+        await tick(advance_ms)
+    end = await ask(agent.baseline_endpoint, request("END"))
+    assert all(s.util_integral_pct_s is not None for s in [*start.samples, *end.samples])
+
+    ticks = list(agent.sampler.ticks)
+    assert len(ticks) == 6  # the start-up tick + 5: all still in the ring buffer
+    expected = []
+    for s0, s1 in zip(start.samples, end.samples, strict=True):
+        points = [
+            (t.samples[s0.index].timestamp_ns, t.samples[s0.index].gpu_util_pct) for t in ticks
+        ]
+        window_s = (s1.timestamp_ns - s0.timestamp_ns) / 1e9
+        expected.append(step_integral(points, s0.timestamp_ns, s1.timestamp_ns) / window_s)
+        assert s1.util_integral_pct_s - s0.util_integral_pct_s == pytest.approx(
+            step_integral(points, s0.timestamp_ns, s1.timestamp_ns), rel=1e-9
+        )
+    res = gpu_results([start], [end], output_tokens=1)
+    assert res is not None and res.gpus == 4
+    assert res.util_mean == round(sum(expected) / len(expected), 3)
 
 
 async def test_samples_are_fresh_not_the_cached_poll(agent: Agent, clock: FakeClock) -> None:
@@ -289,6 +335,7 @@ class HangingReader:
     """Blocks on a gate while ``hang`` is set: a GPU whose NVML call hangs."""
 
     simulated = True
+    blocking = True
 
     def __init__(self) -> None:
         self.hang = threading.Event()
@@ -368,7 +415,7 @@ async def send_all(
 def test_which_readers_are_read_inline(clock: FakeClock) -> None:
     assert reads_inline(SimulatedReader(1)) and reads_inline(CountingReader(clock))
     assert not reads_inline(CountingReader(clock, blocking=True))
-    assert not reads_inline(HangingReader())  # unknown readers are read in a thread
+    assert not reads_inline(HangingReader())  # declared blocking: read in a thread
 
 
 @pytest.mark.parametrize("blocking", [False, True], ids=["inline", "thread"])

@@ -142,6 +142,7 @@ class GatedReader:
     """A simulated reader whose reads block until the test opens the gate."""
 
     simulated = True
+    blocking = True
 
     def __init__(self) -> None:
         self.gate = threading.Event()

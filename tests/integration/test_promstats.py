@@ -59,6 +59,7 @@ class RecordingReader:
     """A SimulatedReader that remembers every read: (reader clock in ms, samples)."""
 
     simulated = True
+    blocking = True  # takes a lock: read in a thread, as before readers declared it
 
     def __init__(self, gpus: int, seed: int) -> None:
         self._now_ms = 0

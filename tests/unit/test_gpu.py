@@ -62,6 +62,11 @@ def test_nvml_handle_failure_is_retried_on_next_read() -> None:
     assert second[0].uuid.startswith("GPU-00000000")
 
 
+def test_readers_declare_whether_read_blocks() -> None:
+    assert NvmlReader(FakeNvml(count=1)).blocking is True  # NVML calls block: a thread
+    assert SimulatedReader(1).blocking is False  # arithmetic: fine on the event loop
+
+
 def test_nvml_init_failure_is_a_backend_error() -> None:
     with pytest.raises(GpuBackendError, match="nvmlInit failed: Driver Not Loaded"):
         NvmlReader(FakeNvml(init_error="Driver Not Loaded"))
