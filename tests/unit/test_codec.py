@@ -50,7 +50,11 @@ MESSAGES: list[Message] = [
         agent="agent-a",
         node="node-1",
         success=True,
-        samples=[SAMPLE, msgspec.structs.replace(SAMPLE, index=1, error="XID 79")],
+        samples=[
+            SAMPLE,
+            msgspec.structs.replace(SAMPLE, index=1, error="XID 79"),
+            msgspec.structs.replace(SAMPLE, index=2, util_integral_pct_s=12345.678),
+        ],
     ),
     BaselineAck(
         request_id="r1",
@@ -108,6 +112,34 @@ def test_every_message_round_trips(msg: Message) -> None:
     assert decoded == msg
     assert type(decoded) is type(msg)
     assert codec.decode_errors == 0
+
+
+def test_gpu_samples_of_old_and_new_peers_decode_each_other() -> None:
+    """``util_integral_pct_s`` is optional: an older peer's sample lacks it, and a newer
+    sample decodes in an older peer (msgspec ignores unknown fields)."""
+
+    class OldGpuSample(msgspec.Struct, frozen=True, kw_only=True):
+        index: int
+        uuid: str
+        name: str
+        timestamp_ns: int
+        gpu_util_pct: float
+        mem_copy_util_pct: float
+        mem_used_bytes: int
+        mem_total_bytes: int
+        power_w: float
+        power_limit_w: float
+        energy_mj: int
+        temperature_c: float
+        sm_clock_mhz: int
+        mem_clock_mhz: int
+        error: str | None = None
+
+    fields = {f: getattr(SAMPLE, f) for f in OldGpuSample.__struct_fields__}
+    old = msgspec.msgpack.encode(OldGpuSample(**fields))
+    assert msgspec.msgpack.decode(old, type=GpuSample) == SAMPLE  # integral None
+    new = msgspec.msgpack.encode(msgspec.structs.replace(SAMPLE, util_integral_pct_s=5.0))
+    assert msgspec.msgpack.decode(new, type=OldGpuSample) == OldGpuSample(**fields)
 
 
 def test_codec_satisfies_the_protocol() -> None:
