@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ import zmq.asyncio
 import zmq.auth
 from agent_helpers import get, metric
 
+from benchagent import agent as agent_module
 from benchagent import command
 from benchagent.agent import Agent, AgentConfig
 from benchagent.baseline import BaselineServer, reads_inline
@@ -456,3 +459,26 @@ async def test_reader_failure_fails_the_ack(clock: FakeClock, blocking: bool) ->
     assert ack.success is False and ack.samples == []
     assert ack.error == "GPU read failed: RuntimeError('reader bug')"
     assert server.failures == 1
+
+
+async def test_run_agent_freezes_the_heap_after_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``benchop agent`` serves until SIGTERM; gc.freeze runs once start-up is done."""
+    seen: list[int] = []  # agents started when gc.freeze ran
+    started: list[Agent] = []
+
+    def freeze() -> None:  # record instead of freezing the test process's heap
+        seen.append(len(started))
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by run_agent's loop handler: stop
+
+    monkeypatch.setattr(agent_module.gc, "freeze", freeze)
+    real_start = Agent.start
+
+    async def start(self: Agent) -> None:
+        await real_start(self)
+        started.append(self)
+
+    monkeypatch.setattr(Agent, "start", start)
+    config = AgentConfig.local(gpu_backend="simulated", simulated_gpus=1, interval_s=60.0)
+    async with asyncio.timeout(10):
+        await agent_module.run_agent(config)
+    assert seen == [1] and len(started) == 1  # frozen once, after start() returned
