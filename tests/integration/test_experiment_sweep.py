@@ -482,6 +482,12 @@ async def test_extending_any_axis_of_a_multi_axis_sweep_runs_only_the_new_points
     # Names: <exp>-<index at creation>, a point key suffix when that name was taken.
     assert before[(1, 512)].startswith("mx-2-") and before[(2, 512)] == "mx-5"
     assert before[(2, 128)] == "mx-2" and before[(4, 128)] == "mx-6"
+    # The rollup's rows follow the current sweep (not the indices at creation).
+    await services(memo).refresher.flush()
+    rows = exp_status(kube, "mx")["metrics"]["runs"]
+    assert [(r["params"]["load.concurrency"], r["params"][PROMPT]) for r in rows] == [
+        (c, p) for c in [1, 2, 4, 8] for p in [128, 256, 512, 1024]
+    ]
 
 
 async def test_extending_a_single_axis_sweep(kube: Kube, operator_task: OperatorFactory) -> None:

@@ -189,3 +189,30 @@ def test_best_runs_of_rows_directly() -> None:
     rows = [run_row(child(0, "Succeeded", results(3, 3, 3, 3, 3)))]
     assert best_runs(rows)["rps"] == "sweep-0"
     assert best_runs([]) == {}
+
+
+def test_rows_follow_the_current_sweep_after_an_axis_grew() -> None:
+    def kid(name: str, index: int, c: int, p: int) -> dict[str, Any]:
+        params = {"load.concurrency": c, "workload.promptTokens": p}
+        ann = {INDEX_ANNOTATION: str(index), PARAMS_ANNOTATION: json.dumps(params)}
+        return {"metadata": {"name": name, "annotations": ann}, "status": {"phase": "Succeeded"}}
+
+    # Created for [c:[1,2], p:[128,256]], then p grew to [128,256,512].
+    runs = [
+        kid("s-0", 0, 1, 128),
+        kid("s-1", 1, 1, 256),
+        kid("s-2", 2, 2, 128),
+        kid("s-3", 3, 2, 256),
+        kid("s-2-k", 2, 1, 512),
+        kid("s-5", 5, 2, 512),
+        kid("odd", 9, 7, 7),  # params no longer in the sweep: last
+    ]
+    sweep = [
+        {"path": "load.concurrency", "values": [1, 2]},
+        {"path": "workload.promptTokens", "values": [128, 256, 512]},
+    ]
+    m = rollup(runs, cap=10, now=NOW, sweep=sweep)
+    assert [r.name for r in m.runs] == ["s-0", "s-1", "s-2-k", "s-2", "s-3", "s-5", "odd"]
+    plain = rollup(runs, cap=10, now=NOW)  # no sweep: index at creation, then name
+    assert [r.name for r in plain.runs] == ["s-0", "s-1", "s-2", "s-2-k", "s-3", "s-5", "odd"]
+    assert rollup(runs, cap=10, now=NOW, sweep="garbage").runs == plain.runs

@@ -57,4 +57,5 @@ async def read_rollup(
     uid = (experiment.get("metadata") or {}).get("uid")
     if uid:
         children = [c for c in children if owned_by(c, uid)]
-    return rollup(children, cap=cap, now=now or now_rfc3339()), "hydrated"
+    sweep = (experiment.get("spec") or {}).get("sweep")
+    return rollup(children, cap=cap, now=now or now_rfc3339(), sweep=sweep), "hydrated"

@@ -218,13 +218,39 @@ def child_phase(run: Mapping[str, Any]) -> str:
     return phase if isinstance(phase, str) and phase else Phase.PENDING.value
 
 
-def order_children(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Children in sweep order (index annotation, then name)."""
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
-    def key(run: Mapping[str, Any]) -> tuple[int, str]:
+
+def order_children(runs: Sequence[Mapping[str, Any]], sweep: Any = None) -> list[Mapping[str, Any]]:
+    """Children in sweep order.
+
+    With ``sweep`` (the Experiment's raw ``spec.sweep``: ``[{path, values}, ...]``), by the
+    position of each child's params in the current sweep, first axis slowest — right also
+    after values were added to an axis. Children whose params are not in it (or without a
+    usable ``sweep``) come after, by index annotation (their index when created), then name.
+    """
+    axes: list[tuple[str, dict[str, int]]] = []
+    if isinstance(sweep, list):
+        for axis in sweep:
+            if not isinstance(axis, Mapping) or not isinstance(axis.get("values"), list):
+                axes = []
+                break
+            positions: dict[str, int] = {}
+            for i, value in enumerate(axis["values"]):
+                positions.setdefault(_canonical(value), i)
+            axes.append((str(axis.get("path")), positions))
+
+    def key(run: Mapping[str, Any]) -> tuple[tuple[int, ...], int, str]:
+        params = child_params(run)
+        place: tuple[int, ...] = (1 << 30,)
+        if axes and len(params) == len(axes) and all(path in params for path, _ in axes):
+            found = [pos.get(_canonical(params[path])) for path, pos in axes]
+            if all(i is not None for i in found):
+                place = tuple(i for i in found if i is not None)
         index = sweep_index(run)
         name = str((run.get("metadata") or {}).get("name") or "")
-        return (index if index is not None else 1 << 30, name)
+        return (place, index if index is not None else 1 << 30, name)
 
     return sorted(runs, key=key)
 

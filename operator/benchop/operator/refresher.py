@@ -185,7 +185,9 @@ class Refresher:
         if exp is None or meta.get("deletionTimestamp"):
             return True
         uid = str(meta.get("uid") or "")
-        new = rollup([c for c in children if owned_by(c, uid)], cap=self.cap, now=self._now())
+        sweep = (exp.get("spec") or {}).get("sweep")
+        owned = [c for c in children if owned_by(c, uid)]
+        new = rollup(owned, cap=self.cap, now=self._now(), sweep=sweep)
         old = cached_rollup(exp)
         if old is not None and same_rollup(old, new):
             return True

@@ -107,14 +107,18 @@ def best_runs(rows: Sequence[ExperimentRunRow]) -> dict[str, str]:
     return best
 
 
-def rollup(runs: Sequence[Mapping[str, Any]], *, cap: int, now: str) -> ExperimentMetrics:
+def rollup(
+    runs: Sequence[Mapping[str, Any]], *, cap: int, now: str, sweep: Any = None
+) -> ExperimentMetrics:
     """``status.metrics`` of an Experiment from its child runs (see the module doc).
 
-    ``runs`` are BenchmarkRun bodies in any order; rows come out in sweep order. ``cap`` >= 1.
+    ``runs`` are BenchmarkRun bodies in any order; rows come out in sweep order (of ``sweep``,
+    the Experiment's raw ``spec.sweep``, when given: see
+    :func:`~benchop.operator.children.order_children`). ``cap`` >= 1.
     """
     if cap < 1:
         raise ValueError(f"cap must be >= 1, got {cap}")
-    rows = [run_row(run) for run in order_children(runs)]
+    rows = [run_row(run) for run in order_children(runs, sweep)]
     best = best_runs(rows)
     capped = len(rows) > cap
     if capped:
