@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from benchagent.exporter import DCGM_FIELDS
+
 
 class MetricClass(StrEnum):
     """How a metric's samples turn into numbers.
@@ -149,19 +151,9 @@ KINDS: dict[str, MetricKind] = {
 
 BY_KEY: dict[str, MetricKind] = {k.key: k for k in KINDS.values()}
 
-ALL_AGENT_METRICS: tuple[str, ...] = (
-    "DCGM_FI_DEV_GPU_UTIL",
-    "DCGM_FI_DEV_MEM_COPY_UTIL",
-    "DCGM_FI_DEV_FB_USED",
-    "DCGM_FI_DEV_FB_FREE",
-    "DCGM_FI_DEV_POWER_USAGE",
-    "DCGM_FI_DEV_POWER_MGMT_LIMIT",
-    "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
-    "DCGM_FI_DEV_GPU_TEMP",
-    "DCGM_FI_DEV_SM_CLOCK",
-    "DCGM_FI_DEV_MEM_CLOCK",
-)
-"""What the benchop agent (and dcgm-exporter's defaults) export: one query each."""
+ALL_AGENT_METRICS: tuple[str, ...] = tuple(f.name for f in DCGM_FIELDS)
+"""What the benchop agent exports (the exporter's own table; dcgm-exporter's defaults
+use the same names): one query each. Each must have a kind in :data:`KINDS`."""
 
 
 def kind_of(name: str) -> MetricKind:
