@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -78,6 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------- pure views
 
+PIPE_WIDTH = 250
+"""Console width when stdout is not a terminal and COLUMNS is unset (rich would use 80)."""
+
+
+def stdout_console() -> Console:
+    """The console for tables on stdout: the terminal's width; :data:`PIPE_WIDTH` when piped
+    or redirected (rows stay whole in files and ``grep``), unless COLUMNS says otherwise."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=PIPE_WIDTH)
+    return console
+
 
 def experiment_table(metrics: ExperimentMetrics, *, title: str | None = None) -> Table:
     """The comparison of a sweep: one row per run, swept params first, best values marked ``*``.
@@ -86,12 +99,12 @@ def experiment_table(metrics: ExperimentMetrics, *, title: str | None = None) ->
     """
     table = Table(title=title, caption="* best run per objective (Succeeded runs only)")
     params = list(dict.fromkeys(k for row in metrics.runs for k in row.params))
-    table.add_column("NAME")
+    table.add_column("NAME", overflow="fold")  # fold, never "moc…": the name identifies the row
     for p in params:
-        table.add_column(p.upper(), justify="right")
-    table.add_column("PHASE")
+        table.add_column(p.upper(), justify="right", overflow="fold")
+    table.add_column("PHASE", overflow="fold")
     for header, _ in ROW_COLUMNS:
-        table.add_column(header, justify="right")
+        table.add_column(header, justify="right", overflow="fold")
     for row in metrics.runs:
         values = row.model_dump(by_alias=True)
         cells = [row.name, *(fmt(row.params.get(p)) for p in params), fmt(values["phase"])]
@@ -229,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     if what == "experiment" and not args.name:
         print("benchop get experiment: NAME is required", file=sys.stderr)
         return 2
-    out = Console()
+    out = stdout_console()
     try:
         cluster = Cluster(args.server)
         if what == "experiment":

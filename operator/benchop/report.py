@@ -70,10 +70,14 @@ def printer_table(
 ) -> Table:
     """The ``kubectl get -o wide`` view of resources (NAME plus every printer column)."""
     table = Table(title=title)
-    table.add_column("NAME")
+    table.add_column("NAME", overflow="fold")  # narrow terminals fold cells, never cut them
     shown = [c for c in columns if c["type"] != "date"]
     for c in shown:
-        table.add_column(c["name"].upper(), justify="left" if c["type"] == "string" else "right")
+        table.add_column(
+            c["name"].upper(),
+            justify="left" if c["type"] == "string" else "right",
+            overflow="fold",
+        )
     for res in resources:
         row = printer_row(res, shown)
         table.add_row(str(resolve(res, ".metadata.name") or "-"), *row.values())

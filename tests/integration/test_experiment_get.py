@@ -4,6 +4,7 @@ comparison from the cached rollup or, when the cache is unusable, from the runs.
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any
 
 import pytest
@@ -30,10 +31,12 @@ async def benchop(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, 
     return code, captured.out, captured.err
 
 
-async def sweep(kube: Kube, name: str = "sw") -> list[dict[str, Any]]:
-    exp = await kube.client.create(EXPERIMENTS, {"metadata": {"name": name}, "spec": SPEC})
+async def sweep(
+    kube: Kube, name: str = "sw", spec_doc: dict[str, Any] = SPEC
+) -> list[dict[str, Any]]:
+    exp = await kube.client.create(EXPERIMENTS, {"metadata": {"name": name}, "spec": spec_doc})
     runs = []
-    for i, (params, spec) in enumerate(ExperimentSpec.model_validate(SPEC).points()):
+    for i, (params, spec) in enumerate(ExperimentSpec.model_validate(spec_doc).points()):
         run = build_child_run(exp, index=i, params=params, spec=spec)
         await kube.client.create(BENCHMARKRUNS, run)
         c = params["load.concurrency"]
@@ -50,8 +53,9 @@ async def sweep(kube: Kube, name: str = "sw") -> list[dict[str, Any]]:
 
 
 @pytest.fixture(autouse=True)
-def wide(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "250")
+def no_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stdout is captured (not a terminal) and COLUMNS unset: what a pipe or a file sees."""
+    monkeypatch.delenv("COLUMNS", raising=False)
 
 
 async def test_experiment_hydrates_from_runs_without_a_cache(
@@ -109,3 +113,36 @@ async def test_not_found_and_errors(kube: Kube, capsys: pytest.CaptureFixture[st
     assert code == 2 and "NAME is required" in err
     code, _, err = await benchop(capsys, "get", "runs", "--server", "http://127.0.0.1:9")
     assert code == 2 and "benchop get:" in err
+
+
+async def test_long_names_and_params_are_printed_whole_when_piped(
+    kube: Kube, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = "mock-experiment-with-a-rather-long-name"
+    models = ["meta-llama/Llama-3.1-8B-Instruct", "mistralai/Mistral-7B-Instruct-v0.3"]
+    axes = [
+        {"path": "load.concurrency", "values": [1, 8]},
+        {"path": "target.model", "values": models},
+    ]
+    await sweep(kube, name, {"template": TEMPLATE, "sweep": axes})
+    for argv in (["experiment", name], ["runs"], ["bexp"]):
+        code, out, _ = await benchop(capsys, "get", *argv, "--server", kube.url)
+        assert code == 0 and "…" not in out, out
+        assert name in out
+    code, out, _ = await benchop(capsys, "get", "experiment", name, "--server", kube.url)
+    assert all(m in out for m in models) and f"{name}-3" in out and "Succeeded" in out
+
+
+def test_tables_fold_rather_than_cut_in_a_narrow_terminal() -> None:
+    from rich.console import Console
+
+    from benchop.get import experiment_table
+    from benchop.report import BENCHMARKRUN_COLUMNS, printer_table
+
+    runs = [{"metadata": {"name": "mock-experiment-long-name-0"}, "status": {"phase": "Succeeded"}}]
+    metrics = rollup(runs, cap=10, now="2024-05-01T12:00:00Z")
+    for table in (experiment_table(metrics), printer_table(runs, BENCHMARKRUN_COLUMNS)):
+        console = Console(width=60, record=True, file=io.StringIO())
+        console.print(table)
+        text = console.export_text()
+        assert "…" not in text, text

@@ -127,7 +127,7 @@ def _experiment_status(exp: Experiment, children: list[dict[str, Any]]) -> dict[
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    out = Console()
+    out = Console(width=None if sys.stdout.isatty() else 250)  # piped: no 80-col "moc…"
     err = Console(stderr=True)
     try:
         manifest = load_file(args.file)
