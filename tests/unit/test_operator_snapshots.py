@@ -11,7 +11,13 @@ from benchop.api.models import LabelSelector
 from benchop.gpuresults import gpu_results
 from benchop.metrics import names
 from benchop.metrics.stats import encode_values
-from benchop.operator.gatebridge import gate_record, gpu_from_status, selector_string
+from benchop.operator.gatebridge import (
+    gate_instant,
+    gate_record,
+    gpu_from_status,
+    profiling_window,
+    selector_string,
+)
 from benchop.operator.snapshots import (
     bound_results,
     build_final_results,
@@ -203,3 +209,42 @@ def test_selector_string() -> None:
         }
     )
     assert selector_string(sel) == "app=vllm,tier in (a,b),!x"
+
+
+def test_bound_results_drops_prometheus_per_gpu_values_before_its_summary() -> None:
+    gpus = {
+        f"n/{i}": {"uuid": f"GPU-{i}", "metrics": {"power": {"current": "1" * 90}}}
+        for i in range(40)
+    }
+    prom = {
+        "summary": {"gpus": 40, "energyWindowJ": 10.0},
+        "crossCheck": {"energyJ": {}},
+        "gpus": gpus,
+    }
+    doc = {"requests": {"total": 1}, "gpu": {"energyJ": 9.0, "prometheus": prom}}
+    out = bound_results(doc, limit=2000)
+    kept = out["gpu"]["prometheus"]
+    assert kept["gpus"] == {} and "40 GPUs" in kept["truncated"]
+    assert kept["summary"]["energyWindowJ"] == 10.0 and "crossCheck" in kept
+    assert len(json.dumps(out)) <= 2000
+
+
+def test_profiling_window_is_between_the_gates_baseline_reads() -> None:
+    acks = [_ack("START", [_sample("g0", 10.0, 1, 0), _sample("g1", 10.2, 1, 0)])]
+    rec = {"START": gate_record(
+        phase_id="p", start_at_ns=int(11e9), baseline=True, agents=["agent-a"], missing=[],
+        acks=acks, closed_at_ns=int(10.5e9),
+    )}  # fmt: skip
+    assert rec["START"]["closedAtNs"] == int(10.5e9)
+    assert gate_instant(rec["START"]) == 10.1  # the mean of the samples' stamps
+    assert profiling_window(rec) is None  # END not closed yet
+    # no agents: when the gate closed; an older record without closedAtNs: startAtNs
+    rec["END"] = gate_record(
+        phase_id="p", start_at_ns=int(25e9), baseline=False, agents=[], missing=[], acks=[],
+        closed_at_ns=int(24e9),
+    )  # fmt: skip
+    assert profiling_window(rec) == (10.1, 24.0)
+    del rec["END"]["closedAtNs"]
+    assert profiling_window(rec) == (10.1, 25.0)
+    assert profiling_window({"START": rec["END"], "END": rec["START"]}) is None  # not in order
+    assert gate_instant({"acks": []}) is None

@@ -281,3 +281,41 @@ def test_watchdog_deadline() -> None:
     assert deadline_s(settings, spec(phases={"profiling": {"duration": "3h"}})) == 2 * 10800 + 600
     with_deadline = spec(phases={"profiling": {"duration": "3h"}}, activeDeadlineSeconds=100)
     assert deadline_s(settings, with_deadline) == 160
+
+
+def _finished(status: dict[str, Any], prometheus_error: str | None) -> dict[str, Any]:
+    out = t.finished(
+        status,
+        generation=1,
+        results={"complete": True},
+        results_reason="PubSubComplete",
+        succeeded=True,
+        reason="Completed",
+        message="4 of 4",
+        now=NOW,
+        prometheus_error=prometheus_error,
+    )
+    assert out is not None
+    return out
+
+
+def test_prometheus_error_degrades_telemetry_but_never_fails_the_run() -> None:
+    simulated = t.gate_closed(
+        {}, generation=1, boundary="END", record={"agents": ["a1"], "simulated": True}
+    )
+    assert simulated is not None
+    err = "cannot connect to Prometheus at http://127.0.0.1:1: connection refused"
+    out = _finished(simulated, err)
+    assert out["phase"] == "Succeeded" and cond(out, c.SUCCEEDED)["status"] == "True"
+    degraded = cond(out, c.TELEMETRY_DEGRADED)
+    assert (degraded["status"], degraded["reason"]) == ("True", "PrometheusUnavailable")
+    assert err in degraded["message"] and "simulated" in degraded["message"]  # both said
+    assert degraded["observedGeneration"] == 1
+    # no error: the condition is left as the gates set it; no Prometheus: no condition at all
+    assert cond(_finished(simulated, None), c.TELEMETRY_DEGRADED)["reason"] == "Simulated"
+    assert c.get_condition(_finished({}, None).get("conditions"), c.TELEMETRY_DEGRADED) is None
+    failed = t.failed(
+        {}, generation=1, reason="DeadlineExceeded", message="m", now=NOW, prometheus_error=err
+    )
+    assert failed is not None and cond(failed, c.SUCCEEDED)["reason"] == "DeadlineExceeded"
+    assert cond(failed, c.TELEMETRY_DEGRADED)["reason"] == "PrometheusUnavailable"

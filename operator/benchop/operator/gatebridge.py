@@ -13,7 +13,8 @@ granted. After an operator restart the bridge seeds the coordinator from ``statu
 (``restore_gate``), so a retrying worker is answered from status and a gate never runs twice
 (no second barrier, no second baseline request to the agents).
 
-:func:`gpu_from_status` turns the persisted START/END samples into ``results.gpu``.
+:func:`gpu_from_status` turns the persisted START/END samples into ``results.gpu``;
+:func:`profiling_window` gives the window between the two gates (for the Prometheus query).
 """
 
 from __future__ import annotations
@@ -122,8 +123,13 @@ def gate_record(
     acks: Sequence[BaselineAck],
     baseline_captured: bool | None = None,
     closed_at: str | None = None,
+    closed_at_ns: int = 0,
 ) -> dict[str, Any]:
-    """The bounded ``status.gates.<boundary>`` record of a closed gate."""
+    """The bounded ``status.gates.<boundary>`` record of a closed gate.
+
+    ``closedAtNs`` (wall clock, when the last ack arrived or the timeout passed) is written when
+    known (0: not known): :func:`gate_instant` falls back on it when no agent sampled.
+    """
     kept = 0
     ack_records = []
     for ack in acks:
@@ -142,7 +148,7 @@ def gate_record(
         if ack.error:
             rec["error"] = ack.error[:200]
         ack_records.append(rec)
-    return {
+    record: dict[str, Any] = {
         "phaseId": phase_id,
         "startAtNs": start_at_ns,
         "baseline": baseline,
@@ -155,6 +161,9 @@ def gate_record(
         "closedAt": closed_at or now_rfc3339(),
         "acks": ack_records,
     }
+    if closed_at_ns:
+        record["closedAtNs"] = closed_at_ns
+    return record
 
 
 def acks_from_record(record: Mapping[str, Any], boundary: str) -> list[BaselineAck]:
@@ -213,6 +222,39 @@ def gpu_from_status(gates: Mapping[str, Any], *, output_tokens: int) -> GpuResul
     )
 
 
+def gate_instant(record: Mapping[str, Any]) -> float | None:
+    """When a closed gate's baselines were read (unix s), or None if the record cannot say.
+
+    The mean of its GPU samples' timestamps when agents sampled (so a Prometheus window between
+    two gates covers exactly the acks' END - START window); else when the gate closed
+    (``closedAtNs``); else the instant the workers were released (``startAtNs``).
+    """
+    stamps = [
+        int(g["timestampNs"])
+        for a in record.get("acks") or []
+        for g in a.get("gpus") or []
+        if g.get("timestampNs")
+    ]
+    if stamps:
+        return sum(stamps) / len(stamps) / 1e9
+    for key in ("closedAtNs", "startAtNs"):
+        if record.get(key):
+            return int(record[key]) / 1e9
+    return None
+
+
+def profiling_window(gates: Mapping[str, Any]) -> tuple[float, float] | None:
+    """``(start, end)`` in unix seconds between the START and END gates, None until both closed
+    (or when the instants are unknown or not in order)."""
+    start, end = gates.get("START"), gates.get("END")
+    if not start or not end:
+        return None
+    t0, t1 = gate_instant(start), gate_instant(end)
+    if t0 is None or t1 is None or t1 <= t0:
+        return None
+    return t0, t1
+
+
 # --------------------------------------------------------------------------- the bridge
 
 
@@ -263,6 +305,7 @@ class GateBridge:
             agents=outcome.agents,
             missing=outcome.missing,
             acks=outcome.acks,
+            closed_at_ns=outcome.closed_at_ns,
         )
         # Persist before the coordinator grants: a restarted operator answers from status.
         delay = 0.2

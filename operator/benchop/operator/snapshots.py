@@ -237,6 +237,12 @@ def bound_results(doc: dict[str, Any], limit: int = RESULTS_MAX_BYTES) -> dict[s
         return len(json.dumps(doc, separators=(",", ":")))
 
     gpu = doc.get("gpu") or {}
+    prom = gpu.get("prometheus")
+    if size() > limit and isinstance(prom, dict) and prom.get("gpus"):
+        # per-GPU MetricValues first: the summary and the cross-check are what results need
+        shown = len(prom["gpus"])
+        prom["gpus"] = {}
+        prom["truncated"] = f"per-GPU values of {shown} GPUs left out (results size bound)"
     for key in ("agents", "missingAgents", "prometheus"):
         if size() <= limit:
             break

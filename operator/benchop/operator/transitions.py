@@ -151,6 +151,20 @@ def gate_closed(
     return with_conditions(new, updates, generation)
 
 
+def _prometheus_degraded(status: Status, generation: int, error: str | None) -> Status:
+    """``TelemetryDegraded=True PrometheusUnavailable`` with Prometheus' error (and the earlier
+    degradation's message, if the gates already degraded telemetry)."""
+    if not error:
+        return status
+    message = f"Prometheus GPU stats unavailable: {error}"
+    before = _cond(status, c.TELEMETRY_DEGRADED)
+    if before is not None and before.get("status") == c.TRUE and before.get("message"):
+        message += f"; {before['message']}"
+    return with_conditions(
+        status, [(c.TELEMETRY_DEGRADED, c.TRUE, "PrometheusUnavailable", message)], generation
+    )
+
+
 def _close_open(status: Status, generation: int) -> Status:
     """Conditions still in progress become False when the run ends early."""
     updates: list[Update] = []
@@ -171,11 +185,16 @@ def failed(
     now: str,
     results: Mapping[str, Any] | None = None,
     results_reason: str = "",
+    prometheus_error: str | None = None,
 ) -> Status | None:
-    """The run failed: Succeeded=False with ``reason``; partial results kept if any."""
+    """The run failed: Succeeded=False with ``reason``; partial results kept if any.
+
+    ``prometheus_error``: the Prometheus window query failed (TelemetryDegraded, see
+    :func:`finished`).
+    """
     if is_terminal(status):
         return None
-    new = _close_open(status, generation)
+    new = _prometheus_degraded(_close_open(status, generation), generation, prometheus_error)
     updates: list[Update] = [(c.SUCCEEDED, c.FALSE, reason, message)]
     if results is not None:
         new["results"] = dict(results)
@@ -198,11 +217,17 @@ def finished(
     reason: str,
     message: str,
     now: str,
+    prometheus_error: str | None = None,
 ) -> Status | None:
-    """Final results are in: ResultsAvailable=True (reason: source), Succeeded True/False."""
+    """Final results are in: ResultsAvailable=True (reason: source), Succeeded True/False.
+
+    ``prometheus_error`` (``spec.prometheus.url`` set, the window query failed): also
+    TelemetryDegraded=True PrometheusUnavailable with the error — never a failed run.
+    """
     if is_terminal(status):
         return None
     new = _close_open(status, generation) if not succeeded else status
+    new = _prometheus_degraded(new, generation, prometheus_error)
     new = {**new, "results": dict(results)}
     complete = "complete" if results.get("complete") else "incomplete"
     new = with_conditions(

@@ -12,7 +12,10 @@ Flow (docs/operator.md has the picture):
    WorkersReady, stuck pods, Job failure, the watchdog deadline, ``status.live`` at most once per
    ``--live-interval``, and final results once every worker is COMPLETE or the Job completed.
 4. Gate outcomes come from :mod:`benchop.operator.gatebridge` (:func:`record_gate`).
-5. :func:`forget_run` (delete) drops the in-memory gate and snapshot state.
+5. With ``spec.prometheus.url`` set, :mod:`benchop.operator.gpustats` adds ``status.live.gpu``
+   to the live patches and ``results.gpu.prometheus`` (the window between the gates) to the
+   final results; a Prometheus error is ``TelemetryDegraded=True PrometheusUnavailable``.
+6. :func:`forget_run` (delete) drops the in-memory gate, snapshot and Prometheus state.
 
 All status writes go through the run's :class:`~benchop.operator.status.StatusWriter`.
 """
@@ -35,7 +38,8 @@ from benchop.api import conditions as c
 from benchop.api.conditions import now_rfc3339
 from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, GpuResults
 from benchop.operator import builders, transitions
-from benchop.operator.gatebridge import gpu_from_status
+from benchop.operator.gatebridge import gpu_from_status, profiling_window
+from benchop.operator.gpustats import RunGpuStats, with_prometheus
 from benchop.operator.k8s import BENCHMARKRUN, CONFIGMAP, JOB, POD, KubeApi
 from benchop.operator.pods import GRACEFUL, JobView, PodView, job_view, pod_view
 from benchop.operator.settings import OperatorSettings
@@ -110,6 +114,10 @@ class RunContext:
     last_live_seqs: dict[int, int] = field(default_factory=dict)
     next_resync: float = 0.0  # monotonic; 0: re-read pods and Job at the first pass
     done: bool = False
+    gpu: RunGpuStats | None = field(init=False)  # Prometheus GPU stats (spec.prometheus.url)
+
+    def __post_init__(self) -> None:
+        self.gpu = RunGpuStats.for_spec(self.namespace, self.spec)
 
     @property
     def workers(self) -> int:
@@ -184,6 +192,8 @@ async def reconcile_run(services: Services, body: Mapping[str, Any], run: Benchm
     key = run_key(namespace, name)
     ctx = services.runs.get(key)
     if ctx is None or ctx.uid != uid:
+        if ctx is not None and ctx.gpu is not None:  # a deleted and re-created run
+            ctx.gpu.close()
         ctx = RunContext(key, namespace, name, uid, generation, run.spec, writer)
         services.runs[key] = ctx
     fresh = not c.is_true((body.get("status") or {}).get("conditions"), c.ACCEPTED)
@@ -365,8 +375,10 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     )
     results = None
     results_reason = ""
+    prom_error = None
     if final is not None:
-        results = build_final_results(final, slo=ctx.spec.slo, gpu=_gpu(ctx, final))
+        gpu, prom_error = await _gpu_results(services, ctx, final)
+        results = build_final_results(final, slo=ctx.spec.slo, gpu=gpu)
         results_reason = REASONS[final.source]
     now = now_rfc3339()
     gen = ctx.generation
@@ -380,6 +392,7 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
             now=now,
             results=results,
             results_reason=results_reason,
+            prometheus_error=prom_error,
         )
     )
     ctx.done = True
@@ -394,9 +407,18 @@ def _terminations(ctx: RunContext) -> dict[int, MetricsSnapshot]:
     return out
 
 
-def _gpu(ctx: RunContext, final: Final) -> GpuResults | None:
-    status = ctx.writer.status or {}
-    return gpu_from_status(status.get("gates") or {}, output_tokens=output_tokens(final))
+async def _gpu_results(
+    services: Services, ctx: RunContext, final: Final
+) -> tuple[GpuResults | None, str | None]:
+    """``results.gpu`` from the baseline acks in ``status.gates``, plus the Prometheus window
+    between the gates when ``spec.prometheus.url`` is set; and the Prometheus error, if any."""
+    gates = (ctx.writer.status or {}).get("gates") or {}
+    gpu = gpu_from_status(gates, output_tokens=output_tokens(final))
+    window = profiling_window(gates)
+    if ctx.gpu is None or window is None:
+        return gpu, None
+    prom = await ctx.gpu.window(services.api, *window, gpu)
+    return with_prometheus(gpu, prom), prom.get("error")
 
 
 async def _finish(services: Services, ctx: RunContext) -> None:
@@ -409,7 +431,8 @@ async def _finish(services: Services, ctx: RunContext) -> None:
     if final is None:
         await _fail(services, ctx, "NoResults", "the Job completed but no worker reported")
         return
-    results = build_final_results(final, slo=ctx.spec.slo, gpu=_gpu(ctx, final))
+    gpu, prom_error = await _gpu_results(services, ctx, final)
+    results = build_final_results(final, slo=ctx.spec.slo, gpu=gpu)
     ok, reason, message = verdict(results)
     now = now_rfc3339()
     gen = ctx.generation
@@ -423,6 +446,7 @@ async def _finish(services: Services, ctx: RunContext) -> None:
             reason=reason,
             message=message,
             now=now,
+            prometheus_error=prom_error,
         )
     )
     ctx.done = True
@@ -480,16 +504,22 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         )
         if status is not None and not (status.get("gates") or {}).get("START"):
             # the target's pods may have moved or started since acceptance: ask the agents
-            # that serve them now, before the START gate
+            # that serve them now, before the START gate (and query Prometheus for them)
             await services.gates.register(ctx, status.get("gates") or {})
-    # 6. live status, at most once per live interval and only when a snapshot is new
+            if ctx.gpu is not None:
+                ctx.gpu.invalidate()
+    # 6. live status, at most once per live interval and only when a snapshot is new; the
+    #    Prometheus GPU view goes into the same patch
     latest = services.snapshots.latest(ctx.key)
     seqs = {w: s.seq for w, s in latest.items()}
     if latest and seqs != ctx.last_live_seqs and now - ctx.last_live_at >= settings.live_interval_s:
-        phase = (ctx.writer.status or {}).get("phase")
-        live = live_status(latest, phase=phase, workers_connected=len(latest), now=now_rfc3339())
         ctx.last_live_at = now
         ctx.last_live_seqs = seqs
+        gpu = await ctx.gpu.live(services.api) if ctx.gpu is not None else None
+        phase = (ctx.writer.status or {}).get("phase")
+        live = live_status(latest, phase=phase, workers_connected=len(latest), now=now_rfc3339())
+        if gpu is not None:
+            live["gpu"] = gpu
         await ctx.writer.update(lambda st: transitions.with_live(st, live))
 
 
@@ -543,6 +573,8 @@ def release(services: Services, ctx: RunContext) -> None:
         del services.writers[ctx.key]
     services.gates.forget(ctx.key)
     services.snapshots.forget(ctx.key)
+    if ctx.gpu is not None:
+        ctx.gpu.close()
 
 
 # --------------------------------------------------------------------------- delete
@@ -555,6 +587,8 @@ async def forget_run(services: Services, namespace: str, name: str) -> None:
     if ctx is not None:
         ctx.done = True
         ctx.wake.set()
+        if ctx.gpu is not None:
+            ctx.gpu.close()
     services.writers.pop(key, None)
     services.gates.forget(key)
     services.snapshots.forget(key)
