@@ -52,6 +52,7 @@ class _Chunk(msgspec.Struct):
 
 
 _decode = msgspec.json.Decoder(_Chunk).decode
+_decode_many = msgspec.json.Decoder(list[_Chunk]).decode
 _DecodeError = msgspec.DecodeError
 
 
@@ -95,38 +96,54 @@ class StreamParser:
         self.usage_completion: int | None = None
 
     def feed(self, data: bytes, t_ns: int) -> bool:
-        """Parse ``data`` received at ``t_ns``; True when reading should stop."""
-        buf = self._buf + data if self._buf else data
-        find = buf.find
-        startswith = buf.startswith
-        pos = 0
-        while True:
-            nl = find(b"\n", pos)
-            if nl < 0:
-                break
-            if startswith(b"data:", pos):
-                start = pos + 5
-                end = nl
-                if end > start and buf[end - 1] == 13:  # \r
-                    end -= 1
-                if end > start and buf[start] == 32:  # one optional space
-                    start += 1
-                if self._on_data(buf[start:end], t_ns):
-                    self._buf = b""
-                    return True
-            pos = nl + 1
-        self._buf = buf[pos:] if pos < len(buf) else b""
-        return False
+        """Parse ``data`` received at ``t_ns``; True when reading should stop.
 
-    def _on_data(self, payload: bytes, t_ns: int) -> bool:
-        if payload == b"[DONE]":
-            self.done = True
-            return True
+        Every complete ``data:`` line of the read is decoded in one call (the
+        payloads joined into a JSON array); a read's tokens share its time.
+        """
+        buf = self._buf + data if self._buf else data
+        end = buf.rfind(b"\n") + 1
+        if end == 0:
+            self._buf = buf
+            return False
+        self._buf = buf[end:]
+        payloads = [
+            line[5:].strip() for line in buf[:end].split(b"\n") if line.startswith(b"data:")
+        ]
+        if not payloads:
+            return False
+        stop = False
+        if payloads[-1] == b"[DONE]" or b"[DONE]" in payloads:
+            payloads = payloads[: payloads.index(b"[DONE]")]
+            self.done = stop = True
+        if not payloads:
+            return stop
         try:
-            chunk = _decode(payload)
-        except _DecodeError as exc:
-            self.malformed = f"undecodable chunk: {exc}"
-            return True
+            if len(payloads) == 1:  # one token per read (a server pacing its tokens)
+                return self._on_chunk(_decode(payloads[0]), t_ns) or stop
+            chunks = _decode_many(b"[" + b",".join(payloads) + b"]")
+        except _DecodeError:
+            return self._one_by_one(payloads, t_ns)
+        for chunk in chunks:
+            if self._on_chunk(chunk, t_ns):
+                return True
+        return stop
+
+    def _one_by_one(self, payloads: list[bytes], t_ns: int) -> bool:
+        """The slow path after a failed batch decode: find the bad chunk."""
+        self.done = False
+        for payload in payloads:
+            try:
+                chunk = _decode(payload)
+            except _DecodeError as exc:
+                self.malformed = f"undecodable chunk: {exc}"
+                return True
+            if self._on_chunk(chunk, t_ns):
+                return True
+        self.malformed = "undecodable stream"  # joined they failed, alone they did not
+        return True
+
+    def _on_chunk(self, chunk: _Chunk, t_ns: int) -> bool:
         if chunk.error is not None:
             err = chunk.error
             if isinstance(err, str):

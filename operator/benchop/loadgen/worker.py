@@ -42,13 +42,13 @@ import hashlib
 import json
 import logging
 import time
-from array import array
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from benchagent.transport import Publisher
 from benchagent.wire import MetricsSnapshot
@@ -247,7 +247,7 @@ class Worker:
         self._checkpoint: ckpt.Checkpoint | None = None
         self._state: ckpt.CheckpointState | None = None
         self._snaps: Snapshots | None = None
-        self._recv_lags = array("q")  # profiling receive lags (ns), for the final p99
+        self._recv_lags: list[npt.NDArray[np.int64]] = []  # profiling receive lags (ns)
         self._cpu_mark = (time.perf_counter(), time.process_time())
         self._profiling_cpu: tuple[float, float] | None = None  # (wall, cpu) at start
         self._final_cpu_pct: float | None = None
@@ -571,27 +571,37 @@ class Worker:
         now = (time.perf_counter(), time.process_time())
         wall, cpu = now[0] - self._cpu_mark[0], now[1] - self._cpu_mark[1]
         self._cpu_mark = now
-        lags: list[int] = []
+        lags = _EMPTY
         client = self._client
         if client is not None:
-            lags, client.recv_lags = client.recv_lags, []
-            if self._profiling_t0 is None or self._final_cpu_pct is not None:
-                lags = []  # warmup, or after profiling: not measured
-            self._recv_lags.extend(lags)
+            measured = self._profiling_t0 is not None and self._final_cpu_pct is None
+            if client.recv_lags and measured:  # not in warmup, nor after profiling
+                lags = np.array(client.recv_lags, dtype=np.int64)
+                self._recv_lags.append(lags)
+            client.recv_lags = []
         if self._final_cpu_pct is not None:
             reg.gauge(names.CLIENT_CPU).set(self._final_cpu_pct)
-            if len(self._recv_lags):
-                p99 = float(np.percentile(np.frombuffer(self._recv_lags, np.int64), 99))
-                reg.gauge(names.RECV_LAG_P99).set(p99 / 1e6)
+            if self._recv_lags:
+                all_lags = np.concatenate(self._recv_lags)
+                self._recv_lags = [all_lags]
+                reg.gauge(names.RECV_LAG_P99).set(_p99(all_lags) / 1e6)
         else:
             if wall > 0:
                 reg.gauge(names.CLIENT_CPU).set(100.0 * cpu / wall)
-            if lags:
-                reg.gauge(names.RECV_LAG_P99).set(float(np.percentile(lags, 99)) / 1e6)
+            if lags.size:
+                reg.gauge(names.RECV_LAG_P99).set(_p99(lags) / 1e6)
         errors = self._checkpoint.write_errors if self._checkpoint is not None else 0
         if errors:
             counter = reg.counter(CHECKPOINT_WRITE_ERRORS)
             counter.inc(errors - counter.value)
+
+
+_EMPTY: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+
+
+def _p99(values: npt.NDArray[np.int64]) -> float:
+    """The 99th percentile (numpy's linear method), by partition."""
+    return float(np.percentile(values, 99, method="linear", overwrite_input=False))
 
 
 async def run_worker(config: WorkerConfig) -> FinalOutcome:
