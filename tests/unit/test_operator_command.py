@@ -54,3 +54,23 @@ def test_flags_as_the_chart_passes_them() -> None:
 def test_bad_duration_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         parse("--live-interval=5")
+
+
+@pytest.mark.parametrize("flag", ["--refresh-interval", "--live-interval"])
+@pytest.mark.parametrize("value", ["0s", "0.01ms", "50ms", "-1s"])
+def test_intervals_below_100ms_are_usage_errors_naming_the_flag(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse(f"{flag}={value}")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}:" in err
+    assert parse(f"{flag}=100ms") is not None  # the floor itself is fine
+
+
+def test_settings_reject_a_zero_refresh_interval() -> None:
+    from benchop.operator.settings import OperatorSettings
+
+    with pytest.raises(ValueError, match="refresh_interval_s"):
+        OperatorSettings(refresh_interval_s=0)

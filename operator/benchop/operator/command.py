@@ -17,12 +17,27 @@ import os
 from benchop.api.durations import parse_duration
 from benchop.operator.settings import DEFAULT_AGENT_SELECTOR, DEFAULT_IMAGE, OperatorSettings
 
+MIN_INTERVAL_S = 0.1
+"""--live-interval and --refresh-interval below this would turn the per-run live patches or the
+rollup refresher into a busy loop against the API server."""
+
 
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _interval(text: str) -> float:
+    """A duration of at least :data:`MIN_INTERVAL_S`, checked at parse time (argparse's
+    message names the flag: ``argument --refresh-interval: must be at least 100ms, ...``)."""
+    seconds = _duration(text)
+    if not seconds >= MIN_INTERVAL_S:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_INTERVAL_S * 1000:g}ms, got {text!r}"
+        )
+    return seconds
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,14 +55,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--live-interval",
-        type=_duration,
+        type=_interval,
         default=d.live_interval_s,
         metavar="DURATION",
         help="minimum time between two status.live patches of one run (default 5s)",
     )
     p.add_argument(
         "--refresh-interval",
-        type=_duration,
+        type=_interval,
         default=d.refresh_interval_s,
         metavar="DURATION",
         help="Experiment rollup refresh interval (default 10s)",

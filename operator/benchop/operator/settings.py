@@ -54,6 +54,12 @@ class OperatorSettings:
     request_timeout: float = 30.0
     connect_timeout: float = 10.0
 
+    def __post_init__(self) -> None:
+        if not self.refresh_interval_s > 0:
+            raise ValueError(f"refresh_interval_s must be > 0, got {self.refresh_interval_s}")
+        if not self.live_interval_s >= 0:
+            raise ValueError(f"live_interval_s must be >= 0, got {self.live_interval_s}")
+
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
