@@ -20,10 +20,16 @@ puts the value it read back before diffing, so a patch from here cannot touch it
 with a resourceVersion precondition, so a stale read costs a 409 and a retry, never a lost
 update.
 
-A spec edit that changes the spec of a point whose run already exists is refused
-(``Accepted=False``, reason ``SpecChanged``; running runs finish, no new ones start): delete and
-re-create the Experiment for a new sweep. Edits that leave existing points alone (more values
-on the last axis, ``maxParallel``, the failure policy) apply.
+Children are matched to sweep points by their params (``point_key``), never by index, so
+more values on any axis apply. The point keys of every child ever created are kept in the
+Experiment's ``benchop.io/created-points`` annotation (written here, after the creates): a
+child deleted by hand is never re-created and counts as failed.
+
+A spec edit that changes the spec of a point whose run already exists, or drops such a point,
+is refused (``Accepted=False``, reason ``SpecChanged``): no new runs start; while started ones
+run the phase stays Running with current counts, then Failed. Delete and re-create the
+Experiment for a new sweep. Edits that leave existing points alone (more values on any axis,
+``maxParallel``, the failure policy) apply.
 
 kopf wiring (for ``main.py``; the test operator tests/integration/experiment_operator.py uses
 the same functions)::
