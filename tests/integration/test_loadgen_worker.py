@@ -359,3 +359,55 @@ async def test_checkpoint_of_another_spec_is_refused(mock: MockServer, tmp_path:
     with pytest.raises(CheckpointMismatch, match="empty directory"):
         await run_worker(WorkerConfig(spec=b, run="r", results_dir=tmp_path))
     assert mock.stats["requests"] == 2
+
+
+async def test_two_workers_pass_the_real_gate_coordinator_together(tmp_path: Path) -> None:
+    from benchop.gates import GateCoordinator, GateOutcome
+
+    outcomes: list[tuple[GateOutcome, int]] = []
+    slow_cfg, fast_cfg = MockConfig(ttft=0.15, itl=0.001), MockConfig(ttft=0.002, itl=0.001)
+    async with (
+        await start_mock_server(slow_cfg) as slow,
+        await start_mock_server(fast_cfg) as fast,
+    ):
+
+        async def on_gate(run: str, outcome: GateOutcome) -> None:
+            outcomes.append((outcome, fast.stats["requests"]))
+
+        coordinator = GateCoordinator(on_gate=on_gate)
+        await coordinator.start()
+        coordinator.register_run("ns/two", workers=2, agents=[], timeout_s=1.0, baseline=False)
+        spec = make_spec(
+            fast.url,
+            {"mode": "concurrency", "concurrency": 2, "workers": 2},
+            {"warmup": {"requests": 10}, "profiling": {"requests": 20}},
+        )
+        try:
+            results = await asyncio.gather(
+                *(
+                    run_worker(
+                        WorkerConfig(
+                            spec=spec,
+                            run="ns/two",
+                            worker_index=i,
+                            target_url=(slow if i == 0 else fast).url,
+                            gate_endpoint=coordinator.endpoint,
+                            results_dir=tmp_path / str(i),
+                        )
+                    )
+                    for i in range(2)
+                )
+            )
+        finally:
+            await coordinator.close()
+    (start, fast_at_start), (end, _) = outcomes
+    assert (start.boundary, end.boundary) == ("START", "END")
+    assert start.barrier_s > 0.3  # the fast worker waited for the slow one's warmup
+    assert fast_at_start == 5  # ... without sending profiling requests meanwhile
+    for i, out in enumerate(results):
+        assert out.gates["START"].start_at_ns == start.start_at_ns
+        assert out.gates["END"].start_at_ns == end.start_at_ns
+        records = checkpoint.load(tmp_path / str(i)).records
+        assert len(records) == 10  # half of the run's 20
+        assert min(r.sent_ns for r in records) >= start.start_at_ns
+        assert max(r.sent_ns + r.e2e_ns for r in records) <= end.closed_at_ns
