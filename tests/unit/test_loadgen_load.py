@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+
 from benchop.api.models import BenchmarkRunSpec
 from benchop.loadgen.load import Budget, arrival_offsets
 from benchop.loadgen.worker import plan_for, spec_hash

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from benchop.loadgen.prompts import WORDS, make_prompt
 from benchop.loadgen.records import (
     DELAYED,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+
 from benchagent.wire import MetricsSnapshot
 from benchop.loadgen.records import new_registry
 from benchop.loadgen.snapshots import TERMINATION_LIMIT, summary

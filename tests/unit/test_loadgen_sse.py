@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 
-from benchop.loadgen.sse import StreamParser
 from hypothesis import given
 from hypothesis import strategies as st
+
+from benchop.loadgen.sse import StreamParser
 
 
 def chat(content: str | None, **extra: object) -> bytes:
