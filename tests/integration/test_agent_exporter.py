@@ -12,7 +12,8 @@ import pytest
 from agent_helpers import eventually, families, get
 
 from benchagent.agent import Agent, AgentConfig
-from benchagent.exporter import DCGM_FIELDS, render_dcgm
+from benchagent.dcgm import DCGM_FIELDS
+from benchagent.exporter import render_dcgm
 from benchagent.gpu import SimulatedReader
 from benchagent.podresources import PodRef
 from benchagent.podresources_pb import api_pb2, api_pb2_grpc

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from benchagent.exporter import DCGM_FIELDS
+from benchagent.dcgm import DCGM_FIELDS
 
 
 class MetricClass(StrEnum):
