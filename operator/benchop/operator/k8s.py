@@ -190,6 +190,19 @@ class KubeApi:
             raise kopf.TemporaryError(f"POST {path}: 409 but then gone", delay=1.0)
         return self._check("POST", path, status, answer)
 
+    async def patch(
+        self, res: Resource, namespace: str, name: str, patch: Body, resource_version: str
+    ) -> Body | None:
+        """Merge-patch the object (not its status), conditional on ``resource_version``.
+
+        Returns the new object; None when it is gone; :class:`Conflict` when it changed.
+        """
+        payload = {
+            **patch,
+            "metadata": {**patch.get("metadata", {}), "resourceVersion": resource_version},
+        }
+        return await self._merge_patch(res.path(namespace, name), payload)
+
     async def patch_status(
         self, res: Resource, namespace: str, name: str, status_patch: Body, resource_version: str
     ) -> Body | None:
@@ -197,8 +210,10 @@ class KubeApi:
 
         Returns the new object; None when it is gone; :class:`Conflict` when it changed.
         """
-        path = res.path(namespace, name, "status")
         payload = {"metadata": {"resourceVersion": resource_version}, "status": status_patch}
+        return await self._merge_patch(res.path(namespace, name, "status"), payload)
+
+    async def _merge_patch(self, path: str, payload: Body) -> Body | None:
         status, body = await self._call(
             "PATCH", path, json=payload, content_type="application/merge-patch+json"
         )

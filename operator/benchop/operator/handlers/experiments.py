@@ -493,28 +493,17 @@ async def record_created(api: KubeApi, body: Body, keys: set[str]) -> Body | Non
     re-read (same uid) and merge again. Returns the patched body; None if the experiment is gone.
     """
     namespace, name, uid, _ = _meta(body)
-    path = EXPERIMENT.path(namespace, name)
     current: Body | None = body
     for _ in range(MAX_ATTEMPTS):
         if current is None or _meta(current)[2] != uid:
             return None
         merged = parse_created(current) | keys
         rv = str(current["metadata"]["resourceVersion"])
-        patch = {
-            "metadata": {
-                "resourceVersion": rv,
-                "annotations": {CREATED_ANNOTATION: format_created(merged)},
-            }
-        }
-        # TODO(k8s.py owner): KubeApi.patch(res, ns, name, patch, resource_version) would
-        # replace these private calls.
-        status, answer = await api._call(
-            "PATCH", path, json=patch, content_type="application/merge-patch+json"
-        )
-        if status == 404:
-            return None
-        if status != 409:
-            return api._check("PATCH", path, status, answer)
+        patch = {"metadata": {"annotations": {CREATED_ANNOTATION: format_created(merged)}}}
+        try:
+            return await api.patch(EXPERIMENT, namespace, name, patch, rv)
+        except Conflict:
+            pass
         current = await api.get(EXPERIMENT, namespace, name)
     raise kopf.TemporaryError(
         f"experiment {namespace}/{name}: {MAX_ATTEMPTS} conflicts in a row", delay=1.0
