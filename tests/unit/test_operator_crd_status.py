@@ -17,6 +17,7 @@ from benchagent.wire import BaselineAck, GpuSample, MetricsSnapshot
 from benchop.metrics import names
 from benchop.operator import transitions as t
 from benchop.operator.gatebridge import gate_record, gpu_from_status
+from benchop.operator.gpustats import with_prometheus
 from benchop.operator.snapshots import build_final_results, final_snapshots, live_status
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "benchmarkruns.benchop.io.yaml"
@@ -68,7 +69,7 @@ def full_status() -> dict[str, Any]:
         )  # fmt: skip
         rec = gate_record(
             phase_id="profiling", start_at_ns=1, baseline=True, agents=["a"], missing=[],
-            acks=[ack],
+            acks=[ack], closed_at_ns=ts * 10**9,
         )  # fmt: skip
         st = t.gate_closed(st, generation=1, boundary=boundary, record=rec)
         assert st is not None
@@ -76,15 +77,19 @@ def full_status() -> dict[str, Any]:
         run="ns.r", worker=0, seq=1, state="COMPLETE", phase="done", time_ns=0, elapsed_s=1.0,
         n_pending=0, counters={names.REQUESTS: 1, names.REQUESTS_OK: 1},
     )  # fmt: skip
-    st = t.with_live(st, live_status({0: snap}, phase="Profiling", workers_connected=1, now=NOW))
+    live = live_status({0: snap}, phase="Profiling", workers_connected=1, now=NOW)
+    live["gpu"] = {"source": "prometheus", "summary": {"gpus": 1}, "gpus": {"n/0": {}}}
+    st = t.with_live(st, live)
     assert st is not None
     final = final_snapshots(1, {0: snap}, {}, {})
     assert final is not None
     gpu = gpu_from_status(st["gates"], output_tokens=10)
-    results = build_final_results(final, slo=None, gpu=gpu)
+    prom = {"summary": {"energyWindowJ": 8.0}, "crossCheck": {"energyJ": {"baseline": 8.0}}}
+    results = build_final_results(final, slo=None, gpu=with_prometheus(gpu, prom))
+    assert results["gpu"]["prometheus"] == prom
     st = t.finished(
         st, generation=1, results=results, results_reason="PubSubComplete", succeeded=True,
-        reason="Completed", message="1 of 1", now=NOW,
+        reason="Completed", message="1 of 1", now=NOW, prometheus_error="refused",
     )  # fmt: skip
     assert st is not None
     return st

@@ -69,12 +69,13 @@ async def test_selector_is_cached_and_refreshed_when_invalidated() -> None:
     for _ in range(3):
         live = await stats.live(api)  # type: ignore[arg-type]
         assert live is not None and "connection refused" in live["error"]
-    assert api.lists == ["app=vllm"]  # one list for three live refreshes
+    assert api.lists == ["app=vllm"]  # one list for three live patches
+    assert stats.prom.queries == 1  # after an error the next query waits ERROR_RETRY_S
     assert stats.selector.nodes == ("gpu-1", "gpu-2")
     assert stats.selector.pods == ("vllm-0", "vllm-1")
-    stats.invalidate()
+    stats.invalidate()  # the workers are ready: the target's pods and Prometheus, again
     await stats.live(api)  # type: ignore[arg-type]
-    assert len(api.lists) == 2
+    assert len(api.lists) == 2 and stats.prom.queries == 2
     stats.close()
 
 

@@ -41,6 +41,9 @@ EMPTY_REFRESH_S = 10.0
 """... or this often while none is scheduled yet."""
 LIVE_WAIT_S = 0.5
 """How long a live patch waits for a Prometheus refresh it started."""
+ERROR_RETRY_S = 30.0
+"""After a live refresh that failed, the next one waits this long (the error is shown
+meanwhile): a dead Prometheus costs a thread for its timeout twice a minute, not every patch."""
 WINDOW_TIMEOUT_S = 10.0
 """HTTP timeout of the window queries at finalisation."""
 
@@ -67,6 +70,7 @@ class RunGpuStats:
         self.selector_lists = 0  # target-pod lists made (tests check the caching)
         self.latest: dict[str, Any] | None = None  # last live result, for status.live.gpu
         self._next_list = 0.0  # monotonic; 0: list at the first use
+        self._next_live = 0.0  # monotonic; a live refresh is not started before
         self._task: asyncio.Task[dict[str, Any]] | None = None
         self._closed = False
 
@@ -78,8 +82,10 @@ class RunGpuStats:
         return cls(str(spec.prometheus.url), namespace, spec.target.pod_selector)
 
     def invalidate(self) -> None:
-        """List the target's pods again at the next use (they may have moved)."""
+        """List the target's pods again at the next use (they may have moved), and query at
+        the next live patch even after an error."""
         self._next_list = 0.0
+        self._next_live = 0.0
 
     async def refresh_selector(self, api: KubeApi) -> GpuSelector:
         """The cached selector, re-listed when due; an API error keeps the previous one."""
@@ -103,13 +109,15 @@ class RunGpuStats:
     async def live(self, api: KubeApi) -> dict[str, Any] | None:
         """The freshest live GPU view for the patch about to be written (None before the first).
 
-        Starts a refresh unless one is running and waits for it up to ``wait_s``.
+        Starts a refresh unless one is running (or the last one failed less than
+        ``ERROR_RETRY_S`` ago) and waits for it up to ``wait_s``.
         """
-        if self._task is None:
+        if self._task is None and time.monotonic() >= self._next_live:
             selector = await self.refresh_selector(api)
             self._task = asyncio.create_task(asyncio.to_thread(live_gpu, self.prom, selector))
             self._task.add_done_callback(self._live_done)
-        await asyncio.wait({self._task}, timeout=self.wait_s)
+        if self._task is not None:
+            await asyncio.wait({self._task}, timeout=self.wait_s)
         return self.latest
 
     def _live_done(self, task: asyncio.Task[dict[str, Any]]) -> None:
@@ -122,6 +130,8 @@ class RunGpuStats:
             log.error("live GPU stats of %s failed: %r", self.url, error)
         elif not self._closed:
             self.latest = task.result()
+            if "error" in self.latest:
+                self._next_live = time.monotonic() + ERROR_RETRY_S
         if self._closed:
             self.prom.close()
 
