@@ -83,12 +83,12 @@ def labels_for(run_name: str, component: str) -> dict[str, str]:
     }
 
 
-def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The controller ownerReference pointing at a BenchmarkRun body (needs metadata.uid)."""
+def owner_reference(body: Mapping[str, Any], kind: str = "BenchmarkRun") -> dict[str, Any]:
+    """The controller ownerReference pointing at a benchop resource body (needs metadata.uid)."""
     meta = body["metadata"]
     return {
         "apiVersion": API_VERSION,
-        "kind": "BenchmarkRun",
+        "kind": kind,
         "name": meta["name"],
         "uid": meta["uid"],
         "controller": True,

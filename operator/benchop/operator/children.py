@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from benchop.api.models import API_VERSION, BenchmarkRunSpec, ExperimentSpec, Phase, to_wire
-from benchop.operator.builders import LABEL_PREFIX, MAX_NAME, safe_name
+from benchop.operator.builders import LABEL_PREFIX, MAX_NAME, owner_reference, safe_name
 from benchop.operator.k8s import Resource
 
 EXPERIMENT = Resource("benchop.io", "v1alpha1", "experiments")
@@ -131,19 +131,6 @@ def experiment_selector(experiment: str) -> str:
     return f"{EXPERIMENT_LABEL}={experiment_label_value(experiment)}"
 
 
-def experiment_owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The controller ownerReference pointing at an Experiment body (needs metadata.uid)."""
-    meta = body["metadata"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Experiment",
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def params_json(params: Mapping[str, Any]) -> str:
     """The params annotation: compact JSON, keys in sweep order."""
     return json.dumps(dict(params), separators=(",", ":"))
@@ -177,7 +164,7 @@ def build_child_run(
                 INDEX_ANNOTATION: str(index),
                 PARAMS_ANNOTATION: params_json(params),
             },
-            "ownerReferences": [experiment_owner_reference(experiment)],
+            "ownerReferences": [owner_reference(experiment, "Experiment")],
         },
         "spec": to_wire(spec),
     }
