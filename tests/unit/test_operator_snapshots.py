@@ -14,6 +14,7 @@ from benchop.metrics.stats import encode_values
 from benchop.operator.gatebridge import (
     gate_instant,
     gate_record,
+    gate_timeout_s,
     gpu_from_status,
     profiling_window,
     selector_string,
@@ -248,3 +249,9 @@ def test_profiling_window_is_between_the_gates_baseline_reads() -> None:
     assert profiling_window(rec) == (10.1, 25.0)
     assert profiling_window({"START": rec["END"], "END": rec["START"]}) is None  # not in order
     assert gate_instant({"acks": []}) is None
+
+
+def test_gate_timeout_flag_is_an_upper_bound_on_the_spec() -> None:
+    assert gate_timeout_s(30.0, 10.0) == 10.0  # --gate-timeout=10s caps a 30s spec
+    assert gate_timeout_s(5.0, 10.0) == 5.0  # the spec's (or the CRD default's) shorter one
+    assert gate_timeout_s(5.0, None) == 5.0  # no flag: the spec

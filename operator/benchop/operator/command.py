@@ -88,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_duration,
         default=None,
         metavar="DURATION",
-        help="gate timeout for runs whose spec sets none",
+        help="upper bound on every run's spec.gates.timeout (how long a gate waits for agents)",
     )
     p.add_argument(
         "--peering",

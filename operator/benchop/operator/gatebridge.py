@@ -255,6 +255,18 @@ def profiling_window(gates: Mapping[str, Any]) -> tuple[float, float] | None:
     return t0, t1
 
 
+def gate_timeout_s(spec_s: float, cap_s: float | None) -> float:
+    """A run's gate timeout: ``spec.gates.timeout``, at most ``--gate-timeout`` when set.
+
+    An upper bound, not a default: the CRD defaults ``gates.timeout`` to 5s, so a real API
+    server fills it in whenever ``gates`` is present and the operator cannot tell "unset".
+
+    >>> gate_timeout_s(30.0, 10.0), gate_timeout_s(5.0, 10.0), gate_timeout_s(5.0, None)
+    (10.0, 5.0, 5.0)
+    """
+    return min(spec_s, cap_s) if cap_s else spec_s
+
+
 # --------------------------------------------------------------------------- the bridge
 
 
@@ -325,9 +337,7 @@ class GateBridge:
     async def register(self, ctx: Any, restored: Mapping[str, Any]) -> None:
         """Register a run: resolve its agents, seed the gates that already closed."""
         spec = ctx.spec
-        timeout_s = spec.gates.timeout.seconds
-        if "timeout" not in spec.gates.model_fields_set and self.settings.gate_timeout_s:
-            timeout_s = self.settings.gate_timeout_s
+        timeout_s = gate_timeout_s(spec.gates.timeout.seconds, self.settings.gate_timeout_s)
         agents: dict[str, tuple[str, str]] = {}
         if spec.gates.baseline:
             agents = await resolve_agents(

@@ -33,7 +33,7 @@ class OperatorSettings:
     agent_namespace: str | None = None  # None: agents are looked up in every namespace
     image: str = DEFAULT_IMAGE
     operator_service: str = "benchop-operator.benchop.svc"
-    gate_timeout_s: float | None = None  # default for runs whose spec sets none
+    gate_timeout_s: float | None = None  # upper bound on every run's spec.gates.timeout
     peering: str | None = None  # kopf peering object name; None = standalone
     bind_host: str = "0.0.0.0"
     # Endpoints the workers dial; default tcp://<operator_service>:<port>.
