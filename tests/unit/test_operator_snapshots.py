@@ -137,7 +137,9 @@ def test_bound_results_trims() -> None:
     assert len(out["requests"]["byReason"]) == 8 and "agents" not in out["gpu"]
 
 
-def _sample(uuid: str, t_s: float, energy_mj: int, util: float) -> GpuSample:
+def _sample(
+    uuid: str, t_s: float, energy_mj: int, util: float, integral: float | None = None
+) -> GpuSample:
     return GpuSample(
         index=0,
         uuid=uuid,
@@ -153,6 +155,7 @@ def _sample(uuid: str, t_s: float, energy_mj: int, util: float) -> GpuSample:
         temperature_c=40,
         sm_clock_mhz=1,
         mem_clock_mhz=1,
+        util_integral_pct_s=integral,
     )
 
 
@@ -197,6 +200,26 @@ def test_gate_records_persist_what_gpu_results_need() -> None:
     assert from_status == direct
     assert from_status is not None and from_status.energy_j == 2500.0  # (2000 + 500) J
     assert from_status.joules_per_output_token == 25.0 and from_status.simulated
+
+
+def test_gate_records_keep_the_util_integral_for_the_window_mean() -> None:
+    start = [_ack("START", [_sample("g0", 10, 0, 50, integral=1_000.0)])]
+    end = [_ack("END", [_sample("g0", 20, 1_000, 50, integral=1_300.0)])]
+    gates = {
+        b: gate_record(
+            phase_id="profiling",
+            start_at_ns=1,
+            baseline=True,
+            agents=["agent-a"],
+            missing=[],
+            acks=acks,
+        )
+        for b, acks in (("START", start), ("END", end))
+    }
+    from_status = gpu_from_status(json.loads(json.dumps(gates)), output_tokens=10)
+    assert from_status is not None
+    assert from_status.util_mean == 30.0  # (1300 - 1000) pct*s over 10 s, not (50 + 50) / 2
+    assert from_status == gpu_results(start, end, output_tokens=10, expected_agents=["agent-a"])
 
 
 def test_selector_string() -> None:

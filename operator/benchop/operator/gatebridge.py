@@ -110,6 +110,7 @@ def _sample_record(s: GpuSample) -> dict[str, Any]:
         "memUsed": s.mem_used_bytes,
         "powerW": s.power_w,
         "energyMj": s.energy_mj,
+        **({} if s.util_integral_pct_s is None else {"utilIntegral": s.util_integral_pct_s}),
     }
 
 
@@ -186,6 +187,9 @@ def acks_from_record(record: Mapping[str, Any], boundary: str) -> list[BaselineA
                 temperature_c=0.0,
                 sm_clock_mhz=0,
                 mem_clock_mhz=0,
+                util_integral_pct_s=(
+                    float(g["utilIntegral"]) if g.get("utilIntegral") is not None else None
+                ),
             )
             for g in a.get("gpus") or []
         ]
