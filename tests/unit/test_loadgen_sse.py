@@ -80,3 +80,26 @@ def test_any_split_into_reads_gives_the_same_tokens(cuts: list[int]) -> None:
     assert stopped and p.done
     assert p.n_tokens == 6 and len(p.itl_ns) == 5
     assert p.usage_completion == 3
+
+
+def test_fast_path_equals_line_path() -> None:
+    """A whole LF-framed body (one decode) and the same body with CRLF framing (line by
+    line) give the same tokens, gaps, usage and lags."""
+    body = b"".join(chat(f" t{i}", benchop_sent_ns=10 + i) for i in range(5)) + USAGE + DONE
+    fast, slow = StreamParser(wall_offset_ns=0), StreamParser(wall_offset_ns=0)
+    assert fast.feed(body, 100) and slow.feed(body.replace(b"\n", b"\r\n"), 100)
+    for p in (fast, slow):
+        assert (p.n_tokens, p.itl_ns, p.usage_completion, p.done) == (5, [0, 0, 0, 0], 3, True)
+        assert p.recv_lag_ns == [90, 89, 88, 87, 86]
+
+
+def test_done_in_the_middle_stops_there() -> None:
+    p = StreamParser(wall_offset_ns=0)
+    assert p.feed(chat("a") + DONE + chat("b"), 1)
+    assert p.n_tokens == 1 and p.done
+
+
+def test_bad_chunk_among_good_ones_in_one_read() -> None:
+    p = StreamParser(wall_offset_ns=0)
+    assert p.feed(chat("a") + b"data: {not json}\n\n" + chat("b"), 1)
+    assert p.n_tokens == 1 and p.malformed is not None and not p.done

@@ -1,12 +1,14 @@
 """Byte-level parser of an OpenAI streaming response (server-sent events).
 
-The pure core of the client's hot path. ``feed`` scans the received bytes for
-``data:`` lines, stops at ``[DONE]``, and decodes each chunk with a small typed
-msgspec decoder (about 10x cheaper than ``json.loads`` plus dict lookups). A
-chunk counts as a token when it carries content (chat ``delta.content`` or
+The pure core of the client's hot path. ``feed`` takes each read's complete
+events, stops at ``[DONE]``, and decodes all of the read's chunks in one call
+of a small typed msgspec decoder (about 10x cheaper than ``json.loads`` plus
+dict lookups); the content of every chunk is decoded. A chunk counts as a
+token when it carries content (chat ``delta.content`` or
 ``delta.reasoning_content``, completions ``text``); the time of the read that
-delivered it is its arrival time. ``usage`` is taken from whichever chunk has
-it (the last one, with ``stream_options.include_usage``).
+delivered it is its arrival time, so tokens of one read have gaps of 0.
+``usage`` is taken from whichever chunk has it (the last one, with
+``stream_options.include_usage``).
 
 >>> p = StreamParser(wall_offset_ns=0)
 >>> p.feed(b'data: {"choices":[{"delta":{"content":"Hi"}}]}\\n\\n', 100)
@@ -24,27 +26,27 @@ import msgspec
 __all__ = ["StreamParser"]
 
 
-class _Delta(msgspec.Struct):
+class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
     reasoning_content: str | None = None
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     delta: _Delta | None = None
     text: str | None = None
 
 
-class _Usage(msgspec.Struct):
+class _Usage(msgspec.Struct, gc=False):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
 
-class _Error(msgspec.Struct):
+class _Error(msgspec.Struct, gc=False):
     message: str = ""
     code: int | str | None = None
 
 
-class _Chunk(msgspec.Struct):
+class _Chunk(msgspec.Struct, gc=False):
     choices: list[_Choice] = []
     usage: _Usage | None = None
     error: _Error | str | None = None
@@ -54,6 +56,12 @@ class _Chunk(msgspec.Struct):
 _decode = msgspec.json.Decoder(_Chunk).decode
 _decode_many = msgspec.json.Decoder(list[_Chunk]).decode
 _DecodeError = msgspec.DecodeError
+_DONE_EVENT = b"data: [DONE]\n\n"
+_SEP = b",       "  # as long as b"\n\ndata: ": a same-length replace is the cheapest
+
+
+def _zeros(n: int) -> list[int]:
+    return [0] * n
 
 
 class StreamParser:
@@ -98,36 +106,56 @@ class StreamParser:
     def feed(self, data: bytes, t_ns: int) -> bool:
         """Parse ``data`` received at ``t_ns``; True when reading should stop.
 
-        Every complete ``data:`` line of the read is decoded in one call (the
-        payloads joined into a JSON array); a read's tokens share its time.
+        Fast path (what OpenAI-compatible servers send): the read's complete
+        events are all ``data: {json}\\n\\n``; they are turned into one JSON
+        array in a single pass (each ``\\n\\ndata: `` becomes ``,`` plus
+        padding; raw newlines cannot occur inside JSON strings) and decoded in
+        one call. Anything else (comments, ``event:`` lines, CRLF, ``[DONE]``
+        before the end, a bad chunk) fails that decode or the framing check
+        and takes the line-by-line path. A read's tokens share its time.
         """
         buf = self._buf + data if self._buf else data
-        end = buf.rfind(b"\n") + 1
-        if end == 0:
-            self._buf = buf
-            return False
-        self._buf = buf[end:]
-        payloads = [
-            line[5:].strip() for line in buf[:end].split(b"\n") if line.startswith(b"data:")
-        ]
-        if not payloads:
-            return False
+        end = buf.rfind(b"\n\n") + 2
+        if end == 1:  # no complete LF-framed event: maybe CRLF lines or a partial event
+            end = buf.rfind(b"\n") + 1
+            if end == 0:
+                self._buf = buf
+                return False
+        if end != len(buf):
+            self._buf = buf[end:]
+            buf = buf[:end]
+        elif self._buf:
+            self._buf = b""
         stop = False
-        if payloads[-1] == b"[DONE]" or b"[DONE]" in payloads:
+        if buf.endswith(_DONE_EVENT):
+            stop = self.done = True
+            buf = buf[: -len(_DONE_EVENT)]
+            if not buf:
+                return True
+        if buf.startswith(b"data: "):
+            try:
+                chunks = _decode_many(b"[" + buf[6:-2].replace(b"\n\ndata: ", _SEP) + b"]")
+            except _DecodeError:
+                pass
+            else:
+                return self._on_chunks(chunks, t_ns) or stop
+        self.done = False
+        return self._by_lines(buf, t_ns)
+
+    def _by_lines(self, buf: bytes, t_ns: int) -> bool:
+        """The general path: any line ending, comments, other fields, ``[DONE]`` anywhere."""
+        payloads = [line[5:].strip() for line in buf.split(b"\n") if line.startswith(b"data:")]
+        stop = False
+        if b"[DONE]" in payloads:
             payloads = payloads[: payloads.index(b"[DONE]")]
             self.done = stop = True
         if not payloads:
             return stop
         try:
-            if len(payloads) == 1:  # one token per read (a server pacing its tokens)
-                return self._on_chunk(_decode(payloads[0]), t_ns) or stop
             chunks = _decode_many(b"[" + b",".join(payloads) + b"]")
         except _DecodeError:
             return self._one_by_one(payloads, t_ns)
-        for chunk in chunks:
-            if self._on_chunk(chunk, t_ns):
-                return True
-        return stop
+        return self._on_chunks(chunks, t_ns) or stop
 
     def _one_by_one(self, payloads: list[bytes], t_ns: int) -> bool:
         """The slow path after a failed batch decode: find the bad chunk."""
@@ -138,40 +166,59 @@ class StreamParser:
             except _DecodeError as exc:
                 self.malformed = f"undecodable chunk: {exc}"
                 return True
-            if self._on_chunk(chunk, t_ns):
+            if self._on_chunks([chunk], t_ns):
                 return True
         self.malformed = "undecodable stream"  # joined they failed, alone they did not
         return True
 
-    def _on_chunk(self, chunk: _Chunk, t_ns: int) -> bool:
-        if chunk.error is not None:
-            err = chunk.error
-            if isinstance(err, str):
-                self.error = err
-            else:
-                self.error = err.message or "error in stream"
-                code = err.code
-                if isinstance(code, int):
-                    self.error_code = code
-                elif isinstance(code, str) and code.isdigit():
-                    self.error_code = int(code)
-            return True
-        for ch in chunk.choices:
-            d = ch.delta
-            content = (d.content or d.reasoning_content) if d is not None else ch.text
-            if content:
-                if self.first_ns < 0:
-                    self.first_ns = t_ns
-                else:
-                    self.itl_ns.append(t_ns - self.last_ns)
-                self.last_ns = t_ns
-                self.n_tokens += 1
-        if chunk.benchop_sent_ns is not None:
-            self.recv_lag_ns.append(t_ns + self._wall_offset - chunk.benchop_sent_ns)
-        if chunk.usage is not None:
-            self.usage_prompt = chunk.usage.prompt_tokens
-            self.usage_completion = chunk.usage.completion_tokens
+    def _on_chunks(self, chunks: list[_Chunk], t_ns: int) -> bool:
+        """Account the chunks of one read (received at ``t_ns``); True to stop."""
+        n = 0
+        wall = t_ns + self._wall_offset
+        lags = self.recv_lag_ns
+        for chunk in chunks:
+            if chunk.error is not None:
+                self._count(n, t_ns)
+                return self._on_error(chunk.error)
+            for ch in chunk.choices:
+                d = ch.delta
+                if (d.content or d.reasoning_content) if d is not None else ch.text:
+                    n += 1
+            sent = chunk.benchop_sent_ns
+            if sent is not None:
+                lags.append(wall - sent)
+            usage = chunk.usage
+            if usage is not None:
+                self.usage_prompt = usage.prompt_tokens
+                self.usage_completion = usage.completion_tokens
+        self._count(n, t_ns)
         return False
+
+    def _count(self, n: int, t_ns: int) -> None:
+        """``n`` tokens arrived at ``t_ns``: one gap from the last token, then zeros."""
+        if n == 0:
+            return
+        itl = self.itl_ns
+        if self.first_ns < 0:
+            self.first_ns = t_ns
+        else:
+            itl.append(t_ns - self.last_ns)
+        if n > 1:
+            itl += _zeros(n - 1)
+        self.last_ns = t_ns
+        self.n_tokens += n
+
+    def _on_error(self, err: _Error | str) -> bool:
+        if isinstance(err, str):
+            self.error = err
+        else:
+            self.error = err.message or "error in stream"
+            code = err.code
+            if isinstance(code, int):
+                self.error_code = code
+            elif isinstance(code, str) and code.isdigit():
+                self.error_code = int(code)
+        return True
 
     @property
     def pending(self) -> bytes:
