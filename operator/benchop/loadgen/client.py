@@ -25,10 +25,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 import msgspec
+from yarl import URL
 
 from benchop.loadgen.records import OK, RequestRecord
 from benchop.loadgen.sse import StreamParser
@@ -41,6 +42,7 @@ Sink = Callable[[RequestRecord], None]
 _perf_ns = time.perf_counter_ns
 _wall_ns = time.time_ns
 _ERROR_CHARS = 200
+_current_task = asyncio.current_task
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +96,33 @@ class StreamClient:
         connect_timeout: float = 10.0,
     ) -> None:
         self.target = target
-        self._endpoint = target.endpoint
+        self._endpoint = URL(target.endpoint)  # parsed once, not per request
         self._timeout = request_timeout
+        self._timeout_ns = int(request_timeout * 1e9)
         self._limit = limit
         self._connect_timeout = connect_timeout
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if target.api_key:
             self._headers["Authorization"] = f"Bearer {target.api_key}"
         self._session: aiohttp.ClientSession | None = None
-        self._encode = msgspec.json.Encoder().encode
+        self._watchdog: asyncio.Task[None] | None = None
+        self._calls: set[_Call] = set()  # in flight, with their deadlines
+        encode = self._encode = msgspec.json.Encoder().encode
+        # The body is these two halves around the JSON-encoded prompt (see ``body``).
+        common = {
+            "model": target.model,
+            "max_tokens": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "ignore_eos": True,
+        }
+        if target.api == "chat":
+            whole = encode({"messages": [{"role": "user", "content": "\x00"}], **common})
+        else:
+            whole = encode({"prompt": "\x00", **common})
+        head, _, tail = whole.partition(b'"\\u0000"')
+        self._body_head = head
+        self._body_tail = tail.partition(b'"max_tokens":0')
         #: Requests currently in flight.
         self.in_flight = 0
         #: Receive lags (wall ns, from ``benchop_sent_ns``) of finished requests; the
@@ -117,29 +137,42 @@ class StreamClient:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
             auto_decompress=False,
+            headers=self._headers,
+            cookie_jar=aiohttp.DummyCookieJar(),  # no cookie filtering per request
         )
+        self._watchdog = asyncio.create_task(self._expire())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def body(self, prompt: str, max_tokens: int) -> bytes:
-        """The JSON request body for ``api``: streaming, usage included, ``ignore_eos``."""
-        common = {
-            "model": self.target.model,
-            "max_tokens": max_tokens,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "ignore_eos": True,
-        }
-        if self.target.api == "chat":
-            return self._encode({"messages": [{"role": "user", "content": prompt}], **common})
-        return self._encode({"prompt": prompt, **common})
+        """The JSON request body for ``api``: streaming, usage included, ``ignore_eos``.
+
+        Only the prompt is encoded per call; the rest is a template built once.
+        """
+        a, key, b = self._body_tail
+        return b"".join((self._body_head, self._encode(prompt), a, key[:-1], b"%d" % max_tokens, b))
+
+    async def _expire(self) -> None:
+        """Cancel requests past their deadline (one timer for all, ~10 checks per timeout)."""
+        period = min(max(self._timeout / 10, 0.01), 1.0)
+        while True:
+            await asyncio.sleep(period)
+            now = _perf_ns()
+            for c in [c for c in self._calls if c.deadline <= now]:
+                self._calls.discard(c)
+                c.timed_out = True
+                if c.task is not None:
+                    c.task.cancel()
 
     async def send(
         self,
@@ -160,19 +193,26 @@ class StreamClient:
         session = self._session
         assert session is not None, "use StreamClient as an async context manager"
         c = _Call()
+        c.task = task = _current_task()
         self.in_flight += 1
         wall0 = _wall_ns()
         t0 = _perf_ns()
+        c.deadline = t0 + self._timeout_ns
+        calls = self._calls
+        calls.add(c)
         try:
-            async with asyncio.timeout(self._timeout):
-                async with session.post(self._endpoint, data=body, headers=self._headers) as resp:
-                    await self._receive(resp, c, wall0 - t0)
+            async with session.post(self._endpoint, data=body) as resp:
+                await self._receive(resp, c, wall0 - t0)
         except TimeoutError:
             c.fail("timeout", f"no complete response within {self._timeout:g}s")
         except asyncio.CancelledError:
-            c.fail("cancelled", "stopped by the worker")
-            self._finish(c, ident, wall0, t0, scheduled_ns, delayed, input_words, sink)
-            raise
+            if c.timed_out and task is not None and task.uncancel() == 0:
+                c.fail("timeout", f"no complete response within {self._timeout:g}s")
+            else:
+                calls.discard(c)
+                c.fail("cancelled", "stopped by the worker")
+                self._finish(c, ident, wall0, t0, scheduled_ns, delayed, input_words, sink)
+                raise
         except aiohttp.ClientPayloadError as exc:
             c.fail("disconnected", _short(exc))
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -182,6 +222,7 @@ class StreamClient:
         except Exception as exc:  # a request must never crash the worker
             c.fail("other", _short(exc))
             log.debug("request %s failed", ident.id, exc_info=True)
+        calls.discard(c)
         self._finish(c, ident, wall0, t0, scheduled_ns, delayed, input_words, sink)
 
     async def _receive(self, resp: aiohttp.ClientResponse, c: _Call, wall_offset: int) -> None:
@@ -190,12 +231,14 @@ class StreamClient:
             error = (await resp.read())[:_ERROR_CHARS].decode("utf-8", "replace")
             c.end(_status_outcome(resp.status), error)
             return
-        if resp.content_type != "text/event-stream":
-            c.end("malformed_stream", f"expected text/event-stream, got {resp.content_type}")
+        ctype = resp.headers.get("Content-Type", "")
+        if ctype[:17].lower() != "text/event-stream":
+            c.end("malformed_stream", f"expected text/event-stream, got {ctype[:80]!r}")
             return
         parser = c.parser = StreamParser(wall_offset)
         feed = parser.feed
-        read = resp.content.readany
+        content = resp.content
+        read = content.readany
         while True:
             data = await read()
             if not data or feed(data, _perf_ns()):
@@ -203,8 +246,8 @@ class StreamClient:
         c.end(*_stream_outcome(parser))
         if parser.done:
             c.finished = True
-            while await read():  # consume the end of the body so the connection is reused
-                pass
+            while not content.at_eof():  # read the end of the body: the connection is reused
+                await read()
         else:
             resp.close()
 
@@ -266,9 +309,22 @@ class StreamClient:
 class _Call:
     """The facts of one request while it runs."""
 
-    __slots__ = ("error", "finished", "outcome", "parser", "status", "t_end")
+    __slots__ = (
+        "deadline",
+        "error",
+        "finished",
+        "outcome",
+        "parser",
+        "status",
+        "t_end",
+        "task",
+        "timed_out",
+    )
 
     def __init__(self) -> None:
+        self.task: asyncio.Task[Any] | None = None
+        self.deadline = 0  # perf_counter_ns after which the watchdog cancels it
+        self.timed_out = False
         self.status = 0  # HTTP status; 0 until headers arrived
         self.outcome = "other"
         self.error: str | None = None
