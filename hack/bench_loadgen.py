@@ -39,12 +39,9 @@ import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from benchop.mockserver import MockConfig, spawn_mock_server_process
-
-if TYPE_CHECKING:
-    from benchop.loadgen.records import RequestRecord
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -179,59 +176,31 @@ async def _bare_aiohttp(url: str, concurrency: int, seconds: float, tokens: int)
 def measure_benchop(
     url: str, concurrency: int, seconds: float, tokens: int = 64
 ) -> ClientResult | None:
-    """LEAD: the benchop worker's client under fixed concurrency; None = not available.
-
-    PROVISIONAL: drives ``benchop.loadgen.client.StreamClient.send`` from ``concurrency``
-    closed-loop tasks, with every record folded into a metrics registry as the worker
-    does. Switch it to the loadgen's own fixed-concurrency runner when that lands, keeping
-    the same result: requests completed ok in the window, the window, the process CPU
-    (``time.process_time()``) spent in it, and the receive-lag p99.
-    """
+    """The worker's own fixed-concurrency path (``measure_fixed_concurrency``): one
+    StreamClient, ``run_closed``, every record folded into a metrics registry (folded every
+    0.1 s), every chunk's content decoded. None when benchop.loadgen is not importable."""
     try:
-        from benchop.loadgen.client import Ident, StreamClient, Target
-        from benchop.loadgen.records import new_registry, record_into
+        from benchop.loadgen.load import measure_fixed_concurrency
     except ImportError as exc:
         print(f"benchop.loadgen is not available yet ({exc}): skipping the benchop row")
         return None
-
-    async def go() -> ClientResult:
-        reg = new_registry()
-        counts = {"ok": 0, "errors": 0}
-        warmup_end = time.perf_counter() + 0.5
-        end = warmup_end + seconds
-        prompt = "say hello to the benchmark"
-        async with StreamClient(
-            Target(url, "benchop-mock"), request_timeout=60, limit=concurrency
-        ) as client:
-            body = client.body(prompt, tokens)
-
-            def sink(rec: RequestRecord) -> None:
-                record_into(reg, rec)
-                if warmup_end <= time.perf_counter() <= end:
-                    counts["ok" if rec.outcome == "ok" else "errors"] += 1
-
-            async def worker(w: int) -> None:
-                i = 0
-                while time.perf_counter() < end:
-                    ident = Ident(worker=0, attempt=1, index=w * 10_000_000 + i)
-                    await client.send(body, ident=ident, input_words=4, sink=sink)
-                    i += 1
-
-            tasks = [asyncio.create_task(worker(w)) for w in range(concurrency)]
-            await asyncio.sleep(max(0.0, warmup_end - time.perf_counter()))
-            client.recv_lags.clear()
-            cpu0, t0, w0 = time.process_time(), time.perf_counter(), time.time()
-            await asyncio.gather(*tasks)
-            cpu1, t1 = time.process_time(), time.perf_counter()
-            lags = sorted(client.recv_lags)
-        p99 = lags[int(0.99 * (len(lags) - 1))] / 1e6 if lags else None
-        window = min(t1 - t0, seconds)
-        return ClientResult(counts["ok"], window, cpu1 - cpu0, counts["errors"], p99, w0)
-
-    return _run_loop(go())
+    stats = _run_loop(
+        measure_fixed_concurrency(url, "benchop-mock", concurrency, seconds, tokens, warmup_s=0.5)
+    )
+    return ClientResult(
+        requests=int(stats["requests"]),
+        seconds=stats["window_s"],
+        cpu_seconds=stats["cpu_s"],
+        errors=int(stats["errors"]),
+        recv_lag_p99_ms=stats["recv_lag_p99_ms"] or None,
+        start_wall=stats["start_wall"],
+    )
 
 
-def _run_loop(coro: Coroutine[Any, Any, ClientResult]) -> ClientResult:
+R = TypeVar("R")
+
+
+def _run_loop(coro: Coroutine[Any, Any, R]) -> R:
     try:
         import uvloop
     except ImportError:
@@ -406,15 +375,17 @@ def print_table(
         f"window {args.seconds:g}s x {args.rounds} round(s), median shown; "
         f"server cpu {server_cpu}, client cpu {client_cpu}\n"
     )
-    head = ["client", "req/s", "tok/s", "client CPU%", "us/req", "us/tok"]
+    wrk = next((r for r in rows if r.name.startswith("wrk")), None)
+    head = ["client", "req/s", "x wrk", "tok/s", "client CPU%", "us/req", "us/tok"]
     head += ["server CPU%", "other CPU%", "errors", "lag p99 ms"]
-    fmt = "{:<14}{:>9}{:>10}{:>13}{:>8}{:>8}{:>13}{:>12}{:>8}{:>12}"
+    fmt = "{:<14}{:>9}{:>7}{:>10}{:>13}{:>8}{:>8}{:>13}{:>12}{:>8}{:>12}"
     print(fmt.format(*head))
     for row in rows:
         r, w = row.result, row.result.seconds or 1.0
         us_req = 1e6 * r.cpu_seconds / r.requests if r.requests else 0.0
         lag = "-" if r.recv_lag_p99_ms is None else f"{r.recv_lag_p99_ms:.2f}"
-        cells = [row.name, f"{r.rps:.0f}", f"{r.rps * args.tokens:.0f}"]
+        ratio = f"{r.rps / wrk.result.rps:.2f}" if wrk is not None and wrk.result.rps else "-"
+        cells = [row.name, f"{r.rps:.0f}", ratio, f"{r.rps * args.tokens:.0f}"]
         cells += [f"{100 * r.cpu_seconds / w:.0f}", f"{us_req:.1f}", f"{us_req / args.tokens:.2f}"]
         cells += [f"{100 * row.server_cpu_s / w:.0f}", f"{100 * row.other_cpu_s / w:.0f}"]
         cells += [str(r.errors), lag]
@@ -429,6 +400,13 @@ def print_table(
             for other in rows:
                 if other is not row:
                     print(f"{other.name} / wrk = {other.result.rps / row.result.rps:.2f}")
+    for row in rows:
+        r = row.result
+        w = r.seconds or 1.0
+        if row.server_cpu_s / w > 0.9:
+            print(f"{row.name}: server at {100 * row.server_cpu_s / w:.0f}% CPU: server-bound")
+        elif r.cpu_seconds / w > 0.9:
+            print(f"{row.name}: client at {100 * r.cpu_seconds / w:.0f}% CPU: client-bound")
     if any(100 * row.other_cpu_s / (row.result.seconds or 1.0) > 10 for row in rows):
         print("WARNING: other processes used > 10% CPU during a window: figures are contended")
 

@@ -320,8 +320,10 @@ async def measure_fixed_concurrency(
     not measured), counts the requests and tokens that complete within the next
     ``seconds`` and the process CPU time spent meanwhile. Returns ``requests``
     (ok), ``errors``, ``rps``, ``tokens`` (output tokens of ok requests),
-    ``cpu_s``, ``window_s``, ``cpu_us_per_token``, ``cpu_pct`` and
-    ``recv_lag_p99_ms`` (0 when the server sends no ``benchop_sent_ns``).
+    ``cpu_s``, ``window_s``, ``cpu_us_per_token``, ``cpu_pct``,
+    ``recv_lag_p99_ms`` (0 when the server sends no ``benchop_sent_ns``) and
+    ``start_wall`` (``time.time()`` at the start of the window). As in the
+    worker, the registry is folded every 0.1 s while requests run.
 
         stats = await measure_fixed_concurrency(server.url, "m", 32, 5.0, 64)
     """
@@ -346,7 +348,13 @@ async def measure_fixed_concurrency(
     def mark(name: str, on: bool) -> None:
         marks[name + "_t"] = time.perf_counter()
         marks[name + "_cpu"] = time.process_time()
+        marks[name + "_wall"] = time.time()
         window["on"] = on
+
+    async def fold() -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            reg.fold()
 
     loop = asyncio.get_running_loop()
     async with StreamClient(Target(url, model), request_timeout=60, limit=concurrency) as client:
@@ -362,7 +370,11 @@ async def measure_fixed_concurrency(
         loop.call_later(warmup_s, mark, "start", True)
         loop.call_later(warmup_s + seconds, mark, "end", False)
         loop.call_later(warmup_s, client.recv_lags.clear)
-        await run_closed(concurrency, Budget(deadline_ns=deadline), lambda: None, send)
+        folder = asyncio.create_task(fold())
+        try:
+            await run_closed(concurrency, Budget(deadline_ns=deadline), lambda: None, send)
+        finally:
+            folder.cancel()
         lags = client.recv_lags
     reg.fold()
     wall = marks["end_t"] - marks["start_t"]
@@ -379,4 +391,5 @@ async def measure_fixed_concurrency(
         "cpu_us_per_token": cpu / tokens * 1e6 if tokens else 0.0,
         "cpu_pct": 100.0 * cpu / wall,
         "recv_lag_p99_ms": p99,
+        "start_wall": marks["start_wall"],
     }
