@@ -30,8 +30,6 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchop.api.models import BenchmarkRunSpec
 from benchop.loadgen import checkpoint
 from benchop.loadgen.load import measure_fixed_concurrency
@@ -74,6 +72,8 @@ async def _worker_row(
     }
     lags = [r.send_lag_ns for r in records if r.send_lag_ns is not None]
     if lags:
+        import numpy as np  # after benchop.loadgen: it limits BLAS threads before numpy loads
+
         a = np.array(lags) / 1e6
         row["send_lag_p50_ms"] = float(np.percentile(a, 50))
         row["send_lag_p99_ms"] = float(np.percentile(np.abs(a), 99))

@@ -13,3 +13,12 @@ Modules, one concept each:
 - ``worker``: phases (warmup, profiling), the whole worker as ``run_worker``.
 - ``command``: the ``benchop loadgen`` CLI.
 """
+
+import os as _os
+
+# The metrics fold computes a float dot product (numpy ``@``), which OpenBLAS runs on a
+# thread pool whose workers then spin-wait: measured at 60-80 % of a second core and half
+# the worker's req/s. A load generator never gains from BLAS threads: one thread, unless
+# the user set it. Effective only when numpy is not imported yet (``benchop loadgen``).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    _os.environ.setdefault(_var, "1")
