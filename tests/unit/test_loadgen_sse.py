@@ -103,3 +103,12 @@ def test_bad_chunk_among_good_ones_in_one_read() -> None:
     p = StreamParser(wall_offset_ns=0)
     assert p.feed(chat("a") + b"data: {not json}\n\n" + chat("b"), 1)
     assert p.n_tokens == 1 and p.malformed is not None and not p.done
+
+
+def test_every_single_cut_gives_the_same_result() -> None:
+    """Exhaustive over one read boundary (e.g. between the two newlines before [DONE])."""
+    for cut in range(1, len(STREAM)):
+        p = StreamParser(wall_offset_ns=0)
+        stopped = p.feed(STREAM[:cut], 0) or p.feed(STREAM[cut:], 1)
+        assert stopped and p.done and p.n_tokens == 6, cut
+        assert (p.usage_prompt, len(p.itl_ns), p.malformed) == (7, 5, None), cut

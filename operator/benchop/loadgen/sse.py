@@ -139,8 +139,7 @@ class StreamParser:
                 pass
             else:
                 return self._on_chunks(chunks, t_ns) or stop
-        self.done = False
-        return self._by_lines(buf, t_ns)
+        return self._by_lines(buf, t_ns) or stop
 
     def _by_lines(self, buf: bytes, t_ns: int) -> bool:
         """The general path: any line ending, comments, other fields, ``[DONE]`` anywhere."""
