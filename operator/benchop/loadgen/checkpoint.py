@@ -4,11 +4,11 @@ Two files in the results directory:
 
 - ``records.jsonl``: one :class:`~benchop.loadgen.records.RequestRecord` per
   line (JSON), appended as each profiling request completes. The line is
-  encoded on the event loop and written by one writer thread, which drains
-  its queue, writes the batch and flushes it to the OS (``fsync`` once, at
-  close). A failed write is logged and counted (``write_errors``), never
-  fatal; the next write starts on a fresh line so one bad batch never
-  corrupts the lines after it.
+  encoded on the event loop and written by one writer thread, which wakes on
+  the first queued line, waits 5 ms for more, drains its queue, writes the
+  batch and flushes it to the OS (``fsync`` once, at close). A failed write
+  is logged and counted (``write_errors``), never fatal; the next write
+  starts on a fresh line so one bad batch never corrupts the lines after it.
 - ``checkpoint.json``: a :class:`CheckpointState` (atomic writes): which run,
   worker and spec the records belong to, the attempt number and how long
   profiling has been running, so a duration bound counts the time of earlier
@@ -33,6 +33,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 RECORDS = "records.jsonl"
 STATE = "checkpoint.json"
+_COALESCE_S = 0.005  # the writer thread wakes at most ~200 times a second
 
 
 class CheckpointState(msgspec.Struct, kw_only=True):
@@ -186,6 +188,8 @@ class Checkpoint:
         stop = False
         while not stop:
             batch = [q.get()]
+            if batch[0] is not None:
+                time.sleep(_COALESCE_S)  # let records gather: one wake-up and write per batch
             while True:
                 try:
                     batch.append(q.get_nowait())
