@@ -99,3 +99,10 @@ def test_prompt_word_count_is_exact_and_seeded(n: int) -> None:
     assert len(p.split(" ")) == n and all(w in WORDS for w in p.split(" "))
     assert p == make_prompt(3, worker=1, attempt=1, index=9, n_tokens=n)
     assert p != make_prompt(3, worker=1, attempt=1, index=10, n_tokens=n) or n == 1
+
+
+def test_prompt_is_pinned_across_hosts() -> None:
+    """SHAKE-128 based: the same words everywhere (a changed generator shows up here)."""
+    assert make_prompt(1, worker=0, attempt=1, index=5, n_tokens=6) == (
+        "way people only first but bread"
+    )

@@ -13,9 +13,9 @@ How tokens are counted (documented for users):
   TGI and the mock server). Each record says which source it used
   (``tokens_from_usage``).
 
-Prompts are deterministic in ``(seed, worker, attempt, index)`` and differ between
-requests, so a server's prefix cache does not turn the benchmark into a cache
-benchmark.
+Prompts are deterministic in ``(seed, worker, attempt, index)`` (the same on
+every host and Python version) and differ between requests, so a server's
+prefix cache does not turn the benchmark into a cache benchmark.
 
 >>> p = make_prompt(7, worker=0, attempt=1, index=3, n_tokens=5)
 >>> len(p.split())
@@ -26,7 +26,9 @@ True
 
 from __future__ import annotations
 
-import random
+import hashlib
+import sys
+from array import array
 
 __all__ = ["WORDS", "make_prompt"]
 
@@ -48,11 +50,17 @@ WORDS: tuple[str, ...] = tuple(_WORDS_TEXT.split())
 
 
 def make_prompt(seed: int, *, worker: int, attempt: int, index: int, n_tokens: int) -> str:
-    """``n_tokens`` words chosen by a RNG seeded with ``(seed, worker, attempt, index)``.
+    """``n_tokens`` words drawn by SHAKE-128 of ``(seed, worker, attempt, index)``.
 
-    Attempt 0 is the warmup phase; profiling attempts count from 1.
+    Two digest bytes (little-endian) pick each word, modulo the list's length;
+    about 4x cheaper than seeding a ``random.Random`` per request. Attempt 0 is
+    the warmup phase; profiling attempts count from 1.
     """
     if n_tokens <= 0:
         return ""
-    rng = random.Random(f"benchop:{seed}:{worker}:{attempt}:{index}")
-    return " ".join(rng.choices(WORDS, k=n_tokens))
+    key = b"benchop:%d:%d:%d:%d" % (seed, worker, attempt, index)
+    picks = array("H", hashlib.shake_128(key).digest(2 * n_tokens))
+    if sys.byteorder == "big":
+        picks.byteswap()
+    n = len(WORDS)
+    return " ".join([WORDS[i % n] for i in picks])
