@@ -377,3 +377,21 @@ def test_cel_rules_accept_the_examples(path: str) -> None:
     doc = yaml.safe_load((ROOT / "examples" / name).read_text())
     results = _cel_results(doc, path)
     assert results and all(results)
+
+
+def test_benchmarkrun_spec_is_immutable_by_a_transition_rule() -> None:
+    celpy = pytest.importorskip("celpy", reason="cel-python not installed")
+    rules = schema_node("BenchmarkRun", "spec")["x-kubernetes-validations"]
+    rule = next(r for r in rules if "oldSelf" in r["rule"])
+    assert "immutable" in rule["message"]
+    env = celpy.Environment()
+    program = env.program(env.compile(rule["rule"]))
+    spec = yaml.safe_load((ROOT / "examples" / "run.yaml").read_text())["spec"]
+    edited = copy.deepcopy(spec)
+    edited["load"]["workers"] = 5
+    same = {"self": celpy.json_to_cel(spec), "oldSelf": celpy.json_to_cel(copy.deepcopy(spec))}
+    assert bool(program.evaluate(same)) is True
+    changed = {"self": celpy.json_to_cel(edited), "oldSelf": celpy.json_to_cel(spec)}
+    assert bool(program.evaluate(changed)) is False
+    # An Experiment's template stays editable (its sweep may grow).
+    assert "x-kubernetes-validations" not in schema_node("Experiment", "spec")

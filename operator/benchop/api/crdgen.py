@@ -173,6 +173,13 @@ EXPERIMENT_COLUMNS = [
 ]
 
 
+SPEC_IMMUTABLE_RULE = {
+    "rule": "self == oldSelf",
+    "message": "spec is immutable once applied: delete the BenchmarkRun and create a new one",
+}
+"""A running benchmark cannot change under its workers, so the API server refuses spec edits."""
+
+
 def _crd(
     *,
     kind: str,
@@ -182,7 +189,11 @@ def _crd(
     spec: type[BaseModel],
     status: type[BaseModel],
     columns: list[dict[str, Any]],
+    spec_rules: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
+    spec_schema = structural_schema(spec)
+    if spec_rules:
+        spec_schema["x-kubernetes-validations"] = spec_rules
     schema = {
         "type": "object",
         "description": _plain(resource.__doc__ or ""),
@@ -190,7 +201,7 @@ def _crd(
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": structural_schema(spec),
+            "spec": spec_schema,
             "status": structural_schema(status),
         },
         "required": ["spec"],
@@ -240,6 +251,7 @@ def benchmarkrun_crd() -> dict[str, Any]:
         spec=models.BenchmarkRunSpec,
         status=models.BenchmarkRunStatus,
         columns=BENCHMARKRUN_COLUMNS,
+        spec_rules=[SPEC_IMMUTABLE_RULE],
     )
 
 

@@ -105,7 +105,9 @@ def moments(values: IntArray) -> Moments:
     shift = s // n
     d = (a - shift).astype(np.float64)
     d -= (s - shift * n) / n  # the exact mean's fractional part, correctly rounded
-    return Moments(count=n, sum=s, m2=float(d @ d), min=lo, max=hi)
+    # (d * d).sum(), not d @ d: a BLAS dot starts OpenBLAS's spinning thread pool in the
+    # load generator's process (a second core burnt); numpy's pairwise sum is also more exact.
+    return Moments(count=n, sum=s, m2=float((d * d).sum()), min=lo, max=hi)
 
 
 def combine(parts: Iterable[Moments]) -> Moments:
