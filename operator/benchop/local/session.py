@@ -19,7 +19,7 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,9 @@ from benchop.gpuresults import gpu_results
 from benchop.local.progress import progress_view
 from benchop.metrics import names
 from benchop.mockserver import MockConfig, spawn_mock_server_process
+from benchop.operator import transitions
+from benchop.operator.gatebridge import gate_record
+from benchop.operator.snapshots import bound_results, verdict
 from benchop.results import build_results, merge_snapshots
 
 PHASE_ID = "profiling"
@@ -67,26 +70,26 @@ class LocalOutcome:
 
 
 class _Status:
-    """The status local mode would have written; same conditions as the operator."""
+    """The status local mode would have written: the operator's own pure transitions.
+
+    ``apply`` takes a transition's result (None: nothing changes) and turns every condition
+    that changed into a line for the live view.
+    """
 
     def __init__(self, generation: int) -> None:
         self.generation = generation
-        self.status: dict[str, Any] = {"observedGeneration": generation, "conditions": []}
+        self.status: dict[str, Any] = {}
         self.events: list[str] = []
 
-    def condition(self, type_: str, status: str, reason: str, message: str = "") -> None:
-        self.status["conditions"] = c.set_condition(
-            self.status["conditions"],
-            type=type_,
-            status=status,  # type: ignore[arg-type]
-            reason=reason,
-            message=message,
-            observed_generation=self.generation,
-        )
-        self.events.append(f"{type_}={status} {reason}" + (f": {message}" if message else ""))
-
-    def phase(self, phase: Phase) -> None:
-        self.status["phase"] = phase.value
+    def apply(self, new: dict[str, Any] | None) -> None:
+        if new is None:
+            return
+        before = {x["type"]: (x["status"], x["reason"]) for x in self.status.get("conditions", [])}
+        for cond in new.get("conditions", []):
+            if before.get(cond["type"]) != (cond["status"], cond["reason"]):
+                message = f": {cond['message']}" if cond.get("message") else ""
+                self.events.append(f"{cond['type']}={cond['status']} {cond['reason']}{message}")
+        self.status = new
 
 
 @contextlib.asynccontextmanager
@@ -132,36 +135,13 @@ def _read_final(path: Path) -> MetricsSnapshot | None:
     return msg if isinstance(msg, MetricsSnapshot) else None
 
 
-def _gate_events(st: _Status, outcome: GateOutcome) -> None:
-    missing = ", ".join(outcome.missing)
-    captured = c.TRUE if not outcome.missing else c.FALSE
-    detail = f"missing agents: {missing}" if missing else f"{len(outcome.acks)} agent(s) acked"
-    if outcome.boundary == "START":
-        st.condition(
-            c.BASELINE_START_CAPTURED, captured, "Captured" if not missing else "Timeout", detail
-        )
-        st.condition(c.PROFILING, c.TRUE, "GateGranted", "all workers passed the START gate")
-        st.phase(Phase.PROFILING)
-    else:
-        st.condition(
-            c.BASELINE_END_CAPTURED, captured, "Captured" if not missing else "Timeout", detail
-        )
-        st.condition(c.PROFILING, c.FALSE, "ProfilingDone", "all workers passed the END gate")
-        st.phase(Phase.FINALIZING)
-    if missing:
-        st.condition(c.TELEMETRY_DEGRADED, c.TRUE, "AgentsMissed", detail)
-
-
 async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
     """Run ``run`` locally to the end; never raises for a failed benchmark (see ``succeeded``)."""
     spec = run.spec
     name = run.metadata.name or "local-run"
     workers = spec.load.workers
     st = _Status(run.metadata.generation or 1)
-    st.condition(c.ACCEPTED, c.TRUE, "SpecValid")
-    st.condition(c.SUCCEEDED, c.UNKNOWN, "Running")
-    st.phase(Phase.INITIALIZING)
-    st.status["startTime"] = c.now_rfc3339()
+    st.apply(transitions.accepted(st.status, generation=st.generation, now=c.now_rfc3339()))
     opts.results_dir.mkdir(parents=True, exist_ok=True)
     spec_file = opts.results_dir / "spec.json"
     spec_file.write_text(json.dumps(to_wire(run)))
@@ -179,20 +159,31 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
                     endpoint=agent.baseline_endpoint,
                 )
             )
-            if agent.simulated:
-                st.condition(
-                    c.TELEMETRY_DEGRADED,
-                    c.TRUE,
-                    "SimulatedGpus",
-                    f"no NVML here: {opts.gpus} simulated GPU(s); GPU numbers are not real",
-                )
         sub = Subscriber()
         sub.start()
         outcomes: dict[str, GateOutcome] = {}
 
         async def on_gate(run_name: str, outcome: GateOutcome) -> None:
             outcomes[outcome.boundary] = outcome
-            _gate_events(st, outcome)
+            record = gate_record(
+                phase_id=outcome.phase_id,
+                start_at_ns=outcome.start_at_ns,
+                baseline=outcome.baseline,
+                agents=outcome.agents,
+                missing=outcome.missing,
+                acks=outcome.acks,
+                baseline_captured=outcome.baseline_captured,
+                closed_at_ns=outcome.closed_at_ns,
+            )
+            st.apply(
+                transitions.gate_closed(
+                    st.status,
+                    generation=st.generation,
+                    boundary=outcome.boundary,
+                    record=record,
+                    requested=spec.gates.baseline,
+                )
+            )
 
         coordinator = GateCoordinator(on_gate=on_gate)
         await coordinator.start()
@@ -205,7 +196,16 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
         )
         try:
             codes = await _run_workers(
-                name, url, spec_file, workers, coordinator.endpoint, sub, st, opts
+                name,
+                url,
+                spec_file,
+                workers,
+                coordinator.endpoint,
+                sub,
+                st,
+                opts,
+                warmup=spec.phases.warmup is not None,
+                on_worker_died=lambda: coordinator.forget_run(name),
             )
             complete = await sub.wait_for_complete(name, workers, COMPLETE_WAIT_S)
         finally:
@@ -231,26 +231,41 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
             expected_agents=[a.name for a in agents] if start and end else [],
         )
         results = build_results(merged, slo=spec.slo, source=source, gpu=gpu)  # type: ignore[arg-type]
-        st.status["results"] = to_wire(results)
-        reason = "FromPubSub" if source == "pubsub" else "FromResultsFiles"
-        how = "complete" if results.complete else "INCOMPLETE (a worker was interrupted)"
-        st.condition(
-            c.RESULTS_AVAILABLE, c.TRUE, reason, f"{len(snaps)}/{workers} worker(s), {how}"
-        )
+    now = c.now_rfc3339()
     failed = {w: code for w, code in enumerate(codes) if code != 0}
-    if results is None:
-        ok, reason, message = False, "NoResults", "no worker produced a final snapshot"
-    elif failed:
-        ok, reason = False, "WorkerFailed"
-        message = ", ".join(f"worker {w} exited {code}" for w, code in failed.items())
-    elif results.requests.ok == 0:
-        ok, reason = False, "AllRequestsFailed"
-        message = f"{results.requests.failed} request(s) failed: {results.requests.by_reason}"
+    results_doc = bound_results(to_wire(results)) if results is not None else None
+    results_reason = "PubSubComplete" if source == "pubsub" else "ResultsFiles"
+    if results_doc is None or failed:
+        message = (
+            ", ".join(f"worker {w} exited {code}" for w, code in failed.items())
+            or "no worker produced a final snapshot"
+        )
+        st.apply(
+            transitions.failed(
+                st.status,
+                generation=st.generation,
+                reason="WorkerFailed" if failed else "NoResults",
+                message=message,
+                now=now,
+                results=results_doc,
+                results_reason=results_reason,
+            )
+        )
     else:
-        ok, reason, message = True, "Completed", f"{results.requests.ok} requests ok"
-    st.condition(c.SUCCEEDED, c.TRUE if ok else c.FALSE, reason, message)
-    st.phase(Phase.SUCCEEDED if ok else Phase.FAILED)
-    st.status["completionTime"] = c.now_rfc3339()
+        ok, reason, message = verdict(results_doc)
+        st.apply(
+            transitions.finished(
+                st.status,
+                generation=st.generation,
+                results=results_doc,
+                results_reason=results_reason,
+                succeeded=ok,
+                reason=reason,
+                message=message,
+                now=now,
+            )
+        )
+    ok = st.status.get("phase") == Phase.SUCCEEDED.value
     return LocalOutcome(name=name, status=st.status, results=results, succeeded=ok)
 
 
@@ -263,6 +278,9 @@ async def _run_workers(
     sub: Subscriber,
     st: _Status,
     opts: LocalOptions,
+    *,
+    warmup: bool,
+    on_worker_died: Callable[[], None],
 ) -> list[int]:
     procs: list[asyncio.subprocess.Process] = []
     logs = []
@@ -283,6 +301,7 @@ async def _run_workers(
             await asyncio.create_subprocess_exec(*cmd, stdout=log, stderr=subprocess.STDOUT)
         )
     ready = False
+    released = False
     live = Live(console=opts.console, refresh_per_second=4, transient=False) if opts.live else None
     try:
         if live is not None:
@@ -291,11 +310,21 @@ async def _run_workers(
             latest = sub.latest(name)
             if not ready and len(latest) == workers:
                 ready = True
-                st.condition(
-                    c.WORKERS_READY, c.TRUE, "AllConnected", f"{workers} worker(s) publishing"
+                st.apply(
+                    transitions.workers_ready(
+                        st.status,
+                        generation=st.generation,
+                        running=workers,
+                        workers=workers,
+                        warmup=warmup,
+                    )
                 )
-                if st.status.get("phase") == Phase.INITIALIZING.value:
-                    st.phase(Phase.WARMUP)
+            dead = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            if dead and not released:
+                # a worker died: release the others from the gate barrier instead of letting
+                # them wait for it (they are denied, finish ungated and report)
+                released = True
+                on_worker_died()
             if live is not None:
                 live.update(
                     progress_view(name, st.status.get("phase", "-"), latest, workers, st.events)
