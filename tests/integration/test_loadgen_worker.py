@@ -411,3 +411,24 @@ async def test_two_workers_pass_the_real_gate_coordinator_together(tmp_path: Pat
         assert len(records) == 10  # half of the run's 20
         assert min(r.sent_ns for r in records) >= start.start_at_ns
         assert max(r.sent_ns + r.e2e_ns for r in records) <= end.closed_at_ns
+
+
+async def test_a_failed_first_state_write_disables_the_checkpoint_never_the_run(
+    mock: MockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec(
+        mock.url, {"mode": "concurrency", "concurrency": 2}, {"profiling": {"requests": 10}}
+    )
+
+    def disk_full(results_dir: object, state: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "save_state", disk_full)
+        outcome = await run_worker(WorkerConfig(spec=spec, run="r", results_dir=tmp_path))
+    assert outcome.snapshot.counters[names.REQUESTS_OK] == 10
+    assert outcome.checkpoint_write_errors == 10  # every record counted as not written
+    assert checkpoint.load(tmp_path).records == []  # no orphan records a restart would refuse
+    # a restart with the same directory starts afresh instead of refusing it
+    again = await run_worker(WorkerConfig(spec=spec, run="r", results_dir=tmp_path))
+    assert again.attempt == 1 and again.snapshot.counters[names.REQUESTS_OK] == 10

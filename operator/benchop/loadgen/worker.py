@@ -246,6 +246,8 @@ class Worker:
         self._client: StreamClient | None = None
         self._checkpoint: ckpt.Checkpoint | None = None
         self._state: ckpt.CheckpointState | None = None
+        self._checkpoint_off = False  # the first state write failed: records are not written
+        self._unwritten = 0  # profiling records not checkpointed because of that
         self._snaps: Snapshots | None = None
         self._recv_lags: list[npt.NDArray[np.int64]] = []  # profiling receive lags (ns)
         self._cpu_mark = (time.perf_counter(), time.process_time())
@@ -463,7 +465,9 @@ class Worker:
     def _profiling_sink(self, rec: RequestRecord) -> None:
         rec.good = is_good(rec, self.plan.slo)
         record_into(self.registry, rec)
-        if self._checkpoint is not None:
+        if self._checkpoint_off:
+            self._unwritten += 1
+        elif self._checkpoint is not None:
             self._checkpoint.append(rec)
 
     # ------------------------------------------------------------------ checkpoint
@@ -530,9 +534,15 @@ class Worker:
             self._state = st
         except OSError as exc:
             log.error("writing %s failed: %s", ckpt.STATE, exc)
+            if self._state is None and not self._checkpoint_off:
+                # Records without a state could never be resumed (a restart refuses them):
+                # keep running without a checkpoint, count every unwritten record, say so.
+                log.error("checkpointing disabled for this attempt: a restart starts afresh")
+                self._checkpoint_off = True
 
     def _checkpoint_errors(self) -> int:
-        return self._checkpoint.write_errors if self._checkpoint is not None else 0
+        written = self._checkpoint.write_errors if self._checkpoint is not None else 0
+        return written + self._unwritten
 
     # ------------------------------------------------------------------ progress
 
