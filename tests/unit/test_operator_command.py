@@ -1,4 +1,5 @@
-"""``benchop operator`` flags (CONTRACTS.md) map onto OperatorSettings."""
+"""``benchop operator`` flags (as the chart passes them: charts/benchop/templates/
+operator-deployment.yaml) map onto OperatorSettings."""
 
 from __future__ import annotations
 

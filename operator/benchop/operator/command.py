@@ -1,4 +1,7 @@
-"""``benchop operator``: run the kopf operator (flags: CONTRACTS.md, the chart passes them).
+"""``benchop operator``: run the kopf operator.
+
+The flags are documented in docs/operator.md; the chart passes them
+(charts/benchop/templates/operator-deployment.yaml).
 
     benchop operator --namespace team-a --namespace team-b --gate-port 5555 \\
         --operator-service benchop-operator.benchop.svc --image ghcr.io/benchop/benchop:0.1.0

@@ -16,7 +16,8 @@ DEFAULT_AGENT_SELECTOR = "app.kubernetes.io/component=agent,app.kubernetes.io/na
 
 @dataclass(frozen=True, slots=True)
 class OperatorSettings:
-    """The operator's configuration (flags of ``benchop operator``, see CONTRACTS.md).
+    """The operator's configuration: the flags of ``benchop operator`` (docs/operator.md; the
+    chart renders them in charts/benchop/templates/operator-deployment.yaml).
 
     Ports may be 0 (the OS picks one; tests read the bound endpoint back). ``bind_host`` is
     where the ZMQ ports listen (all interfaces in a pod, loopback in tests).
