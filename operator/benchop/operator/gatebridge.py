@@ -20,13 +20,11 @@ granted. After an operator restart the bridge seeds the coordinator from ``statu
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import kopf
-import zmq
 
 from benchagent.wire import BaselineAck, GpuSample
 from benchop.api.conditions import now_rfc3339
@@ -35,6 +33,7 @@ from benchop.gates import AgentEndpoint, GateCoordinator, GateOutcome
 from benchop.gpuresults import gpu_results
 from benchop.operator.k8s import POD, ApiError, KubeApi
 from benchop.operator.settings import OperatorSettings
+from benchop.operator.snapshots import retry_bind
 
 log = logging.getLogger(__name__)
 
@@ -296,17 +295,8 @@ class GateBridge:
     async def start(self) -> None:
         """Bind the ROUTER and serve. Register the runs in progress first (after a restart,
         a worker of an unregistered run would be denied and go on ungated)."""
-
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + BIND_WAIT_S
-        while True:  # the port may still be held by a previous operator closing it
-            try:
-                await self.coordinator.start()
-                break
-            except zmq.ZMQError as e:
-                if e.errno != errno.EADDRINUSE or loop.time() >= deadline:
-                    raise
-            await asyncio.sleep(0.1)
+        # the port may still be held by a previous operator closing it
+        await retry_bind(self.coordinator.start, BIND_WAIT_S)
         self.endpoint = self.coordinator.endpoint
 
     async def close(self) -> None:

@@ -20,7 +20,7 @@ import asyncio
 import errno
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -63,7 +63,11 @@ class SnapshotCollector:
     @classmethod
     async def open(cls, host: str, port: int, *, wait_s: float = 5.0) -> SnapshotCollector:
         """Bind, retrying while the port is still held (a previous operator closing it)."""
-        return await retry_bind(lambda: cls(host, port), wait_s)
+
+        async def bind() -> SnapshotCollector:
+            return cls(host, port)
+
+        return await retry_bind(bind, wait_s)
 
     def start(self) -> None:
         self._sub.start()
@@ -88,8 +92,8 @@ class SnapshotCollector:
 T = TypeVar("T")
 
 
-async def retry_bind(bind: Callable[[], T], wait_s: float) -> T:
-    """``bind()``, retried every 0.1 s for up to ``wait_s`` on EADDRINUSE.
+async def retry_bind(bind: Callable[[], Awaitable[T]], wait_s: float) -> T:
+    """``await bind()``, retried every 0.1 s for up to ``wait_s`` on EADDRINUSE.
 
     ZMQ releases a closed socket's port asynchronously (in its I/O thread), so a new operator
     in the same process, or one started right after the old one exited, may briefly find the
@@ -99,7 +103,7 @@ async def retry_bind(bind: Callable[[], T], wait_s: float) -> T:
     deadline = loop.time() + wait_s
     while True:
         try:
-            return bind()
+            return await bind()
         except zmq.ZMQError as e:
             if e.errno != errno.EADDRINUSE or loop.time() >= deadline:
                 raise
