@@ -282,6 +282,12 @@ class Subscriber:
     keeps only its newest snapshot (a live view; COMPLETE is a worker's last
     snapshot so it is never superseded). Other message kinds are counted in
     ``unexpected`` and dropped.
+
+    ``accept`` (a predicate on the run key) bounds what is kept: a snapshot of a run it
+    rejects — unknown, or already forgotten, such as a late snapshot after ``forget`` — is
+    counted in ``rejected`` and dropped, so a publisher cannot grow the subscriber's memory
+    with run keys nobody asked for. ``max_message_bytes`` is ZMQ's ``MAXMSGSIZE``: a larger
+    message makes ZMQ drop the connection of the peer that sent it (it reconnects).
     """
 
     def __init__(
@@ -292,13 +298,16 @@ class Subscriber:
         conflate: bool = False,
         rcvhwm: int = 1000,
         max_message_bytes: int | None = None,
+        accept: Callable[[str], bool] | None = None,
         curve: Curve | None = None,
         codec: Codec | None = None,
         ctx: zmq.asyncio.Context | None = None,
     ) -> None:
         self.codec: Codec = codec if codec is not None else MsgpackCodec()
+        self.accept = accept
         self.received = 0
         self.unexpected = 0
+        self.rejected = 0
         self._latest: dict[str, dict[int, MetricsSnapshot]] = {}
         self._complete: dict[str, dict[int, MetricsSnapshot]] = {}
         self._changed = asyncio.Event()
@@ -334,6 +343,10 @@ class Subscriber:
             if not isinstance(msg, MetricsSnapshot):
                 self.unexpected += 1
                 log.debug("subscriber dropped a %s", type(msg).__name__)
+                continue
+            if self.accept is not None and not self.accept(msg.run):
+                self.rejected += 1
+                log.debug("subscriber dropped a snapshot of run %r (not accepted)", msg.run)
                 continue
             self.received += 1
             self._latest.setdefault(msg.run, {})[msg.worker] = msg

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar, cast
 
+import msgspec
 import pytest
 import zmq
 import zmq.asyncio
@@ -587,3 +588,54 @@ async def test_failed_set_up_releases_the_authenticator(keys: dict[str, Path]) -
     finally:
         server.close()
     assert threading.active_count() == threads
+
+
+async def test_subscriber_drops_snapshots_of_runs_it_does_not_accept(closer: Closer) -> None:
+    wanted = {"r"}
+    sub = closer(Subscriber(accept=wanted.__contains__))
+    sub.start()
+    pub = closer(Publisher(sub.endpoint))
+    seq = 0
+
+    def through() -> bool:
+        nonlocal seq
+        seq += 1
+        pub.publish(snapshot(0, seq, run="stranger"))
+        pub.publish(snapshot(0, seq, run="r"))
+        return bool(sub.latest("r"))
+
+    await wait_until(through)
+    await wait_until(lambda: sub.rejected >= 1)
+    assert sub.latest("stranger") == {} and sub.complete("stranger") == {}
+    assert "stranger" not in sub._latest
+
+    # a late snapshot after forget (the run ended) is not kept again
+    wanted.discard("r")
+    sub.forget("r")
+    rejected = sub.rejected
+    assert pub.publish(snapshot(0, seq + 1, "COMPLETE", run="r"))
+    await wait_until(lambda: sub.rejected > rejected)
+    assert sub.latest("r") == {} and sub.complete("r") == {}
+    assert sub._latest == {} and sub._complete == {}
+
+
+async def test_subscriber_max_message_bytes_drops_an_oversized_snapshot(closer: Closer) -> None:
+    sub = closer(Subscriber(max_message_bytes=4096))
+    sub.start()
+    big = msgspec.structs.replace(
+        snapshot(1, 1, "COMPLETE"), counters={f"c{i}": i for i in range(2000)}
+    )
+    assert len(MsgpackCodec().encode(big)) > 4096
+    pub_small = closer(Publisher(sub.endpoint))
+    pub_big = closer(Publisher(sub.endpoint))
+    seq = 0
+
+    def through() -> bool:
+        nonlocal seq
+        seq += 1
+        pub_big.publish(big)
+        pub_small.publish(snapshot(0, seq))
+        return seq > 20 and 0 in sub.latest("r")
+
+    await wait_until(through)
+    assert 1 not in sub.latest("r") and sub.complete("r") == {}
