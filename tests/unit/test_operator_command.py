@@ -75,3 +75,15 @@ def test_settings_reject_a_zero_refresh_interval() -> None:
 
     with pytest.raises(ValueError, match="refresh_interval_s"):
         OperatorSettings(refresh_interval_s=0)
+
+
+def test_snapshot_max_message_bytes_flag() -> None:
+    def limit(*argv: str) -> int:
+        return settings_from_args(parse(*argv)).snapshot_max_message_bytes
+
+    assert limit() == 256 * 1024**2
+    assert limit("--snapshot-max-message-bytes=1Gi") == 1024**3
+    assert limit("--snapshot-max-message-bytes=4096") == 4096
+    for bad in ("0", "12MB", "-1", "Mi", "1.5Mi"):
+        with pytest.raises(SystemExit):
+            parse(f"--snapshot-max-message-bytes={bad}")

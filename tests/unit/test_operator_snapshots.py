@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Callable
 
+import msgspec
 import numpy as np
 
+from benchagent.transport import Publisher
 from benchagent.wire import BaselineAck, GpuSample, MetricsSnapshot, SeriesSummary
 from benchop.api.models import LabelSelector
 from benchop.gpuresults import gpu_results
@@ -19,7 +24,9 @@ from benchop.operator.gatebridge import (
     profiling_window,
     selector_string,
 )
+from benchop.operator.settings import OperatorSettings
 from benchop.operator.snapshots import (
+    SnapshotCollector,
     bound_results,
     build_final_results,
     final_snapshots,
@@ -278,3 +285,54 @@ def test_gate_timeout_flag_is_an_upper_bound_on_the_spec() -> None:
     assert gate_timeout_s(30.0, 10.0) == 10.0  # --gate-timeout=10s caps a 30s spec
     assert gate_timeout_s(5.0, 10.0) == 5.0  # the spec's (or the CRD default's) shorter one
     assert gate_timeout_s(5.0, None) == 5.0  # no flag: the spec
+
+
+async def _until(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.005)
+
+
+async def test_collector_keeps_only_accepted_runs_and_bounds_message_size() -> None:
+    in_progress = {"ns.a"}
+    collector = SnapshotCollector(
+        "127.0.0.1", 0, accept=in_progress.__contains__, max_message_bytes=1 << 20
+    )
+    assert collector._sub._sock.maxmsgsize == 1 << 20
+    collector.start()
+    pub = Publisher(collector.endpoint)
+    seq = 0
+
+    def of(run: str, state: str = "LIVE") -> MetricsSnapshot:
+        return msgspec.structs.replace(snap(0, state), run=run, seq=seq)
+
+    def both_sent() -> bool:
+        nonlocal seq
+        seq += 1
+        pub.publish(of("ns.stranger"))
+        pub.publish(of("ns.a"))
+        return bool(collector.latest("ns.a")) and collector.rejected > 0
+
+    try:
+        await _until(both_sent)
+        assert collector.latest("ns.stranger") == {} and collector.complete("ns.stranger") == {}
+        in_progress.discard("ns.a")  # the run was released: a late snapshot is not kept again
+        collector.forget("ns.a")
+        rejected = collector.rejected
+        seq += 1
+        assert pub.publish(of("ns.a", "COMPLETE"))
+        await _until(lambda: collector.rejected > rejected)
+        assert collector.latest("ns.a") == {} and collector.complete("ns.a") == {}
+    finally:
+        pub.close()
+        collector.close()
+
+
+def test_collector_default_max_message_size_is_the_settings_default() -> None:
+    collector = SnapshotCollector("127.0.0.1", 0)
+    try:
+        assert collector._sub._sock.maxmsgsize == OperatorSettings().snapshot_max_message_bytes
+        assert OperatorSettings().snapshot_max_message_bytes == 256 * 1024 * 1024
+    finally:
+        collector.close()

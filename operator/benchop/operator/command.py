@@ -43,6 +43,19 @@ def _interval(text: str) -> float:
     return seconds
 
 
+_UNITS = {"": 1, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+
+def _bytes(text: str) -> int:
+    """A positive byte count: ``1048576``, ``512Ki``, ``256Mi``, ``1Gi``."""
+    t = text.strip()
+    digits = t.rstrip("KkMmGgIi")
+    unit = t[len(digits) :].lower()
+    if unit not in _UNITS or not digits.isdigit() or int(digits) < 1:
+        raise argparse.ArgumentTypeError(f"expected a byte count like 256Mi, got {text!r}")
+    return int(digits) * _UNITS[unit]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = OperatorSettings()
     p.add_argument(
@@ -69,6 +82,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.refresh_interval_s,
         metavar="DURATION",
         help="Experiment rollup refresh interval (default 10s)",
+    )
+    p.add_argument(
+        "--snapshot-max-message-bytes",
+        type=_bytes,
+        default=d.snapshot_max_message_bytes,
+        metavar="BYTES",
+        help="largest snapshot accepted on --snapshot-port (e.g. 256Mi, the default); a larger "
+        "one is dropped with its sender's connection",
     )
     p.add_argument("--health-port", type=int, default=d.health_port, help="/healthz port")
     p.add_argument(
@@ -121,6 +142,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         gate_timeout_s=args.gate_timeout,
         peering=args.peering,
         bind_host=args.bind_host,
+        snapshot_max_message_bytes=args.snapshot_max_message_bytes,
     )
 
 

@@ -63,13 +63,26 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         settings.peering.name = ours.peering
         settings.peering.mandatory = True
     api = await KubeApi.connect(memo.get("connection"), timeout_s=ours.request_timeout)
+    # Snapshots are kept only for the runs in progress here (services.runs: a run enters it
+    # before its Job exists and leaves it when released or deleted): memory stays bounded.
+    in_progress: dict[str, runs.RunContext] = {}
     try:
-        snapshots = await SnapshotCollector.open(ours.bind_host, ours.snapshot_port)
+        snapshots = await SnapshotCollector.open(
+            ours.bind_host,
+            ours.snapshot_port,
+            accept=in_progress.__contains__,
+            max_message_bytes=ours.snapshot_max_message_bytes,
+        )
     except BaseException:
         await api.close()
         raise
-    snapshots.start()
-    services = runs.Services(settings=ours, api=api, snapshots=snapshots, gates=None)  # type: ignore[arg-type]
+    services = runs.Services(
+        settings=ours,
+        api=api,
+        snapshots=snapshots,
+        gates=None,  # type: ignore[arg-type]
+        runs=in_progress,
+    )
 
     async def on_gate(key: str, boundary: str, record: Mapping[str, Any]) -> bool:
         return await runs.record_gate(services, key, boundary, record)
@@ -80,6 +93,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         await runs.preload_runs(services)
     except (kopf.TemporaryError, ApiError) as e:  # then the resume handlers register them
         logging.getLogger(__name__).warning("could not preload runs in progress: %s", e)
+    snapshots.start()  # after the preload: what queued meanwhile is read, not rejected
     try:
         await gates.start()
     except BaseException:  # leave nothing bound: kopf retries the startup handler

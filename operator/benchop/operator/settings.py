@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 DEFAULT_IMAGE = "ghcr.io/benchop/benchop:0.1.0"
 DEFAULT_AGENT_SELECTOR = "app.kubernetes.io/component=agent,app.kubernetes.io/name=benchop"
+SNAPSHOT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+"""Default ``--snapshot-max-message-bytes``: a larger snapshot is dropped by ZMQ (with its
+sender's connection). A COMPLETE carries a worker's raw values, 8 bytes each: 256 MiB holds
+about 30 million latencies."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,7 @@ class OperatorSettings:
     gate_timeout_s: float | None = None  # upper bound on every run's spec.gates.timeout
     peering: str | None = None  # kopf peering object name; None = standalone
     bind_host: str = "0.0.0.0"
+    snapshot_max_message_bytes: int = SNAPSHOT_MAX_MESSAGE_BYTES  # larger snapshots are dropped
     # Endpoints the workers dial; default tcp://<operator_service>:<port>.
     gate_endpoint: str | None = None
     snapshot_endpoint: str | None = None
@@ -58,6 +63,10 @@ class OperatorSettings:
     def __post_init__(self) -> None:
         if not self.refresh_interval_s > 0:
             raise ValueError(f"refresh_interval_s must be > 0, got {self.refresh_interval_s}")
+        if self.snapshot_max_message_bytes < 1:
+            raise ValueError(
+                f"snapshot_max_message_bytes must be >= 1, got {self.snapshot_max_message_bytes}"
+            )
         if not self.live_interval_s >= 0:
             raise ValueError(f"live_interval_s must be >= 0, got {self.live_interval_s}")
 

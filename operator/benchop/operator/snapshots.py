@@ -31,6 +31,7 @@ from benchagent.wire import MetricsSnapshot
 from benchop.api.models import GpuResults, Results, SloSpec, to_wire
 from benchop.metrics import names
 from benchop.metrics.stats import merge, summarize
+from benchop.operator.settings import SNAPSHOT_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 from benchop.results import build_results, merge_snapshots
 
 log = logging.getLogger(__name__)
@@ -54,18 +55,45 @@ class SnapshotCollector:
     worker PUB ─┐
     worker PUB ─┼──▶ SUB (bound, tcp://<host>:<port>) ──▶ latest / complete per run
     worker PUB ─┘
+
+    Only snapshots of the runs ``accept(run_key)`` admits are kept (the operator passes
+    "the run is in progress here": ``run_key in services.runs``); the others — a stray or
+    hostile publisher, a late snapshot of a run already released — are counted in
+    :attr:`rejected` and dropped, so memory is bounded by the runs in progress. A message
+    larger than ``max_message_bytes`` (``--snapshot-max-message-bytes``; a COMPLETE carries
+    the raw latencies) is dropped by ZMQ with its sender's connection.
     """
 
-    def __init__(self, host: str, port: int) -> None:
-        self._sub = Subscriber(f"tcp://{host}:{port}" if port else f"tcp://{host}:*", bind=True)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        accept: Callable[[str], bool] | None = None,
+        max_message_bytes: int | None = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self._sub = Subscriber(
+            f"tcp://{host}:{port}" if port else f"tcp://{host}:*",
+            bind=True,
+            accept=accept,
+            max_message_bytes=max_message_bytes,
+        )
         self.endpoint = self._sub.endpoint
 
     @classmethod
-    async def open(cls, host: str, port: int, *, wait_s: float = 5.0) -> SnapshotCollector:
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        accept: Callable[[str], bool] | None = None,
+        max_message_bytes: int | None = MAX_MESSAGE_BYTES,
+        wait_s: float = 5.0,
+    ) -> SnapshotCollector:
         """Bind, retrying while the port is still held (a previous operator closing it)."""
 
         async def bind() -> SnapshotCollector:
-            return cls(host, port)
+            return cls(host, port, accept=accept, max_message_bytes=max_message_bytes)
 
         return await retry_bind(bind, wait_s)
 
@@ -81,6 +109,11 @@ class SnapshotCollector:
     @property
     def received(self) -> int:
         return self._sub.received
+
+    @property
+    def rejected(self) -> int:
+        """Snapshots dropped because their run was not accepted."""
+        return self._sub.rejected
 
     def forget(self, run: str) -> None:
         self._sub.forget(run)
