@@ -13,10 +13,11 @@ A gate is ``(run, phase_id, boundary)``. It closes when every worker of the run
 so runs whose gates close together never queue on a shared agent) and acks are
 collected until the run's timeout (an agent that is down, slow or refuses never
 holds the gate past it; it is listed in ``missing``), the :class:`GateOutcome`
-is recorded, the optional ``on_gate(run, outcome)`` callback is awaited (the
-operator writes status there) and every waiting worker gets ``GateGranted``
-with one common ``start_at_ns`` a short lead in the future, so all workers pass
-together.
+is handed to the optional ``on_gate(run, outcome)`` callback (awaited: the
+operator writes status there), then recorded, and every waiting worker gets
+``GateGranted`` with one common ``start_at_ns`` a short lead ahead (counted
+again from the callback's end when the callback ate it), so all workers pass
+together however long the callback took.
 
 Idempotent by ``(run, phase_id, boundary)``: once closed, any later or retried
 request is answered from the recorded outcome and the handshake never runs
@@ -34,6 +35,7 @@ restart). Requests for an unregistered run get ``GateDenied``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -129,10 +131,14 @@ class _Run:
 class GateCoordinator:
     """Serves GateRequests on a ROUTER; see the module docstring for the protocol.
 
-    ``start_lead_s`` is how far ahead of the grant ``start_at_ns`` lies (it is
-    fixed before ``on_gate`` runs, so a slow callback eats into it).
+    ``start_lead_s`` is how far ahead of the grant ``start_at_ns`` lies: the
+    outcome ``on_gate`` gets plans it ``start_lead_s`` after the gate closed; if
+    the callback left less than half of that lead, the outcome recorded and
+    granted moves it to ``start_lead_s`` after the callback returned (a slow
+    status write never leaves the common start in the past).
     ``callback_timeout_s`` bounds ``on_gate``: a callback that fails or hangs
-    is logged and the workers are granted anyway.
+    is logged and the workers are granted anyway (a caller that persists must
+    pass a bound longer than its own retries).
     """
 
     def __init__(
@@ -150,7 +156,7 @@ class GateCoordinator:
         self._curve = curve
         self._agent_curve = agent_curve
         self._lead_ns = int(start_lead_s * 1e9)
-        self._callback_timeout_s = callback_timeout_s
+        self.callback_timeout_s = callback_timeout_s
         self._runs: dict[str, _Run] = {}
         self._server: RequestServer | None = None
         self._serve_task: asyncio.Task[None] | None = None
@@ -350,7 +356,6 @@ class GateCoordinator:
             barrier_s=barrier_s,
             handshake_s=handshake_s,
         )
-        state.outcomes[key] = outcome
         log.info(
             "run %s gate %s/%s closed: %d worker(s), barrier %.3fs, %d/%d agent(s) acked "
             "in %.3fs%s",
@@ -366,10 +371,16 @@ class GateCoordinator:
         )
         if self._on_gate is not None:
             try:
-                async with asyncio.timeout(self._callback_timeout_s):
+                async with asyncio.timeout(self.callback_timeout_s):
                     await self._on_gate(state.name, outcome)
             except Exception:  # a status write failing must not hold the workers
                 log.exception("run %s gate %s/%s: on_gate failed", state.name, phase_id, boundary)
+        # Recorded only now: a worker retrying during the callback waits on the pending gate
+        # (granted after the write, like the others) instead of being answered unpersisted.
+        now = time.time_ns()
+        if outcome.start_at_ns < now + self._lead_ns // 2:  # the callback ate the lead
+            outcome = dataclasses.replace(outcome, start_at_ns=now + self._lead_ns)
+        state.outcomes[key] = outcome
         state.pending.pop(key, None)
         if not gate.result.done():
             gate.result.set_result(outcome)

@@ -414,3 +414,115 @@ def test_register_run_validates() -> None:
         )
     with pytest.raises(ValueError, match="not registered"):
         coord.restore_gate("ns/other", phase_id="p", boundary="START")
+
+
+async def test_start_is_after_a_slow_callback_and_common(clients: list[RequestClient]) -> None:
+    """The status write may take long: the common start must still lie ahead of the grant."""
+    seen: list[GateOutcome] = []
+    ended_ns = 0
+
+    async def slow(run: str, outcome: GateOutcome) -> None:
+        nonlocal ended_ns
+        seen.append(outcome)
+        await asyncio.sleep(0.3)  # a slow API server (longer than the start lead)
+        ended_ns = time.time_ns()
+
+    coord = GateCoordinator(on_gate=slow, start_lead_s=0.05)
+    await coord.start()
+    try:
+        coord.register_run(RUN, workers=2, agents=[], timeout_s=1.0, baseline=False)
+        g0, g1 = await asyncio.gather(ask(coord, clients, 0), ask(coord, clients, 1))
+        received_ns = time.time_ns()
+        assert isinstance(g0, GateGranted) and isinstance(g1, GateGranted)
+        assert g0.start_at_ns == g1.start_at_ns
+        assert g0.start_at_ns >= ended_ns + 50_000_000  # the lead counts from the write's end
+        assert g0.start_at_ns > received_ns  # still ahead when the grant arrived
+        assert seen[0].start_at_ns < g0.start_at_ns  # the callback saw the planned start
+        # a late request is answered with the same, recorded start
+        assert coord.outcomes(RUN)[("profiling", "START")].start_at_ns == g0.start_at_ns
+        late = await ask(coord, clients, 0)
+        assert isinstance(late, GateGranted) and late.start_at_ns == g0.start_at_ns
+    finally:
+        await coord.close()
+
+
+async def test_a_retry_during_the_callback_waits_for_it(clients: list[RequestClient]) -> None:
+    """A worker asking again while the gate is being persisted is not granted unpersisted."""
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def slow(run: str, outcome: GateOutcome) -> None:
+        entered.set()
+        await release.wait()
+
+    coord = GateCoordinator(on_gate=slow)
+    await coord.start()
+    try:
+        coord.register_run(RUN, workers=1, agents=[], timeout_s=1.0, baseline=False)
+        first = asyncio.create_task(ask(coord, clients, 0, workers=1))
+        await asyncio.wait_for(entered.wait(), 5)
+        retry = asyncio.create_task(ask(coord, clients, 0, workers=1))
+        assert await not_done_within(retry, 0.2)
+        assert coord.outcomes(RUN) == {}
+        release.set()
+        g_first, g_retry = await asyncio.gather(first, retry)
+        assert isinstance(g_first, GateGranted) and isinstance(g_retry, GateGranted)
+        assert g_first.start_at_ns == g_retry.start_at_ns
+    finally:
+        await coord.close()
+
+
+def test_bridge_bounds_the_callback_by_its_persist_budget() -> None:
+    """One API call may take the request timeout; the coordinator must not cancel the bridge's
+    persist retries (the gate would be granted unsaved)."""
+    from benchop.operator.gatebridge import (
+        PERSIST_BACKOFF_S,
+        GateBridge,
+        persist_timeout_s,
+    )
+    from benchop.operator.settings import OperatorSettings
+
+    async def never(run: str, boundary: str, record: object) -> bool:
+        raise AssertionError("not called")
+
+    for request_timeout in (30.0, 60.0):
+        settings = OperatorSettings(request_timeout=request_timeout, gate_port=0)
+        bridge = GateBridge(settings, None, on_gate=never)  # type: ignore[arg-type]
+        budget = persist_timeout_s(settings)
+        assert budget >= request_timeout + sum(PERSIST_BACKOFF_S)
+        assert bridge.coordinator.callback_timeout_s > budget
+
+
+async def test_bridge_retries_a_failed_persist_before_granting(
+    clients: list[RequestClient],
+) -> None:
+    import kopf
+
+    from benchop.operator.gatebridge import START_LEAD_S, GateBridge
+    from benchop.operator.k8s import ApiError
+    from benchop.operator.settings import OperatorSettings
+
+    calls: list[str] = []
+    persisted_ns: list[int] = []
+
+    async def flaky(run: str, boundary: str, record: object) -> bool:
+        calls.append(boundary)
+        if len(calls) == 1:
+            raise kopf.TemporaryError("apiserver slow", delay=1)
+        if len(calls) == 2:
+            raise ApiError(500, "etcd timeout")
+        persisted_ns.append(time.time_ns())
+        return True
+
+    settings = OperatorSettings(request_timeout=1.0, gate_port=0, bind_host="127.0.0.1")
+    bridge = GateBridge(settings, None, on_gate=flaky)  # type: ignore[arg-type]
+    await bridge.start()
+    try:
+        bridge.coordinator.register_run(RUN, workers=1, agents=[], timeout_s=1.0, baseline=False)
+        reply = await ask(bridge.coordinator, clients, 0, workers=1)
+        assert isinstance(reply, GateGranted)
+        assert calls == ["START", "START", "START"]  # persisted on the third try, then granted
+        # the start lead counts from the write that succeeded, not from when the gate closed
+        assert reply.start_at_ns >= persisted_ns[0] + START_LEAD_S * 1e9 / 2
+    finally:
+        await bridge.close()

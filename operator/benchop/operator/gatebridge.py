@@ -44,6 +44,26 @@ BIND_WAIT_S = 5.0
 """How long start() retries binding --gate-port while it is still held."""
 PERSIST_ATTEMPTS = 6
 """Tries to write a closed gate to status before granting anyway."""
+PERSIST_BACKOFF_S = (0.2, 0.4, 0.8, 1.6, 2.0)
+"""Pauses between those tries."""
+CALLBACK_MARGIN_S = 5.0
+"""The coordinator's bound on ``on_gate`` exceeds the bridge's own persist budget by this, so
+the bridge (which logs what it gave up on) always decides, never a cancellation mid-write."""
+START_LEAD_S = 0.25
+"""How far after the gate's status write the workers start: the grants reach pods on other
+nodes first."""
+
+
+def persist_timeout_s(settings: OperatorSettings) -> float:
+    """How long the bridge tries to persist one closed gate: each attempt may last the API
+    request timeout (``settings.request_timeout``), plus the pauses between attempts.
+
+    >>> persist_timeout_s(OperatorSettings(request_timeout=30.0))
+    185.0
+    """
+    return PERSIST_ATTEMPTS * settings.request_timeout + sum(PERSIST_BACKOFF_S)
+
+
 MAX_SAMPLES = 64
 """GPU samples kept per gate in status (bounded status; beyond that GPUs are dropped)."""
 
@@ -289,6 +309,8 @@ class GateBridge:
         self.coordinator = GateCoordinator(
             endpoint=f"tcp://{settings.bind_host}:{port if port else '*'}",
             on_gate=self._on_gate,
+            start_lead_s=START_LEAD_S,
+            callback_timeout_s=persist_timeout_s(settings) + CALLBACK_MARGIN_S,
         )
         self.endpoint = ""
 
@@ -314,19 +336,26 @@ class GateBridge:
             closed_at_ns=outcome.closed_at_ns,
         )
         # Persist before the coordinator grants: a restarted operator answers from status.
-        delay = 0.2
-        for attempt in range(PERSIST_ATTEMPTS):
-            try:
-                await self.on_gate(run, outcome.boundary, record)
-                return
-            except (kopf.TemporaryError, ApiError) as e:
-                if attempt == PERSIST_ATTEMPTS - 1:
-                    # Granting unpersisted beats blocking the workers; only a restart before the
-                    # next write could then run this gate again.
-                    log.error("gate %s of %s not persisted: %s", outcome.boundary, run, e)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        # Granting unpersisted (after every attempt, or the whole budget) beats blocking the
+        # workers; only a restart before the next write could then run this gate again.
+        try:
+            async with asyncio.timeout(persist_timeout_s(self.settings)):
+                for attempt in range(PERSIST_ATTEMPTS):
+                    try:
+                        await self.on_gate(run, outcome.boundary, record)
+                        return
+                    except (kopf.TemporaryError, ApiError) as e:
+                        if attempt == PERSIST_ATTEMPTS - 1:
+                            log.error("gate %s of %s not persisted: %s", outcome.boundary, run, e)
+                            return
+                        await asyncio.sleep(PERSIST_BACKOFF_S[attempt])
+        except TimeoutError:
+            log.error(
+                "gate %s of %s not persisted within %.0fs",
+                outcome.boundary,
+                run,
+                persist_timeout_s(self.settings),
+            )
 
     async def register(self, ctx: Any, restored: Mapping[str, Any]) -> None:
         """Register a run: resolve its agents, seed the gates that already closed."""
