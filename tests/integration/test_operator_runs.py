@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from operator_kubelet import AGENT_LABELS, Kubelet, add_pod
 
 import benchop.operator.main  # noqa: F401 - registers the handlers in kopf's default registry
 from benchagent.agent import Agent, AgentConfig
+from benchagent.transport import Publisher
+from benchagent.wire import MetricsSnapshot
 from benchop.api import conditions as c
 from benchop.mockserver import MockConfig, MockServer, start_mock_server
 from benchop.operator.settings import OperatorSettings
@@ -563,3 +566,68 @@ async def test_unschedulable_worker_fails_the_run_after_the_grace(
     failed = await wait_condition(kube, "r12", c.SUCCEEDED, "False", 10)
     assert loop.time() - seen >= 0.9  # not before the grace: an autoscaler may still add a node
     assert failed["reason"] == "Unschedulable" and "Insufficient cpu" in failed["message"]
+
+
+def job_env(kube: Kube, job_name: str) -> dict[str, str]:
+    job = kube.emulator.read(JOBS, job_name)
+    assert job is not None
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {e["name"]: e.get("value", "") for e in env}
+
+
+def snapshot(run: str, state: str, seq: int, *, interrupted: bool = False) -> MetricsSnapshot:
+    return MetricsSnapshot(
+        run=run,
+        worker=0,
+        seq=seq,
+        state=state,  # type: ignore[arg-type]
+        phase="done" if state == "COMPLETE" else "profiling",
+        time_ns=time.time_ns(),
+        elapsed_s=1.0,
+        n_pending=0,
+        counters={"requests_total": 3, "requests_ok": 3},
+        interrupted=interrupted,
+    )
+
+
+async def test_old_incarnation_complete_does_not_finish_a_recreated_run(
+    kube: Kube, operator_task: Any, mock: MockServer
+) -> None:
+    """Delete a run and re-create its name: the old workers' COMPLETE is not the new run's."""
+    settings = settings_for()
+    start(operator_task, kube, settings)
+    manifest = run_manifest(
+        "rk",
+        mock.url,
+        load={"mode": "concurrency", "concurrency": 1, "workers": 1},
+        gates={"baseline": False, "timeout": "1s"},
+    )
+    await kube.client.create(BENCHMARKRUNS, manifest)
+    await wait_for(lambda: kube.emulator.read(JOBS, "rk-loadgen"), 10)
+    old_key = job_env(kube, "rk-loadgen")["BENCHOP_RUN"]
+    await kube.client.delete(BENCHMARKRUNS, "rk")
+    await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "rk") is None, 10)
+    await kube.emulator.collect_garbage()
+    await kube.client.create(BENCHMARKRUNS, manifest)
+    await wait_condition(kube, "rk", c.ACCEPTED, "True", 15)
+    await wait_for(lambda: kube.emulator.read(JOBS, "rk-loadgen"), 10)
+    new_key = job_env(kube, "rk-loadgen")["BENCHOP_RUN"]
+    assert new_key != old_key
+    pub = Publisher(f"tcp://127.0.0.1:{settings.snapshot_port}")
+    try:
+        seq = 0
+
+        def publish_then_check() -> bool:
+            # the old worker's last word (interrupted by the deletion), then a live one of the
+            # new run on the same socket (ordered): once live shows, the old one was seen first
+            nonlocal seq
+            seq += 1
+            pub.publish(snapshot(old_key, "COMPLETE", seq, interrupted=True))
+            pub.publish(snapshot(new_key, "LIVE", seq))
+            return "live" in status_of(kube, "rk")
+
+        await wait_for(publish_then_check, 15, message="live status of the new run")
+    finally:
+        pub.close()
+    assert condition(kube, "rk", c.SUCCEEDED)["status"] == "Unknown"  # type: ignore[index]
+    assert status_of(kube, "rk")["phase"] not in ("Succeeded", "Failed")

@@ -74,10 +74,19 @@ class Gates(Protocol):
     def forget(self, key: str) -> None: ...
 
 
-def run_key(namespace: str, name: str) -> str:
-    """The run id workers, gates and snapshots use: ``<namespace>.<name>`` (unambiguous:
-    a namespace has no dots)."""
-    return f"{namespace}.{name}"
+def run_key(namespace: str, name: str, uid: str) -> str:
+    """The run id workers, gates and snapshots use: ``<namespace>.<name>.<uid[:8]>``.
+
+    The uid part tells two incarnations of a name apart: the workers of a deleted run (still
+    draining before GC) publish and ask for gates under their own key, which the re-created
+    run does not use. The only place this key is computed (the Job gets it as BENCHOP_RUN).
+    """
+    return f"{namespace}.{name}.{uid[:8]}"
+
+
+def object_key(namespace: str, name: str) -> str:
+    """``<namespace>/<name>``: the run object, whatever its incarnation (status writers)."""
+    return f"{namespace}/{name}"
 
 
 class InvalidRun(ValueError):
@@ -139,14 +148,28 @@ class Services:
     api: KubeApi
     snapshots: SnapshotCollector
     gates: Gates
-    runs: dict[str, RunContext] = field(default_factory=dict)
-    writers: dict[str, StatusWriter] = field(default_factory=dict)
+    runs: dict[str, RunContext] = field(default_factory=dict)  # by run_key
+    writers: dict[str, StatusWriter] = field(default_factory=dict)  # by object_key
+    keys: dict[str, str] = field(default_factory=dict)  # object_key -> run_key in ``runs``
 
     def writer(self, namespace: str, name: str) -> StatusWriter:
-        key = run_key(namespace, name)
+        key = object_key(namespace, name)
         if key not in self.writers:
             self.writers[key] = StatusWriter(self.api, namespace, name)
         return self.writers[key]
+
+    def by_name(self, namespace: str, name: str) -> RunContext | None:
+        """The in-memory context of the run object ``namespace/name`` (its latest incarnation)."""
+        key = self.keys.get(object_key(namespace, name))
+        return self.runs.get(key) if key is not None else None
+
+    def add(self, ctx: RunContext) -> None:
+        """Track ``ctx``; a context of an older incarnation of the same name is released."""
+        old = self.by_name(ctx.namespace, ctx.name)
+        if old is not None and old is not ctx:
+            release(self, old)
+        self.runs[ctx.key] = ctx
+        self.keys[object_key(ctx.namespace, ctx.name)] = ctx.key
 
 
 def parse_time(text: str | None) -> float | None:
@@ -178,7 +201,7 @@ async def reject_run(services: Services, body: Mapping[str, Any], message: str) 
             lambda st: transitions.rejected(st, generation=generation, message=message, now=now)
         )
     finally:
-        services.writers.pop(run_key(namespace, name), None)  # terminal: nothing more to write
+        services.writers.pop(object_key(namespace, name), None)  # terminal: nothing more to write
 
 
 async def reconcile_run(services: Services, body: Mapping[str, Any], run: BenchmarkRun) -> None:
@@ -189,13 +212,11 @@ async def reconcile_run(services: Services, body: Mapping[str, Any], run: Benchm
     namespace, name, uid, generation = _meta(body)
     writer = services.writer(namespace, name)
     writer.seed(body)
-    key = run_key(namespace, name)
+    key = run_key(namespace, name, uid)
     ctx = services.runs.get(key)
-    if ctx is None or ctx.uid != uid:
-        if ctx is not None and ctx.gpu is not None:  # a deleted and re-created run
-            ctx.gpu.close()
+    if ctx is None:  # new, resumed, or a deleted and re-created run (the old one is released)
         ctx = RunContext(key, namespace, name, uid, generation, run.spec, writer)
-        services.runs[key] = ctx
+        services.add(ctx)
     fresh = not c.is_true((body.get("status") or {}).get("conditions"), c.ACCEPTED)
     if fresh:  # accepted just now: pods and Job come through the watches, no resync needed yet
         ctx.next_resync = time.monotonic() + RESYNC_S
@@ -251,11 +272,11 @@ async def preload_runs(services: Services) -> int:
             except ValidationError:
                 continue  # the create/resume handler reports it
             namespace, name, uid, generation = _meta(body)
-            key = run_key(namespace, name)
+            key = run_key(namespace, name, uid)
             writer = services.writer(namespace, name)
             writer.seed(body)
             ctx = RunContext(key, namespace, name, uid, generation, run.spec, writer)
-            services.runs[key] = ctx
+            services.add(ctx)
             await services.gates.register(ctx, status.get("gates") or {})
             count += 1
     return count
@@ -269,7 +290,7 @@ def _ctx_for(services: Services, obj: Mapping[str, Any]) -> RunContext | None:
     run_name = (meta.get("annotations") or {}).get(builders.RUN_NAME_ANNOTATION)
     if not run_name:
         return None
-    return services.runs.get(run_key(meta.get("namespace", ""), run_name))
+    return services.by_name(meta.get("namespace", ""), run_name)
 
 
 def _note_pod(ctx: RunContext, pod: Mapping[str, Any], deleted: bool = False) -> None:
@@ -528,14 +549,14 @@ async def run_loop(
 ) -> None:
     """The per-run daemon: drives the run to a terminal phase (see the module doc)."""
     namespace, name, uid, _ = _meta(body)
-    key = run_key(namespace, name)
+    key = run_key(namespace, name, uid)
     idle = 0.05
     while not stopped:
         ctx = services.runs.get(key)
-        if ctx is None or ctx.uid != uid or not ctx.accepted.is_set():
+        if ctx is None or not ctx.accepted.is_set():
             if transitions.is_terminal(body.get("status")):  # kopf keeps a daemon's body live
                 return
-            if ctx is None or ctx.uid != uid:  # the create/resume handler has not run yet
+            if ctx is None:  # the create/resume handler has not run yet
                 await asyncio.sleep(idle)
                 idle = min(idle * 2, tick_s)  # 50 ms, 100 ms, ... 1 s: cheap with 1,000 runs
             else:
@@ -567,10 +588,13 @@ async def _sleep(wake: asyncio.Event | None, seconds: float, stopped: Any) -> No
 
 def release(services: Services, ctx: RunContext) -> None:
     """A finished run: free its in-memory state (gates, snapshots, writer, context)."""
+    obj = object_key(ctx.namespace, ctx.name)
     if services.runs.get(ctx.key) is ctx:
         del services.runs[ctx.key]
-    if services.writers.get(ctx.key) is ctx.writer:
-        del services.writers[ctx.key]
+    if services.keys.get(obj) == ctx.key:
+        del services.keys[obj]
+    if services.writers.get(obj) is ctx.writer:
+        del services.writers[obj]
     services.gates.forget(ctx.key)
     services.snapshots.forget(ctx.key)
     if ctx.gpu is not None:
@@ -582,13 +606,9 @@ def release(services: Services, ctx: RunContext) -> None:
 
 async def forget_run(services: Services, namespace: str, name: str) -> None:
     """The run is being deleted: drop its gate, snapshot and status-writer state."""
-    key = run_key(namespace, name)
-    ctx = services.runs.pop(key, None)
+    ctx = services.by_name(namespace, name)
     if ctx is not None:
         ctx.done = True
         ctx.wake.set()
-        if ctx.gpu is not None:
-            ctx.gpu.close()
-    services.writers.pop(key, None)
-    services.gates.forget(key)
-    services.snapshots.forget(key)
+        release(services, ctx)
+    services.writers.pop(object_key(namespace, name), None)
