@@ -123,3 +123,54 @@ async def test_window_error_keeps_a_cross_check_against_the_baseline() -> None:
     alone = with_prometheus(None, out)  # no agents: GPU results with only Prometheus' numbers
     assert alone.prometheus == out and alone.energy_j is None and alone.gpus == 0
     stats.close()
+
+
+async def test_queries_run_in_the_bounded_prom_pool_not_the_default_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst of slow window queries holds at most PROM_THREADS threads, all of them the
+    Prometheus pool's; asyncio's default pool stays free for everyone else."""
+    import threading
+
+    from benchop.operator import gpustats
+
+    running = 0
+    peak = 0
+    threads: set[str] = set()
+    lock = threading.Lock()
+    gate = threading.Event()
+
+    def slow_window(url: str, selector: Any, start: float, end: float, **_: Any) -> Any:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+            threads.add(threading.current_thread().name)
+        gate.wait(5)
+        with lock:
+            running -= 1
+        return {"error": "test"}
+
+    monkeypatch.setattr(gpustats, "window_gpu", slow_window)
+    gpustats.shutdown_prom_executor()  # a fresh pool for this test
+    stats = [RunGpuStats(closed_port_url(), "models", None) for _ in range(6)]
+    api = FakeApi([])
+    try:
+        windows = [asyncio.create_task(s.window(api, 1.0, 2.0, None)) for s in stats]
+        deadline = asyncio.get_running_loop().time() + 5
+        while running < gpustats.PROM_THREADS:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        # the default pool still answers at once while the Prometheus pool is full
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 2) == 42
+        gate.set()
+        outs = await asyncio.gather(*windows)
+        assert all(o["error"] == "test" for o in outs)
+        assert peak == gpustats.PROM_THREADS
+        assert threads and all(t.startswith("prom") for t in threads)
+    finally:
+        gate.set()
+        for s in stats:
+            s.close()
+        gpustats.shutdown_prom_executor()
+    assert gpustats._executor is None

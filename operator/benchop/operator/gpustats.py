@@ -6,7 +6,10 @@ One :class:`RunGpuStats` per run (``RunContext.gpu``) holds the run's :class:`Pr
 pods and their nodes, re-listed every ``SELECTOR_REFRESH_S``, every ``EMPTY_REFRESH_S`` while
 no target pod is scheduled, and again when :meth:`invalidate` is called — the run loop does when
 the workers are ready). ``benchop.promstats`` is synchronous (requests), so every query runs
-in a thread:
+in a thread of one bounded pool (:func:`prom_executor`, ``PROM_THREADS`` threads named
+``prom_*``), not asyncio's default pool: a hung Prometheus at a burst of finalisations cannot
+starve the operator's other ``to_thread`` users. The operator shuts the pool down at cleanup
+(:func:`shutdown_prom_executor`):
 
 - :meth:`RunGpuStats.live` is called by the run loop just before a ``status.live`` patch: it
   starts a refresh in a thread and waits for it at most ``wait_s``; a refresh that takes longer
@@ -22,9 +25,12 @@ run loop turns a window error into ``TelemetryDegraded=True PrometheusUnavailabl
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import kopf
 
@@ -46,6 +52,28 @@ ERROR_RETRY_S = 30.0
 meanwhile): a dead Prometheus costs a thread for its timeout twice a minute, not every patch."""
 WINDOW_TIMEOUT_S = 10.0
 """HTTP timeout of the window queries at finalisation."""
+PROM_THREADS = 4
+"""Threads of the Prometheus pool: at most this many queries at once, the rest queue."""
+
+T = TypeVar("T")
+_executor: ThreadPoolExecutor | None = None
+
+
+def prom_executor() -> ThreadPoolExecutor:
+    """The operator's Prometheus thread pool (created at first use, again after a shutdown)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=PROM_THREADS, thread_name_prefix="prom")
+    return _executor
+
+
+def shutdown_prom_executor() -> None:
+    """Operator cleanup: release the pool's threads. Queries already submitted still finish in
+    their threads (each is bounded by its HTTP timeout); nothing waits for them."""
+    global _executor
+    pool, _executor = _executor, None
+    if pool is not None:
+        pool.shutdown(wait=False)
 
 
 class RunGpuStats:
@@ -59,6 +87,7 @@ class RunGpuStats:
         *,
         wait_s: float = LIVE_WAIT_S,
         window_timeout_s: float = WINDOW_TIMEOUT_S,
+        executor: Executor | None = None,
     ) -> None:
         self.url = url
         self.namespace = namespace
@@ -66,6 +95,7 @@ class RunGpuStats:
         self.prom = PromClient(url)
         self.wait_s = wait_s
         self.window_timeout_s = window_timeout_s
+        self.executor = executor  # None: the shared prom_executor()
         self.selector = GpuSelector(namespace)
         self.selector_lists = 0  # target-pod lists made (tests check the caching)
         self.latest: dict[str, Any] | None = None  # last live result, for status.live.gpu
@@ -114,7 +144,7 @@ class RunGpuStats:
         """
         if self._task is None and time.monotonic() >= self._next_live:
             selector = await self.refresh_selector(api)
-            self._task = asyncio.create_task(asyncio.to_thread(live_gpu, self.prom, selector))
+            self._task = asyncio.create_task(self._in_pool(live_gpu, self.prom, selector))
             self._task.add_done_callback(self._live_done)
         if self._task is not None:
             await asyncio.wait({self._task}, timeout=self.wait_s)
@@ -140,11 +170,19 @@ class RunGpuStats:
     ) -> dict[str, Any]:
         """``results.gpu.prometheus``: the window ``[start, end]`` (unix s) and ``crossCheck``."""
         selector = await self.refresh_selector(api)
-        out = await asyncio.to_thread(
-            window_gpu, self.url, selector, start, end, timeout_s=self.window_timeout_s
+        out = await self._in_pool(
+            functools.partial(window_gpu, timeout_s=self.window_timeout_s),
+            self.url,
+            selector,
+            start,
+            end,
         )
         out["crossCheck"] = cross_check(baseline, out)
         return out
+
+    async def _in_pool(self, fn: Callable[..., T], *args: Any) -> T:
+        pool = self.executor if self.executor is not None else prom_executor()
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     def close(self) -> None:
         """Forget the run: close the HTTP session (after a refresh still in its thread)."""
