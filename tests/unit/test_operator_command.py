@@ -4,11 +4,15 @@ operator-deployment.yaml) map onto OperatorSettings."""
 from __future__ import annotations
 
 import argparse
+import socket
+import time
+from typing import Any
 
+import kopf
 import pytest
 
 from benchop.operator.command import add_arguments, settings_from_args
-from benchop.operator.settings import DEFAULT_AGENT_SELECTOR
+from benchop.operator.settings import DEFAULT_AGENT_SELECTOR, OperatorSettings
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -87,3 +91,86 @@ def test_snapshot_max_message_bytes_flag() -> None:
     for bad in ("0", "12MB", "-1", "Mi", "1.5Mi"):
         with pytest.raises(SystemExit):
             parse(f"--snapshot-max-message-bytes={bad}")
+
+
+# --------------------------------------------------------------------------- startup / cleanup
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _startup(settings: OperatorSettings) -> kopf.Memo:
+    from benchop.operator import main
+
+    memo = kopf.Memo(settings=settings, connection=kopf.ConnectionInfo(server="http://127.0.0.1:1"))
+    await main.startup(settings=kopf.OperatorSettings(), memo=memo)
+    return memo
+
+
+async def test_a_failed_startup_releases_the_ports_for_kopfs_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """start_experiments failing after the ports were bound must not leave them bound: kopf
+    retries the startup handler, which then binds them again."""
+    from benchop.operator import main
+    from benchop.operator.handlers import experiments, runs
+
+    async def no_runs(services: Any) -> int:
+        return 0
+
+    def broken(api: Any, settings: Any) -> Any:
+        raise RuntimeError("refresher failed")
+
+    monkeypatch.setattr(runs, "preload_runs", no_runs)
+    monkeypatch.setattr(experiments, "start_experiments", broken)
+    settings = OperatorSettings(
+        gate_port=_free_port(), snapshot_port=_free_port(), bind_host="127.0.0.1"
+    )
+    with pytest.raises(RuntimeError, match="refresher failed"):
+        await _startup(settings)
+    monkeypatch.undo()
+    monkeypatch.setattr(runs, "preload_runs", no_runs)
+
+    started = time.monotonic()
+    memo = await _startup(settings)  # the retry binds the same ports at once
+    try:
+        assert time.monotonic() - started < 2.0  # not the bind retry's 5 s wait and a failure
+        assert memo.services.gates.endpoint.endswith(f":{settings.gate_port}")
+        assert memo.services.snapshots.endpoint.endswith(f":{settings.snapshot_port}")
+    finally:
+        await main.cleanup(memo=memo)
+
+
+async def test_cleanup_closes_everything_even_if_stopping_experiments_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from benchop.operator import main
+    from benchop.operator.handlers import experiments, runs
+
+    async def no_runs(services: Any) -> int:
+        return 0
+
+    async def broken_stop(services: Any) -> None:
+        await services.refresher.stop()
+        raise RuntimeError("flush failed")
+
+    monkeypatch.setattr(runs, "preload_runs", no_runs)
+    monkeypatch.setattr(experiments, "stop_experiments", broken_stop)
+    settings = OperatorSettings(
+        gate_port=_free_port(), snapshot_port=_free_port(), bind_host="127.0.0.1"
+    )
+    memo = await _startup(settings)
+    services = memo.services
+    with pytest.raises(RuntimeError, match="flush failed"):
+        await main.cleanup(memo=memo)
+    assert services.snapshots._sub._closed
+    assert services.gates.coordinator._server is None
+    assert services.api._session.closed
+    # the ports are free again: a new operator binds them at once
+    monkeypatch.undo()
+    monkeypatch.setattr(runs, "preload_runs", no_runs)
+    memo = await _startup(settings)
+    await main.cleanup(memo=memo)

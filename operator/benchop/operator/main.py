@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from benchop.api.models import BenchmarkRun, format_validation_error
 from benchop.operator import builders, transitions
 from benchop.operator.gatebridge import GateBridge
+from benchop.operator.gpustats import shutdown_prom_executor
 from benchop.operator.handlers import experiments, runs
 from benchop.operator.k8s import ApiError, KubeApi
 from benchop.operator.settings import OperatorSettings
@@ -89,32 +90,47 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     gates = GateBridge(ours, api, on_gate=on_gate)
     services.gates = gates
-    try:  # before the ROUTER serves: no worker of a run in progress is denied
-        await runs.preload_runs(services)
-    except (kopf.TemporaryError, ApiError) as e:  # then the resume handlers register them
-        logging.getLogger(__name__).warning("could not preload runs in progress: %s", e)
-    snapshots.start()  # after the preload: what queued meanwhile is read, not rejected
     try:
+        try:  # before the ROUTER serves: no worker of a run in progress is denied
+            await runs.preload_runs(services)
+        except (kopf.TemporaryError, ApiError) as e:  # then the resume handlers register them
+            logging.getLogger(__name__).warning("could not preload runs in progress: %s", e)
+        snapshots.start()  # after the preload: what queued meanwhile is read, not rejected
         await gates.start()
-    except BaseException:  # leave nothing bound: kopf retries the startup handler
-        snapshots.close()
-        await api.close()
+        memo.experiments = experiments.start_experiments(api, ours)
+    except BaseException:  # leave nothing bound or open: kopf retries the startup handler
+        await _close_services(services, gates)
         raise
     memo.services = services
-    memo.experiments = experiments.start_experiments(api, ours)
+
+
+async def _close_services(services: runs.Services, gates: GateBridge | None = None) -> None:
+    """Close the gate ROUTER, the snapshot SUB, the API client and the Prometheus pool; each
+    is closed even if closing another one raised (that error is raised afterwards)."""
+    try:
+        if gates is not None:
+            await gates.close()
+    finally:
+        try:
+            services.snapshots.close()
+        finally:
+            try:
+                await services.api.close()
+            finally:
+                shutdown_prom_executor()
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Close the ZMQ sockets and the API client."""
-    if memo.get("experiments") is not None:
-        await experiments.stop_experiments(memo.experiments)  # flushes pending rollups
+    """Stop the Experiment services, then close the ZMQ sockets and the API client (even if
+    stopping the experiments failed)."""
     services: runs.Services | None = memo.get("services")
-    if services is None:
-        return
-    await services.gates.close()  # type: ignore[attr-defined]
-    services.snapshots.close()
-    await services.api.close()
+    try:
+        if memo.get("experiments") is not None:
+            await experiments.stop_experiments(memo.experiments)  # flushes pending rollups
+    finally:
+        if services is not None:
+            await _close_services(services, services.gates)  # type: ignore[arg-type]
 
 
 @kopf.on.probe(id="runs")
