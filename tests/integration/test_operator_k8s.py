@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import kopf
 import pytest
+from aiohttp import web
 from kube.harness import BENCHMARKRUNS, Kube
 
 from benchop.operator.k8s import BENCHMARKRUN, CONFIGMAP, Conflict, KubeApi
@@ -83,3 +85,40 @@ async def test_status_writer_retries_conflicts_and_serialises_updates(
 async def test_status_writer_on_a_deleted_run_returns_none(kube: Kube, api: KubeApi) -> None:
     writer = StatusWriter(api, "default", "nope")
     assert await writer.update(lambda st: {**st, "phase": "x"}) is None and writer.gone
+
+
+def owned(name: str, uid: str) -> dict[str, Any]:
+    ref = {"apiVersion": "benchop.io/v1alpha1", "kind": "BenchmarkRun", "name": "r", "uid": uid}
+    return {"metadata": {"name": name, "ownerReferences": [{**ref, "controller": True}]}}
+
+
+async def test_create_409_does_not_adopt_another_owners_child(kube: Kube, api: KubeApi) -> None:
+    """A re-created parent (new uid) finds the old parent's child: retried until GC removes it."""
+    await api.create(CONFIGMAP, "default", owned("c3", "uid-old"))
+    with pytest.raises(kopf.TemporaryError) as err:
+        await api.create(CONFIGMAP, "default", owned("c3", "uid-new"))
+    assert err.value.delay == 2.0 and "uid-old" in str(err.value)
+    same = await api.create(CONFIGMAP, "default", owned("c3", "uid-old"))
+    assert same["metadata"]["ownerReferences"][0]["uid"] == "uid-old"
+
+
+async def test_a_non_json_error_body_is_mapped_with_its_text() -> None:
+    """An HTML 502 from a proxy is a TemporaryError carrying the text, not a ValueError."""
+
+    async def html(_: web.Request) -> web.Response:
+        return web.Response(status=502, text="<html>Bad Gateway</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", html)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client = await KubeApi.connect(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}"))
+    try:
+        with pytest.raises(kopf.TemporaryError, match="Bad Gateway"):
+            await client.get(BENCHMARKRUN, "default", "r")
+    finally:
+        await client.close()
+        await runner.cleanup()

@@ -6,12 +6,19 @@ The one place where HTTP answers become outcomes:
 answer                     outcome
 ========================== =============================================================
 404 on get / patch         ``None`` (the parent is gone: the caller returns quietly)
-409 on create              the object exists: it is read back and returned (idempotent)
+409 on create              the object exists: it is read back and returned (idempotent) if
+                           its controller is the body's; else ``kopf.TemporaryError``
+                           (an older owner's child that GC has not removed yet)
 409 on a status patch      :class:`Conflict` (the StatusWriter re-reads and retries)
 5xx, 429, timeouts,        ``kopf.TemporaryError(delay=...)``: kopf retries the handler
 connection errors
-other 4xx                  :class:`ApiError` (a bug or missing RBAC: visible, not retried)
+other 4xx                  :class:`ApiError` (a bug, missing RBAC, or an object the API
+                           server refuses); the caller decides: a child create error fails
+                           the run (``handlers.runs``), elsewhere kopf retries the handler
 ========================== =============================================================
+
+A body that is not JSON (an HTML 502 page from a proxy) is mapped by its status like any
+other, with its text as the message.
 
 The client is aiohttp, not the ``kubernetes`` package in threads: the operator is one asyncio
 process that may hold a thousand runs, and a thread per concurrent call (plus the sync client's
@@ -29,6 +36,7 @@ login does (in-cluster service account first, then kubeconfig), via kopf's publi
 from __future__ import annotations
 
 import asyncio
+import json as json_lib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -84,6 +92,14 @@ class ApiError(Exception):
 
 class Conflict(ApiError):
     """409 on an update: the object changed since it was read."""
+
+
+def controller_uid(body: Mapping[str, Any]) -> str | None:
+    """The uid of the object's controller ownerReference, None without one."""
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
 
 
 def _message(body: Any) -> str:
@@ -143,8 +159,12 @@ class KubeApi:
             async with self._session.request(
                 method, self.server + path, json=json, params=params, headers=headers
             ) as resp:
-                body = await resp.json(content_type=None)
+                text = await resp.text()
                 status = resp.status
+            try:
+                body = json_lib.loads(text) if text else None
+            except ValueError:
+                body = text
         except (aiohttp.ClientError, TimeoutError) as e:
             raise kopf.TemporaryError(
                 f"{method} {path}: {type(e).__name__}: {e}", delay=RETRY_DELAY_S
@@ -180,14 +200,28 @@ class KubeApi:
         return list(self._check("GET", path, status, body).get("items") or [])
 
     async def create(self, res: Resource, namespace: str, body: Body) -> Body:
-        """Create; if it already exists (409), return the existing object (idempotent)."""
+        """Create; if it already exists (409), return the existing object (idempotent).
+
+        An existing object controlled by another owner than ``body``'s controller
+        ownerReference (a deleted and re-created parent whose old child GC has not removed
+        yet) is not adopted: ``kopf.TemporaryError(delay=2)`` until it is gone.
+        """
         path = res.path(namespace)
         status, answer = await self._call("POST", path, json=body)
         if status == 409:
-            existing = await self.get(res, namespace, body["metadata"]["name"])
-            if existing is not None:
-                return existing
-            raise kopf.TemporaryError(f"POST {path}: 409 but then gone", delay=1.0)
+            name = body["metadata"]["name"]
+            existing = await self.get(res, namespace, name)
+            if existing is None:
+                raise kopf.TemporaryError(f"POST {path}: 409 but then gone", delay=1.0)
+            want = controller_uid(body)
+            have = controller_uid(existing)
+            if want is not None and have != want:
+                raise kopf.TemporaryError(
+                    f"POST {path}: {name} exists, owned by {have} not {want} "
+                    "(waiting for garbage collection)",
+                    delay=2.0,
+                )
+            return existing
         return self._check("POST", path, status, answer)
 
     async def patch(
