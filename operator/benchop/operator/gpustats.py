@@ -105,11 +105,13 @@ class RunGpuStats:
         self._closed = False
 
     @classmethod
-    def for_spec(cls, namespace: str, spec: BenchmarkRunSpec) -> RunGpuStats | None:
+    def for_spec(
+        cls, namespace: str, spec: BenchmarkRunSpec, *, executor: Executor | None = None
+    ) -> RunGpuStats | None:
         """One for a run whose spec sets ``prometheus.url``; None otherwise."""
         if spec.prometheus is None:
             return None
-        return cls(str(spec.prometheus.url), namespace, spec.target.pod_selector)
+        return cls(str(spec.prometheus.url), namespace, spec.target.pod_selector, executor=executor)
 
     def invalidate(self) -> None:
         """List the target's pods again at the next use (they may have moved), and query at
