@@ -348,6 +348,7 @@ async def test_job_failure_and_stuck_pod_fail_the_run_with_reasons(
     failed = await wait_condition(kube, "r5", c.SUCCEEDED, "False")
     assert failed["reason"] == "BackoffLimitExceeded" and "r5-loadgen" in failed["message"]
     assert status_of(kube, "r5")["phase"] == "Failed"
+    await wait_for(lambda: job_suspended(kube, "r5-loadgen"), 5, message="r5 Job suspended")
 
     await kube.client.create(BENCHMARKRUNS, run_manifest("r6", mock.url))
     job = await kubelet.read_job("r6")
@@ -379,6 +380,29 @@ async def test_job_failure_and_stuck_pod_fail_the_run_with_reasons(
     )
     stuck = await wait_condition(kube, "r6", c.SUCCEEDED, "False")
     assert stuck["reason"] == "ImagePullFailed" and "r6-loadgen-0" in stuck["message"]
+    # the other workers stop sending load: the failed run's Job is suspended (kept, no pods)
+    await wait_for(lambda: job_suspended(kube, "r6-loadgen"), 5, message="r6 Job suspended")
+
+
+def job_suspended(kube: Kube, name: str) -> bool:
+    job = kube.emulator.read(JOBS, name)
+    return job is not None and job["spec"].get("suspend") is True
+
+
+async def test_a_refused_child_fails_the_run_with_child_create_failed(
+    kube: Kube, operator_task: Any, mock: MockServer
+) -> None:
+    """A 422 on the Job (say, a bad nodeSelector) ends the run instead of retrying forever."""
+    kube.emulator.fail_next(
+        "POST", "/jobs", 422, message='Job.batch "r13-loadgen" is invalid: nodeSelector'
+    )
+    start(operator_task, kube, settings_for())
+    await kube.client.create(BENCHMARKRUNS, run_manifest("r13", mock.url))
+    failed = await wait_condition(kube, "r13", c.SUCCEEDED, "False", 10)
+    assert failed["reason"] == "ChildCreateFailed" and "nodeSelector" in failed["message"]
+    assert status_of(kube, "r13")["phase"] == "Failed"
+    assert kube.emulator.read(JOBS, "r13-loadgen") is None
+    assert kube.emulator.count("POST", "/jobs") == 1  # not retried
 
 
 async def test_invalid_spec_fails_once_without_retries(

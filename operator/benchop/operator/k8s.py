@@ -225,16 +225,21 @@ class KubeApi:
         return self._check("POST", path, status, answer)
 
     async def patch(
-        self, res: Resource, namespace: str, name: str, patch: Body, resource_version: str
+        self,
+        res: Resource,
+        namespace: str,
+        name: str,
+        patch: Body,
+        resource_version: str | None,
     ) -> Body | None:
-        """Merge-patch the object (not its status), conditional on ``resource_version``.
+        """Merge-patch the object (not its status), conditional on ``resource_version``
+        (None: unconditional).
 
         Returns the new object; None when it is gone; :class:`Conflict` when it changed.
         """
-        payload = {
-            **patch,
-            "metadata": {**patch.get("metadata", {}), "resourceVersion": resource_version},
-        }
+        payload = dict(patch)
+        if resource_version is not None:
+            payload["metadata"] = {**patch.get("metadata", {}), "resourceVersion": resource_version}
         return await self._merge_patch(res.path(namespace, name), payload)
 
     async def patch_status(

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import kopf
 from pydantic import ValidationError
 
 from benchagent.wire import MetricsSnapshot
@@ -40,7 +41,7 @@ from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, GpuResults
 from benchop.operator import builders, transitions
 from benchop.operator.gatebridge import gpu_from_status, profiling_window
 from benchop.operator.gpustats import RunGpuStats, with_prometheus
-from benchop.operator.k8s import BENCHMARKRUN, CONFIGMAP, JOB, POD, KubeApi
+from benchop.operator.k8s import BENCHMARKRUN, CONFIGMAP, JOB, POD, ApiError, KubeApi
 from benchop.operator.pods import GRACEFUL, JobView, PodView, job_view, pod_view
 from benchop.operator.settings import OperatorSettings
 from benchop.operator.snapshots import (
@@ -244,8 +245,13 @@ async def reconcile_run(services: Services, body: Mapping[str, Any], run: Benchm
     )
     # Registered before the Job exists: no worker can ask for a gate of an unknown run.
     await services.gates.register(ctx, status.get("gates") or {})
-    await services.api.create(CONFIGMAP, namespace, cm)
-    await services.api.create(JOB, namespace, job)
+    try:
+        await services.api.create(CONFIGMAP, namespace, cm)
+        await services.api.create(JOB, namespace, job)
+    except ApiError as e:  # refused (422 bad nodeSelector, 403 RBAC): retrying will not help
+        await _fail(services, ctx, "ChildCreateFailed", f"creating the run's children: {e}")
+        release(services, ctx)
+        raise kopf.PermanentError(f"ChildCreateFailed: {e}") from e
     ctx.accepted.set()
     ctx.wake.set()
 
@@ -404,7 +410,7 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     now = now_rfc3339()
     gen = ctx.generation
     log.info("run %s failed: %s: %s", ctx.key, reason, message)
-    await ctx.writer.update(
+    status = await ctx.writer.update(
         lambda st: transitions.failed(
             st,
             generation=gen,
@@ -417,6 +423,27 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
         )
     )
     ctx.done = True
+    if status is not None:
+        await _stop_job(services, ctx)
+
+
+async def _stop_job(services: Services, ctx: RunContext) -> None:
+    """Suspend the failed run's Job: the Job controller deletes its pods, so the workers
+    still running stop sending load; the Job and its status stay for inspection (GC removes
+    it with the run). Best effort: the run is already marked failed."""
+    name = builders.loadgen_job_name(ctx.name)
+    try:
+        job = await services.api.get(JOB, ctx.namespace, name)
+        if job is None or not _owned_by(job, ctx.uid):
+            return  # none, or another incarnation's Job
+        await services.api.patch(JOB, ctx.namespace, name, {"spec": {"suspend": True}}, None)
+    except (ApiError, kopf.TemporaryError) as e:
+        log.warning("run %s: could not suspend Job %s: %s", ctx.key, name, e)
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("controller") and r.get("uid") == uid for r in refs)
 
 
 def _terminations(ctx: RunContext) -> dict[int, MetricsSnapshot]:
@@ -503,14 +530,7 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         await _finish(services, ctx)
         return
     # 4. watchdog
-    if time.time() - ctx.started_at >= deadline_s(settings, ctx.spec):
-        await _fail(
-            services,
-            ctx,
-            "DeadlineExceeded",
-            f"the run was not finished {deadline_s(settings, ctx.spec):.0f}s after it was "
-            "accepted (spec.activeDeadlineSeconds or the operator's default)",
-        )
+    if await _watchdog(services, ctx):
         return
     # 5. WorkersReady
     running = {v.index for v in ctx.pods.values() if v.running and v.index is not None}
@@ -544,6 +564,21 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         await ctx.writer.update(lambda st: transitions.with_live(st, live))
 
 
+async def _watchdog(services: Services, ctx: RunContext) -> bool:
+    """Fail the run if its deadline has passed; True when it did."""
+    limit = deadline_s(services.settings, ctx.spec)
+    if time.time() - ctx.started_at < limit:
+        return False
+    await _fail(
+        services,
+        ctx,
+        "DeadlineExceeded",
+        f"the run was not finished {limit:.0f}s after it was "
+        "accepted (spec.activeDeadlineSeconds or the operator's default)",
+    )
+    return True
+
+
 async def run_loop(
     services: Services, body: Mapping[str, Any], stopped: Any, *, tick_s: float = TICK_S
 ) -> None:
@@ -559,8 +594,11 @@ async def run_loop(
             if ctx is None:  # the create/resume handler has not run yet
                 await asyncio.sleep(idle)
                 idle = min(idle * 2, tick_s)  # 50 ms, 100 ms, ... 1 s: cheap with 1,000 runs
-            else:
-                await _sleep(ctx.accepted, tick_s, stopped)
+                continue
+            if await _watchdog(services, ctx):  # children never created (e.g. retried forever)
+                release(services, ctx)
+                return
+            await _sleep(ctx.accepted, tick_s, stopped)
             continue
         if ctx.done or transitions.is_terminal(ctx.writer.status):
             release(services, ctx)
