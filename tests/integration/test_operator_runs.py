@@ -27,7 +27,9 @@ from benchagent.agent import Agent, AgentConfig
 from benchagent.transport import Publisher
 from benchagent.wire import MetricsSnapshot
 from benchop.api import conditions as c
+from benchop.api.models import BenchmarkRun
 from benchop.mockserver import MockConfig, MockServer, start_mock_server
+from benchop.operator.handlers import runs
 from benchop.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.timeout(60)
@@ -655,3 +657,104 @@ async def test_old_incarnation_complete_does_not_finish_a_recreated_run(
         pub.close()
     assert condition(kube, "rk", c.SUCCEEDED)["status"] == "Unknown"  # type: ignore[index]
     assert status_of(kube, "rk")["phase"] not in ("Succeeded", "Failed")
+
+
+def single_worker_run(name: str, url: str) -> dict[str, Any]:
+    return run_manifest(
+        name,
+        url,
+        load={"mode": "concurrency", "concurrency": 1, "workers": 1},
+        gates={"baseline": False, "timeout": "1s"},
+    )
+
+
+async def publish_until(
+    port: int, snaps: Callable[[int], list[MetricsSnapshot]], done: Callable[[], Any]
+) -> None:
+    """Publish ``snaps(seq)`` on one socket (ordered) until ``done()`` (slow joiner: repeat)."""
+    pub = Publisher(f"tcp://127.0.0.1:{port}")
+    seq = 0
+
+    def step() -> Any:
+        nonlocal seq
+        seq += 1
+        for snap in snaps(seq):
+            pub.publish(snap)
+        return done()
+
+    try:
+        await wait_for(step, 15, message="published")
+    finally:
+        pub.close()
+
+
+async def test_an_interrupted_complete_is_not_final_while_the_job_runs(
+    kube: Kube, operator_task: Any, mock: MockServer
+) -> None:
+    """An evicted worker's last COMPLETE (interrupted) waits for its replacement's."""
+    settings = settings_for()
+    start(operator_task, kube, settings)
+    await kube.client.create(BENCHMARKRUNS, single_worker_run("ri", mock.url))
+    await wait_for(lambda: kube.emulator.read(JOBS, "ri-loadgen"), 10)
+    key = job_env(kube, "ri-loadgen")["BENCHOP_RUN"]
+    await publish_until(
+        settings.snapshot_port,
+        lambda seq: [snapshot(key, "COMPLETE", seq, interrupted=True)],
+        lambda: "live" in status_of(kube, "ri"),  # seen by the run loop, and it went on
+    )
+    assert condition(kube, "ri", c.SUCCEEDED)["status"] == "Unknown"  # type: ignore[index]
+    await publish_until(
+        settings.snapshot_port,
+        lambda seq: [snapshot(key, "COMPLETE", 1000 + seq)],
+        lambda: condition(kube, "ri", c.SUCCEEDED)["status"] == "True",  # type: ignore[index]
+    )
+
+
+async def test_an_error_building_results_fails_the_run_with_results_error(
+    kube: Kube, operator_task: Any, mock: MockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: Any, **__: Any) -> Any:
+        raise ValueError("boom")
+
+    monkeypatch.setattr(runs, "build_final_results", broken)
+    settings = settings_for()
+    start(operator_task, kube, settings)
+    await kube.client.create(BENCHMARKRUNS, single_worker_run("re", mock.url))
+    await wait_for(lambda: kube.emulator.read(JOBS, "re-loadgen"), 10)
+    key = job_env(kube, "re-loadgen")["BENCHOP_RUN"]
+    await publish_until(
+        settings.snapshot_port,
+        lambda seq: [snapshot(key, "COMPLETE", seq)],
+        lambda: condition(kube, "re", c.SUCCEEDED)["status"] == "False",  # type: ignore[index]
+    )
+    failed = condition(kube, "re", c.SUCCEEDED)
+    assert failed is not None and failed["reason"] == "ResultsError" and "boom" in failed["message"]
+
+
+def test_a_deleted_pod_keeps_its_termination_message() -> None:
+    """The termination message is the fallback results source: a pod DELETED event keeps it."""
+    manifest = single_worker_run("r", "http://127.0.0.1:1/v1")
+    spec = BenchmarkRun.model_validate({"metadata": manifest["metadata"], **manifest}).spec
+    writer: Any = None  # not used by pod bookkeeping
+    ctx = runs.RunContext("default.r.12345678", "default", "r", "12345678-uid", 1, spec, writer)
+    pod = {
+        "metadata": {
+            "name": "r-loadgen-0",
+            "namespace": "default",
+            "annotations": {"batch.kubernetes.io/job-completion-index": "0"},
+            "labels": {"batch.kubernetes.io/job-completion-index": "0"},
+        },
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [
+                {
+                    "name": "loadgen",
+                    "state": {"terminated": {"exitCode": 0, "message": '{"run": "x"}'}},
+                }
+            ],
+        },
+    }
+    runs._note_pod(ctx, pod)
+    assert ctx.termination() == {0: '{"run": "x"}'}
+    runs._note_pod(ctx, pod, deleted=True)
+    assert ctx.pods == {} and ctx.termination() == {0: '{"run": "x"}'}

@@ -123,6 +123,7 @@ class RunContext:
     last_live_at: float = float("-inf")
     last_live_seqs: dict[int, int] = field(default_factory=dict)
     next_resync: float = 0.0  # monotonic; 0: re-read pods and Job at the first pass
+    messages: dict[int, str] = field(default_factory=dict)  # termination messages of pods gone
     done: bool = False
     gpu: RunGpuStats | None = field(init=False)  # Prometheus GPU stats (spec.prometheus.url)
 
@@ -134,7 +135,8 @@ class RunContext:
         return self.spec.load.workers
 
     def termination(self) -> dict[int, str]:
-        out = {}
+        """Termination message per worker index (a deleted pod's stays: the fallback source)."""
+        out = dict(self.messages)
         for view in self.pods.values():
             if view.index is not None and view.termination_message:
                 out[view.index] = view.termination_message
@@ -302,14 +304,22 @@ def _ctx_for(services: Services, obj: Mapping[str, Any]) -> RunContext | None:
 def _note_pod(ctx: RunContext, pod: Mapping[str, Any], deleted: bool = False) -> None:
     view = pod_view(pod)
     if deleted:
-        ctx.pods.pop(view.name, None)
-        ctx.stuck_since.pop(view.name, None)
+        ctx.pods[view.name] = view  # its last state may carry the termination message
+        _drop_pod(ctx, view.name)
         return
     ctx.pods[view.name] = view
     if view.stuck_reason is None:
         ctx.stuck_since.pop(view.name, None)
     else:
         ctx.stuck_since.setdefault(view.name, time.monotonic())
+
+
+def _drop_pod(ctx: RunContext, name: str) -> None:
+    """Forget a pod that is gone, keeping its termination message."""
+    view = ctx.pods.pop(name, None)
+    ctx.stuck_since.pop(name, None)
+    if view is not None and view.index is not None and view.termination_message:
+        ctx.messages[view.index] = view.termination_message
 
 
 def _note_job(ctx: RunContext, job: Mapping[str, Any]) -> None:
@@ -347,8 +357,7 @@ async def resync(services: Services, ctx: RunContext) -> None:
             _note_pod(ctx, pod)
             seen.add(pod["metadata"]["name"])
     for gone in set(ctx.pods) - seen:
-        ctx.pods.pop(gone, None)
-        ctx.stuck_since.pop(gone, None)
+        _drop_pod(ctx, gone)
     job = await services.api.get(JOB, ctx.namespace, builders.loadgen_job_name(ctx.name))
     if job is not None:
         _note_job(ctx, job)
@@ -404,9 +413,15 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     results_reason = ""
     prom_error = None
     if final is not None:
-        gpu, prom_error = await _gpu_results(services, ctx, final)
-        results = build_final_results(final, slo=ctx.spec.slo, gpu=gpu)
-        results_reason = REASONS[final.source]
+        try:
+            gpu, prom_error = await _gpu_results(services, ctx, final)
+            results = build_final_results(final, slo=ctx.spec.slo, gpu=gpu)
+            results_reason = REASONS[final.source]
+        except kopf.TemporaryError:
+            raise
+        except Exception:  # the failure is what matters; results that cannot be built are not
+            log.exception("run %s: results of a failed run could not be built", ctx.key)
+            results = None
     now = now_rfc3339()
     gen = ctx.generation
     log.info("run %s failed: %s: %s", ctx.key, reason, message)
@@ -518,19 +533,30 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         msg = f"Job {builders.loadgen_job_name(ctx.name)} failed: {ctx.job.message}".strip(": ")
         await _fail(services, ctx, ctx.job.reason, msg)
         return
-    # 3. results: every worker COMPLETE, or the Job completed (then wait a little for COMPLETE)
+    # 3. watchdog (before finishing: a finish that keeps failing must not outlive it)
+    if await _watchdog(services, ctx):
+        return
+    # 4. results: every worker COMPLETE, or the Job completed (then wait a little for COMPLETE).
+    #    While the Job runs, an interrupted COMPLETE is not final: an evicted worker's pod is
+    #    replaced and the new one resumes.
+    indexes = set(range(ctx.workers))
     complete = services.snapshots.complete(ctx.key)
-    if len(complete) >= ctx.workers or (
+    final = {w for w, snap in complete.items() if not snap.interrupted}
+    if indexes <= final or (
         ctx.job_complete_at is not None
         and (
             now - ctx.job_complete_at >= settings.complete_wait_s
-            or len(_terminations(ctx)) >= ctx.workers
+            or indexes <= complete.keys()
+            or indexes <= _terminations(ctx).keys()
         )
     ):
-        await _finish(services, ctx)
-        return
-    # 4. watchdog
-    if await _watchdog(services, ctx):
+        try:
+            await _finish(services, ctx)
+        except kopf.TemporaryError:
+            raise
+        except Exception as e:  # a bug or bad data: fail once, not restart the daemon forever
+            log.exception("run %s: final results failed", ctx.key)
+            await _fail(services, ctx, "ResultsError", f"building the results: {e}"[:500])
         return
     # 5. WorkersReady
     running = {v.index for v in ctx.pods.values() if v.running and v.index is not None}
