@@ -557,11 +557,6 @@ async def test_agents_are_resolved_again_when_the_workers_are_ready(
     assert await kubelet.wait_all() == [0]
     await kubelet.job_condition("Complete")
     await wait_condition(kube, "r11", c.SUCCEEDED, "True")
-    print(
-        "DEBUG",
-        status_of(kube, "r11")["conditions"],
-        status_of(kube, "r11")["gates"]["START"]["agents"],
-    )
     gpu = status_of(kube, "r11")["results"]["gpu"]
     assert gpu["agents"] == ["agent-a"] and gpu["energyJ"] > 0
 

@@ -564,17 +564,19 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
     warmup = ctx.spec.phases.warmup is not None
     ready_before = c.is_true((ctx.writer.status or {}).get("conditions"), c.WORKERS_READY)
     if not ready_before and len(running | finished_ok) >= ctx.workers:
-        status = await ctx.writer.update(
+        gates = (ctx.writer.status or {}).get("gates") or {}
+        if not gates.get("START"):
+            # the target's pods may have moved or started since acceptance: ask the agents
+            # that serve them now, before the START gate (and query Prometheus for them).
+            # Before WorkersReady is written: if this fails, the next pass tries again.
+            await services.gates.register(ctx, gates)
+            if ctx.gpu is not None:
+                ctx.gpu.invalidate()
+        await ctx.writer.update(
             lambda st: transitions.workers_ready(
                 st, generation=gen, running=len(running), workers=ctx.workers, warmup=warmup
             )
         )
-        if status is not None and not (status.get("gates") or {}).get("START"):
-            # the target's pods may have moved or started since acceptance: ask the agents
-            # that serve them now, before the START gate (and query Prometheus for them)
-            await services.gates.register(ctx, status.get("gates") or {})
-            if ctx.gpu is not None:
-                ctx.gpu.invalidate()
     # 6. live status, at most once per live interval and only when a snapshot is new; the
     #    Prometheus GPU view goes into the same patch
     latest = services.snapshots.latest(ctx.key)
