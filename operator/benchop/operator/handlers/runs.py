@@ -449,8 +449,8 @@ async def _stop_job(services: Services, ctx: RunContext) -> None:
     name = builders.loadgen_job_name(ctx.name)
     try:
         job = await services.api.get(JOB, ctx.namespace, name)
-        if job is None or not _owned_by(job, ctx.uid):
-            return  # none, or another incarnation's Job
+        if job is None or not _owned_by(job, ctx.uid) or job_view(job).state:
+            return  # none, another incarnation's Job, or already Complete/Failed (no pods)
         await services.api.patch(JOB, ctx.namespace, name, {"spec": {"suspend": True}}, None)
     except (ApiError, kopf.TemporaryError) as e:
         log.warning("run %s: could not suspend Job %s: %s", ctx.key, name, e)
