@@ -65,7 +65,8 @@ async def test_preload_registers_only_accepted_runs_in_progress_with_their_gates
     )
     assert await runs.preload_runs(services) == 1
     assert api.listed == [(BENCHMARKRUN, "ns")]
-    assert gates.registered == {"ns.going": {"START": start}}
-    ctx = services.runs["ns.going"]
+    key = runs.run_key("ns", "going", "uid-going")  # the run key carries the uid
+    assert gates.registered == {key: {"START": start}}
+    ctx = services.runs[key]
     assert ctx.workers == 2 and ctx.uid == "uid-going" and not ctx.accepted.is_set()
     assert ctx.next_resync == 0.0  # a preloaded run re-reads its pods and Job at once
