@@ -798,3 +798,54 @@ async def test_deleting_a_run_mid_run_forgets_its_gate_and_snapshot_state(
         lambda: services.snapshots.rejected > rejected,
     )
     assert services.snapshots.latest(key) == {}
+
+
+async def test_a_failed_agent_re_resolution_is_retried_before_workers_ready(
+    kube: Kube, operator_task: Any, mock: MockServer
+) -> None:
+    """The re-resolution at WorkersReady fails once: it is tried again, not lost."""
+    settings = settings_for()
+    memo = kopf.Memo(settings=settings, connection=kopf.ConnectionInfo(server=kube.url))
+    operator_task(memo=memo)
+    manifest = run_manifest(
+        "rr", mock.url, load={"mode": "concurrency", "concurrency": 1, "workers": 1}
+    )
+    await kube.client.create(BENCHMARKRUNS, manifest)
+    await wait_condition(kube, "rr", c.ACCEPTED, "True", 15)
+    job = await wait_for(lambda: kube.emulator.read(JOBS, "rr-loadgen"), 10)
+    services: runs.Services = memo.services
+    real = services.gates.register
+    calls: list[str] = []
+
+    async def flaky(ctx: Any, restored: Any) -> None:
+        calls.append(ctx.key)
+        if len(calls) == 1:  # the agent list fails (API outage) at WorkersReady
+            raise kopf.TemporaryError("agents: HTTP 503", delay=0.1)
+        await real(ctx, restored)
+
+    services.gates.register = flaky  # type: ignore[method-assign]
+    meta = job["spec"]["template"]["metadata"]
+    annotations = {**meta["annotations"], "batch.kubernetes.io/job-completion-index": "0"}
+    pod = {
+        "metadata": {"name": "rr-loadgen-0", "labels": meta["labels"], "annotations": annotations},
+        "spec": job["spec"]["template"]["spec"],
+    }
+    await kube.client.create("v1/pods", pod)
+    running = {"name": "loadgen", "restartCount": 0, "state": {"running": {}}}
+    await kube.client.patch_status(
+        "v1/pods", "rr-loadgen-0", {"phase": "Running", "containerStatuses": [running]}
+    )
+    await wait_condition(kube, "rr", c.WORKERS_READY, "True", 15)
+    assert len(calls) == 2  # failed once, then resolved before WorkersReady was written
+
+
+async def test_watchdog_fails_a_run_whose_children_are_never_created(
+    kube: Kube, operator_task: Any, mock: MockServer
+) -> None:
+    """The Job create keeps failing (5xx, retried by kopf): the watchdog still ends the run."""
+    kube.emulator.fail_next("POST", "/jobs", 503, times=1000)
+    start(operator_task, kube, settings_for(deadline_grace_s=0.5))
+    await kube.client.create(BENCHMARKRUNS, run_manifest("rw", mock.url, activeDeadlineSeconds=1))
+    failed = await wait_condition(kube, "rw", c.SUCCEEDED, "False", 10)
+    assert failed["reason"] == "DeadlineExceeded"
+    assert kube.emulator.read(JOBS, "rw-loadgen") is None
