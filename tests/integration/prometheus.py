@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from kube.harness import free_port
 
 T = TypeVar("T")
 
@@ -40,12 +40,6 @@ READY_DEADLINE_S = 20.0
 
 def prometheus_binary() -> str | None:
     return os.environ.get("BENCHOP_PROMETHEUS_BIN") or shutil.which("prometheus")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(check: Callable[[], T | None], what: str, deadline_s: float) -> T:

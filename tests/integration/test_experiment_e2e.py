@@ -7,14 +7,13 @@ run as it appears; GPU baselines are off (no agent), so GPU columns stay empty.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from experiment_operator import experiment_memo, full_registry
-from kube.harness import BENCHMARKRUNS, EXPERIMENTS, Kube, OperatorFactory, wait_for
+from kube.harness import BENCHMARKRUNS, EXPERIMENTS, Kube, OperatorFactory, free_port, wait_for
 from operator_kubelet import Kubelet
 
 from benchop.api.models import ExperimentMetrics
@@ -22,12 +21,6 @@ from benchop.mockserver import MockConfig, MockServer, start_mock_server
 from benchop.operator.rollup import DEFAULT_CAP, rollup
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -20,7 +19,16 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from kube.harness import BENCHMARKRUNS, CONFIGMAPS, EXPERIMENTS, JOBS, Kube, stop_operator, wait_for
+from kube.harness import (
+    BENCHMARKRUNS,
+    CONFIGMAPS,
+    EXPERIMENTS,
+    JOBS,
+    Kube,
+    free_port,
+    stop_operator,
+    wait_for,
+)
 from operator_kubelet import AGENT_LABELS, Kubelet, add_pod
 
 import benchop.operator.main  # noqa: F401 - registers the handlers in kopf's default registry
@@ -45,12 +53,6 @@ ORDER = [
     c.RESULTS_AVAILABLE,
     c.SUCCEEDED,
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import dataclasses
 import inspect
+import socket
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from typing import Any, TypeVar, cast
@@ -338,3 +339,10 @@ def kopf_tasks() -> list[asyncio.Task[Any]]:
     """Tasks of the running loop whose coroutine comes from kopf (leak check after a stop)."""
     ours = _NotOurs()
     return [t for t in asyncio.all_tasks() if not t.done() and t not in ours]
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (for servers that need a fixed port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
