@@ -58,7 +58,8 @@ cleanup() {
 trap cleanup EXIT
 
 log "cluster $CLUSTER"
-if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+clusters="$(kind get clusters 2>/dev/null || true)"  # captured: `kind ... | grep -q` races SIGPIPE under pipefail
+if grep -qx "$CLUSTER" <<<"$clusters"; then
   kind export kubeconfig --name "$CLUSTER"
 else
   kind create cluster --name "$CLUSTER" --wait 120s

