@@ -4,7 +4,8 @@ Modules, one concept each:
 
 - ``prompts``: seeded synthetic prompts; how tokens are counted.
 - ``sse``: byte-level parser of the OpenAI streaming response (pure).
-- ``client``: the aiohttp streaming client; one request -> one record.
+- ``http``: keep-alive HTTP/1.1 connections (asyncio protocols, llhttp).
+- ``client``: the streaming client; one request -> one record.
 - ``records``: the per-request record and how records become metrics (pure).
 - ``load``: fixed concurrency (closed loop) and request rate (open loop).
 - ``checkpoint``: ``records.jsonl`` appended off the event loop; resume.

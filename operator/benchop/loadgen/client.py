@@ -1,16 +1,19 @@
 """Streaming OpenAI-compatible HTTP client: one request in, one :class:`RequestRecord` out.
 
-One ``aiohttp.ClientSession`` with one ``TCPConnector`` (``limit`` = the
-worker's concurrency, 0 = unbounded) serves every request of a worker; httpx
-is not used because its shared pool collapses at high concurrency. Each
-response is parsed at byte level by :class:`~benchop.loadgen.sse.StreamParser`.
+One :class:`~benchop.loadgen.http.Pool` of keep-alive connections (asyncio
+protocols, llhttp; one connection per request in flight) serves every request
+of a worker: aiohttp's per-request cost alone was the client's whole budget,
+and httpx's shared pool collapses at high concurrency. Each read of a response
+is parsed at byte level by :class:`~benchop.loadgen.sse.StreamParser` inside
+the protocol's ``data_received``, stamped with the time of that read.
 
 Every request ends in exactly one call of its ``sink`` with a record whose
 ``outcome`` is ``"ok"`` or a reason: ``http_4xx``, ``http_429``, ``http_5xx``,
 ``timeout``, ``connection`` (no response: refused, reset before headers),
 ``malformed_stream`` (not SSE, undecodable chunk, no content), ``disconnected``
 (the stream broke or ended without ``[DONE]``), ``cancelled`` (the worker
-stopped it; the sink runs and the ``CancelledError`` propagates) or ``other``.
+stopped it; the sink runs and the ``CancelledError`` propagates) or ``other``
+(e.g. bytes that are not an HTTP response).
 Errors never escape :meth:`StreamClient.send`.
 
     async with StreamClient(Target(url, "m"), request_timeout=60) as client:
@@ -23,14 +26,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import aiohttp
 import msgspec
-from yarl import URL
+import numpy as np
+import numpy.typing as npt
 
+from benchop.loadgen.http import BadResponse, ConnectError, Disconnected, Pool
 from benchop.loadgen.records import OK, RequestRecord
 from benchop.loadgen.sse import StreamParser
 
@@ -92,19 +97,16 @@ class StreamClient:
         target: Target,
         *,
         request_timeout: float,
-        limit: int = 0,
         connect_timeout: float = 10.0,
     ) -> None:
         self.target = target
-        self._endpoint = URL(target.endpoint)  # parsed once, not per request
         self._timeout = request_timeout
         self._timeout_ns = int(request_timeout * 1e9)
-        self._limit = limit
         self._connect_timeout = connect_timeout
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if target.api_key:
             self._headers["Authorization"] = f"Bearer {target.api_key}"
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._calls: set[_Call] = set()  # in flight, with their deadlines
         encode = self._encode = msgspec.json.Encoder().encode
@@ -125,20 +127,15 @@ class StreamClient:
         self._body_tail = tail.partition(b'"max_tokens":0')
         #: Requests currently in flight.
         self.in_flight = 0
-        #: Receive lags (wall ns, from ``benchop_sent_ns``) of finished requests; the
-        #: owner swaps the list out when it reads it.
-        self.recv_lags: list[int] = []
+        # Receive lags (wall ns, from ``benchop_sent_ns``, one per read) of finished
+        # requests, as int64 so taking them is a view, not a conversion (see take_recv_lags).
+        self._recv_lags: array[int] = array("q")
         #: Stream chunks with content received by finished requests (all outcomes).
         self.chunks = 0
 
     async def __aenter__(self) -> StreamClient:
-        connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=0, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
-            auto_decompress=False,
-            headers=self._headers,
-            cookie_jar=aiohttp.DummyCookieJar(),  # no cookie filtering per request
+        self._pool = Pool(
+            self.target.endpoint, headers=self._headers, connect_timeout=self._connect_timeout
         )
         self._watchdog = asyncio.create_task(self._expire())
         return self
@@ -150,9 +147,14 @@ class StreamClient:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def take_recv_lags(self) -> npt.NDArray[np.int64]:
+        """The receive lags (ns) recorded since the last call, and start afresh."""
+        lags, self._recv_lags = self._recv_lags, array("q")
+        return np.frombuffer(lags, dtype=np.int64)
 
     def body(self, prompt: str, max_tokens: int) -> bytes:
         """The JSON request body for ``api``: streaming, usage included, ``ignore_eos``.
@@ -190,21 +192,26 @@ class StreamClient:
         ``scheduled_ns`` (``time.perf_counter_ns`` clock) is the open-loop send
         time; the record's ``send_lag_ns`` is the actual send time minus it.
         """
-        session = self._session
-        assert session is not None, "use StreamClient as an async context manager"
+        pool = self._pool
+        assert pool is not None, "use StreamClient as an async context manager"
         c = _Call()
         c.task = task = _current_task()
         self.in_flight += 1
         wall0 = _wall_ns()
         t0 = _perf_ns()
         c.deadline = t0 + self._timeout_ns
+        c.wall_offset = wall0 - t0
         calls = self._calls
         calls.add(c)
         try:
-            async with session.post(self._endpoint, data=body) as resp:
-                await self._receive(resp, c, wall0 - t0)
-        except TimeoutError:
-            c.fail("timeout", f"no complete response within {self._timeout:g}s")
+            await pool.request(body, c)
+            c.complete()
+        except ConnectError as exc:
+            c.fail("connection", str(exc)[:_ERROR_CHARS])
+        except Disconnected as exc:
+            c.fail("connection" if c.status == 0 else "disconnected", str(exc)[:_ERROR_CHARS])
+        except BadResponse as exc:
+            c.fail("other", str(exc)[:_ERROR_CHARS])
         except asyncio.CancelledError:
             if c.timed_out and task is not None and task.uncancel() == 0:
                 c.fail("timeout", f"no complete response within {self._timeout:g}s")
@@ -213,43 +220,11 @@ class StreamClient:
                 c.fail("cancelled", "stopped by the worker")
                 self._finish(c, ident, wall0, t0, scheduled_ns, delayed, input_words, sink)
                 raise
-        except aiohttp.ClientPayloadError as exc:
-            c.fail("disconnected", _short(exc))
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            c.fail("connection" if c.status == 0 else "disconnected", _short(exc))
-        except aiohttp.ClientConnectionError as exc:
-            c.fail("connection", _short(exc))
         except Exception as exc:  # a request must never crash the worker
             c.fail("other", _short(exc))
             log.debug("request %s failed", ident.id, exc_info=True)
         calls.discard(c)
         self._finish(c, ident, wall0, t0, scheduled_ns, delayed, input_words, sink)
-
-    async def _receive(self, resp: aiohttp.ClientResponse, c: _Call, wall_offset: int) -> None:
-        c.status = resp.status
-        if resp.status != 200:
-            error = (await resp.read())[:_ERROR_CHARS].decode("utf-8", "replace")
-            c.end(_status_outcome(resp.status), error)
-            return
-        ctype = resp.headers.get("Content-Type", "")
-        if ctype[:17].lower() != "text/event-stream":
-            c.end("malformed_stream", f"expected text/event-stream, got {ctype[:80]!r}")
-            return
-        parser = c.parser = StreamParser(wall_offset)
-        feed = parser.feed
-        content = resp.content
-        read = content.readany
-        while True:
-            data = await read()
-            if not data or feed(data, _perf_ns()):
-                break
-        c.end(*_stream_outcome(parser))
-        if parser.done:
-            c.finished = True
-            while not content.at_eof():  # read the end of the body: the connection is reused
-                await read()
-        else:
-            resp.close()
 
     def _finish(
         self,
@@ -281,7 +256,7 @@ class StreamClient:
             if parser.usage_prompt is not None:
                 in_tokens = parser.usage_prompt
             if parser.recv_lag_ns:
-                self.recv_lags.extend(parser.recv_lag_ns)
+                self._recv_lags.extend(parser.recv_lag_ns)
         rec = RequestRecord(
             id=ident.id,
             worker=ident.worker,
@@ -307,11 +282,13 @@ class StreamClient:
 
 
 class _Call:
-    """The facts of one request while it runs."""
+    """The facts of one request while it runs; the :class:`~benchop.loadgen.http.Handler`
+    of its response."""
 
     __slots__ = (
         "deadline",
         "error",
+        "error_body",
         "finished",
         "outcome",
         "parser",
@@ -319,23 +296,62 @@ class _Call:
         "t_end",
         "task",
         "timed_out",
+        "wall_offset",
     )
 
     def __init__(self) -> None:
         self.task: asyncio.Task[Any] | None = None
         self.deadline = 0  # perf_counter_ns after which the watchdog cancels it
+        self.wall_offset = 0  # wall ns - perf_counter ns, for the receive lag
         self.timed_out = False
         self.status = 0  # HTTP status; 0 until headers arrived
         self.outcome = "other"
         self.error: str | None = None
+        self.error_body: bytes | None = None  # start of a non-200 body
         self.parser: StreamParser | None = None
-        self.finished = False  # saw [DONE]: later errors do not change the outcome
+        self.finished = False  # ended (outcome set): later errors do not change it
         self.t_end = 0
+
+    def on_headers(self, status: int, content_type: str) -> bool:
+        self.status = status
+        if status != 200:
+            self.error_body = b""
+            return False
+        if content_type[:17].lower() != "text/event-stream":
+            self.end("malformed_stream", f"expected text/event-stream, got {content_type[:80]!r}")
+            return True
+        self.parser = StreamParser(self.wall_offset)
+        return False
+
+    def on_body(self, data: bytes, t_ns: int) -> bool:
+        p = self.parser
+        if p is None:  # a non-200 answer: keep its start for the error message
+            if self.error_body is not None and len(self.error_body) < _ERROR_CHARS:
+                self.error_body += data[: _ERROR_CHARS - len(self.error_body)]
+            return False
+        if self.finished:  # after [DONE]: read to the end, the connection is reused
+            return False
+        if p.feed(data, t_ns):
+            self.end(*_stream_outcome(p))
+            return not p.done  # an error or a malformed stream: abandon it
+        return False
+
+    def complete(self) -> None:
+        """The response ended (or was abandoned) without a transport error."""
+        if self.finished:
+            return
+        if self.parser is not None:
+            self.end(*_stream_outcome(self.parser))
+        elif self.error_body is not None:
+            self.end(_status_outcome(self.status), self.error_body.decode("utf-8", "replace"))
+        else:
+            self.end("other", "no response")
 
     def end(self, outcome: str, error: str | None) -> None:
         self.t_end = _perf_ns()
         self.outcome = outcome
         self.error = error
+        self.finished = True
 
     def fail(self, outcome: str, error: str) -> None:
         if not self.finished:

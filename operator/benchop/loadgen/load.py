@@ -327,6 +327,8 @@ async def measure_fixed_concurrency(
 
         stats = await measure_fixed_concurrency(server.url, "m", 32, 5.0, 64)
     """
+    import numpy as np
+
     from benchop.loadgen.client import Ident, StreamClient, Target
     from benchop.loadgen.prompts import make_prompt
     from benchop.loadgen.records import OK, RequestRecord, new_registry, record_into
@@ -357,7 +359,7 @@ async def measure_fixed_concurrency(
             reg.fold()
 
     loop = asyncio.get_running_loop()
-    async with StreamClient(Target(url, model), request_timeout=60, limit=concurrency) as client:
+    async with StreamClient(Target(url, model), request_timeout=60) as client:
         body = client.body(
             make_prompt(0, worker=0, attempt=1, index=0, n_tokens=prompt_words), output_tokens
         )
@@ -369,18 +371,18 @@ async def measure_fixed_concurrency(
         deadline = _perf_ns() + int((warmup_s + seconds) * 1e9)
         loop.call_later(warmup_s, mark, "start", True)
         loop.call_later(warmup_s + seconds, mark, "end", False)
-        loop.call_later(warmup_s, client.recv_lags.clear)
+        loop.call_later(warmup_s, client.take_recv_lags)
         folder = asyncio.create_task(fold())
         try:
             await run_closed(concurrency, Budget(deadline_ns=deadline), lambda: None, send)
         finally:
             folder.cancel()
-        lags = client.recv_lags
+        lags = client.take_recv_lags()
     reg.fold()
     wall = marks["end_t"] - marks["start_t"]
     cpu = marks["end_cpu"] - marks["start_cpu"]
     tokens = counts["tokens"]
-    p99 = sorted(lags)[int(0.99 * (len(lags) - 1))] / 1e6 if lags else 0.0
+    p99 = float(np.percentile(lags, 99)) / 1e6 if lags.size else 0.0
     return {
         "requests": counts["requests"],
         "errors": counts["errors"],

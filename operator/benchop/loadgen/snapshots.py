@@ -129,17 +129,17 @@ class Snapshots:
         next_publish = next_t = loop.time()
         while True:
             now = loop.time()
+            try:  # one series per loop iteration: sends and reads run in between
+                for _ in self._reg.fold_steps():
+                    await asyncio.sleep(0)
+            except Exception:  # a bad tick must not end the ticking
+                log.exception("folding the registry failed")
             if now >= next_publish:
                 try:
                     self._publish(self.build(self.state, include_values=False))
-                except Exception:  # a bad tick must not end the ticking
+                except Exception:
                     log.exception("building a live snapshot failed")
                 next_publish += self._interval
-            else:
-                try:
-                    self._reg.fold()
-                except Exception:
-                    log.exception("folding the registry failed")
             next_t = min(next_t + _FOLD_S, next_publish)
             await asyncio.sleep(max(next_t - loop.time(), 0.0))
 

@@ -9,6 +9,8 @@ token when it carries content (chat ``delta.content`` or
 delivered it is its arrival time, so tokens of one read have gaps of 0.
 ``usage`` is taken from whichever chunk has it (the last one, with
 ``stream_options.include_usage``).
+The receive lag (mock server only: it stamps ``benchop_sent_ns``) is one value
+per read: the read's time minus the stamp of its first, oldest chunk.
 
 >>> p = StreamParser(wall_offset_ns=0)
 >>> p.feed(b'data: {"choices":[{"delta":{"content":"Hi"}}]}\\n\\n', 100)
@@ -173,8 +175,9 @@ class StreamParser:
     def _on_chunks(self, chunks: list[_Chunk], t_ns: int) -> bool:
         """Account the chunks of one read (received at ``t_ns``); True to stop."""
         n = 0
-        wall = t_ns + self._wall_offset
-        lags = self.recv_lag_ns
+        if chunks and (sent := chunks[0].benchop_sent_ns) is not None:
+            # one receive lag per read, from its first (oldest) chunk: the read's worst
+            self.recv_lag_ns.append(t_ns + self._wall_offset - sent)
         for chunk in chunks:
             if chunk.error is not None:
                 self._count(n, t_ns)
@@ -183,9 +186,6 @@ class StreamParser:
                 d = ch.delta
                 if (d.content or d.reasoning_content) if d is not None else ch.text:
                     n += 1
-            sent = chunk.benchop_sent_ns
-            if sent is not None:
-                lags.append(wall - sent)
             usage = chunk.usage
             if usage is not None:
                 self.usage_prompt = usage.prompt_tokens

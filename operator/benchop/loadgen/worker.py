@@ -296,10 +296,8 @@ class Worker:
             interval_s=cfg.snapshot_interval_s,
             before_snapshot=self._update_gauges,
         )
-        limit = self.plan.concurrency if self.plan.mode == "concurrency" else 0
-        client = self._client = StreamClient(
-            self.target, request_timeout=self.plan.request_timeout_s, limit=limit
-        )
+        timeout = self.plan.request_timeout_s
+        client = self._client = StreamClient(self.target, request_timeout=timeout)
         snaps.start()
         try:
             async with client:
@@ -551,7 +549,7 @@ class Worker:
         self._profiling_t0 = time.perf_counter()
         self._profiling_cpu = (time.perf_counter(), time.process_time())
         assert self._client is not None
-        self._client.recv_lags = []
+        self._client.take_recv_lags()
 
     def _end_profiling(self) -> None:
         self._profiling_elapsed = self._elapsed()
@@ -585,10 +583,10 @@ class Worker:
         client = self._client
         if client is not None:
             measured = self._profiling_t0 is not None and self._final_cpu_pct is None
-            if client.recv_lags and measured:  # not in warmup, nor after profiling
-                lags = np.array(client.recv_lags, dtype=np.int64)
+            taken = client.take_recv_lags()
+            if taken.size and measured:  # not in warmup, nor after profiling
+                lags = taken
                 self._recv_lags.append(lags)
-            client.recv_lags = []
         if self._final_cpu_pct is not None:
             reg.gauge(names.CLIENT_CPU).set(self._final_cpu_pct)
             if self._recv_lags:

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from benchagent.wire import SeriesSummary
 from benchop.metrics.series import Series
@@ -93,6 +93,13 @@ class Registry:
         """Fold the buffered values of every series (call once per tick)."""
         for s in self._series.values():
             s.fold()
+
+    def fold_steps(self) -> Iterator[None]:
+        """Fold series one at a time, yielding after each, so that an event loop can run
+        between them (each step stalls it for one series' fold, not all of them)."""
+        for s in list(self._series.values()):
+            s.fold()
+            yield
 
     def snapshot(
         self, include_values: bool = False

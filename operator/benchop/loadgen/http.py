@@ -1,0 +1,282 @@
+"""The load generator's HTTP/1.1 connections: asyncio protocols, responses parsed by llhttp.
+
+Why not aiohttp on this path: measured with ``hack/bench_loadgen.py``, aiohttp's request
+machinery alone costs ~90 us of CPU per request (0.75x wrk while parsing nothing), the
+whole budget of a client that must keep up with wrk. A benchmark POST needs much less:
+keep-alive connections (one per request in flight, no shared pool to contend on), the
+request prebuilt as bytes, the response parsed by llhttp (``httptools``: status, headers,
+chunked or sized body) and the body handed to the caller inside ``data_received`` with
+the time of the read, with no task wake-up between the socket and the timestamp.
+
+Not supported, as a model server needs none of it: proxies, redirects (a 3xx is an
+answer like any other), compression (no ``Accept-Encoding`` is sent), HTTP/2. ``https``
+URLs use the system's CA store.
+
+    pool = Pool("http://127.0.0.1:8000/v1/chat/completions", headers={}, connect_timeout=10)
+    await pool.request(body, handler)   # handler.on_headers / handler.on_body, then returns
+    pool.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Mapping
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import httptools
+
+from benchop import __version__
+
+__all__ = ["BadResponse", "ConnectError", "Disconnected", "Handler", "Pool"]
+
+_perf_ns = time.perf_counter_ns
+
+
+class ConnectError(Exception):
+    """No connection: refused, unreachable, name not resolved, TLS failed, or timed out."""
+
+
+class Disconnected(Exception):
+    """The connection closed or broke before the response ended."""
+
+
+class BadResponse(Exception):
+    """The server's bytes are not a valid HTTP/1.1 response."""
+
+
+class Handler(Protocol):
+    """Receives one response. Returning True from either method abandons it: the
+    request returns at once and the connection is closed, not reused."""
+
+    def on_headers(self, status: int, content_type: str) -> bool: ...
+
+    def on_body(self, data: bytes, t_ns: int) -> bool: ...
+
+
+class Pool:
+    """Keep-alive connections to the host of one URL, each serving one request at a time.
+
+    A request takes an idle connection or opens one, so the number of connections is
+    the number of requests in flight (which the load mode bounds). The caller's task
+    can be cancelled at any point: the connection is then closed.
+    """
+
+    def __init__(
+        self, url: str, *, headers: Mapping[str, str], connect_timeout: float = 10.0
+    ) -> None:
+        u = urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"target URL must be http:// or https:// with a host, got {url!r}")
+        try:
+            port = u.port
+        except ValueError as exc:
+            raise ValueError(f"target URL {url!r}: {exc}") from None
+        self._host = u.hostname
+        self._port = port or (443 if u.scheme == "https" else 80)
+        self._ssl = ssl.create_default_context() if u.scheme == "https" else None
+        self._connect_timeout = connect_timeout
+        host = u.netloc.rpartition("@")[2]  # never send user:password@ in Host
+        target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        lines = [f"POST {target} HTTP/1.1", f"Host: {host}", f"User-Agent: benchop/{__version__}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        self._idle: list[_Conn] = []
+        self._all: set[_Conn] = set()
+
+    async def request(self, body: bytes, handler: Handler) -> None:
+        """POST ``body`` and feed the response to ``handler`` until it ends or is abandoned.
+
+        Raises :class:`ConnectError`, :class:`Disconnected` or :class:`BadResponse`.
+        """
+        idle = self._idle
+        conn = idle.pop() if idle else None
+        while conn is not None and conn.lost:  # closed by the server while idle
+            conn = idle.pop() if idle else None
+        if conn is None:
+            conn = await self._connect()
+        fut = conn.start(handler)
+        conn.transport.write(b"".join((self._head, b"%d\r\n\r\n" % len(body), body)))
+        try:
+            await fut
+        except BaseException:
+            conn.close()
+            raise
+        if conn.reusable():
+            idle.append(conn)
+        else:
+            conn.close()
+
+    async def _connect(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        where = f"{self._host}:{self._port}"
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(self._all), self._host, self._port, ssl=self._ssl
+                )
+        except TimeoutError:
+            why = f"connect to {where} timed out after {self._connect_timeout:g}s"
+            raise ConnectError(why) from None
+        except OSError as exc:  # refused, unreachable, DNS (gaierror), TLS (SSLError)
+            raise ConnectError(f"cannot connect to {where}: {exc}") from exc
+        return conn
+
+    def close(self) -> None:
+        """Close every connection, idle or busy."""
+        for conn in list(self._all):
+            conn.close()
+        self._idle.clear()
+
+
+class _Conn(asyncio.Protocol):
+    """One connection; llhttp calls the ``on_*`` methods from ``feed_data``."""
+
+    __slots__ = (
+        "_all",
+        "_ctype",
+        "_framed",
+        "_fut",
+        "_handler",
+        "_interim",
+        "_keep_alive",
+        "_parser",
+        "_parts",
+        "_status",
+        "_stopped",
+        "_t_ns",
+        "complete",
+        "lost",
+        "transport",
+    )
+
+    def __init__(self, registry: set[_Conn]) -> None:
+        self._all = registry
+        self._parser = httptools.HttpResponseParser(self)
+        self._handler: Handler | None = None
+        self._fut: asyncio.Future[None] | None = None
+        self._parts: list[bytes] = []  # body pieces of the current read
+        self._ctype = ""
+        self._framed = False  # Content-Length or chunked: else the body ends at close
+        self._interim = False  # a 1xx answer, skipped: the real one follows
+        self._status = 0  # of the current request's answer; 0 before its headers
+        self._stopped = False  # the handler abandoned the response
+        self._keep_alive = False  # llhttp's verdict, read at the end of the message
+        self._t_ns = 0
+        self.complete = False  # the current response ended
+        self.lost = False
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
+
+    def start(self, handler: Handler) -> asyncio.Future[None]:
+        self._handler = handler
+        self._ctype = ""
+        self._stopped = self.complete = self._keep_alive = self._framed = self._interim = False
+        self._status = 0
+        fut = self._fut = asyncio.get_running_loop().create_future()
+        return fut
+
+    def reusable(self) -> bool:
+        return self.complete and self._keep_alive and not self._stopped and not self.lost
+
+    def close(self) -> None:
+        self._end(Disconnected("connection closed by the client"))
+        if not self.lost:
+            self.lost = True
+            self.transport.abort()
+        self._all.discard(self)
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._all.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._all.discard(self)
+        if self.complete or (exc is None and self._eof_body()):
+            self._end(None)
+        else:
+            why = f"connection lost: {exc}" if exc else "server closed the connection"
+            self._end(Disconnected(why))
+
+    def data_received(self, data: bytes) -> None:
+        self._t_ns = _perf_ns()
+        fut = self._fut
+        if fut is None or fut.done():  # bytes nobody asked for: this connection is unusable
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._stop(BadResponse(f"invalid HTTP response: {exc}"))
+            return
+        if self._stopped:  # by on_headers
+            self._stop(None)
+            return
+        parts = self._parts
+        if parts:
+            body = parts[0] if len(parts) == 1 else b"".join(parts)
+            parts.clear()
+            assert self._handler is not None
+            if self._handler.on_body(body, self._t_ns):
+                self._stop(None)
+                return
+        parts.clear()
+        if self.complete:
+            self._end(None)
+
+    # llhttp callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        n = len(name)
+        if n == 12 and name.lower() == b"content-type":
+            self._ctype = value.decode("latin-1")
+        elif (n == 14 and name.lower() == b"content-length") or (
+            n == 17 and name.lower() == b"transfer-encoding" and b"chunked" in value.lower()
+        ):
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # 100 Continue, 103 Early Hints: not it
+            self._interim = True
+            return
+        self._status = status
+        assert self._handler is not None
+        if self._handler.on_headers(status, self._ctype):
+            self._stopped = True  # the rest of this read is not delivered
+
+    def on_body(self, body: bytes) -> None:
+        self._parts.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            self._ctype = ""
+            self._framed = False
+            return
+        self.complete = True
+        self._keep_alive = self._parser.should_keep_alive()  # reset after this call
+
+    # internals
+
+    def _eof_body(self) -> bool:
+        """The answer's body ends when the connection does (no length, not chunked)."""
+        status = self._status
+        return not self._framed and status >= 200 and status not in (204, 304)
+
+    def _stop(self, exc: Exception | None) -> None:
+        self._stopped = True
+        self._end(exc)
+        self.close()
+
+    def _end(self, exc: Exception | None) -> None:
+        fut = self._fut
+        if fut is not None and not fut.done():
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
