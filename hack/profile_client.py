@@ -15,7 +15,11 @@ Scenarios:
   paced-64              itl=2 ms, C=32: one read per token (a real server's shape)
   worker-burst          the whole worker (run_worker: registry, records.jsonl,
                         snapshots) for a 4 s profiling phase, ttft=itl=0, C=32
-  open-200              rate mode, 200 req/s Poisson, itl=2 ms: send lag, recv lag
+  open-200 / open-600    rate mode, 200 or 600 req/s Poisson, itl=2 ms: send lag, recv lag
+
+The mock server runs pinned to core 0 and this process to core 1 (``--no-pin`` to let
+the scheduler place them): on a 2-core machine, sharing a core adds the server's
+bursts to every lag.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -99,6 +104,12 @@ def _scenarios(
                 u, {"mode": "rate", "rate": 200.0, "arrival": "poisson"}, seconds, 64
             ),
         ),
+        "open-600": (
+            paced,
+            lambda u: _worker_row(
+                u, {"mode": "rate", "rate": 600.0, "arrival": "poisson"}, seconds, 64
+            ),
+        ),
     }
 
 
@@ -107,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--only", action="append", help="run only this scenario (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.add_argument("--no-pin", action="store_true", help="do not pin server and client to cores")
     args = p.parse_args(argv)
+    pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
+    if pin:
+        os.sched_setaffinity(0, {1})
     try:
         import uvloop
 
@@ -123,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         proc, url = spawn_mock_server_process(config)
+        if pin:
+            os.sched_setaffinity(proc.pid, {0})
         try:
             row = run(fn(url))
         finally:

@@ -4,11 +4,12 @@
   as its previous one finished.
 - :class:`OpenLoop`: sends on an absolute schedule (``t0 + offset_k``) whatever
   the responses do, so a late send never shifts the ones after it. Offsets
-  come from :func:`arrival_offsets` (constant or Poisson). The last
-  millisecond of each wait is timed by a helper thread (``time.sleep`` is
-  precise to ~0.1 ms, the event loop's timers only to 1 ms) which wakes the
-  loop early by the learned wake-up latency (an integral controller on the
-  observed lags, at most 0.5 ms), so lags centre on zero; the record's
+  come from :func:`arrival_offsets` (constant or Poisson). The event loop's
+  timers are precise to 1 ms only, so the last 2 ms of each wait are timed by
+  a Linux timerfd in the loop itself (elsewhere, a helper thread's
+  ``time.sleep``), which fires early by the learned wake-up latency (an
+  integral controller on the observed lags, at most 0.5 ms), so lags centre
+  on zero; its callback launches the send directly. The record's
   ``send_lag_ns`` is the actual minus the scheduled time (may be slightly
   negative).
   With a ``max_in_flight`` cap, an arrival that finds the cap reached waits
@@ -28,9 +29,12 @@ not send lag) and sent by ``send(prepared, scheduled_ns, delayed)``.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import queue
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -50,8 +54,8 @@ SendFn = Callable[[T, int | None, bool], Coroutine[Any, Any, None]]
 """``send(prepared, scheduled_ns or None, delayed)``."""
 log = logging.getLogger(__name__)
 _perf_ns = time.perf_counter_ns
-_FINE_NS = 2_000_000  # the last 2 ms of a wait are timed by the helper thread
-_LEAD_MAX_NS = 500_000  # the helper thread wakes at most this much early
+_FINE_NS = 2_000_000  # the last 2 ms of a wait are timed by the fine timer
+_LEAD_MAX_NS = 500_000  # the fine timer fires at most this much early
 
 
 class Budget:
@@ -150,13 +154,16 @@ class _FineTimer:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._q: queue.SimpleQueue[tuple[int, asyncio.Future[None]] | None] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[_Timed | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="benchop-arrivals", daemon=True)
         self._thread.start()
 
-    def wait_until(self, t_ns: int) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._q.put((t_ns, fut))
+    def wait_until(self, t_ns: int, on_time: Callable[[], bool]) -> asyncio.Future[bool | None]:
+        """A future resolved at ``t_ns`` with what ``on_time()`` returns; ``on_time`` runs in
+        the loop callback itself, one loop iteration earlier than a coroutine awaiting the
+        future would."""
+        fut: asyncio.Future[bool | None] = self._loop.create_future()
+        self._q.put((t_ns, fut, on_time))
         return fut
 
     def close(self) -> None:
@@ -164,17 +171,109 @@ class _FineTimer:
 
     def _run(self) -> None:
         while (item := self._q.get()) is not None:
-            t_ns, fut = item
+            t_ns, fut, on_time = item
             delay = t_ns - _perf_ns()
             if delay > 0:
                 time.sleep(delay / 1e9)
             try:
-                self._loop.call_soon_threadsafe(_resolve, fut)
+                self._loop.call_soon_threadsafe(_fire, fut, on_time)
             except RuntimeError:  # loop closed
                 return
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
+_Timed = tuple[int, "asyncio.Future[bool | None]", Callable[[], bool]]
+
+
+class _TimerFd:
+    """Linux: a timerfd (through ctypes; ``os.timerfd_*`` needs Python 3.13) in the event
+    loop itself, so the loop's own ``epoll_wait`` wakes at the nanosecond time, with no
+    helper thread and no GIL hand-off between the wake-up and the send. One wait at a time
+    (each ``wait_until`` re-arms the timer), which is how :class:`OpenLoop` waits."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._settime = libc.timerfd_settime
+        self._settime.argtypes = [
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.POINTER(_ITimerSpec),
+            ctypes.c_void_p,
+        ]
+        fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"timerfd_create: {os.strerror(err)}")
+        self._fd = fd
+        self._loop = loop
+        self._spec = _ITimerSpec()
+        self._pending: tuple[asyncio.Future[bool | None], Callable[[], bool]] | None = None
+        try:
+            loop.add_reader(fd, self._ready)
+        except BaseException:  # e.g. a loop without add_reader: the caller falls back
+            os.close(fd)
+            raise
+
+    def wait_until(self, t_ns: int, on_time: Callable[[], bool]) -> asyncio.Future[bool | None]:
+        """As :meth:`_FineTimer.wait_until`, but one wait at a time: a wait still pending
+        is cancelled."""
+        if self._pending is not None:
+            self._pending[0].cancel()
+        fut: asyncio.Future[bool | None] = self._loop.create_future()
+        self._pending = (fut, on_time)
+        t_ns = max(t_ns, 1)  # 0 would disarm the timer; a time in the past fires at once
+        self._spec.value_sec, self._spec.value_nsec = divmod(t_ns, 1_000_000_000)
+        if self._settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
+        return fut
+
+    def _ready(self) -> None:
+        try:
+            os.read(self._fd, 8)  # the expiry count; clears readability
+        except BlockingIOError:
+            return
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            _fire(*pending)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._fd)
+        os.close(self._fd)
+
+
+class _ITimerSpec(ctypes.Structure):
+    _fields_ = [
+        ("interval_sec", ctypes.c_long),
+        ("interval_nsec", ctypes.c_long),
+        ("value_sec", ctypes.c_long),
+        ("value_nsec", ctypes.c_long),
+    ]
+
+
+_CLOCK_MONOTONIC = 1  # time.perf_counter_ns's clock on Linux
+_TFD_NONBLOCK = os.O_NONBLOCK
+_TFD_CLOEXEC = os.O_CLOEXEC
+_TFD_TIMER_ABSTIME = 1
+
+
+def _fine_timer(loop: asyncio.AbstractEventLoop) -> _TimerFd | _FineTimer:
+    """A timerfd in the loop where Linux and the loop allow it, else the helper thread."""
+    if sys.platform == "linux" and time.get_clock_info("perf_counter").implementation.endswith(
+        "(CLOCK_MONOTONIC)"
+    ):
+        try:
+            return _TimerFd(loop)
+        except (OSError, AttributeError, NotImplementedError) as exc:
+            log.debug("no timerfd (%s): open-loop sends timed by a helper thread", exc)
+    return _FineTimer(loop)
+
+
+def _fire(fut: asyncio.Future[bool | None], on_time: Callable[[], bool]) -> None:
+    if not fut.done():  # else stopped meanwhile (``_resolve`` ran)
+        fut.set_result(on_time())
+
+
+def _resolve(fut: asyncio.Future[Any]) -> None:
     if not fut.done():
         fut.set_result(None)
 
@@ -197,7 +296,7 @@ class OpenLoop(Generic[T]):
         self._send = send
         self._cap = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[Any] | None = None
         self._slot_freed: asyncio.Event | None = None
         self._lead_ns = 0  # learned wake-up latency: wake this much before the send time
         #: Arrivals that waited for a free slot under ``max_in_flight``.
@@ -217,8 +316,10 @@ class OpenLoop(Generic[T]):
             self._slot_freed.set()
 
     async def _sleep_until(
-        self, loop: asyncio.AbstractEventLoop, timer: _FineTimer, t: int
-    ) -> None:
+        self, loop: asyncio.AbstractEventLoop, timer: _TimerFd | _FineTimer, t: int, item: T
+    ) -> bool:
+        """Wait until ``t``; True when the fine timer's callback already launched
+        ``item`` at that time (one loop iteration sooner than this coroutine could)."""
         coarse = t - _FINE_NS - _perf_ns()
         if coarse > 0:
             self._waiter = loop.create_future()
@@ -229,13 +330,31 @@ class OpenLoop(Generic[T]):
                 handle.cancel()
                 self._waiter = None
             if self._budget.stopped:
-                return
+                return False
         if t - self._lead_ns > _perf_ns():
-            self._waiter = timer.wait_until(t - self._lead_ns)
+            waiter = self._waiter = timer.wait_until(
+                t - self._lead_ns, lambda: self._launch_now(loop, item, t)
+            )
             try:
-                await self._waiter
+                return bool(await waiter)
             finally:
                 self._waiter = None
+        return False
+
+    def _launch_now(self, loop: asyncio.AbstractEventLoop, item: T, t: int) -> bool:
+        """Launch ``item`` scheduled at ``t`` unless stopped or at the in-flight cap."""
+        if self._budget.stopped or (self._cap is not None and len(self._tasks) >= self._cap):
+            return False
+        self._start(loop, item, t, False)
+        return True
+
+    def _start(
+        self, loop: asyncio.AbstractEventLoop, item: T, scheduled: int, delayed: bool
+    ) -> None:
+        task = loop.create_task(self._launch(item, scheduled, delayed))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        self.sent += 1
 
     async def run(self, t0_ns: int | None = None) -> None:
         """Run the schedule from ``t0_ns`` (default now) and wait for every send to finish.
@@ -243,7 +362,7 @@ class OpenLoop(Generic[T]):
         Cancelling ``run`` cancels the requests in flight.
         """
         loop = asyncio.get_running_loop()
-        timer = _FineTimer(loop)
+        timer = _fine_timer(loop)
         t0 = _perf_ns() if t0_ns is None else t0_ns
         budget = self._budget
         tasks = self._tasks
@@ -253,7 +372,8 @@ class OpenLoop(Generic[T]):
                 if budget.stopped or not budget.take(t):
                     break
                 item = self._prepare()
-                await self._sleep_until(loop, timer, t)
+                if await self._sleep_until(loop, timer, t, item):
+                    continue  # launched on time by the timer's callback
                 if budget.stopped:
                     budget.admitted -= 1  # admitted but never sent
                     break
@@ -266,10 +386,7 @@ class OpenLoop(Generic[T]):
                         budget.admitted -= 1
                         break
                     scheduled = _perf_ns()
-                task = loop.create_task(self._launch(item, scheduled, delayed))
-                tasks.add(task)
-                task.add_done_callback(self._done)
-                self.sent += 1
+                self._start(loop, item, scheduled, delayed)
             while tasks:
                 await asyncio.wait(list(tasks))
         finally:
