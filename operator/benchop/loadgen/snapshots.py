@@ -32,7 +32,7 @@ from typing import Any
 
 from benchagent.codec import MsgpackCodec
 from benchagent.transport import Publisher
-from benchagent.wire import MetricsSnapshot, SnapshotState
+from benchagent.wire import MetricsSnapshot, SeriesSummary, SnapshotState
 from benchop.atomicio import write_atomic
 from benchop.metrics import Registry
 from benchop.metrics.stats import summarize
@@ -96,6 +96,33 @@ class Snapshots:
             self._before()
         self._reg.fold()
         counters, gauges, series = self._reg.snapshot(include_values=include_values)
+        return self._assemble(state, counters, gauges, series, interrupted)
+
+    async def _build_live(self) -> MetricsSnapshot:
+        """:meth:`build` for the tick task: yields to the event loop between its steps
+        (the gauges, each fold step, each series summary), so no step stalls sends and
+        reads for long. Counters are read last: a live snapshot may count a few requests
+        that its series do not hold yet; final snapshots are built in one go."""
+        if self._before is not None:
+            self._before()
+            await asyncio.sleep(0)
+        for _ in self._reg.fold_steps():
+            await asyncio.sleep(0)
+        series = {}
+        for name, s in self._reg.series_items():
+            series[name] = s.summary(include_values=False)
+            await asyncio.sleep(0)
+        counters, gauges = self._reg.scalars()
+        return self._assemble(self.state, counters, gauges, series, False)
+
+    def _assemble(
+        self,
+        state: SnapshotState,
+        counters: dict[str, int],
+        gauges: dict[str, float],
+        series: dict[str, SeriesSummary],
+        interrupted: bool,
+    ) -> MetricsSnapshot:
         phase, elapsed_s, n_pending = self._progress()
         self._seq += 1
         return MetricsSnapshot(
@@ -136,7 +163,7 @@ class Snapshots:
                 log.exception("folding the registry failed")
             if now >= next_publish:
                 try:
-                    self._publish(self.build(self.state, include_values=False))
+                    self._publish(await self._build_live())
                 except Exception:
                     log.exception("building a live snapshot failed")
                 next_publish += self._interval

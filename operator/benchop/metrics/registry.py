@@ -94,19 +94,30 @@ class Registry:
         for s in self._series.values():
             s.fold()
 
-    def fold_steps(self) -> Iterator[None]:
-        """Fold series one at a time, yielding after each, so that an event loop can run
-        between them (each step stalls it for one series' fold, not all of them)."""
+    def fold_steps(self, step_values: int = 2000) -> Iterator[None]:
+        """Fold what is buffered now in steps of at most ``step_values`` values, yielding
+        after each, so that an event loop can run between them (each step stalls it for
+        ~0.1 ms, not for the fold of everything)."""
         for s in list(self._series.values()):
-            s.fold()
-            yield
+            pending = s.buffered
+            while pending > 0 and (n := s.fold(min(pending, step_values))):
+                pending -= n
+                yield
+
+    def series_items(self) -> list[tuple[str, Series]]:
+        """(name, series) pairs, for callers that summarise them one at a time."""
+        return list(self._series.items())
+
+    def scalars(self) -> tuple[dict[str, int], dict[str, float]]:
+        """Counter values and gauge values."""
+        return (
+            {name: c.value for name, c in self._counters.items()},
+            {name: g.value for name, g in self._gauges.items()},
+        )
 
     def snapshot(
         self, include_values: bool = False
     ) -> tuple[dict[str, int], dict[str, float], dict[str, SeriesSummary]]:
         """Counters, gauges and series summaries (raw values only if ``include_values``)."""
-        return (
-            {name: c.value for name, c in self._counters.items()},
-            {name: g.value for name, g in self._gauges.items()},
-            {name: s.summary(include_values) for name, s in self._series.items()},
-        )
+        series = {name: s.summary(include_values) for name, s in self._series.items()}
+        return (*self.scalars(), series)

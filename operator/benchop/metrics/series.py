@@ -58,14 +58,15 @@ class Series:
         self._pos: IntArray = _EMPTY.copy()  # histogram counts of keys >= 0, by key
         self._neg: IntArray = _EMPTY.copy()  # histogram counts of keys < 0, by -key
 
-    def fold(self) -> int:
-        """Move buffered values into chunks, histogram and moments; return how many.
+    def fold(self, limit: int | None = None) -> int:
+        """Move buffered values (at most ``limit``, oldest first) into chunks, histogram
+        and moments; return how many.
 
         Raises TypeError, keeping the buffer, when a recorded value is not an
         int within int64 (a caller bug: floats are never truncated silently).
         """
-        n = len(self._buf)
-        if n == 0:
+        n = len(self._buf) if limit is None else min(len(self._buf), limit)
+        if n <= 0:
             return 0
         chunk = np.array(self._buf[:n])
         if chunk.dtype.kind != "i" or chunk.ndim != 1:
@@ -84,6 +85,11 @@ class Series:
         self._moments = combine((self._moments, m))
         self._chunks.append(chunk)
         return n
+
+    @property
+    def buffered(self) -> int:
+        """Values recorded and not folded yet."""
+        return len(self._buf)
 
     @property
     def count(self) -> int:
