@@ -14,6 +14,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ import msgspec
 import pytest
 
 from benchop import __version__
+from benchop.loadgen import http as http_mod
 from benchop.loadgen.http import BadResponse, ConnectError, Disconnected, Pool
 from benchop.mockserver import DONE, MockConfig, start_mock_server
 
@@ -761,5 +763,75 @@ async def test_interim_1xx_response_is_not_the_answer() -> None:
             h = Collect()
             await pool.request(b"x", h)
             assert h.heads == [(200, "text/plain")] and h.body == b"final answer"
+        finally:
+            pool.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Kernel receive times (plain TCP on Linux x86_64/aarch64)
+
+kernel_timestamps = pytest.mark.skipif(
+    not http_mod._KERNEL_TIMESTAMPS, reason="SO_TIMESTAMPNS is used on Linux x86_64/aarch64 only"
+)
+
+
+@kernel_timestamps
+async def test_plain_http_reads_carry_the_kernels_receive_time_not_the_loops() -> None:
+    """The server (a thread, independent of the client's loop) answers while the client's
+    event loop is blocked for 0.3 s: the body's time is when it reached this host, not when
+    the loop got to it."""
+    sent_at: list[int] = []
+    srv = socket.create_server((LOOPBACK, 0))
+    port = srv.getsockname()[1]
+    loop = asyncio.get_running_loop()
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            loop.call_soon_threadsafe(time.sleep, 0.3)  # block the client's loop...
+            time.sleep(0.05)  # ...which is asleep by now
+            sent_at.append(time.perf_counter_ns())
+            conn.sendall(sized(b"on time"))
+            conn.recv(1)  # until the client closes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    pool = Pool(f"http://{LOOPBACK}:{port}/v1/chat/completions", headers={})
+    try:
+        h = Collect()
+        await asyncio.wait_for(pool.request(b"x", h), 5)
+        handled = time.perf_counter_ns()
+        assert h.body == b"on time"
+        [conn] = pool._idle
+        assert isinstance(conn.transport, http_mod._TimestampedTransport)
+        assert handled - sent_at[0] >= 200_000_000  # the loop really was late
+        assert h.times[0] - sent_at[0] < 50_000_000  # the recorded time was not
+    finally:
+        pool.close()
+        srv.close()
+        thread.join(5)
+
+
+@kernel_timestamps
+async def test_a_request_larger_than_the_socket_buffer_is_sent_whole() -> None:
+    big = bytes(range(256)) * (32 * 1024)  # 8 MiB: many partial sends
+
+    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while (req := await srv.read_request(r)) is not None:
+            body = req.partition(b"\r\n\r\n")[2]
+            w.write(sized(b"%d %d" % (len(body), body == big)))
+            await w.drain()
+
+    async with RawServer(serve) as srv:
+        pool = Pool(srv.url(), headers={})
+        try:
+            for _ in range(2):
+                h = Collect()
+                await asyncio.wait_for(pool.request(big, h), 10)
+                assert h.body == b"%d 1" % len(big)
+            assert srv.connections == 1
         finally:
             pool.close()

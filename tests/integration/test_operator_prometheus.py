@@ -150,8 +150,13 @@ async def test_live_and_window_gpu_stats_from_prometheus(
     energy = prom["crossCheck"]["energyJ"]
     assert energy["baseline"] == gpu["energyJ"]
     assert energy["prometheus"] == prom["summary"]["energyWindowJ"]
-    # sampled every second vs the exact END - START: measured -0.34 % (a 4.3 s window)
-    assert abs(energy["diffPct"]) < 5, prom["crossCheck"]
+    # Sampled every second vs the exact END - START (measured -0.34 % on a quiet machine,
+    # -7.9 % with scrapes delayed by a loaded one): they differ only over the edges of the
+    # window that no two samples cover, where power is at most the GPUs' limit.
+    uncovered_s = prom["windowS"] - prom["summary"]["coveredS"]
+    limit_w = sum(float(e["metrics"]["power"]["capacity"]) for e in prom["gpus"].values())
+    assert 0 < uncovered_s < prom["windowS"] and limit_w > 0
+    assert abs(energy["diff"]) <= uncovered_s * limit_w, (prom["crossCheck"], uncovered_s)
     # simulated GPUs: degraded for that reason, not for Prometheus
     degraded = condition(kube, "p1", c.TELEMETRY_DEGRADED)
     assert degraded is not None and degraded["reason"] == "Simulated"
