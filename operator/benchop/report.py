@@ -130,7 +130,9 @@ def results_table(results: Results, *, title: str = "Results (profiling phase)")
         verdict = f"SATURATED: {c.reason}" if c.saturated else "ok"
         facts.add_row(
             "client",
-            f"cpu {fmt(c.cpu_pct)} %, receive lag p99 {fmt(c.recv_lag_p99_ms)} ms: {verdict}",
+            f"cpu {fmt(c.cpu_pct)} %, receive lag p99 {fmt(c.recv_lag_p99_ms)} ms"
+            + ("" if c.send_lag_p99_ms is None else f", send lag p99 {fmt(c.send_lag_p99_ms)} ms")
+            + f": {verdict}",
         )
     facts.add_row("source", results.source + ("" if results.complete else " (INCOMPLETE)"))
     return Group(table, facts)

@@ -18,8 +18,9 @@ they collected (one per worker).
   * goodput (only when an SLO is given): ``ratio`` is the share of *all*
     profiling requests that succeeded and met every SLO (``requests_good /
     requests_total``), ``rps`` is ``requests_good`` per second;
-  * client saturated: client CPU above 80 %, or receive-lag p99 above 10 % of
-    the TTFT p50 — a saturated client under-reports the server.
+  * client saturated: client CPU above 80 %, or receive- or send-lag p99 (the
+    open loop's actual minus scheduled send time) above 10 % of the TTFT p50 —
+    a saturated client under-reports the server.
 
 >>> merged = merge_snapshots(snapshots)                  # doctest: +SKIP
 >>> results = build_results(merged, slo=spec.slo, source="pubsub")  # doctest: +SKIP
@@ -50,7 +51,7 @@ Source = Literal["pubsub", "terminationMessage", "live", "local"]
 CPU_SATURATED_PCT = 80.0
 """Client CPU % above which the load generator counts as saturated."""
 RECV_LAG_SHARE = 0.10
-"""Receive-lag p99 above this share of the TTFT p50 means the client is saturated."""
+"""Receive- or send-lag p99 above this share of the TTFT p50 means the client is saturated."""
 NS_PER_MS = 1e6
 
 
@@ -121,19 +122,25 @@ def _latency_ms(merged: MergedMetrics, name: str) -> LatencyStats | None:
     )
 
 
-def _client(gauges: dict[str, float], ttft: LatencyStats | None) -> ClientStats:
+def _client(
+    gauges: dict[str, float], ttft: LatencyStats | None, send_lag: LatencyStats | None
+) -> ClientStats:
     cpu = gauges.get(names.CLIENT_CPU)
     lag = gauges.get(names.RECV_LAG_P99)
+    send = send_lag.p99 if send_lag is not None else None
     reasons = []
     if cpu is not None and cpu > CPU_SATURATED_PCT:
         reasons.append(f"client CPU {cpu:.0f}% > {CPU_SATURATED_PCT:.0f}%")
-    if lag is not None and ttft is not None and lag > RECV_LAG_SHARE * ttft.p50:
-        reasons.append(
-            f"receive lag p99 {lag:.3g} ms > {RECV_LAG_SHARE:.0%} of TTFT p50 {ttft.p50:.3g} ms"
-        )
+    for what, value in (("receive", lag), ("send", send)):
+        if value is not None and ttft is not None and value > RECV_LAG_SHARE * ttft.p50:
+            reasons.append(
+                f"{what} lag p99 {value:.3g} ms > {RECV_LAG_SHARE:.0%} of TTFT p50 "
+                f"{ttft.p50:.3g} ms"
+            )
     return ClientStats(
         cpu_pct=cpu,
         recv_lag_p99_ms=lag,
+        send_lag_p99_ms=send,
         saturated=bool(reasons),
         reason="; ".join(reasons) or None,
     )
@@ -184,5 +191,5 @@ def build_results(
             else Goodput(ratio=good / total if total else 0.0, rps=per_s(good), slo=slo)
         ),
         gpu=gpu,
-        client=_client(merged.gauges, ttft),
+        client=_client(merged.gauges, ttft, _latency_ms(merged, names.SEND_LAG)),
     )

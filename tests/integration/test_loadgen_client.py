@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 
 import msgspec
 import pytest
 
 from benchop.loadgen.client import Ident, StreamClient, Target
+from benchop.loadgen.http import _KERNEL_TIMESTAMPS
 from benchop.loadgen.records import RequestRecord
 from benchop.mockserver import MockConfig, start_mock_server
 
@@ -83,3 +87,46 @@ async def test_ok_request_counts_every_token() -> None:
             ("ok", 50, 49)
         ] * 3
         assert client.chunks == 150
+
+
+@pytest.mark.skipif(not _KERNEL_TIMESTAMPS, reason="kernel receive times: Linux x86_64/aarch64")
+async def test_times_are_the_arrival_times_even_when_the_loop_is_late() -> None:
+    """A server thread sends a whole stream while the client's event loop is blocked for
+    0.3 s: TTFT, the gaps and the end-to-end latency are those of the arrival (the stream
+    took ~40 ms), not of the moment the loop got to the bytes."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    loop = asyncio.get_running_loop()
+    chunk = b'data: {"choices":[{"delta":{"content":"t"}}]}\n\n'
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+                data += conn.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+            loop.call_soon_threadsafe(time.sleep, 0.3)  # the loop is late from here on
+            for _ in range(4):
+                time.sleep(0.01)
+                conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            done = b"data: [DONE]\n\n"
+            conn.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+            conn.recv(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    records: list[RequestRecord] = []
+    try:
+        target = Target(f"http://127.0.0.1:{port}/v1", "m")
+        async with StreamClient(target, request_timeout=10) as c:
+            await c.send(c.body("a", 4), ident=Ident(0, 1, 0), input_words=1, sink=records.append)
+    finally:
+        srv.close()
+        thread.join(5)
+    [rec] = records
+    assert rec.outcome == "ok" and rec.output_tokens == 4
+    assert rec.ttft_ns is not None and rec.ttft_ns < 200_000_000
+    assert rec.e2e_ns < 200_000_000, rec.e2e_ns  # ~40 ms of stream, not the loop's 0.3 s
+    assert len(rec.itl_ns) == 3 and all(g < 100_000_000 for g in rec.itl_ns), rec.itl_ns

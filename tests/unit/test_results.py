@@ -211,6 +211,27 @@ def test_receive_lag_threshold_is_ten_percent_of_ttft_p50() -> None:
     assert above.client is not None and above.client.saturated
 
 
+def test_send_lag_over_ten_percent_of_ttft_p50_marks_the_client_saturated() -> None:
+    """The open loop's send lag (actual minus scheduled send) is the client's own delay."""
+    results = []
+    for send_lag_ns in (10_000_000, 10_010_000):  # TTFT p50 = 100 ms: 10 % is 10 ms
+        reg = Registry()
+        reg.series(names.TTFT).record_many([100_000_000] * 5)
+        reg.series(names.SEND_LAG).record_many([0] * 99 + [send_lag_ns] * 2)
+        results.append(
+            build_results(
+                merge_snapshots([snapshot(reg, 0, elapsed_s=1.0, lag_ms=0.01)]),
+                slo=None,
+                source="local",
+            )
+        )
+    below, above = (r.client for r in results)
+    assert below is not None and not below.saturated and below.send_lag_p99_ms == 10.0
+    assert above is not None and above.saturated
+    assert above.reason is not None and "send lag p99 10 ms" in above.reason
+    assert "receive lag" not in above.reason
+
+
 def test_empty_run_has_zero_rates_and_no_latencies() -> None:
     reg = Registry()
     res = build_results(

@@ -460,6 +460,7 @@ class ClientStats(_Status):
 
     cpu_pct: float | None = None
     recv_lag_p99_ms: float | None = None
+    send_lag_p99_ms: float | None = None  # open loop: actual minus scheduled send time
     saturated: bool = False
     reason: str | None = None
 

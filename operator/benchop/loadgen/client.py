@@ -332,7 +332,7 @@ class _Call:
         if self.finished:  # after [DONE]: read to the end, the connection is reused
             return False
         if p.feed(data, t_ns):
-            self.end(*_stream_outcome(p))
+            self.end(*_stream_outcome(p), t_ns)  # ends when the read that ended it arrived
             return not p.done  # an error or a malformed stream: abandon it
         return False
 
@@ -347,8 +347,8 @@ class _Call:
         else:
             self.end("other", "no response")
 
-    def end(self, outcome: str, error: str | None) -> None:
-        self.t_end = _perf_ns()
+    def end(self, outcome: str, error: str | None, t_ns: int | None = None) -> None:
+        self.t_end = _perf_ns() if t_ns is None else t_ns
         self.outcome = outcome
         self.error = error
         self.finished = True
