@@ -13,6 +13,7 @@ Scenarios:
   burst-64 / burst-512  ttft=itl=0 (whole response in one write), C=32: the
                         client's ceiling, per-token parse cost amortised per read
   paced-64              itl=2 ms, C=32: one read per token (a real server's shape)
+  paced-128             the same at C=128 (~1,000 req/s, 60 % of a core): receive lag under load
   worker-burst          the whole worker (run_worker: registry, records.jsonl,
                         snapshots) for a 4 s profiling phase, ttft=itl=0, C=32
   open-200 / open-600    rate mode, 200 or 600 req/s Poisson, itl=2 ms: send lag, recv lag
@@ -94,6 +95,7 @@ def _scenarios(
         "burst-64": (burst, lambda u: measure_fixed_concurrency(u, "m", 32, seconds, 64)),
         "burst-512": (burst, lambda u: measure_fixed_concurrency(u, "m", 32, seconds, 512)),
         "paced-64": (paced, lambda u: measure_fixed_concurrency(u, "m", 32, seconds, 64)),
+        "paced-128": (paced, lambda u: measure_fixed_concurrency(u, "m", 128, seconds, 64)),
         "worker-burst": (
             burst,
             lambda u: _worker_row(u, {"mode": "concurrency", "concurrency": 32}, seconds, 64),
