@@ -548,6 +548,29 @@ async def test_cancelling_a_request_closes_its_connection_and_the_pool_stays_usa
         assert srv.connections == 2
 
 
+async def test_a_handler_raising_in_on_body_fails_the_request_not_the_loop() -> None:
+    class Boom(Collect):
+        def on_body(self, data: bytes, t_ns: int) -> bool:
+            raise ValueError("handler bug")
+
+    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await srv.read_request(r) is not None:
+            w.write(sized(b"body"))
+            await w.drain()
+
+    async with RawServer(serve) as srv:
+        pool = Pool(srv.url(), headers={})
+        try:
+            with pytest.raises(ValueError, match="handler bug"):
+                await asyncio.wait_for(pool.request(b"x", Boom()), 2)
+            assert not pool._all and not pool._idle  # closed, not reused
+            h = Collect()
+            await pool.request(b"y", h)
+            assert h.body == b"body"
+        finally:
+            pool.close()
+
+
 async def test_closing_the_pool_mid_request_says_the_client_closed_it() -> None:
     async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         if await srv.read_request(r) is not None:

@@ -268,7 +268,12 @@ class _Conn(asyncio.Protocol):
             body = parts[0] if len(parts) == 1 else b"".join(parts)
             parts.clear()
             assert self._handler is not None
-            if self._handler.on_body(body, self._t_ns):
+            try:
+                stop = self._handler.on_body(body, self._t_ns)
+            except Exception as exc:  # raised from request(), not lost in the event loop
+                self._stop(exc)
+                return
+            if stop:
                 self._stop(None)
                 return
         parts.clear()
