@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and client to cores")
     args = p.parse_args(argv)
-    pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
+    pin = not args.no_pin and {0, 1} <= os.sched_getaffinity(0)
     if pin:
         os.sched_setaffinity(0, {1})
     try:
@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         proc, url = spawn_mock_server_process(config)
-        if pin:
-            os.sched_setaffinity(proc.pid, {0})
         try:
+            if pin:
+                os.sched_setaffinity(proc.pid, {0})
             row = run(fn(url))
         finally:
             proc.terminate()

@@ -858,3 +858,92 @@ async def test_a_request_larger_than_the_socket_buffer_is_sent_whole() -> None:
             assert srv.connections == 1
         finally:
             pool.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Review findings (each failed before its fix)
+
+
+def test_a_header_with_cr_or_lf_is_refused_without_echoing_its_value() -> None:
+    with pytest.raises(ValueError, match="'Authorization'") as err:
+        Pool("http://127.0.0.1:1/v1", headers={"Authorization": "Bearer sk-123\n"})
+    assert "sk-123" not in str(err.value)
+
+
+async def test_a_101_answer_is_a_bad_response_at_once() -> None:
+    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if await srv.read_request(r) is not None:
+            w.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n")
+            w.write(b"Connection: Upgrade\r\n\r\n")
+            await w.drain()
+            await srv.wait_client_close(r)
+
+    async with RawServer(serve) as srv:
+        pool = Pool(srv.url(), headers={})
+        with pytest.raises(BadResponse, match="invalid HTTP response"):
+            await asyncio.wait_for(pool.request(b"x", Collect()), 2)
+        assert not pool._all and not pool._idle
+
+
+async def test_a_second_answer_in_the_same_read_is_not_given_to_the_handler() -> None:
+    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await srv.read_request(r) is not None:
+            w.write(sized(b"first") + sized(b"stray", ctype="text/event-stream"))
+            await w.drain()
+
+    async with RawServer(serve) as srv:
+        pool = Pool(srv.url(), headers={})
+        try:
+            h = Collect()
+            await asyncio.wait_for(pool.request(b"x", h), 2)
+            assert h.heads == [(200, "text/plain")] and h.body == b"first"
+            assert not pool._idle  # a connection that talks out of turn is not reused
+        finally:
+            pool.close()
+
+
+@kernel_timestamps
+async def test_a_kernel_refusing_timestamps_still_connects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_mod, "_SO_TIMESTAMPNS", 0x7FFF)  # an option no kernel knows
+
+    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await srv.read_request(r) is not None:
+            w.write(sized(b"ok"))
+            await w.drain()
+
+    async with RawServer(serve) as srv:
+        pool = Pool(srv.url(), headers={})
+        try:
+            h = Collect()
+            before = time.perf_counter_ns()
+            await asyncio.wait_for(pool.request(b"x", h), 2)
+            assert h.body == b"ok" and h.times[0] >= before
+        finally:
+            pool.close()
+
+
+@kernel_timestamps
+async def test_a_wall_clock_step_never_dates_a_read_before_its_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kernel times are wall-clock: a step forward between arrival and read would shift
+    the converted time back by the step; it is clamped to the request's start."""
+    monkeypatch.setattr(http_mod, "_wall_ns", lambda: time.time_ns() + 2_000_000_000)
+
+    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await srv.read_request(r) is not None:
+            w.write(sized(b"ok"))
+            await w.drain()
+
+    async with RawServer(serve) as srv:
+        pool = Pool(srv.url(), headers={})
+        try:
+            for _ in range(2):  # a fresh and a reused connection
+                h = Collect()
+                before = time.perf_counter_ns()
+                await asyncio.wait_for(pool.request(b"x", h), 2)
+                assert h.times and all(t >= before for t in h.times), (h.times, before)
+        finally:
+            pool.close()

@@ -141,7 +141,8 @@ def _config(args: argparse.Namespace) -> WorkerConfig:
         worker_index=args.worker_index,
         workers=args.workers,
         target_url=args.target_url,
-        api_key=os.environ.get(args.api_key_env) or None,
+        # a Secret made with `echo key | base64` ends in a newline: never part of a key
+        api_key=(os.environ.get(args.api_key_env) or "").strip() or None,
         gate_endpoint=args.gate_endpoint or None,
         snapshot_endpoint=args.snapshot_endpoint or None,
         results_dir=args.results_dir,

@@ -23,6 +23,7 @@ URLs use the system's CA store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import platform
 import socket
 import ssl
@@ -96,7 +97,10 @@ class Pool:
         host = u.netloc.rpartition("@")[2]  # never send user:password@ in Host
         target = (u.path or "/") + (f"?{u.query}" if u.query else "")
         lines = [f"POST {target} HTTP/1.1", f"Host: {host}", f"User-Agent: benchop/{__version__}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
+        for k, v in headers.items():
+            if any(c in k or c in v for c in "\r\n\x00"):  # would split the request
+                raise ValueError(f"header {k!r}: the name or value holds CR, LF or NUL")
+            lines.append(f"{k}: {v}")
         self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
@@ -150,7 +154,8 @@ class Pool:
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                with contextlib.suppress(OSError):  # without it, reads use their own time
+                    sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
                 await loop.sock_connect(sock, addr)
             except OSError as exc:
                 sock.close()
@@ -210,6 +215,8 @@ class _Conn(asyncio.Protocol):
         self.transport: _Transport = None  # type: ignore[assignment]  # set on connect
 
     def start(self, handler: Handler) -> asyncio.Future[None]:
+        if isinstance(self.transport, _TimestampedTransport):
+            self.transport.not_before(_perf_ns())  # no answer arrives before its request
         self._handler = handler
         self._ctype = ""
         self._stopped = self.complete = self._keep_alive = self._framed = self._interim = False
@@ -257,8 +264,8 @@ class _Conn(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._stop(BadResponse(f"invalid HTTP response: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._stop(BadResponse(f"invalid HTTP response: {type(exc).__name__} {exc}"))
             return
         if self._stopped:  # by on_headers
             self._stop(None)
@@ -292,6 +299,9 @@ class _Conn(asyncio.Protocol):
             self._framed = True
 
     def on_headers_complete(self) -> None:
+        if self.complete:  # a second answer to one request: not the handler's, and the
+            self._keep_alive = False  # connection is not reused
+            return
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:  # 100 Continue, 103 Early Hints: not it
             self._interim = True
@@ -302,9 +312,12 @@ class _Conn(asyncio.Protocol):
             self._stopped = True  # the rest of this read is not delivered
 
     def on_body(self, body: bytes) -> None:
-        self._parts.append(body)
+        if not self.complete:
+            self._parts.append(body)
 
     def on_message_complete(self) -> None:
+        if self.complete:  # the end of an answer nobody asked for
+            return
         if self._interim:
             self._interim = False
             self._ctype = ""
@@ -414,6 +427,11 @@ class _TimestampedTransport:
         if not self._out:
             self._loop.remove_writer(self._fd)
 
+    def not_before(self, t_ns: int) -> None:
+        """Times given to later reads are ``t_ns`` or later (a wall-clock step between a
+        packet's arrival and its read must not make a latency negative)."""
+        self._last_ns = max(self._last_ns, t_ns)
+
     def abort(self) -> None:
         self._close(None)
 
@@ -421,6 +439,7 @@ class _TimestampedTransport:
         if self.closed:
             return
         self.closed = True
+        self._conn.lost = True  # at once: the pool must not hand it out before the callback
         self._loop.remove_reader(self._fd)
         if self._out:
             self._loop.remove_writer(self._fd)
