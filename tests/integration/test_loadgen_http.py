@@ -142,6 +142,17 @@ def sized(body: bytes, *, ctype: str = "text/plain", extra: str = "") -> bytes:
     return head.encode() + b"\r\n" + body
 
 
+def answering(answer: bytes) -> Serve:
+    """A ``serve`` that writes ``answer`` to every request of a connection."""
+
+    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await srv.read_request(r) is not None:
+            w.write(answer)
+            await w.drain()
+
+    return serve
+
+
 def chunked_head(ctype: str = "text/event-stream") -> bytes:
     return (
         f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
@@ -553,12 +564,7 @@ async def test_a_handler_raising_in_on_body_fails_the_request_not_the_loop() -> 
         def on_body(self, data: bytes, t_ns: int) -> bool:
             raise ValueError("handler bug")
 
-    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while await srv.read_request(r) is not None:
-            w.write(sized(b"body"))
-            await w.drain()
-
-    async with RawServer(serve) as srv:
+    async with RawServer(answering(sized(b"body"))) as srv:
         pool = Pool(srv.url(), headers={})
         try:
             with pytest.raises(ValueError, match="handler bug"):
@@ -886,12 +892,8 @@ async def test_a_101_answer_is_a_bad_response_at_once() -> None:
 
 
 async def test_a_second_answer_in_the_same_read_is_not_given_to_the_handler() -> None:
-    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while await srv.read_request(r) is not None:
-            w.write(sized(b"first") + sized(b"stray", ctype="text/event-stream"))
-            await w.drain()
-
-    async with RawServer(serve) as srv:
+    two_answers = sized(b"first") + sized(b"stray", ctype="text/event-stream")
+    async with RawServer(answering(two_answers)) as srv:
         pool = Pool(srv.url(), headers={})
         try:
             h = Collect()
@@ -908,12 +910,7 @@ async def test_a_kernel_refusing_timestamps_still_connects(
 ) -> None:
     monkeypatch.setattr(http_mod, "_SO_TIMESTAMPNS", 0x7FFF)  # an option no kernel knows
 
-    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while await srv.read_request(r) is not None:
-            w.write(sized(b"ok"))
-            await w.drain()
-
-    async with RawServer(serve) as srv:
+    async with RawServer(answering(sized(b"ok"))) as srv:
         pool = Pool(srv.url(), headers={})
         try:
             h = Collect()
@@ -932,12 +929,7 @@ async def test_a_wall_clock_step_never_dates_a_read_before_its_request(
     the converted time back by the step; it is clamped to the request's start."""
     monkeypatch.setattr(http_mod, "_wall_ns", lambda: time.time_ns() + 2_000_000_000)
 
-    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while await srv.read_request(r) is not None:
-            w.write(sized(b"ok"))
-            await w.drain()
-
-    async with RawServer(serve) as srv:
+    async with RawServer(answering(sized(b"ok"))) as srv:
         pool = Pool(srv.url(), headers={})
         try:
             for _ in range(2):  # a fresh and a reused connection
