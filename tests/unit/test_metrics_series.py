@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from benchagent.wire import SeriesSummary
 from benchop.metrics import Series
 from benchop.metrics.buckets import REL_ERROR, bounds, keys, midpoint
+from benchop.metrics.series import Histogram
 from benchop.metrics.stats import decode_values
 
 FAST = settings(max_examples=60, deadline=None)
@@ -127,3 +128,40 @@ def test_every_value_lies_in_its_bucket_within_relative_error(values: list[int])
         assert abs(midpoint(k) - x) <= REL_ERROR * abs(x) * (1 + 1e-12)
     order = np.argsort(values, kind="stable")
     assert np.all(np.diff(np.array(ks)[order]) >= 0)  # keys are monotone in the value
+
+
+# --- Histogram: counts without values ------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(-(10**12), 10**12), min_size=1, max_size=300),
+    st.lists(st.integers(0, 10**9), max_size=300),
+    st.sampled_from([1.0, 50.0, 90.0, 99.0]),
+)
+def test_histogram_merge_equals_adding_the_union_and_estimates_within_the_bucket_error(
+    a: list[int], b: list[int], q: float
+) -> None:
+    ha, hb, whole = Histogram(), Histogram(), Histogram()
+    ha.add(np.array(a, dtype=np.int64))
+    hb.add(np.array(b, dtype=np.int64))
+    whole.add(np.array(a + b, dtype=np.int64))
+    ha.merge(hb)
+    assert ha.buckets() == whole.buckets()
+    assert (ha.count, ha.min, ha.max) == (len(a) + len(b), min(a + b), max(a + b))
+    # the same buckets as a Series of the same values, and the estimate of its summary
+    s = Series()
+    s.record_many(a + b)
+    assert whole.buckets() == s.buckets()
+    exact = float(np.percentile(np.array(a + b), q))
+    est = whole.percentile(q)
+    # each ranked value is off by at most REL_ERROR of itself; interpolation keeps that bound
+    sorted_abs = max(abs(min(a + b)), abs(max(a + b)))
+    assert abs(est - exact) <= REL_ERROR * sorted_abs + 1e-6
+
+
+def test_empty_histogram() -> None:
+    h = Histogram()
+    h.add(np.zeros(0, dtype=np.int64))
+    h.merge(Histogram())
+    assert h.count == 0 and h.buckets() == {} and np.isnan(h.percentile(99))

@@ -27,24 +27,89 @@ import numpy as np
 
 from benchagent.wire import SeriesSummary
 from benchop.metrics import buckets
-from benchop.metrics.stats import NO_MOMENTS, IntArray, Moments, combine, encode_values, moments
+from benchop.metrics.stats import (
+    NO_MOMENTS,
+    IntArray,
+    Moments,
+    combine,
+    encode_values,
+    estimate_percentiles,
+    moments,
+)
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
 def _add_counts(acc: IntArray, keys: IntArray) -> IntArray:
     """``acc`` (grown as needed) plus the count of each key in ``keys`` (all >= 0)."""
-    counts = np.bincount(keys)
+    return _add_bins(acc, np.bincount(keys))
+
+
+def _add_bins(acc: IntArray, counts: IntArray) -> IntArray:
+    """``acc`` (grown as needed) plus ``counts``, bin by bin."""
     if counts.size > acc.size:
         acc = np.concatenate([acc, np.zeros(counts.size - acc.size, dtype=np.int64)])
     acc[: counts.size] += counts
     return acc
 
 
+class Histogram:
+    """Bucket counts (``benchop.metrics.buckets``), count, min and max of int values, without
+    the values: bounded memory for values too many to keep (one per read, say).
+
+    >>> h = Histogram()
+    >>> h.add(np.array([1_000, 2_000, 3_000, 1_000_000], dtype=np.int64))
+    >>> h.count, round(h.percentile(50))
+    (4, 2500)
+    """
+
+    __slots__ = ("_neg", "_pos", "count", "max", "min")
+
+    def __init__(self) -> None:
+        self._pos: IntArray = _EMPTY.copy()  # counts of keys >= 0, by key
+        self._neg: IntArray = _EMPTY.copy()  # counts of keys < 0, by -key
+        self.count = 0
+        self.min = 0
+        self.max = 0
+
+    def add(self, values: IntArray) -> None:
+        """Count int64 ``values``."""
+        if not values.size:
+            return
+        lo, hi = int(values.min()), int(values.max())
+        self.min, self.max = (lo, hi) if not self.count else (min(self.min, lo), max(self.max, hi))
+        self.count += int(values.size)
+        keys = buckets.keys(values)
+        if lo < 0:
+            self._neg = _add_counts(self._neg, -keys[keys < 0])
+            keys = keys[keys >= 0]
+        self._pos = _add_counts(self._pos, keys)
+
+    def merge(self, other: Histogram) -> None:
+        """Add ``other``'s counts to these."""
+        if not other.count:
+            return
+        lo, hi = other.min, other.max
+        self.min, self.max = (lo, hi) if not self.count else (min(self.min, lo), max(self.max, hi))
+        self.count += other.count
+        self._pos = _add_bins(self._pos, other._pos)
+        self._neg = _add_bins(self._neg, other._neg)
+
+    def buckets(self) -> dict[int, int]:
+        """Bucket key -> count, non-zero buckets only, ascending."""
+        out = {-int(k): int(self._neg[k]) for k in np.flatnonzero(self._neg)[::-1]}
+        out.update((int(k), int(self._pos[k])) for k in np.flatnonzero(self._pos))
+        return out
+
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile, estimated within ``buckets.REL_ERROR`` (NaN if empty)."""
+        return estimate_percentiles(self.buckets(), self.min, self.max, [q])[0]
+
+
 class Series:
     """Integer values of one metric; not thread-safe beyond the GIL's atomic list ops."""
 
-    __slots__ = ("_buf", "_chunks", "_moments", "_neg", "_pos", "name", "record", "record_many")
+    __slots__ = ("_buf", "_chunks", "_hist", "_moments", "name", "record", "record_many")
 
     def __init__(self, name: str = "") -> None:
         self.name = name
@@ -55,8 +120,7 @@ class Series:
         self.record_many: Callable[[Iterable[int]], None] = self._buf.extend
         self._chunks: list[IntArray] = []
         self._moments: Moments = NO_MOMENTS
-        self._pos: IntArray = _EMPTY.copy()  # histogram counts of keys >= 0, by key
-        self._neg: IntArray = _EMPTY.copy()  # histogram counts of keys < 0, by -key
+        self._hist = Histogram()
 
     def fold(self, limit: int | None = None) -> int:
         """Move buffered values (at most ``limit``, oldest first) into chunks, histogram
@@ -76,13 +140,8 @@ class Series:
             )
         chunk = chunk.astype(np.int64, copy=False)
         del self._buf[:n]  # values appended meanwhile (another thread) stay buffered
-        m = moments(chunk)
-        keys = buckets.keys(chunk)
-        if m.min < 0:
-            self._neg = _add_counts(self._neg, -keys[keys < 0])
-            keys = keys[keys >= 0]
-        self._pos = _add_counts(self._pos, keys)
-        self._moments = combine((self._moments, m))
+        self._hist.add(chunk)
+        self._moments = combine((self._moments, moments(chunk)))
         self._chunks.append(chunk)
         return n
 
@@ -108,9 +167,7 @@ class Series:
     def buckets(self) -> dict[int, int]:
         """The live histogram: bucket key -> count, non-zero buckets only."""
         self.fold()
-        out = {-int(k): int(self._neg[k]) for k in np.flatnonzero(self._neg)[::-1]}
-        out.update((int(k), int(self._pos[k])) for k in np.flatnonzero(self._pos))
-        return out
+        return self._hist.buckets()
 
     def moments(self) -> Moments:
         """Count, exact sum, m2, min and max of every recorded value."""
