@@ -25,12 +25,14 @@ import pytest
 
 from benchop import __version__
 from benchop.loadgen import http as http_mod
-from benchop.loadgen.http import BadResponse, ConnectError, Disconnected, Pool
+from benchop.loadgen.http import BadResponse, ConnectError, Disconnected, NotSent, Pool
+from benchop.loadgen.load import SendGate
 from benchop.mockserver import DONE, MockConfig, start_mock_server
 
 pytestmark = pytest.mark.timeout(30)
 
 LOOPBACK = "127.0.0.1"
+now = time.perf_counter_ns  # the clock of SendGate and the pool
 
 
 # ---------------------------------------------------------------------------------------------
@@ -939,3 +941,177 @@ async def test_a_wall_clock_step_never_dates_a_read_before_its_request(
                 assert h.times and all(t >= before for t in h.times), (h.times, before)
         finally:
             pool.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. Open-loop gates: a request on an idle connection is written by whoever opens its gate
+
+
+class WriteSpy:
+    """Stands in for a connection's transport: notes each write and whether the gate was
+    open when it happened, then writes for real."""
+
+    def __init__(self, transport: Any, gate: SendGate) -> None:
+        self._transport = transport
+        self._gate = gate
+        self.writes: list[tuple[bytes, bool]] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append((data, self._gate.opened.done()))
+        self._transport.write(data)
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+
+async def _one_idle_connection(pool: Pool) -> Any:
+    await pool.request(b"warm", Collect())
+    assert len(pool._idle) == 1
+    return pool._idle[0]
+
+
+async def test_a_gated_request_is_written_inside_open_on_the_reserved_connection() -> None:
+    async with RawServer(answering(sized(b"body"))) as srv:
+        pool = Pool(srv.url(), headers={})
+        try:
+            conn = await _one_idle_connection(pool)
+            gate = SendGate(asyncio.get_running_loop(), now())
+            spy = conn.transport = WriteSpy(conn.transport, gate)
+            h = Collect()
+            task = asyncio.create_task(pool.request(b"gated", h, gate))
+            await asyncio.sleep(0.05)
+            assert pool._idle == [] and spy.writes == [] and len(srv.requests) == 1  # reserved
+            before = now()
+            gate.open()
+            after = now()
+            assert [(w.endswith(b"gated"), opened) for w, opened in spy.writes] == [(True, True)]
+            assert before <= gate.sent_ns <= after
+            await asyncio.wait_for(task, 2)
+            assert h.body == b"body" and pool._idle == [conn]
+        finally:
+            pool.close()
+        assert srv.connections == 1 and srv.requests[1].endswith(b"gated")
+
+
+async def test_a_gate_closed_without_opening_sends_nothing_and_keeps_the_connection() -> None:
+    async with RawServer(answering(sized(b"body"))) as srv:
+        pool = Pool(srv.url(), headers={})
+        try:
+            conn = await _one_idle_connection(pool)
+            gate = SendGate(asyncio.get_running_loop(), now())
+            h = Collect()
+            task = asyncio.create_task(pool.request(b"never", h, gate))
+            await asyncio.sleep(0.05)
+            gate.cancel()
+            with pytest.raises(NotSent):
+                await asyncio.wait_for(task, 2)
+            assert gate.sent_ns == 0 and h.heads == [] and pool._idle == [conn]
+            gate.open()  # too late: nothing happens
+            h2 = Collect()
+            await pool.request(b"next", h2)
+            assert h2.body == b"body"
+        finally:
+            pool.close()
+        assert srv.connections == 1
+        assert [r.rsplit(b"\r\n", 1)[1] for r in srv.requests] == [b"warm", b"next"]
+
+
+async def test_a_gated_request_without_an_idle_connection_connects_after_the_gate_opens() -> None:
+    async with RawServer(answering(sized(b"body"))) as srv:
+        pool = Pool(srv.url(), headers={})
+        try:
+            gate = SendGate(asyncio.get_running_loop(), now())
+            h = Collect()
+            task = asyncio.create_task(pool.request(b"gated", h, gate))
+            await asyncio.sleep(0.05)
+            assert srv.connections == 0 and not pool._all  # no connect before the send time
+            opened = now()
+            gate.open()
+            await asyncio.wait_for(task, 2)
+            assert h.body == b"body" and srv.connections == 1
+            assert gate.sent_ns >= opened  # the request started when its task resumed
+        finally:
+            pool.close()
+
+
+async def test_cancelling_a_held_request_closes_its_connection_and_a_later_open_sends_nothing() -> (
+    None
+):
+    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while await srv.read_request(r) is not None:
+            w.write(sized(b"body"))
+            await w.drain()
+        srv.client_closed += 1
+
+    async with RawServer(serve) as srv:
+        pool = Pool(srv.url(), headers={})
+        try:
+            conn = await _one_idle_connection(pool)
+            gate = SendGate(asyncio.get_running_loop(), now())
+            spy = conn.transport = WriteSpy(conn.transport, gate)
+            task = asyncio.create_task(pool.request(b"gated", Collect(), gate))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            gate.open()
+            assert spy.writes == [] and gate.sent_ns == 0 and gate.opened.cancelled()
+            assert conn.lost and not pool._all
+            await until(lambda: srv.client_closed == 1, "the client to close the connection")
+        finally:
+            pool.close()
+        assert len(srv.requests) == 1
+
+
+async def test_before_read_runs_before_each_read_is_handled() -> None:
+    events: list[str] = []
+
+    class Noting(Collect):
+        def on_body(self, data: bytes, t_ns: int) -> bool:
+            events.append("body")
+            return super().on_body(data, t_ns)
+
+    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await srv.read_request(r)
+        w.write(chunked_head())
+        for i in range(5):
+            w.write(chunk(b"data: %d\n\n" % i))
+            await w.drain()
+            await asyncio.sleep(0.01)  # one read each
+        w.write(chunk(b""))
+        await w.drain()
+
+    async with RawServer(serve) as srv:
+        pool = Pool(srv.url(), headers={})
+        pool.before_read = lambda: events.append("poll")
+        try:
+            h = Noting()
+            await asyncio.wait_for(pool.request(b"x", h), 2)
+        finally:
+            pool.close()
+    assert events.count("body") == 5 and events[0] == "poll"
+    # each read is announced before the handler gets it
+    assert all(a == "poll" for a, b in itertools.pairwise(events) if b == "body")
+
+
+async def test_a_reserved_connection_the_server_closes_fails_the_request_at_its_send() -> None:
+    async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        assert await srv.read_request(r) is not None
+        w.write(sized(b"body"))
+        await w.drain()
+        await asyncio.sleep(0.05)  # then closes, while the client holds it reserved
+
+    async with RawServer(serve) as srv:
+        pool = Pool(srv.url(), headers={})
+        try:
+            conn = await _one_idle_connection(pool)
+            gate = SendGate(asyncio.get_running_loop(), now())
+            task = asyncio.create_task(pool.request(b"gated", Collect(), gate))
+            await until(lambda: conn.lost, "the server to close the reserved connection")
+            gate.open()
+            with pytest.raises(Disconnected):
+                await asyncio.wait_for(task, 2)
+            assert not pool._all and not pool._idle
+        finally:
+            pool.close()
+        assert len(srv.requests) == 1

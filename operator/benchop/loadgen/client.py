@@ -29,15 +29,18 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from benchop.loadgen.http import BadResponse, ConnectError, Disconnected, Pool
+from benchop.loadgen.http import BadResponse, ConnectError, Disconnected, NotSent, Pool
 from benchop.loadgen.records import OK, RequestRecord
 from benchop.loadgen.sse import StreamParser
+
+if TYPE_CHECKING:
+    from benchop.loadgen.load import SendGate
 
 __all__ = ["Ident", "Sink", "StreamClient", "Target"]
 
@@ -107,6 +110,7 @@ class StreamClient:
         if target.api_key:
             self._headers["Authorization"] = f"Bearer {target.api_key}"
         self._pool: Pool | None = None
+        self._before_read: Callable[[], None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._calls: set[_Call] = set()  # in flight, with their deadlines
         encode = self._encode = msgspec.json.Encoder().encode
@@ -133,10 +137,22 @@ class StreamClient:
         #: Stream chunks with content received by finished requests (all outcomes).
         self.chunks = 0
 
+    @property
+    def before_read(self) -> Callable[[], None] | None:
+        """Called before each read of a response is handled (e.g. ``OpenLoop.poll``)."""
+        return self._before_read
+
+    @before_read.setter
+    def before_read(self, hook: Callable[[], None] | None) -> None:
+        self._before_read = hook
+        if self._pool is not None:
+            self._pool.before_read = hook
+
     async def __aenter__(self) -> StreamClient:
         self._pool = Pool(
             self.target.endpoint, headers=self._headers, connect_timeout=self._connect_timeout
         )
+        self._pool.before_read = self._before_read
         self._watchdog = asyncio.create_task(self._expire())
         return self
 
@@ -171,6 +187,9 @@ class StreamClient:
             await asyncio.sleep(period)
             now = _perf_ns()
             for c in [c for c in self._calls if c.deadline <= now]:
+                g = c.gate
+                if g is not None and (not g.sent_ns or g.sent_ns + self._timeout_ns > now):
+                    continue  # not sent yet: its time counts from its send
                 self._calls.discard(c)
                 c.timed_out = True
                 if c.task is not None:
@@ -183,19 +202,22 @@ class StreamClient:
         ident: Ident,
         input_words: int,
         sink: Sink,
-        scheduled_ns: int | None = None,
-        delayed: bool = False,
+        gate: SendGate | None = None,
     ) -> None:
         """Send one request and call ``sink`` once with its record; never raises
         (except ``CancelledError``, after the sink ran).
 
-        ``scheduled_ns`` (``time.perf_counter_ns`` clock) is the open-loop send
-        time; the record's ``send_lag_ns`` is the actual send time minus it.
+        With an open loop's ``gate``, the request is sent when the gate opens (written by
+        the opener when a connection was idle); its time is the request's start, and the
+        record's ``send_lag_ns`` is that time minus the gate's scheduled time. A request
+        whose gate closed without opening was never sent: no record, and a cancellation
+        before the send propagates without one.
         """
         pool = self._pool
         assert pool is not None, "use StreamClient as an async context manager"
         c = _Call()
         c.task = task = _current_task()
+        c.gate = gate
         self.in_flight += 1
         wall0 = _wall_ns()
         t0 = _perf_ns()
@@ -204,8 +226,12 @@ class StreamClient:
         calls = self._calls
         calls.add(c)
         try:
-            await pool.request(body, c)
+            await pool.request(body, c, gate)
             c.complete()
+        except NotSent:
+            calls.discard(c)
+            self.in_flight -= 1
+            return
         except ConnectError as exc:
             c.fail("connection", str(exc)[:_ERROR_CHARS])
         except Disconnected as exc:
@@ -213,31 +239,27 @@ class StreamClient:
         except BadResponse as exc:
             c.fail("other", str(exc)[:_ERROR_CHARS])
         except asyncio.CancelledError:
+            calls.discard(c)
+            if gate is not None and not gate.sent_ns:  # cancelled before it was sent
+                self.in_flight -= 1
+                raise
             if c.timed_out and task is not None and task.uncancel() == 0:
                 c.fail("timeout", f"no complete response within {self._timeout:g}s")
             else:
-                calls.discard(c)
                 c.fail("cancelled", "stopped by the worker")
-                self._finish(c, ident, wall0, t0, scheduled_ns, delayed, input_words, sink)
+                self._finish(c, ident, t0, input_words, sink)
                 raise
         except Exception as exc:  # a request must never crash the worker
             c.fail("other", _short(exc))
             log.debug("request %s failed", ident.id, exc_info=True)
         calls.discard(c)
-        self._finish(c, ident, wall0, t0, scheduled_ns, delayed, input_words, sink)
+        self._finish(c, ident, t0, input_words, sink)
 
-    def _finish(
-        self,
-        c: _Call,
-        ident: Ident,
-        wall0: int,
-        t0: int,
-        scheduled_ns: int | None,
-        delayed: bool,
-        input_words: int,
-        sink: Sink,
-    ) -> None:
+    def _finish(self, c: _Call, ident: Ident, t0: int, input_words: int, sink: Sink) -> None:
         self.in_flight -= 1
+        gate = c.gate
+        if gate is not None and gate.sent_ns:
+            t0 = gate.sent_ns
         ttft = None
         itl: list[int] = []
         out_tokens = 0
@@ -262,7 +284,7 @@ class StreamClient:
             worker=ident.worker,
             attempt=ident.attempt,
             index=ident.index,
-            sent_ns=wall0,
+            sent_ns=t0 + c.wall_offset,
             outcome=c.outcome,
             status=c.status,
             error=c.error,
@@ -272,8 +294,8 @@ class StreamClient:
             input_tokens=in_tokens,
             output_tokens=out_tokens,
             tokens_from_usage=from_usage,
-            send_lag_ns=None if scheduled_ns is None else t0 - scheduled_ns,
-            delayed=delayed,
+            send_lag_ns=None if gate is None else t0 - gate.scheduled_ns,
+            delayed=gate is not None and gate.delayed,
         )
         try:
             sink(rec)
@@ -290,6 +312,7 @@ class _Call:
         "error",
         "error_body",
         "finished",
+        "gate",
         "outcome",
         "parser",
         "status",
@@ -302,6 +325,7 @@ class _Call:
     def __init__(self) -> None:
         self.task: asyncio.Task[Any] | None = None
         self.deadline = 0  # perf_counter_ns after which the watchdog cancels it
+        self.gate: SendGate | None = None  # the open loop's: the deadline counts from its send
         self.wall_offset = 0  # wall ns - perf_counter ns, for the receive lag
         self.timed_out = False
         self.status = 0  # HTTP status; 0 until headers arrived

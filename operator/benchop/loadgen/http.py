@@ -15,6 +15,12 @@ Not supported, as a model server needs none of it: proxies, redirects (a 3xx is 
 answer like any other), compression (no ``Accept-Encoding`` is sent), HTTP/2. ``https``
 URLs use the system's CA store.
 
+An open-loop request can be written at its send time by a callback rather than by its
+task (a loop iteration later): :meth:`Pool.request` takes a :class:`Gate`, reserves an idle
+connection ahead of the send and hands the gate the write. ``Pool.before_read`` is called
+before each read is handled, so a gate whose time has come opens between two reads of a
+busy loop rather than after all of them.
+
     pool = Pool("http://127.0.0.1:8000/v1/chat/completions", headers={}, connect_timeout=10)
     await pool.request(body, handler)   # handler.on_headers / handler.on_body, then returns
     pool.close()
@@ -30,7 +36,8 @@ import ssl
 import struct
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
@@ -38,7 +45,7 @@ import httptools
 
 from benchop import __version__
 
-__all__ = ["BadResponse", "ConnectError", "Disconnected", "Handler", "Pool"]
+__all__ = ["BadResponse", "ConnectError", "Disconnected", "Gate", "Handler", "NotSent", "Pool"]
 
 _perf_ns = time.perf_counter_ns
 
@@ -55,6 +62,10 @@ class BadResponse(Exception):
     """The server's bytes are not a valid HTTP/1.1 response."""
 
 
+class NotSent(Exception):
+    """The request's gate closed without opening: nothing was sent."""
+
+
 class Handler(Protocol):
     """Receives one response. Returning True from either method abandons it: the
     request returns at once and the connection is closed, not reused."""
@@ -62,6 +73,19 @@ class Handler(Protocol):
     def on_headers(self, status: int, content_type: str) -> bool: ...
 
     def on_body(self, data: bytes, t_ns: int) -> bool: ...
+
+
+class Gate(Protocol):
+    """When a request leaves (``benchop.loadgen.load.SendGate``)."""
+
+    #: True once the gate opened, False if it never will.
+    opened: asyncio.Future[bool]
+
+    def hold(self, write: Callable[[], None]) -> None:
+        """Call ``write`` when the gate opens (at once if it is open)."""
+
+    async def wait(self) -> bool:
+        """True once the gate is open (the request starts now), False if it never will."""
 
 
 class _Transport(Protocol):
@@ -104,20 +128,44 @@ class Pool:
         self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
+        #: Called before each read of any connection is handled (e.g. ``OpenLoop.poll``).
+        self.before_read: Callable[[], None] | None = None
 
-    async def request(self, body: bytes, handler: Handler) -> None:
+    async def request(self, body: bytes, handler: Handler, gate: Gate | None = None) -> None:
         """POST ``body`` and feed the response to ``handler`` until it ends or is abandoned.
 
-        Raises :class:`ConnectError`, :class:`Disconnected` or :class:`BadResponse`.
+        With a ``gate``, an idle connection is reserved now and the request is written when
+        the gate opens (by the opener); without an idle one, the connection is opened after
+        the gate did. Raises :class:`ConnectError`, :class:`Disconnected`,
+        :class:`BadResponse`, or :class:`NotSent` when the gate closed without opening.
         """
         idle = self._idle
         conn = idle.pop() if idle else None
         while conn is not None and conn.lost:  # closed by the server while idle
             conn = idle.pop() if idle else None
+        data = b"".join((self._head, b"%d\r\n\r\n" % len(body), body))
+        if gate is not None and conn is None:
+            if not await gate.wait():
+                raise NotSent
+            gate = None  # open: connect and write now
         if conn is None:
             conn = await self._connect()
         fut = conn.start(handler)
-        conn.transport.write(b"".join((self._head, b"%d\r\n\r\n" % len(body), body)))
+        if gate is None:
+            conn.transport.write(data)
+        else:
+            gate.hold(partial(conn.write_request, data))
+            try:
+                sent = await gate.opened
+            except BaseException:
+                conn.release()
+                conn.close()
+                raise
+            if not sent:
+                conn.release()
+                if not conn.lost:
+                    idle.append(conn)
+                raise NotSent
         try:
             await fut
         except BaseException:
@@ -136,7 +184,7 @@ class Pool:
                 if self._ssl is None and _KERNEL_TIMESTAMPS:
                     return await self._connect_timestamped(loop)
                 _, conn = await loop.create_connection(
-                    lambda: _Conn(self._all), self._host, self._port, ssl=self._ssl
+                    lambda: _Conn(self), self._host, self._port, ssl=self._ssl
                 )
         except TimeoutError:
             why = f"connect to {where} timed out after {self._connect_timeout:g}s"
@@ -164,7 +212,7 @@ class Pool:
             except BaseException:
                 sock.close()
                 raise
-            conn = _Conn(self._all)
+            conn = _Conn(self)
             conn.attach(_TimestampedTransport(loop, sock, conn))
             return conn
         raise error or OSError(f"no address for {self._host}")
@@ -189,6 +237,7 @@ class _Conn(asyncio.Protocol):
         "_keep_alive",
         "_parser",
         "_parts",
+        "_pool",
         "_status",
         "_stopped",
         "_t_ns",
@@ -197,8 +246,9 @@ class _Conn(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, registry: set[_Conn]) -> None:
-        self._all = registry
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._all = pool._all
         self._parser = httptools.HttpResponseParser(self)
         self._handler: Handler | None = None
         self._fut: asyncio.Future[None] | None = None
@@ -223,6 +273,25 @@ class _Conn(asyncio.Protocol):
         self._status = 0
         fut = self._fut = asyncio.get_running_loop().create_future()
         return fut
+
+    def write_request(self, data: bytes) -> None:
+        """Write a request held at a gate; a connection lost meanwhile fails the request."""
+        if self.lost:
+            self._end(Disconnected("connection lost before the request was written"))
+            return
+        try:
+            self.transport.write(data)
+        except Exception as exc:  # uvloop raises on a transport closed meanwhile
+            self._stop(Disconnected(f"connection lost before the request was written: {exc}"))
+
+    def release(self) -> None:
+        """Undo :meth:`start`: nothing was sent; bytes that still arrive close it."""
+        fut, self._fut = self._fut, None
+        self._handler = None
+        if fut is not None and not fut.done():
+            fut.cancel()
+        elif fut is not None and not fut.cancelled():
+            fut.exception()  # lost while reserved: nobody will wait for it
 
     def reusable(self) -> bool:
         return self.complete and self._keep_alive and not self._stopped and not self.lost
@@ -257,6 +326,9 @@ class _Conn(asyncio.Protocol):
 
     def received(self, data: bytes, t_ns: int) -> None:
         """``data`` arrived at ``t_ns`` (``perf_counter_ns`` clock)."""
+        poll = self._pool.before_read
+        if poll is not None:
+            poll()
         self._t_ns = t_ns
         fut = self._fut
         if fut is None or fut.done():  # bytes nobody asked for: this connection is unusable

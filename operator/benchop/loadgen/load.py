@@ -5,13 +5,16 @@
 - :class:`OpenLoop`: sends on an absolute schedule (``t0 + offset_k``) whatever
   the responses do, so a late send never shifts the ones after it. Offsets
   come from :func:`arrival_offsets` (constant or Poisson). The event loop's
-  timers are precise to 1 ms only, so the last 2 ms of each wait are timed by
+  timers are precise to 1 ms only, so the send time itself is timed by
   a Linux timerfd in the loop itself (elsewhere, a helper thread's
   ``time.sleep``), which fires early by the learned wake-up latency (an
   integral controller on the observed lags, at most 0.5 ms), so lags centre
-  on zero; its callback launches the send directly. The record's
-  ``send_lag_ns`` is the actual minus the scheduled time (may be slightly
-  negative).
+  on zero. Each request's task starts 10 ms ahead and reserves a
+  connection; the timer's callback opens its :class:`SendGate`, which writes
+  the request there and then. While the loop is busy, ``poll()`` (called
+  before each read is handled) opens a gate whose time has come between two
+  reads. The record's ``send_lag_ns`` is the actual minus the scheduled time
+  (may be slightly negative).
   With a ``max_in_flight`` cap, an arrival that finds the cap reached waits
   for a slot; it is counted in ``delayed`` and its send lag is measured from
   the moment the slot freed (the cap's delay is the user's choice, not
@@ -20,7 +23,8 @@
 Both stop admitting requests when the :class:`Budget` says so (request count,
 deadline, or ``stop()``) and return once every admitted request finished. A
 request is built by ``prepare()`` before its send time (prompt generation is
-not send lag) and sent by ``send(prepared, scheduled_ns, delayed)``.
+not send lag) and sent by ``send(prepared, gate)`` (``gate`` is None in the closed
+loop; see :class:`SendGate`).
 
     budget = Budget(requests=100)
     await run_closed(8, budget, prepare, send)
@@ -37,24 +41,27 @@ import random
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
+from functools import partial
 from typing import Any, Generic, Literal, TypeVar
 
 __all__ = [
     "Budget",
     "OpenLoop",
     "SendFn",
+    "SendGate",
     "arrival_offsets",
     "measure_fixed_concurrency",
     "run_closed",
 ]
 
 T = TypeVar("T")
-SendFn = Callable[[T, int | None, bool], Coroutine[Any, Any, None]]
-"""``send(prepared, scheduled_ns or None, delayed)``."""
+SendFn = Callable[[T, "SendGate | None"], Coroutine[Any, Any, None]]
+"""``send(prepared, gate)``: the open loop's :class:`SendGate`, None in a closed loop."""
 log = logging.getLogger(__name__)
 _perf_ns = time.perf_counter_ns
-_FINE_NS = 2_000_000  # the last 2 ms of a wait are timed by the fine timer
+_AHEAD_NS = 10_000_000  # an arrival is reserved (task started, connection taken) this early
 _LEAD_MAX_NS = 500_000  # the fine timer fires at most this much early
 
 
@@ -115,7 +122,7 @@ async def run_closed(
 
     async def loop() -> None:
         while budget.take():
-            await send(prepare(), None, False)
+            await send(prepare(), None)
 
     async with asyncio.TaskGroup() as tg:
         for _ in range(max(concurrency, 0)):
@@ -278,8 +285,75 @@ def _resolve(fut: asyncio.Future[Any]) -> None:
         fut.set_result(None)
 
 
+class SendGate:
+    """When an open-loop request leaves.
+
+    The request's task starts up to 10 ms before its send time, reserves a connection and
+    hands the gate its write (:meth:`hold`). Whoever opens the gate at the send time, the
+    fine timer's callback or a read that finds the time has come (:meth:`OpenLoop.poll`),
+    writes the bytes there and then, not a task a loop iteration later.
+    """
+
+    __slots__ = ("_write", "delayed", "opened", "scheduled_ns", "sent_ns")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, scheduled_ns: int) -> None:
+        #: The send time (``perf_counter_ns``); for a delayed arrival, when its slot freed.
+        self.scheduled_ns = scheduled_ns
+        #: The arrival waited for a slot under ``max_in_flight``.
+        self.delayed = False
+        #: When the request left (the write, or the start of its connect); 0 until then.
+        self.sent_ns = 0
+        #: True once open; False if it never will be (the phase stopped): nothing is sent.
+        self.opened: asyncio.Future[bool] = loop.create_future()
+        self._write: Callable[[], None] | None = None
+
+    def hold(self, write: Callable[[], None]) -> None:
+        """Call ``write`` when the gate opens, in the opener's callback (now if open)."""
+        opened = self.opened
+        if not opened.done():
+            self._write = write
+        elif not opened.cancelled() and opened.result():
+            self.sent_ns = _perf_ns()
+            write()
+
+    async def wait(self) -> bool:
+        """For a request with nothing to hold: True once open (it starts now, which is
+        its ``sent_ns``), False if the gate will never open."""
+        if await self.opened:
+            self.sent_ns = _perf_ns()
+            return True
+        return False
+
+    def open(self) -> None:
+        """Open the gate and run the held write; a write that raises is logged (the
+        request's own code must fail it), never raised into the opener."""
+        if self.opened.done():
+            return
+        self.sent_ns = _perf_ns()
+        self.opened.set_result(True)
+        write, self._write = self._write, None
+        if write is not None:
+            try:
+                write()
+            except Exception:
+                log.exception("an open-loop request's write raised")
+
+    def cancel(self) -> None:
+        """The request will not be sent."""
+        self._write = None
+        if not self.opened.done():
+            self.opened.set_result(False)
+
+
 class OpenLoop(Generic[T]):
-    """Sends at ``t0 + offset`` for each offset while the budget admits them."""
+    """Sends at ``t0 + offset`` for each offset while the budget admits them.
+
+    ``run`` admits each arrival, prepares it and, ``_AHEAD_NS`` before its time, starts its
+    task, which reserves a connection and waits at the arrival's :class:`SendGate`. The
+    reserved arrivals form a queue in send order; the fine timer (armed for the head) and
+    :meth:`poll` open every gate whose time has come, so close arrivals are all ready
+    before the first of them is due.
+    """
 
     def __init__(
         self,
@@ -295,9 +369,12 @@ class OpenLoop(Generic[T]):
         self._prepare = prepare
         self._send = send
         self._cap = max_in_flight
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._waiter: asyncio.Future[Any] | None = None
-        self._slot_freed: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # sent (or dropped), not finished
+        self._queue: deque[tuple[SendGate, asyncio.Task[None]]] = deque()  # reserved
+        self._timer: _TimerFd | _FineTimer | None = None
+        self._armed_ns = 0  # the time the fine timer is armed for (0: not armed)
+        self._waiter: asyncio.Future[Any] | None = None  # what run() waits on
+        self._draining = False  # run() admits no more: it waits for the queue to empty
         self._lead_ns = 0  # learned wake-up latency: wake this much before the send time
         #: Arrivals that waited for a free slot under ``max_in_flight``.
         self.delayed = 0
@@ -309,52 +386,86 @@ class OpenLoop(Generic[T]):
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    def poll(self) -> None:
+        """Open the gates whose time has come. The client calls it before handling each
+        read, so a loop busy with a burst of reads sends between two of them rather than
+        after the whole burst."""
+        q = self._queue
+        if q and not q[0][0].delayed and _perf_ns() >= q[0][0].scheduled_ns - self._lead_ns:
+            self._open_due()
+
+    def _on_time(self, t_ns: int) -> bool:
+        """The fine timer's callback for the wait armed for ``t_ns`` (a stale one, whose
+        gate :meth:`poll` opened first, must not cause a second wait for the next)."""
+        if t_ns == self._armed_ns:
+            self._armed_ns = 0
+        self._open_due()
+        return True
+
+    def _open_due(self) -> None:
+        """Open every reserved gate whose time has come, in order while the in-flight cap
+        allows; then arm the fine timer for the next. At the cap, the head waits (counted
+        as delayed) and ``_done`` opens it when a slot frees."""
+        q = self._queue
+        budget = self._budget
+        cap = self._cap
+        while q and not budget.stopped:
+            gate = q[0][0]
+            now = _perf_ns()
+            if not gate.delayed and gate.scheduled_ns - self._lead_ns > now:
+                break
+            if cap is not None and len(self._tasks) >= cap:
+                if not gate.delayed:
+                    gate.delayed = True
+                    self.delayed += 1
+                return
+            gate, task = q.popleft()
+            if gate.delayed:  # the cap's delay is the user's choice, not lag
+                gate.scheduled_ns = max(now, gate.scheduled_ns)
+            else:
+                lag = now - gate.scheduled_ns
+                if -_LEAD_MAX_NS < lag < _LEAD_MAX_NS:  # learn the wake-up latency
+                    self._lead_ns = min(max(self._lead_ns + lag // 8, 0), _LEAD_MAX_NS)
+            self._track(task)
+            self.sent += 1
+            gate.open()
+        if not q:
+            if self._draining:
+                self._wake()
+        elif not q[0][0].delayed and self._timer is not None:
+            t = q[0][0].scheduled_ns - self._lead_ns
+            if t != self._armed_ns:
+                self._armed_ns = t
+                self._timer.wait_until(t, partial(self._on_time, t))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _drop_queue(self) -> int:
+        """Close every reserved gate (nothing is sent); return how many."""
+        n = len(self._queue)
+        while self._queue:
+            gate, task = self._queue.popleft()
+            gate.cancel()
+            self._track(task)
+        return n
+
     def _wake(self) -> None:
         if self._waiter is not None:
             _resolve(self._waiter)
-        if self._slot_freed is not None:
-            self._slot_freed.set()
 
-    async def _sleep_until(
-        self, loop: asyncio.AbstractEventLoop, timer: _TimerFd | _FineTimer, t: int, item: T
-    ) -> bool:
-        """Wait until ``t``; True when the fine timer's callback already launched
-        ``item`` at that time (one loop iteration sooner than this coroutine could)."""
-        coarse = t - _FINE_NS - _perf_ns()
-        if coarse > 0:
-            self._waiter = loop.create_future()
-            handle = loop.call_later(coarse / 1e9, _resolve, self._waiter)
-            try:
-                await self._waiter
-            finally:
+    async def _wait(self, delay_s: float | None) -> None:
+        """Until ``delay_s`` passed (None: until woken) or ``_wake()``."""
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        handle = None if delay_s is None else loop.call_later(delay_s, _resolve, self._waiter)
+        try:
+            await self._waiter
+        finally:
+            if handle is not None:
                 handle.cancel()
-                self._waiter = None
-            if self._budget.stopped:
-                return False
-        if t - self._lead_ns > _perf_ns():
-            waiter = self._waiter = timer.wait_until(
-                t - self._lead_ns, lambda: self._launch_now(loop, item, t)
-            )
-            try:
-                return bool(await waiter)
-            finally:
-                self._waiter = None
-        return False
-
-    def _launch_now(self, loop: asyncio.AbstractEventLoop, item: T, t: int) -> bool:
-        """Launch ``item`` scheduled at ``t`` unless stopped or at the in-flight cap."""
-        if self._budget.stopped or (self._cap is not None and len(self._tasks) >= self._cap):
-            return False
-        self._start(loop, item, t, False)
-        return True
-
-    def _start(
-        self, loop: asyncio.AbstractEventLoop, item: T, scheduled: int, delayed: bool
-    ) -> None:
-        task = loop.create_task(self._launch(item, scheduled, delayed))
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-        self.sent += 1
+            self._waiter = None
 
     async def run(self, t0_ns: int | None = None) -> None:
         """Run the schedule from ``t0_ns`` (default now) and wait for every send to finish.
@@ -362,7 +473,7 @@ class OpenLoop(Generic[T]):
         Cancelling ``run`` cancels the requests in flight.
         """
         loop = asyncio.get_running_loop()
-        timer = _fine_timer(loop)
+        timer = self._timer = _fine_timer(loop)
         t0 = _perf_ns() if t0_ns is None else t0_ns
         budget = self._budget
         tasks = self._tasks
@@ -372,50 +483,35 @@ class OpenLoop(Generic[T]):
                 if budget.stopped or not budget.take(t):
                     break
                 item = self._prepare()
-                if await self._sleep_until(loop, timer, t, item):
-                    continue  # launched on time by the timer's callback
+                coarse = t - _AHEAD_NS - _perf_ns()
+                if coarse > 0:
+                    await self._wait(coarse / 1e9)
                 if budget.stopped:
                     budget.admitted -= 1  # admitted but never sent
                     break
-                scheduled = t
-                delayed = self._cap is not None and len(tasks) >= self._cap
-                if delayed:
-                    self.delayed += 1
-                    await self._wait_for_slot()
-                    if budget.stopped:
-                        budget.admitted -= 1
-                        break
-                    scheduled = _perf_ns()
-                self._start(loop, item, scheduled, delayed)
+                gate = SendGate(loop, t)
+                self._queue.append((gate, loop.create_task(self._send(item, gate))))
+                self._open_due()
+            self._draining = True
+            while self._queue and not budget.stopped:
+                await self._wait(None)
+            budget.admitted -= self._drop_queue()  # stopped: admitted but never sent
             while tasks:
                 await asyncio.wait(list(tasks))
         finally:
+            self._timer = None
             timer.close()
+            self._drop_queue()
             for task in tasks:
                 task.cancel()
             if tasks:
                 await asyncio.wait(list(tasks))
 
-    async def _launch(self, item: T, scheduled: int, delayed: bool) -> None:
-        lag = _perf_ns() - scheduled
-        if not delayed and -_LEAD_MAX_NS < lag < _LEAD_MAX_NS:  # learn the wake-up latency
-            self._lead_ns = min(max(self._lead_ns + lag // 8, 0), _LEAD_MAX_NS)
-        await self._send(item, scheduled, delayed)
-
-    async def _wait_for_slot(self) -> None:
-        assert self._cap is not None
-        self._slot_freed = asyncio.Event()
-        try:
-            while len(self._tasks) >= self._cap and not self._budget.stopped:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-        finally:
-            self._slot_freed = None
-
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if self._slot_freed is not None:
-            self._slot_freed.set()
+        q = self._queue
+        if q and q[0][0].delayed:  # a slot freed for the arrival waiting at the cap
+            self._open_due()
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("a send task raised", exc_info=exc)
 
@@ -482,7 +578,7 @@ async def measure_fixed_concurrency(
         )
         ident = Ident(0, 1, 0)
 
-        async def send(_: None, scheduled: int | None, delayed: bool) -> None:
+        async def send(_: None, gate: SendGate | None) -> None:
             await client.send(body, ident=ident, input_words=prompt_words, sink=sink)
 
         deadline = _perf_ns() + int((warmup_s + seconds) * 1e9)

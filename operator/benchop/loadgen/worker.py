@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
 from benchagent.transport import Publisher
 from benchagent.wire import MetricsSnapshot
@@ -56,11 +55,12 @@ from benchop.api.models import BenchmarkRunSpec, PhaseBound
 from benchop.loadgen import checkpoint as ckpt
 from benchop.loadgen.client import Ident, StreamClient, Target
 from benchop.loadgen.gate import GateClient, GateResult
-from benchop.loadgen.load import Budget, OpenLoop, arrival_offsets, run_closed
+from benchop.loadgen.load import Budget, OpenLoop, SendGate, arrival_offsets, run_closed
 from benchop.loadgen.prompts import make_prompt
 from benchop.loadgen.records import OK, RequestRecord, Slo, is_good, new_registry, record_into
 from benchop.loadgen.snapshots import Snapshots
 from benchop.metrics import names
+from benchop.metrics.series import Histogram
 
 __all__ = [
     "CheckpointMismatch",
@@ -249,7 +249,7 @@ class Worker:
         self._checkpoint_off = False  # the first state write failed: records are not written
         self._unwritten = 0  # profiling records not checkpointed because of that
         self._snaps: Snapshots | None = None
-        self._recv_lags: list[npt.NDArray[np.int64]] = []  # profiling receive lags (ns)
+        self._recv_lags = Histogram()  # profiling receive lags (ns): bounded, one per read
         self._cpu_mark = (time.perf_counter(), time.process_time())
         self._profiling_cpu: tuple[float, float] | None = None  # (wall, cpu) at start
         self._final_cpu_pct: float | None = None
@@ -299,7 +299,7 @@ class Worker:
         timeout = self.plan.request_timeout_s
         client = self._client = StreamClient(self.target, request_timeout=timeout)
         # numpy loads percentile's internals on first use (~10 ms): now, not mid-profiling
-        _p99(np.zeros(2, dtype=np.int64))
+        np.percentile(np.zeros(2, dtype=np.int64), 99)
         snaps.start()
         try:
             async with client:
@@ -419,15 +419,8 @@ class Worker:
             )
             return _Request(ident, client.body(prompt, plan.output_tokens))
 
-        async def send(req: _Request, scheduled: int | None, delayed: bool) -> None:
-            await client.send(
-                req.body,
-                ident=req.ident,
-                input_words=n_words,
-                sink=sink,
-                scheduled_ns=scheduled,
-                delayed=delayed,
-            )
+        async def send(req: _Request, gate: SendGate | None) -> None:
+            await client.send(req.body, ident=req.ident, input_words=n_words, sink=sink, gate=gate)
 
         if plan.mode == "concurrency":
             load = run_closed(plan.concurrency, budget, prepare, send)
@@ -435,7 +428,9 @@ class Worker:
             offsets = arrival_offsets(
                 plan.rate, plan.arrival, plan.seed * 1_000_003 + self.index, plan.phase_s
             )
-            load = OpenLoop(offsets, budget, prepare, send, max_in_flight=plan.max_in_flight).run()
+            ol = OpenLoop(offsets, budget, prepare, send, max_in_flight=plan.max_in_flight)
+            client.before_read = ol.poll  # sends on time between the reads of a burst
+            load = ol.run()
         else:
             return
         task = self._load_task = asyncio.ensure_future(load)
@@ -454,6 +449,7 @@ class Worker:
         finally:
             stopper.cancel()
             self._load_task = None
+            client.before_read = None
 
     # ------------------------------------------------------------------ sinks
 
@@ -581,37 +577,27 @@ class Worker:
         now = (time.perf_counter(), time.process_time())
         wall, cpu = now[0] - self._cpu_mark[0], now[1] - self._cpu_mark[1]
         self._cpu_mark = now
-        lags = _EMPTY
+        tick = Histogram()
         client = self._client
         if client is not None:
             measured = self._profiling_t0 is not None and self._final_cpu_pct is None
             taken = client.take_recv_lags()
             if taken.size and measured:  # not in warmup, nor after profiling
-                lags = taken
-                self._recv_lags.append(lags)
+                tick.add(taken)
+                self._recv_lags.merge(tick)
         if self._final_cpu_pct is not None:
             reg.gauge(names.CLIENT_CPU).set(self._final_cpu_pct)
-            if self._recv_lags:
-                all_lags = np.concatenate(self._recv_lags)
-                self._recv_lags = [all_lags]
-                reg.gauge(names.RECV_LAG_P99).set(_p99(all_lags) / 1e6)
+            if self._recv_lags.count:
+                reg.gauge(names.RECV_LAG_P99).set(self._recv_lags.percentile(99) / 1e6)
         else:
             if wall > 0:
                 reg.gauge(names.CLIENT_CPU).set(100.0 * cpu / wall)
-            if lags.size:
-                reg.gauge(names.RECV_LAG_P99).set(_p99(lags) / 1e6)
+            if tick.count:
+                reg.gauge(names.RECV_LAG_P99).set(tick.percentile(99) / 1e6)
         errors = self._checkpoint.write_errors if self._checkpoint is not None else 0
         if errors:
             counter = reg.counter(CHECKPOINT_WRITE_ERRORS)
             counter.inc(errors - counter.value)
-
-
-_EMPTY: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-
-
-def _p99(values: npt.NDArray[np.int64]) -> float:
-    """The 99th percentile (numpy's linear method), by partition."""
-    return float(np.percentile(values, 99, method="linear", overwrite_input=False))
 
 
 async def run_worker(config: WorkerConfig) -> FinalOutcome:
