@@ -1016,22 +1016,66 @@ async def test_a_gate_closed_without_opening_sends_nothing_and_keeps_the_connect
         assert [r.rsplit(b"\r\n", 1)[1] for r in srv.requests] == [b"warm", b"next"]
 
 
-async def test_a_gated_request_without_an_idle_connection_connects_after_the_gate_opens() -> None:
+async def test_a_gated_request_without_an_idle_connection_connects_ahead_of_its_send() -> None:
     async with RawServer(answering(sized(b"body"))) as srv:
         pool = Pool(srv.url(), headers={})
         try:
             gate = SendGate(asyncio.get_running_loop(), now())
             h = Collect()
             task = asyncio.create_task(pool.request(b"gated", h, gate))
+            await until(lambda: srv.connections == 1 and len(pool._all) == 1, "the connect")
             await asyncio.sleep(0.05)
-            assert srv.connections == 0 and not pool._all  # no connect before the send time
-            opened = now()
+            assert srv.requests == []  # connected, nothing sent before the gate opens
+            before = now()
             gate.open()
+            after = now()
             await asyncio.wait_for(task, 2)
             assert h.body == b"body" and srv.connections == 1
-            assert gate.sent_ns >= opened  # the request started when its task resumed
+            assert before <= gate.sent_ns <= after  # written inside open()
         finally:
             pool.close()
+
+
+async def test_a_gate_open_before_its_connect_counts_from_the_connect_start() -> None:
+    async with RawServer(answering(sized(b"body"))) as srv:
+        pool = Pool(srv.url(), headers={})
+        try:
+            gate = SendGate(asyncio.get_running_loop(), now())
+            gate.open()  # due before the request even started: its task was late
+            opened = gate.sent_ns
+            h = Collect()
+            await asyncio.sleep(0.02)
+            before = now()
+            await asyncio.wait_for(pool.request(b"late", h, gate), 2)
+            assert h.body == b"body"
+            assert opened < before <= gate.sent_ns < now()  # the lateness is send lag
+        finally:
+            pool.close()
+
+
+async def test_a_gated_connect_failure_is_raised_at_the_send_time_or_not_at_all() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind((LOOPBACK, 0))
+        port = s.getsockname()[1]
+    pool = Pool(f"http://{LOOPBACK}:{port}/v1", headers={})
+    loop = asyncio.get_running_loop()
+    try:
+        gate = SendGate(loop, now())
+        task = asyncio.create_task(pool.request(b"x", Collect(), gate))
+        await asyncio.sleep(0.05)
+        assert not task.done()  # refused already, but not before its send time
+        gate.open()
+        with pytest.raises(ConnectError, match=str(port)):
+            await asyncio.wait_for(task, 2)
+        assert gate.sent_ns
+        closed = SendGate(loop, now())
+        task = asyncio.create_task(pool.request(b"x", Collect(), closed))
+        await asyncio.sleep(0.05)
+        closed.cancel()  # the phase stopped first: never sent, so no connection error
+        with pytest.raises(NotSent):
+            await asyncio.wait_for(task, 2)
+    finally:
+        pool.close()
 
 
 async def test_cancelling_a_held_request_closes_its_connection_and_a_later_open_sends_nothing() -> (

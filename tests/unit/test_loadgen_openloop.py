@@ -416,8 +416,8 @@ def test_constant_schedule_sends_each_item_once_in_order(
 @pytest.mark.parametrize(
     ("first_ns", "gap_ns", "fine_ns"),
     [
-        # each arrival: the coarse loop timer to t - 2 ms, then the fine timer
-        (5 * MS, 5 * MS, _AHEAD_NS),
+        # each arrival: the coarse loop timer to t - _AHEAD_NS, then the fine timer
+        (2 * _AHEAD_NS, _AHEAD_NS + 5 * MS, _AHEAD_NS),
         # all within _AHEAD_NS of t0: reserved at once, no coarse wait (_AHEAD_NS raised so that
         # the first is due long after all are reserved, whatever a slow machine's stalls)
         (200 * MS, 40_000, 1_000 * MS),
@@ -682,16 +682,21 @@ def test_stop_during_a_coarse_wait(run: Runner[Any], timers: TimerSpy, paths: Pa
 
 @pytest.mark.parametrize("draining", [False, True], ids=["scheduling", "draining"])
 def test_stop_while_the_head_waits(
-    run: Runner[Any], timers: TimerSpy, paths: PathSpy, draining: bool
+    run: Runner[Any],
+    timers: TimerSpy,
+    paths: PathSpy,
+    draining: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The head's fine wait is held for 3 s (longer than the hang timeout) and ``stop()`` is
     called right after it is armed: it must wake ``run()`` (in a coarse wait for a later
     arrival, or waiting for the queue to empty), which drops the reserved gates; the fine
-    timer's callback never ran."""
-    gap = (_AHEAD_NS - _LEAD_MAX_NS) // 2
-    offsets = [0, gap, 2 * gap]  # within _AHEAD_NS of t0: reserved at once
+    timer's callback never ran. ``_AHEAD_NS`` is raised to 1 s and the arrivals are 200 ms
+    apart, so that a stall of the machine cannot make the second one due when reserved."""
+    monkeypatch.setattr(load, "_AHEAD_NS", 1_000 * MS)
+    offsets = [0, 200 * MS, 400 * MS]  # within _AHEAD_NS of t0: reserved at once
     if not draining:
-        offsets += [_AHEAD_NS + (8 + k) * MS for k in range(5)]  # a coarse wait of 8 ms
+        offsets += [1_200 * MS + k * MS for k in range(5)]  # a coarse wait of ~200 ms
     held: list[int] = []
 
     async def main() -> tuple[StopAt, OpenLoop[int], Recorder]:

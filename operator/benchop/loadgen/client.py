@@ -208,7 +208,7 @@ class StreamClient:
         (except ``CancelledError``, after the sink ran).
 
         With an open loop's ``gate``, the request is sent when the gate opens (written by
-        the opener when a connection was idle); its time is the request's start, and the
+        the opener on a connection reserved ahead); ``gate.sent_ns`` is its start, and the
         record's ``send_lag_ns`` is that time minus the gate's scheduled time. A request
         whose gate closed without opening was never sent: no record, and a cancellation
         before the send propagates without one.

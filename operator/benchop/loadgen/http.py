@@ -16,7 +16,7 @@ answer like any other), compression (no ``Accept-Encoding`` is sent), HTTP/2. ``
 URLs use the system's CA store.
 
 An open-loop request can be written at its send time by a callback rather than by its
-task (a loop iteration later): :meth:`Pool.request` takes a :class:`Gate`, reserves an idle
+task (a loop iteration later): :meth:`Pool.request` takes a :class:`Gate`, reserves a
 connection ahead of the send and hands the gate the write. ``Pool.before_read`` is called
 before each read is handled, so a gate whose time has come opens between two reads of a
 busy loop rather than after all of them.
@@ -80,6 +80,8 @@ class Gate(Protocol):
 
     #: True once the gate opened, False if it never will.
     opened: asyncio.Future[bool]
+    #: When the request left (``perf_counter_ns``); 0 until then.
+    sent_ns: int
 
     def hold(self, write: Callable[[], None]) -> None:
         """Call ``write`` when the gate opens (at once if it is open)."""
@@ -134,22 +136,34 @@ class Pool:
     async def request(self, body: bytes, handler: Handler, gate: Gate | None = None) -> None:
         """POST ``body`` and feed the response to ``handler`` until it ends or is abandoned.
 
-        With a ``gate``, an idle connection is reserved now and the request is written when
-        the gate opens (by the opener); without an idle one, the connection is opened after
-        the gate did. Raises :class:`ConnectError`, :class:`Disconnected`,
-        :class:`BadResponse`, or :class:`NotSent` when the gate closed without opening.
+        With a ``gate``, a connection is reserved now (an idle one, or a new one) and the
+        request is written when the gate opens, by the opener. A gate that opened while the
+        connection was still being made counts the rest of the connect in the request's
+        time (``gate.sent_ns`` is not moved), as a request without a gate does. A connect
+        that fails is raised at the send time. Raises :class:`ConnectError`,
+        :class:`Disconnected`, :class:`BadResponse`, or :class:`NotSent` when the gate
+        closed without opening.
         """
         idle = self._idle
         conn = idle.pop() if idle else None
         while conn is not None and conn.lost:  # closed by the server while idle
             conn = idle.pop() if idle else None
         data = b"".join((self._head, b"%d\r\n\r\n" % len(body), body))
-        if gate is not None and conn is None:
-            if not await gate.wait():
-                raise NotSent
-            gate = None  # open: connect and write now
-        if conn is None:
-            conn = await self._connect()
+        if conn is None:  # with a gate: connect ahead of the send time
+            started = _perf_ns()
+            was_open = gate is not None and _is_open(gate)
+            try:
+                conn = await self._connect()
+            except ConnectError:
+                if gate is not None and not await gate.wait():  # fails at its send time
+                    raise NotSent from None
+                raise
+            if gate is not None and _is_open(gate):
+                # due before the connection was up: the request started when its connect
+                # did, or when its gate opened if later; the rest is in its TTFT
+                if was_open:
+                    gate.sent_ns = started
+                gate = None  # write now
         fut = conn.start(handler)
         if gate is None:
             conn.transport.write(data)
@@ -222,6 +236,11 @@ class Pool:
         for conn in list(self._all):
             conn.close()
         self._idle.clear()
+
+
+def _is_open(gate: Gate) -> bool:
+    opened = gate.opened
+    return opened.done() and not opened.cancelled() and opened.result()
 
 
 class _Conn(asyncio.Protocol):

@@ -301,7 +301,8 @@ class SendGate:
         self.scheduled_ns = scheduled_ns
         #: The arrival waited for a slot under ``max_in_flight``.
         self.delayed = False
-        #: When the request left (the write, or the start of its connect); 0 until then.
+        #: When the request left (its write, or the gate's opening while it still
+        #: connected); 0 until then.
         self.sent_ns = 0
         #: True once open; False if it never will be (the phase stopped): nothing is sent.
         self.opened: asyncio.Future[bool] = loop.create_future()
