@@ -247,7 +247,6 @@ class _Conn(asyncio.Protocol):
     """One connection; llhttp calls the ``on_*`` methods from ``feed_data``."""
 
     __slots__ = (
-        "_all",
         "_ctype",
         "_framed",
         "_fut",
@@ -267,7 +266,6 @@ class _Conn(asyncio.Protocol):
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
-        self._all = pool._all
         self._parser = httptools.HttpResponseParser(self)
         self._handler: Handler | None = None
         self._fut: asyncio.Future[None] | None = None
@@ -320,7 +318,7 @@ class _Conn(asyncio.Protocol):
         if not self.lost:
             self.lost = True
             self.transport.abort()
-        self._all.discard(self)
+        self._pool._all.discard(self)
 
     # asyncio.Protocol
 
@@ -329,11 +327,11 @@ class _Conn(asyncio.Protocol):
 
     def attach(self, transport: _Transport) -> None:
         self.transport = transport
-        self._all.add(self)
+        self._pool._all.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._all.discard(self)
+        self._pool._all.discard(self)
         if self.complete or (exc is None and self._eof_body()):
             self._end(None)
         else:
