@@ -276,7 +276,7 @@ def _fine_timer(loop: asyncio.AbstractEventLoop) -> _TimerFd | _FineTimer:
 
 
 def _fire(fut: asyncio.Future[bool | None], on_time: Callable[[], bool]) -> None:
-    if not fut.done():  # else stopped meanwhile (``_resolve`` ran)
+    if not fut.done():  # else cancelled: the timer was re-armed or closed
         fut.set_result(on_time())
 
 
