@@ -14,10 +14,10 @@ MOD=hack/controlplane
 pinned() { awk -v m="$1" '/^[[:space:]]*\/\//{next} {for (i = 1; i < NF; i++) if ($i == m) {print $(i + 1); exit}}' "$MOD/go.mod"; }
 k8s_version="$(pinned k8s.io/kubernetes)"
 etcd_version="$(pinned go.etcd.io/etcd/server/v3)"
-[ -n "$k8s_version" ] && [ -n "$etcd_version" ] || {
+if [ -z "$k8s_version" ] || [ -z "$etcd_version" ]; then
   echo "build-controlplane: cannot read the pinned versions from $MOD/go.mod" >&2
   exit 1
-}
+fi
 OUT="${BENCHOP_CONTROLPLANE_DIR:-$PWD/.tools/controlplane/$k8s_version-etcd-$etcd_version}"
 BINS=(kube-apiserver kube-controller-manager kube-scheduler etcd)
 STAMP="$OUT/.built"
