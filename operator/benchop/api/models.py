@@ -166,7 +166,7 @@ class LabelSelector(_Spec):
     """A Kubernetes label selector (``matchLabels`` AND ``matchExpressions``)."""
 
     match_labels: dict[str, str] | None = None
-    match_expressions: list[LabelSelectorRequirement] | None = None
+    match_expressions: list[LabelSelectorRequirement] | None = Field(None, max_length=32)
 
 
 class TargetSpec(_Spec):
@@ -519,6 +519,13 @@ def _field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
 SWEEPABLE_PATHS: tuple[str, ...] = tuple(_field_paths(BenchmarkRunSpec))
 """Paths a sweep axis may set (``load.concurrency``, ``phases.profiling``, ...)."""
 
+MAX_SWEEP_AXES = 8
+"""Most axes one sweep may have. The apiserver multiplies a CEL rule's estimated cost by the
+longest list the rule could meet and refuses the CRD over budget: the path rule of each axis
+needs this bound."""
+MAX_SWEEP_VALUES = 1000
+"""Most values one axis may take (the whole sweep is capped at 1000 runs by the operator)."""
+
 SWEEP_PATH_RULE = (
     f"self.path in {json.dumps(list(SWEEPABLE_PATHS))}",
     "path must name a field of a BenchmarkRun spec, such as load.concurrency",
@@ -529,7 +536,7 @@ class SweepAxis(_Spec, json_schema_extra=_cel(SWEEP_PATH_RULE)):
     """One swept field: ``path`` (camelCase, dotted, relative to the spec) takes each value."""
 
     path: str = Field(max_length=256)
-    values: list[Any] = Field(min_length=1)
+    values: list[Any] = Field(min_length=1, max_length=MAX_SWEEP_VALUES)
 
     @field_validator("path")
     @classmethod
@@ -545,6 +552,7 @@ class ExperimentSpec(_Spec):
     template: BenchmarkRunSpec
     sweep: list[SweepAxis] = Field(
         min_length=1,
+        max_length=MAX_SWEEP_AXES,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["path"]},
     )
     max_parallel: int = Field(1, ge=1)
