@@ -4,7 +4,8 @@ There is no DNS server. Every pod's hosts file names the pod itself (as the kube
 hosts file does) and every Service: ``<svc>.<ns>.svc.cluster.local <svc>.<ns>.svc <svc>.<ns>``
 (+ ``<svc>`` in the pod's own namespace) -> ClusterIP, or, for a headless Service, -> each ready
 endpoint (and ``<hostname>.<svc>.<ns>.svc.cluster.local`` for endpoints with a hostname, which is
-how Indexed-Job pods with a subdomain find each other). The resolver points at 127.0.0.1 in the
+how Indexed-Job pods with a subdomain find each other); not-ready endpoints have no records
+unless the Service publishes them, as with CoreDNS. The resolver points at 127.0.0.1 in the
 pod's network namespace, where nothing listens, so names that are not in the file fail at once.
 
 Files are rewritten in place (:func:`write_in_place`): they are bind-mounted into containers,
@@ -63,11 +64,12 @@ def service_records(
         ready_ips: list[str] = []
         for ep in endpoints.get(key, []):
             ready = (ep.get("conditions") or {}).get("ready") is not False
+            if not (ready or spec.get("publishNotReadyAddresses")):
+                continue  # as CoreDNS: not-ready endpoints have no records
             for ip in ep.get("addresses") or []:
                 if ep.get("hostname"):
                     hostnames.append((ep["hostname"], ip))
-                if ready or spec.get("publishNotReadyAddresses"):
-                    ready_ips.append(ip)
+                ready_ips.append(ip)
         cluster_ip = spec.get("clusterIP") or ""
         ips = tuple(sorted(set(ready_ips))) if cluster_ip in ("", "None") else (cluster_ip,)
         out.append(ServiceRecord(meta["name"], meta["namespace"], ips, tuple(sorted(hostnames))))
