@@ -213,6 +213,10 @@ class NodeAgent:
             log.warning("node %s: registering again failed: %s", self.name, e)
 
     async def update_status(self) -> None:
+        # the node controller may have set conditions to Unknown meanwhile: transitions are
+        # computed against what the API holds now
+        node = await self.api.get(f"/api/v1/nodes/{self.name}")
+        self._conditions = (node.get("status") or {}).get("conditions") or []
         status = self._status()
         node = await self.api.patch(f"/api/v1/nodes/{self.name}/status", {"status": status})
         self._conditions = node["status"].get("conditions") or []

@@ -667,7 +667,7 @@ class PodWorker:
         csc = spec.get("securityContext") or {}
         return {
             "netns": self.netns,
-            "hostname": hostname,
+            "hostname": None if self.host_network else hostname,  # host's UTS namespace
             "readonly_root": bool(csc.get("readOnlyRootFilesystem")),
             "no_new_privs": csc.get("allowPrivilegeEscalation") is False,
             "uid": uid,
@@ -722,13 +722,29 @@ class PodWorker:
             self._record_exit(spec, rec, inst, code)
             return code
         is_plain_init = rec in self.init and not _is_sidecar(spec)
+        post_start = (spec.get("lifecycle") or {}).get("postStart")
+        if post_start:  # the container counts as running only once its postStart hook is done
+            ok, out = await self._run_hook(post_start, spec, inst, max(30.0, self._grace()))
+            if not ok:
+                self.ctx.events.emit(
+                    self.pod, "Warning", "FailedPostStartHook", out, container=rec.name
+                )
+                self.ctx.events.emit(
+                    self.pod,
+                    "Normal",
+                    "Killing",
+                    f"FailedPostStartHook: stopping container {rec.name}",
+                    container=rec.name,
+                )
+                await self._stop(spec, rec, inst, self._grace(), run_pre_stop=False)
+                code = await inst.wait()
+                self._record_exit(spec, rec, inst, code)
+                return code
         rec.state = {"running": {"startedAt": inst.started_at}}
         rec.started = not spec.get("startupProbe")
         rec.ready = not is_plain_init and not spec.get("readinessProbe")
         self._mark()
         tasks: list[asyncio.Task[None]] = []
-        if spec.get("lifecycle", {}).get("postStart"):
-            tasks.append(asyncio.create_task(self._post_start(spec, rec, inst)))
         if not is_plain_init:
             tasks.append(asyncio.create_task(self._probe_all(spec, rec, inst, started)))
         elif started is not None:
@@ -762,19 +778,6 @@ class PodWorker:
         )
         rec.ready = rec.started = False
         self._mark()
-
-    async def _post_start(
-        self, spec: dict[str, Any], rec: ContainerRecord, inst: runtime.Instance
-    ) -> None:
-        ok, out = await self._run_hook(spec["lifecycle"]["postStart"], spec, inst, 30)
-        if not ok:
-            self.ctx.events.emit(
-                self.pod, "Warning", "FailedPostStartHook", out, container=rec.name
-            )
-            self.ctx.events.emit(
-                self.pod, "Normal", "Killing", "FailedPostStartHook", container=rec.name
-            )
-            await self._stop(spec, rec, inst, self._grace(), run_pre_stop=False)
 
     async def _run_hook(
         self, hook: dict[str, Any], spec: dict[str, Any], inst: runtime.Instance, limit: float
