@@ -131,6 +131,7 @@ class PodWorker:
         self._dirty = asyncio.Event()
         self._status_lock = asyncio.Lock()
         self._last_status: dict[str, Any] | None = None
+        self._final = False  # a terminal status was written: every later one is terminal too
         self._conditions: list[dict[str, Any]] = list(
             (pod.get("status") or {}).get("conditions") or []
         )
@@ -358,15 +359,16 @@ class PodWorker:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                await self._sync_volumes(refetch=True)
+                await self._sync_volumes(refetch=True, initial=True)
                 break
             except volumes.VolumeError as e:
                 self.ctx.events.emit(self.pod, "Warning", "FailedMount", str(e))
                 await asyncio.sleep(delay.next(loop.time()))
         self._refresher = asyncio.create_task(self._refresh_volumes())
 
-    async def _sync_volumes(self, *, refetch: bool) -> None:
-        """Set up every volume; raises VolumeError with the kubelet's FailedMount message."""
+    async def _sync_volumes(self, *, refetch: bool, initial: bool = False) -> None:
+        """Set up every volume (``initial``) or refresh the API-backed ones; raises VolumeError
+        with the kubelet's FailedMount message."""
         pod = self.pod
         fs_group = (pod["spec"].get("securityContext") or {}).get("fsGroup")
         try:
@@ -385,8 +387,12 @@ class PodWorker:
                     raise volumes.VolumeError(
                         f"volume type {kind} is not supported by the test kubelet"
                     )
-                if kind == "emptyDir":
-                    if not target.exists():
+                if kind in ("emptyDir", "hostPath"):
+                    if not initial:
+                        continue
+                    if kind == "hostPath":
+                        volumes.check_host_path(vol)
+                    else:  # content survives a kubelet restart, a tmpfs is mounted again
                         src = vol.get("emptyDir") or {}
                         volumes.make_empty_dir(
                             target,
@@ -394,8 +400,6 @@ class PodWorker:
                             size_limit=src.get("sizeLimit"),
                             fs_group=fs_group,
                         )
-                elif kind == "hostPath":
-                    volumes.check_host_path(vol)
                 else:
                     files = volumes.volume_files(
                         pod,
@@ -985,6 +989,7 @@ class PodWorker:
         if self._stopping or self._gone:
             return
         async with self._status_lock:
+            self._final = terminal = terminal or self._final
             pod = {
                 **self.pod,
                 "status": {**(self.pod.get("status") or {}), "conditions": self._conditions},
