@@ -9,7 +9,7 @@
 #         hack/kube-down.sh             # stops everything, removes the network
 # Env:    BENCHOP_KUBE_DIR   state dir (default /tmp/benchop-kube): pki, kubeconfigs, logs, data
 #         BENCHOP_KUBE_NODES nodes of the test kubelet (default "benchop-gpu:2 benchop-cpu":
-#                            name[:gpus])
+#                            name[:gpus]); empty: the control plane only, no kubelet
 #         BENCHOP_KUBE_EXTRA_KCM_ARGS extra kube-controller-manager flags (fault scenarios)
 # Idempotent: a component whose process is alive is left alone; the rest are (re)started.
 # Needs root (network namespaces, mounts), Go for the first build (hack/build-controlplane.sh),
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 REPO="$PWD"
 
 DIR="${BENCHOP_KUBE_DIR:-/tmp/benchop-kube}"
-NODES="${BENCHOP_KUBE_NODES:-benchop-gpu:2 benchop-cpu}"
+NODES="${BENCHOP_KUBE_NODES-benchop-gpu:2 benchop-cpu}"
 BRIDGE=bnp0
 HOST_IP=10.244.0.1
 POD_CIDR=10.244.0.0/16
@@ -214,6 +214,11 @@ wait_for kube-controller-manager 60 curl -fsSk https://127.0.0.1:10257/healthz
 wait_for kube-scheduler 60 curl -fsSk https://127.0.0.1:10259/healthz
 
 # --------------------------------------------------------------------------- test kubelet
+if [ -z "$NODES" ]; then
+  log "up (no nodes): kubectl --kubeconfig $DIR/admin.kubeconfig get --raw /readyz"
+  echo "export KUBECONFIG=$DIR/admin.kubeconfig"
+  exit 0
+fi
 node_args=()
 for spec in $NODES; do node_args+=(--node "$spec"); done
 start testkubelet env PYTHONPATH="$REPO/tests/cluster" python3 -m testkubelet \

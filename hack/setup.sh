@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs benchop and everything its checks and tests use, on a fresh Debian machine with
 # Python >= 3.11: the package with its dev extras, Debian's prometheus (for the Prometheus
-# tests), wrk (load-generator benchmark) and shellcheck, and a pinned helm + kubectl
-# (hack/install-tools.sh). Idempotent: a second run only checks.
+# tests), wrk (load-generator benchmark) and shellcheck, a pinned helm + kubectl
+# (hack/install-tools.sh) and the real control plane (hack/build-controlplane.sh, needs Go).
+# Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,4 +25,15 @@ fi
 
 if [ -f hack/install-tools.sh ]; then
   bash hack/install-tools.sh
+fi
+
+# The real control plane of the `cluster` tests (hack/kube-up.sh), built from Kubernetes' Go
+# modules: ~15-30 min cold, seconds once built.
+if command -v go >/dev/null 2>&1; then
+  bash hack/build-controlplane.sh >/dev/null
+elif [ "${CI:-}" = "true" ]; then
+  echo "setup: Go not found: the real control plane cannot be built (CI=true: failing)" >&2
+  exit 1
+else
+  echo "setup: Go not found: the cluster tests will skip and say so" >&2
 fi

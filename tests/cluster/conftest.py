@@ -1,0 +1,103 @@
+"""Fixtures for the real-control-plane tests (marker ``cluster``): the control plane of
+hack/kube-up.sh, the chart installed with real helm, and benchop's mock model server running as
+a Deployment behind a Service.
+
+Where the control plane cannot run (not root, no Go and no prebuilt binaries) these tests skip
+and say why; under ``CI=true`` that is a failure instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from realkube import PROJECT_IMAGE, RELEASE, RELEASE_NS, ROOT, KubeError, RealKube
+
+E2E_NS = "benchop-e2e"
+GPU_NODE = "benchop-gpu"
+MOCK_URL = f"http://mock-llm.{E2E_NS}.svc:8000/v1"
+
+
+def _cannot_run() -> str | None:
+    if os.geteuid() != 0:
+        return "the test kubelet needs root (network namespaces, mounts)"
+    if (
+        shutil.which("go") is None
+        and not RealKube.is_up()
+        and not any((ROOT / ".tools" / "controlplane").glob("*/.built"))
+    ):
+        return "no Go toolchain to build the control plane (hack/build-controlplane.sh)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[RealKube]:
+    reason = _cannot_run()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and the real control plane cannot run: {reason}")
+        pytest.skip(reason)
+    kube = RealKube.up()
+    yield kube
+    if kube.started and os.environ.get("BENCHOP_KUBE_KEEP") != "1":
+        kube.down()
+
+
+def namespace(cluster: RealKube, name: str, *, restricted: bool = True) -> str:
+    """Create (or keep) a namespace; ``restricted`` enforces Pod Security "restricted" on it."""
+    labels = (
+        {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/warn": "restricted",
+        }
+        if restricted
+        else {}
+    )
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+    )
+    return name
+
+
+@pytest.fixture(scope="session")
+def release(cluster: RealKube) -> RealKube:
+    """The chart installed (or upgraded) with real helm into a Pod-Security-restricted
+    namespace; returns once the operator and the agent are ready."""
+    namespace(cluster, RELEASE_NS)
+    cluster.helm(
+        "upgrade", "--install", RELEASE, str(ROOT / "charts" / "benchop"),
+        "-n", RELEASE_NS,
+        "-f", str(ROOT / "hack" / "local-cluster-values.yaml"),
+        "--wait", "--timeout", "3m",
+        timeout=240,
+    )  # fmt: skip
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def mock_server(release: RealKube) -> str:
+    """benchop's mock model server as a Deployment + Service on the GPU node (where the agent
+    runs); returns its base URL as pods see it."""
+    namespace(release, E2E_NS)
+    scenario = ROOT / "tests" / "e2e" / "scenarios" / "smoke" / "mock-server.yaml"
+    docs: list[dict[str, Any]] = list(yaml.safe_load_all(scenario.read_text()))
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            pod = doc["spec"]["template"]["spec"]
+            pod["nodeSelector"] = {"kubernetes.io/hostname": GPU_NODE}
+            for c in pod["containers"]:
+                c["image"] = PROJECT_IMAGE
+                c["imagePullPolicy"] = "IfNotPresent"
+    release.apply(docs)
+    try:
+        release.kubectl(
+            "-n", E2E_NS, "rollout", "status", "deployment/mock-llm", "--timeout=120s", timeout=130
+        )
+    except KubeError as e:
+        pods = release.kubectl("-n", E2E_NS, "get", "pods", "-o", "wide", check=False).stdout
+        raise KubeError(f"{e}\n{pods}") from None
+    return MOCK_URL
