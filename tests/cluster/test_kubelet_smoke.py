@@ -1,29 +1,26 @@
-"""The test kubelet against a real control plane (hack/kube-up.sh): marker ``cluster``.
+"""The test kubelet against the real control plane of hack/kube-up.sh (marker ``cluster``;
+the ``cluster`` fixture of conftest.py starts or reuses it, or skips where it cannot run).
 
 A Deployment of the project image becomes Ready behind a Service; another pod reaches it by its
 DNS names and calls the apiserver with its own service-account token; a pod with any other image
 shows ErrImagePull/ImagePullBackOff; deleting a pod terminates its process gracefully.
-
-Skipped when no control plane with the test kubelet answers at ``$BENCHOP_KUBE_DIR``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 import pytest
+from realkube import RealKube
 from testkubelet.api import Api, ApiError, load_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
-STATE = Path(os.environ.get("BENCHOP_KUBE_DIR", "/tmp/benchop-kube"))
 IMAGE = "ghcr.io/benchop/benchop:dev"
 T = TypeVar("T")
 
@@ -41,27 +38,9 @@ async def wait_until(check: Callable[[], Awaitable[T | None]], what: str, limit:
         await asyncio.sleep(0.25)
 
 
-def _readable(path: Path) -> bool:
-    return path.is_file()
-
-
 @pytest.fixture
-async def kube() -> AsyncIterator[Api]:
-    kubeconfig = STATE / "admin.kubeconfig"
-    if not _readable(kubeconfig):
-        pytest.skip(f"no control plane: {kubeconfig} missing (hack/kube-up.sh)")
-    api = Api(load_kubeconfig(kubeconfig))
-    try:
-        nodes = await api.get("/api/v1/nodes")
-    except (aiohttp.ClientError, ApiError, OSError) as e:
-        await api.close()
-        pytest.skip(f"no control plane answering: {e}")
-    if not any(
-        n["status"].get("nodeInfo", {}).get("containerRuntimeVersion", "").startswith("testkubelet")
-        for n in nodes["items"]
-    ):
-        await api.close()
-        pytest.skip("no node of the test kubelet")
+async def kube(cluster: RealKube) -> AsyncIterator[Api]:
+    api = Api(load_kubeconfig(cluster.kubeconfig))
     yield api
     await api.close()
 
@@ -88,10 +67,11 @@ async def get_pod(kube: Api, ns: str, name: str) -> dict[str, Any]:
     return result
 
 
-def log_of(pod: dict[str, Any], container: str, restart: int = 0) -> str:
+def log_of(state: Path, pod: dict[str, Any], container: str, restart: int = 0) -> str:
+    """A container's log as the test kubelet writes it (``kubectl logs`` serves the same)."""
     m = pod["metadata"]
     path = (
-        STATE
+        state
         / "kubelet"
         / "pods"
         / f"{m['namespace']}_{m['name']}_{m['uid']}"
@@ -160,7 +140,9 @@ open("/dev/termination-log", "w").write(json.dumps(got))
 """
 
 
-async def test_service_dns_token_image_pull_failure_and_graceful_deletion(kube: Api, ns: str):
+async def test_service_dns_token_image_pull_failure_and_graceful_deletion(
+    cluster: RealKube, kube: Api, ns: str
+):
     await kube.post(f"/apis/apps/v1/namespaces/{ns}/deployments", MOCK)
     await kube.post(f"/api/v1/namespaces/{ns}/services", SERVICE)
 
@@ -184,7 +166,7 @@ async def test_service_dns_token_image_pull_failure_and_graceful_deletion(kube: 
 
     done = await wait_until(client_done, "the client pod to finish")
     state = done["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert done["status"]["phase"] == "Succeeded", (state, log_of(done, "c"))
+    assert done["status"]["phase"] == "Succeeded", (state, log_of(cluster.dir, done, "c"))
     assert state["reason"] == "Completed"
     got = json.loads(state["message"])
     assert got[f"http://mock.{ns}.svc.cluster.local/v1/models"] == "list"
@@ -234,7 +216,7 @@ async def test_service_dns_token_image_pull_failure_and_graceful_deletion(kube: 
 
     async def running() -> dict[str, Any] | None:
         p = await get_pod(kube, ns, "graceful")
-        return p if "started" in log_of(p, "c") else None
+        return p if "started" in log_of(cluster.dir, p, "c") else None
 
     p = await wait_until(running, "the graceful pod to start")
     await kube.delete(f"/api/v1/namespaces/{ns}/pods/graceful")
@@ -247,4 +229,4 @@ async def test_service_dns_token_image_pull_failure_and_graceful_deletion(kube: 
         return False
 
     await wait_until(gone, "the graceful pod to be deleted", limit=45)  # < its 60 s grace
-    assert "got SIGTERM" in log_of(p, "c")
+    assert "got SIGTERM" in log_of(cluster.dir, p, "c")
