@@ -1,9 +1,9 @@
 """The slice of the kubelet API that ``kubectl logs`` needs (``/containerLogs``), over TLS.
 
 The apiserver proxies ``pods/log`` to ``https://<node InternalIP>:<daemonEndpoints port>``; each
-node of this process has its own port (10250, 10251, ...). Serving certificate: ``pki/kubelet.crt``
-and ``.key`` of the state dir (signed by the cluster CA for the host IP: an apiserver started
-with ``--kubelet-certificate-authority`` accepts it), else a self-signed one made on first use.
+node of this process has its own port (10250, 10251, ...). The serving certificate is signed by
+the cluster CA for the host IP (an apiserver started with ``--kubelet-certificate-authority``
+accepts it): see :func:`_serving_cert`.
 Client certificates are not checked; exec, attach and port-forward are not served (501).
 """
 
@@ -22,39 +22,70 @@ from .config import Config
 log = logging.getLogger(__name__)
 
 
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
 def _serving_cert(state_dir: Path, node: str, ip: str) -> tuple[Path, Path]:
+    """``pki/kubelet.crt`` if kube-up made one; else one signed here with the cluster CA
+    (``pki/ca.key``: the apiserver verifies kubelets against that CA); else self-signed."""
     crt, key = state_dir / "pki" / "kubelet.crt", state_dir / "pki" / "kubelet.key"
     if crt.exists() and key.exists():
         return crt, key
     pki = state_dir / "kubelet" / "pki"
     crt, key = pki / f"{node}.crt", pki / f"{node}.key"
-    if not crt.exists() or not key.exists():
-        pki.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                str(key),
-                "-out",
-                str(crt),
-                "-days",
-                "3650",
-                "-subj",
-                f"/CN={node}",
-                "-addext",
-                f"subjectAltName=IP:{ip},DNS:{node}",
-            ],
-            check=True,
-            capture_output=True,
+    if crt.exists() and key.exists():
+        return crt, key
+    pki.mkdir(parents=True, exist_ok=True)
+    ca_crt, ca_key = state_dir / "pki" / "ca.crt", state_dir / "pki" / "ca.key"
+    ext = pki / f"{node}.ext"
+    ext.write_text(
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        f"subjectAltName=IP:{ip},DNS:{node}\n"
+    )
+    curve = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    subject = ("-subj", f"/O=system:nodes/CN=system:node:{node}")
+    if ca_crt.exists() and ca_key.exists():
+        csr = pki / f"{node}.csr"
+        _openssl("req", "-new", *curve, "-keyout", str(key), "-out", str(csr), *subject)
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca_crt),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-CAserial",
+            str(pki / "ca.srl"),
+            "-days",
+            "3650",
+            "-sha256",
+            "-extfile",
+            str(ext),
+            "-out",
+            str(crt),
         )
-        key.chmod(0o600)
+        csr.unlink()
+    else:
+        _openssl(
+            "req",
+            "-x509",
+            *curve,
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+            "-days",
+            "3650",
+            *subject,
+            "-addext",
+            f"subjectAltName=IP:{ip},DNS:{node}",
+        )
+    key.chmod(0o600)
     return crt, key
 
 
