@@ -97,6 +97,7 @@ async def run(cfg: Config) -> None:
                 allocatable=capacity,
                 session=session,
                 mountpoints=mountpoints,
+                paused=lambda agent=agent: agent.paused,
             )
             manager = PodManager(ctx)
             managers.append(manager)

@@ -2,10 +2,10 @@
 
 Everything goes through the node's own credentials (``node-<name>.kubeconfig``): the Node
 authorizer and NodeRestriction let a kubelet create and update its own Node and Lease only.
-A file ``<state>/kubelet/nodes/<name>/stop-heartbeat`` stops both the Lease renewals and the
-status updates of that node while it exists (the node controller then marks it NotReady/Unknown
-and, later, evicts its pods): the "node lost" fault. Its pods keep running, like a partitioned
-node's.
+A file ``<state>/kubelet/nodes/<name>/stop-heartbeat`` stops the Lease renewals and status
+updates of that node while it exists (the node controller then marks it NotReady/Unknown, its
+pods not Ready, and later evicts them): the "node lost" fault. The node's pod workers act as
+partitioned too (pods.py): containers keep running, nothing is written until the file is gone.
 """
 
 from __future__ import annotations

@@ -85,6 +85,7 @@ class NodeContext:
     allocatable: dict[str, str]
     session: aiohttp.ClientSession
     mountpoints: Mountpoints
+    paused: Callable[[], bool]  # the node's heartbeats are stopped: it acts as partitioned
 
 
 def pod_ref(pod: dict[str, Any]) -> str:
@@ -131,6 +132,7 @@ class PodWorker:
         self._dirty = asyncio.Event()
         self._status_lock = asyncio.Lock()
         self._last_status: dict[str, Any] | None = None
+        self._last_rv = ""  # resourceVersion our last status write produced
         self._final = False  # a terminal status was written: every later one is terminal too
         self._conditions: list[dict[str, Any]] = list(
             (pod.get("status") or {}).get("conditions") or []
@@ -148,6 +150,26 @@ class PodWorker:
         self.pod = pod
         if pod["metadata"].get("deletionTimestamp"):
             self._deleting.set()
+        if self._overwritten(pod):
+            self._last_status = None  # write ours again, as the kubelet's status manager does
+            self._mark()
+
+    def _overwritten(self, pod: dict[str, Any]) -> bool:
+        """Did someone else change what we wrote (the node controller marks the pods of an
+        unreachable node not Ready)? Only versions newer than our last write count."""
+        if self._last_status is None or not self._last_rv:
+            return False
+        rv = pod["metadata"].get("resourceVersion", "")
+        if not (rv.isdigit() and self._last_rv.isdigit() and int(rv) > int(self._last_rv)):
+            return False
+        status = pod.get("status") or {}
+        mine = {c["type"]: c for c in self._last_status["conditions"]}
+        theirs = {c["type"]: c for c in status.get("conditions") or []}
+        for t, c in mine.items():
+            other = theirs.get(t) or {}
+            if any(other.get(k) != c.get(k) for k in ("status", "reason", "message")):
+                return True
+        return status.get("phase") != self._last_status.get("phase")
 
     def removed(self) -> None:
         self._gone = True
@@ -227,24 +249,24 @@ class PodWorker:
     async def _run(self) -> None:
         if self._restored_terminal:  # nothing to run, nothing to report
             await self._teardown()
-            await self._deleting.wait()
+            await self._deletion_seen()
             if not (self._stopping or self._gone):
                 await self._delete_object()
             return
         if self._never_rerun():  # restarted kubelet, restartPolicy Never: the pod has failed
             await self._flush()
             await self._teardown()
-            await self._deleting.wait()
+            await self._deletion_seen()
             await self._finish_deletion()
             return
         lifecycle = asyncio.create_task(self._lifecycle())
-        deleting = asyncio.create_task(self._deleting.wait())
+        deleting = asyncio.create_task(self._deletion_seen())
         await asyncio.wait({lifecycle, deleting}, return_when=asyncio.FIRST_COMPLETED)
         if lifecycle.done() and not deleting.done():
             if lifecycle.exception() is not None:
                 raise lifecycle.exception()  # type: ignore[misc]
             await self._teardown()  # terminal: nothing runs any more; the object stays
-            await self._deleting.wait()
+            await self._deletion_seen()
         else:
             lifecycle.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -255,6 +277,18 @@ class PodWorker:
             await self._kill_all(grace, reason="Stopping container")
         deleting.cancel()
         await self._finish_deletion()
+
+    async def _deletion_seen(self) -> None:
+        """The pod is to go (deleted, vanished, kubelet stopping) — as far as a node that is
+        connected to the API can tell: a node whose heartbeats are stopped acts as partitioned
+        and learns it only once it is back."""
+        await self._deleting.wait()
+        await self._connected()
+
+    async def _connected(self) -> None:
+        # a file says whether the node is paused: nothing to await but the clock
+        while self.ctx.paused() and not self._stopping:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
 
     def _never_rerun(self) -> bool:
         return self.policy == "Never" and any(r.terminated for r in self.init + self.regular)
@@ -977,6 +1011,7 @@ class PodWorker:
     async def _status_loop(self) -> None:
         while True:
             await self._dirty.wait()
+            await self._connected()  # a partitioned node writes nothing
             self._dirty.clear()
             try:
                 await self._flush()
@@ -988,6 +1023,7 @@ class PodWorker:
     async def _flush(self, *, terminal: bool = False) -> None:
         if self._stopping or self._gone:
             return
+        await self._connected()
         async with self._status_lock:
             self._final = terminal = terminal or self._final
             pod = {
@@ -1018,6 +1054,7 @@ class PodWorker:
                     return
                 raise
             self._last_status = without_times(status)
+            self._last_rv = (resp.get("metadata") or {}).get("resourceVersion", "")
             self._conditions = (resp.get("status") or {}).get("conditions") or status["conditions"]
 
 
