@@ -78,6 +78,12 @@ sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-clien
 sign admin "/O=system:masters/CN=kubernetes-admin" "$client_ext"
 sign controller-manager "/CN=system:kube-controller-manager" "$client_ext"
 sign scheduler "/CN=system:kube-scheduler" "$client_ext"
+# The test kubelet's Service proxy reads EndpointSlices, which a node's identity may not.
+sign kube-proxy "/CN=system:kube-proxy" "$client_ext"
+# The kubelet API (logs, exec) the apiserver calls and verifies against the cluster CA.
+sign kubelet "/CN=benchop-test-kubelet" "keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:$HOST_IP,IP:127.0.0.1"
 node_names=()
 for spec in $NODES; do
   node="${spec%%:*}"
@@ -111,6 +117,7 @@ EOF
 kubeconfig admin.kubeconfig admin
 kubeconfig controller-manager.kubeconfig controller-manager
 kubeconfig scheduler.kubeconfig scheduler
+kubeconfig kube-proxy.kubeconfig kube-proxy
 for node in "${node_names[@]}"; do kubeconfig "node-$node.kubeconfig" "node-$node"; done
 
 # --------------------------------------------------------------------------- network
@@ -222,7 +229,8 @@ fi
 node_args=()
 for spec in $NODES; do node_args+=(--node "$spec"); done
 start testkubelet env PYTHONPATH="$REPO/tests/cluster" python3 -m testkubelet \
-  --dir "$DIR" --bridge "$BRIDGE" --host-ip "$HOST_IP" --pod-cidr "$POD_CIDR" "${node_args[@]}"
+  --dir "$DIR" --bridge "$BRIDGE" --host-ip "$HOST_IP" --pod-cidr "$POD_CIDR" \
+  --service-cidr "$SERVICE_CIDR" "${node_args[@]}"
 for node in "${node_names[@]}"; do
   wait_for testkubelet 60 kubectl --kubeconfig "$DIR/admin.kubeconfig" wait \
     --for=condition=Ready "node/$node" --timeout=2s
