@@ -397,9 +397,19 @@ async def test_watch_with_a_label_selector_sees_objects_leave_and_enter(kube: Ku
 
 
 async def test_watch_ends_at_timeout_seconds(kube: Kube) -> None:
-    stream = watch(kube, RUNS_PATH, {"resourceVersion": "0", "timeoutSeconds": "0.2"})
+    stream = watch(kube, RUNS_PATH, {"resourceVersion": "0", "timeoutSeconds": "1"})
     async with asyncio.timeout(5):
         assert [event async for event in stream] == []
+
+
+async def test_watch_timeout_seconds_must_be_an_integer(kube: Kube) -> None:
+    # kube-apiserver: `strconv.ParseInt: parsing "300.0": invalid syntax` (a kopf setting of
+    # 300.0 once broke every watch of the operator on a real cluster).
+    params = {"watch": "true", "timeoutSeconds": "300.0"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(kube.url + RUNS_PATH, params=params) as response:
+            assert response.status == 400
+            assert "300.0" in (await response.json())["message"]
 
 
 async def test_watch_from_a_forgotten_version_is_410_gone() -> None:

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 
 from benchop.api.durations import parse_duration
 from benchop.operator.settings import DEFAULT_AGENT_SELECTOR, DEFAULT_IMAGE, OperatorSettings
@@ -164,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
             peering_name=settings.peering,
             liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
             memo=kopf.Memo(settings=settings),
+            # kopf would ask getpass for a user name, which a container's uid may not have.
+            identity=f"benchop@{os.environ.get('POD_NAME') or socket.gethostname()}",  # type: ignore[arg-type]
         )
     )
     return 0

@@ -55,7 +55,7 @@ class OperatorSettings:
     # How long to wait for COMPLETE snapshots after the Job completed before falling back.
     complete_wait_s: float = 5.0
     # kopf timeouts (seconds).
-    watch_server_timeout: float = 300.0
+    watch_server_timeout: int = 300  # timeoutSeconds: the apiserver takes an integer only
     watch_client_timeout: float = 330.0
     request_timeout: float = 30.0
     connect_timeout: float = 10.0

@@ -332,7 +332,12 @@ class Emulator(kmock.KubernetesEmulator):
         query = self._query(request)
         since = request.params.get("resourceVersion") or "0"
         initial = request.params.get("sendInitialEvents") == "true"
-        timeout = float(request.params.get("timeoutSeconds") or 1800)
+        raw_timeout = request.params.get("timeoutSeconds") or "1800"
+        if not raw_timeout.isdigit():  # the apiserver parses an integer: "300.0" is a 400
+            raise _error(
+                400, "BadRequest", f'strconv.ParseInt: parsing "{raw_timeout}": invalid syntax'
+            )
+        timeout = float(raw_timeout)
         queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
         backlog: list[dict[str, Any]] = []
         gone = False
