@@ -406,10 +406,12 @@ async def test_watch_timeout_seconds_must_be_an_integer(kube: Kube) -> None:
     # kube-apiserver: `strconv.ParseInt: parsing "300.0": invalid syntax` (a kopf setting of
     # 300.0 once broke every watch of the operator on a real cluster).
     params = {"watch": "true", "timeoutSeconds": "300.0"}
-    async with aiohttp.ClientSession() as session:
-        async with session.get(kube.url + RUNS_PATH, params=params) as response:
-            assert response.status == 400
-            assert "300.0" in (await response.json())["message"]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(kube.url + RUNS_PATH, params=params) as response,
+    ):
+        assert response.status == 400
+        assert "300.0" in (await response.json())["message"]
 
 
 async def test_watch_from_a_forgotten_version_is_410_gone() -> None:
