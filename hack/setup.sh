@@ -2,7 +2,9 @@
 # Installs benchop and everything its checks and tests use, on a fresh Debian machine with
 # Python >= 3.11: the package with its dev extras, Debian's prometheus (for the Prometheus
 # tests), wrk (load-generator benchmark) and shellcheck, and a pinned helm + kubectl
-# (hack/install-tools.sh). Idempotent: a second run only checks.
+# (hack/install-tools.sh), and the real model server of the `realserver` tests
+# (hack/install-llama.sh: compiles llama-cpp-python once, minutes, then reuses the wheel).
+# Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,3 +27,5 @@ fi
 if [ -f hack/install-tools.sh ]; then
   bash hack/install-tools.sh
 fi
+
+bash hack/install-llama.sh
