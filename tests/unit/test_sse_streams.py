@@ -9,6 +9,7 @@ read) and one byte per read; every split must give the same facts.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,3 +125,85 @@ def test_tool_call_deltas_are_tokens() -> None:
     p, _ = parse([(DOCUMENTED / "vllm-chat-tool-calls.sse").read_bytes()])
     assert p.done and p.usage_completion == 12
     assert p.n_tokens == 4  # the name chunk and three argument chunks
+
+
+# -- recorded from llama-cpp-python's server -------------------------------------------------
+
+
+def http_response(name: str) -> tuple[int, dict[str, str], list[bytes]]:
+    """Status, headers (last one wins) and body of a recording; a chunked body as its
+    chunks (one server write each), else the body as one read."""
+    head, _, rest = (RECORDED / name).read_bytes().partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    if headers.get("transfer-encoding") != "chunked":
+        return int(status_line.split()[1]), headers, [rest]
+    reads = []
+    while True:
+        size, _, rest = rest.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            break
+        reads.append(rest[:n])
+        rest = rest[n + 2 :]
+    return int(status_line.split()[1]), headers, reads
+
+
+RECORDED_STREAMS = {
+    # one chunk per token, a role-only first chunk and an empty-delta finish chunk; no usage
+    # chunk although benchop's body asks for one (stream_options is not in the server's model)
+    "chat-stream.http": Facts(8),
+    "chat-stream-usage.http": Facts(8),
+    "completions-stream.http": Facts(8),
+    "completions-stream-usage.http": Facts(8),
+    # any model name is served by the one model
+    "error-unknown-model.http": Facts(4),
+    # ignore_eos is not honoured: the end-of-sequence token ends the stream with no content
+    "chat-stream-eos.http": Facts(0),
+    # interrupt_requests (the server's default): [DONE] after 8 of 200 tokens, no
+    # finish_reason; the parser cannot tell it from a complete stream
+    "chat-stream-interrupted.http": Facts(8),
+    # ": ping - <time>" comments, each in its own write, while the prompt is evaluated
+    "completions-stream-ping.http": Facts(4),
+    # a prompt over the context, streaming: 200, text/event-stream, and an empty body
+    "error-too-long-stream.http": Facts(0, done=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED_STREAMS))
+def test_recorded_stream(name: str) -> None:
+    status, headers, reads = http_response(name)
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    p, stopped = parse(reads)
+    assert facts(p) == RECORDED_STREAMS[name]
+    if p.done:
+        assert stopped == [len(reads) - 1]  # [DONE] is the last write
+        by_byte, _ = parse(bytewise(b"".join(reads)))
+        assert facts(by_byte) == RECORDED_STREAMS[name]
+
+
+def test_recorded_ping_comments_are_not_tokens() -> None:
+    _, _, reads = http_response("completions-stream-ping.http")
+    pings = [r for r in reads if r.startswith(b": ping - ")]
+    assert len(pings) >= 2 and all(r.endswith(b"\n\n") for r in pings)
+    p, _ = parse(reads)
+    assert p.n_tokens == 4
+    assert sum(reads.index(x) < p.first_ns for x in pings) >= 2  # pings, then the first token
+
+
+def test_recorded_non_streaming_and_errors() -> None:
+    """What the server answers outside a stream: usage in non-streaming bodies, a 400 for an
+    over-long prompt, a 500 (not a 4xx) for a body that fails validation."""
+    for name in ("chat.http", "completions.http"):
+        status, _, (body,) = http_response(name)
+        doc = json.loads(body)
+        assert status == 200 and doc["usage"]["completion_tokens"] == 8
+    status, _, (body,) = http_response("error-too-long.http")
+    assert status == 400 and json.loads(body)["error"]["code"] == "context_length_exceeded"
+    status, _, (body,) = http_response("error-bad-field.http")
+    assert status == 500 and "int_parsing" in json.loads(body)["error"]["message"]
+
+
+def test_every_recording_is_indexed() -> None:
+    index = json.loads((RECORDED / "index.json").read_text())
+    assert sorted(f"{k}.http" for k in index) == sorted(p.name for p in RECORDED.glob("*.http"))
