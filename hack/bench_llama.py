@@ -57,6 +57,9 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--prompt-words", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument(
+        "--server-arg", action="append", default=[], help="extra server flag (repeat for each)"
+    )
     args = ap.parse_args()
     words = [
         "red",
@@ -75,8 +78,9 @@ def main() -> int:
         for i in range(args.requests * 2 + 1)
     ]
     log = Path(tempfile.mkdtemp()) / "server.log"
-    with start_server(model_file(), log_path=log, threads=args.threads) as s:
-        print(f"threads {args.threads}: /v1/models answered {s.load_s:.1f} s after the start")
+    extra = tuple(args.server_arg)
+    with start_server(model_file(), log_path=log, threads=args.threads, extra_args=extra) as s:
+        print(f"threads {args.threads} {' '.join(extra)}: ready {s.load_s:.1f} s after the start")
         complete(s, prompts[-1], 4)  # warm-up: the first request after loading is slower
         n0 = len(perf_records(s.log_text()))
         t0 = time.perf_counter()

