@@ -2,7 +2,9 @@
 # Installs benchop and everything its checks and tests use, on a fresh Debian machine with
 # Python >= 3.11: the package with its dev extras, Debian's prometheus (for the Prometheus
 # tests), wrk (load-generator benchmark) and shellcheck, a pinned helm + kubectl
-# (hack/install-tools.sh) and the real control plane (hack/build-controlplane.sh, needs Go).
+# (hack/install-tools.sh), the real control plane of the `cluster` tests
+# (hack/build-controlplane.sh, needs Go) and the real model server of the `realserver` tests
+# (hack/install-llama.sh: compiles llama-cpp-python once, minutes, then reuses the wheel).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,3 +39,5 @@ elif [ "${CI:-}" = "true" ]; then
 else
   echo "setup: Go not found: the cluster tests will skip and say so" >&2
 fi
+
+bash hack/install-llama.sh

@@ -4,9 +4,10 @@ The pure core of the client's hot path. ``feed`` takes each read's complete
 events, stops at ``[DONE]``, and decodes all of the read's chunks in one call
 of a small typed msgspec decoder (about 10x cheaper than ``json.loads`` plus
 dict lookups); the content of every chunk is decoded. A chunk counts as a
-token when it carries content (chat ``delta.content`` or
-``delta.reasoning_content``, completions ``text``); the time of the read that
-delivered it is its arrival time, so tokens of one read have gaps of 0.
+token when it carries content (chat ``delta.content``; reasoning as
+``delta.reasoning`` (vLLM since late 2025) or ``delta.reasoning_content``
+(DeepSeek, SGLang, llama.cpp, older vLLM); completions ``text``); the time of
+the read that delivered it is its arrival time, so tokens of one read have gaps of 0.
 ``usage`` is taken from whichever chunk has it (the last one, with
 ``stream_options.include_usage``).
 The receive lag (mock server only: it stamps ``benchop_sent_ns``) is one value
@@ -30,6 +31,7 @@ __all__ = ["StreamParser"]
 
 class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
+    reasoning: str | None = None
     reasoning_content: str | None = None
 
 
@@ -184,7 +186,7 @@ class StreamParser:
                 return self._on_error(chunk.error)
             for ch in chunk.choices:
                 d = ch.delta
-                if (d.content or d.reasoning_content) if d is not None else ch.text:
+                if (d.content or d.reasoning or d.reasoning_content) if d is not None else ch.text:
                     n += 1
             usage = chunk.usage
             if usage is not None:
