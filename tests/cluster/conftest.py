@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,6 +69,7 @@ def release(cluster: RealKube) -> RealKube:
     """The chart installed (or upgraded) with real helm into a Pod-Security-restricted
     namespace; returns once the operator and the agent are ready."""
     namespace(cluster, RELEASE_NS)
+    cluster.release_since = time.time()
     cluster.helm(
         "upgrade", "--install", RELEASE, str(ROOT / "charts" / "benchop"),
         "-n", RELEASE_NS,

@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +45,8 @@ class RealKube:
 
     dir: Path
     started: bool
+    release_since: float = 0.0
+    """When this session installed the chart (a Unix time): what the operator did since."""
 
     @property
     def kubeconfig(self) -> Path:
@@ -161,6 +164,16 @@ class RealKube:
                 raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {last!r}")
             time.sleep(0.5)
 
+    def wait_ended(self, kind: str, name: str, namespace: str, timeout: float) -> dict[str, Any]:
+        """Wait until the object's ``Succeeded`` condition is True or False; return it."""
+
+        def ended() -> dict[str, Any] | None:
+            obj = self.get(kind, name, namespace=namespace)
+            status = self.condition(obj, "Succeeded").get("status")
+            return dict(obj) if status in ("True", "False") else None
+
+        return self.wait_for(ended, timeout=timeout, what=f"{kind}/{name} to end")
+
     # ------------------------------------------------------------------ files
 
     def container_logs(self, namespace: str, pod_prefix: str, container: str) -> str:
@@ -172,11 +185,16 @@ class RealKube:
                 out.append(log.read_text(errors="replace"))
         return "".join(out)
 
-    def audit_events(self) -> Iterator[dict[str, Any]]:
-        """Every event of the apiserver's audit log (JSON lines, rotated files first)."""
+    def audit_events(self, since: float = 0.0) -> Iterator[dict[str, Any]]:
+        """The apiserver's audit events (JSON lines, rotated files first) received at or after
+        ``since`` (a Unix time)."""
         audit = self.dir / "audit"
         for path in [*sorted(audit.glob("audit-*.log")), audit / "audit.log"]:
             with contextlib.suppress(FileNotFoundError), path.open() as f:
                 for line in f:
-                    if line.strip():
-                        yield json.loads(line)
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    received = event["requestReceivedTimestamp"].replace("Z", "+00:00")
+                    if datetime.fromisoformat(received).timestamp() >= since:
+                        yield event

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -261,3 +262,20 @@ def test_names_and_labels() -> None:
     value = labels_for(long, "loadgen")[builders.RUN_LABEL]
     assert len(value) <= 63 and value[-1].isalnum()
     assert safe_name("x" * 63) == "x" * 63
+
+
+@pytest.mark.parametrize(
+    "run",
+    ["r1", "r" * 63, "llama.8b.c32", "a." + "b" * 58 + ".c", "x" * 253, "a.b", "a-b", "9.9"],
+)
+def test_loadgen_job_name_leaves_every_pod_a_dns_label(run: str) -> None:
+    job = loadgen_job_name(run)
+    for index in (0, builders.MAX_WORKERS - 1):  # Indexed Job pods: <job>-<index>
+        hostname = f"{job}-{index}"
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", hostname), hostname
+        assert len(hostname) <= 63, hostname
+
+
+def test_loadgen_job_names_of_different_runs_differ() -> None:
+    names = ["a.b", "a-b", "r" * 63, "r" * 64, "llama.8b.c32", "llama-8b.c32"]
+    assert len({loadgen_job_name(n) for n in names}) == len(names)

@@ -392,24 +392,22 @@ WHITELIST: frozenset[tuple[str, str, str]] = frozenset(
         ("", "namespaces", "list"),
         ("", "namespaces", "watch"),
         # BenchmarkRun: watched, finalizer/annotation patches, child runs of Experiments.
-        *(
-            ("benchop.io", "benchmarkruns", v)
-            for v in ("get", "list", "watch", "patch", "update", "create", "delete")
-        ),
-        # Experiment: watched, finalizer/annotation patches; the rollup refresher writes.
-        *(("benchop.io", "experiments", v) for v in ("get", "list", "watch", "patch", "update")),
+        *(("benchop.io", "benchmarkruns", v) for v in ("get", "list", "watch", "patch", "create")),
+        # Experiment: watched, finalizer/annotation patches.
+        *(("benchop.io", "experiments", v) for v in ("get", "list", "watch", "patch")),
         # Status subresources: the operator is their only writer.
-        *(
-            ("benchop.io", f"{r}/status", v)
-            for r in ("benchmarkruns", "experiments")
-            for v in ("get", "patch", "update")
-        ),
-        # Load-generator Jobs: create, watch for failure, clean up.
-        *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "delete")),
+        ("benchop.io", "benchmarkruns/status", "patch"),
+        ("benchop.io", "experiments/status", "patch"),
+        # blockOwnerDeletion on children, under OwnerReferencesPermissionEnforcement.
+        ("benchop.io", "benchmarkruns/finalizers", "update"),
+        ("benchop.io", "experiments/finalizers", "update"),
+        # Load-generator Jobs: create, watch for failure, suspend a failed run's.
+        *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "patch")),
         # The ConfigMap with a run's spec.
-        *(("", "configmaps", v) for v in ("create", "get", "list", "delete")),
+        ("", "configmaps", "create"),
         # Pods, read-only: workers, the target's nodes, agent pods.
-        *(("", "pods", v) for v in ("get", "list", "watch")),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
         # kopf peering, only when operator.peering.enabled.
         *(
             ("kopf.dev", r, v)
@@ -469,7 +467,7 @@ def test_namespaced_rbac_is_scoped(custom_docs: list[dict[str, Any]]) -> None:
             t for t in WHITELIST - NAMESPACES - PEERING if t[0] != "apiextensions.k8s.io"
         } | {t for t in PEERING if t[1] == "kopfpeerings"}
     # The release namespace holds the agents: pods, read-only, nothing else.
-    assert roles[NS] == {("", "pods", v) for v in ("get", "list", "watch")}
+    assert roles[NS] == {("", "pods", "list")}
 
 
 # --------------------------------------------------------------------------- CRDs, README, Argo CD

@@ -214,6 +214,10 @@ LOAD_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
+MAX_WORKERS = 1000
+"""Most load-generator pods one run may have (an Indexed Job's pods are ``<job>-<index>``)."""
+
+
 class LoadSpec(_Spec, json_schema_extra=_cel(*LOAD_RULES)):
     """How requests are issued: a fixed concurrency, or a request rate."""
 
@@ -227,7 +231,9 @@ class LoadSpec(_Spec, json_schema_extra=_cel(*LOAD_RULES)):
     arrival: Literal["constant", "poisson"] = Field(
         "poisson", description="Inter-arrival times in rate mode."
     )
-    workers: int = Field(1, ge=1, description="Load-generator pods; load is split evenly.")
+    workers: int = Field(
+        1, ge=1, le=MAX_WORKERS, description="Load-generator pods; load is split evenly."
+    )
     request_timeout: Duration = Duration("300s")
     max_in_flight: int | None = Field(
         None, ge=1, description="Cap on requests in flight in rate mode."

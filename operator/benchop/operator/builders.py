@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from benchop.api.models import API_VERSION, BenchmarkRun, to_wire
+from benchop.api.models import API_VERSION, MAX_WORKERS, BenchmarkRun, to_wire
 
 LABEL_PREFIX = "benchop.io/"
 RUN_LABEL = LABEL_PREFIX + "run"
@@ -55,8 +55,23 @@ def safe_name(base: str, suffix: str = "", limit: int = MAX_NAME) -> str:
 
 
 def loadgen_job_name(run_name: str) -> str:
-    """``<run>-loadgen`` (truncated with a hash above 63 characters)."""
-    return safe_name(run_name, "loadgen")
+    """``<run>-loadgen``, a DNS label with room for the worker pods' hostnames.
+
+    An Indexed Job's pods are named and hostnamed ``<job>-<index>``, which must be a DNS label
+    (at most 63 characters, no dots), or the apiserver refuses the Job. So dots become dashes
+    and the name leaves room for ``-<largest index>``; a name that had to change carries a hash
+    of the run name, so two runs never share a Job.
+
+    >>> loadgen_job_name("r1"), loadgen_job_name("llama.8b")
+    ('r1-loadgen', 'llama-8b-17f6c930-loadgen')
+    """
+    limit = MAX_NAME - len(f"-{MAX_WORKERS - 1}")
+    label = run_name.replace(".", "-")
+    full = f"{label}-loadgen"
+    if label == run_name and len(full) <= limit:
+        return full
+    tail = f"-{hashlib.sha256(run_name.encode()).hexdigest()[:8]}-loadgen"
+    return label[: limit - len(tail)].rstrip("-") + tail
 
 
 def spec_configmap_name(run_name: str) -> str:
