@@ -1,7 +1,8 @@
 """Pure builders of a run's child manifests: the spec ConfigMap and the load-generator Job.
 
 No I/O, no clocks, no randomness: the same run gives the same dicts, so creation is
-idempotent by name (409 = it exists) and tests compare whole manifests.
+idempotent by name (409 = it exists) and tests compare whole manifests. Names, label keys
+and the ownerReference come from :mod:`benchop.core.names`.
 
     owner = owner_reference(body)
     cm = build_spec_configmap(run, name=spec_configmap_name(run_name), namespace=ns, owner=owner)
@@ -12,24 +13,22 @@ idempotent by name (409 = it exists) and tests compare whole manifests.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
-from benchop.api.models import API_VERSION, BenchmarkRun, to_wire
-
-LABEL_PREFIX = "benchop.io/"
-RUN_LABEL = LABEL_PREFIX + "run"
-RUN_NAME_ANNOTATION = LABEL_PREFIX + "run-name"
-NAME_LABEL = "app.kubernetes.io/name"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-APP = "benchop"
-LOADGEN = "loadgen"
-
-MAX_NAME = 63
-"""Longest child name (a Job's name is also a label value on its pods)."""
+from benchop.api.models import BenchmarkRun, to_wire
+from benchop.core.names import (
+    APP,
+    COMPONENT_LABEL,
+    LOADGEN,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    RUN_LABEL,
+    RUN_NAME_ANNOTATION,
+    run_label_value,
+    spec_configmap_name,
+)
 
 SPEC_KEY = "spec.json"
 SPEC_DIR = "/etc/benchop"
@@ -38,35 +37,6 @@ TERMINATION_LOG = "/dev/termination-log"
 CONTAINER = "loadgen"
 BACKOFF_PER_WORKER = 3
 """Container restarts allowed per worker before the Job fails (``backoffLimit = 3 * workers``)."""
-
-
-def safe_name(base: str, suffix: str = "", limit: int = MAX_NAME) -> str:
-    """``base`` + ``-suffix`` if that fits ``limit``; else a truncated base plus a stable hash.
-
-    >>> safe_name("r1", "loadgen")
-    'r1-loadgen'
-    """
-    full = f"{base}-{suffix}" if suffix else base
-    if len(full) <= limit:
-        return full
-    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
-    tail = f"-{digest}-{suffix}" if suffix else f"-{digest}"
-    return base[: limit - len(tail)].rstrip("-.") + tail
-
-
-def loadgen_job_name(run_name: str) -> str:
-    """``<run>-loadgen`` (truncated with a hash above 63 characters)."""
-    return safe_name(run_name, "loadgen")
-
-
-def spec_configmap_name(run_name: str) -> str:
-    """``<run>-spec`` (truncated with a hash above 63 characters)."""
-    return safe_name(run_name, "spec")
-
-
-def run_label_value(run_name: str) -> str:
-    """The ``benchop.io/run`` label value: the run name, hashed down to 63 characters if longer."""
-    return safe_name(run_name)
 
 
 def labels_for(run_name: str, component: str) -> dict[str, str]:
@@ -80,19 +50,6 @@ def labels_for(run_name: str, component: str) -> dict[str, str]:
         COMPONENT_LABEL: component,
         MANAGED_BY_LABEL: "benchop-operator",
         RUN_LABEL: run_label_value(run_name),
-    }
-
-
-def owner_reference(body: Mapping[str, Any], kind: str = "BenchmarkRun") -> dict[str, Any]:
-    """The controller ownerReference pointing at a benchop resource body (needs metadata.uid)."""
-    meta = body["metadata"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": kind,
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
     }
 
 

@@ -1,13 +1,14 @@
-"""Pure status transitions, pod/Job readings and the status merge diff of the operator."""
+"""Pure status transitions and the status merge diff (core), and the operator's pod/Job
+readings and watchdog deadline."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from benchop.api import conditions as c
-from benchop.operator import transitions as t
+from benchop.core import lifecycle as t
+from benchop.core.lifecycle import merge_diff
 from benchop.operator.pods import job_view, pod_view
-from benchop.operator.status import merge_diff
 
 NOW = "2024-05-01T12:00:00Z"
 LATER = "2024-05-01T12:05:00Z"
