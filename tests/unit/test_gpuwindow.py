@@ -159,24 +159,13 @@ def closed(
 
 
 def test_gate_records_persist_what_gpu_results_need() -> None:
-    start = [
-        ack(
-            "agent-a",
-            "START",
-            sample("g0", 10, 1_000_000, 50),
-            sample("g1", 10, 2_000_000, 70),
-            sim=True,
+    start, end = (
+        [ack("agent-a", b, sample("g0", t, e0, u0), sample("g1", t, e1, u1), sim=True)]
+        for b, t, e0, u0, e1, u1 in (
+            ("START", 10, 1_000_000, 50, 2_000_000, 70),
+            ("END", 20, 3_000_000, 90, 2_500_000, 10),
         )
-    ]
-    end = [
-        ack(
-            "agent-a",
-            "END",
-            sample("g0", 20, 3_000_000, 90),
-            sample("g1", 20, 2_500_000, 10),
-            sim=True,
-        )
-    ]
+    )
     gates = {
         "START": closed("START", start, start_at_ns=1),
         "END": closed("END", end, start_at_ns=2),

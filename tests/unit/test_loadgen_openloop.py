@@ -22,9 +22,10 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from conftest import Runner
 
 from benchop.loadgen.load import (
     AHEAD_NS,
@@ -37,30 +38,10 @@ from benchop.loadgen.load import (
 from benchop.loadgen.timers import FineTimer, ThreadTimer, TimerFd
 from benchop.loadgen.trigger import SendTrigger
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-    uvloop = None  # type: ignore[assignment]
-
-R = TypeVar("R")
-Runner = Callable[[Coroutine[Any, Any, R]], R]
 MS = 1_000_000
 HANG_S = 5.0  # generous: only catches a schedule that never returns
 HELD_NS = 3_000 * MS  # an arm pushed this far never fires within a test
 now = time.perf_counter_ns  # the clock the open loop schedules on
-
-
-@pytest.fixture(
-    params=[
-        "asyncio",
-        pytest.param(
-            "uvloop", marks=pytest.mark.skipif(uvloop is None, reason="uvloop not installed")
-        ),
-    ]
-)
-def run(request: pytest.FixtureRequest) -> Runner[Any]:
-    """Runs a coroutine to completion on a fresh loop of the parametrized kind."""
-    return uvloop.run if request.param == "uvloop" else asyncio.run
 
 
 @dataclass

@@ -12,35 +12,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
+from conftest import Runner
 
 from benchop.loadgen.timers import FineTimer, ThreadTimer, TimerFd, fine_timer
 
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-    uvloop = None  # type: ignore[assignment]
-
-R = TypeVar("R")
-Runner = Callable[[Coroutine[Any, Any, R]], R]
 MS = 1_000_000
 HANG_S = 5.0
 now = time.perf_counter_ns
 LINUX = sys.platform == "linux"
-
-
-@pytest.fixture(
-    params=[
-        "asyncio",
-        pytest.param(
-            "uvloop", marks=pytest.mark.skipif(uvloop is None, reason="uvloop not installed")
-        ),
-    ]
-)
-def run(request: pytest.FixtureRequest) -> Runner[Any]:
-    return uvloop.run if request.param == "uvloop" else asyncio.run
 
 
 @pytest.fixture(

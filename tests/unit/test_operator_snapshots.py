@@ -8,52 +8,13 @@ import time
 from collections.abc import Callable
 
 import msgspec
-import numpy as np
+from test_results import snap
 
 from benchagent.transport import Publisher
-from benchagent.wire import MetricsSnapshot, SeriesSummary
-from benchop.metrics import names
-from benchop.metrics.stats import encode_values
-from benchop.operator.gatebridge import (
-    gate_timeout_s,
-)
+from benchagent.wire import MetricsSnapshot
+from benchop.operator.gatebridge import gate_timeout_s
 from benchop.operator.settings import OperatorSettings
-from benchop.operator.snapshots import (
-    SnapshotCollector,
-    live_status,
-)
-
-
-def snap(
-    worker: int, state: str = "COMPLETE", ok: int = 10, ttft: list[int] | None = None
-) -> MetricsSnapshot:
-    values = np.array(ttft or [1_000_000 * (i + 1) for i in range(ok)], dtype=np.int64)
-    series = {
-        names.TTFT: SeriesSummary(
-            count=len(values),
-            sum=int(values.sum()),
-            m2=float(((values - values.mean()) ** 2).sum()),
-            min=int(values.min()),
-            max=int(values.max()),
-            values=encode_values(values),
-        )
-    }
-    return MetricsSnapshot(
-        run="ns.r",
-        worker=worker,
-        seq=5,
-        state=state,  # type: ignore[arg-type]
-        phase="done",
-        time_ns=0,
-        elapsed_s=2.0,
-        n_pending=0,
-        counters={
-            names.REQUESTS: ok,
-            names.REQUESTS_OK: ok,
-            names.OUTPUT_TOKENS_TOTAL: 8 * ok,
-        },
-        series=series,
-    )
+from benchop.operator.snapshots import SnapshotCollector, live_status
 
 
 def test_live_status_is_bounded_and_camel_case() -> None:

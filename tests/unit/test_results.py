@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from benchagent.wire import MetricsSnapshot, SeriesSummary
+from benchagent.wire import MetricsSnapshot
 from benchop.api.models import GpuResults, Results, SloSpec, to_wire
 from benchop.core.results import (
     Source,
@@ -23,7 +23,6 @@ from benchop.core.results import (
 )
 from benchop.metrics import Registry, names
 from benchop.metrics.buckets import REL_ERROR
-from benchop.metrics.stats import encode_values
 
 LATENCIES = (names.TTFT, names.ITL, names.TPOT, names.E2E)
 SLO = SloSpec(ttft_ms=200.0, itl_ms=30.0)
@@ -283,33 +282,13 @@ def operator_sources(
 def snap(
     worker: int, state: str = "COMPLETE", ok: int = 10, ttft: list[int] | None = None
 ) -> MetricsSnapshot:
-    values = np.array(ttft or [1_000_000 * (i + 1) for i in range(ok)], dtype=np.int64)
-    series = {
-        names.TTFT: SeriesSummary(
-            count=len(values),
-            sum=int(values.sum()),
-            m2=float(((values - values.mean()) ** 2).sum()),
-            min=int(values.min()),
-            max=int(values.max()),
-            values=encode_values(values),
-        )
-    }
-    return MetricsSnapshot(
-        run="ns.r",
-        worker=worker,
-        seq=5,
-        state=state,  # type: ignore[arg-type]
-        phase="done",
-        time_ns=0,
-        elapsed_s=2.0,
-        n_pending=0,
-        counters={
-            names.REQUESTS: ok,
-            names.REQUESTS_OK: ok,
-            names.OUTPUT_TOKENS_TOTAL: 8 * ok,
-        },
-        series=series,
-    )
+    """A worker's snapshot of ``ok`` requests with these TTFTs (default 1, 2, ... ms)."""
+    reg = Registry()
+    reg.series(names.TTFT).record_many(ttft or [1_000_000 * (i + 1) for i in range(ok)])
+    reg.counter(names.REQUESTS).inc(ok)
+    reg.counter(names.REQUESTS_OK).inc(ok)
+    reg.counter(names.OUTPUT_TOKENS_TOTAL).inc(8 * ok)
+    return snapshot(reg, worker, elapsed_s=2.0, state=state)
 
 
 def test_final_sources_prefer_pubsub_then_termination_then_live() -> None:

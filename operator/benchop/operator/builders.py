@@ -53,7 +53,7 @@ def labels_for(run_name: str, component: str) -> dict[str, str]:
     }
 
 
-def _meta(
+def _metadata(
     run_name: str, name: str, namespace: str, owner: Mapping[str, Any], component: str
 ) -> dict[str, Any]:
     return {
@@ -78,7 +78,7 @@ def build_spec_configmap(
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(run_name, name, namespace, owner, LOADGEN),
+        "metadata": _metadata(run_name, name, namespace, owner, LOADGEN),
         "data": {SPEC_KEY: spec_json(run)},
     }
 
@@ -200,6 +200,6 @@ def build_loadgen_job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(run_name, name, namespace, owner, LOADGEN),
+        "metadata": _metadata(run_name, name, namespace, owner, LOADGEN),
         "spec": job_spec,
     }
