@@ -369,7 +369,13 @@ async def test_abort_policy_stops_the_sweep(kube: Kube, operator_task: OperatorF
     assert (succeeded["status"], succeeded["reason"]) == ("False", "Aborted")
     assert st["counts"] == {"total": 3, "pending": 2, "running": 0, "succeeded": 0, "failed": 1}
     assert created_runs(kube) == ["ab-0"]
-    blob = await wait_for(lambda: exp_status(kube, "ab").get("metrics"))
+    # the refresher may first write the rollup of the child still Profiling: wait for the
+    # one that follows its end
+    blob = await wait_for(
+        lambda: (
+            (m := exp_status(kube, "ab").get("metrics")) and m["runs"][0]["phase"] == "Failed" and m
+        )
+    )
     assert blob["runs"][0]["phase"] == "Failed" and blob["best"] == {}
 
 
