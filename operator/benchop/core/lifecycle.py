@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from benchop.api import conditions as c
 from benchop.api.models import ExperimentPhase, Phase
@@ -21,7 +21,7 @@ from benchop.core.children import Plan
 from benchop.core.names import TERMINAL_PHASES
 
 Status = dict[str, Any]
-Update = tuple[str, str, str, str]  # (type, status, reason, message)
+Update = tuple[str, Literal["True", "False", "Unknown"], str, str]  # type, status, reason, message
 
 
 def is_terminal(status: Mapping[str, Any] | None) -> bool:
@@ -58,7 +58,7 @@ def with_conditions(
         conds = c.set_condition(
             conds,
             type=type_,
-            status=cstatus,  # type: ignore[arg-type]
+            status=cstatus,
             reason=reason,
             message=message,
             observed_generation=generation,
