@@ -180,9 +180,9 @@ def measure_benchop(
     StreamClient, ``run_closed``, every record folded into a metrics registry (folded every
     0.1 s), every chunk's content decoded. None when benchop.loadgen is not importable."""
     try:
-        from benchop.loadgen.load import measure_fixed_concurrency
+        from fixed_concurrency import measure_fixed_concurrency
     except ImportError as exc:
-        print(f"benchop.loadgen is not available yet ({exc}): skipping the benchop row")
+        print(f"benchop.loadgen is not available ({exc}): skipping the benchop row")
         return None
     stats = _run_loop(
         measure_fixed_concurrency(url, "benchop-mock", concurrency, seconds, tokens, warmup_s=0.5)

@@ -36,9 +36,10 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from fixed_concurrency import measure_fixed_concurrency
+
 from benchop.api.models import BenchmarkRunSpec
 from benchop.loadgen import checkpoint
-from benchop.loadgen.load import measure_fixed_concurrency
 from benchop.loadgen.worker import WorkerConfig, run_worker
 from benchop.metrics import names
 from benchop.mockserver import MockConfig, spawn_mock_server_process

@@ -58,11 +58,9 @@ from benchagent.wire import (
     GateRequest,
     Message,
 )
+from benchop.core.gaterecords import GateKey, GateOutcome
 
 log = logging.getLogger(__name__)
-
-GateKey = tuple[str, Boundary]
-"""``(phase_id, boundary)``: one gate of a run."""
 
 OnGate = Callable[[str, "GateOutcome"], Awaitable[None]]
 """``on_gate(run, outcome)``: awaited once per closed gate, before the workers are granted."""
@@ -76,35 +74,6 @@ class AgentEndpoint:
     node: str = ""
     endpoint: str = ""
     gpus: list[str] | None = None  # GPU UUIDs to sample; None means every GPU of the node
-
-
-@dataclass(frozen=True)
-class GateOutcome:
-    """How one gate closed (or, with ``restored``, what status said about it).
-
-    ``acks`` holds every BaselineAck received in time (successful or not);
-    ``missing`` the agents that did not ack by the timeout. The baseline was
-    captured when asked for, at least one agent was asked, none is missing
-    and every ack succeeded.
-    """
-
-    run: str
-    phase_id: str
-    boundary: Boundary
-    start_at_ns: int  # wall clock at which every worker passes the boundary
-    baseline: bool  # a baseline handshake was asked for
-    baseline_captured: bool
-    agents: list[str] = field(default_factory=list)  # agents asked
-    acks: list[BaselineAck] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    closed_at_ns: int = 0  # wall clock when the gate closed
-    barrier_s: float = 0.0  # first worker's request -> last worker's request
-    handshake_s: float = 0.0  # baseline requests sent -> acks collected (or timeout)
-    restored: bool = False  # seeded by restore_gate, not closed by this coordinator
-
-    @property
-    def key(self) -> GateKey:
-        return (self.phase_id, self.boundary)
 
 
 @dataclass

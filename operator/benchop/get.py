@@ -6,7 +6,7 @@
 
 An experiment's comparison comes from its cached rollup (``status.metrics``) when that is of
 the current version and decodes; otherwise it is computed from the child runs (see
-:mod:`benchop.operator.cache`), and the output says which. Credentials: kubeconfig, else the
+:mod:`benchop.core.rollup`), and the output says which. Credentials: kubeconfig, else the
 in-cluster service account; ``--server URL`` talks to that API server without credentials
 (tests, ``kubectl proxy``). Exit codes: 0 ok, 1 not found, 2 API or config error.
 """
@@ -22,23 +22,15 @@ from typing import Any
 
 import yaml
 from rich.console import Console
-from rich.table import Table
 
-from benchop.api.models import (
-    BENCHMARKRUN_PLURAL,
-    EXPERIMENT_PLURAL,
-    GROUP,
-    VERSION,
-    ExperimentMetrics,
-    to_wire,
-)
-from benchop.operator.cache import Source, read_rollup
-from benchop.operator.children import experiment_selector
-from benchop.operator.rollup import OBJECTIVES
+from benchop.api.models import ExperimentMetrics, to_wire
+from benchop.core.names import BENCHMARKRUN_PLURAL, EXPERIMENT_PLURAL, GROUP, VERSION
+from benchop.core.rollup import Source, read_rollup
+from benchop.core.selectors import experiment_selector
 from benchop.report import (
     BENCHMARKRUN_COLUMNS,
     EXPERIMENT_COLUMNS,
-    fmt,
+    experiment_table,
     printer_table,
 )
 
@@ -51,18 +43,6 @@ WHAT = {
     "bexp": "experiments",
     "experiment": "experiment",
 }
-
-# (header, row field)
-ROW_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("RPS", "rps"),
-    ("TOK/S", "tokPerS"),
-    ("TTFT-P50 ms", "ttftP50"),
-    ("TTFT-P99 ms", "ttftP99"),
-    ("ITL-P50 ms", "itlP50"),
-    ("GOODPUT", "goodput"),
-    ("GPU-UTIL %", "gpuUtil"),
-    ("J/TOK", "joulesPerToken"),
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,29 +70,6 @@ def stdout_console() -> Console:
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=PIPE_WIDTH)
     return console
-
-
-def experiment_table(metrics: ExperimentMetrics, *, title: str | None = None) -> Table:
-    """The comparison of a sweep: one row per run, swept params first, best values marked ``*``.
-
-    >>> console.print(experiment_table(metrics, title="sweep"))
-    """
-    table = Table(title=title, caption="* best run per objective (Succeeded runs only)")
-    params = list(dict.fromkeys(k for row in metrics.runs for k in row.params))
-    table.add_column("NAME", overflow="fold")  # fold, never "moc…": the name identifies the row
-    for p in params:
-        table.add_column(p.upper(), justify="right", overflow="fold")
-    table.add_column("PHASE", overflow="fold")
-    for header, _ in ROW_COLUMNS:
-        table.add_column(header, justify="right", overflow="fold")
-    for row in metrics.runs:
-        values = row.model_dump(by_alias=True)
-        cells = [row.name, *(fmt(row.params.get(p)) for p in params), fmt(values["phase"])]
-        for _, field in ROW_COLUMNS:
-            mark = "*" if field in OBJECTIVES and metrics.best.get(field) == row.name else ""
-            cells.append(fmt(values[field]) + mark)
-        table.add_row(*cells)
-    return table
 
 
 def rollup_note(metrics: ExperimentMetrics, source: Source, total: int | None) -> str:

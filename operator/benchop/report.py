@@ -2,7 +2,8 @@
 
 ``printer_row`` resolves the CRD's own printer columns against a resource
 dict, so the local table shows exactly what ``kubectl get benchmarkruns -o
-wide`` shows on a cluster (Age aside). ``results_table`` is the detailed view.
+wide`` shows on a cluster (Age aside). ``results_table`` is the detailed view;
+``experiment_table`` compares the runs of a sweep.
 
 >>> printer_row({"status": {"phase": "Succeeded"}}, BENCHMARKRUN_COLUMNS[:1])
 {'Phase': 'Succeeded'}
@@ -19,11 +20,13 @@ from rich.console import Group
 from rich.table import Table
 
 from benchop.api.crdgen import BENCHMARKRUN_COLUMNS, EXPERIMENT_COLUMNS
-from benchop.api.models import LatencyStats, Results
+from benchop.api.models import ExperimentMetrics, LatencyStats, Results
+from benchop.core.rollup import OBJECTIVES
 
 __all__ = [
     "BENCHMARKRUN_COLUMNS",
     "EXPERIMENT_COLUMNS",
+    "experiment_table",
     "fmt",
     "printer_row",
     "printer_table",
@@ -136,3 +139,39 @@ def results_table(results: Results, *, title: str = "Results (profiling phase)")
         )
     facts.add_row("source", results.source + ("" if results.complete else " (INCOMPLETE)"))
     return Group(table, facts)
+
+
+# (header, row field)
+ROW_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("RPS", "rps"),
+    ("TOK/S", "tokPerS"),
+    ("TTFT-P50 ms", "ttftP50"),
+    ("TTFT-P99 ms", "ttftP99"),
+    ("ITL-P50 ms", "itlP50"),
+    ("GOODPUT", "goodput"),
+    ("GPU-UTIL %", "gpuUtil"),
+    ("J/TOK", "joulesPerToken"),
+)
+
+
+def experiment_table(metrics: ExperimentMetrics, *, title: str | None = None) -> Table:
+    """The comparison of a sweep: one row per run, swept params first, best values marked ``*``.
+
+    >>> console.print(experiment_table(metrics, title="sweep"))
+    """
+    table = Table(title=title, caption="* best run per objective (Succeeded runs only)")
+    params = list(dict.fromkeys(k for row in metrics.runs for k in row.params))
+    table.add_column("NAME", overflow="fold")  # fold, never "moc…": the name identifies the row
+    for p in params:
+        table.add_column(p.upper(), justify="right", overflow="fold")
+    table.add_column("PHASE", overflow="fold")
+    for header, _ in ROW_COLUMNS:
+        table.add_column(header, justify="right", overflow="fold")
+    for row in metrics.runs:
+        values = row.model_dump(by_alias=True)
+        cells = [row.name, *(fmt(row.params.get(p)) for p in params), fmt(values["phase"])]
+        for _, field in ROW_COLUMNS:
+            mark = "*" if field in OBJECTIVES and metrics.best.get(field) == row.name else ""
+            cells.append(fmt(values[field]) + mark)
+        table.add_row(*cells)
+    return table

@@ -25,9 +25,11 @@ from rich.live import Live
 from rich.table import Table
 
 from benchop.api.durations import parse_duration
-from benchop.api.models import BENCHMARKRUN_PLURAL, GROUP, VERSION
+from benchop.api.models import LabelSelector
+from benchop.core.names import BENCHMARKRUN_PLURAL, GROUP, VERSION
+from benchop.core.selectors import label_selector
 from benchop.promstats.query import PromClient, PrometheusUnavailable
-from benchop.promstats.selector import GpuSelector, label_selector
+from benchop.promstats.selector import GpuSelector
 from benchop.promstats.shape import Gpu, gpus, parse_result
 
 UTIL = "DCGM_FI_DEV_GPU_UTIL"
@@ -133,7 +135,7 @@ def _cluster_target(args: argparse.Namespace) -> Target:  # pragma: no cover - n
     if not pod_selector:
         raise SystemExit(f"run {namespace}/{args.run} has no spec.target.podSelector")
     pods = kube.client.CoreV1Api().list_namespaced_pod(
-        namespace, label_selector=label_selector(pod_selector)
+        namespace, label_selector=label_selector(LabelSelector.model_validate(pod_selector))
     )
     api = kube.client.ApiClient()
     bodies = [api.sanitize_for_serialization(p) for p in pods.items]

@@ -22,6 +22,7 @@ from typing import Any
 
 from kube.harness import CONFIGMAPS, JOBS, PODS, Kube, wait_for
 
+from benchop.core.names import loadgen_job_name
 from benchop.operator import builders
 
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
@@ -58,7 +59,7 @@ class Kubelet:
         namespace: str = "default",
         timeout: float = 20,  # noqa: ASYNC109
     ) -> Any:
-        job_name = builders.loadgen_job_name(run)
+        job_name = loadgen_job_name(run)
         job = await wait_for(
             lambda: self.kube.emulator.read(JOBS, job_name, namespace),
             timeout,

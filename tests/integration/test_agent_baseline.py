@@ -35,7 +35,7 @@ from benchagent.wire import (
     GpuSample,
     Message,
 )
-from benchop.gpuresults import gpu_results
+from benchop.core.gpuwindow import gpu_results
 
 
 class FakeClock:

@@ -11,14 +11,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
-from experiment_operator import experiment_memo, full_registry
 from kube.harness import BENCHMARKRUNS, EXPERIMENTS, Kube, OperatorFactory, free_port, wait_for
 from operator_kubelet import Kubelet
 
+import benchop.operator.main  # noqa: F401 - registers every handler in kopf's default registry
 from benchop.api.models import ExperimentMetrics
+from benchop.core.rollup import DEFAULT_CAP, rollup
 from benchop.mockserver import MockConfig, MockServer, start_mock_server
-from benchop.operator.rollup import DEFAULT_CAP, rollup
+from benchop.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -39,17 +41,18 @@ def phase(kube: Kube, resource: str, name: str) -> str | None:
 async def test_four_point_sweep_with_real_workers(
     kube: Kube, operator_task: OperatorFactory, mock: MockServer, tmp_path: Path
 ) -> None:
-    memo = experiment_memo(
-        kube.url,
+    settings = OperatorSettings(
         refresh_interval_s=0.2,
         namespaces=("default",),
         gate_port=free_port(),
         snapshot_port=free_port(),
+        bind_host="127.0.0.1",
         operator_service="127.0.0.1",
         agent_namespace="default",
         complete_wait_s=3.0,
     )
-    operator_task(registry=full_registry(), memo=memo)
+    memo = kopf.Memo(settings=settings, connection=kopf.ConnectionInfo(server=kube.url))
+    operator_task(memo=memo)
     template: dict[str, Any] = {
         "target": {"url": mock.url, "model": "mock"},
         "workload": {"promptTokens": 8, "outputTokens": 4, "seed": 1},

@@ -13,8 +13,8 @@ from kube.harness import BENCHMARKRUNS, EXPERIMENTS, Kube
 
 from benchop.api.models import ExperimentSpec, to_wire
 from benchop.cli import main
-from benchop.operator.children import build_child_run
-from benchop.operator.rollup import rollup
+from benchop.core.children import build_child_run
+from benchop.core.rollup import rollup
 
 TEMPLATE: dict[str, Any] = {
     "target": {"url": "http://vllm.default.svc:8000/v1", "model": "m"},
@@ -136,8 +136,7 @@ async def test_long_names_and_params_are_printed_whole_when_piped(
 def test_tables_fold_rather_than_cut_in_a_narrow_terminal() -> None:
     from rich.console import Console
 
-    from benchop.get import experiment_table
-    from benchop.report import BENCHMARKRUN_COLUMNS, printer_table
+    from benchop.report import BENCHMARKRUN_COLUMNS, experiment_table, printer_table
 
     runs = [{"metadata": {"name": "mock-experiment-long-name-0"}, "status": {"phase": "Succeeded"}}]
     metrics = rollup(runs, cap=10, now="2024-05-01T12:00:00Z")

@@ -1,16 +1,18 @@
 """Experiments through kopf against the emulator: sweep order, rollup, deletion, shutdown.
 
-The test plays the BenchmarkRun operator: it patches each child run's status (phase, then
-Succeeded with results) itself, one run at a time, instead of running load-generator workers
-(``EXPERIMENTS_ONLY`` registry: nothing else writes the children).
+The operator is ``benchop.operator.main`` with ``reconcile_runs=False``: the test plays the
+BenchmarkRun controller, patching each child run's status (phase, then Succeeded with results)
+itself, one run at a time, instead of running load-generator workers; nothing else writes the
+children.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
-from experiment_operator import EXPERIMENTS_ONLY, experiment_memo, services
+import kopf
 from kube.harness import (
     BENCHMARKRUNS,
     EXPERIMENTS,
@@ -20,10 +22,12 @@ from kube.harness import (
     wait_for,
 )
 
+import benchop.operator.main  # noqa: F401 - registers every handler in kopf's default registry
 from benchop.api.conditions import get_condition
 from benchop.api.models import ExperimentMetrics
-from benchop.operator.children import CREATED_ANNOTATION as CREATED
-from benchop.operator.rollup import DEFAULT_CAP, rollup
+from benchop.core.names import CREATED_ANNOTATION as CREATED
+from benchop.core.rollup import DEFAULT_CAP, rollup
+from benchop.operator.settings import OperatorSettings
 
 TEMPLATE: dict[str, Any] = {
     "target": {"url": "http://vllm.default.svc:8000/v1", "model": "m"},
@@ -31,6 +35,15 @@ TEMPLATE: dict[str, Any] = {
     "phases": {"profiling": {"requests": 10}},
 }
 METRICS_STATUS = "/experiments/{}/status"
+
+
+def start_operator(
+    kube: Kube, operator_task: OperatorFactory, *, refresh_interval_s: float
+) -> tuple[kopf.Memo, asyncio.Task[None]]:
+    """The operator with the Experiment controller alone; ``memo.experiments`` its services."""
+    settings = OperatorSettings(reconcile_runs=False, refresh_interval_s=refresh_interval_s)
+    memo = kopf.Memo(settings=settings, connection=kopf.ConnectionInfo(server=kube.url))
+    return memo, operator_task(memo=memo)
 
 
 def experiment(name: str, values: list[Any], **spec: Any) -> dict[str, Any]:
@@ -128,8 +141,7 @@ async def finish(kube: Kube, run: str, phase: str = "Succeeded", c: int = 1) -> 
 async def test_four_point_sweep_runs_in_order_and_rolls_up(
     kube: Kube, operator_task: OperatorFactory
 ) -> None:
-    memo = experiment_memo(kube.url, refresh_interval_s=0.2)
-    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    start_operator(kube, operator_task, refresh_interval_s=0.2)
     values = [1, 2, 4, 8]
     exp = await kube.client.create(EXPERIMENTS, experiment("sw", values))
     for i, c in enumerate(values):
@@ -204,8 +216,8 @@ async def test_four_point_sweep_runs_in_order_and_rolls_up(
 async def test_many_child_updates_in_one_interval_are_one_patch(
     kube: Kube, operator_task: OperatorFactory
 ) -> None:
-    memo = experiment_memo(kube.url, refresh_interval_s=3600)  # one interval = the whole test
-    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    # a 3600 s refresh interval: one interval = the whole test
+    memo, _ = start_operator(kube, operator_task, refresh_interval_s=3600)
     await kube.client.create(EXPERIMENTS, experiment("many", [1, 2, 4, 8], maxParallel=4))
     await wait_for(lambda: len(created_runs(kube)) == 4)
     for i, c in enumerate([1, 2, 4, 8]):
@@ -215,7 +227,7 @@ async def test_many_child_updates_in_one_interval_are_one_patch(
         await finish(kube, run, c=c)  # 4 status updates per run: 16 child events
     await wait_for(lambda: exp_status(kube, "many").get("phase") == "Succeeded")
     await wait_for(lambda: settled(kube, "many"))
-    refresher = services(memo).refresher
+    refresher = memo.experiments.refresher
     assert refresher.pending == {("default", "many")}
     assert metrics_patches(kube, "many") == 0
     lists_before = kube.emulator.count("GET", "/namespaces/default/benchmarkruns")
@@ -233,8 +245,8 @@ async def test_many_child_updates_in_one_interval_are_one_patch(
 async def test_a_409_on_either_writer_is_retried_and_the_rollup_lands(
     kube: Kube, operator_task: OperatorFactory
 ) -> None:
-    memo = experiment_memo(kube.url, refresh_interval_s=3600)  # flushes driven by the test
-    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    # a 3600 s refresh interval: flushes driven by the test
+    memo, _ = start_operator(kube, operator_task, refresh_interval_s=3600)
     await kube.client.create(EXPERIMENTS, experiment("cf", [1]))
     await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "cf-0"))
     await wait_for(lambda: exp_status(kube, "cf").get("counts"))
@@ -246,7 +258,7 @@ async def test_a_409_on_either_writer_is_retried_and_the_rollup_lands(
     await wait_for(lambda: settled(kube, "cf"))
     assert fault.times == 0 and kube.emulator.count("PATCH", path, status=409) == 1
     # The refresher's metrics patch conflicts once: the experiment goes back into the set ...
-    refresher = services(memo).refresher
+    refresher = memo.experiments.refresher
     fault = kube.emulator.fail_next("PATCH", path, 409)
     await refresher.flush()
     assert fault.times == 0 and refresher.conflicts == 1
@@ -263,8 +275,7 @@ async def test_a_409_on_either_writer_is_retried_and_the_rollup_lands(
 async def test_deletion_mid_sweep_stops_creating_children(
     kube: Kube, operator_task: OperatorFactory
 ) -> None:
-    memo = experiment_memo(kube.url, refresh_interval_s=3600)
-    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    memo, _ = start_operator(kube, operator_task, refresh_interval_s=3600)
     await kube.client.create(EXPERIMENTS, experiment("del", [1, 2, 4, 8]))
     await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "del-0"))
     # Hold the object in "deleting" (deletionTimestamp set) with a foreign finalizer.
@@ -290,7 +301,7 @@ async def test_deletion_mid_sweep_stops_creating_children(
     await wait_for(lambda: kube.emulator.count("GET", "/experiments/del", status=404) > gets)
     assert created_runs(kube) == ["del-0"]
     # The refresher skips the deleted experiment: no error, nothing left queued.
-    refresher = services(memo).refresher
+    refresher = memo.experiments.refresher
     assert ("default", "del") in refresher.pending
     await refresher.flush()
     assert refresher.pending == set() and refresher.failures == 0 and refresher.patches == 0
@@ -301,28 +312,27 @@ async def test_deletion_mid_sweep_stops_creating_children(
 async def test_shutdown_flushes_pending_refreshes(
     kube: Kube, operator_task: OperatorFactory
 ) -> None:
-    memo = experiment_memo(kube.url, refresh_interval_s=3600)  # never flushes by itself
-    task = operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    # a 3600 s refresh interval: never flushes by itself
+    memo, task = start_operator(kube, operator_task, refresh_interval_s=3600)
     await kube.client.create(EXPERIMENTS, experiment("sd", [1, 2], maxParallel=2))
     await wait_for(lambda: len(created_runs(kube)) == 2)
     await finish(kube, "sd-0", c=1)
     await finish(kube, "sd-1", c=2)
     await wait_for(lambda: exp_status(kube, "sd").get("phase") == "Succeeded")
     await wait_for(lambda: settled(kube, "sd"))
-    assert services(memo).refresher.pending == {("default", "sd")}
+    assert memo.experiments.refresher.pending == {("default", "sd")}
     assert "metrics" not in exp_status(kube, "sd")
     await stop_operator(task)
     assert metrics_patches(kube, "sd") == 1
     blob = exp_status(kube, "sd")["metrics"]
     assert [r["name"] for r in blob["runs"]] == ["sd-0", "sd-1"]
-    assert services(memo).refresher.pending == set()
+    assert memo.experiments.refresher.pending == set()
 
 
 async def test_invalid_spec_is_rejected_naming_the_field_without_retries(
     kube: Kube, operator_task: OperatorFactory
 ) -> None:
-    memo = experiment_memo(kube.url, refresh_interval_s=3600)
-    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    start_operator(kube, operator_task, refresh_interval_s=3600)
     bad_path = experiment("bp", [1])
     bad_path["spec"]["sweep"][0]["path"] = "load.concurrensy"
     bad_value = experiment("bv", [1, "eight"])
@@ -350,8 +360,7 @@ async def test_invalid_spec_is_rejected_naming_the_field_without_retries(
 
 
 async def test_abort_policy_stops_the_sweep(kube: Kube, operator_task: OperatorFactory) -> None:
-    memo = experiment_memo(kube.url, refresh_interval_s=0.2)
-    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    start_operator(kube, operator_task, refresh_interval_s=0.2)
     await kube.client.create(EXPERIMENTS, experiment("ab", [1, 2, 4], failurePolicy="abort"))
     await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "ab-0"))
     await finish(kube, "ab-0", phase="Failed")
@@ -360,21 +369,25 @@ async def test_abort_policy_stops_the_sweep(kube: Kube, operator_task: OperatorF
     assert (succeeded["status"], succeeded["reason"]) == ("False", "Aborted")
     assert st["counts"] == {"total": 3, "pending": 2, "running": 0, "succeeded": 0, "failed": 1}
     assert created_runs(kube) == ["ab-0"]
-    blob = await wait_for(lambda: exp_status(kube, "ab").get("metrics"))
+    # the refresher may first write the rollup of the child still Profiling: wait for the
+    # one that follows its end
+    blob = await wait_for(
+        lambda: (
+            (m := exp_status(kube, "ab").get("metrics")) and m["runs"][0]["phase"] == "Failed" and m
+        )
+    )
     assert blob["runs"][0]["phase"] == "Failed" and blob["best"] == {}
 
 
 async def test_restart_resumes_the_sweep_without_duplicates(
     kube: Kube, operator_task: OperatorFactory
 ) -> None:
-    memo = experiment_memo(kube.url, refresh_interval_s=0.2)
-    task = operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    _, task = start_operator(kube, operator_task, refresh_interval_s=0.2)
     await kube.client.create(EXPERIMENTS, experiment("rs", [1, 2]))
     await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "rs-0"))
     await stop_operator(task)
     await finish(kube, "rs-0")  # while no operator runs
-    memo2 = experiment_memo(kube.url, refresh_interval_s=0.2)
-    operator_task(registry=EXPERIMENTS_ONLY, memo=memo2)  # on.resume reconciles
+    start_operator(kube, operator_task, refresh_interval_s=0.2)  # on.resume reconciles
     await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "rs-1"))
     await finish(kube, "rs-1")
     await wait_for(lambda: exp_status(kube, "rs").get("phase") == "Succeeded")
@@ -384,8 +397,7 @@ async def test_restart_resumes_the_sweep_without_duplicates(
 async def test_spec_edits_extend_the_sweep_or_are_refused(
     kube: Kube, operator_task: OperatorFactory
 ) -> None:
-    memo = experiment_memo(kube.url, refresh_interval_s=3600)
-    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    start_operator(kube, operator_task, refresh_interval_s=3600)
     await kube.client.create(EXPERIMENTS, experiment("ed", [1]))
     await wait_for(lambda: read_run(kube, "ed-0"))
     await finish(kube, "ed-0")
@@ -442,8 +454,7 @@ def points_of(runs: list[dict[str, Any]]) -> dict[tuple[int, int], str]:
 async def test_extending_any_axis_of_a_multi_axis_sweep_runs_only_the_new_points(
     kube: Kube, operator_task: OperatorFactory
 ) -> None:
-    memo = experiment_memo(kube.url, refresh_interval_s=3600)
-    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    memo, _ = start_operator(kube, operator_task, refresh_interval_s=3600)
 
     def sweep(cs: list[int], ps: list[int]) -> list[dict[str, Any]]:
         return [{"path": "load.concurrency", "values": cs}, {"path": PROMPT, "values": ps}]
@@ -483,7 +494,7 @@ async def test_extending_any_axis_of_a_multi_axis_sweep_runs_only_the_new_points
     assert before[(1, 512)].startswith("mx-2-") and before[(2, 512)] == "mx-5"
     assert before[(2, 128)] == "mx-2" and before[(4, 128)] == "mx-6"
     # The rollup's rows follow the current sweep (not the indices at creation).
-    await services(memo).refresher.flush()
+    await memo.experiments.refresher.flush()
     rows = exp_status(kube, "mx")["metrics"]["runs"]
     assert [(r["params"]["load.concurrency"], r["params"][PROMPT]) for r in rows] == [
         (c, p) for c in [1, 2, 4, 8] for p in [128, 256, 512, 1024]
@@ -491,8 +502,7 @@ async def test_extending_any_axis_of_a_multi_axis_sweep_runs_only_the_new_points
 
 
 async def test_extending_a_single_axis_sweep(kube: Kube, operator_task: OperatorFactory) -> None:
-    memo = experiment_memo(kube.url, refresh_interval_s=3600)
-    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    start_operator(kube, operator_task, refresh_interval_s=3600)
     await kube.client.create(EXPERIMENTS, experiment("one", [1, 2], maxParallel=4))
     await wait_for(lambda: len(created_runs(kube)) == 2)
     await finish_all(kube)
@@ -512,8 +522,7 @@ async def test_extending_a_single_axis_sweep(kube: Kube, operator_task: Operator
 async def test_a_running_child_deleted_by_hand_is_not_recreated(
     kube: Kube, operator_task: OperatorFactory
 ) -> None:
-    memo = experiment_memo(kube.url, refresh_interval_s=3600)
-    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    start_operator(kube, operator_task, refresh_interval_s=3600)
     await kube.client.create(EXPERIMENTS, experiment("hd", [1, 2, 4]))
     await wait_for(lambda: read_run(kube, "hd-0"))
     await finish(kube, "hd-0")
@@ -540,8 +549,7 @@ async def test_a_running_child_deleted_by_hand_is_not_recreated(
 async def test_spec_changed_keeps_counting_until_the_running_children_end(
     kube: Kube, operator_task: OperatorFactory
 ) -> None:
-    memo = experiment_memo(kube.url, refresh_interval_s=3600)
-    operator_task(registry=EXPERIMENTS_ONLY, memo=memo)
+    start_operator(kube, operator_task, refresh_interval_s=3600)
     await kube.client.create(EXPERIMENTS, experiment("sc", [1, 2]))
     await wait_for(lambda: read_run(kube, "sc-0"))
     await kube.client.patch_status(BENCHMARKRUNS, "sc-0", {"phase": "Profiling"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ from benchagent.wire import (
     GateRequest,
     Message,
 )
-from benchop.gates import AgentEndpoint, GateCoordinator, GateOutcome
+from benchop.core.gaterecords import GateOutcome
+from benchop.gates import AgentEndpoint, GateCoordinator
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -482,7 +484,7 @@ def test_bridge_bounds_the_callback_by_its_persist_budget() -> None:
     )
     from benchop.operator.settings import OperatorSettings
 
-    async def never(run: str, boundary: str, record: object) -> bool:
+    async def never(run: object, boundary: str, record: object) -> bool:
         raise AssertionError("not called")
 
     for request_timeout in (30.0, 60.0):
@@ -498,14 +500,22 @@ async def test_bridge_retries_a_failed_persist_before_granting(
 ) -> None:
     import kopf
 
+    from benchop.api.models import BenchmarkRunSpec
     from benchop.operator.gatebridge import START_LEAD_S, GateBridge
     from benchop.operator.k8s import ApiError
     from benchop.operator.settings import OperatorSettings
 
+    @dataclass
+    class Run:  # what the bridge needs of a run
+        key: str
+        namespace: str
+        spec: BenchmarkRunSpec
+        workers: int
+
     calls: list[str] = []
     persisted_ns: list[int] = []
 
-    async def flaky(run: str, boundary: str, record: object) -> bool:
+    async def flaky(run: Run, boundary: str, record: object) -> bool:
         calls.append(boundary)
         if len(calls) == 1:
             raise kopf.TemporaryError("apiserver slow", delay=1)
@@ -518,7 +528,15 @@ async def test_bridge_retries_a_failed_persist_before_granting(
     bridge = GateBridge(settings, None, on_gate=flaky)  # type: ignore[arg-type]
     await bridge.start()
     try:
-        bridge.coordinator.register_run(RUN, workers=1, agents=[], timeout_s=1.0, baseline=False)
+        spec = BenchmarkRunSpec.model_validate(
+            {
+                "target": {"model": "m"},
+                "load": {"mode": "concurrency", "concurrency": 1},
+                "phases": {"profiling": {"requests": 1}},
+                "gates": {"baseline": False, "timeout": "1s"},
+            }
+        )
+        await bridge.register(Run(RUN, "ns", spec, workers=1), {})
         reply = await ask(bridge.coordinator, clients, 0, workers=1)
         assert isinstance(reply, GateGranted)
         assert calls == ["START", "START", "START"]  # persisted on the third try, then granted

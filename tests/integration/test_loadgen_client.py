@@ -12,8 +12,8 @@ import pytest
 
 from benchop.loadgen.client import Ident, StreamClient, Target
 from benchop.loadgen.http import _KERNEL_TIMESTAMPS
-from benchop.loadgen.load import SendGate
 from benchop.loadgen.records import RequestRecord
+from benchop.loadgen.trigger import SendTrigger
 from benchop.mockserver import MockConfig, start_mock_server
 
 pytestmark = pytest.mark.timeout(30)
@@ -133,11 +133,11 @@ async def test_times_are_the_arrival_times_even_when_the_loop_is_late() -> None:
     assert len(rec.itl_ns) == 3 and all(g < 100_000_000 for g in rec.itl_ns), rec.itl_ns
 
 
-# --- open-loop gates -------------------------------------------------------------------------
+# --- open-loop triggers -------------------------------------------------------------------------
 
 
-async def _gated(
-    client: StreamClient, gate: SendGate, records: list[RequestRecord]
+async def _triggered(
+    client: StreamClient, trigger: SendTrigger, records: list[RequestRecord]
 ) -> asyncio.Task[None]:
     task = asyncio.create_task(
         client.send(
@@ -145,14 +145,14 @@ async def _gated(
             ident=Ident(0, 1, 7),
             input_words=2,
             sink=records.append,
-            gate=gate,
+            trigger=trigger,
         )
     )
-    await asyncio.sleep(0.05)  # started: holds its write at the gate
+    await asyncio.sleep(0.05)  # started: holds its write at the trigger
     return task
 
 
-async def test_a_gated_request_is_timed_from_its_send_not_from_its_task() -> None:
+async def test_a_triggered_request_is_timed_from_its_send_not_from_its_task() -> None:
     async with (
         await start_mock_server(MockConfig(ttft=0.0, itl=0.0)) as fast,
         StreamClient(Target(fast.url, "m"), request_timeout=0.2) as client,
@@ -161,37 +161,37 @@ async def test_a_gated_request_is_timed_from_its_send_not_from_its_task() -> Non
         await client.send(
             client.body("a", 1), ident=Ident(0, 1, 0), input_words=1, sink=records.append
         )
-        gate = SendGate(asyncio.get_running_loop(), time.perf_counter_ns() - 1_000_000)
-        gate.delayed = True
-        task = await _gated(client, gate, records)
+        trigger = SendTrigger(asyncio.get_running_loop(), time.perf_counter_ns() - 1_000_000)
+        trigger.delayed = True
+        task = await _triggered(client, trigger, records)
         await asyncio.sleep(0.3)  # held longer than the request timeout: not a timeout
         assert fast.stats["requests"] == 1 and len(records) == 1
         wall = time.time_ns()
-        gate.open()
+        trigger.fire()
         await asyncio.wait_for(task, 5)
         rec = records[1]
         assert rec.outcome == "ok" and rec.delayed
-        assert rec.send_lag_ns == gate.sent_ns - gate.scheduled_ns >= 1_000_000
+        assert rec.send_lag_ns == trigger.sent_ns - trigger.scheduled_ns >= 1_000_000
         assert abs(rec.sent_ns - wall) < 20_000_000  # the send's wall time, not the task's
         assert rec.e2e_ns < 300_000_000  # not counted from the task's start
         assert client.in_flight == 0
 
 
-@pytest.mark.parametrize("how", ["gate closed", "task cancelled"])
+@pytest.mark.parametrize("how", ["trigger cancelled", "task cancelled"])
 async def test_a_request_stopped_before_its_send_leaves_no_record(how: str) -> None:
-    """Its gate closed without opening (the phase stopped first): it returns quietly; its
+    """Its trigger was cancelled before it fired (the phase stopped first): it returns quietly; its
     task cancelled before the send: the cancel propagates. Neither is a request."""
     async with (
         await start_mock_server(MockConfig(ttft=0.0, itl=0.0)) as fast,
         StreamClient(Target(fast.url, "m"), request_timeout=5) as client,
     ):
         records: list[RequestRecord] = []
-        task = await _gated(client, SendGate(asyncio.get_running_loop(), 0), records)
+        task = await _triggered(client, SendTrigger(asyncio.get_running_loop(), 0), records)
         assert client.in_flight == 1
-        if how == "gate closed":
+        if how == "trigger cancelled":
             (call,) = client._calls
-            assert call.gate is not None
-            call.gate.cancel()
+            assert call.trigger is not None
+            call.trigger.cancel()
             await asyncio.wait_for(task, 5)
         else:
             task.cancel()

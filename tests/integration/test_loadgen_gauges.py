@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from benchop.api.models import BenchmarkRunSpec
+from benchop.core.results import build_results, merge_snapshots
 from benchop.loadgen.worker import WorkerConfig, run_worker
 from benchop.metrics import names
 from benchop.mockserver import MockConfig, spawn_mock_server_process
-from benchop.results import build_results, merge_snapshots
 
 pytestmark = pytest.mark.timeout(60)
 

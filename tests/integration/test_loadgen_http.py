@@ -26,13 +26,13 @@ import pytest
 from benchop import __version__
 from benchop.loadgen import http as http_mod
 from benchop.loadgen.http import BadResponse, ConnectError, Disconnected, NotSent, Pool
-from benchop.loadgen.load import SendGate
+from benchop.loadgen.trigger import SendTrigger
 from benchop.mockserver import DONE, MockConfig, start_mock_server
 
 pytestmark = pytest.mark.timeout(30)
 
 LOOPBACK = "127.0.0.1"
-now = time.perf_counter_ns  # the clock of SendGate and the pool
+now = time.perf_counter_ns  # the clock of SendTrigger and the pool
 
 
 # ---------------------------------------------------------------------------------------------
@@ -944,20 +944,20 @@ async def test_a_wall_clock_step_never_dates_a_read_before_its_request(
 
 
 # ---------------------------------------------------------------------------------------------
-# 10. Open-loop gates: a request on an idle connection is written by whoever opens its gate
+# 10. Open-loop triggers: a request on an idle connection is written by whoever fires its trigger
 
 
 class WriteSpy:
-    """Stands in for a connection's transport: notes each write and whether the gate was
-    open when it happened, then writes for real."""
+    """Stands in for a connection's transport: notes each write and whether the trigger had
+    fired when it happened, then writes for real."""
 
-    def __init__(self, transport: Any, gate: SendGate) -> None:
+    def __init__(self, transport: Any, trigger: SendTrigger) -> None:
         self._transport = transport
-        self._gate = gate
+        self._trigger = trigger
         self.writes: list[tuple[bytes, bool]] = []
 
     def write(self, data: bytes) -> None:
-        self.writes.append((data, self._gate.opened.done()))
+        self.writes.append((data, self._trigger.fired.done()))
         self._transport.write(data)
 
     def abort(self) -> None:
@@ -970,43 +970,43 @@ async def _one_idle_connection(pool: Pool) -> Any:
     return pool._idle[0]
 
 
-async def test_a_gated_request_is_written_inside_open_on_the_reserved_connection() -> None:
+async def test_a_triggered_request_is_written_inside_fire_on_the_reserved_connection() -> None:
     async with RawServer(answering(sized(b"body"))) as srv:
         pool = Pool(srv.url(), headers={})
         try:
             conn = await _one_idle_connection(pool)
-            gate = SendGate(asyncio.get_running_loop(), now())
-            spy = conn.transport = WriteSpy(conn.transport, gate)
+            trigger = SendTrigger(asyncio.get_running_loop(), now())
+            spy = conn.transport = WriteSpy(conn.transport, trigger)
             h = Collect()
-            task = asyncio.create_task(pool.request(b"gated", h, gate))
+            task = asyncio.create_task(pool.request(b"triggered", h, trigger))
             await asyncio.sleep(0.05)
             assert pool._idle == [] and spy.writes == [] and len(srv.requests) == 1  # reserved
             before = now()
-            gate.open()
+            trigger.fire()
             after = now()
-            assert [(w.endswith(b"gated"), opened) for w, opened in spy.writes] == [(True, True)]
-            assert before <= gate.sent_ns <= after
+            assert [(w.endswith(b"triggered"), fired) for w, fired in spy.writes] == [(True, True)]
+            assert before <= trigger.sent_ns <= after
             await asyncio.wait_for(task, 2)
             assert h.body == b"body" and pool._idle == [conn]
         finally:
             pool.close()
-        assert srv.connections == 1 and srv.requests[1].endswith(b"gated")
+        assert srv.connections == 1 and srv.requests[1].endswith(b"triggered")
 
 
-async def test_a_gate_closed_without_opening_sends_nothing_and_keeps_the_connection() -> None:
+async def test_a_trigger_cancelled_before_it_fired_sends_nothing_and_keeps_the_connection() -> None:
     async with RawServer(answering(sized(b"body"))) as srv:
         pool = Pool(srv.url(), headers={})
         try:
             conn = await _one_idle_connection(pool)
-            gate = SendGate(asyncio.get_running_loop(), now())
+            trigger = SendTrigger(asyncio.get_running_loop(), now())
             h = Collect()
-            task = asyncio.create_task(pool.request(b"never", h, gate))
+            task = asyncio.create_task(pool.request(b"never", h, trigger))
             await asyncio.sleep(0.05)
-            gate.cancel()
+            trigger.cancel()
             with pytest.raises(NotSent):
                 await asyncio.wait_for(task, 2)
-            assert gate.sent_ns == 0 and h.heads == [] and pool._idle == [conn]
-            gate.open()  # too late: nothing happens
+            assert trigger.sent_ns == 0 and h.heads == [] and pool._idle == [conn]
+            trigger.fire()  # too late: nothing happens
             h2 = Collect()
             await pool.request(b"next", h2)
             assert h2.body == b"body"
@@ -1016,59 +1016,59 @@ async def test_a_gate_closed_without_opening_sends_nothing_and_keeps_the_connect
         assert [r.rsplit(b"\r\n", 1)[1] for r in srv.requests] == [b"warm", b"next"]
 
 
-async def test_a_gated_request_without_an_idle_connection_connects_ahead_of_its_send() -> None:
+async def test_a_triggered_request_without_an_idle_connection_connects_ahead_of_its_send() -> None:
     async with RawServer(answering(sized(b"body"))) as srv:
         pool = Pool(srv.url(), headers={})
         try:
-            gate = SendGate(asyncio.get_running_loop(), now())
+            trigger = SendTrigger(asyncio.get_running_loop(), now())
             h = Collect()
-            task = asyncio.create_task(pool.request(b"gated", h, gate))
+            task = asyncio.create_task(pool.request(b"triggered", h, trigger))
             await until(lambda: srv.connections == 1 and len(pool._all) == 1, "the connect")
             await asyncio.sleep(0.05)
-            assert srv.requests == []  # connected, nothing sent before the gate opens
+            assert srv.requests == []  # connected, nothing sent before the trigger fires
             before = now()
-            gate.open()
+            trigger.fire()
             after = now()
             await asyncio.wait_for(task, 2)
             assert h.body == b"body" and srv.connections == 1
-            assert before <= gate.sent_ns <= after  # written inside open()
+            assert before <= trigger.sent_ns <= after  # written inside fire()
         finally:
             pool.close()
 
 
-async def test_a_gate_open_before_its_connect_counts_from_the_connect_start() -> None:
+async def test_a_trigger_fired_before_its_connect_counts_from_the_connect_start() -> None:
     async with RawServer(answering(sized(b"body"))) as srv:
         pool = Pool(srv.url(), headers={})
         try:
-            gate = SendGate(asyncio.get_running_loop(), now())
-            gate.open()  # due before the request even started: its task was late
-            opened = gate.sent_ns
+            trigger = SendTrigger(asyncio.get_running_loop(), now())
+            trigger.fire()  # due before the request even started: its task was late
+            fired = trigger.sent_ns
             h = Collect()
             await asyncio.sleep(0.02)
             before = now()
-            await asyncio.wait_for(pool.request(b"late", h, gate), 2)
+            await asyncio.wait_for(pool.request(b"late", h, trigger), 2)
             assert h.body == b"body"
-            assert opened < before <= gate.sent_ns < now()  # the lateness is send lag
+            assert fired < before <= trigger.sent_ns < now()  # the lateness is send lag
         finally:
             pool.close()
 
 
-async def test_a_gated_connect_failure_is_raised_at_the_send_time_or_not_at_all() -> None:
+async def test_a_triggered_connect_failure_is_raised_at_the_send_time_or_not_at_all() -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind((LOOPBACK, 0))
         port = s.getsockname()[1]
     pool = Pool(f"http://{LOOPBACK}:{port}/v1", headers={})
     loop = asyncio.get_running_loop()
     try:
-        gate = SendGate(loop, now())
-        task = asyncio.create_task(pool.request(b"x", Collect(), gate))
+        trigger = SendTrigger(loop, now())
+        task = asyncio.create_task(pool.request(b"x", Collect(), trigger))
         await asyncio.sleep(0.05)
         assert not task.done()  # refused already, but not before its send time
-        gate.open()
+        trigger.fire()
         with pytest.raises(ConnectError, match=str(port)):
             await asyncio.wait_for(task, 2)
-        assert gate.sent_ns
-        closed = SendGate(loop, now())
+        assert trigger.sent_ns
+        closed = SendTrigger(loop, now())
         task = asyncio.create_task(pool.request(b"x", Collect(), closed))
         await asyncio.sleep(0.05)
         closed.cancel()  # the phase stopped first: never sent, so no connection error
@@ -1078,7 +1078,7 @@ async def test_a_gated_connect_failure_is_raised_at_the_send_time_or_not_at_all(
         pool.close()
 
 
-async def test_cancelling_a_held_request_closes_its_connection_and_a_later_open_sends_nothing() -> (
+async def test_cancelling_a_held_request_closes_its_connection_and_a_later_fire_sends_nothing() -> (
     None
 ):
     async def serve(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -1091,15 +1091,15 @@ async def test_cancelling_a_held_request_closes_its_connection_and_a_later_open_
         pool = Pool(srv.url(), headers={})
         try:
             conn = await _one_idle_connection(pool)
-            gate = SendGate(asyncio.get_running_loop(), now())
-            spy = conn.transport = WriteSpy(conn.transport, gate)
-            task = asyncio.create_task(pool.request(b"gated", Collect(), gate))
+            trigger = SendTrigger(asyncio.get_running_loop(), now())
+            spy = conn.transport = WriteSpy(conn.transport, trigger)
+            task = asyncio.create_task(pool.request(b"triggered", Collect(), trigger))
             await asyncio.sleep(0.05)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            gate.open()
-            assert spy.writes == [] and gate.sent_ns == 0 and gate.opened.cancelled()
+            trigger.fire()
+            assert spy.writes == [] and trigger.sent_ns == 0 and trigger.fired.cancelled()
             assert conn.lost and not pool._all
             await until(lambda: srv.client_closed == 1, "the client to close the connection")
         finally:
@@ -1149,10 +1149,10 @@ async def test_a_reserved_connection_the_server_closes_fails_the_request_at_its_
         pool = Pool(srv.url(), headers={})
         try:
             conn = await _one_idle_connection(pool)
-            gate = SendGate(asyncio.get_running_loop(), now())
-            task = asyncio.create_task(pool.request(b"gated", Collect(), gate))
+            trigger = SendTrigger(asyncio.get_running_loop(), now())
+            task = asyncio.create_task(pool.request(b"triggered", Collect(), trigger))
             await until(lambda: conn.lost, "the server to close the reserved connection")
-            gate.open()
+            trigger.fire()
             with pytest.raises(Disconnected):
                 await asyncio.wait_for(task, 2)
             assert not pool._all and not pool._idle

@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -147,7 +149,18 @@ def test_local_experiment_runs_the_sweep_in_order_and_rolls_it_up(tmp_path: Path
     assert status["metrics"]["best"]["rps"] == "tiny-1"
 
 
-def test_a_worker_that_dies_releases_the_others_from_the_gate(tmp_path: Path) -> None:
+@dataclass
+class Killed:
+    """``benchop run`` with worker 1 killed as soon as it started, before it reported."""
+
+    returncode: int
+    output: str
+    status: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory: pytest.TempPathFactory) -> Killed:
+    tmp_path = tmp_path_factory.mktemp("killed")
     doc = yaml.safe_load((ROOT / "examples/run.yaml").read_text())
     doc["metadata"]["name"] = f"t-dies-{tmp_path.name[-12:]}"  # unique in the process table
     doc["spec"]["load"]["workers"] = 2
@@ -171,8 +184,22 @@ def test_a_worker_that_dies_releases_the_others_from_the_gate(tmp_path: Path) ->
         output, _ = proc.communicate(timeout=90)  # the gate would hold worker 0 for 900 s
     finally:
         proc.kill()
-    assert proc.returncode == 1, output
-    status = yaml.safe_load(out.read_text())["status"]
-    succeeded = conditions(status)["Succeeded"]
+    status = yaml.safe_load(out.read_text())["status"] if out.exists() else {}
+    return Killed(proc.returncode, output.decode(errors="replace"), status)
+
+
+def test_a_worker_that_dies_releases_the_others_from_the_gate(killed: Killed) -> None:
+    assert killed.returncode == 1, killed.output
+    succeeded = conditions(killed.status)["Succeeded"]
     assert succeeded["status"] == "False" and succeeded["reason"] == "WorkerFailed"
     assert "worker 1 exited -9" in succeeded["message"]
+
+
+def test_results_without_a_worker_that_never_reported_are_incomplete(killed: Killed) -> None:
+    """As in the operator: worker 0's results are kept, but they are not the whole run's."""
+    results = killed.status["results"]
+    assert results["complete"] is False and results["source"] == "live"
+    assert results["requests"]["total"] > 0  # worker 0, released from the gate, reported
+    available = conditions(killed.status)["ResultsAvailable"]
+    assert available["status"] == "True" and available["reason"] == "LatestLiveSnapshots"
+    assert available["message"] == "partial results"

@@ -63,7 +63,7 @@ async def test_status_writer_retries_conflicts_and_serialises_updates(
     kube: Kube, api: KubeApi
 ) -> None:
     await make_run(kube)
-    writer = StatusWriter(api, "default", "r")
+    writer = StatusWriter(api, BENCHMARKRUN, "default", "r")
     await writer.update(lambda st: {**st, "phase": "Initializing", "n": 0})
     # someone else bumps the resourceVersion: the cached one is now stale -> 409, re-read
     await kube.client.patch(BENCHMARKRUNS, "r", {"metadata": {"labels": {"x": "y"}}})
@@ -83,7 +83,7 @@ async def test_status_writer_retries_conflicts_and_serialises_updates(
 
 
 async def test_status_writer_on_a_deleted_run_returns_none(kube: Kube, api: KubeApi) -> None:
-    writer = StatusWriter(api, "default", "nope")
+    writer = StatusWriter(api, BENCHMARKRUN, "default", "nope")
     assert await writer.update(lambda st: {**st, "phase": "x"}) is None and writer.gone
 
 

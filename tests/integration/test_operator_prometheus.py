@@ -34,8 +34,8 @@ from test_operator_runs import (
 
 from benchagent.agent import Agent, AgentConfig
 from benchop.api import conditions as c
+from benchop.core.gaterecords import gate_instant
 from benchop.mockserver import MockServer
-from benchop.operator.gatebridge import gate_instant
 from benchop.promstats.live import _iso
 
 __all__ = ["kubelet", "mock", "prometheus"]  # fixtures, imported for pytest

@@ -30,7 +30,7 @@ from benchagent.gpu import SimulatedReader
 from benchagent.podresources_pb import api_pb2, api_pb2_grpc
 from benchagent.wire import BaselineAck, GpuSample
 from benchop import cli
-from benchop.gpuresults import gpu_results
+from benchop.core.gpuwindow import gpu_results
 from benchop.promstats import (
     GpuSelector,
     PromClient,

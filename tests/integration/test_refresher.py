@@ -13,7 +13,7 @@ import pytest
 from kube.harness import BENCHMARKRUNS, EXPERIMENTS, Kube, wait_for
 
 from benchop.api.models import ExperimentSpec
-from benchop.operator.children import build_child_run
+from benchop.core.children import build_child_run
 from benchop.operator.k8s import Body, KubeApi
 from benchop.operator.refresher import Refresher
 

@@ -10,16 +10,15 @@ import pytest
 from kubernetes_validate import validate as k8s_validate
 
 from benchop.api.models import BenchmarkRun
-from benchop.operator import builders
-from benchop.operator.builders import (
-    build_loadgen_job,
-    build_spec_configmap,
-    labels_for,
+from benchop.core.names import (
+    MAX_WORKERS,
+    RUN_LABEL,
     loadgen_job_name,
     owner_reference,
     safe_name,
     spec_configmap_name,
 )
+from benchop.operator.builders import build_loadgen_job, build_spec_configmap, labels_for
 
 K8S_VERSION = "1.30"
 
@@ -259,7 +258,7 @@ def test_names_and_labels() -> None:
         assert len(name) <= 63 and name[-1].isalnum() and name[0].isalnum()
     assert loadgen_job_name(long) != loadgen_job_name(long + "x")
     assert loadgen_job_name(long) == loadgen_job_name(long)  # stable
-    value = labels_for(long, "loadgen")[builders.RUN_LABEL]
+    value = labels_for(long, "loadgen")[RUN_LABEL]
     assert len(value) <= 63 and value[-1].isalnum()
     assert safe_name("x" * 63) == "x" * 63
 
@@ -270,7 +269,7 @@ def test_names_and_labels() -> None:
 )
 def test_loadgen_job_name_leaves_every_pod_a_dns_label(run: str) -> None:
     job = loadgen_job_name(run)
-    for index in (0, builders.MAX_WORKERS - 1):  # Indexed Job pods: <job>-<index>
+    for index in (0, MAX_WORKERS - 1):  # Indexed Job pods: <job>-<index>
         hostname = f"{job}-{index}"
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", hostname), hostname
         assert len(hostname) <= 63, hostname

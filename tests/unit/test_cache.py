@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 
 from benchop.api.models import METRICS_VERSION, to_wire
-from benchop.operator.cache import cached_rollup, read_rollup
-from benchop.operator.children import INDEX_ANNOTATION, PARAMS_ANNOTATION
-from benchop.operator.rollup import rollup
+from benchop.core.names import INDEX_ANNOTATION, PARAMS_ANNOTATION
+from benchop.core.rollup import cached_rollup, read_rollup, rollup
 
 NOW = "2024-05-01T12:00:00Z"
 

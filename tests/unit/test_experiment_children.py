@@ -9,11 +9,9 @@ import pytest
 from kubernetes_validate import validate as k8s_validate
 
 from benchop.api.models import ExperimentSpec
-from benchop.operator.children import (
-    CREATED_ANNOTATION,
+from benchop.core.children import (
     build_child_run,
     child_name,
-    experiment_selector,
     format_created,
     label_value,
     param_label_key,
@@ -23,6 +21,8 @@ from benchop.operator.children import (
     point_key,
     should_stop,
 )
+from benchop.core.names import CREATED_ANNOTATION
+from benchop.core.selectors import experiment_selector
 
 TEMPLATE: dict[str, Any] = {
     "target": {"url": "http://vllm.default.svc:8000/v1", "model": "m"},

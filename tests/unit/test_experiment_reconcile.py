@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from benchop.api.conditions import get_condition
-from benchop.operator.children import plan_sweep
+from benchop.core.children import plan_sweep
+from benchop.core.lifecycle import experiment_progressed, experiment_rejected
 from benchop.operator.handlers.experiments import (
     MAX_POINTS,
     needs_resync,
     parent_of,
-    progressed,
-    rejected,
     validate_spec,
 )
 
@@ -80,12 +79,12 @@ def test_progressed_and_rejected_statuses() -> None:
     valid = validate_spec(spec(("load.concurrency", [1, 2])))
     assert not isinstance(valid, str)
     exp = valid[0]
-    st = progressed({}, generation=2, plan=plan_sweep(exp, {}, 2), now=NOW)
+    st = experiment_progressed({}, generation=2, plan=plan_sweep(exp, {}, 2), now=NOW)
     assert st["phase"] == "Running" and st["observedGeneration"] == 2
     assert st["startTime"] == NOW and "completionTime" not in st
     assert get_condition(st["conditions"], "Accepted")["status"] == "True"  # type: ignore[index]
     assert get_condition(st["conditions"], "Succeeded")["status"] == "Unknown"  # type: ignore[index]
-    done = progressed(
+    done = experiment_progressed(
         {**st, "metrics": {"x": 1}},
         generation=2,
         plan=plan_sweep(exp, {0: "Succeeded", 1: "Failed"}, 2),
@@ -96,7 +95,7 @@ def test_progressed_and_rejected_statuses() -> None:
     assert done["phase"] == "Failed" and done["completionTime"] == "later"
     assert done["startTime"] == NOW and done["metrics"] == {"x": 1}  # not the reconciler's
     assert all(c["observedGeneration"] == 2 for c in done["conditions"])
-    bad = rejected(st, generation=3, reason="InvalidSpec", message="spec.x: no", now=NOW)
+    bad = experiment_rejected(st, generation=3, reason="InvalidSpec", message="spec.x: no", now=NOW)
     assert bad is not None and bad["phase"] == "Failed"
     acc = get_condition(bad["conditions"], "Accepted")
     assert acc is not None and (acc["status"], acc["message"]) == ("False", "spec.x: no")
@@ -104,7 +103,9 @@ def test_progressed_and_rejected_statuses() -> None:
 
 def test_a_rejection_waits_for_the_runs_already_started() -> None:
     counts = {"total": 2, "pending": 0, "running": 1, "succeeded": 1, "failed": 0}
-    st = rejected({}, generation=2, reason="SpecChanged", message="m", now=NOW, counts=counts)
+    st = experiment_rejected(
+        {}, generation=2, reason="SpecChanged", message="m", now=NOW, counts=counts
+    )
     assert st is not None and st["phase"] == "Running" and "completionTime" not in st
     assert st["counts"] == counts
     assert needs_resync(st, {"generation": 2})  # the resync timer keeps the counts current
@@ -112,7 +113,9 @@ def test_a_rejection_waits_for_the_runs_already_started() -> None:
     assert acc is not None and (acc["status"], acc["reason"]) == ("False", "SpecChanged")
     assert suc is not None and (suc["status"], suc["reason"]) == ("Unknown", "SpecChanged")
     done = {**counts, "running": 0, "failed": 1}
-    st = rejected(st, generation=2, reason="SpecChanged", message="m", now="later", counts=done)
+    st = experiment_rejected(
+        st, generation=2, reason="SpecChanged", message="m", now="later", counts=done
+    )
     assert st is not None and st["phase"] == "Failed" and st["completionTime"] == "later"
     assert st["counts"] == done and not needs_resync(st, {"generation": 2})
     suc = get_condition(st["conditions"], "Succeeded")

@@ -14,11 +14,13 @@ import jsonschema
 import yaml
 
 from benchagent.wire import BaselineAck, GpuSample, MetricsSnapshot
+from benchop.core import lifecycle as t
+from benchop.core.gaterecords import GateOutcome, gate_record
+from benchop.core.gpuwindow import gpu_from_status
+from benchop.core.results import build_final_results, final_snapshots
 from benchop.metrics import names
-from benchop.operator import transitions as t
-from benchop.operator.gatebridge import gate_record, gpu_from_status
 from benchop.operator.gpustats import with_prometheus
-from benchop.operator.snapshots import build_final_results, final_snapshots, live_status
+from benchop.operator.snapshots import live_status
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "benchmarkruns.benchop.io.yaml"
 NOW = "2024-05-01T12:00:00Z"
@@ -67,10 +69,10 @@ def full_status() -> dict[str, Any]:
             request_id="x", run="ns.r", phase_id="profiling", boundary=boundary,  # type: ignore[arg-type]
             agent="a", node="n", success=True, samples=[sample("g0", ts, energy)],
         )  # fmt: skip
-        rec = gate_record(
-            phase_id="profiling", start_at_ns=1, baseline=True, agents=["a"], missing=[],
-            acks=[ack], closed_at_ns=ts * 10**9,
-        )  # fmt: skip
+        rec = gate_record(GateOutcome(
+            run="ns.r", phase_id="profiling", boundary=boundary, start_at_ns=1, baseline=True,  # type: ignore[arg-type]
+            baseline_captured=True, agents=["a"], acks=[ack], closed_at_ns=ts * 10**9,
+        ))  # fmt: skip
         st = t.gate_closed(st, generation=1, boundary=boundary, record=rec)
         assert st is not None
     snap = MetricsSnapshot(
@@ -81,7 +83,7 @@ def full_status() -> dict[str, Any]:
     live["gpu"] = {"source": "prometheus", "summary": {"gpus": 1}, "gpus": {"n/0": {}}}
     st = t.with_live(st, live)
     assert st is not None
-    final = final_snapshots(1, {0: snap}, {}, {})
+    final = final_snapshots(1, [("pubsub", {0: snap})])
     assert final is not None
     gpu = gpu_from_status(st["gates"], output_tokens=10)
     prom = {"summary": {"energyWindowJ": 8.0}, "crossCheck": {"energyJ": {"baseline": 8.0}}}

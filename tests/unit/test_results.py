@@ -1,15 +1,28 @@
-"""benchop.results: snapshots of two workers merged and turned into Results, vs numpy."""
+"""benchop.core.results: snapshots of two workers merged and turned into Results, vs numpy;
+the choice of each worker's final snapshot, the termination summary, the verdict, the bound."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
 
 from benchagent.wire import MetricsSnapshot
 from benchop.api.models import GpuResults, Results, SloSpec, to_wire
+from benchop.core.results import (
+    Source,
+    bound_results,
+    build_final_results,
+    build_results,
+    final_snapshots,
+    merge_snapshots,
+    parse_termination_message,
+    verdict,
+)
 from benchop.metrics import Registry, names
 from benchop.metrics.buckets import REL_ERROR
-from benchop.results import build_results, merge_snapshots
 
 LATENCIES = (names.TTFT, names.ITL, names.TPOT, names.E2E)
 SLO = SloSpec(ttft_ms=200.0, itl_ms=30.0)
@@ -252,3 +265,120 @@ def test_merge_rejects_bad_input() -> None:
     other.run = "r2"
     with pytest.raises(ValueError, match="different runs"):
         merge_snapshots([s, other])
+
+
+# --------------------------------------------------------------------------- final snapshots
+
+
+def operator_sources(
+    complete: Mapping[int, MetricsSnapshot],
+    termination: Mapping[int, MetricsSnapshot],
+    latest: Mapping[int, MetricsSnapshot],
+) -> list[tuple[Source, Mapping[int, MetricsSnapshot]]]:
+    """The operator's sources, strongest first."""
+    return [("pubsub", complete), ("terminationMessage", termination), ("live", latest)]
+
+
+def snap(
+    worker: int, state: str = "COMPLETE", ok: int = 10, ttft: list[int] | None = None
+) -> MetricsSnapshot:
+    """A worker's snapshot of ``ok`` requests with these TTFTs (default 1, 2, ... ms)."""
+    reg = Registry()
+    reg.series(names.TTFT).record_many(ttft or [1_000_000 * (i + 1) for i in range(ok)])
+    reg.counter(names.REQUESTS).inc(ok)
+    reg.counter(names.REQUESTS_OK).inc(ok)
+    reg.counter(names.OUTPUT_TOKENS_TOTAL).inc(8 * ok)
+    return snapshot(reg, worker, elapsed_s=2.0, state=state)
+
+
+def test_final_sources_prefer_pubsub_then_termination_then_live() -> None:
+    c0, t1, l1 = snap(0), snap(1), snap(1, state="LIVE")
+    f = final_snapshots(2, [("pubsub", {0: c0, 1: t1})])
+    assert f is not None and f.source == "pubsub" and not f.missing
+    f = final_snapshots(2, operator_sources({0: c0}, {1: t1}, {1: l1}))
+    assert f is not None and f.source == "terminationMessage" and f.snapshots[1] is t1
+    f = final_snapshots(2, operator_sources({0: c0}, {}, {1: l1}))
+    assert f is not None and f.source == "live"
+    f = final_snapshots(3, operator_sources({0: c0}, {}, {1: l1}))
+    assert f is not None and f.missing == [2] and f.source == "live"
+    assert final_snapshots(2, operator_sources({}, {}, {})) is None
+    # local mode's sources: a worker's results file ranks between pub/sub and live
+    local: list[tuple[Source, Mapping[int, MetricsSnapshot]]] = [
+        ("pubsub", {0: c0}),
+        ("local", {1: t1}),
+        ("live", {1: l1}),
+    ]
+    f = final_snapshots(2, local)
+    assert f is not None and f.source == "local" and f.snapshots[1] is t1
+
+
+def test_results_are_exact_across_workers_and_incomplete_from_live() -> None:
+    a, b = snap(0, ttft=[1_000_000, 3_000_000]), snap(1, ttft=[2_000_000, 4_000_000, 5_000_000])
+    f = final_snapshots(2, operator_sources({0: a, 1: b}, {}, {}))
+    assert f is not None
+    res = build_final_results(f, slo=None, gpu=None)
+    assert res["complete"] is True and res["source"] == "pubsub"
+    assert res["ttftMs"]["p50"] == 3.0  # numpy over the union [1,2,3,4,5] ms
+    live = final_snapshots(2, operator_sources({0: a}, {}, {1: snap(1, state="LIVE")}))
+    assert live is not None
+    assert build_final_results(live, slo=None, gpu=None)["complete"] is False
+
+
+def test_termination_message_roundtrip() -> None:
+    text = json.dumps(
+        {
+            "run": "ns.r",
+            "worker": 1,
+            "state": "COMPLETE",
+            "interrupted": False,
+            "phase": "done",
+            "elapsed_s": 2.5,
+            "n_pending": 0,
+            "counters": {"requests_total": 7, "requests_ok": 7},
+            "gauges": {"client_cpu_pct": 3.0},
+            "series": {"ttft_ns": {"n": 7, "p50": 1.0, "p99": 2.0}},
+        }
+    )
+    s = parse_termination_message(text, "ns.r")
+    assert s is not None and s.worker == 1 and s.counters["requests_ok"] == 7
+    assert s.elapsed_s == 2.5 and s.state == "COMPLETE"
+    assert parse_termination_message(text, "other.run") is None
+    assert parse_termination_message("not json", "ns.r") is None
+    assert parse_termination_message("", "ns.r") is None
+
+
+def test_verdict_reasons() -> None:
+    def res(total: int, ok: int, by: dict[str, int]) -> dict[str, object]:
+        return {"requests": {"total": total, "ok": ok, "failed": total - ok, "byReason": by}}
+
+    assert verdict(res(3, 1, {"http_5xx": 2}))[0] is True
+    assert verdict(res(3, 0, {"connection": 3}))[1] == "TargetUnreachable"
+    assert verdict(res(4, 0, {"http_5xx": 3, "timeout": 1}))[1] == "AllRequestsFailed"
+    assert verdict(res(0, 0, {}))[1] == "NoRequests"
+
+
+def test_bound_results_trims() -> None:
+    doc = {
+        "requests": {"byReason": {f"r{i}": i for i in range(2000)}},
+        "gpu": {"agents": ["a"] * 10},
+    }
+    out = bound_results(doc, limit=2000)
+    assert len(out["requests"]["byReason"]) == 8 and "agents" not in out["gpu"]
+
+
+def test_bound_results_drops_prometheus_per_gpu_values_before_its_summary() -> None:
+    gpus = {
+        f"n/{i}": {"uuid": f"GPU-{i}", "metrics": {"power": {"current": "1" * 90}}}
+        for i in range(40)
+    }
+    prom = {
+        "summary": {"gpus": 40, "energyWindowJ": 10.0},
+        "crossCheck": {"energyJ": {}},
+        "gpus": gpus,
+    }
+    doc = {"requests": {"total": 1}, "gpu": {"energyJ": 9.0, "prometheus": prom}}
+    out = bound_results(doc, limit=2000)
+    kept = out["gpu"]["prometheus"]
+    assert kept["gpus"] == {} and "40 GPUs" in kept["truncated"]
+    assert kept["summary"]["energyWindowJ"] == 10.0 and "crossCheck" in kept
+    assert len(json.dumps(out)) <= 2000

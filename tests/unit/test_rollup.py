@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from benchop.api.models import METRICS_VERSION, ExperimentMetrics, to_wire
-from benchop.operator.children import INDEX_ANNOTATION, PARAMS_ANNOTATION
-from benchop.operator.rollup import OBJECTIVES, best_runs, rollup, run_row, same_rollup
+from benchop.core.names import INDEX_ANNOTATION, PARAMS_ANNOTATION
+from benchop.core.rollup import OBJECTIVES, best_runs, rollup, run_row, same_rollup
 
 NOW = "2024-05-01T12:00:00Z"
 

@@ -1,4 +1,4 @@
-"""benchop top's pure parts: the run -> target mapping and label selectors."""
+"""benchop top's pure parts: the run -> target mapping and its arguments."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from benchop import top
-from benchop.promstats.selector import GpuSelector, label_selector
+from benchop.promstats.selector import GpuSelector
 
 RUN = {
     "metadata": {"name": "llama", "namespace": "bench"},
@@ -36,17 +36,6 @@ def test_run_target_from_run_and_pods() -> None:
     no_prom = {**RUN, "spec": {"target": {}}}
     with pytest.raises(SystemExit, match=r"no spec\.prometheus\.url"):
         top.run_target(no_prom, PODS, url=None, since=None)
-
-
-def test_label_selector_strings() -> None:
-    assert label_selector(None) == ""
-    assert label_selector({"matchLabels": {"b": "2", "a": "1"}}) == "a=1,b=2"
-    exprs = [
-        {"key": "t", "operator": "NotIn", "values": ["x", "y"]},
-        {"key": "gpu", "operator": "Exists"},
-        {"key": "cpu", "operator": "DoesNotExist"},
-    ]
-    assert label_selector({"matchExpressions": exprs}) == "t notin (x,y),gpu,!cpu"
 
 
 def test_arguments() -> None:

@@ -41,12 +41,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from benchop.api.durations import Duration
 from benchop.api.sweep import set_path, sweep_points
+from benchop.core.names import API_VERSION, MAX_WORKERS, ApiVersion
 
-GROUP = "benchop.io"
-VERSION = "v1alpha1"
-API_VERSION: Literal["benchop.io/v1alpha1"] = "benchop.io/v1alpha1"
-BENCHMARKRUN_PLURAL = "benchmarkruns"
-EXPERIMENT_PLURAL = "experiments"
 RESULTS_VERSION = 1
 """``status.results.version`` written by this code."""
 METRICS_VERSION = 1
@@ -212,10 +208,6 @@ LOAD_RULES: tuple[tuple[str, str], ...] = (
         "maxInFlight is only allowed when mode is rate",
     ),
 )
-
-
-MAX_WORKERS = 1000
-"""Most load-generator pods one run may have (an Indexed Job's pods are ``<job>-<index>``)."""
 
 
 class LoadSpec(_Spec, json_schema_extra=_cel(*LOAD_RULES)):
@@ -681,7 +673,7 @@ class _Resource(BaseModel):
 class BenchmarkRun(_Resource):
     """A BenchmarkRun: one load test of an OpenAI-compatible server; results land in status."""
 
-    api_version: Literal["benchop.io/v1alpha1"] = API_VERSION
+    api_version: ApiVersion = API_VERSION
     kind: Literal["BenchmarkRun"] = "BenchmarkRun"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: BenchmarkRunSpec
@@ -691,7 +683,7 @@ class BenchmarkRun(_Resource):
 class Experiment(_Resource):
     """An Experiment: a sweep of BenchmarkRuns from one template; the rollup lands in status."""
 
-    api_version: Literal["benchop.io/v1alpha1"] = API_VERSION
+    api_version: ApiVersion = API_VERSION
     kind: Literal["Experiment"] = "Experiment"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: ExperimentSpec

@@ -4,12 +4,14 @@ Modules, one concept each:
 
 - ``prompts``: seeded synthetic prompts; how tokens are counted.
 - ``sse``: byte-level parser of the OpenAI streaming response (pure).
+- ``trigger``: ``SendTrigger``, when an open-loop request leaves.
 - ``http``: keep-alive HTTP/1.1 connections (asyncio protocols, llhttp).
 - ``client``: the streaming client; one request -> one record.
 - ``records``: the per-request record and how records become metrics (pure).
+- ``timers``: fine timers (a Linux timerfd in the loop, else a helper thread).
 - ``load``: fixed concurrency (closed loop) and request rate (open loop).
 - ``checkpoint``: ``records.jsonl`` appended off the event loop; resume.
-- ``gate``: asking the gate coordinator for START/END.
+- ``gate``: asking the gate coordinator for START/END (the phase barrier).
 - ``snapshots``: LIVE/DRAINING/COMPLETE snapshots, final files.
 - ``worker``: phases (warmup, profiling), the whole worker as ``run_worker``.
 - ``command``: the ``benchop loadgen`` CLI.

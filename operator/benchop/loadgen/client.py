@@ -29,7 +29,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -38,9 +38,7 @@ import numpy.typing as npt
 from benchop.loadgen.http import BadResponse, ConnectError, Disconnected, NotSent, Pool
 from benchop.loadgen.records import OK, RequestRecord
 from benchop.loadgen.sse import StreamParser
-
-if TYPE_CHECKING:
-    from benchop.loadgen.load import SendGate
+from benchop.loadgen.trigger import SendTrigger
 
 __all__ = ["Ident", "Sink", "StreamClient", "Target"]
 
@@ -187,8 +185,8 @@ class StreamClient:
             await asyncio.sleep(period)
             now = _perf_ns()
             for c in [c for c in self._calls if c.deadline <= now]:
-                g = c.gate
-                if g is not None and (not g.sent_ns or g.sent_ns + self._timeout_ns > now):
+                t = c.trigger
+                if t is not None and (not t.sent_ns or t.sent_ns + self._timeout_ns > now):
                     continue  # not sent yet: its time counts from its send
                 self._calls.discard(c)
                 c.timed_out = True
@@ -202,22 +200,22 @@ class StreamClient:
         ident: Ident,
         input_words: int,
         sink: Sink,
-        gate: SendGate | None = None,
+        trigger: SendTrigger | None = None,
     ) -> None:
         """Send one request and call ``sink`` once with its record; never raises
         (except ``CancelledError``, after the sink ran).
 
-        With an open loop's ``gate``, the request is sent when the gate opens (written by
-        the opener on a connection reserved ahead); ``gate.sent_ns`` is its start, and the
-        record's ``send_lag_ns`` is that time minus the gate's scheduled time. A request
-        whose gate closed without opening was never sent: no record, and a cancellation
-        before the send propagates without one.
+        With an open loop's ``trigger``, the request is sent when the trigger fires (written
+        by the firer on a connection reserved ahead); ``trigger.sent_ns`` is its start, and
+        the record's ``send_lag_ns`` is that time minus the trigger's scheduled time. A
+        request whose trigger was cancelled before it fired was never sent: no record, and a
+        cancellation before the send propagates without one.
         """
         pool = self._pool
         assert pool is not None, "use StreamClient as an async context manager"
         c = _Call()
         c.task = task = _current_task()
-        c.gate = gate
+        c.trigger = trigger
         self.in_flight += 1
         wall0 = _wall_ns()
         t0 = _perf_ns()
@@ -226,7 +224,7 @@ class StreamClient:
         calls = self._calls
         calls.add(c)
         try:
-            await pool.request(body, c, gate)
+            await pool.request(body, c, trigger)
             c.complete()
         except NotSent:
             calls.discard(c)
@@ -240,7 +238,7 @@ class StreamClient:
             c.fail("other", str(exc)[:_ERROR_CHARS])
         except asyncio.CancelledError:
             calls.discard(c)
-            if gate is not None and not gate.sent_ns:  # cancelled before it was sent
+            if trigger is not None and not trigger.sent_ns:  # cancelled before it was sent
                 self.in_flight -= 1
                 raise
             if c.timed_out and task is not None and task.uncancel() == 0:
@@ -257,9 +255,9 @@ class StreamClient:
 
     def _finish(self, c: _Call, ident: Ident, t0: int, input_words: int, sink: Sink) -> None:
         self.in_flight -= 1
-        gate = c.gate
-        if gate is not None and gate.sent_ns:
-            t0 = gate.sent_ns
+        trigger = c.trigger
+        if trigger is not None and trigger.sent_ns:
+            t0 = trigger.sent_ns
         ttft = None
         itl: list[int] = []
         out_tokens = 0
@@ -294,8 +292,8 @@ class StreamClient:
             input_tokens=in_tokens,
             output_tokens=out_tokens,
             tokens_from_usage=from_usage,
-            send_lag_ns=None if gate is None else t0 - gate.scheduled_ns,
-            delayed=gate is not None and gate.delayed,
+            send_lag_ns=None if trigger is None else t0 - trigger.scheduled_ns,
+            delayed=trigger is not None and trigger.delayed,
         )
         try:
             sink(rec)
@@ -312,20 +310,20 @@ class _Call:
         "error",
         "error_body",
         "finished",
-        "gate",
         "outcome",
         "parser",
         "status",
         "t_end",
         "task",
         "timed_out",
+        "trigger",
         "wall_offset",
     )
 
     def __init__(self) -> None:
         self.task: asyncio.Task[Any] | None = None
         self.deadline = 0  # perf_counter_ns after which the watchdog cancels it
-        self.gate: SendGate | None = None  # the open loop's: the deadline counts from its send
+        self.trigger: SendTrigger | None = None  # open loop: the deadline counts from its send
         self.wall_offset = 0  # wall ns - perf_counter ns, for the receive lag
         self.timed_out = False
         self.status = 0  # HTTP status; 0 until headers arrived

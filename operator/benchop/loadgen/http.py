@@ -16,10 +16,11 @@ answer like any other), compression (no ``Accept-Encoding`` is sent), HTTP/2. ``
 URLs use the system's CA store.
 
 An open-loop request can be written at its send time by a callback rather than by its
-task (a loop iteration later): :meth:`Pool.request` takes a :class:`Gate`, reserves a
-connection ahead of the send and hands the gate the write. ``Pool.before_read`` is called
-before each read is handled, so a gate whose time has come opens between two reads of a
-busy loop rather than after all of them.
+task (a loop iteration later): :meth:`Pool.request` takes a
+:class:`~benchop.loadgen.trigger.SendTrigger`, reserves a connection ahead of the send and
+hands the trigger the write. ``Pool.before_read`` is called before each read is handled, so
+a trigger whose time has come fires between two reads of a busy loop rather than after all
+of them.
 
     pool = Pool("http://127.0.0.1:8000/v1/chat/completions", headers={}, connect_timeout=10)
     await pool.request(body, handler)   # handler.on_headers / handler.on_body, then returns
@@ -44,8 +45,9 @@ from urllib.parse import urlsplit
 import httptools
 
 from benchop import __version__
+from benchop.loadgen.trigger import SendTrigger
 
-__all__ = ["BadResponse", "ConnectError", "Disconnected", "Gate", "Handler", "NotSent", "Pool"]
+__all__ = ["BadResponse", "ConnectError", "Disconnected", "Handler", "NotSent", "Pool"]
 
 _perf_ns = time.perf_counter_ns
 
@@ -63,7 +65,7 @@ class BadResponse(Exception):
 
 
 class NotSent(Exception):
-    """The request's gate closed without opening: nothing was sent."""
+    """The request's trigger was cancelled before it fired: nothing was sent."""
 
 
 class Handler(Protocol):
@@ -73,21 +75,6 @@ class Handler(Protocol):
     def on_headers(self, status: int, content_type: str) -> bool: ...
 
     def on_body(self, data: bytes, t_ns: int) -> bool: ...
-
-
-class Gate(Protocol):
-    """When a request leaves (``benchop.loadgen.load.SendGate``)."""
-
-    #: True once the gate opened, False if it never will.
-    opened: asyncio.Future[bool]
-    #: When the request left (``perf_counter_ns``); 0 until then.
-    sent_ns: int
-
-    def hold(self, write: Callable[[], None]) -> None:
-        """Call ``write`` when the gate opens (at once if it is open)."""
-
-    async def wait(self) -> bool:
-        """True once the gate is open (the request starts now), False if it never will."""
 
 
 class _Transport(Protocol):
@@ -133,44 +120,46 @@ class Pool:
         #: Called before each read of any connection is handled (e.g. ``OpenLoop.poll``).
         self.before_read: Callable[[], None] | None = None
 
-    async def request(self, body: bytes, handler: Handler, gate: Gate | None = None) -> None:
+    async def request(
+        self, body: bytes, handler: Handler, trigger: SendTrigger | None = None
+    ) -> None:
         """POST ``body`` and feed the response to ``handler`` until it ends or is abandoned.
 
-        With a ``gate``, a connection is reserved now (an idle one, or a new one) and the
-        request is written when the gate opens, by the opener. A gate that opened while the
-        connection was still being made counts the rest of the connect in the request's
-        time (``gate.sent_ns`` is not moved), as a request without a gate does. A connect
-        that fails is raised at the send time. Raises :class:`ConnectError`,
-        :class:`Disconnected`, :class:`BadResponse`, or :class:`NotSent` when the gate
-        closed without opening.
+        With a ``trigger``, a connection is reserved now (an idle one, or a new one) and the
+        request is written when the trigger fires, by the firer. A trigger that fired while
+        the connection was still being made counts the rest of the connect in the request's
+        time (``trigger.sent_ns`` is not moved), as a request without a trigger does. A
+        connect that fails is raised at the send time. Raises :class:`ConnectError`,
+        :class:`Disconnected`, :class:`BadResponse`, or :class:`NotSent` when the trigger
+        was cancelled before it fired.
         """
         idle = self._idle
         conn = idle.pop() if idle else None
         while conn is not None and conn.lost:  # closed by the server while idle
             conn = idle.pop() if idle else None
         data = b"".join((self._head, b"%d\r\n\r\n" % len(body), body))
-        if conn is None:  # with a gate: connect ahead of the send time
+        if conn is None:  # with a trigger: connect ahead of the send time
             started = _perf_ns()
-            was_open = gate is not None and _is_open(gate)
+            had_fired = trigger is not None and _has_fired(trigger)
             try:
                 conn = await self._connect()
             except ConnectError:
-                if gate is not None and not await gate.wait():  # fails at its send time
+                if trigger is not None and not await trigger.wait():  # fails at its send time
                     raise NotSent from None
                 raise
-            if gate is not None and _is_open(gate):
+            if trigger is not None and _has_fired(trigger):
                 # due before the connection was up: the request started when its connect
-                # did, or when its gate opened if later; the rest is in its TTFT
-                if was_open:
-                    gate.sent_ns = started
-                gate = None  # write now
+                # did, or when its trigger fired if later; the rest is in its TTFT
+                if had_fired:
+                    trigger.sent_ns = started
+                trigger = None  # write now
         fut = conn.start(handler)
-        if gate is None:
+        if trigger is None:
             conn.transport.write(data)
         else:
-            gate.hold(partial(conn.write_request, data))
+            trigger.hold(partial(conn.write_request, data))
             try:
-                sent = await gate.opened
+                sent = await trigger.fired
             except BaseException:
                 conn.release()
                 conn.close()
@@ -238,9 +227,9 @@ class Pool:
         self._idle.clear()
 
 
-def _is_open(gate: Gate) -> bool:
-    opened = gate.opened
-    return opened.done() and not opened.cancelled() and opened.result()
+def _has_fired(trigger: SendTrigger) -> bool:
+    fired = trigger.fired
+    return fired.done() and not fired.cancelled() and fired.result()
 
 
 class _Conn(asyncio.Protocol):
@@ -292,7 +281,7 @@ class _Conn(asyncio.Protocol):
         return fut
 
     def write_request(self, data: bytes) -> None:
-        """Write a request held at a gate; a connection lost meanwhile fails the request."""
+        """Write a request held by a trigger; a connection lost meanwhile fails the request."""
         if self.lost:
             self._end(Disconnected("connection lost before the request was written"))
             return

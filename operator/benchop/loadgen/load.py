@@ -5,16 +5,15 @@
 - :class:`OpenLoop`: sends on an absolute schedule (``t0 + offset_k``) whatever
   the responses do, so a late send never shifts the ones after it. Offsets
   come from :func:`arrival_offsets` (constant or Poisson). The event loop's
-  timers are precise to 1 ms only, so the send time itself is timed by
-  a Linux timerfd in the loop itself (elsewhere, a helper thread's
-  ``time.sleep``), which fires early by the learned wake-up latency (an
-  integral controller on the observed lags, at most 0.5 ms), so lags centre
-  on zero. Each request's task starts 10 ms ahead and reserves a
-  connection; the timer's callback opens its :class:`SendGate`, which writes
-  the request there and then. While the loop is busy, ``poll()`` (called
-  before each read is handled) opens a gate whose time has come between two
-  reads. The record's ``send_lag_ns`` is the actual minus the scheduled time
-  (may be slightly negative).
+  timers are precise to 1 ms only, so the send time itself is timed by a
+  :mod:`~benchop.loadgen.timers` fine timer, armed early by the learned wake-up
+  latency (:func:`learn_lead`: an integral controller on the observed lags, at
+  most 0.5 ms), so lags centre on zero. Each request's task starts 10 ms ahead
+  and reserves a connection; the timer's callback fires its :class:`SendTrigger`,
+  which writes the request there and then. While the loop is busy, ``poll()``
+  (called before each read is handled) fires a trigger whose time has come
+  between two reads. The record's ``send_lag_ns`` is the actual minus the
+  scheduled time (may be slightly negative).
   With a ``max_in_flight`` cap, an arrival that finds the cap reached waits
   for a slot; it is counted in ``delayed`` and its send lag is measured from
   the moment the slot freed (the cap's delay is the user's choice, not
@@ -23,8 +22,8 @@
 Both stop admitting requests when the :class:`Budget` says so (request count,
 deadline, or ``stop()``) and return once every admitted request finished. A
 request is built by ``prepare()`` before its send time (prompt generation is
-not send lag) and sent by ``send(prepared, gate)`` (``gate`` is None in the closed
-loop; see :class:`SendGate`).
+not send lag) and sent by ``send(prepared, trigger)`` (``trigger`` is None in the
+closed loop; see :class:`SendTrigger`).
 
     budget = Budget(requests=100)
     await run_closed(8, budget, prepare, send)
@@ -33,36 +32,37 @@ loop; see :class:`SendGate`).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import os
-import queue
 import random
-import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
-from functools import partial
 from typing import Any, Generic, Literal, TypeVar
 
+from benchop.loadgen.timers import FineTimer, fine_timer
+from benchop.loadgen.trigger import SendTrigger
+
 __all__ = [
+    "AHEAD_NS",
+    "LEAD_MAX_NS",
     "Budget",
     "OpenLoop",
     "SendFn",
-    "SendGate",
     "arrival_offsets",
-    "measure_fixed_concurrency",
+    "learn_lead",
     "run_closed",
 ]
 
 T = TypeVar("T")
-SendFn = Callable[[T, "SendGate | None"], Coroutine[Any, Any, None]]
-"""``send(prepared, gate)``: the open loop's :class:`SendGate`, None in a closed loop."""
+SendFn = Callable[[T, SendTrigger | None], Coroutine[Any, Any, None]]
+"""``send(prepared, trigger)``: the open loop's :class:`SendTrigger`, None in a closed loop."""
 log = logging.getLogger(__name__)
 _perf_ns = time.perf_counter_ns
-_AHEAD_NS = 10_000_000  # an arrival is reserved (task started, connection taken) this early
-_LEAD_MAX_NS = 500_000  # the fine timer fires at most this much early
+
+AHEAD_NS = 10_000_000
+"""How early an open-loop arrival is reserved: its task started, a connection taken."""
+LEAD_MAX_NS = 500_000
+"""The most the fine timer is armed ahead of a send time (the learned wake-up latency)."""
 
 
 class Budget:
@@ -156,128 +156,19 @@ def arrival_offsets(
         t += rng.expovariate(rate) * 1e9
 
 
-class _FineTimer:
-    """A helper thread that resolves futures at precise ``perf_counter_ns`` times."""
+def learn_lead(lead_ns: int, lag_ns: int) -> int:
+    """The wake-up lead after a send ``lag_ns`` late (negative: early) with ``lead_ns``.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._q: queue.SimpleQueue[_Timed | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="benchop-arrivals", daemon=True)
-        self._thread.start()
+    An integral controller: the lead moves by an eighth of the lag, within
+    ``[0, LEAD_MAX_NS]``; a lag of ``LEAD_MAX_NS`` or more either way is a stall, not
+    wake-up latency, and teaches nothing.
 
-    def wait_until(self, t_ns: int, on_time: Callable[[], bool]) -> asyncio.Future[bool | None]:
-        """A future resolved at ``t_ns`` with what ``on_time()`` returns; ``on_time`` runs in
-        the loop callback itself, one loop iteration earlier than a coroutine awaiting the
-        future would."""
-        fut: asyncio.Future[bool | None] = self._loop.create_future()
-        self._q.put((t_ns, fut, on_time))
-        return fut
-
-    def close(self) -> None:
-        self._q.put(None)
-
-    def _run(self) -> None:
-        while (item := self._q.get()) is not None:
-            t_ns, fut, on_time = item
-            delay = t_ns - _perf_ns()
-            if delay > 0:
-                time.sleep(delay / 1e9)
-            try:
-                self._loop.call_soon_threadsafe(_fire, fut, on_time)
-            except RuntimeError:  # loop closed
-                return
-
-
-_Timed = tuple[int, "asyncio.Future[bool | None]", Callable[[], bool]]
-
-
-class _TimerFd:
-    """Linux: a timerfd (through ctypes; ``os.timerfd_*`` needs Python 3.13) in the event
-    loop itself, so the loop's own ``epoll_wait`` wakes at the nanosecond time, with no
-    helper thread and no GIL hand-off between the wake-up and the send. One wait at a time
-    (each ``wait_until`` re-arms the timer), which is how :class:`OpenLoop` waits."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._settime = libc.timerfd_settime
-        self._settime.argtypes = [
-            ctypes.c_int,
-            ctypes.c_int,
-            ctypes.POINTER(_ITimerSpec),
-            ctypes.c_void_p,
-        ]
-        fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"timerfd_create: {os.strerror(err)}")
-        self._fd = fd
-        self._loop = loop
-        self._spec = _ITimerSpec()
-        self._pending: tuple[asyncio.Future[bool | None], Callable[[], bool]] | None = None
-        try:
-            loop.add_reader(fd, self._ready)
-        except BaseException:  # e.g. a loop without add_reader: the caller falls back
-            os.close(fd)
-            raise
-
-    def wait_until(self, t_ns: int, on_time: Callable[[], bool]) -> asyncio.Future[bool | None]:
-        """As :meth:`_FineTimer.wait_until`, but one wait at a time: a wait still pending
-        is cancelled."""
-        if self._pending is not None:
-            self._pending[0].cancel()
-        fut: asyncio.Future[bool | None] = self._loop.create_future()
-        self._pending = (fut, on_time)
-        t_ns = max(t_ns, 1)  # 0 would disarm the timer; a time in the past fires at once
-        self._spec.value_sec, self._spec.value_nsec = divmod(t_ns, 1_000_000_000)
-        if self._settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
-        return fut
-
-    def _ready(self) -> None:
-        try:
-            os.read(self._fd, 8)  # the expiry count; clears readability
-        except BlockingIOError:
-            return
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            _fire(*pending)
-
-    def close(self) -> None:
-        self._loop.remove_reader(self._fd)
-        os.close(self._fd)
-
-
-class _ITimerSpec(ctypes.Structure):
-    _fields_ = [
-        ("interval_sec", ctypes.c_long),
-        ("interval_nsec", ctypes.c_long),
-        ("value_sec", ctypes.c_long),
-        ("value_nsec", ctypes.c_long),
-    ]
-
-
-_CLOCK_MONOTONIC = 1  # time.perf_counter_ns's clock on Linux
-_TFD_NONBLOCK = os.O_NONBLOCK
-_TFD_CLOEXEC = os.O_CLOEXEC
-_TFD_TIMER_ABSTIME = 1
-
-
-def _fine_timer(loop: asyncio.AbstractEventLoop) -> _TimerFd | _FineTimer:
-    """A timerfd in the loop where Linux and the loop allow it, else the helper thread."""
-    if sys.platform == "linux" and time.get_clock_info("perf_counter").implementation.endswith(
-        "(CLOCK_MONOTONIC)"
-    ):
-        try:
-            return _TimerFd(loop)
-        except (OSError, AttributeError, NotImplementedError) as exc:
-            log.debug("no timerfd (%s): open-loop sends timed by a helper thread", exc)
-    return _FineTimer(loop)
-
-
-def _fire(fut: asyncio.Future[bool | None], on_time: Callable[[], bool]) -> None:
-    if not fut.done():  # else cancelled: the timer was re-armed or closed
-        fut.set_result(on_time())
+    >>> learn_lead(1_000, 80_000), learn_lead(1_000, 10_000_000), learn_lead(0, -8_000)
+    (11000, 1000, 0)
+    """
+    if -LEAD_MAX_NS < lag_ns < LEAD_MAX_NS:
+        return min(max(lead_ns + lag_ns // 8, 0), LEAD_MAX_NS)
+    return lead_ns
 
 
 def _resolve(fut: asyncio.Future[Any]) -> None:
@@ -285,75 +176,14 @@ def _resolve(fut: asyncio.Future[Any]) -> None:
         fut.set_result(None)
 
 
-class SendGate:
-    """When an open-loop request leaves.
-
-    The request's task starts up to 10 ms before its send time, reserves a connection and
-    hands the gate its write (:meth:`hold`). Whoever opens the gate at the send time, the
-    fine timer's callback or a read that finds the time has come (:meth:`OpenLoop.poll`),
-    writes the bytes there and then, not a task a loop iteration later.
-    """
-
-    __slots__ = ("_write", "delayed", "opened", "scheduled_ns", "sent_ns")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, scheduled_ns: int) -> None:
-        #: The send time (``perf_counter_ns``); for a delayed arrival, when its slot freed.
-        self.scheduled_ns = scheduled_ns
-        #: The arrival waited for a slot under ``max_in_flight``.
-        self.delayed = False
-        #: When the request left (its write, or the gate's opening while it still
-        #: connected); 0 until then.
-        self.sent_ns = 0
-        #: True once open; False if it never will be (the phase stopped): nothing is sent.
-        self.opened: asyncio.Future[bool] = loop.create_future()
-        self._write: Callable[[], None] | None = None
-
-    def hold(self, write: Callable[[], None]) -> None:
-        """Call ``write`` when the gate opens, in the opener's callback (now if open)."""
-        opened = self.opened
-        if not opened.done():
-            self._write = write
-        elif not opened.cancelled() and opened.result():
-            self.sent_ns = _perf_ns()
-            write()
-
-    async def wait(self) -> bool:
-        """For a request with nothing to hold: True once open (it starts now, which is
-        its ``sent_ns``), False if the gate will never open."""
-        if await self.opened:
-            self.sent_ns = _perf_ns()
-            return True
-        return False
-
-    def open(self) -> None:
-        """Open the gate and run the held write; a write that raises is logged (the
-        request's own code must fail it), never raised into the opener."""
-        if self.opened.done():
-            return
-        self.sent_ns = _perf_ns()
-        self.opened.set_result(True)
-        write, self._write = self._write, None
-        if write is not None:
-            try:
-                write()
-            except Exception:
-                log.exception("an open-loop request's write raised")
-
-    def cancel(self) -> None:
-        """The request will not be sent."""
-        self._write = None
-        if not self.opened.done():
-            self.opened.set_result(False)
-
-
 class OpenLoop(Generic[T]):
     """Sends at ``t0 + offset`` for each offset while the budget admits them.
 
-    ``run`` admits each arrival, prepares it and, ``_AHEAD_NS`` before its time, starts its
-    task, which reserves a connection and waits at the arrival's :class:`SendGate`. The
-    reserved arrivals form a queue in send order; the fine timer (armed for the head) and
-    :meth:`poll` open every gate whose time has come, so close arrivals are all ready
-    before the first of them is due.
+    ``run`` admits each arrival, prepares it and, ``ahead_ns`` before its time, starts its
+    task, which reserves a connection and waits at the arrival's :class:`SendTrigger`. The
+    reserved arrivals form a queue in send order; the fine timer (armed for the head, made by
+    ``timer(loop)`` for each run) and :meth:`poll` fire every trigger whose time has come, so
+    close arrivals are all ready before the first of them is due.
     """
 
     def __init__(
@@ -364,15 +194,19 @@ class OpenLoop(Generic[T]):
         send: SendFn[T],
         *,
         max_in_flight: int | None = None,
+        ahead_ns: int = AHEAD_NS,
+        timer: Callable[[asyncio.AbstractEventLoop], FineTimer] = fine_timer,
     ) -> None:
         self._offsets = offsets
         self._budget = budget
         self._prepare = prepare
         self._send = send
         self._cap = max_in_flight
+        self._ahead_ns = ahead_ns
+        self._make_timer = timer
         self._tasks: set[asyncio.Task[None]] = set()  # sent (or dropped), not finished
-        self._queue: deque[tuple[SendGate, asyncio.Task[None]]] = deque()  # reserved
-        self._timer: _TimerFd | _FineTimer | None = None
+        self._queue: deque[tuple[SendTrigger, asyncio.Task[None]]] = deque()  # reserved
+        self._timer: FineTimer | None = None
         self._armed_ns = 0  # the time the fine timer is armed for (0: not armed)
         self._waiter: asyncio.Future[Any] | None = None  # what run() waits on
         self._draining = False  # run() admits no more: it waits for the queue to empty
@@ -387,68 +221,73 @@ class OpenLoop(Generic[T]):
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    @property
+    def lead_ns(self) -> int:
+        """The learned wake-up latency the fine timer is armed ahead by (see :func:`learn_lead`)."""
+        return self._lead_ns
+
     def poll(self) -> None:
-        """Open the gates whose time has come. The client calls it before handling each
+        """Fire the triggers whose time has come. The client calls it before handling each
         read, so a loop busy with a burst of reads sends between two of them rather than
         after the whole burst."""
         q = self._queue
         if q and not q[0][0].delayed and _perf_ns() >= q[0][0].scheduled_ns - self._lead_ns:
-            self._open_due()
+            self._fire_due()
 
-    def _on_time(self, t_ns: int) -> bool:
-        """The fine timer's callback for the wait armed for ``t_ns`` (a stale one, whose
-        gate :meth:`poll` opened first, must not cause a second wait for the next)."""
-        if t_ns == self._armed_ns:
-            self._armed_ns = 0
-        self._open_due()
-        return True
+    def _on_time(self) -> None:
+        """The fine timer's callback: its armed time came."""
+        self._armed_ns = 0
+        self._fire_due()
 
-    def _open_due(self) -> None:
-        """Open every reserved gate whose time has come, in order while the in-flight cap
+    def _fire_due(self) -> None:
+        """Fire every reserved trigger whose time has come, in order while the in-flight cap
         allows; then arm the fine timer for the next. At the cap, the head waits (counted
-        as delayed) and ``_done`` opens it when a slot frees."""
+        as delayed) and ``_done`` fires it when a slot frees."""
         q = self._queue
         budget = self._budget
         cap = self._cap
         while q and not budget.stopped:
-            gate = q[0][0]
+            trigger = q[0][0]
             now = _perf_ns()
-            if not gate.delayed and gate.scheduled_ns - self._lead_ns > now:
+            if not trigger.delayed and trigger.scheduled_ns - self._lead_ns > now:
                 break
             if cap is not None and len(self._tasks) >= cap:
-                if not gate.delayed:
-                    gate.delayed = True
+                if not trigger.delayed:
+                    trigger.delayed = True
                     self.delayed += 1
-                return
-            gate, task = q.popleft()
-            if gate.delayed:  # the cap's delay is the user's choice, not lag
-                gate.scheduled_ns = max(now, gate.scheduled_ns)
+                break
+            trigger, task = q.popleft()
+            if trigger.delayed:  # the cap's delay is the user's choice, not lag
+                trigger.scheduled_ns = max(now, trigger.scheduled_ns)
             else:
-                lag = now - gate.scheduled_ns
-                if -_LEAD_MAX_NS < lag < _LEAD_MAX_NS:  # learn the wake-up latency
-                    self._lead_ns = min(max(self._lead_ns + lag // 8, 0), _LEAD_MAX_NS)
+                self._lead_ns = learn_lead(self._lead_ns, now - trigger.scheduled_ns)
             self._track(task)
             self.sent += 1
-            gate.open()
-        if not q:
-            if self._draining:
-                self._wake()
-        elif not q[0][0].delayed and self._timer is not None:
+            trigger.fire()
+        timer = self._timer
+        if timer is None:
+            return
+        if q and not q[0][0].delayed and not budget.stopped:
             t = q[0][0].scheduled_ns - self._lead_ns
             if t != self._armed_ns:
                 self._armed_ns = t
-                self._timer.wait_until(t, partial(self._on_time, t))
+                timer.arm(t, self._on_time)
+        elif self._armed_ns:  # nothing to wait for: a delayed head waits for _done
+            self._armed_ns = 0
+            timer.disarm()
+        if not q and self._draining:
+            self._wake()
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
     def _drop_queue(self) -> int:
-        """Close every reserved gate (nothing is sent); return how many."""
+        """Cancel every reserved trigger (nothing is sent); return how many."""
         n = len(self._queue)
         while self._queue:
-            gate, task = self._queue.popleft()
-            gate.cancel()
+            trigger, task = self._queue.popleft()
+            trigger.cancel()
             self._track(task)
         return n
 
@@ -474,7 +313,7 @@ class OpenLoop(Generic[T]):
         Cancelling ``run`` cancels the requests in flight.
         """
         loop = asyncio.get_running_loop()
-        timer = self._timer = _fine_timer(loop)
+        timer = self._timer = self._make_timer(loop)
         t0 = _perf_ns() if t0_ns is None else t0_ns
         budget = self._budget
         tasks = self._tasks
@@ -484,15 +323,15 @@ class OpenLoop(Generic[T]):
                 if budget.stopped or not budget.take(t):
                     break
                 item = self._prepare()
-                coarse = t - _AHEAD_NS - _perf_ns()
+                coarse = t - self._ahead_ns - _perf_ns()
                 if coarse > 0:
                     await self._wait(coarse / 1e9)
                 if budget.stopped:
                     budget.admitted -= 1  # admitted but never sent
                     break
-                gate = SendGate(loop, t)
-                self._queue.append((gate, loop.create_task(self._send(item, gate))))
-                self._open_due()
+                trigger = SendTrigger(loop, t)
+                self._queue.append((trigger, loop.create_task(self._send(item, trigger))))
+                self._fire_due()
             self._draining = True
             while self._queue and not budget.stopped:
                 await self._wait(None)
@@ -501,6 +340,7 @@ class OpenLoop(Generic[T]):
                 await asyncio.wait(list(tasks))
         finally:
             self._timer = None
+            self._armed_ns = 0
             timer.close()
             self._drop_queue()
             for task in tasks:
@@ -512,100 +352,6 @@ class OpenLoop(Generic[T]):
         self._tasks.discard(task)
         q = self._queue
         if q and q[0][0].delayed:  # a slot freed for the arrival waiting at the cap
-            self._open_due()
+            self._fire_due()
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("a send task raised", exc_info=exc)
-
-
-async def measure_fixed_concurrency(
-    url: str,
-    model: str,
-    concurrency: int,
-    seconds: float,
-    output_tokens: int,
-    *,
-    warmup_s: float = 0.5,
-    prompt_words: int = 16,
-) -> dict[str, float]:
-    """Drive ``url`` (an OpenAI base URL, chat API) at fixed concurrency; measure the client.
-
-    The worker's real path: one StreamClient, ``run_closed``, each record
-    folded into a metrics registry. After ``warmup_s`` (connections opened,
-    not measured), counts the requests and tokens that complete within the next
-    ``seconds`` and the process CPU time spent meanwhile. Returns ``requests``
-    (ok), ``errors``, ``rps``, ``tokens`` (output tokens of ok requests),
-    ``cpu_s``, ``window_s``, ``cpu_us_per_token``, ``cpu_pct``,
-    ``recv_lag_p99_ms`` (0 when the server sends no ``benchop_sent_ns``) and
-    ``start_wall`` (``time.time()`` at the start of the window). As in the
-    worker, the registry is folded every 0.1 s while requests run.
-
-        stats = await measure_fixed_concurrency(server.url, "m", 32, 5.0, 64)
-    """
-    import numpy as np
-
-    from benchop.loadgen.client import Ident, StreamClient, Target
-    from benchop.loadgen.prompts import make_prompt
-    from benchop.loadgen.records import OK, RequestRecord, new_registry, record_into
-
-    reg = new_registry()
-    window = {"on": False}
-    counts = {"requests": 0, "errors": 0, "tokens": 0}
-    marks: dict[str, float] = {}
-
-    def sink(rec: RequestRecord) -> None:
-        record_into(reg, rec)
-        if window["on"]:
-            if rec.outcome == OK:
-                counts["requests"] += 1
-                counts["tokens"] += rec.output_tokens
-            else:
-                counts["errors"] += 1
-
-    def mark(name: str, on: bool) -> None:
-        marks[name + "_t"] = time.perf_counter()
-        marks[name + "_cpu"] = time.process_time()
-        marks[name + "_wall"] = time.time()
-        window["on"] = on
-
-    async def fold() -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            reg.fold()
-
-    loop = asyncio.get_running_loop()
-    async with StreamClient(Target(url, model), request_timeout=60) as client:
-        body = client.body(
-            make_prompt(0, worker=0, attempt=1, index=0, n_tokens=prompt_words), output_tokens
-        )
-        ident = Ident(0, 1, 0)
-
-        async def send(_: None, gate: SendGate | None) -> None:
-            await client.send(body, ident=ident, input_words=prompt_words, sink=sink)
-
-        deadline = _perf_ns() + int((warmup_s + seconds) * 1e9)
-        loop.call_later(warmup_s, mark, "start", True)
-        loop.call_later(warmup_s + seconds, mark, "end", False)
-        loop.call_later(warmup_s, client.take_recv_lags)
-        folder = asyncio.create_task(fold())
-        try:
-            await run_closed(concurrency, Budget(deadline_ns=deadline), lambda: None, send)
-        finally:
-            folder.cancel()
-        lags = client.take_recv_lags()
-    reg.fold()
-    wall = marks["end_t"] - marks["start_t"]
-    cpu = marks["end_cpu"] - marks["start_cpu"]
-    tokens = counts["tokens"]
-    p99 = float(np.percentile(lags, 99)) / 1e6 if lags.size else 0.0
-    return {
-        "requests": counts["requests"],
-        "errors": counts["errors"],
-        "rps": counts["requests"] / wall,
-        "tokens": tokens,
-        "cpu_s": cpu,
-        "window_s": wall,
-        "cpu_us_per_token": cpu / tokens * 1e6 if tokens else 0.0,
-        "cpu_pct": 100.0 * cpu / wall,
-        "recv_lag_p99_ms": p99,
-        "start_wall": marks["start_wall"],
-    }

@@ -55,10 +55,11 @@ from benchop.api.models import BenchmarkRunSpec, PhaseBound
 from benchop.loadgen import checkpoint as ckpt
 from benchop.loadgen.client import Ident, StreamClient, Target
 from benchop.loadgen.gate import GateClient, GateResult
-from benchop.loadgen.load import Budget, OpenLoop, SendGate, arrival_offsets, run_closed
+from benchop.loadgen.load import Budget, OpenLoop, arrival_offsets, run_closed
 from benchop.loadgen.prompts import make_prompt
 from benchop.loadgen.records import OK, RequestRecord, Slo, is_good, new_registry, record_into
 from benchop.loadgen.snapshots import Snapshots
+from benchop.loadgen.trigger import SendTrigger
 from benchop.metrics import names
 from benchop.metrics.series import Histogram
 
@@ -419,8 +420,10 @@ class Worker:
             )
             return _Request(ident, client.body(prompt, plan.output_tokens))
 
-        async def send(req: _Request, gate: SendGate | None) -> None:
-            await client.send(req.body, ident=req.ident, input_words=n_words, sink=sink, gate=gate)
+        async def send(req: _Request, trigger: SendTrigger | None) -> None:
+            await client.send(
+                req.body, ident=req.ident, input_words=n_words, sink=sink, trigger=trigger
+            )
 
         if plan.mode == "concurrency":
             load = run_closed(plan.concurrency, budget, prepare, send)

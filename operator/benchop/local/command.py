@@ -26,7 +26,7 @@ import yaml
 from pydantic import ValidationError
 from rich.console import Console
 
-from benchop.api.conditions import ACCEPTED, FALSE, SUCCEEDED, TRUE, now_rfc3339, set_condition
+from benchop.api.conditions import now_rfc3339
 from benchop.api.models import (
     BenchmarkRun,
     Experiment,
@@ -35,12 +35,12 @@ from benchop.api.models import (
     load_manifest,
     to_wire,
 )
-from benchop.get import experiment_table
+from benchop.core.children import build_child_run, child_phase, plan_sweep, should_stop
+from benchop.core.lifecycle import experiment_progressed
+from benchop.core.rollup import DEFAULT_CAP, rollup
 from benchop.local.session import LocalOptions, LocalOutcome, run_benchmark
 from benchop.mockserver import MockConfig
-from benchop.operator.children import build_child_run, child_phase, plan_sweep, should_stop
-from benchop.operator.rollup import DEFAULT_CAP, rollup
-from benchop.report import BENCHMARKRUN_COLUMNS, printer_table, results_table
+from benchop.report import BENCHMARKRUN_COLUMNS, experiment_table, printer_table, results_table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,22 +107,9 @@ def _experiment_status(exp: Experiment, children: list[dict[str, Any]]) -> dict[
     if not plan.finished:  # stopped early by the failure policy: nothing else will run
         plan = replace(plan, finished=True, reason="Aborted")
     now = now_rfc3339()
-    conds = set_condition([], type=ACCEPTED, status=TRUE, reason="SpecValid", now=now)
-    conds = set_condition(
-        conds,
-        type=SUCCEEDED,
-        status=TRUE if plan.succeeded else FALSE,
-        reason=plan.reason,
-        message=plan.message,
-        now=now,
-    )
-    metrics = rollup(children, cap=DEFAULT_CAP, now=now)
-    return {
-        "phase": "Succeeded" if plan.succeeded else "Failed",
-        "conditions": conds,
-        "counts": plan.counts,
-        "metrics": to_wire(metrics),
-    }
+    status = experiment_progressed({}, generation=exp.metadata.generation or 1, plan=plan, now=now)
+    status["metrics"] = to_wire(rollup(children, cap=DEFAULT_CAP, now=now))
+    return status
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,10 +6,10 @@
     results  a Subscriber on a loopback port for the workers' snapshots
     workers  N `benchop loadgen` child processes, one results directory each
 
-The status is built with the same conditions the operator writes, in the same
-order, and the results with the same pure functions (``benchop.results``,
-``benchop.gpuresults``); final snapshots come over pub/sub, else from each
-worker's ``final.msgpack``.
+The status is built with the operator's own transitions (``benchop.core.lifecycle``) and
+the results with the same rules (``benchop.core.results``, ``benchop.core.gpuwindow``): per
+worker the COMPLETE snapshot over pub/sub, else its ``final.msgpack``, else its latest live
+snapshot; a worker with none makes the results ``complete: false``, as in the operator.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,15 +34,19 @@ from benchagent.transport import Subscriber
 from benchagent.wire import MetricsSnapshot
 from benchop.api import conditions as c
 from benchop.api.models import BenchmarkRun, Phase, Results, to_wire
-from benchop.gates import AgentEndpoint, GateCoordinator, GateOutcome
-from benchop.gpuresults import gpu_results
+from benchop.core import lifecycle
+from benchop.core.gaterecords import GateOutcome, gate_record
+from benchop.core.gpuwindow import gpu_from_status
+from benchop.core.results import (
+    REASONS,
+    build_final_results,
+    final_snapshots,
+    output_tokens,
+    verdict,
+)
+from benchop.gates import AgentEndpoint, GateCoordinator
 from benchop.local.progress import progress_view
-from benchop.metrics import names
 from benchop.mockserver import MockConfig, spawn_mock_server_process
-from benchop.operator import transitions
-from benchop.operator.gatebridge import gate_record
-from benchop.operator.snapshots import bound_results, verdict
-from benchop.results import build_results, merge_snapshots
 
 PHASE_ID = "profiling"
 COMPLETE_WAIT_S = 5.0  # after the workers exited, how long COMPLETE snapshots may still arrive
@@ -70,7 +74,7 @@ class LocalOutcome:
 
 
 class _Status:
-    """The status local mode would have written: the operator's own pure transitions.
+    """The status the operator would have written, from the same lifecycle.
 
     ``apply`` takes a transition's result (None: nothing changes) and turns every condition
     that changed into a line for the live view.
@@ -127,12 +131,18 @@ async def _agent(opts: LocalOptions) -> AsyncIterator[Agent | None]:
         await agent.stop()
 
 
-def _read_final(path: Path) -> MetricsSnapshot | None:
-    try:
-        msg = MsgpackCodec().decode(path.read_bytes())
-    except OSError:
-        return None
-    return msg if isinstance(msg, MetricsSnapshot) else None
+def _results_files(results_dir: Path, workers: Iterable[int]) -> dict[int, MetricsSnapshot]:
+    """The final snapshots the ``workers`` wrote to their results directories, where readable."""
+    codec = MsgpackCodec()
+    out = {}
+    for w in workers:
+        try:
+            msg = codec.decode((results_dir / f"worker-{w}" / "final.msgpack").read_bytes())
+        except OSError:
+            continue
+        if isinstance(msg, MetricsSnapshot):
+            out[w] = msg
+    return out
 
 
 async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
@@ -141,7 +151,7 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
     name = run.metadata.name or "local-run"
     workers = spec.load.workers
     st = _Status(run.metadata.generation or 1)
-    st.apply(transitions.accepted(st.status, generation=st.generation, now=c.now_rfc3339()))
+    st.apply(lifecycle.accepted(st.status, generation=st.generation, now=c.now_rfc3339()))
     opts.results_dir.mkdir(parents=True, exist_ok=True)
     spec_file = opts.results_dir / "spec.json"
     spec_file.write_text(json.dumps(to_wire(run)))
@@ -161,26 +171,14 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
             )
         sub = Subscriber()
         sub.start()
-        outcomes: dict[str, GateOutcome] = {}
 
         async def on_gate(run_name: str, outcome: GateOutcome) -> None:
-            outcomes[outcome.boundary] = outcome
-            record = gate_record(
-                phase_id=outcome.phase_id,
-                start_at_ns=outcome.start_at_ns,
-                baseline=outcome.baseline,
-                agents=outcome.agents,
-                missing=outcome.missing,
-                acks=outcome.acks,
-                baseline_captured=outcome.baseline_captured,
-                closed_at_ns=outcome.closed_at_ns,
-            )
             st.apply(
-                transitions.gate_closed(
+                lifecycle.gate_closed(
                     st.status,
                     generation=st.generation,
                     boundary=outcome.boundary,
-                    record=record,
+                    record=gate_record(outcome),
                     requested=spec.gates.baseline,
                 )
             )
@@ -208,40 +206,29 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
                 on_worker_died=lambda: coordinator.forget_run(name),
             )
             complete = await sub.wait_for_complete(name, workers, COMPLETE_WAIT_S)
+            latest = sub.latest(name)
         finally:
             await coordinator.close()
             sub.close()
 
-    source = "pubsub"
-    snaps = list(complete.values())
-    for w in range(workers):
-        if w not in complete:
-            final = _read_final(opts.results_dir / f"worker-{w}" / "final.msgpack")
-            if final is not None:
-                snaps.append(final)
-                source = "local"
-    results = None
-    if snaps:
-        merged = merge_snapshots(snaps)
-        start, end = outcomes.get("START"), outcomes.get("END")
-        gpu = gpu_results(
-            start.acks if start else [],
-            end.acks if end else [],
-            output_tokens=merged.counters.get(names.OUTPUT_TOKENS_TOTAL, 0),
-            expected_agents=[a.name for a in agents] if start and end else [],
-        )
-        results = build_results(merged, slo=spec.slo, source=source, gpu=gpu)  # type: ignore[arg-type]
+    files = _results_files(opts.results_dir, [w for w in range(workers) if w not in complete])
+    final = final_snapshots(workers, [("pubsub", complete), ("local", files), ("live", latest)])
+    results_doc = None
+    results_reason = ""
+    if final is not None:
+        gates = st.status.get("gates") or {}
+        gpu = gpu_from_status(gates, output_tokens=output_tokens(final))
+        results_doc = build_final_results(final, slo=spec.slo, gpu=gpu)
+        results_reason = REASONS[final.source]
     now = c.now_rfc3339()
     failed = {w: code for w, code in enumerate(codes) if code != 0}
-    results_doc = bound_results(to_wire(results)) if results is not None else None
-    results_reason = "PubSubComplete" if source == "pubsub" else "ResultsFiles"
     if results_doc is None or failed:
         message = (
             ", ".join(f"worker {w} exited {code}" for w, code in failed.items())
             or "no worker produced a final snapshot"
         )
         st.apply(
-            transitions.failed(
+            lifecycle.failed(
                 st.status,
                 generation=st.generation,
                 reason="WorkerFailed" if failed else "NoResults",
@@ -254,7 +241,7 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
     else:
         ok, reason, message = verdict(results_doc)
         st.apply(
-            transitions.finished(
+            lifecycle.finished(
                 st.status,
                 generation=st.generation,
                 results=results_doc,
@@ -266,6 +253,7 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
             )
         )
     ok = st.status.get("phase") == Phase.SUCCEEDED.value
+    results = Results.model_validate(results_doc) if results_doc is not None else None
     return LocalOutcome(name=name, status=st.status, results=results, succeeded=ok)
 
 
@@ -311,7 +299,7 @@ async def _run_workers(
             if not ready and len(latest) == workers:
                 ready = True
                 st.apply(
-                    transitions.workers_ready(
+                    lifecycle.workers_ready(
                         st.status,
                         generation=st.generation,
                         running=workers,

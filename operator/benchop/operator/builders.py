@@ -1,7 +1,8 @@
 """Pure builders of a run's child manifests: the spec ConfigMap and the load-generator Job.
 
 No I/O, no clocks, no randomness: the same run gives the same dicts, so creation is
-idempotent by name (409 = it exists) and tests compare whole manifests.
+idempotent by name (409 = it exists) and tests compare whole manifests. Names, label keys
+and the ownerReference come from :mod:`benchop.core.names`.
 
     owner = owner_reference(body)
     cm = build_spec_configmap(run, name=spec_configmap_name(run_name), namespace=ns, owner=owner)
@@ -12,24 +13,22 @@ idempotent by name (409 = it exists) and tests compare whole manifests.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
-from benchop.api.models import API_VERSION, MAX_WORKERS, BenchmarkRun, to_wire
-
-LABEL_PREFIX = "benchop.io/"
-RUN_LABEL = LABEL_PREFIX + "run"
-RUN_NAME_ANNOTATION = LABEL_PREFIX + "run-name"
-NAME_LABEL = "app.kubernetes.io/name"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-APP = "benchop"
-LOADGEN = "loadgen"
-
-MAX_NAME = 63
-"""Longest child name (a Job's name is also a label value on its pods)."""
+from benchop.api.models import BenchmarkRun, to_wire
+from benchop.core.names import (
+    APP,
+    COMPONENT_LABEL,
+    LOADGEN,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    RUN_LABEL,
+    RUN_NAME_ANNOTATION,
+    run_label_value,
+    spec_configmap_name,
+)
 
 SPEC_KEY = "spec.json"
 SPEC_DIR = "/etc/benchop"
@@ -38,50 +37,6 @@ TERMINATION_LOG = "/dev/termination-log"
 CONTAINER = "loadgen"
 BACKOFF_PER_WORKER = 3
 """Container restarts allowed per worker before the Job fails (``backoffLimit = 3 * workers``)."""
-
-
-def safe_name(base: str, suffix: str = "", limit: int = MAX_NAME) -> str:
-    """``base`` + ``-suffix`` if that fits ``limit``; else a truncated base plus a stable hash.
-
-    >>> safe_name("r1", "loadgen")
-    'r1-loadgen'
-    """
-    full = f"{base}-{suffix}" if suffix else base
-    if len(full) <= limit:
-        return full
-    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
-    tail = f"-{digest}-{suffix}" if suffix else f"-{digest}"
-    return base[: limit - len(tail)].rstrip("-.") + tail
-
-
-def loadgen_job_name(run_name: str) -> str:
-    """``<run>-loadgen``, a DNS label with room for the worker pods' hostnames.
-
-    An Indexed Job's pods are named and hostnamed ``<job>-<index>``, which must be a DNS label
-    (at most 63 characters, no dots), or the apiserver refuses the Job. So dots become dashes
-    and the name leaves room for ``-<largest index>``; a name that had to change carries a hash
-    of the run name, so two runs never share a Job.
-
-    >>> loadgen_job_name("r1"), loadgen_job_name("llama.8b")
-    ('r1-loadgen', 'llama-8b-17f6c930-loadgen')
-    """
-    limit = MAX_NAME - len(f"-{MAX_WORKERS - 1}")
-    label = run_name.replace(".", "-")
-    full = f"{label}-loadgen"
-    if label == run_name and len(full) <= limit:
-        return full
-    tail = f"-{hashlib.sha256(run_name.encode()).hexdigest()[:8]}-loadgen"
-    return label[: limit - len(tail)].rstrip("-") + tail
-
-
-def spec_configmap_name(run_name: str) -> str:
-    """``<run>-spec`` (truncated with a hash above 63 characters)."""
-    return safe_name(run_name, "spec")
-
-
-def run_label_value(run_name: str) -> str:
-    """The ``benchop.io/run`` label value: the run name, hashed down to 63 characters if longer."""
-    return safe_name(run_name)
 
 
 def labels_for(run_name: str, component: str) -> dict[str, str]:
@@ -98,20 +53,7 @@ def labels_for(run_name: str, component: str) -> dict[str, str]:
     }
 
 
-def owner_reference(body: Mapping[str, Any], kind: str = "BenchmarkRun") -> dict[str, Any]:
-    """The controller ownerReference pointing at a benchop resource body (needs metadata.uid)."""
-    meta = body["metadata"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": kind,
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def _meta(
+def _metadata(
     run_name: str, name: str, namespace: str, owner: Mapping[str, Any], component: str
 ) -> dict[str, Any]:
     return {
@@ -136,7 +78,7 @@ def build_spec_configmap(
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(run_name, name, namespace, owner, LOADGEN),
+        "metadata": _metadata(run_name, name, namespace, owner, LOADGEN),
         "data": {SPEC_KEY: spec_json(run)},
     }
 
@@ -258,6 +200,6 @@ def build_loadgen_job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _meta(run_name, name, namespace, owner, LOADGEN),
+        "metadata": _metadata(run_name, name, namespace, owner, LOADGEN),
         "spec": job_spec,
     }

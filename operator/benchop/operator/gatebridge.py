@@ -5,40 +5,54 @@ ROUTER every worker of every run dials). For each run it resolves the agents to 
 target's ``podSelector`` -> its pods -> their node names -> the agent pods on those nodes (by
 ``--agent-selector``) -> ``tcp://<podIP>:<--agent-port>`` — and registers the run.
 
-When a gate closes, the coordinator's ``on_gate`` callback gets the outcome; the bridge turns it
-into a bounded record (:func:`gate_record`) and awaits ``record_gate`` (handlers.runs), which
-writes it to ``status.gates.<START|END>`` together with the conditions (BaselineStartCaptured /
-Profiling / BaselineEndCaptured / TelemetryDegraded) and the phase — *before* the workers are
-granted. After an operator restart the bridge seeds the coordinator from ``status.gates``
-(``restore_gate``), so a retrying worker is answered from status and a gate never runs twice
-(no second barrier, no second baseline request to the agents).
-
-:func:`gpu_from_status` turns the persisted START/END samples into ``results.gpu``;
-:func:`profiling_window` gives the window between the two gates (for the Prometheus query).
+When a gate closes, the coordinator hands the bridge the outcome; the bridge turns it into a
+bounded record (:func:`~benchop.core.gaterecords.gate_record`) and awaits its ``on_gate``
+(``handlers.runs.record_gate``), which writes it to ``status.gates.<START|END>`` together with
+the conditions (BaselineStartCaptured / Profiling / BaselineEndCaptured / TelemetryDegraded)
+and the phase — *before* the workers are granted. After an operator restart the bridge seeds
+the coordinator from ``status.gates`` (``restore_gate``), so a retrying worker is answered from
+status and a gate never runs twice (no second barrier, no second baseline request).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Generic, Protocol, TypeVar
 
 import kopf
 
-from benchagent.wire import BaselineAck, GpuSample
-from benchop.api.conditions import now_rfc3339
-from benchop.api.models import GpuResults, LabelSelector
-from benchop.gates import AgentEndpoint, GateCoordinator, GateOutcome
-from benchop.gpuresults import gpu_results
+from benchop.api.models import BenchmarkRunSpec, LabelSelector
+from benchop.core.gaterecords import GateOutcome, gate_record
+from benchop.core.selectors import label_selector
+from benchop.gates import AgentEndpoint, GateCoordinator
 from benchop.operator.k8s import POD, ApiError, KubeApi
 from benchop.operator.settings import OperatorSettings
 from benchop.operator.snapshots import retry_bind
 
 log = logging.getLogger(__name__)
 
-OnGate = Callable[[str, str, Mapping[str, Any]], Awaitable[bool]]
-"""``on_gate(run_key, boundary, record)``: persist the record; False when the run is gone."""
+
+class GatedRun(Protocol):
+    """What the bridge needs of a run it registers."""
+
+    @property
+    def key(self) -> str: ...  # the run id its workers send
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def spec(self) -> BenchmarkRunSpec: ...
+
+    @property
+    def workers(self) -> int: ...
+
+
+R = TypeVar("R", bound=GatedRun)
+OnGate = Callable[[R, str, Mapping[str, Any]], Awaitable[bool]]
+"""``on_gate(run, boundary, record)``: persist the record; False when the run is gone."""
 
 BIND_WAIT_S = 5.0
 """How long start() retries binding --gate-port while it is still held."""
@@ -64,31 +78,7 @@ def persist_timeout_s(settings: OperatorSettings) -> float:
     return PERSIST_ATTEMPTS * settings.request_timeout + sum(PERSIST_BACKOFF_S)
 
 
-MAX_SAMPLES = 64
-"""GPU samples kept per gate in status (bounded status; beyond that GPUs are dropped)."""
-
-
 # --------------------------------------------------------------------------- agents
-
-
-def selector_string(selector: LabelSelector) -> str:
-    """A LabelSelector as a ``labelSelector`` query string.
-
-    >>> selector_string(LabelSelector(match_labels={"app": "vllm"}))
-    'app=vllm'
-    """
-    parts = [f"{k}={v}" for k, v in sorted((selector.match_labels or {}).items())]
-    for req in selector.match_expressions or []:
-        values = ",".join(req.values or [])
-        if req.operator == "In":
-            parts.append(f"{req.key} in ({values})")
-        elif req.operator == "NotIn":
-            parts.append(f"{req.key} notin ({values})")
-        elif req.operator == "Exists":
-            parts.append(req.key)
-        else:
-            parts.append(f"!{req.key}")
-    return ",".join(parts)
 
 
 async def resolve_agents(
@@ -103,7 +93,7 @@ async def resolve_agents(
     """``{agent pod name: (node, tcp://podIP:port)}`` of the agents on the target's nodes."""
     if pod_selector is None:
         return {}
-    targets = await api.list(POD, namespace, labels=selector_string(pod_selector))
+    targets = await api.list(POD, namespace, labels=label_selector(pod_selector))
     nodes = {p.get("spec", {}).get("nodeName") for p in targets} - {None, ""}
     if not nodes:
         return {}
@@ -118,164 +108,6 @@ async def resolve_agents(
 
 
 # --------------------------------------------------------------------------- persistence
-
-
-def _sample_record(s: GpuSample) -> dict[str, Any]:
-    return {
-        "uuid": s.uuid,
-        "index": s.index,
-        "timestampNs": s.timestamp_ns,
-        "util": s.gpu_util_pct,
-        "memUsed": s.mem_used_bytes,
-        "powerW": s.power_w,
-        "energyMj": s.energy_mj,
-        **({} if s.util_integral_pct_s is None else {"utilIntegral": s.util_integral_pct_s}),
-    }
-
-
-def gate_record(
-    *,
-    phase_id: str,
-    start_at_ns: int,
-    baseline: bool,
-    agents: Sequence[str],
-    missing: Sequence[str],
-    acks: Sequence[BaselineAck],
-    baseline_captured: bool | None = None,
-    closed_at: str | None = None,
-    closed_at_ns: int = 0,
-) -> dict[str, Any]:
-    """The bounded ``status.gates.<boundary>`` record of a closed gate.
-
-    ``closedAtNs`` (wall clock, when the last ack arrived or the timeout passed) is written when
-    known (0: not known): :func:`gate_instant` falls back on it when no agent sampled.
-    """
-    kept = 0
-    ack_records = []
-    for ack in acks:
-        gpus = []
-        for s in ack.samples:
-            if s.error is None and kept < MAX_SAMPLES:
-                gpus.append(_sample_record(s))
-                kept += 1
-        rec: dict[str, Any] = {
-            "agent": ack.agent,
-            "node": ack.node,
-            "success": ack.success,
-            "simulated": ack.simulated,
-            "gpus": gpus,
-        }
-        if ack.error:
-            rec["error"] = ack.error[:200]
-        ack_records.append(rec)
-    record: dict[str, Any] = {
-        "phaseId": phase_id,
-        "startAtNs": start_at_ns,
-        "baseline": baseline,
-        "baselineCaptured": (
-            baseline and not missing if baseline_captured is None else baseline_captured
-        ),
-        "agents": sorted(agents),
-        "missing": sorted(missing),
-        "simulated": any(a.simulated for a in acks),
-        "closedAt": closed_at or now_rfc3339(),
-        "acks": ack_records,
-    }
-    if closed_at_ns:
-        record["closedAtNs"] = closed_at_ns
-    return record
-
-
-def acks_from_record(record: Mapping[str, Any], boundary: str) -> list[BaselineAck]:
-    """The BaselineAcks of a persisted record (only the fields results need are kept)."""
-    out = []
-    for a in record.get("acks") or []:
-        samples = [
-            GpuSample(
-                index=int(g.get("index", 0)),
-                uuid=str(g["uuid"]),
-                name="",
-                timestamp_ns=int(g["timestampNs"]),
-                gpu_util_pct=float(g["util"]),
-                mem_copy_util_pct=0.0,
-                mem_used_bytes=int(g["memUsed"]),
-                mem_total_bytes=0,
-                power_w=float(g.get("powerW", 0.0)),
-                power_limit_w=0.0,
-                energy_mj=int(g["energyMj"]),
-                temperature_c=0.0,
-                sm_clock_mhz=0,
-                mem_clock_mhz=0,
-                util_integral_pct_s=(
-                    float(g["utilIntegral"]) if g.get("utilIntegral") is not None else None
-                ),
-            )
-            for g in a.get("gpus") or []
-        ]
-        out.append(
-            BaselineAck(
-                request_id="",
-                run="",
-                phase_id=str(record.get("phaseId", "")),
-                boundary="START" if boundary == "START" else "END",
-                agent=str(a["agent"]),
-                node=str(a.get("node", "")),
-                success=bool(a.get("success")),
-                error=a.get("error"),
-                simulated=bool(a.get("simulated")),
-                samples=samples,
-            )
-        )
-    return out
-
-
-def gpu_from_status(gates: Mapping[str, Any], *, output_tokens: int) -> GpuResults | None:
-    """``results.gpu`` from ``status.gates`` (None without both gates or without agents)."""
-    start, end = gates.get("START"), gates.get("END")
-    if not start or not end:
-        return None
-    expected = set(start.get("agents") or []) | set(end.get("agents") or [])
-    if not expected:
-        return None
-    return gpu_results(
-        acks_from_record(start, "START"),
-        acks_from_record(end, "END"),
-        output_tokens=output_tokens,
-        expected_agents=sorted(expected),
-    )
-
-
-def gate_instant(record: Mapping[str, Any]) -> float | None:
-    """When a closed gate's baselines were read (unix s), or None if the record cannot say.
-
-    The mean of its GPU samples' timestamps when agents sampled (so a Prometheus window between
-    two gates covers exactly the acks' END - START window); else when the gate closed
-    (``closedAtNs``); else the instant the workers were released (``startAtNs``).
-    """
-    stamps = [
-        int(g["timestampNs"])
-        for a in record.get("acks") or []
-        for g in a.get("gpus") or []
-        if g.get("timestampNs")
-    ]
-    if stamps:
-        return sum(stamps) / len(stamps) / 1e9
-    for key in ("closedAtNs", "startAtNs"):
-        if record.get(key):
-            return int(record[key]) / 1e9
-    return None
-
-
-def profiling_window(gates: Mapping[str, Any]) -> tuple[float, float] | None:
-    """``(start, end)`` in unix seconds between the START and END gates, None until both closed
-    (or when the instants are unknown or not in order)."""
-    start, end = gates.get("START"), gates.get("END")
-    if not start or not end:
-        return None
-    t0, t1 = gate_instant(start), gate_instant(end)
-    if t0 is None or t1 is None or t1 <= t0:
-        return None
-    return t0, t1
 
 
 def gate_timeout_s(spec_s: float, cap_s: float | None) -> float:
@@ -293,7 +125,7 @@ def gate_timeout_s(spec_s: float, cap_s: float | None) -> float:
 # --------------------------------------------------------------------------- the bridge
 
 
-class GateBridge:
+class GateBridge(Generic[R]):
     """The operator's gate coordinator on ``--gate-port`` (see the module doc).
 
     worker DEALER ─┐                         ┌─▶ agent ROUTER (node a)  BaselineRequest
@@ -301,10 +133,11 @@ class GateBridge:
     worker DEALER ─┘   GateCoordinator       └─▶ agent ROUTER (node b)  ◀─ BaselineAck
     """
 
-    def __init__(self, settings: OperatorSettings, api: KubeApi, *, on_gate: OnGate) -> None:
+    def __init__(self, settings: OperatorSettings, api: KubeApi, *, on_gate: OnGate[R]) -> None:
         self.settings = settings
         self.api = api
         self.on_gate = on_gate
+        self._runs: dict[str, R] = {}  # registered, by key
         port = settings.gate_port
         self.coordinator = GateCoordinator(
             endpoint=f"tcp://{settings.bind_host}:{port if port else '*'}",
@@ -325,16 +158,10 @@ class GateBridge:
         await self.coordinator.close()
 
     async def _on_gate(self, run: str, outcome: GateOutcome) -> None:
-        record = gate_record(
-            phase_id=outcome.phase_id,
-            start_at_ns=outcome.start_at_ns,
-            baseline=outcome.baseline,
-            baseline_captured=outcome.baseline_captured,
-            agents=outcome.agents,
-            missing=outcome.missing,
-            acks=outcome.acks,
-            closed_at_ns=outcome.closed_at_ns,
-        )
+        ctx = self._runs.get(run)
+        if ctx is None:  # forgotten while its gate closed: nothing to persist
+            return
+        record = gate_record(outcome)
         # Persist before the coordinator grants: a restarted operator answers from status.
         # Granting unpersisted (after every attempt, or the whole budget) beats blocking the
         # workers; only a restart before the next write could then run this gate again.
@@ -342,7 +169,7 @@ class GateBridge:
             async with asyncio.timeout(persist_timeout_s(self.settings)):
                 for attempt in range(PERSIST_ATTEMPTS):
                     try:
-                        await self.on_gate(run, outcome.boundary, record)
+                        await self.on_gate(ctx, outcome.boundary, record)
                         return
                     except (kopf.TemporaryError, ApiError) as e:
                         if attempt == PERSIST_ATTEMPTS - 1:
@@ -357,7 +184,7 @@ class GateBridge:
                 persist_timeout_s(self.settings),
             )
 
-    async def register(self, ctx: Any, restored: Mapping[str, Any]) -> None:
+    async def register(self, ctx: R, restored: Mapping[str, Any]) -> None:
         """Register a run: resolve its agents, seed the gates that already closed."""
         spec = ctx.spec
         timeout_s = gate_timeout_s(spec.gates.timeout.seconds, self.settings.gate_timeout_s)
@@ -371,6 +198,7 @@ class GateBridge:
                 agent_namespace=self.settings.agent_namespace,
                 agent_port=self.settings.agent_port,
             )
+        self._runs[ctx.key] = ctx
         self.coordinator.register_run(
             ctx.key,
             workers=ctx.workers,
@@ -392,4 +220,5 @@ class GateBridge:
             )
 
     def forget(self, key: str) -> None:
+        self._runs.pop(key, None)
         self.coordinator.forget_run(key)

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import kopf
 
 from benchop.api.models import BenchmarkRunSpec, GpuResults, LabelSelector
-from benchop.operator.gatebridge import selector_string
+from benchop.core.selectors import label_selector
 from benchop.operator.k8s import POD, ApiError, KubeApi
 from benchop.promstats import GpuSelector, PromClient, cross_check, live_gpu, window_gpu
 
@@ -128,7 +128,7 @@ class RunGpuStats:
             self._next_list = float("inf")  # nothing to list: the selector stays empty
             return self.selector
         try:
-            pods = await api.list(POD, self.namespace, labels=selector_string(self.pod_selector))
+            pods = await api.list(POD, self.namespace, labels=label_selector(self.pod_selector))
         except (kopf.TemporaryError, ApiError) as e:
             log.warning("listing the target pods of %s failed: %s", self.namespace, e)
             self._next_list = now + EMPTY_REFRESH_S

@@ -40,11 +40,13 @@ import json as json_lib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import aiohttp
 import kopf
+
+from benchop.core.names import BENCHMARKRUN_PLURAL, EXPERIMENT_PLURAL, GROUP, VERSION
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,8 @@ class Resource:
         return "/".join(parts)
 
 
-BENCHMARKRUN = Resource("benchop.io", "v1alpha1", "benchmarkruns")
+BENCHMARKRUN = Resource(GROUP, VERSION, BENCHMARKRUN_PLURAL)
+EXPERIMENT = Resource(GROUP, VERSION, EXPERIMENT_PLURAL)
 POD = Resource("", "v1", "pods")
 CONFIGMAP = Resource("", "v1", "configmaps")
 JOB = Resource("batch", "v1", "jobs")
@@ -92,6 +95,27 @@ class ApiError(Exception):
 
 class Conflict(ApiError):
     """409 on an update: the object changed since it was read."""
+
+
+class ObjectMeta(NamedTuple):
+    """Who an object is: namespace, name, uid and generation (1 when the server set none)."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+
+
+def object_meta(body: Mapping[str, Any]) -> ObjectMeta:
+    """The :class:`ObjectMeta` of an object's body.
+
+    >>> object_meta({"metadata": {"namespace": "ns", "name": "r", "uid": "u"}})
+    ObjectMeta(namespace='ns', name='r', uid='u', generation=1)
+    """
+    m = body["metadata"]
+    return ObjectMeta(
+        m["namespace"], m["name"], str(m.get("uid") or ""), int(m.get("generation") or 1)
+    )
 
 
 def controller_uid(body: Mapping[str, Any]) -> str | None:

@@ -1,10 +1,12 @@
 """Every kopf decorator of the operator (BenchmarkRuns and Experiments), and nothing else.
 
 Each handler validates the body into the pydantic model where there is one and calls a plain
-async function in :mod:`benchop.operator.handlers.runs`; handlers return None, so kopf writes
-nothing into ``.status`` (the StatusWriter is its only writer). kopf is configured once, in
-:func:`startup`, from ``memo.settings`` (an :class:`OperatorSettings`, set by ``benchop
-operator`` or a test); the shared services live in ``memo.services``.
+async function in :mod:`benchop.operator.handlers`; handlers return None, so kopf writes
+nothing into ``.status`` (the status writers are its only writers). kopf is configured once,
+in :func:`startup`, from ``memo.settings`` (an :class:`OperatorSettings`, set by ``benchop
+operator`` or a test); the shared services live in ``memo.services`` (BenchmarkRuns) and
+``memo.experiments``. With ``settings.reconcile_runs`` False the BenchmarkRun handlers are
+filtered out and their services not started (the Experiment tests play the run controller).
 
     memo = kopf.Memo(settings=OperatorSettings(...), connection=kopf.ConnectionInfo(server=url))
     await kopf.operator(memo=memo, namespaces=["default"])   # with this module imported
@@ -20,7 +22,18 @@ import kopf
 from pydantic import ValidationError
 
 from benchop.api.models import BenchmarkRun, format_validation_error
-from benchop.operator import builders, transitions
+from benchop.core.lifecycle import is_terminal
+from benchop.core.names import (
+    BENCHMARKRUN_PLURAL,
+    COMPONENT_LABEL,
+    EXPERIMENT_LABEL,
+    EXPERIMENT_PLURAL,
+    FINALIZER,
+    GROUP,
+    LOADGEN,
+    RUN_LABEL,
+    VERSION,
+)
 from benchop.operator.gatebridge import GateBridge
 from benchop.operator.gpustats import shutdown_prom_executor
 from benchop.operator.handlers import experiments, runs
@@ -28,14 +41,8 @@ from benchop.operator.k8s import ApiError, KubeApi
 from benchop.operator.settings import OperatorSettings
 from benchop.operator.snapshots import SnapshotCollector
 
-GROUP, VERSION, PLURAL = "benchop.io", "v1alpha1", "benchmarkruns"
-EXPERIMENTS = "experiments"
-FINALIZER = "benchop.io/finalizer"
-LOADGEN_LABELS: dict[str, Any] = {
-    builders.RUN_LABEL: kopf.PRESENT,
-    builders.COMPONENT_LABEL: builders.LOADGEN,
-}
-CHILD_LABELS: dict[str, Any] = {experiments.EXPERIMENT_LABEL: kopf.PRESENT}
+LOADGEN_LABELS: dict[str, Any] = {RUN_LABEL: kopf.PRESENT, COMPONENT_LABEL: LOADGEN}
+CHILD_LABELS: dict[str, Any] = {EXPERIMENT_LABEL: kopf.PRESENT}
 
 
 def _services(memo: Any) -> runs.Services:
@@ -64,73 +71,76 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         settings.peering.name = ours.peering
         settings.peering.mandatory = True
     api = await KubeApi.connect(memo.get("connection"), timeout_s=ours.request_timeout)
+    try:
+        if ours.reconcile_runs:
+            memo.services = await _start_run_services(ours, api)
+        memo.experiments = experiments.start_experiments(api, ours)
+    except BaseException:  # leave nothing bound or open: kopf retries the startup handler
+        if memo.get("services") is not None:
+            await _close_run_services(memo.services)
+            memo.services = None
+        await api.close()
+        raise
+    memo.api = api
+
+
+async def _start_run_services(ours: OperatorSettings, api: KubeApi) -> runs.Services:
+    """Bind the snapshot SUB and the gate ROUTER, register the runs in progress, serve."""
     # Snapshots are kept only for the runs in progress here (services.runs: a run enters it
     # before its Job exists and leaves it when released or deleted): memory stays bounded.
     in_progress: dict[str, runs.RunContext] = {}
-    try:
-        snapshots = await SnapshotCollector.open(
-            ours.bind_host,
-            ours.snapshot_port,
-            accept=in_progress.__contains__,
-            max_message_bytes=ours.snapshot_max_message_bytes,
-        )
-    except BaseException:
-        await api.close()
-        raise
+    snapshots = await SnapshotCollector.open(
+        ours.bind_host,
+        ours.snapshot_port,
+        accept=in_progress.__contains__,
+        max_message_bytes=ours.snapshot_max_message_bytes,
+    )
     services = runs.Services(
         settings=ours,
         api=api,
         snapshots=snapshots,
-        gates=None,  # type: ignore[arg-type]
+        gates=GateBridge(ours, api, on_gate=runs.record_gate),
         runs=in_progress,
     )
-
-    async def on_gate(key: str, boundary: str, record: Mapping[str, Any]) -> bool:
-        return await runs.record_gate(services, key, boundary, record)
-
-    gates = GateBridge(ours, api, on_gate=on_gate)
-    services.gates = gates
     try:
         try:  # before the ROUTER serves: no worker of a run in progress is denied
             await runs.preload_runs(services)
         except (kopf.TemporaryError, ApiError) as e:  # then the resume handlers register them
             logging.getLogger(__name__).warning("could not preload runs in progress: %s", e)
         snapshots.start()  # after the preload: what queued meanwhile is read, not rejected
-        await gates.start()
-        memo.experiments = experiments.start_experiments(api, ours)
-    except BaseException:  # leave nothing bound or open: kopf retries the startup handler
-        await _close_services(services, gates)
+        await services.gates.start()
+    except BaseException:
+        await _close_run_services(services)
         raise
-    memo.services = services
+    return services
 
 
-async def _close_services(services: runs.Services, gates: GateBridge | None = None) -> None:
-    """Close the gate ROUTER, the snapshot SUB, the API client and the Prometheus pool; each
-    is closed even if closing another one raised (that error is raised afterwards)."""
+async def _close_run_services(services: runs.Services) -> None:
+    """Close the gate ROUTER, the snapshot SUB and the Prometheus pool; each is closed even if
+    closing another one raised (that error is raised afterwards)."""
     try:
-        if gates is not None:
-            await gates.close()
+        await services.gates.close()
     finally:
         try:
             services.snapshots.close()
         finally:
-            try:
-                await services.api.close()
-            finally:
-                shutdown_prom_executor()
+            shutdown_prom_executor()
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the Experiment services, then close the ZMQ sockets and the API client (even if
-    stopping the experiments failed)."""
-    services: runs.Services | None = memo.get("services")
+    """Stop the Experiment services (a last flush of pending rollups), then close the ZMQ
+    sockets and the API client, each even if an earlier step failed."""
     try:
         if memo.get("experiments") is not None:
-            await experiments.stop_experiments(memo.experiments)  # flushes pending rollups
+            await experiments.stop_experiments(memo.experiments)
     finally:
-        if services is not None:
-            await _close_services(services, services.gates)  # type: ignore[arg-type]
+        try:
+            if memo.get("services") is not None:
+                await _close_run_services(memo.services)
+        finally:
+            if memo.get("api") is not None:
+                await memo.api.close()
 
 
 @kopf.on.probe(id="runs")
@@ -140,8 +150,20 @@ def probe_runs(memo: kopf.Memo, **_: Any) -> int:
     return 0 if services is None else len(services.runs)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
+# --------------------------------------------------------------------------- BenchmarkRuns
+
+
+def _reconciling_runs(memo: kopf.Memo, **_: Any) -> bool:
+    settings: OperatorSettings = memo.settings
+    return settings.reconcile_runs
+
+
+def _run_in_progress(memo: kopf.Memo, status: Mapping[str, Any], **_: Any) -> bool:
+    return _reconciling_runs(memo) and not is_terminal(status)
+
+
+@kopf.on.resume(GROUP, VERSION, BENCHMARKRUN_PLURAL, when=_reconciling_runs)
+@kopf.on.create(GROUP, VERSION, BENCHMARKRUN_PLURAL, when=_reconciling_runs)
 async def benchmarkrun_create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Validate, accept, create the children, register with the gates."""
     services = _services(memo)
@@ -160,11 +182,14 @@ async def benchmarkrun_create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
     await runs.reconcile_run(services, body, run)
 
 
-def _not_terminal(status: Mapping[str, Any], **_: Any) -> bool:
-    return not transitions.is_terminal(status)
-
-
-@kopf.daemon(GROUP, VERSION, PLURAL, id="run-loop", when=_not_terminal, cancellation_timeout=2.0)
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    BENCHMARKRUN_PLURAL,
+    id="run-loop",
+    when=_run_in_progress,
+    cancellation_timeout=2.0,
+)
 async def benchmarkrun_loop(
     body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
 ) -> None:
@@ -172,19 +197,19 @@ async def benchmarkrun_loop(
     await runs.run_loop(_services(memo), body, stopped)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
+@kopf.on.delete(GROUP, VERSION, BENCHMARKRUN_PLURAL, when=_reconciling_runs)
 async def benchmarkrun_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Forget the run's in-memory gate and snapshot state (children go by owner GC)."""
     await runs.forget_run(_services(memo), body.metadata["namespace"], body.metadata["name"])
 
 
-@kopf.on.event("", "v1", "pods", labels=LOADGEN_LABELS)
+@kopf.on.event("", "v1", "pods", labels=LOADGEN_LABELS, when=_reconciling_runs)
 async def worker_pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A worker pod changed (running, stuck, terminated with its message)."""
     await runs.observe_pod(_services(memo), body, type)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=LOADGEN_LABELS)
+@kopf.on.event("batch", "v1", "jobs", labels=LOADGEN_LABELS, when=_reconciling_runs)
 async def loadgen_job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The loadgen Job changed (Complete / Failed)."""
     await runs.observe_job(_services(memo), body)
@@ -193,9 +218,9 @@ async def loadgen_job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 # --------------------------------------------------------------------------- Experiments
 
 
-@kopf.on.resume(GROUP, VERSION, EXPERIMENTS)
-@kopf.on.create(GROUP, VERSION, EXPERIMENTS)
-@kopf.on.update(GROUP, VERSION, EXPERIMENTS, field="spec")
+@kopf.on.resume(GROUP, VERSION, EXPERIMENT_PLURAL)
+@kopf.on.create(GROUP, VERSION, EXPERIMENT_PLURAL)
+@kopf.on.update(GROUP, VERSION, EXPERIMENT_PLURAL, field="spec")
 async def experiment_reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Validate, start the next runs of the sweep, write counts and conditions."""
     try:
@@ -209,7 +234,7 @@ async def experiment_reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
 @kopf.timer(
     GROUP,
     VERSION,
-    EXPERIMENTS,
+    EXPERIMENT_PLURAL,
     id="experiment-resync",
     interval=experiments.RESYNC_S,
     initial_delay=experiments.RESYNC_S,
@@ -222,13 +247,13 @@ async def experiment_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     )
 
 
-@kopf.on.event(GROUP, VERSION, EXPERIMENTS)
+@kopf.on.event(GROUP, VERSION, EXPERIMENT_PLURAL)
 async def experiment_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A deleted or deleting experiment is forgotten (no child is created for it)."""
     experiments.observe_experiment(memo.experiments, body, type)
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL, labels=CHILD_LABELS)
+@kopf.on.event(GROUP, VERSION, BENCHMARKRUN_PLURAL, labels=CHILD_LABELS)
 async def experiment_child_event(
     body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any
 ) -> None:

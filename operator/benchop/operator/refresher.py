@@ -13,7 +13,7 @@ How it works:
 - A background task calls :meth:`Refresher.flush` every ``interval_s`` (``--refresh-interval``,
   > 0). A flush groups the set by namespace, lists the children of that namespace's dirty
   experiments in one request (label ``benchop.io/experiment in (...)``, chunked), and for each
-  experiment reads it, computes :func:`~benchop.operator.rollup.rollup` over the children it owns
+  experiment reads it, computes :func:`~benchop.core.rollup.rollup` over the children it owns
   (by uid) and merge-patches only ``status.metrics``, conditional on the resourceVersion just
   read. An unchanged rollup (apart from ``refreshedAt``) is not written.
 - A 409 or an API failure puts the experiment back into the set (the next flush retries). A
@@ -42,16 +42,12 @@ import kopf
 
 from benchop.api.conditions import now_rfc3339
 from benchop.api.models import to_wire
-from benchop.operator.cache import cached_rollup
-from benchop.operator.children import (
-    EXPERIMENT,
-    EXPERIMENT_LABEL,
-    experiment_label_value,
-    owned_by,
-)
-from benchop.operator.k8s import BENCHMARKRUN, ApiError, Body, Conflict, KubeApi
-from benchop.operator.rollup import DEFAULT_CAP, rollup, same_rollup
-from benchop.operator.status import merge_diff
+from benchop.core.children import owned_by
+from benchop.core.lifecycle import merge_diff
+from benchop.core.names import EXPERIMENT_LABEL, experiment_label_value
+from benchop.core.rollup import DEFAULT_CAP, cached_rollup, rollup, same_rollup
+from benchop.core.selectors import experiments_selector
+from benchop.operator.k8s import BENCHMARKRUN, EXPERIMENT, ApiError, Body, Conflict, KubeApi
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +149,10 @@ class Refresher:
         # Out of the set before reading: a mark_dirty from now on is a change we may not see.
         self._dirty -= claimed
         try:
-            values = sorted({experiment_label_value(n) for n in names})
-            selector = f"{EXPERIMENT_LABEL} in ({','.join(values)})"
             try:
-                children = await self.api.list(BENCHMARKRUN, namespace, labels=selector)
+                children = await self.api.list(
+                    BENCHMARKRUN, namespace, labels=experiments_selector(names)
+                )
             except (kopf.TemporaryError, ApiError) as e:
                 self.failures += 1
                 log.warning("listing runs of experiments in %s failed: %s", namespace, e)

@@ -28,6 +28,9 @@ class OperatorSettings:
     """
 
     namespaces: tuple[str, ...] = ()  # empty: every namespace (clusterwide)
+    # False: BenchmarkRuns are left to another controller (no gate or snapshot port is bound);
+    # the Experiment integration tests run the operator so and play the run controller.
+    reconcile_runs: bool = True
     gate_port: int = 5555
     snapshot_port: int = 5556
     live_interval_s: float = 5.0

@@ -1,52 +1,30 @@
-"""Worker snapshots in the operator: one SUB port, the live view, and final results.
+"""Worker snapshots in the operator: one SUB port and the live view.
 
 :class:`SnapshotCollector` binds the one :class:`~benchagent.transport.Subscriber` of the
 operator (``--snapshot-port``); every worker of every run publishes to it. It keeps, per run and
-worker, the latest snapshot and the COMPLETE one. Everything else here is pure:
-
-- :func:`live_status` — the bounded ``status.live`` of a run from its latest snapshots (the run
-  loop in ``handlers.runs`` patches it at most once per ``--live-interval``);
-- :func:`final_snapshots` — per worker the best source: pub/sub COMPLETE, else the pod's
-  termination message (a compact JSON summary: counters and gauges, no raw values), else the
-  latest live snapshot (then the results are ``complete: false``); the weakest source used names
-  the results' source;
-- :func:`verdict` — Succeeded, or the failure reason (``AllRequestsFailed``,
-  ``TargetUnreachable``, ``NoRequests``).
+worker, the latest snapshot and the COMPLETE one; :func:`live_status` (pure) makes the bounded
+``status.live`` of a run from its latest snapshots (the run loop in ``handlers.runs`` patches
+it at most once per ``--live-interval``). Final results are chosen and built by
+:mod:`benchop.core.results`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import zmq
 
 from benchagent.transport import Subscriber
 from benchagent.wire import MetricsSnapshot
-from benchop.api.models import GpuResults, Results, SloSpec, to_wire
 from benchop.metrics import names
 from benchop.metrics.stats import merge, summarize
 from benchop.operator.settings import SNAPSHOT_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
-from benchop.results import build_results, merge_snapshots
 
 log = logging.getLogger(__name__)
-
-Source = Literal["pubsub", "terminationMessage", "live"]
-_RANK: dict[Source, int] = {"pubsub": 0, "terminationMessage": 1, "live": 2}
-REASONS: dict[Source, str] = {
-    "pubsub": "PubSubComplete",
-    "terminationMessage": "TerminationMessages",
-    "live": "LatestLiveSnapshots",
-}
-"""``ResultsAvailable`` reason per source."""
-
-RESULTS_MAX_BYTES = 16_384
-"""``status.results`` larger than this (as JSON) is trimmed (GPU lists, then latencies)."""
 
 
 class SnapshotCollector:
@@ -182,135 +160,3 @@ def live_status(
         if p50 is not None:
             live[key] = p50
     return live
-
-
-# --------------------------------------------------------------------------- final results
-
-
-def parse_termination_message(text: str | None, run: str) -> MetricsSnapshot | None:
-    """The worker's compact termination summary as a snapshot (counters, gauges; no series)."""
-    if not text:
-        return None
-    try:
-        doc = json.loads(text)
-        if not isinstance(doc, dict) or doc.get("run") != run:
-            return None
-        return MetricsSnapshot(
-            run=run,
-            worker=int(doc["worker"]),
-            seq=0,
-            state=doc.get("state", "COMPLETE"),
-            phase=str(doc.get("phase", "done")),
-            time_ns=0,
-            elapsed_s=float(doc.get("elapsed_s", 0.0)),
-            n_pending=int(doc.get("n_pending", 0)),
-            counters={str(k): int(v) for k, v in (doc.get("counters") or {}).items()},
-            gauges={str(k): float(v) for k, v in (doc.get("gauges") or {}).items()},
-            series={},
-            interrupted=bool(doc.get("interrupted", False)),
-        )
-    except (ValueError, TypeError, KeyError) as e:
-        log.debug("unreadable termination message of %s: %s", run, e)
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Final:
-    """The snapshots chosen for the final results and where they came from."""
-
-    snapshots: list[MetricsSnapshot]
-    source: Source
-    missing: list[int]  # workers with no snapshot at all
-
-
-def final_snapshots(
-    workers: int,
-    complete: Mapping[int, MetricsSnapshot],
-    termination: Mapping[int, MetricsSnapshot],
-    latest: Mapping[int, MetricsSnapshot],
-) -> Final | None:
-    """Per worker: pub/sub COMPLETE, else termination message, else latest live; None if none."""
-    chosen: list[MetricsSnapshot] = []
-    worst: Source = "pubsub"
-    missing = []
-    for w in range(workers):
-        snap: MetricsSnapshot | None
-        src: Source
-        if w in complete:
-            snap, src = complete[w], "pubsub"
-        elif w in termination:
-            snap, src = termination[w], "terminationMessage"
-        elif w in latest:
-            snap, src = latest[w], "live"
-        else:
-            missing.append(w)
-            continue
-        chosen.append(snap)
-        if _RANK[src] > _RANK[worst]:
-            worst = src
-    if not chosen:
-        return None
-    if missing:
-        worst = "live"
-    return Final(chosen, worst, missing)
-
-
-def build_final_results(
-    final: Final, *, slo: SloSpec | None, gpu: GpuResults | None
-) -> dict[str, Any]:
-    """``status.results`` (camelCase) from the chosen snapshots; bounded in size."""
-    merged = merge_snapshots(final.snapshots)
-    results: Results = build_results(merged, slo=slo, source=final.source, gpu=gpu)
-    if final.source == "live" or final.missing:
-        results = results.model_copy(update={"complete": False})
-    doc = to_wire(results)
-    return bound_results(doc)
-
-
-def bound_results(doc: dict[str, Any], limit: int = RESULTS_MAX_BYTES) -> dict[str, Any]:
-    """Trim a results dict until its JSON is at most ``limit`` bytes (agent lists, reasons)."""
-
-    def size() -> int:
-        return len(json.dumps(doc, separators=(",", ":")))
-
-    gpu = doc.get("gpu") or {}
-    prom = gpu.get("prometheus")
-    if size() > limit and isinstance(prom, dict) and prom.get("gpus"):
-        # per-GPU MetricValues first: the summary and the cross-check are what results need
-        shown = len(prom["gpus"])
-        prom["gpus"] = {}
-        prom["truncated"] = f"per-GPU values of {shown} GPUs left out (results size bound)"
-    for key in ("agents", "missingAgents", "prometheus"):
-        if size() <= limit:
-            break
-        gpu.pop(key, None)
-    if size() > limit:
-        by_reason = doc.get("requests", {}).get("byReason")
-        if by_reason:
-            doc["requests"]["byReason"] = dict(sorted(by_reason.items(), key=lambda kv: -kv[1])[:8])
-    return doc
-
-
-def verdict(results: Mapping[str, Any]) -> tuple[bool, str, str]:
-    """(succeeded, reason, message) of final results.
-
-    No successful request: ``TargetUnreachable`` when connection errors and timeouts make up
-    most failures, else ``AllRequestsFailed``; no request at all: ``NoRequests``.
-    """
-    req = results.get("requests") or {}
-    total, ok, failed = req.get("total", 0), req.get("ok", 0), req.get("failed", 0)
-    if ok > 0:
-        return True, "Completed", f"{ok} of {total} requests succeeded"
-    if total == 0:
-        return False, "NoRequests", "no request was made in the profiling phase"
-    by_reason: dict[str, int] = req.get("byReason") or {}
-    unreachable = by_reason.get("connection", 0) + by_reason.get("timeout", 0)
-    detail = ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items())) or "no reasons"
-    if unreachable * 2 > failed:
-        return False, "TargetUnreachable", f"all {total} requests failed ({detail})"
-    return False, "AllRequestsFailed", f"all {total} requests failed ({detail})"
-
-
-def output_tokens(final: Final) -> int:
-    """Output tokens of the profiling phase over the chosen snapshots (for J per token)."""
-    return sum(s.counters.get(names.OUTPUT_TOKENS_TOTAL, 0) for s in final.snapshots)

@@ -15,7 +15,7 @@ container holds it, and always with ``Hostname``. So:
     '{Hostname=~"gpu1|gpu2"}'
 
 The operator builds one from the target's pods (listed with
-:func:`label_selector` of ``spec.target.podSelector``)::
+:func:`~benchop.core.selectors.label_selector` of ``spec.target.podSelector``)::
 
     selector = GpuSelector.from_pods(namespace, pod_bodies)
 """
@@ -101,28 +101,3 @@ def keep(labels: Mapping[str, str], selector: GpuSelector, modes: Mapping[str, s
     if modes.get(labels.get("Hostname", "")) == "pod" and selector.pods:
         return selector.owns(labels)
     return True
-
-
-def label_selector(selector: Mapping[str, Any] | None) -> str:
-    """A Kubernetes ``LabelSelector`` (camelCase dict) as a ``labelSelector`` query string.
-
-    >>> label_selector({"matchLabels": {"app": "vllm"}, "matchExpressions": [
-    ...     {"key": "tier", "operator": "In", "values": ["a", "b"]}]})
-    'app=vllm,tier in (a,b)'
-    """
-    if not selector:
-        return ""
-    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
-    for req in selector.get("matchExpressions") or []:
-        key, op, values = req["key"], req["operator"], ",".join(req.get("values") or [])
-        if op == "In":
-            parts.append(f"{key} in ({values})")
-        elif op == "NotIn":
-            parts.append(f"{key} notin ({values})")
-        elif op == "Exists":
-            parts.append(key)
-        elif op == "DoesNotExist":
-            parts.append(f"!{key}")
-        else:
-            raise ValueError(f"unknown label selector operator {op!r}")
-    return ",".join(parts)

@@ -6,19 +6,20 @@ Flow:
    run that ended): under the experiment's lock, read it fresh (gone or deleting: stop — a
    deleted experiment is never re-populated), validate the spec (invalid: ``Accepted=False``
    naming the field, ``Succeeded=False``, phase Failed, :class:`InvalidExperiment` so kopf does
-   not retry), list its children once, ask the pure :func:`~benchop.operator.children.plan_sweep`
+   not retry), list its children once, ask the pure :func:`~benchop.core.children.plan_sweep`
    what to start (in sweep order, at most ``maxParallel`` non-terminal, the failure policy),
-   create those children idempotently and write counts, conditions and phase.
+   create those children idempotently and write counts, conditions and phase
+   (:func:`~benchop.core.lifecycle.experiment_progressed`).
 2. :func:`child_event` (every event of a run labelled ``benchop.io/experiment``): when the
    run's rollup row changed, mark the parent dirty for the refresher; when the run just ended
    or was deleted, reconcile the parent.
 3. The :class:`~benchop.operator.refresher.Refresher` writes ``status.metrics``.
 
 INVARIANT — one writer per status field: the refresher owns ``status.metrics``; this module
-owns the rest of the Experiment's status and never writes ``metrics`` (:func:`update_status`
-puts the value it read back before diffing, so a patch from here cannot touch it). Both write
-with a resourceVersion precondition, so a stale read costs a 409 and a retry, never a lost
-update.
+owns the rest of the Experiment's status and never writes ``metrics`` (its
+:class:`~benchop.operator.status.StatusWriter` has ``foreign=("metrics",)``: the value read is
+put back before diffing, so a patch from here cannot touch it). Both write with a
+resourceVersion precondition, so a stale read costs a 409 and a retry, never a lost update.
 
 Children are matched to sweep points by their params (``point_key``), never by index, so
 more values on any axis apply. The point keys of every child ever created are kept in the
@@ -31,66 +32,18 @@ run the phase stays Running with current counts, then Failed. Delete and re-crea
 Experiment for a new sweep. Edits that leave existing points alone (more values on any axis,
 ``maxParallel``, the failure policy) apply.
 
-kopf wiring (for ``main.py``; the test operator tests/integration/experiment_operator.py uses
-the same functions)::
-
-    from benchop.operator.handlers import experiments
-
-    EXPERIMENTS = "experiments"
-    CHILD_LABELS = {experiments.EXPERIMENT_LABEL: kopf.PRESENT}
-
-    # in startup(), after ``api`` exists:
-    memo.experiments = experiments.start_experiments(api, ours)
-    # in cleanup(), before ``api.close()``:
-    if memo.get("experiments") is not None:
-        await experiments.stop_experiments(memo.experiments)   # flushes pending rollups
-
-    @kopf.on.resume(GROUP, VERSION, EXPERIMENTS)
-    @kopf.on.create(GROUP, VERSION, EXPERIMENTS)
-    @kopf.on.update(GROUP, VERSION, EXPERIMENTS, field="spec")
-    async def experiment_reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        \"\"\"Validate, start the next runs of the sweep, write counts and conditions.\"\"\"
-        try:
-            await experiments.reconcile_experiment(
-                memo.experiments, body.metadata["namespace"], body.metadata["name"]
-            )
-        except experiments.InvalidExperiment as e:
-            raise kopf.PermanentError(f"invalid spec: {e}") from None
-
-    @kopf.timer(GROUP, VERSION, EXPERIMENTS, id="experiment-resync",
-                interval=experiments.RESYNC_S, initial_delay=experiments.RESYNC_S,
-                when=experiments.needs_resync)
-    async def experiment_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        \"\"\"Safety net for a missed or failed child event: reconcile again.\"\"\"
-        await experiments.resync_experiment(
-            memo.experiments, body.metadata["namespace"], body.metadata["name"]
-        )
-
-    @kopf.on.event(GROUP, VERSION, EXPERIMENTS)
-    async def experiment_event(body: kopf.Body, type: str | None, memo: kopf.Memo,
-                               **_: Any) -> None:
-        \"\"\"A deleted or deleting experiment is forgotten (no child is created for it).\"\"\"
-        experiments.observe_experiment(memo.experiments, body, type)
-
-    @kopf.on.event(GROUP, VERSION, PLURAL, labels=CHILD_LABELS)
-    async def experiment_child_event(body: kopf.Body, type: str | None, memo: kopf.Memo,
-                                     **_: Any) -> None:
-        \"\"\"A child run changed: its experiment's rollup is dirty; if it ended, start more.\"\"\"
-        await experiments.child_event(memo.experiments, body, type)
-
-The timer makes kopf put its finalizer on experiments, so deletion is seen as a
-``deletionTimestamp`` before the object goes.
+The resync timer (``main.experiment_resync``) makes kopf put its finalizer on experiments, so
+deletion is seen as a ``deletionTimestamp`` before the object goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,24 +53,17 @@ from pydantic import ValidationError
 from benchop.api import conditions as c
 from benchop.api.models import (
     BenchmarkRunSpec,
-    ExperimentPhase,
     ExperimentRunRow,
     ExperimentSpec,
-    Phase,
     format_validation_error,
     to_wire,
 )
 from benchop.api.sweep import set_path, sweep_points
-from benchop.operator.children import (
-    CREATED_ANNOTATION,
-    EXPERIMENT,
-    EXPERIMENT_LABEL,
-    TERMINAL,
-    Plan,
+from benchop.core.children import (
     build_child_run,
+    child_counts,
     child_params,
     child_phase,
-    experiment_selector,
     format_created,
     owned_by,
     params_json,
@@ -126,14 +72,16 @@ from benchop.operator.children import (
     plan_sweep,
     point_key,
 )
-from benchop.operator.k8s import BENCHMARKRUN, Body, Conflict, KubeApi
+from benchop.core.lifecycle import experiment_progressed, experiment_rejected, is_terminal
+from benchop.core.names import CREATED_ANNOTATION, EXPERIMENT_KIND, TERMINAL_PHASES
+from benchop.core.rollup import run_row
+from benchop.core.selectors import experiment_selector
+from benchop.operator.k8s import BENCHMARKRUN, EXPERIMENT, Body, Conflict, KubeApi, object_meta
 from benchop.operator.refresher import Refresher
-from benchop.operator.rollup import run_row
 from benchop.operator.settings import OperatorSettings
-from benchop.operator.status import merge_diff, with_conditions
+from benchop.operator.status import StatusWriter
 
 __all__ = [
-    "EXPERIMENT_LABEL",
     "MAX_POINTS",
     "RESYNC_S",
     "ExperimentServices",
@@ -158,9 +106,8 @@ RESYNC_S = 30.0
 MAX_POINTS = 1000
 """Largest sweep (cartesian product) an Experiment may have."""
 MAX_ATTEMPTS = 8
-"""Status writes retried on 409 before giving up with ``kopf.TemporaryError``."""
+"""Annotation patches retried on 409 before giving up with ``kopf.TemporaryError``."""
 REASON_SPEC_CHANGED = "SpecChanged"
-TERMINAL_PHASES = frozenset({ExperimentPhase.SUCCEEDED.value, ExperimentPhase.FAILED.value})
 
 
 class InvalidExperiment(ValueError):
@@ -203,72 +150,7 @@ async def stop_experiments(services: ExperimentServices) -> None:
     await services.refresher.stop()
 
 
-# --------------------------------------------------------------------------- pure status
-
-
-def _meta(body: Mapping[str, Any]) -> tuple[str, str, str, int]:
-    m = body["metadata"]
-    return m["namespace"], m["name"], str(m.get("uid") or ""), int(m.get("generation") or 1)
-
-
-def is_terminal(status: Mapping[str, Any] | None) -> bool:
-    return isinstance(status, Mapping) and status.get("phase") in TERMINAL_PHASES
-
-
-def rejected(
-    status: Status,
-    *,
-    generation: int,
-    reason: str,
-    message: str,
-    now: str,
-    counts: Mapping[str, int] | None = None,
-) -> Status | None:
-    """Accepted=False with ``reason``. While children still run (``counts``: of the existing
-    children) the phase stays Running with Succeeded=Unknown, so reconciles keep the counts
-    current; once none is active, Succeeded=False and phase Failed with a completionTime."""
-    active = counts is not None and counts.get("pending", 0) + counts.get("running", 0) > 0
-    succeeded: tuple[str, str, str, str]
-    if active:
-        waiting = f"{message}; waiting for the runs already started to finish"
-        succeeded = (c.SUCCEEDED, c.UNKNOWN, reason, waiting)
-    else:
-        succeeded = (c.SUCCEEDED, c.FALSE, reason, message)
-    new = with_conditions(status, [(c.ACCEPTED, c.FALSE, reason, message), succeeded], generation)
-    new["observedGeneration"] = generation
-    if counts is not None:
-        new["counts"] = dict(counts)
-    if active:
-        new["phase"] = ExperimentPhase.RUNNING.value
-        new.pop("completionTime", None)
-    else:
-        new["phase"] = ExperimentPhase.FAILED.value
-        new.setdefault("completionTime", now)
-    return new
-
-
-def progressed(status: Status, *, generation: int, plan: Plan, now: str) -> Status:
-    """Accepted=True, counts, Succeeded (Unknown while running), phase, start/completion."""
-    succeeded: tuple[str, str, str, str]
-    if plan.finished:
-        succeeded = (c.SUCCEEDED, c.TRUE if plan.succeeded else c.FALSE, plan.reason, plan.message)
-        phase = ExperimentPhase.SUCCEEDED if plan.succeeded else ExperimentPhase.FAILED
-    else:
-        succeeded = (c.SUCCEEDED, c.UNKNOWN, plan.reason, plan.message)
-        started = plan.counts["total"] > plan.counts["pending"] or plan.create
-        phase = ExperimentPhase.RUNNING if started else ExperimentPhase.PENDING
-    new = with_conditions(
-        status, [(c.ACCEPTED, c.TRUE, "Valid", "the spec passed validation"), succeeded], generation
-    )
-    new["observedGeneration"] = generation
-    new["phase"] = phase.value
-    new["counts"] = dict(plan.counts)
-    new.setdefault("startTime", now)
-    if plan.finished:
-        new.setdefault("completionTime", now)
-    else:
-        new.pop("completionTime", None)
-    return new
+# --------------------------------------------------------------------------- the spec
 
 
 Point = tuple[dict[str, Any], BenchmarkRunSpec]
@@ -313,42 +195,13 @@ def needs_resync(status: Mapping[str, Any], meta: Mapping[str, Any], **_: Any) -
     return not is_terminal(status) or status.get("observedGeneration") != meta.get("generation")
 
 
-# --------------------------------------------------------------------------- status writes
-
-
-async def update_status(
-    api: KubeApi, body: Body | None, namespace: str, name: str, mutate: Callable[[Status], Any]
-) -> Status | None:
-    """Apply ``mutate`` to the experiment's status and patch the difference via /status.
-
-    Starts from ``body`` (a fresh read) if given; on 409 re-reads and re-applies. ``metrics``
-    (the refresher's field) is put back as read before diffing, so it is never written here.
-    Returns the new status; None if the experiment is gone.
-    """
-    for _ in range(MAX_ATTEMPTS):
-        if body is None:
-            body = await api.get(EXPERIMENT, namespace, name)
-            if body is None:
-                return None
-        old: Status = dict(body.get("status") or {})
-        new = mutate(copy.deepcopy(old))
-        if new is None:
-            return old
-        new.pop("metrics", None)
-        if "metrics" in old:
-            new["metrics"] = old["metrics"]
-        if new == old:
-            return old
-        rv = str(body["metadata"]["resourceVersion"])
-        try:
-            written = await api.patch_status(EXPERIMENT, namespace, name, merge_diff(old, new), rv)
-        except Conflict:
-            body = None
-            continue
-        return None if written is None else dict(written.get("status") or {})
-    raise kopf.TemporaryError(
-        f"status of experiment {namespace}/{name}: {MAX_ATTEMPTS} conflicts in a row", delay=1.0
-    )
+def status_writer(api: KubeApi, body: Body) -> StatusWriter:
+    """The writer of the experiment's status for one reconcile, from the body just read; it
+    never writes ``metrics`` (the refresher's field)."""
+    meta = object_meta(body)
+    writer = StatusWriter(api, EXPERIMENT, meta.namespace, meta.name, foreign=("metrics",))
+    writer.seed(body)
+    return writer
 
 
 # --------------------------------------------------------------------------- reconcile
@@ -357,20 +210,6 @@ async def update_status(
 def _deleting(services: ExperimentServices, body: Mapping[str, Any]) -> bool:
     meta = body.get("metadata") or {}
     return bool(meta.get("deletionTimestamp")) or str(meta.get("uid")) in services.gone
-
-
-def child_counts(phases: Iterable[str]) -> dict[str, int]:
-    """``status.counts`` of existing children alone (a rejected spec has no points to count)."""
-    listed = list(phases)
-    active = [p for p in listed if p not in TERMINAL]
-    pending = sum(1 for p in active if p == Phase.PENDING.value)
-    return {
-        "total": len(listed),
-        "pending": pending,
-        "running": len(active) - pending,
-        "succeeded": sum(1 for p in listed if p == Phase.SUCCEEDED.value),
-        "failed": sum(1 for p in listed if p == Phase.FAILED.value),
-    }
 
 
 async def _reject(
@@ -383,18 +222,14 @@ async def _reject(
 ) -> None:
     """Write the rejection; with children still running the phase stays Running (counts kept
     current by later reconciles) and turns Failed once none is active."""
-    namespace, name, uid, generation = _meta(body)
+    namespace, name, uid, generation = object_meta(body)
     if kids is None:
         kids = await services.api.list(BENCHMARKRUN, namespace, labels=experiment_selector(name))
     counts = child_counts(child_phase(k) for k in kids if owned_by(k, uid))
-    await update_status(
-        services.api,
-        body,
-        namespace,
-        name,
-        lambda st: rejected(
+    await status_writer(services.api, body).update(
+        lambda st: experiment_rejected(
             st, generation=generation, reason=reason, message=message, now=now, counts=counts
-        ),
+        )
     )
 
 
@@ -411,7 +246,7 @@ async def reconcile_experiment(services: ExperimentServices, namespace: str, nam
             if body is None or _deleting(services, body):
                 services.locks.pop((namespace, name), None)
                 return
-            uid = _meta(body)[2]
+            uid = object_meta(body).uid
             await _reconcile(services, body)
     finally:
         if uid in services.deleted:  # its DELETED event came while we held the lock
@@ -419,7 +254,7 @@ async def reconcile_experiment(services: ExperimentServices, namespace: str, nam
 
 
 async def _reconcile(services: ExperimentServices, body: Body) -> None:
-    namespace, name, uid, generation = _meta(body)
+    namespace, name, uid, generation = object_meta(body)
     status = body.get("status") or {}
     if is_terminal(status) and status.get("observedGeneration") == generation:
         return  # finished (or rejected) for this spec: a late event never reopens it
@@ -477,12 +312,8 @@ async def _reconcile(services: ExperimentServices, body: Body) -> None:
         if patched is None:
             return
         body = patched
-    await update_status(
-        services.api,
-        body,
-        namespace,
-        name,
-        lambda st: progressed(st, generation=generation, plan=plan, now=now),
+    await status_writer(services.api, body).update(
+        lambda st: experiment_progressed(st, generation=generation, plan=plan, now=now)
     )
 
 
@@ -492,10 +323,10 @@ async def record_created(api: KubeApi, body: Body, keys: set[str]) -> Body | Non
     A merge patch of ``metadata.annotations`` conditional on the resourceVersion read; on 409
     re-read (same uid) and merge again. Returns the patched body; None if the experiment is gone.
     """
-    namespace, name, uid, _ = _meta(body)
+    namespace, name, uid, _ = object_meta(body)
     current: Body | None = body
     for _ in range(MAX_ATTEMPTS):
-        if current is None or _meta(current)[2] != uid:
+        if current is None or object_meta(current).uid != uid:
             return None
         merged = parse_created(current) | keys
         rv = str(current["metadata"]["resourceVersion"])
@@ -530,7 +361,9 @@ def parent_of(run: Mapping[str, Any]) -> Key | None:
     """(namespace, name) of the Experiment controlling ``run``, from its ownerReferences."""
     meta = run.get("metadata") or {}
     for ref in meta.get("ownerReferences") or ():
-        if isinstance(ref, Mapping) and ref.get("kind") == "Experiment" and ref.get("controller"):
+        if not isinstance(ref, Mapping) or not ref.get("controller"):
+            continue
+        if ref.get("kind") == EXPERIMENT_KIND:
             return str(meta.get("namespace") or ""), str(ref.get("name"))
     return None
 
@@ -561,7 +394,7 @@ async def child_event(
         return
     rows[uid] = row
     services.refresher.mark_dirty(*parent)
-    if event_type is not None and row.phase in TERMINAL:
+    if event_type is not None and row.phase in TERMINAL_PHASES:
         with contextlib.suppress(InvalidExperiment):
             await reconcile_experiment(services, *parent)
 

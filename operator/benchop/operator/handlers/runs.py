@@ -17,7 +17,9 @@ Flow (docs/operator.md has the picture):
    final results; a Prometheus error is ``TelemetryDegraded=True PrometheusUnavailable``.
 6. :func:`forget_run` (delete) drops the in-memory gate, snapshot and Prometheus state.
 
-All status writes go through the run's :class:`~benchop.operator.status.StatusWriter`.
+All status writes go through the run's :class:`~benchop.operator.status.StatusWriter`; what
+they write comes from the pure transitions in :mod:`benchop.core.lifecycle`, and the final
+results from :mod:`benchop.core.results` (the same functions local mode calls).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import kopf
 from pydantic import ValidationError
@@ -38,23 +40,41 @@ from benchagent.wire import MetricsSnapshot
 from benchop.api import conditions as c
 from benchop.api.conditions import now_rfc3339
 from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, GpuResults
-from benchop.operator import builders, transitions
-from benchop.operator.gatebridge import gpu_from_status, profiling_window
-from benchop.operator.gpustats import RunGpuStats, with_prometheus
-from benchop.operator.k8s import BENCHMARKRUN, CONFIGMAP, JOB, POD, ApiError, KubeApi
-from benchop.operator.pods import GRACEFUL, JobView, PodView, job_view, pod_view
-from benchop.operator.settings import OperatorSettings
-from benchop.operator.snapshots import (
+from benchop.core import lifecycle
+from benchop.core.gaterecords import profiling_window
+from benchop.core.gpuwindow import gpu_from_status
+from benchop.core.names import (
+    RUN_NAME_ANNOTATION,
+    loadgen_job_name,
+    owner_reference,
+    spec_configmap_name,
+)
+from benchop.core.results import (
     REASONS,
     Final,
-    SnapshotCollector,
     build_final_results,
     final_snapshots,
-    live_status,
     output_tokens,
     parse_termination_message,
     verdict,
 )
+from benchop.core.selectors import run_selector
+from benchop.operator import builders
+from benchop.operator.gatebridge import GateBridge
+from benchop.operator.gpustats import RunGpuStats, with_prometheus
+from benchop.operator.k8s import (
+    BENCHMARKRUN,
+    CONFIGMAP,
+    JOB,
+    POD,
+    ApiError,
+    KubeApi,
+    controller_uid,
+    object_meta,
+)
+from benchop.operator.pods import GRACEFUL, JobView, PodView, job_view, pod_view
+from benchop.operator.settings import OperatorSettings
+from benchop.operator.snapshots import SnapshotCollector, live_status
 from benchop.operator.status import StatusWriter
 
 log = logging.getLogger(__name__)
@@ -63,16 +83,6 @@ RESYNC_S = 60.0
 """The run loop re-lists the run's pods and reads its Job this often (a missed event heals)."""
 TICK_S = 1.0
 """The run loop wakes at least this often (and at once on a pod/Job event)."""
-
-
-class Gates(Protocol):
-    """What the run handlers need from the gate bridge."""
-
-    endpoint: str  # the bound ROUTER endpoint
-
-    async def register(self, ctx: RunContext, restored: Mapping[str, Any]) -> None: ...
-
-    def forget(self, key: str) -> None: ...
 
 
 def run_key(namespace: str, name: str, uid: str) -> str:
@@ -150,7 +160,7 @@ class Services:
     settings: OperatorSettings
     api: KubeApi
     snapshots: SnapshotCollector
-    gates: Gates
+    gates: GateBridge[RunContext]
     runs: dict[str, RunContext] = field(default_factory=dict)  # by run_key
     writers: dict[str, StatusWriter] = field(default_factory=dict)  # by object_key
     keys: dict[str, str] = field(default_factory=dict)  # object_key -> run_key in ``runs``
@@ -158,7 +168,7 @@ class Services:
     def writer(self, namespace: str, name: str) -> StatusWriter:
         key = object_key(namespace, name)
         if key not in self.writers:
-            self.writers[key] = StatusWriter(self.api, namespace, name)
+            self.writers[key] = StatusWriter(self.api, BENCHMARKRUN, namespace, name)
         return self.writers[key]
 
     def by_name(self, namespace: str, name: str) -> RunContext | None:
@@ -185,23 +195,18 @@ def parse_time(text: str | None) -> float | None:
         return None
 
 
-def _meta(body: Mapping[str, Any]) -> tuple[str, str, str, int]:
-    m = body["metadata"]
-    return m["namespace"], m["name"], m.get("uid", ""), int(m.get("generation") or 1)
-
-
 # --------------------------------------------------------------------------- create / resume
 
 
 async def reject_run(services: Services, body: Mapping[str, Any], message: str) -> None:
     """Invalid spec: Accepted=False InvalidSpec + Succeeded=False + phase Failed."""
-    namespace, name, _, generation = _meta(body)
+    namespace, name, _, generation = object_meta(body)
     writer = services.writer(namespace, name)
     writer.seed(body)
     now = now_rfc3339()
     try:
         await writer.update(
-            lambda st: transitions.rejected(st, generation=generation, message=message, now=now)
+            lambda st: lifecycle.rejected(st, generation=generation, message=message, now=now)
         )
     finally:
         services.writers.pop(object_key(namespace, name), None)  # terminal: nothing more to write
@@ -210,9 +215,9 @@ async def reject_run(services: Services, body: Mapping[str, Any], message: str) 
 async def reconcile_run(services: Services, body: Mapping[str, Any], run: BenchmarkRun) -> None:
     """Accept a valid run, create its children idempotently, register it with the gates."""
     check_operator_rules(run)
-    if transitions.is_terminal(body.get("status")):
+    if lifecycle.is_terminal(body.get("status")):
         return  # finished before (e.g. resumed after a restart): nothing in memory for it
-    namespace, name, uid, generation = _meta(body)
+    namespace, name, uid, generation = object_meta(body)
     writer = services.writer(namespace, name)
     writer.seed(body)
     key = run_key(namespace, name, uid)
@@ -224,20 +229,18 @@ async def reconcile_run(services: Services, body: Mapping[str, Any], run: Benchm
     if fresh:  # accepted just now: pods and Job come through the watches, no resync needed yet
         ctx.next_resync = time.monotonic() + RESYNC_S
     now = now_rfc3339()
-    status = await writer.update(
-        lambda st: transitions.accepted(st, generation=generation, now=now)
-    )
-    if status is None or transitions.is_terminal(status):
+    status = await writer.update(lambda st: lifecycle.accepted(st, generation=generation, now=now))
+    if status is None or lifecycle.is_terminal(status):
         return
     ctx.started_at = parse_time(status.get("startTime")) or ctx.started_at
-    owner = builders.owner_reference(body)
+    owner = owner_reference(body)
     settings = services.settings
     cm = builders.build_spec_configmap(
-        run, name=builders.spec_configmap_name(name), namespace=namespace, owner=owner
+        run, name=spec_configmap_name(name), namespace=namespace, owner=owner
     )
     job = builders.build_loadgen_job(
         run,
-        name=builders.loadgen_job_name(name),
+        name=loadgen_job_name(name),
         namespace=namespace,
         owner=owner,
         image=settings.image,
@@ -271,7 +274,7 @@ async def preload_runs(services: Services) -> int:
         for body in await services.api.list(BENCHMARKRUN, ns):
             status = body.get("status") or {}
             accepted = c.get_condition(status.get("conditions"), c.ACCEPTED)
-            if transitions.is_terminal(status) or not accepted or accepted["status"] != c.TRUE:
+            if lifecycle.is_terminal(status) or not accepted or accepted["status"] != c.TRUE:
                 continue
             try:
                 run = BenchmarkRun.model_validate(
@@ -279,7 +282,7 @@ async def preload_runs(services: Services) -> int:
                 )
             except ValidationError:
                 continue  # the create/resume handler reports it
-            namespace, name, uid, generation = _meta(body)
+            namespace, name, uid, generation = object_meta(body)
             key = run_key(namespace, name, uid)
             writer = services.writer(namespace, name)
             writer.seed(body)
@@ -295,7 +298,7 @@ async def preload_runs(services: Services) -> int:
 
 def _ctx_for(services: Services, obj: Mapping[str, Any]) -> RunContext | None:
     meta = obj.get("metadata") or {}
-    run_name = (meta.get("annotations") or {}).get(builders.RUN_NAME_ANNOTATION)
+    run_name = (meta.get("annotations") or {}).get(RUN_NAME_ANNOTATION)
     if not run_name:
         return None
     return services.by_name(meta.get("namespace", ""), run_name)
@@ -348,17 +351,16 @@ async def observe_job(services: Services, job: Mapping[str, Any]) -> None:
 
 async def resync(services: Services, ctx: RunContext) -> None:
     """Read the run's pods and Job directly (after a restart, or if a watch event was missed)."""
-    label = f"{builders.RUN_LABEL}={builders.run_label_value(ctx.name)}"
-    pods = await services.api.list(POD, ctx.namespace, labels=label)
+    pods = await services.api.list(POD, ctx.namespace, labels=run_selector(ctx.name))
     seen = set()
     for pod in pods:
         ann = (pod.get("metadata") or {}).get("annotations") or {}
-        if ann.get(builders.RUN_NAME_ANNOTATION) == ctx.name:
+        if ann.get(RUN_NAME_ANNOTATION) == ctx.name:
             _note_pod(ctx, pod)
             seen.add(pod["metadata"]["name"])
     for gone in set(ctx.pods) - seen:
         _drop_pod(ctx, gone)
-    job = await services.api.get(JOB, ctx.namespace, builders.loadgen_job_name(ctx.name))
+    job = await services.api.get(JOB, ctx.namespace, loadgen_job_name(ctx.name))
     if job is not None:
         _note_job(ctx, job)
 
@@ -366,17 +368,12 @@ async def resync(services: Services, ctx: RunContext) -> None:
 # --------------------------------------------------------------------------- gates
 
 
-async def record_gate(
-    services: Services, key: str, boundary: str, record: Mapping[str, Any]
-) -> bool:
+async def record_gate(ctx: RunContext, boundary: str, record: Mapping[str, Any]) -> bool:
     """Persist a closed gate into status (before the workers are granted). False if gone."""
-    ctx = services.runs.get(key)
-    if ctx is None:
-        return False
     gen = ctx.generation
     requested = ctx.spec.gates.baseline
     status = await ctx.writer.update(
-        lambda st: transitions.gate_closed(
+        lambda st: lifecycle.gate_closed(
             st, generation=gen, boundary=boundary, record=record, requested=requested
         )
     )
@@ -401,14 +398,21 @@ def deadline_s(settings: OperatorSettings, spec: BenchmarkRunSpec) -> float:
     return max(settings.default_deadline_s, 2 * planned + 600)
 
 
+def _final(services: Services, ctx: RunContext) -> Final | None:
+    """The snapshots the final results are built from (pub/sub, termination messages, live)."""
+    return final_snapshots(
+        ctx.workers,
+        [
+            ("pubsub", services.snapshots.complete(ctx.key)),
+            ("terminationMessage", _terminations(ctx)),
+            ("live", services.snapshots.latest(ctx.key)),
+        ],
+    )
+
+
 async def _fail(services: Services, ctx: RunContext, reason: str, message: str) -> None:
     """End the run as failed, keeping whatever results the workers reported."""
-    final = final_snapshots(
-        ctx.workers,
-        services.snapshots.complete(ctx.key),
-        _terminations(ctx),
-        services.snapshots.latest(ctx.key),
-    )
+    final = _final(services, ctx)
     results = None
     results_reason = ""
     prom_error = None
@@ -426,7 +430,7 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     gen = ctx.generation
     log.info("run %s failed: %s: %s", ctx.key, reason, message)
     status = await ctx.writer.update(
-        lambda st: transitions.failed(
+        lambda st: lifecycle.failed(
             st,
             generation=gen,
             reason=reason,
@@ -446,19 +450,14 @@ async def _stop_job(services: Services, ctx: RunContext) -> None:
     """Suspend the failed run's Job: the Job controller deletes its pods, so the workers
     still running stop sending load; the Job and its status stay for inspection (GC removes
     it with the run). Best effort: the run is already marked failed."""
-    name = builders.loadgen_job_name(ctx.name)
+    name = loadgen_job_name(ctx.name)
     try:
         job = await services.api.get(JOB, ctx.namespace, name)
-        if job is None or not _owned_by(job, ctx.uid) or job_view(job).state:
+        if job is None or controller_uid(job) != ctx.uid or job_view(job).state:
             return  # none, another incarnation's Job, or already Complete/Failed (no pods)
         await services.api.patch(JOB, ctx.namespace, name, {"spec": {"suspend": True}}, None)
     except (ApiError, kopf.TemporaryError) as e:
         log.warning("run %s: could not suspend Job %s: %s", ctx.key, name, e)
-
-
-def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(r.get("controller") and r.get("uid") == uid for r in refs)
 
 
 def _terminations(ctx: RunContext) -> dict[int, MetricsSnapshot]:
@@ -485,12 +484,7 @@ async def _gpu_results(
 
 
 async def _finish(services: Services, ctx: RunContext) -> None:
-    final = final_snapshots(
-        ctx.workers,
-        services.snapshots.complete(ctx.key),
-        _terminations(ctx),
-        services.snapshots.latest(ctx.key),
-    )
+    final = _final(services, ctx)
     if final is None:
         await _fail(services, ctx, "NoResults", "the Job completed but no worker reported")
         return
@@ -500,7 +494,7 @@ async def _finish(services: Services, ctx: RunContext) -> None:
     now = now_rfc3339()
     gen = ctx.generation
     await ctx.writer.update(
-        lambda st: transitions.finished(
+        lambda st: lifecycle.finished(
             st,
             generation=gen,
             results=results,
@@ -530,7 +524,7 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
             return
     # 2. the Job failed
     if ctx.job.state == "Failed":
-        msg = f"Job {builders.loadgen_job_name(ctx.name)} failed: {ctx.job.message}".strip(": ")
+        msg = f"Job {loadgen_job_name(ctx.name)} failed: {ctx.job.message}".strip(": ")
         await _fail(services, ctx, ctx.job.reason, msg)
         return
     # 3. watchdog (before finishing: a finish that keeps failing must not outlive it)
@@ -573,7 +567,7 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
             if ctx.gpu is not None:
                 ctx.gpu.invalidate()
         await ctx.writer.update(
-            lambda st: transitions.workers_ready(
+            lambda st: lifecycle.workers_ready(
                 st, generation=gen, running=len(running), workers=ctx.workers, warmup=warmup
             )
         )
@@ -589,7 +583,7 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         live = live_status(latest, phase=phase, workers_connected=len(latest), now=now_rfc3339())
         if gpu is not None:
             live["gpu"] = gpu
-        await ctx.writer.update(lambda st: transitions.with_live(st, live))
+        await ctx.writer.update(lambda st: lifecycle.with_live(st, live))
 
 
 async def _watchdog(services: Services, ctx: RunContext) -> bool:
@@ -611,13 +605,13 @@ async def run_loop(
     services: Services, body: Mapping[str, Any], stopped: Any, *, tick_s: float = TICK_S
 ) -> None:
     """The per-run daemon: drives the run to a terminal phase (see the module doc)."""
-    namespace, name, uid, _ = _meta(body)
+    namespace, name, uid, _ = object_meta(body)
     key = run_key(namespace, name, uid)
     idle = 0.05
     while not stopped:
         ctx = services.runs.get(key)
         if ctx is None or not ctx.accepted.is_set():
-            if transitions.is_terminal(body.get("status")):  # kopf keeps a daemon's body live
+            if lifecycle.is_terminal(body.get("status")):  # kopf keeps a daemon's body live
                 return
             if ctx is None:  # the create/resume handler has not run yet
                 await asyncio.sleep(idle)
@@ -628,7 +622,7 @@ async def run_loop(
                 return
             await _sleep(ctx.accepted, tick_s, stopped)
             continue
-        if ctx.done or transitions.is_terminal(ctx.writer.status):
+        if ctx.done or lifecycle.is_terminal(ctx.writer.status):
             release(services, ctx)
             return
         now = time.monotonic()

@@ -1,11 +1,24 @@
+"""GPU numbers of the profiling window from the START/END baseline acks, as the coordinator
+returned them or as read back from the gate records in ``status.gates``."""
+
+import json
+
 import msgspec
 import pytest
 
 from benchagent.wire import BaselineAck, GpuSample
-from benchop.gpuresults import gpu_results
+from benchop.core.gaterecords import GateOutcome, gate_instant, gate_record, profiling_window
+from benchop.core.gpuwindow import gpu_from_status, gpu_results
 
 
-def sample(uuid: str, t_s: float, energy_mj: int, util: float = 50.0, mem: int = 1000) -> GpuSample:
+def sample(
+    uuid: str,
+    t_s: float,
+    energy_mj: int,
+    util: float = 50.0,
+    mem: int = 1000,
+    integral: float | None = None,
+) -> GpuSample:
     return GpuSample(
         index=0,
         uuid=uuid,
@@ -21,6 +34,7 @@ def sample(uuid: str, t_s: float, energy_mj: int, util: float = 50.0, mem: int =
         temperature_c=40.0,
         sm_clock_mhz=1,
         mem_clock_mhz=1,
+        util_integral_pct_s=integral,
     )
 
 
@@ -115,3 +129,77 @@ def test_gpu_whose_energy_counter_went_backwards_is_dropped_from_energy():
     assert only.energy_j is None and only.power_mean_w is None
     assert only.joules_per_output_token is None
     assert only.missing_agents == ["a/g1: energy counter reset"]
+
+
+# --------------------------------------------------------------------------- gate records
+
+
+def closed(
+    boundary: str,
+    acks: list[BaselineAck],
+    *,
+    start_at_ns: int = 1,
+    baseline: bool = True,
+    agents: tuple[str, ...] = ("agent-a",),
+    closed_at_ns: int = 0,
+) -> dict[str, object]:
+    """The ``status.gates`` record of a gate closed with these acks, every agent answering."""
+    outcome = GateOutcome(
+        run="ns.r",
+        phase_id="profiling",
+        boundary=boundary,  # type: ignore[arg-type]
+        start_at_ns=start_at_ns,
+        baseline=baseline,
+        baseline_captured=baseline,
+        agents=list(agents),
+        acks=acks,
+        closed_at_ns=closed_at_ns,
+    )
+    return gate_record(outcome)
+
+
+def test_gate_records_persist_what_gpu_results_need() -> None:
+    start, end = (
+        [ack("agent-a", b, sample("g0", t, e0, u0), sample("g1", t, e1, u1), sim=True)]
+        for b, t, e0, u0, e1, u1 in (
+            ("START", 10, 1_000_000, 50, 2_000_000, 70),
+            ("END", 20, 3_000_000, 90, 2_500_000, 10),
+        )
+    )
+    gates = {
+        "START": closed("START", start, start_at_ns=1),
+        "END": closed("END", end, start_at_ns=2),
+    }
+    json.dumps(gates)  # JSON-ready
+    from_status = gpu_from_status(gates, output_tokens=100)
+    direct = gpu_results(start, end, output_tokens=100, expected_agents=["agent-a"])
+    assert from_status == direct
+    assert from_status is not None and from_status.energy_j == 2500.0  # (2000 + 500) J
+    assert from_status.joules_per_output_token == 25.0 and from_status.simulated
+
+
+def test_gate_records_keep_the_util_integral_for_the_window_mean() -> None:
+    start = [ack("agent-a", "START", sample("g0", 10, 0, 50, integral=1_000.0))]
+    end = [ack("agent-a", "END", sample("g0", 20, 1_000, 50, integral=1_300.0))]
+    gates = {b: closed(b, acks) for b, acks in (("START", start), ("END", end))}
+    from_status = gpu_from_status(json.loads(json.dumps(gates)), output_tokens=10)
+    assert from_status is not None
+    assert from_status.util_mean == 30.0  # (1300 - 1000) pct*s over 10 s, not (50 + 50) / 2
+    assert from_status == gpu_results(start, end, output_tokens=10, expected_agents=["agent-a"])
+
+
+def test_profiling_window_is_between_the_gates_baseline_reads() -> None:
+    acks = [ack("agent-a", "START", sample("g0", 10.0, 1, 0), sample("g1", 10.2, 1, 0))]
+    rec = {"START": closed("START", acks, start_at_ns=int(11e9), closed_at_ns=int(10.5e9))}
+    assert rec["START"]["closedAtNs"] == int(10.5e9)
+    assert gate_instant(rec["START"]) == 10.1  # the mean of the samples' stamps
+    assert profiling_window(rec) is None  # END not closed yet
+    # no agents: when the gate closed; an older record without closedAtNs: startAtNs
+    rec["END"] = closed(
+        "END", [], start_at_ns=int(25e9), baseline=False, agents=(), closed_at_ns=int(24e9)
+    )
+    assert profiling_window(rec) == (10.1, 24.0)
+    del rec["END"]["closedAtNs"]
+    assert profiling_window(rec) == (10.1, 25.0)
+    assert profiling_window({"START": rec["END"], "END": rec["START"]}) is None  # not in order
+    assert gate_instant({"acks": []}) is None

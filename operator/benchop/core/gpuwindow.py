@@ -1,6 +1,7 @@
 """GPU results of a profiling window from the agents' START and END baseline acks.
 
-Pure; used by local mode and the operator.
+Used by local mode and the operator, on the acks persisted in ``status.gates``
+(:func:`gpu_from_status`) or as the coordinator returned them (:func:`gpu_results`).
 
 - energy: for every GPU sampled by a successful ack at both START and END,
   ``END.energy_mj - START.energy_mj`` (NVML's total-energy counter), summed
@@ -32,10 +33,12 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from benchagent.wire import BaselineAck, GpuSample
 from benchop.api.models import GpuResults
+from benchop.core.gaterecords import acks_from_record
 
 
 def _by_gpu(acks: Iterable[BaselineAck]) -> dict[tuple[str, str], GpuSample]:
@@ -103,3 +106,19 @@ def util_mean(start: GpuSample, end: GpuSample) -> float:
         if 0 <= mean <= 100 + 1e-6:
             return mean
     return (start.gpu_util_pct + end.gpu_util_pct) / 2
+
+
+def gpu_from_status(gates: Mapping[str, Any], *, output_tokens: int) -> GpuResults | None:
+    """``results.gpu`` from ``status.gates`` (None without both gates or without agents)."""
+    start, end = gates.get("START"), gates.get("END")
+    if not start or not end:
+        return None
+    expected = set(start.get("agents") or []) | set(end.get("agents") or [])
+    if not expected:
+        return None
+    return gpu_results(
+        acks_from_record(start, "START"),
+        acks_from_record(end, "END"),
+        output_tokens=output_tokens,
+        expected_agents=sorted(expected),
+    )

@@ -1,29 +1,72 @@
-"""Pure status transitions of a BenchmarkRun: ``f(status, ...) -> new status``.
+"""Status transitions of BenchmarkRuns and Experiments: ``f(status, ...) -> new status``.
 
-Each function takes the current ``.status`` (a camelCase dict) and returns the new one; the
-:class:`~benchop.operator.status.StatusWriter` diffs and writes it. Every condition written here
-carries ``observedGeneration``. Once the run is terminal (``Succeeded``/``Failed``) every
-transition except :func:`rejected` is a no-op, so a late event never reopens a finished run.
+Each function takes the current ``.status`` (a camelCase dict) and returns the new one, or
+None when nothing changes; the operator's status writer diffs it (:func:`merge_diff`) and
+patches the difference, local mode keeps it. Every condition written here carries
+``observedGeneration``. Once a run is terminal every run transition except :func:`rejected`
+is a no-op, so a late event never reopens a finished run.
 
     new = accepted(status, generation=1, now="2024-05-01T12:00:00Z")
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from benchop.api import conditions as c
-from benchop.api.models import Phase
-from benchop.operator.status import with_conditions
+from benchop.api.models import ExperimentPhase, Phase
+from benchop.core.children import Plan
+from benchop.core.names import TERMINAL_PHASES
 
 Status = dict[str, Any]
-Update = tuple[str, str, str, str]  # (type, status, reason, message)
-TERMINAL = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
+Update = tuple[str, Literal["True", "False", "Unknown"], str, str]  # type, status, reason, message
 
 
 def is_terminal(status: Mapping[str, Any] | None) -> bool:
-    return status is not None and status.get("phase") in TERMINAL
+    """Whether a run's or an Experiment's status is in a phase it never leaves."""
+    return isinstance(status, Mapping) and status.get("phase") in TERMINAL_PHASES
+
+
+def merge_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new`` (removed keys -> None).
+
+    >>> merge_diff({"a": 1, "b": {"c": 2, "d": 3}}, {"b": {"c": 2}, "e": 4})
+    {'a': None, 'b': {'d': None}, 'e': 4}
+    """
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            sub = merge_diff(before, value)
+            if sub:
+                patch[key] = sub
+        elif key not in old or before != value:
+            patch[key] = copy.deepcopy(value)
+    return dict(sorted(patch.items()))
+
+
+def with_conditions(
+    status: Mapping[str, Any], updates: Sequence[Update], generation: int | None
+) -> Status:
+    """``status`` with each ``(type, status, reason, message)`` applied via ``set_condition``."""
+    conds = list(status.get("conditions") or [])
+    for type_, cstatus, reason, message in updates:
+        conds = c.set_condition(
+            conds,
+            type=type_,
+            status=cstatus,
+            reason=reason,
+            message=message,
+            observed_generation=generation,
+        )
+    return {**status, "conditions": conds}
+
+
+# --------------------------------------------------------------------------- runs
 
 
 def _cond(status: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
@@ -250,3 +293,62 @@ def with_live(status: Status, live: Mapping[str, Any]) -> Status | None:
     if is_terminal(status):
         return None
     return {**status, "live": dict(live)}
+
+
+# --------------------------------------------------------------------------- Experiments
+
+
+def experiment_rejected(
+    status: Status,
+    *,
+    generation: int,
+    reason: str,
+    message: str,
+    now: str,
+    counts: Mapping[str, int] | None = None,
+) -> Status:
+    """Accepted=False with ``reason``. While children still run (``counts``: of the existing
+    children) the phase stays Running with Succeeded=Unknown, so reconciles keep the counts
+    current; once none is active, Succeeded=False and phase Failed with a completionTime."""
+    active = counts is not None and counts.get("pending", 0) + counts.get("running", 0) > 0
+    succeeded: Update
+    if active:
+        waiting = f"{message}; waiting for the runs already started to finish"
+        succeeded = (c.SUCCEEDED, c.UNKNOWN, reason, waiting)
+    else:
+        succeeded = (c.SUCCEEDED, c.FALSE, reason, message)
+    new = with_conditions(status, [(c.ACCEPTED, c.FALSE, reason, message), succeeded], generation)
+    new["observedGeneration"] = generation
+    if counts is not None:
+        new["counts"] = dict(counts)
+    if active:
+        new["phase"] = ExperimentPhase.RUNNING.value
+        new.pop("completionTime", None)
+    else:
+        new["phase"] = ExperimentPhase.FAILED.value
+        new.setdefault("completionTime", now)
+    return new
+
+
+def experiment_progressed(status: Status, *, generation: int, plan: Plan, now: str) -> Status:
+    """Accepted=True, counts, Succeeded (Unknown while running), phase, start/completion."""
+    succeeded: Update
+    if plan.finished:
+        succeeded = (c.SUCCEEDED, c.TRUE if plan.succeeded else c.FALSE, plan.reason, plan.message)
+        phase = ExperimentPhase.SUCCEEDED if plan.succeeded else ExperimentPhase.FAILED
+    else:
+        succeeded = (c.SUCCEEDED, c.UNKNOWN, plan.reason, plan.message)
+        started = plan.counts["total"] > plan.counts["pending"] or plan.create
+        phase = ExperimentPhase.RUNNING if started else ExperimentPhase.PENDING
+    new = with_conditions(
+        status, [(c.ACCEPTED, c.TRUE, "Valid", "the spec passed validation"), succeeded], generation
+    )
+    new["observedGeneration"] = generation
+    new["phase"] = phase.value
+    new["counts"] = dict(plan.counts)
+    new.setdefault("startTime", now)
+    if plan.finished:
+        new.setdefault("completionTime", now)
+    else:
+        new.pop("completionTime", None)
+    return new

@@ -11,23 +11,33 @@ Row fields come from the child's ``status.results``: ``rps`` and ``tokPerS`` (th
 0..1), ``gpuUtil`` (mean %, profiling window), ``joulesPerToken`` (J per output token). A child
 whose results are missing or malformed gets a row with its phase and no numbers.
 
+``status.metrics`` is a denormalized cache of this rollup, written by the operator's refresher.
+A reader uses it when its ``version`` is :data:`~benchop.api.models.METRICS_VERSION` and it
+decodes (:func:`cached_rollup`); anything else — no metrics yet, an older or newer version, a
+malformed blob — is a cache miss: :func:`read_rollup` computes it from the child runs with
+the same :func:`rollup`. A bad blob never fails the read (nor a listing of many experiments).
+
     metrics = rollup(children, cap=DEFAULT_CAP, now="2024-05-01T12:00:00Z")
     metrics.best["ttftP50"]   # -> "sweep-0"
+    metrics, source = await read_rollup(experiment, list_children)   # "cache" | "hydrated"
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
+from benchop.api.conditions import now_rfc3339
 from benchop.api.models import (
     METRICS_VERSION,
     ExperimentMetrics,
     ExperimentRunRow,
     Phase,
 )
-from benchop.operator.children import child_params, order_children
+from benchop.core.children import child_params, order_children, owned_by
 
 DEFAULT_CAP = 200
 """Rows kept in ``status.metrics.runs`` (about 300 bytes each: far below etcd's object limit)."""
@@ -114,7 +124,7 @@ def rollup(
 
     ``runs`` are BenchmarkRun bodies in any order; rows come out in sweep order (of ``sweep``,
     the Experiment's raw ``spec.sweep``, when given: see
-    :func:`~benchop.operator.children.order_children`). ``cap`` >= 1.
+    :func:`~benchop.core.children.order_children`). ``cap`` >= 1.
     """
     if cap < 1:
         raise ValueError(f"cap must be >= 1, got {cap}")
@@ -138,3 +148,44 @@ def same_rollup(a: ExperimentMetrics, b: ExperimentMetrics) -> bool:
     return a.model_copy(update={"refreshed_at": None}) == b.model_copy(
         update={"refreshed_at": None}
     )
+
+
+# --------------------------------------------------------------------------- cache
+
+Source = Literal["cache", "hydrated"]
+ListChildren = Callable[[Mapping[str, Any]], Awaitable[Sequence[Mapping[str, Any]]]]
+"""``await list_children(experiment) -> [BenchmarkRun bodies]`` (its children, by label)."""
+
+
+def cached_rollup(experiment: Mapping[str, Any]) -> ExperimentMetrics | None:
+    """The decoded ``status.metrics`` if present, of the current version and well-formed."""
+    status = experiment.get("status")
+    blob = status.get("metrics") if isinstance(status, Mapping) else None
+    if not isinstance(blob, Mapping) or blob.get("version") != METRICS_VERSION:
+        return None
+    try:
+        return ExperimentMetrics.model_validate(blob)
+    except ValidationError:
+        return None
+
+
+async def read_rollup(
+    experiment: Mapping[str, Any],
+    list_children: ListChildren,
+    *,
+    cap: int = DEFAULT_CAP,
+    now: str | None = None,
+) -> tuple[ExperimentMetrics, Source]:
+    """The experiment's rollup and where it came from (see the module doc).
+
+    Hydrating lists the children once and keeps only those owned by this experiment's uid.
+    """
+    cached = cached_rollup(experiment)
+    if cached is not None:
+        return cached, "cache"
+    children = await list_children(experiment)
+    uid = (experiment.get("metadata") or {}).get("uid")
+    if uid:
+        children = [c for c in children if owned_by(c, uid)]
+    sweep = (experiment.get("spec") or {}).get("sweep")
+    return rollup(children, cap=cap, now=now or now_rfc3339(), sweep=sweep), "hydrated"

@@ -1,7 +1,8 @@
 """An Experiment's child BenchmarkRuns, pure: names, labels, manifests and the sweep plan.
 
-No I/O and no clocks. The reconciler (:mod:`benchop.operator.handlers.experiments`) lists the
-children, asks :func:`plan_sweep` what to do and creates what it says; the rollup reads the
+No I/O and no clocks. The operator's reconciler (``benchop.operator.handlers.experiments``)
+lists the children, asks :func:`plan_sweep` what to do and creates what it says; local mode
+runs the sweep in order with the same manifests and failure policy; the rollup reads the
 params and sweep index back from the annotations written here.
 
 A child is identified by its params (:func:`point_key`), never by its index: values added to
@@ -23,26 +24,27 @@ import hashlib
 import itertools
 import json
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from benchop.api.models import API_VERSION, BenchmarkRunSpec, ExperimentSpec, Phase, to_wire
-from benchop.operator.builders import LABEL_PREFIX, MAX_NAME, owner_reference, safe_name
-from benchop.operator.k8s import Resource
-
-EXPERIMENT = Resource("benchop.io", "v1alpha1", "experiments")
-"""The Experiment resource for :class:`~benchop.operator.k8s.KubeApi` calls."""
-
-EXPERIMENT_LABEL = LABEL_PREFIX + "experiment"
-INDEX_ANNOTATION = LABEL_PREFIX + "sweep-index"
-PARAMS_ANNOTATION = LABEL_PREFIX + "params"
-EXPERIMENT_NAME_ANNOTATION = LABEL_PREFIX + "experiment-name"
-CREATED_ANNOTATION = LABEL_PREFIX + "created-points"
-"""On the Experiment (written by the reconciler): :func:`point_key` of every point that ever
-had a child, comma-separated — the high-water set that keeps a child deleted by hand deleted."""
-
-TERMINAL = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
+from benchop.api.models import BenchmarkRunSpec, ExperimentSpec, Phase, to_wire
+from benchop.core.names import (
+    API_VERSION,
+    BENCHMARKRUN_KIND,
+    CREATED_ANNOTATION,
+    EXPERIMENT_KIND,
+    EXPERIMENT_LABEL,
+    EXPERIMENT_NAME_ANNOTATION,
+    INDEX_ANNOTATION,
+    LABEL_PREFIX,
+    MAX_NAME,
+    PARAMS_ANNOTATION,
+    TERMINAL_PHASES,
+    experiment_label_value,
+    owner_reference,
+    safe_name,
+)
 
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 _EDGE = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
@@ -121,16 +123,6 @@ def param_label_key(path: str) -> str:
     return LABEL_PREFIX + (label_value(path) or "param")
 
 
-def experiment_label_value(experiment: str) -> str:
-    """The ``benchop.io/experiment`` label value: the name, hashed down to 63 chars if longer."""
-    return safe_name(experiment)
-
-
-def experiment_selector(experiment: str) -> str:
-    """The label selector of an experiment's children."""
-    return f"{EXPERIMENT_LABEL}={experiment_label_value(experiment)}"
-
-
 def params_json(params: Mapping[str, Any]) -> str:
     """The params annotation: compact JSON, keys in sweep order."""
     return json.dumps(dict(params), separators=(",", ":"))
@@ -154,7 +146,7 @@ def build_child_run(
         labels[param_label_key(path)] = label_value(value)
     return {
         "apiVersion": API_VERSION,
-        "kind": "BenchmarkRun",
+        "kind": BENCHMARKRUN_KIND,
         "metadata": {
             "name": name,
             "namespace": meta["namespace"],
@@ -164,7 +156,7 @@ def build_child_run(
                 INDEX_ANNOTATION: str(index),
                 PARAMS_ANNOTATION: params_json(params),
             },
-            "ownerReferences": [owner_reference(experiment, "Experiment")],
+            "ownerReferences": [owner_reference(experiment, EXPERIMENT_KIND)],
         },
         "spec": to_wire(spec),
     }
@@ -242,6 +234,20 @@ def order_children(runs: Sequence[Mapping[str, Any]], sweep: Any = None) -> list
     return sorted(runs, key=key)
 
 
+def child_counts(phases: Iterable[str]) -> dict[str, int]:
+    """``status.counts`` of existing children alone (a rejected spec has no points to count)."""
+    listed = list(phases)
+    active = [p for p in listed if p not in TERMINAL_PHASES]
+    pending = sum(1 for p in active if p == Phase.PENDING.value)
+    return {
+        "total": len(listed),
+        "pending": pending,
+        "running": len(active) - pending,
+        "succeeded": sum(1 for p in listed if p == Phase.SUCCEEDED.value),
+        "failed": sum(1 for p in listed if p == Phase.FAILED.value),
+    }
+
+
 # --------------------------------------------------------------------------- the plan
 
 SucceededReason = Literal["Running", "AllSucceeded", "SomeFailed", "Aborted"]
@@ -298,7 +304,7 @@ def plan_sweep(
     missing = sorted(i for i in ever if i not in phases)
     succeeded = sum(1 for p in phases.values() if p == Phase.SUCCEEDED.value)
     failed = sum(1 for p in phases.values() if p == Phase.FAILED.value) + len(missing)
-    active = [i for i, p in phases.items() if p not in TERMINAL]
+    active = [i for i, p in phases.items() if p not in TERMINAL_PHASES]
     pending_children = sum(1 for i in active if phases[i] == Phase.PENDING.value)
     stop = should_stop(spec, failed)
     create: tuple[int, ...] = ()

@@ -1,13 +1,16 @@
-"""Pure status transitions, pod/Job readings and the status merge diff of the operator."""
+"""Pure status transitions and the status merge diff (core), and the operator's pod/Job
+readings and watchdog deadline."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from benchop.api import conditions as c
-from benchop.operator import transitions as t
+from benchop.api.models import ExperimentPhase, Phase
+from benchop.core import lifecycle as t
+from benchop.core.lifecycle import is_terminal, merge_diff
+from benchop.core.names import TERMINAL_PHASES
 from benchop.operator.pods import job_view, pod_view
-from benchop.operator.status import merge_diff
 
 NOW = "2024-05-01T12:00:00Z"
 LATER = "2024-05-01T12:05:00Z"
@@ -319,3 +322,10 @@ def test_prometheus_error_degrades_telemetry_but_never_fails_the_run() -> None:
     )
     assert failed is not None and cond(failed, c.SUCCEEDED)["reason"] == "DeadlineExceeded"
     assert cond(failed, c.TELEMETRY_DEGRADED)["reason"] == "PrometheusUnavailable"
+
+
+def test_terminal_phases_are_those_of_both_kinds() -> None:
+    assert {Phase.SUCCEEDED, Phase.FAILED} == TERMINAL_PHASES
+    assert {ExperimentPhase.SUCCEEDED, ExperimentPhase.FAILED} == TERMINAL_PHASES
+    assert is_terminal({"phase": "Failed"}) and not is_terminal({"phase": "Running"})
+    assert not is_terminal(None) and not is_terminal({})
