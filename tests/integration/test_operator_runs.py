@@ -391,6 +391,13 @@ async def test_job_failure_and_stuck_pod_fail_the_run_with_reasons(
     )
     stuck = await wait_condition(kube, "r6", c.SUCCEEDED, "False")
     assert stuck["reason"] == "ImagePullFailed" and "r6-loadgen-0" in stuck["message"]
+
+    # and says so where `kubectl describe br` looks: a Warning event on the run
+    async def warning_event() -> list[dict[str, Any]]:
+        events = await kube.client.list(EVENTS, fields="involvedObject.name=r6")
+        return [e for e in events if (e["type"], e["reason"]) == ("Warning", "ImagePullFailed")]
+
+    await wait_for(warning_event, 5, message="a Warning event on r6")
     # the other workers stop sending load: the failed run's Job is suspended (kept, no pods)
     await wait_for(lambda: job_suspended(kube, "r6-loadgen"), 5, message="r6 Job suspended")
 
@@ -463,6 +470,13 @@ async def test_invalid_spec_fails_once_without_retries(
         assert suc is not None and suc["status"] == "False" and suc["reason"] == "InvalidSpec"
         assert status_of(kube, name)["phase"] == "Failed"
         assert kube.emulator.read(JOBS, f"{name}-loadgen") is None
+        events = await wait_for(
+            lambda n=name: kube.client.list(EVENTS, fields=f"involvedObject.name={n}"),
+            5,
+            message=f"an event on {name}",
+        )
+        assert [(e["type"], e["reason"]) for e in events] == [("Warning", "InvalidSpec")]
+        assert field in events[0]["message"]
     # kopf records the permanent failure; nothing retries: a later valid run completes its
     # accept, and the invalid ones got exactly one status patch each
     await kube.client.create(BENCHMARKRUNS, run_manifest("ok", mock.url))

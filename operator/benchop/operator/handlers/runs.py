@@ -44,6 +44,8 @@ from benchop.core import lifecycle
 from benchop.core.gaterecords import profiling_window
 from benchop.core.gpuwindow import gpu_from_status
 from benchop.core.names import (
+    API_VERSION,
+    BENCHMARKRUN_KIND,
     RUN_NAME_ANNOTATION,
     loadgen_job_name,
     owner_reference,
@@ -435,6 +437,7 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     # Before the status: once it says Failed, kopf stops this daemon (its `when` filter no
     # longer matches) and cancels whatever request is still in flight.
     await _stop_job(services, ctx)
+    kopf.warn(_event_target(ctx), reason=reason, message=message)  # `kubectl describe br`
     await ctx.writer.update(
         lambda st: lifecycle.failed(
             st,
@@ -448,6 +451,17 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
         )
     )
     ctx.done = True
+
+
+def _event_target(ctx: RunContext) -> kopf.Body:
+    """The run as kopf's event poster needs it (the event's involvedObject)."""
+    return kopf.Body(
+        {
+            "apiVersion": API_VERSION,
+            "kind": BENCHMARKRUN_KIND,
+            "metadata": {"name": ctx.name, "namespace": ctx.namespace, "uid": ctx.uid},
+        }
+    )
 
 
 async def _stop_job(services: Services, ctx: RunContext) -> None:
