@@ -407,7 +407,7 @@ async def test_a_job_that_cannot_create_its_pods_fails_the_run_after_the_grace(
 ) -> None:
     # A ResourceQuota (or LimitRange, Pod Security admission, a missing ServiceAccount) refuses
     # the worker pods: the Job controller only posts FailedCreate events on the Job.
-    start(operator_task, kube, settings_for(stuck_after_s=1.0, job_events_every_s=0.2))
+    start(operator_task, kube, settings_for(stuck_after_s=1.0))
     await kube.client.create(BENCHMARKRUNS, run_manifest("r7", mock.url))
     job = await kubelet.read_job("r7")
     refused = 'pods "r7-loadgen-0-abcde" is forbidden: exceeded quota: q, requested: pods=1'

@@ -43,6 +43,8 @@ from benchop.operator.snapshots import SnapshotCollector
 
 LOADGEN_LABELS: dict[str, Any] = {RUN_LABEL: kopf.PRESENT, COMPONENT_LABEL: LOADGEN}
 CHILD_LABELS: dict[str, Any] = {EXPERIMENT_LABEL: kopf.PRESENT}
+FAILED_CREATE = "involvedObject.kind=Job,reason=FailedCreate"
+"""The only events the operator receives: a Job controller could not create a pod."""
 LIST_CHUNK = 500
 """Objects per page of the LIST that starts each watch (client-go's pager default)."""
 
@@ -71,6 +73,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     loadgen = f"{COMPONENT_LABEL}={LOADGEN},{RUN_LABEL}"
     settings.watching.label_selectors["", "v1", "pods"] = loadgen
     settings.watching.label_selectors["batch", "v1", "jobs"] = loadgen
+    settings.watching.field_selectors["", "v1", "events"] = FAILED_CREATE
     settings.watching.chunk_size = LIST_CHUNK  # the first LIST of each watch, paginated
     settings.networking.request_timeout = ours.request_timeout
     settings.networking.connect_timeout = ours.connect_timeout
@@ -213,6 +216,12 @@ async def benchmarkrun_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
 async def worker_pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A worker pod changed (running, stuck, terminated with its message)."""
     await runs.observe_pod(_services(memo), body, type)
+
+
+@kopf.on.event("", "v1", "events", when=_reconciling_runs)
+async def job_failed_create_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A Job could not create a pod (the only events that arrive: :data:`FAILED_CREATE`)."""
+    runs.observe_failed_create(_services(memo), body)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=LOADGEN_LABELS, when=_reconciling_runs)
