@@ -27,12 +27,18 @@ type                      True                         False                    
                           names the source
 ``Succeeded``             run (every run of an         failed: reason and        still running
                           Experiment) succeeded        message say why
+``Failed``                ended in failure (phase      ended in success          still running
+                          ``Failed``): the reason and
+                          message of ``Succeeded=False``
 ``TelemetryDegraded``     an agent missed a gate, or   telemetry complete and    -
                           GPU numbers are simulated    real
 ========================= ============================ ========================= ==================
 
-``Succeeded`` is the one terminal condition: ``kubectl wait
---for=condition=Succeeded`` and the Argo CD health check read it.
+``Succeeded`` and ``Failed`` are the terminal conditions, always written together (``Failed``
+mirrors ``Succeeded``, as a Job has ``Complete`` and ``Failed``): every run and Experiment ends
+with exactly one of them True, so ``kubectl wait --for=condition=Succeeded`` and ``kubectl wait
+--for=condition=Failed``, run together, never wait to their timeout. The Argo CD health check
+reads them too.
 
 Example::
 
@@ -53,6 +59,7 @@ PROFILING = "Profiling"
 BASELINE_END_CAPTURED = "BaselineEndCaptured"
 RESULTS_AVAILABLE = "ResultsAvailable"
 SUCCEEDED = "Succeeded"
+FAILED = "Failed"
 TELEMETRY_DEGRADED = "TelemetryDegraded"
 
 CONDITION_TYPES: tuple[str, ...] = (
@@ -63,6 +70,7 @@ CONDITION_TYPES: tuple[str, ...] = (
     BASELINE_END_CAPTURED,
     RESULTS_AVAILABLE,
     SUCCEEDED,
+    FAILED,
     TELEMETRY_DEGRADED,
 )
 
