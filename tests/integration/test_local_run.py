@@ -46,7 +46,12 @@ def conditions(status: dict) -> dict[str, dict]:
 def test_local_run_end_to_end_matches_the_records_exactly(tmp_path: Path) -> None:
     out = tmp_path / "status.yaml"
     res = benchop(
-        "run", str(small_run(tmp_path)), "--output", str(out), "--results-dir", str(tmp_path / "r")
+        "run",
+        str(small_run(tmp_path)),
+        "--output-file",
+        str(out),
+        "--results-dir",
+        str(tmp_path / "r"),
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "kubectl get benchmarkruns" in res.stdout and "TTFT" in res.stdout
@@ -98,6 +103,65 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     assert res.returncode == 2 and "cannot read" in res.stderr
 
 
+def tiny_run(name: str) -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "examples/run.yaml").read_text())
+    doc["metadata"]["name"] = name
+    doc["spec"]["workload"] = {"promptTokens": 16, "outputTokens": 4}
+    doc["spec"]["load"] = {"mode": "concurrency", "concurrency": 2}
+    doc["spec"]["phases"] = {"profiling": {"requests": 6}}
+    doc["spec"]["gates"] = {"baseline": False}
+    return doc
+
+
+def test_an_output_file_in_a_missing_directory_is_refused_before_the_run(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tiny_run("never")))
+    out = tmp_path / "no-such-dir" / "status.yaml"
+    res = benchop("run", str(path), "--output-file", str(out), "--results-dir", str(tmp_path / "r"))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"--output-file {out}: directory {out.parent} does not exist" in res.stderr
+    assert not (tmp_path / "r").exists()  # nothing ran
+    # and a YAML syntax error names the file and the line, also before anything runs
+    path.write_text("kind: BenchmarkRun\nspec:\n  load: [1,\n")
+    res = benchop("run", str(path))
+    assert res.returncode == 2 and f"{path}:4:1: YAML syntax error" in res.stderr, res.stderr
+
+
+def test_a_multi_document_file_runs_each_resource_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump_all([tiny_run("first"), tiny_run("second")]))
+    out = tmp_path / "out.yaml"
+    res = benchop(
+        "run",
+        str(path),
+        "--no-agent",
+        "--output-file",
+        str(out),
+        "--results-dir",
+        str(tmp_path / "r"),
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    # each reported: its results table and its printer row, in file order
+    assert 0 <= res.stdout.index("first: results") < res.stdout.index("second: results")
+    assert "1/2: BenchmarkRun first" in res.stderr and "2/2: BenchmarkRun second" in res.stderr
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert [d["metadata"]["name"] for d in docs] == ["first", "second"]
+    assert all(d["status"]["phase"] == "Succeeded" for d in docs)
+    assert all(d["status"]["results"]["requests"]["ok"] == 6 for d in docs)
+    # each in its own results directory
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"first", "second"}
+
+
+def test_dash_o_yaml_prints_the_resource_with_its_status(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tiny_run("printed")))
+    res = benchop("run", str(path), "--no-agent", "-o", "yaml")
+    assert res.returncode == 0, res.stdout + res.stderr
+    [doc] = yaml.safe_load_all(res.stdout)  # only the resource: no tables on stdout
+    assert doc["kind"] == "BenchmarkRun" and doc["metadata"]["name"] == "printed"
+    assert doc["status"]["phase"] == "Succeeded" and doc["status"]["results"]["requests"]["ok"] == 6
+
+
 def test_an_unreachable_target_is_a_failed_run(tmp_path: Path) -> None:
     doc = yaml.safe_load((ROOT / "examples/run.yaml").read_text())
     doc["spec"]["target"]["url"] = "http://127.0.0.1:9/v1"  # discard port: connection refused
@@ -106,7 +170,7 @@ def test_an_unreachable_target_is_a_failed_run(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(doc))
     out = tmp_path / "status.yaml"
-    res = benchop("run", str(path), "--output", str(out), "--no-agent")
+    res = benchop("run", str(path), "--output-file", str(out), "--no-agent")
     assert res.returncode == 1, res.stdout + res.stderr
     status = yaml.safe_load(out.read_text())["status"]
     succeeded = conditions(status)["Succeeded"]
@@ -133,7 +197,7 @@ def test_local_experiment_runs_the_sweep_in_order_and_rolls_it_up(tmp_path: Path
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
     out = tmp_path / "out.yaml"
-    res = benchop("run", str(path), "--output", str(out), "--no-agent")
+    res = benchop("run", str(path), "--output-file", str(out), "--no-agent")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "tiny: comparison" in res.stdout
     exp_doc, *runs = yaml.safe_load_all(out.read_text())
@@ -170,7 +234,16 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> Killed:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(doc))
     out = tmp_path / "status.yaml"
-    cmd = [sys.executable, "-m", "benchop", "run", str(path), "--output", str(out), "--no-live"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchop",
+        "run",
+        str(path),
+        "--output-file",
+        str(out),
+        "--no-live",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         pattern = f"--run {doc['metadata']['name']} --worker-index 1"
