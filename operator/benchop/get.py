@@ -33,6 +33,7 @@ from benchop.report import (
     EXPERIMENT_COLUMNS,
     experiment_table,
     printer_table,
+    search_table,
 )
 
 WHAT = {
@@ -197,6 +198,8 @@ def _get_experiment(cluster: Cluster, args: argparse.Namespace, out: Console) ->
         out.print(f"Succeeded={succeeded.get('status')} {succeeded.get('reason')}: "
                   f"{succeeded.get('message')}", markup=False)  # fmt: skip
     out.print(experiment_table(metrics, title=args.name))
+    if metrics.search is not None:
+        out.print(search_table(metrics.search))
     out.print(note, markup=False)
     return 0
 

@@ -276,3 +276,58 @@ def test_results_without_a_worker_that_never_reported_are_incomplete(killed: Kil
     available = conditions(killed.status)["ResultsAvailable"]
     assert available["status"] == "True" and available["reason"] == "LatestLiveSnapshots"
     assert available["message"] == "partial results"
+
+
+def test_local_slo_search_finds_the_knee_of_a_known_capacity(tmp_path: Path) -> None:
+    """The mock server serves 4 streams at full speed (ITL 10 ms); a 5th stretches every
+    stream's ITL to 12.5 ms. With slo.itlMs 11 the knee is concurrency 4: found within one
+    step, by probes that are child runs, in the search's order."""
+    exp = {
+        "apiVersion": "benchop.io/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "knee"},
+        "spec": {
+            "template": {
+                "target": {"model": "mock-llm"},
+                "workload": {"promptTokens": 16, "outputTokens": 24},
+                "load": {"mode": "concurrency", "concurrency": 1},
+                "phases": {"warmup": {"requests": 4}, "profiling": {"requests": 16}},
+                "gates": {"baseline": False},
+                "slo": {"itlMs": 11},
+            },
+            "search": {"concurrency": {"min": 2, "max": 32}, "minGoodput": 0.9, "maxProbes": 8},
+        },
+    }
+    path = tmp_path / "knee.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    out = tmp_path / "out.yaml"
+    res = benchop(
+        "run", str(path), "--no-agent", "--output-file", str(out),
+        "--mock-capacity", "4", "--mock-itl", "0.01", "--mock-ttft", "0.01",
+        timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    exp_doc, *runs = yaml.safe_load_all(out.read_text())
+    status = exp_doc["status"]
+    search = status["metrics"]["search"]
+    assert abs(search["knee"] - 4) <= 1, search  # within one step of the capacity
+    assert search["outcome"] == "KneeFound" and search["limit"] == search["knee"] + 1
+    assert status["phase"] == "Succeeded"
+    assert (conditions(status)["Succeeded"]["reason"], conditions(status)["Failed"]["status"]) == (
+        "KneeFound",
+        "False",
+    )
+    # each probe is a child run at its load, named in probe order, and no load twice
+    probes = search["probes"]
+    assert [p["run"] for p in probes] == [r["metadata"]["name"] for r in runs]
+    assert [p["run"] for p in probes] == [f"knee-{i}" for i in range(len(probes))]
+    assert [r["spec"]["load"]["concurrency"] for r in runs] == [p["value"] for p in probes]
+    assert [p["value"] for p in probes][:3] == [2, 4, 8]  # bracketing from min, x2
+    assert len({p["value"] for p in probes}) == len(probes) <= 8
+    for p, run in zip(probes, runs, strict=True):
+        ratio = run["status"]["results"]["goodput"]["ratio"]
+        assert p["goodput"] == ratio and p["passed"] == (ratio >= 0.9)
+    # the rows are in load order; the tables name the knee
+    rows = status["metrics"]["runs"]
+    assert [r["params"]["load.concurrency"] for r in rows] == sorted(p["value"] for p in probes)
+    assert f"SLO search: knee load.concurrency={search['knee']} (KneeFound)" in res.stdout

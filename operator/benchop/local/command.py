@@ -42,11 +42,21 @@ from benchop.core.children import build_child_run, child_phase, plan_sweep, shou
 from benchop.core.lifecycle import experiment_progressed
 from benchop.core.rollup import DEFAULT_CAP, rollup
 from benchop.local.manifests import Manifest, ManifestError, load_manifests
-from benchop.local.session import LocalOptions, LocalOutcome, run_benchmark
+from benchop.local.search import parent_body, resource, run_search, search_status
+from benchop.local.session import LocalOptions, LocalOutcome, run_benchmark, shared_mock
 from benchop.mockserver import MockConfig
-from benchop.report import BENCHMARKRUN_COLUMNS, experiment_table, printer_table, results_table
+from benchop.report import (
+    BENCHMARKRUN_COLUMNS,
+    experiment_table,
+    printer_table,
+    results_table,
+    search_table,
+)
 
 FORMATS = ("table", "yaml", "json")
+LOCAL_MOCK_CAPACITY = 8
+"""The built-in mock server's capacity in local runs (``--mock-capacity``): a sweep saturates
+and an SLO search finds a knee, as against a real server (``benchop mock-server``: unlimited)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-live", action="store_true", help="no live progress display")
     a("--mock-ttft", type=float, default=0.02, help="mock server time to first token, s")
     a("--mock-itl", type=float, default=0.005, help="mock server inter-token latency, s")
+    a("--mock-capacity", type=int, default=LOCAL_MOCK_CAPACITY,
+      help="streams the mock server serves at full speed; beyond, every stream slows in "
+      "proportion, like a server with a full batch (0: unlimited; default %(default)s)",
+    )  # fmt: skip
 
 
 def check_output_file(path: Path | None) -> str | None:
@@ -82,33 +96,30 @@ def check_output_file(path: Path | None) -> str | None:
     return None
 
 
-def _resource(run: BenchmarkRun, outcome: LocalOutcome) -> dict[str, Any]:
-    doc = to_wire(run)
-    doc["status"] = outcome.status
-    return doc
-
-
 async def _run_experiment(
     exp: Experiment, opts: LocalOptions
 ) -> list[tuple[BenchmarkRun, LocalOutcome]]:
-    """The sweep in order, one run at a time, children built as the operator builds them."""
-    body = to_wire(exp)
-    body["metadata"].setdefault("namespace", "default")
-    body["metadata"].setdefault("uid", "local")
-    name = body["metadata"].setdefault("name", "experiment")
+    """The sweep in order, one run at a time, children built as the operator builds them,
+    against one mock server (unless the template has a URL)."""
+    body = parent_body(exp)
+    name = body["metadata"]["name"]
     done: list[tuple[BenchmarkRun, LocalOutcome]] = []
     failures = 0
     points = exp.spec.points()
-    for i, (params, spec) in enumerate(points):
-        label = ", ".join(f"{k}={v}" for k, v in params.items())
-        opts.console.rule(f"{name}: run {i + 1}/{len(points)} ({label})")
-        run = BenchmarkRun.model_validate(build_child_run(body, index=i, params=params, spec=spec))
-        outcome = await run_benchmark(run, replace(opts, results_dir=opts.results_dir / f"run-{i}"))
-        done.append((run, outcome))
-        failures += not outcome.succeeded
-        if should_stop(exp.spec, failures):
-            opts.console.print(f"[red]{name}: sweep stopped after {failures} failure(s)[/red]")
-            break
+    async with shared_mock(opts, needed=any(s.target.url is None for _, s in points)) as opts:
+        for i, (params, spec) in enumerate(points):
+            label = ", ".join(f"{k}={v}" for k, v in params.items())
+            opts.console.rule(f"{name}: run {i + 1}/{len(points)} ({label})")
+            child = build_child_run(body, index=i, params=params, spec=spec)
+            run = BenchmarkRun.model_validate(child)
+            outcome = await run_benchmark(
+                run, replace(opts, results_dir=opts.results_dir / f"run-{i}")
+            )
+            done.append((run, outcome))
+            failures += not outcome.succeeded
+            if should_stop(exp.spec, failures):
+                opts.console.print(f"[red]{name}: sweep stopped after {failures} failure(s)[/red]")
+                break
     return done
 
 
@@ -138,6 +149,8 @@ def _report(out: Console, manifest: Manifest, docs: list[dict[str, Any]]) -> Non
         exp_doc, *runs = docs
         metrics = ExperimentMetrics.model_validate(exp_doc["status"]["metrics"])
         out.print(experiment_table(metrics, title=f"{exp_doc['metadata'].get('name')}: comparison"))
+        if metrics.search is not None:
+            out.print(search_table(metrics.search))
     out.print(printer_table(runs, BENCHMARKRUN_COLUMNS, title="kubectl get benchmarkruns -o wide"))
     for doc in docs:
         cond = _condition(doc, "Succeeded")
@@ -156,11 +169,14 @@ def _condition(doc: dict[str, Any], type_: str) -> dict[str, Any] | None:
 async def _run_one(manifest: Manifest, opts: LocalOptions) -> list[dict[str, Any]]:
     """Run one resource; its doc(s) with final status: ``[run]`` or ``[experiment, *runs]``."""
     if isinstance(manifest, BenchmarkRun):
-        return [_resource(manifest, await run_benchmark(manifest, opts))]
-    pairs = await _run_experiment(manifest, opts)
-    resources = [_resource(run, outcome) for run, outcome in pairs]
+        return [resource(manifest, await run_benchmark(manifest, opts))]
     exp_doc = to_wire(manifest)
-    exp_doc["status"] = _experiment_status(manifest, resources)
+    if manifest.spec.search is not None:
+        resources = [resource(r, o) for r, o in await run_search(manifest, opts)]
+        exp_doc["status"] = search_status(manifest, resources)
+    else:
+        resources = [resource(r, o) for r, o in await _run_experiment(manifest, opts)]
+        exp_doc["status"] = _experiment_status(manifest, resources)
     return [exp_doc, *resources]
 
 
@@ -184,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
     problem = check_output_file(args.output_file)
     if problem is None and args.gpus < 1:
         problem = "--gpus must be >= 1"
+    if problem is None and args.mock_capacity < 0:
+        problem = "--mock-capacity must be >= 0 (0: unlimited)"
     if problem is not None:
         print(f"benchop run: {problem}", file=sys.stderr)
         return 2
@@ -199,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         gpus=args.gpus,
         agent=not args.no_agent,
         live=not args.no_live and err.is_terminal,
-        mock=MockConfig(ttft=args.mock_ttft, itl=args.mock_itl),
+        mock=MockConfig(ttft=args.mock_ttft, itl=args.mock_itl, capacity=args.mock_capacity),
         console=err,
     )
     all_docs: list[dict[str, Any]] = []
