@@ -25,8 +25,9 @@ type                      True                         False                    
 ``ResultsAvailable``      final results are in         no results could be       run still going
                           ``status.results``; reason   collected
                           names the source
-``Succeeded``             run (every run of an         failed: reason and        still running
-                          Experiment) succeeded        message say why
+``Succeeded``             run (every run of a sweep;   failed: reason and        still running
+                          a search with an answer)     message say why
+                          succeeded
 ``Failed``                ended in failure (phase      ended in success          still running
                           ``Failed``): the reason and
                           message of ``Succeeded=False``
