@@ -43,6 +43,8 @@ from benchop.operator.snapshots import SnapshotCollector
 
 LOADGEN_LABELS: dict[str, Any] = {RUN_LABEL: kopf.PRESENT, COMPONENT_LABEL: LOADGEN}
 CHILD_LABELS: dict[str, Any] = {EXPERIMENT_LABEL: kopf.PRESENT}
+LIST_CHUNK = 500
+"""Objects per page of the LIST that starts each watch (client-go's pager default)."""
 
 
 def _services(memo: Any) -> runs.Services:
@@ -64,6 +66,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = ours.watch_server_timeout
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.connect_timeout = ours.connect_timeout
+    # Only load-generator pods and Jobs reach the operator, filtered by the apiserver: a
+    # handler's `labels=` filters client-side, after every pod of the cluster was sent.
+    loadgen = f"{COMPONENT_LABEL}={LOADGEN},{RUN_LABEL}"
+    settings.watching.label_selectors["", "v1", "pods"] = loadgen
+    settings.watching.label_selectors["batch", "v1", "jobs"] = loadgen
+    settings.watching.chunk_size = LIST_CHUNK  # the first LIST of each watch, paginated
     settings.networking.request_timeout = ours.request_timeout
     settings.networking.connect_timeout = ours.connect_timeout
     settings.peering.standalone = ours.peering is None
@@ -172,13 +180,11 @@ async def benchmarkrun_create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
             {"metadata": dict(body.metadata), "spec": dict(body.spec)}
         )
         runs.check_operator_rules(run)
-    except ValidationError as e:
-        message = format_validation_error(e)
+    except (ValidationError, runs.InvalidRun) as e:
+        message = format_validation_error(e) if isinstance(e, ValidationError) else str(e)
         await runs.reject_run(services, body, message)
+        kopf.warn(body, reason="InvalidSpec", message=message)  # `kubectl describe` shows it
         raise kopf.PermanentError(f"invalid spec: {message}") from None
-    except runs.InvalidRun as e:
-        await runs.reject_run(services, body, str(e))
-        raise kopf.PermanentError(f"invalid spec: {e}") from None
     await runs.reconcile_run(services, body, run)
 
 
@@ -228,6 +234,7 @@ async def experiment_reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
             memo.experiments, body.metadata["namespace"], body.metadata["name"]
         )
     except experiments.InvalidExperiment as e:
+        kopf.warn(body, reason="InvalidSpec", message=str(e))
         raise kopf.PermanentError(f"invalid spec: {e}") from None
 
 
