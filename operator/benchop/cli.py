@@ -17,7 +17,7 @@ from benchop import __version__
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("benchop.local.command", "run a BenchmarkRun or Experiment locally, no cluster"),
+    "run": ("benchop.local.command", "run BenchmarkRuns and Experiments locally, no cluster"),
     "operator": ("benchop.operator.command", "run the Kubernetes operator (kopf)"),
     "agent": ("benchagent.command", "run the per-node GPU agent (sampler, exporter, baselines)"),
     "loadgen": ("benchop.loadgen.command", "run one load-generator worker (what a Job runs)"),

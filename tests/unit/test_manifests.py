@@ -86,3 +86,13 @@ def test_refused_files(tmp_path: Path, text: str, expected: str) -> None:
 def test_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"cannot read .*nope\.yaml: No such file"):
         load_manifests(tmp_path / "nope.yaml")
+
+
+def test_an_unclosed_bracket_names_where_it_was_opened(tmp_path: Path) -> None:
+    path = write(tmp_path, "kind: BenchmarkRun\nspec:\n  load: {concurrency: 1\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifests(path)
+    assert str(info.value) == (
+        f"{path}:4:1: YAML syntax error: expected ',' or '}}', but got '<stream end>' "
+        "(while parsing a flow mapping that started at 3:9)"
+    )

@@ -28,10 +28,13 @@ class ManifestError(ValueError):
 
 
 def _yaml_error(path: Path, exc: yaml.YAMLError) -> ManifestError:
+    """``file:line:column: YAML syntax error: problem (context at line:column)``."""
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-    context = getattr(exc, "context", None)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark:
+        context += f" that started at {context_mark.line + 1}:{context_mark.column + 1}"
     detail = f"{problem} ({context})" if context else problem
     return ManifestError(f"{where}: YAML syntax error: {detail}")
 
