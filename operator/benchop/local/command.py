@@ -4,6 +4,7 @@
     benchop run examples/run.yaml --output-file status.yaml
     benchop run examples/run.yaml -o yaml          # the resource with its status on stdout
     benchop run examples/experiment.yaml           # the sweep, one run after another
+    benchop run examples/slo-search.yaml           # an SLO search, probe after probe
     benchop run several.yaml                       # `---` separated resources, in file order
 
 Prints the ``kubectl get benchmarkruns -o wide`` row(s) and the detailed results of each
