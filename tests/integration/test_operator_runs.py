@@ -360,6 +360,10 @@ async def test_job_failure_and_stuck_pod_fail_the_run_with_reasons(
     failed = await wait_condition(kube, "r5", c.SUCCEEDED, "False")
     assert failed["reason"] == "BackoffLimitExceeded" and "r5-loadgen" in failed["message"]
     assert status_of(kube, "r5")["phase"] == "Failed"
+    # what `kubectl wait --for=condition=Failed` waits for, in the same patch
+    mirror = condition(kube, "r5", c.FAILED)
+    assert mirror is not None and mirror["status"] == "True"
+    assert (mirror["reason"], mirror["message"]) == (failed["reason"], failed["message"])
 
     await kube.client.create(BENCHMARKRUNS, run_manifest("r6", mock.url))
     job = await kubelet.read_job("r6")
@@ -468,6 +472,9 @@ async def test_invalid_spec_fails_once_without_retries(
         assert acc["reason"] == "InvalidSpec" and field in acc["message"]
         suc = condition(kube, name, c.SUCCEEDED)
         assert suc is not None and suc["status"] == "False" and suc["reason"] == "InvalidSpec"
+        mirror = condition(kube, name, c.FAILED)
+        assert mirror is not None and mirror["status"] == "True"
+        assert mirror["reason"] == "InvalidSpec"
         assert status_of(kube, name)["phase"] == "Failed"
         assert kube.emulator.read(JOBS, f"{name}-loadgen") is None
         events = await wait_for(
