@@ -403,8 +403,9 @@ WHITELIST: frozenset[tuple[str, str, str]] = frozenset(
         ("benchop.io", "experiments/finalizers", "update"),
         # Load-generator Jobs: create, watch for failure, suspend a failed run's.
         *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "patch")),
-        # The ConfigMap with a run's spec.
+        # The ConfigMap with a run's spec (a 409 on create reads the existing one).
         ("", "configmaps", "create"),
+        ("", "configmaps", "get"),
         # Pods, read-only: workers, the target's nodes, agent pods.
         ("", "pods", "list"),
         ("", "pods", "watch"),
