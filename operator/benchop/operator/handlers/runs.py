@@ -419,7 +419,13 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     if final is not None:
         try:
             gpu, prom_error = await _gpu_results(services, ctx, final)
-            results = build_final_results(final, slo=ctx.spec.slo, gpu=gpu)
+            results = build_final_results(
+                final,
+                slo=ctx.spec.slo,
+                gpu=gpu,
+                report=ctx.spec.report,
+                tokenizer=ctx.spec.workload.tokenizer,
+            )
             results_reason = REASONS[final.source]
         except kopf.TemporaryError:
             raise
@@ -489,7 +495,13 @@ async def _finish(services: Services, ctx: RunContext) -> None:
         await _fail(services, ctx, "NoResults", "the Job completed but no worker reported")
         return
     gpu, prom_error = await _gpu_results(services, ctx, final)
-    results = build_final_results(final, slo=ctx.spec.slo, gpu=gpu)
+    results = build_final_results(
+        final,
+        slo=ctx.spec.slo,
+        gpu=gpu,
+        report=ctx.spec.report,
+        tokenizer=ctx.spec.workload.tokenizer,
+    )
     ok, reason, message = verdict(results)
     now = now_rfc3339()
     gen = ctx.generation
