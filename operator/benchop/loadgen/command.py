@@ -34,6 +34,7 @@ from benchop.api.models import (
     format_validation_error,
     load_manifest,
 )
+from benchop.core.workloadfiles import MOUNT_ROOT
 from benchop.loadgen.worker import CheckpointMismatch, Worker, WorkerConfig
 
 __all__ = ["add_arguments", "load_spec", "run"]
@@ -88,6 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path("/dev/termination-log"),
         help="file for the compact final summary (default /dev/termination-log)",
+    )
+    parser.add_argument(
+        "--workload-root",
+        default=MOUNT_ROOT,
+        help="where the dataset/tokenizer volumes are mounted (default %(default)s)",
     )
     parser.add_argument("--target-url", default=None, help="override spec.target.url")
     parser.add_argument(
@@ -149,6 +155,7 @@ def _config(args: argparse.Namespace) -> WorkerConfig:
         termination_log=args.termination_log,
         snapshot_interval_s=parse_duration(args.snapshot_interval),
         drain_timeout_s=parse_duration(args.drain_timeout),
+        workload_root=args.workload_root,
     )
 
 

@@ -3,6 +3,7 @@
     benchop run examples/run.yaml                  # mock server, simulated GPUs
     benchop run examples/run.yaml --output status.yaml
     benchop run examples/experiment.yaml           # the sweep, one run after another
+    benchop run examples/dataset-run.yaml          # prompts from examples/data/chat.jsonl
 
 Prints the ``kubectl get benchmarkruns -o wide`` row(s) and the detailed
 results; ``--output`` writes the resource with the status the operator would
@@ -38,6 +39,7 @@ from benchop.api.models import (
 from benchop.core.children import build_child_run, child_phase, plan_sweep, should_stop
 from benchop.core.lifecycle import experiment_progressed
 from benchop.core.rollup import DEFAULT_CAP, rollup
+from benchop.local.files import local_files
 from benchop.local.session import LocalOptions, LocalOutcome, run_benchmark
 from benchop.mockserver import MockConfig
 from benchop.report import BENCHMARKRUN_COLUMNS, experiment_table, printer_table, results_table
@@ -58,7 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_file(path: Path) -> BenchmarkRun | Experiment:
-    """The manifest in ``path``; ValueError with a message naming the field otherwise."""
+    """The manifest in ``path``; ValueError with a message naming the field otherwise.
+
+    Workload files (``spec.workload.dataset.file``, ``...tokenizer.file``) are made absolute
+    against the manifest's directory (:func:`benchop.local.files.local_files`).
+    """
     try:
         data: Any = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -66,9 +72,13 @@ def load_file(path: Path) -> BenchmarkRun | Experiment:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a BenchmarkRun or Experiment manifest (a mapping)")
     try:
-        return load_manifest(data)
+        manifest = load_manifest(data)
     except ValidationError as exc:
         raise ValueError(f"{path}: invalid manifest:\n{format_validation_error(exc)}") from None
+    try:
+        return local_files(manifest, path.parent)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _resource(run: BenchmarkRun, outcome: LocalOutcome) -> dict[str, Any]:

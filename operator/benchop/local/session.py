@@ -20,7 +20,7 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +97,12 @@ class _Status:
 
 
 @contextlib.asynccontextmanager
-async def _target(url: str | None, opts: LocalOptions) -> AsyncIterator[str]:
+async def _target(url: str | None, opts: LocalOptions, tokenizer: str | None) -> AsyncIterator[str]:
     if url is not None:
         yield url
         return
-    proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, opts.mock)
+    mock = opts.mock if tokenizer is None else replace(opts.mock, tokenizer=tokenizer)
+    proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, mock)
     try:
         yield mock_url
     finally:
@@ -156,7 +157,11 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
     spec_file = opts.results_dir / "spec.json"
     spec_file.write_text(json.dumps(to_wire(run)))
 
-    async with _target(spec.target.url, opts) as url, _agent(opts) as agent:
+    tok = spec.workload.tokenizer  # the mock counts prompts as the workers do
+    async with (
+        _target(spec.target.url, opts, tok.file if tok else None) as url,
+        _agent(opts) as agent,
+    ):
         st.events.append(f"target {url}" + ("" if spec.target.url else " (built-in mock server)"))
         agents: list[AgentEndpoint] = []
         if agent is None:
@@ -218,7 +223,9 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
     if final is not None:
         gates = st.status.get("gates") or {}
         gpu = gpu_from_status(gates, output_tokens=output_tokens(final))
-        results_doc = build_final_results(final, slo=spec.slo, gpu=gpu)
+        results_doc = build_final_results(
+            final, slo=spec.slo, gpu=gpu, report=spec.report, tokenizer=spec.workload.tokenizer
+        )
         results_reason = REASONS[final.source]
     now = c.now_rfc3339()
     failed = {w: code for w, code in enumerate(codes) if code != 0}
