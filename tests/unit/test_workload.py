@@ -438,3 +438,46 @@ def test_dataset_counts_with_the_tokenizer(tmp_path: Path, tok: HfTokenizer) -> 
     assert w.next(1, 4).max_tokens == 5
     second = w.next(1, 5)
     assert second.row == 1 and second.max_tokens == 128
+
+
+# --------------------------------------------------------------------------- local mode files
+
+
+def _manifest(workload: dict[str, Any], kind: str = "BenchmarkRun") -> Any:
+    from benchop.api.models import load_manifest
+
+    spec = {
+        "target": {"model": "m"},
+        "workload": workload,
+        "load": {"concurrency": 1},
+        "phases": {"profiling": {"requests": 1}},
+    }
+    if kind == "Experiment":
+        body = {"template": spec, "sweep": [{"path": "load.concurrency", "values": [1, 2]}]}
+        return load_manifest({"kind": kind, "metadata": {"name": "e"}, "spec": body})
+    return load_manifest({"kind": kind, "metadata": {"name": "r"}, "spec": spec})
+
+
+def test_local_files_are_relative_to_the_yaml_and_cluster_sources_refused(tmp_path: Path) -> None:
+    from benchop.local.files import local_files
+
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "d.jsonl", JSONL_ROWS)
+    run = local_files(
+        _manifest({"dataset": {"file": "data/d.jsonl"}, "tokenizer": {"file": str(TOKENIZER)}}),
+        tmp_path,
+    )
+    assert run.spec.workload.dataset.file == str(tmp_path / "data" / "d.jsonl")
+    assert run.spec.workload.tokenizer.file == str(TOKENIZER)  # absolute stays
+    exp = local_files(_manifest({"dataset": {"file": "data/d.jsonl"}}, "Experiment"), tmp_path)
+    assert all(
+        s.workload.dataset.file == str(tmp_path / "data" / "d.jsonl") for _, s in exp.spec.points()
+    )
+    with pytest.raises(ValueError, match=r"spec\.workload\.dataset\.file: .*missing\.jsonl does"):
+        local_files(_manifest({"dataset": {"file": "missing.jsonl"}}), tmp_path)
+    cm = {"configMap": {"name": "t", "key": "tokenizer.json"}}
+    with pytest.raises(ValueError, match=r"spec\.workload\.tokenizer\.configMap: a configMap is"):
+        local_files(_manifest({"tokenizer": cm}), tmp_path)
+    pvc = {"dataset": {"pvc": {"claimName": "c", "path": "d.jsonl"}}}
+    with pytest.raises(ValueError, match=r"spec\.template\.workload\.dataset\.pvc"):
+        local_files(_manifest(pvc, "Experiment"), tmp_path)
