@@ -481,3 +481,35 @@ def test_local_files_are_relative_to_the_yaml_and_cluster_sources_refused(tmp_pa
     pvc = {"dataset": {"pvc": {"claimName": "c", "path": "d.jsonl"}}}
     with pytest.raises(ValueError, match=r"spec\.template\.workload\.dataset\.pvc"):
         local_files(_manifest(pvc, "Experiment"), tmp_path)
+
+
+# --------------------------------------------------------------------------- cluster rules
+
+
+def test_the_operator_refuses_a_relative_file_and_accepts_mounted_sources() -> None:
+    from benchop.operator.handlers.experiments import validate_spec
+    from benchop.operator.handlers.runs import InvalidRun, check_operator_rules
+
+    def run_with(workload: dict[str, Any]) -> Any:
+        run = _manifest(workload)
+        run.spec.target.url = "http://vllm:8000/v1"
+        return run
+
+    with pytest.raises(InvalidRun, match=r"spec\.workload\.dataset\.file: in a cluster"):
+        check_operator_rules(run_with({"dataset": {"file": "data/chat.jsonl"}}))
+    for ok in (
+        {"dataset": {"file": "/data/chat.jsonl"}},
+        {"dataset": {"configMap": {"name": "c", "key": "chat.jsonl"}}},
+        {"tokenizer": {"pvc": {"claimName": "m", "path": "tok/tokenizer.json"}}},
+    ):
+        check_operator_rules(run_with(ok))
+    template = {
+        "target": {"model": "m", "url": "http://vllm:8000/v1"},
+        "workload": {"tokenizer": {"file": "tokenizer.json"}},
+        "load": {"concurrency": 1},
+        "phases": {"profiling": {"requests": 1}},
+    }
+    msg = validate_spec(
+        {"template": template, "sweep": [{"path": "load.concurrency", "values": [1]}]}
+    )
+    assert isinstance(msg, str) and msg.startswith("spec.template.workload.tokenizer.file: in a")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from benchop.api.workload import DatasetSpec, TokenizerSpec, WorkloadSpec
 
-__all__ = ["MOUNT_ROOT", "ROLES", "Role", "file_path", "sources", "volumes"]
+__all__ = ["MOUNT_ROOT", "ROLES", "Role", "cluster_problem", "file_path", "sources", "volumes"]
 
 MOUNT_ROOT = "/workload"
 Role = Literal["dataset", "tokenizer"]
@@ -45,6 +45,22 @@ def file_path(source: DatasetSpec | TokenizerSpec, role: Role, root: str = MOUNT
         return f"{root}/{role}/{source.config_map.key}"
     assert source.pvc is not None
     return f"{root}/{role}/{source.pvc.path}"
+
+
+def cluster_problem(workload: WorkloadSpec, where: str = "spec.workload") -> str | None:
+    """Why the workload cannot run in a cluster, or None: a ``file`` there is a path in the
+    worker image, so a relative one (a local-mode path) would not be found.
+
+    >>> cluster_problem(WorkloadSpec(dataset={"file": "data/chat.jsonl"}))[:33]
+    'spec.workload.dataset.file: in a '
+    """
+    for role, source in sources(workload):
+        if source.file is not None and not source.file.startswith("/"):
+            return (
+                f"{where}.{role}.file: in a cluster, a path in the worker image must be "
+                f"absolute (got {source.file!r}); use configMap or pvc for your own file"
+            )
+    return None
 
 
 def volumes(workload: WorkloadSpec) -> list[tuple[dict[str, Any], dict[str, Any]]]:

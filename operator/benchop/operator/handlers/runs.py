@@ -59,6 +59,7 @@ from benchop.core.results import (
     verdict,
 )
 from benchop.core.selectors import run_selector
+from benchop.core.workloadfiles import cluster_problem
 from benchop.operator import builders
 from benchop.operator.gatebridge import GateBridge
 from benchop.operator.gpustats import RunGpuStats, with_prometheus
@@ -110,6 +111,9 @@ def check_operator_rules(run: BenchmarkRun) -> None:
         raise InvalidRun(
             "spec.target.url: required in a cluster (only local mode has a built-in mock server)"
         )
+    problem = cluster_problem(run.spec.workload)
+    if problem is not None:
+        raise InvalidRun(problem)
 
 
 @dataclass
