@@ -8,6 +8,7 @@ by the tokenizer is what the records say.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -287,3 +288,49 @@ def test_dataset_example_runs_from_any_directory(tmp_path: Path) -> None:
     turns = {(r.row, r.turn) for r in records}
     assert any(t and t > 0 for _, t in turns)  # conversations were replayed past turn 0
     assert took < 60, took
+
+
+async def test_a_worker_reads_a_mounted_dataset_and_names_a_bad_row(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    """``benchop loadgen`` as a pod runs it: the ConfigMap's file under the mount root
+    (``--workload-root``); a bad row ends the worker before any request, exit 2, the reason
+    in the termination log (what the operator shows of a crash-looping pod)."""
+    root = tmp_path / "mnt"
+    (root / "dataset").mkdir(parents=True)
+    data = root / "dataset" / "chat.jsonl"
+    data.write_text('{"prompt": "fine row"}\n')
+    doc = {
+        "apiVersion": "benchop.io/v1alpha1",
+        "kind": "BenchmarkRun",
+        "metadata": {"name": "cm"},
+        "spec": {
+            "target": {"model": "m", "url": recorder.url},
+            "workload": {"dataset": {"configMap": {"name": "chats", "key": "chat.jsonl"}}},
+            "load": {"concurrency": 1},
+            "phases": {"profiling": {"requests": 3}},
+        },
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(doc))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "agent")]),
+    }
+
+    def loadgen(results: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "benchop", "loadgen", "--spec", str(tmp_path / "run.yaml"),
+             "--workload-root", str(root), "--results-dir", str(tmp_path / results),
+             "--termination-log", str(tmp_path / f"{results}.term")],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+
+    ok = await asyncio.to_thread(loadgen, "ok")
+    assert ok.returncode == 0, ok.stderr
+    assert [user_texts(b) for b in recorder.bodies] == [["fine row"]] * 3
+    data.write_text('{"prompt": "fine row"}\n{"prompt": 3}\n')
+    bad = await asyncio.to_thread(loadgen, "bad")
+    assert bad.returncode == 2
+    reason = (tmp_path / "bad.term").read_text()
+    assert reason.startswith(f"benchop loadgen: {data}:2: ") and reason in bad.stderr
+    assert len(recorder.bodies) == 3  # nothing sent

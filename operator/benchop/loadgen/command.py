@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -212,11 +213,19 @@ def run(args: argparse.Namespace) -> int:
         if config.results_dir is not None:
             config.results_dir.mkdir(parents=True, exist_ok=True)
     except (ValueError, OSError) as exc:
-        print(f"benchop loadgen: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(exc, args.termination_log)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_main(config))
-    except (CheckpointMismatch, ValueError) as exc:
-        print(f"benchop loadgen: {exc}", file=sys.stderr)
-        return 2
+    except (CheckpointMismatch, ValueError) as exc:  # e.g. a dataset that cannot be used
+        return _refuse(exc, config.termination_log)
+
+
+def _refuse(exc: BaseException, termination_log: Path | None) -> int:
+    """Exit 2 with the reason on stderr and in the termination log (the operator shows a
+    crash-looping pod's last termination message)."""
+    print(f"benchop loadgen: {exc}", file=sys.stderr)
+    if termination_log is not None:
+        with contextlib.suppress(OSError):
+            termination_log.write_text(f"benchop loadgen: {exc}"[:4000])
+    return 2
