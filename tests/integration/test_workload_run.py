@@ -273,7 +273,7 @@ def test_dataset_example_runs_from_any_directory(tmp_path: Path) -> None:
     t0 = time.monotonic()
     res = subprocess.run(
         [sys.executable, "-m", "benchop", "run", str(ROOT / "examples" / "dataset-run.yaml"),
-         "--no-live", "--output", str(out), "--results-dir", str(tmp_path / "r")],
+         "--no-live", "--output-file", str(out), "--results-dir", str(tmp_path / "r")],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
     )  # fmt: skip
     took = time.monotonic() - t0

@@ -63,6 +63,8 @@ class LocalOptions:
     live: bool = True
     mock: MockConfig = field(default_factory=MockConfig)
     console: Console = field(default_factory=lambda: Console(stderr=True))
+    mock_url: str | None = None
+    """A mock server already running (:func:`shared_mock`): runs without a URL use it."""
 
 
 @dataclass
@@ -97,9 +99,25 @@ class _Status:
 
 
 @contextlib.asynccontextmanager
-async def _target(url: str | None, opts: LocalOptions, tokenizer: str | None) -> AsyncIterator[str]:
-    if url is not None:
-        yield url
+async def shared_mock(
+    opts: LocalOptions, needed: bool = True, tokenizer: str | None = None
+) -> AsyncIterator[LocalOptions]:
+    """``opts`` with one mock server for several runs (an Experiment's runs share it, as they
+    would share one real server); ``needed`` False (every run has a URL): ``opts`` as is.
+    ``tokenizer``: the runs' tokenizer.json, which the mock then counts prompts with."""
+    if not needed or opts.mock_url is not None:
+        yield opts
+        return
+    async with _target(None, opts, tokenizer) as url:
+        yield replace(opts, mock_url=url)
+
+
+@contextlib.asynccontextmanager
+async def _target(
+    url: str | None, opts: LocalOptions, tokenizer: str | None = None
+) -> AsyncIterator[str]:
+    if url is not None or opts.mock_url is not None:
+        yield url or opts.mock_url or ""
         return
     mock = opts.mock if tokenizer is None else replace(opts.mock, tokenizer=tokenizer)
     proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, mock)
