@@ -61,6 +61,7 @@ from benchop.core.results import (
     verdict,
 )
 from benchop.core.selectors import run_selector
+from benchop.core.workloadfiles import cluster_problem
 from benchop.operator import builders
 from benchop.operator.gatebridge import GateBridge
 from benchop.operator.gpustats import RunGpuStats, with_prometheus
@@ -112,6 +113,9 @@ def check_operator_rules(run: BenchmarkRun) -> None:
         raise InvalidRun(
             "spec.target.url: required in a cluster (only local mode has a built-in mock server)"
         )
+    problem = cluster_problem(run.spec.workload)
+    if problem is not None:
+        raise InvalidRun(problem)
 
 
 @dataclass
@@ -446,7 +450,13 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     if final is not None:
         try:
             gpu, prom_error = await _gpu_results(services, ctx, final)
-            results = build_final_results(final, slo=ctx.spec.slo, gpu=gpu)
+            results = build_final_results(
+                final,
+                slo=ctx.spec.slo,
+                gpu=gpu,
+                report=ctx.spec.report,
+                tokenizer=ctx.spec.workload.tokenizer,
+            )
             results_reason = REASONS[final.source]
         except kopf.TemporaryError:
             raise
@@ -529,7 +539,13 @@ async def _finish(services: Services, ctx: RunContext) -> None:
         await _fail(services, ctx, "NoResults", "the Job completed but no worker reported")
         return
     gpu, prom_error = await _gpu_results(services, ctx, final)
-    results = build_final_results(final, slo=ctx.spec.slo, gpu=gpu)
+    results = build_final_results(
+        final,
+        slo=ctx.spec.slo,
+        gpu=gpu,
+        report=ctx.spec.report,
+        tokenizer=ctx.spec.workload.tokenizer,
+    )
     ok, reason, message = verdict(results)
     now = now_rfc3339()
     gen = ctx.generation
