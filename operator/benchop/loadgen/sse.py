@@ -9,7 +9,8 @@ token when it carries content (chat ``delta.content``; reasoning as
 (DeepSeek, SGLang, llama.cpp, older vLLM); completions ``text``); the time of
 the read that delivered it is its arrival time, so tokens of one read have gaps of 0.
 ``usage`` is taken from whichever chunk has it (the last one, with
-``stream_options.include_usage``).
+``stream_options.include_usage``). A token count or stamp outside 0..2**62 makes its
+chunk undecodable (the stream is malformed), never a number that overflows later.
 The receive lag (mock server only: it stamps ``benchop_sent_ns``) is one value
 per read: the read's time minus the stamp of its first, oldest chunk.
 
@@ -24,9 +25,17 @@ True
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 __all__ = ["StreamParser"]
+
+# Numbers a chunk may carry: a count or a wall-clock stamp outside these is not a valid
+# chunk (a bad decode, so the stream is malformed) rather than a value that would overflow
+# the int64 series and arrays the request's facts go into.
+_Count = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+_Stamp = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 
 
 class _Delta(msgspec.Struct, gc=False):
@@ -41,8 +50,8 @@ class _Choice(msgspec.Struct, gc=False):
 
 
 class _Usage(msgspec.Struct, gc=False):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    prompt_tokens: _Count | None = None
+    completion_tokens: _Count | None = None
 
 
 class _Error(msgspec.Struct, gc=False):
@@ -54,7 +63,7 @@ class _Chunk(msgspec.Struct, gc=False):
     choices: list[_Choice] = []
     usage: _Usage | None = None
     error: _Error | str | None = None
-    benchop_sent_ns: int | None = None
+    benchop_sent_ns: _Stamp | None = None
 
 
 _decode = msgspec.json.Decoder(_Chunk).decode
@@ -217,8 +226,8 @@ class StreamParser:
             code = err.code
             if isinstance(code, int):
                 self.error_code = code
-            elif isinstance(code, str) and code.isdigit():
-                self.error_code = int(code)
+            elif isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 18:
+                self.error_code = int(code)  # ASCII: "²" is a digit to isdigit, not to int
         return True
 
     @property
