@@ -301,7 +301,30 @@ def _sweep_value_invalid(doc: dict[str, Any], message: str) -> bool:
     return doc.get("kind") == "Experiment" and "makes the template invalid" in message
 
 
+def _integral_float(doc: dict[str, Any], message: str) -> bool:
+    return "Input should be a valid integer (got " in message and any(
+        type(v) is float and v.is_integer() for v in _leaves(doc.get("spec"))
+    )
+
+
+def _leaves(node: Any) -> list[Any]:
+    if isinstance(node, dict):
+        return [x for v in node.values() for x in _leaves(v)]
+    if isinstance(node, list):
+        return [x for v in node for x in _leaves(v)]
+    return [node]
+
+
 DOCUMENTED: dict[str, tuple[Known, str]] = {
+    "integral-float": (
+        _integral_float,
+        "An integer written as an integral float (1.0): kube-apiserver's schema check takes it "
+        "as an integer and stores 1, but its CEL evaluation refuses the float64 ('invalid "
+        "data, expected int, got float64'), so the server admits 1.0 outside the objects that "
+        "carry CEL rules (workload, pod, gates) and refuses it inside them (load, phases, "
+        "sweep, matchExpressions). The strict model refuses 1.0 everywhere: a manifest local "
+        "mode accepts is admitted by the server.",
+    ),
     "sweep-value-invalid": (
         _sweep_value_invalid,
         "An Experiment's sweep values are free JSON in the CRD (x-kubernetes-preserve-unknown-"
