@@ -20,7 +20,7 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,8 @@ class LocalOptions:
     live: bool = True
     mock: MockConfig = field(default_factory=MockConfig)
     console: Console = field(default_factory=lambda: Console(stderr=True))
+    mock_url: str | None = None
+    """A mock server already running (:func:`shared_mock`): runs without a URL use it."""
 
 
 @dataclass
@@ -97,9 +99,20 @@ class _Status:
 
 
 @contextlib.asynccontextmanager
+async def shared_mock(opts: LocalOptions, needed: bool = True) -> AsyncIterator[LocalOptions]:
+    """``opts`` with one mock server for several runs (an Experiment's runs share it, as they
+    would share one real server); ``needed`` False (every run has a URL): ``opts`` as is."""
+    if not needed or opts.mock_url is not None:
+        yield opts
+        return
+    async with _target(None, opts) as url:
+        yield replace(opts, mock_url=url)
+
+
+@contextlib.asynccontextmanager
 async def _target(url: str | None, opts: LocalOptions) -> AsyncIterator[str]:
-    if url is not None:
-        yield url
+    if url is not None or opts.mock_url is not None:
+        yield url or opts.mock_url or ""
         return
     proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, opts.mock)
     try:
