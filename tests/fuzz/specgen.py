@@ -203,6 +203,25 @@ def _run_rules(spec: dict[str, Any], draw: st.DrawFn) -> None:
             expr.pop("values", None)
 
 
+def _search_rules(spec: dict[str, Any]) -> None:
+    """Make a drawn SLO search satisfy the Experiment's CEL rules: the template has an slo,
+    the searched field matches the template's load mode, a probe runs at a time, and the
+    range is ordered."""
+    template = spec["template"]
+    template.setdefault("slo", {"ttftMs": 100.0})
+    mode = template["load"].get("mode", "concurrency")
+    search = spec["search"]
+    search.pop("rate" if mode == "concurrency" else "concurrency", None)
+    default = {"min": 1, "max": 8} if mode == "concurrency" else {"min": 1.0, "max": 8.0}
+    bounds = search.setdefault(mode, default)
+    if bounds.get("min", 1) > bounds.get("max", 0):
+        bounds["min"], bounds["max"] = bounds.get("max", 1), bounds.get("min", 1)
+    if mode == "rate":
+        bounds.setdefault("resolution", 0.5)
+    for key in ("maxParallel", "failurePolicy", "maxFailures"):
+        spec.pop(key, None)
+
+
 @st.composite
 def valid_spec(draw: st.DrawFn, kind: str) -> dict[str, Any]:
     """A spec valid by the schema and, most of the time, by the CEL rules too."""
@@ -213,8 +232,12 @@ def valid_spec(draw: st.DrawFn, kind: str) -> dict[str, Any]:
         _run_rules(spec, draw)
         return spec
     _run_rules(spec["template"], draw)
+    if "search" in spec and "sweep" not in spec:
+        _search_rules(spec)
+        return spec
+    spec.pop("search", None)
     axes = {}
-    for axis in spec["sweep"]:
+    for axis in spec.get("sweep") or [{"path": "workload.seed", "values": [0, 1]}]:
         path = draw(
             st.sampled_from(["load.workers", "workload.seed", "target.model", axis["path"]])
         )

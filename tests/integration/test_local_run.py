@@ -202,7 +202,7 @@ def test_the_api_key_is_used_and_appears_in_no_output_status_or_file(
         doc["spec"]["target"]["url"] = server.url
         path.write_text(yaml.safe_dump(doc))
         res = subprocess.run(
-            [*BENCHOP_RUN, str(path), "--output", str(out), "--results-dir", str(results)],
+            [*BENCHOP_RUN, str(path), "--output-file", str(out), "--results-dir", str(results)],
             capture_output=True,
             text=True,
             timeout=120,
