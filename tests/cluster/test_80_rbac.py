@@ -17,8 +17,9 @@ pytestmark = pytest.mark.cluster
 
 OPERATOR_SA = f"system:serviceaccount:{RELEASE_NS}:benchop-operator"
 
-REFUSED = re.compile(r"(?i)forbidden| 403 |HTTP 403")
-"""A refused API call in the operator's log (kopf's and benchop's messages, aiohttp's)."""
+REFUSED = re.compile(r"HTTP 403|APIForbiddenError|403, message=")
+"""A call of the operator the apiserver refused, as its log says it (benchop's API client,
+kopf's errors, aiohttp's): not a quota's "forbidden" the operator reports about a run."""
 
 GRANTED_BUT_NOT_EXERCISED: dict[tuple[str, str, str], str] = {
     ("benchop.io", "benchmarkruns/finalizers", "update"): "checked by the admission plugin "
