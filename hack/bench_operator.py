@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import collections
 import contextlib
 import json
@@ -301,6 +302,13 @@ def operator_identity(tmp: Path) -> tuple[Path, str]:
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     kubectl("apply", "-f", "-", input=rendered)
+    # the cluster-scoped RBAC would block a later `helm install` of the chart: removed at exit
+    atexit.register(
+        subprocess.run,
+        ["kubectl", "delete", "--ignore-not-found", "-f", "-"],
+        env={**env, "KUBECONFIG": str(KUBE_DIR / "admin.kubeconfig")},
+        input=rendered, capture_output=True, text=True, check=False,
+    )  # fmt: skip
     token = kubectl("-n", NS, "create", "token", "benchop-operator", "--duration=6h").strip()
     path = tmp / "operator.kubeconfig"
     path.write_text(

@@ -76,11 +76,21 @@ class RealKube:
 
     @classmethod
     def up(cls, kube_dir: Path = KUBE_DIR, timeout: float = 600) -> RealKube:
-        """Run hack/kube-up.sh (idempotent: a running control plane is reused)."""
+        """Run hack/kube-up.sh. A running control plane is reused; otherwise the state a
+        stopped one left (etcd data, pods) is purged first, so every run starts from nothing."""
+        env = {**os.environ, "BENCHOP_KUBE_DIR": str(kube_dir)}
         started = not cls.is_up(kube_dir)
+        if started:
+            subprocess.run(
+                ["bash", str(ROOT / "hack" / "kube-down.sh"), "--purge"],
+                env=env,
+                capture_output=True,
+                timeout=180,
+                check=True,
+            )
         res = subprocess.run(
             ["bash", str(ROOT / "hack" / "kube-up.sh")],
-            env={**os.environ, "BENCHOP_KUBE_DIR": str(kube_dir)},
+            env=env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -91,8 +101,9 @@ class RealKube:
         return cls(dir=kube_dir, started=started)
 
     def down(self) -> None:
+        """Stop the control plane and delete its state."""
         subprocess.run(
-            ["bash", str(ROOT / "hack" / "kube-down.sh")],
+            ["bash", str(ROOT / "hack" / "kube-down.sh"), "--purge"],
             env={**os.environ, "BENCHOP_KUBE_DIR": str(self.dir)},
             capture_output=True,
             timeout=180,
