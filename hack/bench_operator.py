@@ -47,12 +47,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "tests" / "cluster"))
 
 from kube.harness import BENCHMARKRUNS, start_emulator  # noqa: E402
+from realkube import API_URL, KUBE_DIR, TOOLS_BIN  # noqa: E402
 
-KUBE_DIR = Path(os.environ.get("BENCHOP_KUBE_DIR", "/tmp/benchop-kube"))
 NS = "bench"
-TOOLS_BIN = ROOT / ".tools" / "bin"
 
 
 def free_port() -> int:
@@ -320,7 +320,7 @@ def operator_identity(tmp: Path) -> tuple[Path, str]:
                     {
                         "name": "local",
                         "cluster": {
-                            "server": "https://127.0.0.1:6443",
+                            "server": API_URL,
                             "certificate-authority": str(KUBE_DIR / "pki" / "ca.crt"),
                         },
                     }
@@ -371,7 +371,7 @@ async def bench_real(
     pki = KUBE_DIR / "pki"
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-    base = f"https://127.0.0.1:6443/apis/benchop.io/v1alpha1/namespaces/{NS}/benchmarkruns"
+    base = f"{API_URL}/apis/benchop.io/v1alpha1/namespaces/{NS}/benchmarkruns"
     audit = KUBE_DIR / "audit" / "audit.log"
     offset = audit.stat().st_size
     seen: list[tuple[str, str, int]] = []

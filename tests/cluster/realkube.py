@@ -25,8 +25,13 @@ from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = ROOT / ".tools" / "bin"
-KUBE_DIR = Path(os.environ.get("BENCHOP_KUBE_DIR", "/tmp/benchop-kube"))
-HOST_IP = "10.244.0.1"
+SLOT = int(os.environ.get("BENCHOP_KUBE_SLOT", "0"))
+"""Which control plane of hack/kube-up.sh (BENCHOP_KUBE_SLOT): its dir, ports and addresses."""
+KUBE_DIR = Path(
+    os.environ.get("BENCHOP_KUBE_DIR", "/tmp/benchop-kube" + (f"-{SLOT}" if SLOT else ""))
+)
+API_URL = f"https://127.0.0.1:{6443 + 100 * SLOT}"
+HOST_IP = f"10.{244 + SLOT}.0.1"
 """The host's address on the pods' bridge: what a pod dials to reach a server on the host."""
 PROJECT_IMAGE = "ghcr.io/benchop/benchop:0.1.0"
 RELEASE = "benchop"
