@@ -14,6 +14,7 @@ filtered out and their services not started (the Experiment tests play the run c
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -103,7 +104,7 @@ async def _start_run_services(ours: OperatorSettings, api: KubeApi) -> runs.Serv
     snapshots = await SnapshotCollector.open(
         ours.bind_host,
         ours.snapshot_port,
-        accept=in_progress.__contains__,
+        accept=functools.partial(runs.admit_snapshot, in_progress),
         max_message_bytes=ours.snapshot_max_message_bytes,
     )
     services = runs.Services(

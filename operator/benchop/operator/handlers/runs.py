@@ -154,6 +154,7 @@ class RunContext:
     next_resync: float = 0.0  # monotonic; 0: re-read pods and Job at the first pass
     messages: dict[int, str] = field(default_factory=dict)  # termination messages of pods gone
     refused_since: float | None = None  # monotonic; the Job's pod creation is being refused
+    snapshot_seen: bool = False  # a worker's snapshot arrived (the loop then ticks)
     refused_message: str = ""  # the latest FailedCreate event's message
     done: bool = False
     gpu: RunGpuStats | None = field(init=False)  # Prometheus GPU stats (spec.prometheus.url)
@@ -715,7 +716,29 @@ async def run_loop(
         if ctx.done or ctx.writer.gone:
             release(services, ctx)
             return
-        await _sleep(ctx.wake, tick_s, stopped)
+        await _sleep(ctx.wake, _idle_s(services, ctx, time.monotonic(), tick_s), stopped)
+
+
+def _idle_s(services: Services, ctx: RunContext, now: float, tick_s: float) -> float:
+    """How long the loop sleeps unless an event wakes it (pod and Job events do).
+
+    A tick once workers publish or the Job has completed (later snapshots wake nothing, the
+    live status and COMPLETEs are read each pass); before that, until the next time-based
+    check is due — a stuck pod's grace, refused pods,
+    the watchdog, the resync — but at least a tick. 1,000 runs waiting for their pods then
+    cost a wake-up a minute each, not a second.
+    """
+    if ctx.snapshot_seen or ctx.job_complete_at is not None:
+        return tick_s
+    settings = services.settings
+    due = [ctx.next_resync, now + deadline_s(settings, ctx.spec) - (time.time() - ctx.started_at)]
+    for pod_name, since in ctx.stuck_since.items():
+        view = ctx.pods.get(pod_name)
+        if view is not None and view.stuck_reason is not None:
+            due.append(since + (settings.stuck_after_s if view.stuck_reason in GRACEFUL else 0.0))
+    if ctx.refused_since is not None:
+        due.append(ctx.refused_since + settings.stuck_after_s)
+    return max(tick_s, min(due) - now)
 
 
 async def _sleep(wake: asyncio.Event | None, seconds: float, stopped: Any) -> None:
@@ -725,6 +748,18 @@ async def _sleep(wake: asyncio.Event | None, seconds: float, stopped: Any) -> No
         return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(wake.wait(), seconds)
+
+
+def admit_snapshot(in_progress: Mapping[str, RunContext], key: str) -> bool:
+    """The snapshot collector's ``accept``: keep snapshots of runs in progress only, and wake
+    a run's loop at its first one (it may be asleep until its next time-based check)."""
+    ctx = in_progress.get(key)
+    if ctx is None:
+        return False
+    if not ctx.snapshot_seen:
+        ctx.snapshot_seen = True
+        ctx.wake.set()
+    return True
 
 
 def release(services: Services, ctx: RunContext) -> None:
