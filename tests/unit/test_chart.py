@@ -239,6 +239,11 @@ def test_operator_service_exposes_gate_and_snapshot(default_docs: list[dict[str,
     assert ports == {"gate": 5555, "snapshot": 5556, "health": 8080}
     probe = c["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
+    # liveness only after the startup probe passed: the preload of runs in progress may be long
+    startup = c["startupProbe"]
+    assert startup["httpGet"] == c["livenessProbe"]["httpGet"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 600
+    assert "initialDelaySeconds" not in c["livenessProbe"]
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
 
 
