@@ -39,6 +39,9 @@ NON_DEFAULT: dict[str, Any] = {
         "watchNamespaces": ["team-a", "team-b"],
         "gateTimeout": "10s",
         "loadgenImage": "registry.example/benchop:loadgen",
+        "allowedImages": ["registry.example/benchop:debug"],
+        "allowedTargets": ["10.0.0.0/8", "*.svc.cluster.local"],
+        "allowedPrometheus": ["prometheus.monitoring.svc"],
         "peering": {"enabled": True},
     },
     "agent": {
@@ -195,6 +198,9 @@ def test_operator_args_follow_the_contract(custom_docs: list[dict[str, Any]]) ->
     assert a["--health-port"] == ["8080"]
     assert a["--agent-port"] == ["5557"]
     assert a["--image"] == ["registry.example/benchop:loadgen"]
+    assert a["--allowed-image"] == ["registry.example/benchop:debug"]
+    assert a["--allowed-target"] == ["10.0.0.0/8", "*.svc.cluster.local"]
+    assert a["--allowed-prometheus"] == ["prometheus.monitoring.svc"]
     assert a["--gate-timeout"] == ["10s"]
     assert a["--peering"] == ["benchop"]
     svc = one(custom_docs, "Service", "benchop-operator")
@@ -214,6 +220,8 @@ def test_operator_defaults_watch_all_namespaces(default_docs: list[dict[str, Any
     assert "--namespace" not in a
     assert "--gate-timeout" not in a and "--peering" not in a
     assert a["--image"] == [c["image"]]
+    # no other image, any target and Prometheus host (docs/install.md)
+    assert not {"--allowed-image", "--allowed-target", "--allowed-prometheus"} & a.keys()
 
 
 def test_operator_service_exposes_gate_and_snapshot(default_docs: list[dict[str, Any]]) -> None:

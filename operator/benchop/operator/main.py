@@ -182,7 +182,7 @@ async def benchmarkrun_create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
         run = BenchmarkRun.model_validate(
             {"metadata": dict(body.metadata), "spec": dict(body.spec)}
         )
-        runs.check_operator_rules(run)
+        runs.check_operator_rules(run, services.settings)
     except (ValidationError, runs.InvalidRun) as e:
         message = format_validation_error(e) if isinstance(e, ValidationError) else str(e)
         await runs.reject_run(services, body, message)

@@ -107,15 +107,27 @@ class InvalidRun(ValueError):
     """The spec is valid for the schema but not for the operator; the message names the field."""
 
 
-def check_operator_rules(run: BenchmarkRun) -> None:
-    """Rules of the in-cluster operator beyond the model's (local mode may differ)."""
-    if run.spec.target.url is None:
+DEFAULT_SETTINGS = OperatorSettings()
+
+
+def check_operator_rules(run: BenchmarkRun, settings: OperatorSettings = DEFAULT_SETTINGS) -> None:
+    """Rules of the in-cluster operator beyond the model's (local mode may differ), and the
+    operator's allowlists (:mod:`benchop.operator.policy`)."""
+    spec = run.spec
+    if spec.target.url is None:
         raise InvalidRun(
             "spec.target.url: required in a cluster (only local mode has a built-in mock server)"
         )
-    problem = cluster_problem(run.spec.workload)
+    problem = cluster_problem(spec.workload)
     if problem is not None:
         raise InvalidRun(problem)
+    refused = settings.policy().problems(
+        image=spec.pod.image if spec.pod else None,
+        target_url=spec.target.url,
+        prometheus_url=spec.prometheus.url if spec.prometheus else None,
+    )
+    if refused:
+        raise InvalidRun("; ".join(refused))
 
 
 @dataclass
@@ -222,7 +234,7 @@ async def reject_run(services: Services, body: Mapping[str, Any], message: str) 
 
 async def reconcile_run(services: Services, body: Mapping[str, Any], run: BenchmarkRun) -> None:
     """Accept a valid run, create its children idempotently, register it with the gates."""
-    check_operator_rules(run)
+    check_operator_rules(run, services.settings)
     if lifecycle.is_terminal(body.get("status")):
         return  # finished before (e.g. resumed after a restart): nothing in memory for it
     namespace, name, uid, generation = object_meta(body)
