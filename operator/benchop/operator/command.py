@@ -168,6 +168,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="enable kopf peering (object NAME, default 'benchop'); off by default",
     )
+    p.add_argument(
+        "--curve-secret",
+        default=None,
+        metavar="NAME",
+        help="CurveZMQ on the gate, snapshot and agent ports, keys in this Secret of the "
+        "operator's namespace ($POD_NAMESPACE), made on first start when missing; none = "
+        "plain ZMQ",
+    )
     p.add_argument("--bind-host", default=d.bind_host, help="address the ZMQ ports bind to")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -192,6 +200,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         stuck_after_s=args.stuck_after,
         peering=args.peering,
         bind_host=args.bind_host,
+        curve_secret=args.curve_secret,
+        curve_namespace=os.environ.get("POD_NAMESPACE"),
         snapshot_max_message_bytes=args.snapshot_max_message_bytes,
     )
 

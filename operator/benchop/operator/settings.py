@@ -49,6 +49,10 @@ class OperatorSettings:
     allowed_targets: tuple[str, ...] = ()
     allowed_prometheus: tuple[str, ...] = ()
     operator_service: str = "benchop-operator.benchop.svc"
+    # CurveZMQ on the gate, snapshot and baseline ports: the Secret holding the release's keys
+    # (benchop.operator.curvekeys; made when missing) in curve_namespace. None: plain ZMQ.
+    curve_secret: str | None = None
+    curve_namespace: str | None = None  # None: $POD_NAMESPACE
     gate_timeout_s: float | None = None  # upper bound on every run's spec.gates.timeout
     peering: str | None = None  # kopf peering object name; None = standalone
     bind_host: str = "0.0.0.0"

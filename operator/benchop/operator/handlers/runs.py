@@ -63,6 +63,7 @@ from benchop.core.results import (
 from benchop.core.selectors import run_selector
 from benchop.core.workloadfiles import cluster_problem
 from benchop.operator import builders
+from benchop.operator.curvekeys import KeyFiles
 from benchop.operator.gatebridge import GateBridge
 from benchop.operator.gpustats import RunGpuStats, with_prometheus
 from benchop.operator.k8s import (
@@ -184,6 +185,7 @@ class Services:
     runs: dict[str, RunContext] = field(default_factory=dict)  # by run_key
     writers: dict[str, StatusWriter] = field(default_factory=dict)  # by object_key
     keys: dict[str, str] = field(default_factory=dict)  # object_key -> run_key in ``runs``
+    curve: KeyFiles | None = None  # CurveZMQ (--curve-secret): the workers get its public key
 
     def writer(self, namespace: str, name: str) -> StatusWriter:
         key = object_key(namespace, name)
@@ -267,6 +269,7 @@ async def reconcile_run(services: Services, body: Mapping[str, Any], run: Benchm
         gate_endpoint=settings.worker_gate_endpoint(services.gates.endpoint),
         snapshot_endpoint=settings.worker_snapshot_endpoint(services.snapshots.endpoint),
         run_key=key,
+        curve_server_key=services.curve.operator_public_z85 if services.curve else None,
     )
     # Registered before the Job exists: no worker can ask for a gate of an unknown run.
     await services.gates.register(ctx, status.get("gates") or {})
