@@ -108,6 +108,11 @@ async def _curve_keys(ours: OperatorSettings, api: KubeApi) -> curvekeys.KeyFile
     if not namespace:
         raise kopf.PermanentError("--curve-secret needs the operator's namespace ($POD_NAMESPACE)")
     data = await curvekeys.load_or_create(api, namespace, ours.curve_secret)
+    logging.getLogger(__name__).info(
+        "CurveZMQ on the gate, snapshot and agent ports (keys: Secret %s/%s)",
+        namespace,
+        ours.curve_secret,
+    )
     return curvekeys.write_files(data, Path(tempfile.mkdtemp(prefix="benchop-curve-")))
 
 
