@@ -92,7 +92,8 @@ def test_network_policies_and_curve_keys_are_in_place(release: RealKube) -> None
     stored = {
         p["metadata"]["name"]: p["spec"] for p in release.get("networkpolicy", namespace=RELEASE_NS)
     }
-    assert sorted(stored) == sorted(wanted) == ["benchop-agent", "benchop-operator"]
+    assert sorted(stored) == sorted(wanted)
+    assert {"benchop-agent", "benchop-operator"} <= wanted.keys()
     for name, spec in wanted.items():
         assert stored[name] == spec, name
     curve = release.get("secret", "benchop-curve", namespace=RELEASE_NS)

@@ -163,3 +163,18 @@ def test_a_bad_allowlist_flag_is_a_usage_error() -> None:
         _flags("--allowed-target=10.0.0.0/40")
     with pytest.raises(ValueError, match="allowlist entry"):
         OperatorSettings(allowed_targets=("not a host",))
+
+
+def test_the_operators_own_default_target_is_not_checked() -> None:
+    """--default-target-url (the chart's mock server) is the operator's, not the author's."""
+    from benchop.operator.handlers.runs import with_default_target
+
+    settings = OperatorSettings(
+        allowed_targets=("*.ml.svc",), default_target_url="http://benchop-mock.ops.local:8000/v1"
+    )
+    run = _run()
+    run.spec.target.url = None
+    check_operator_rules(with_default_target(run, settings.default_target_url), settings)
+    elsewhere = _run(target={"url": "http://benchop-mock.other.local:8000/v1", "model": "m"})
+    with pytest.raises(InvalidRun, match=r"^spec\.target\.url: host benchop-mock\.other\.local"):
+        check_operator_rules(elsewhere, settings)

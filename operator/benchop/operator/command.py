@@ -140,6 +140,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(repeatable, as --allowed-target); none = any host",
     )
     p.add_argument(
+        "--default-target-url",
+        default=None,
+        metavar="URL",
+        help="target of runs without spec.target.url (e.g. the chart's mock server); "
+        "default: such runs are refused",
+    )
+    p.add_argument(
         "--operator-service",
         default=d.operator_service,
         help="DNS name the workers dial for gates and snapshots",
@@ -195,6 +202,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         allowed_images=tuple(args.allowed_image),
         allowed_targets=tuple(args.allowed_target),
         allowed_prometheus=tuple(args.allowed_prometheus),
+        default_target_url=args.default_target_url,
         operator_service=args.operator_service,
         gate_timeout_s=args.gate_timeout,
         stuck_after_s=args.stuck_after,

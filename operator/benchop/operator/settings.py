@@ -48,6 +48,9 @@ class OperatorSettings:
     allowed_images: tuple[str, ...] = ()
     allowed_targets: tuple[str, ...] = ()
     allowed_prometheus: tuple[str, ...] = ()
+    # Where runs without spec.target.url send their load (the chart's mock server, for trying
+    # the operator out); None: such runs are refused, naming spec.target.url.
+    default_target_url: str | None = None
     operator_service: str = "benchop-operator.benchop.svc"
     # CurveZMQ on the gate, snapshot and baseline ports: the Secret holding the release's keys
     # (benchop.operator.curvekeys; made when missing) in curve_namespace. None: plain ZMQ.
