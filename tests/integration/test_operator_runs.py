@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import itertools
 import json
 import logging
@@ -39,11 +40,12 @@ from secretscan import as_yaml, describe, files, scan
 
 import benchop.operator.main  # noqa: F401 - registers the handlers in kopf's default registry
 from benchagent.agent import Agent, AgentConfig
-from benchagent.transport import Publisher
-from benchagent.wire import MetricsSnapshot
+from benchagent.transport import Publisher, RequestClient, RequestTimeout
+from benchagent.wire import GateRequest, MetricsSnapshot
 from benchop.api import conditions as c
 from benchop.api.models import BenchmarkRun
 from benchop.mockserver import MockConfig, MockServer, start_mock_server
+from benchop.operator import curvekeys
 from benchop.operator.handlers import runs
 from benchop.operator.settings import OperatorSettings
 
@@ -974,3 +976,57 @@ async def test_the_api_key_reaches_the_workers_and_no_status_event_or_log(
                 sources[f"{res.plural}/{ns}/{name}@{i}"] = as_yaml(plain)
     sources.update({f"kubelet:{k}": v for k, v in files(tmp_path).items()})
     assert scan(key, sources) == [], describe(scan(key, sources))
+
+
+async def test_curve_between_operator_agent_and_workers(
+    kube: Kube, operator_task: Any, mock: MockServer, kubelet: Kubelet, tmp_path: Path
+) -> None:
+    """--curve-secret: the operator makes the release's keys (no Secret yet), the agent allows
+    only the operator's key, the workers dial with the operator's public key from the Job; the
+    run takes both baselines through CurveZMQ and succeeds. A plain ZMQ client gets nothing."""
+    baseline_port = free_port()
+    settings = settings_for(curve_secret="benchop-curve", curve_namespace="default")
+    settings = dataclasses.replace(settings, agent_port=baseline_port)
+    start(operator_task, kube, settings)
+    stored = await wait_for(lambda: kube.emulator.read(SECRETS, "benchop-curve"), 10)
+    keys = curvekeys.decode(json.loads(json.dumps(stored, default=dict)))
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "agent.key_secret").write_text(keys["agent.key_secret"])
+    (tmp_path / "clients" / "operator.key").write_text(keys["operator.key"])
+    agent = Agent(
+        AgentConfig.local(
+            gpu_backend="simulated",
+            simulated_gpus=2,
+            node_name=TARGET_NODE,
+            agent_name="agent-a",
+            metrics_port=0,
+            baseline_port=baseline_port,
+            curve_secret_key=tmp_path / "agent.key_secret",
+            curve_public_keys=tmp_path / "clients",
+        )
+    )
+    await agent.start()
+    try:
+        await add_target_and_agent(kube)
+        await kube.client.create(BENCHMARKRUNS, run_manifest("rc", mock.url))
+        await wait_condition(kube, "rc", c.ACCEPTED, "True", 15)
+        await wait_for(lambda: kube.emulator.read(JOBS, "rc-loadgen"), 10)
+        operator_public = keys["operator.key"].split('"')[1]
+        assert job_env(kube, "rc-loadgen")["BENCHOP_CURVE_SERVER_KEY"] == operator_public
+        plain = RequestClient(f"tcp://127.0.0.1:{settings.gate_port}")
+        try:
+            with pytest.raises(RequestTimeout):
+                ask = GateRequest(run="x", phase_id="p", boundary="START", worker=0, workers=1)
+                await plain.request(ask, timeout=0.5, retries=0)
+        finally:
+            plain.close()
+        await kubelet.start("rc")
+        assert await kubelet.wait_all() == [0, 0]
+        await kubelet.job_condition("Complete")
+        await wait_condition(kube, "rc", c.SUCCEEDED, "True")
+        res = status_of(kube, "rc")["results"]
+        assert res["source"] == "pubsub" and res["requests"]["ok"] == 40
+        assert res["gpu"]["agents"] == ["agent-a"]
+        assert agent.stats().baseline_requests == 2
+    finally:
+        await agent.stop()

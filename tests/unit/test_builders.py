@@ -234,6 +234,51 @@ def test_secret_value_never_in_manifest() -> None:
     assert "secretKeyRef" in text and '"value": "hf"' not in text
 
 
+def test_job_with_curve_whole_manifest() -> None:
+    """CurveZMQ on: the workers get the operator's public key (not a secret), nothing else."""
+    run = BenchmarkRun.model_validate(run_doc())
+    job = build_loadgen_job(
+        run,
+        name="r1-loadgen",
+        namespace="ns",
+        owner=OWNER,
+        image="img:1",
+        gate_endpoint="tcp://op:5555",
+        snapshot_endpoint="tcp://op:5556",
+        run_key="ns.r1",
+        curve_server_key="K" * 40,
+    )
+    assert job == expected_job(env_extra=[{"name": "BENCHOP_CURVE_SERVER_KEY", "value": "K" * 40}])
+
+
+def _secret_refs(node: Any, path: str = "") -> list[tuple[str, Any]]:
+    """Every place under ``node`` whose key mentions a Secret (secretKeyRef, secret volumes,
+    projected sources, envFrom secretRef), with its path."""
+    out: list[tuple[str, Any]] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if "secret" in k.lower() or k in ("envFrom", "projected"):
+                out.append((f"{path}.{k}", v))
+            out += _secret_refs(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _secret_refs(v, f"{path}[{i}]")
+    return out
+
+
+def test_a_run_reaches_only_the_named_key_of_a_secret_in_its_namespace() -> None:
+    """The only Secret a worker pod sees is spec.target.apiKeySecretRef's one key, resolved
+    by the kubelet in the Job's namespace (a secretKeyRef has no namespace field); no envFrom,
+    no secret or projected volume, whatever else the spec mounts."""
+    doc = run_doc(workload={"dataset": {"configMap": {"name": "chats", "key": "c.jsonl"}}})
+    doc["spec"]["target"]["apiKeySecretRef"] = {"name": "hf", "key": "token"}
+    job = job_for(doc)
+    assert job["metadata"]["namespace"] == doc["metadata"]["namespace"]
+    env = ".spec.template.spec.containers[0].env[4].valueFrom"
+    assert _secret_refs(job) == [(f"{env}.secretKeyRef", {"name": "hf", "key": "token"})]
+    assert _secret_refs(job_for(run_doc())) == []
+
+
 def test_spec_configmap_whole_manifest() -> None:
     doc = run_doc()
     run = BenchmarkRun.model_validate(doc)

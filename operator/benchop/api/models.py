@@ -305,7 +305,12 @@ class Toleration(Spec):
 class PodOverrides(Spec):
     """Overrides for the load-generator pods."""
 
-    image: str | None = Field(None, min_length=1)
+    image: str | None = Field(
+        None,
+        min_length=1,
+        description="The operator's load-generator image or one it allows (--allowed-image); "
+        "any other is refused with Accepted=False.",
+    )
     resources: ResourceRequirements | None = None
     node_selector: dict[str, str] | None = None
     tolerations: list[Toleration] | None = None

@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from benchagent.transport import Publisher
+from benchagent.transport import CurveEphemeral, Publisher
 from benchagent.wire import MetricsSnapshot
 from benchop.api.models import BenchmarkRunSpec, PhaseBound
 from benchop.core.workloadfiles import MOUNT_ROOT
@@ -104,6 +104,9 @@ class WorkerConfig:
     api_key: str | None = field(default=None, repr=False)
     gate_endpoint: str | None = None
     snapshot_endpoint: str | None = None
+    # The operator's CurveZMQ public key (Z85): gates and snapshots are then encrypted and sent
+    # only to the holder of its secret key; None: plain ZMQ (local mode).
+    curve_server_key: str | None = None
     results_dir: Path | None = None
     termination_log: Path | None = None
     snapshot_interval_s: float = 1.0
@@ -299,7 +302,8 @@ class Worker:
             start=self.resumed_records,
             root=cfg.workload_root,
         )
-        publisher = Publisher(cfg.snapshot_endpoint) if cfg.snapshot_endpoint else None
+        curve = CurveEphemeral(cfg.curve_server_key.encode()) if cfg.curve_server_key else None
+        publisher = Publisher(cfg.snapshot_endpoint, curve=curve) if cfg.snapshot_endpoint else None
         gate = GateClient(
             cfg.gate_endpoint,
             run=cfg.run,
@@ -307,6 +311,7 @@ class Worker:
             workers=self.workers,
             attempt_s=cfg.gate_attempt_s,
             wait_s=cfg.gate_wait_s,
+            curve=curve,
         )
         snaps = self._snaps = Snapshots(
             self.registry,

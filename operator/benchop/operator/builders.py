@@ -95,6 +95,7 @@ def build_loadgen_job(
     snapshot_endpoint: str,
     run_key: str | None = None,
     config_map: str | None = None,
+    curve_server_key: str | None = None,
 ) -> dict[str, Any]:
     """The Indexed Job of the run's workers (``parallelism = completions = workers``).
 
@@ -106,7 +107,8 @@ def build_loadgen_job(
     on purpose: a killed worker restarts *in the same pod*, so its results emptyDir (with the
     request checkpoint) survives and it resumes without counting a request twice; a new pod
     would start from an empty dir. (``backoffLimitPerIndex`` needs ``Never``, so the backoff
-    is the Job-wide ``backoffLimit``.)
+    is the Job-wide ``backoffLimit``.) ``curve_server_key`` (the operator's CurveZMQ public
+    key, not a secret) makes the workers' gate and snapshot sockets CurveZMQ.
     """
     spec = run.spec
     run_name = run.metadata.name or ""
@@ -118,6 +120,8 @@ def build_loadgen_job(
         {"name": "BENCHOP_GATE_ENDPOINT", "value": gate_endpoint},
         {"name": "BENCHOP_SNAPSHOT_ENDPOINT", "value": snapshot_endpoint},
     ]
+    if curve_server_key is not None:
+        env.append({"name": "BENCHOP_CURVE_SERVER_KEY", "value": curve_server_key})
     ref = spec.target.api_key_secret_ref
     if ref is not None:  # resolved by the kubelet; the operator never reads the Secret
         env.append(

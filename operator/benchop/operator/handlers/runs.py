@@ -63,6 +63,7 @@ from benchop.core.results import (
 from benchop.core.selectors import run_selector
 from benchop.core.workloadfiles import cluster_problem
 from benchop.operator import builders
+from benchop.operator.curvekeys import KeyFiles
 from benchop.operator.gatebridge import GateBridge
 from benchop.operator.gpustats import RunGpuStats, with_prometheus
 from benchop.operator.k8s import (
@@ -111,6 +112,7 @@ NO_TARGET = (
     "required in a cluster (local mode has a built-in mock server; in a cluster, an operator "
     "installed with mockServer.enabled sends such runs to the chart's mock server)"
 )
+DEFAULT_SETTINGS = OperatorSettings()
 
 
 def with_default_target(run: BenchmarkRun, default_url: str | None) -> BenchmarkRun:
@@ -122,13 +124,23 @@ def with_default_target(run: BenchmarkRun, default_url: str | None) -> Benchmark
     return run.model_copy(update={"spec": run.spec.model_copy(update={"target": target})})
 
 
-def check_operator_rules(run: BenchmarkRun) -> None:
-    """Rules of the in-cluster operator beyond the model's (local mode may differ)."""
-    if run.spec.target.url is None:
+def check_operator_rules(run: BenchmarkRun, settings: OperatorSettings = DEFAULT_SETTINGS) -> None:
+    """Rules of the in-cluster operator beyond the model's (local mode may differ), and the
+    operator's allowlists (:mod:`benchop.operator.policy`; the operator's own
+    ``--default-target-url`` is not checked against them)."""
+    spec = run.spec
+    if spec.target.url is None:
         raise InvalidRun(f"spec.target.url: {NO_TARGET}")
-    problem = cluster_problem(run.spec.workload)
+    problem = cluster_problem(spec.workload)
     if problem is not None:
         raise InvalidRun(problem)
+    refused = settings.policy().problems(
+        image=spec.pod.image if spec.pod else None,
+        target_url=None if spec.target.url == settings.default_target_url else spec.target.url,
+        prometheus_url=spec.prometheus.url if spec.prometheus else None,
+    )
+    if refused:
+        raise InvalidRun("; ".join(refused))
 
 
 @dataclass
@@ -186,6 +198,7 @@ class Services:
     runs: dict[str, RunContext] = field(default_factory=dict)  # by run_key
     writers: dict[str, StatusWriter] = field(default_factory=dict)  # by object_key
     keys: dict[str, str] = field(default_factory=dict)  # object_key -> run_key in ``runs``
+    curve: KeyFiles | None = None  # CurveZMQ (--curve-secret): the workers get its public key
 
     def writer(self, namespace: str, name: str) -> StatusWriter:
         key = object_key(namespace, name)
@@ -236,7 +249,7 @@ async def reject_run(services: Services, body: Mapping[str, Any], message: str) 
 
 async def reconcile_run(services: Services, body: Mapping[str, Any], run: BenchmarkRun) -> None:
     """Accept a valid run, create its children idempotently, register it with the gates."""
-    check_operator_rules(run)
+    check_operator_rules(run, services.settings)
     if lifecycle.is_terminal(body.get("status")):
         return  # finished before (e.g. resumed after a restart): nothing in memory for it
     namespace, name, uid, generation = object_meta(body)
@@ -269,6 +282,7 @@ async def reconcile_run(services: Services, body: Mapping[str, Any], run: Benchm
         gate_endpoint=settings.worker_gate_endpoint(services.gates.endpoint),
         snapshot_endpoint=settings.worker_snapshot_endpoint(services.snapshots.endpoint),
         run_key=key,
+        curve_server_key=services.curve.operator_public_z85 if services.curve else None,
     )
     # Registered before the Job exists: no worker can ask for a gate of an unknown run.
     await services.gates.register(ctx, status.get("gates") or {})
