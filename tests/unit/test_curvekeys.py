@@ -4,6 +4,7 @@ operator reads and writes it, and that the files are what the transport loads.""
 from __future__ import annotations
 
 import base64
+import json
 import stat
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from benchop.operator.curvekeys import (
     certificate,
     decode,
     new_keys,
+    own_service_account,
     secret_manifest,
+    service_account_of,
     write_files,
 )
 
@@ -78,3 +81,20 @@ def test_write_files_keeps_the_secret_private(tmp_path: Path) -> None:
         "agent.key",
         "operator.key_secret",
     ]  # the agent's secret key is not written where the operator runs
+
+
+def test_the_secret_is_owned_by_the_operators_service_account(tmp_path: Path) -> None:
+    claims = {
+        "iss": "https://kubernetes.default.svc",
+        "kubernetes.io": {"namespace": "ns", "serviceaccount": {"name": "op", "uid": "u-1"}},
+    }
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    token = tmp_path / "token"
+    token.write_text(f"e30.{body}.c2ln\n")
+    assert own_service_account(token) == ("op", "u-1")
+    assert own_service_account(tmp_path / "none") is None  # outside a pod
+    assert service_account_of("not-a-jwt") is None
+    meta = secret_manifest("c", "ns", {}, owner=("op", "u-1"))["metadata"]
+    assert meta["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "name": "op", "uid": "u-1"}
+    ]

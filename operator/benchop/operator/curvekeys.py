@@ -25,6 +25,7 @@ controller) is used as it is.
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,16 +62,48 @@ def new_keys() -> dict[str, str]:
     return out
 
 
-def secret_manifest(name: str, namespace: str, data: Mapping[str, str]) -> dict[str, Any]:
-    """The Secret holding ``data`` (base64 in ``data``, as the API server stores it)."""
+TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def service_account_of(token: str) -> tuple[str, str] | None:
+    """``(name, uid)`` of the ServiceAccount a Kubernetes service-account token names in its
+    claims (read, not verified: it is our own token), or None for another kind of token."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        account = claims["kubernetes.io"]["serviceaccount"]
+        return str(account["name"]), str(account["uid"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
+
+
+def own_service_account(token_file: Path = TOKEN) -> tuple[str, str] | None:
+    """The operator pod's ServiceAccount, from its mounted token; None outside a pod."""
+    try:
+        return service_account_of(token_file.read_text().strip())
+    except OSError:
+        return None
+
+
+def secret_manifest(
+    name: str, namespace: str, data: Mapping[str, str], owner: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """The Secret holding ``data`` (base64 in ``data``, as the API server stores it), owned by
+    the operator's ServiceAccount ``owner`` (name, uid) when given, so that uninstalling the
+    release, which deletes that ServiceAccount, lets the garbage collector delete the keys."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": {"app.kubernetes.io/name": "benchop", "app.kubernetes.io/component": "curve"},
+    }
+    if owner is not None:
+        meta["ownerReferences"] = [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "name": owner[0], "uid": owner[1]}
+        ]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/name": "benchop", "app.kubernetes.io/component": "curve"},
-        },
+        "metadata": meta,
         "type": "Opaque",
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
     }
@@ -89,12 +122,15 @@ def decode(secret: Mapping[str, Any]) -> dict[str, str]:
         raise ValueError(f"CurveZMQ Secret {name}: unreadable data ({e})") from None
 
 
-async def load_or_create(api: KubeApi, namespace: str, name: str) -> dict[str, str]:
+async def load_or_create(
+    api: KubeApi, namespace: str, name: str, owner: tuple[str, str] | None = None
+) -> dict[str, str]:
     """The keys in Secret ``namespace/name``, made first when it does not exist (a concurrent
     maker's Secret wins: create returns the existing one on 409)."""
     found = await api.get(SECRET, namespace, name)
     if found is None:
-        found = await api.create(SECRET, namespace, secret_manifest(name, namespace, new_keys()))
+        manifest = secret_manifest(name, namespace, new_keys(), owner)
+        found = await api.create(SECRET, namespace, manifest)
     return decode(found)
 
 

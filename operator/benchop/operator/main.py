@@ -108,7 +108,8 @@ async def _curve_keys(ours: OperatorSettings, api: KubeApi) -> curvekeys.KeyFile
     namespace = ours.curve_namespace
     if not namespace:
         raise kopf.PermanentError("--curve-secret needs the operator's namespace ($POD_NAMESPACE)")
-    data = await curvekeys.load_or_create(api, namespace, ours.curve_secret)
+    owner = curvekeys.own_service_account()  # in a pod: uninstalling the release removes them
+    data = await curvekeys.load_or_create(api, namespace, ours.curve_secret, owner)
     logging.getLogger(__name__).info(
         "CurveZMQ on the gate, snapshot and agent ports (keys: Secret %s/%s)",
         namespace,
