@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -126,10 +125,10 @@ class ApiProxy:
         if time.monotonic() < self.fail_until:
             self.injected += 1
             code = 429 if self.injected % 2 else 503
-            body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
                     "reason": "TooManyRequests" if code == 429 else "ServiceUnavailable",
                     "message": "injected by hack/fault_suite.py"}  # fmt: skip
-            return web.json_response(body, status=code, headers={"Retry-After": "1"})
+            return web.json_response(status, status=code, headers={"Retry-After": "1"})
         self.forwarded += 1
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in ("host", "content-length", "transfer-encoding")}  # fmt: skip
@@ -148,7 +147,7 @@ class ApiProxy:
                     await resp.write(chunk)
                 await resp.write_eof()
                 return resp
-        except (OSError, asyncio.TimeoutError) as e:  # the apiserver is down: as a LB says it
+        except (TimeoutError, OSError) as e:  # the apiserver is down: as a LB says it
             return web.Response(status=502, text=f"proxy: {e}")
 
 
@@ -409,13 +408,13 @@ class Suite:
         pods = [p for p in self.k.get("pods", namespace=RELEASE_NS)
                 if p["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"
                 and not p["metadata"].get("deletionTimestamp")]  # fmt: skip
-        return pods[0]
+        return dict(pods[0])
 
     def agent_pod(self) -> dict[str, Any]:
         pods = [p for p in self.k.get("pods", namespace=RELEASE_NS)
                 if p["metadata"]["labels"].get("app.kubernetes.io/component") == "agent"
                 and not p["metadata"].get("deletionTimestamp")]  # fmt: skip
-        return pods[0]
+        return dict(pods[0])
 
     def signal_container(self, pod: dict[str, Any], container: str, sig: int) -> None:
         """Signal the process group of a running container (the test kubelet's pid file)."""
@@ -634,12 +633,20 @@ def main() -> int:
                 res = fn()
                 results.append(res)
                 status = "ok" if res.ok else "FAILED: " + "; ".join(res.problems)
-                print(f"# {name} run {i + 1}: {res.outcome} lost={res.lost} double={res.double} "
-                      f"took={res.took:.0f}s restarts={res.restarts} {status}", flush=True)  # fmt: skip
+                line = f"{res.outcome} lost={res.lost} double={res.double} took={res.took:.0f}s"
+                print(f"# {name} run {i + 1}: {line} restarts={res.restarts} {status}", flush=True)
             rows.append((name, results))
     finally:
-        if cluster.started and not args.keep:
+        if args.keep:
+            pass
+        elif cluster.started:
             cluster.down()
+        else:  # a control plane of someone else's: leave no operator behind the dead proxy
+            cluster.kubectl("delete", "br", "--all", "-n", NS, "--wait=true", "--timeout=60s",
+                            check=False, timeout=90)  # fmt: skip
+            cluster.helm("uninstall", RELEASE, "-n", RELEASE_NS, "--wait", check=False,
+                         timeout=180)  # fmt: skip
+            cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
 
     print()
     print(f"{'scenario':30} {'runs':>4}  {'outcome':42} {'lost':>5} {'double':>6} "
