@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "cluster"))
@@ -71,8 +71,9 @@ WORKERS = 2
 PROFILING = 240  # requests across the workers
 WARMUP = 20
 CPU_NODE = "benchop-cpu"
-KCM_ARGS = "--node-monitor-grace-period=8s --node-monitor-period=2s"
-"""Short enough that a node without heartbeats is NotReady (and tainted) within ~10 s."""
+KCM_ARGS = "--node-monitor-grace-period=20s --node-monitor-period=2s"
+"""A node without heartbeats is NotReady (and tainted) within ~20 s (the test kubelet renews
+its Lease every 10 s, so less would flap)."""
 
 
 # --------------------------------------------------------------------------- API fault proxy
@@ -133,6 +134,7 @@ class ApiProxy:
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in ("host", "content-length", "transfer-encoding")}  # fmt: skip
         body = await request.read()
+        resp: web.StreamResponse | None = None
         try:
             async with self.session.request(
                 request.method, API_URL + request.path_qs, headers=headers,
@@ -147,8 +149,12 @@ class ApiProxy:
                     await resp.write(chunk)
                 await resp.write_eof()
                 return resp
-        except (TimeoutError, OSError) as e:  # the apiserver is down: as a LB says it
-            return web.Response(status=502, text=f"proxy: {e}")
+        except (ClientError, OSError, TimeoutError) as e:
+            if resp is None:  # the apiserver is down: answer as a load balancer would
+                return web.Response(status=502, text=f"proxy: {e}")
+            if request.transport is not None:  # cut mid-body (a watch): cut ours too
+                request.transport.abort()
+            return resp
 
 
 # --------------------------------------------------------------------------- the suite
@@ -187,6 +193,9 @@ class Suite:
             "-f", "-", "--wait", "--timeout", "3m", input=json.dumps(values), timeout=240,
         )  # fmt: skip
         namespace(self.k, NS)
+        self.k.kubectl(
+            "delete", "br", "--all", "-n", NS, "--wait=true", "--timeout=120s", timeout=150
+        )  # fmt: skip  (an interrupted suite's runs)
 
     def mock(self, config: MockConfig) -> None:
         """The mock server as Deployment mock-llm (+ Service) on the GPU node with ``config``."""
@@ -292,7 +301,7 @@ class Suite:
 
     def create(self, stem: str, spec: dict[str, Any]) -> str:
         self.seq += 1
-        name = f"{stem}-{self.seq}"
+        name = f"{stem}-{self.seq}-{int(time.time()) % 100000}"
         self.k.apply({"apiVersion": "benchop.io/v1alpha1", "kind": "BenchmarkRun",
                       "metadata": {"name": name, "namespace": NS}, "spec": spec})  # fmt: skip
         return name
