@@ -529,8 +529,12 @@ def api_errors(s: Suite) -> Result:
     def inject(name: str, before: dict[str, int]) -> None:
         s.k.wait_for(lambda: s.phase(name) == "Initializing" or s.phase(name) == "Warmup",
                      timeout=60, what="the run accepted")  # fmt: skip
+        injected = s.proxy.injected
         s.proxy.fail_for(20.0)
         time.sleep(20.0)
+        if s.proxy.injected == injected:
+            raise AssertionError("the operator made no API request in the 20 s of errors")
+        print(f"#   api: {s.proxy.injected - injected} requests answered 429/503", flush=True)
 
     return s.measure("api", inject)
 
