@@ -15,10 +15,11 @@ documented (docs/faults.md says what each expects).
 
 Lost and double come from the mock server's counters (``GET /benchop/stats``, plus the ``STATS``
 line each stopped mock process printed) against the run's results: ``served`` = responses the
-server completed well (``ok - malformed``) during the run, ``counted`` = ``results.requests.ok``
-plus the warmup requests; lost = served - counted when positive, double = counted - served when
-positive. Where every request reaches the server (no restart of it), the failures are compared
-too: each injected fault must be in ``results.requests.byReason`` exactly once.
+server completed (``ok``) during the run, ``counted`` = ``results.requests.ok`` plus the warmup
+requests; lost = served - counted when positive, double = counted - served when positive. In
+the model-server fault scenarios (the server injects failures; every request reaches it)
+``served`` = requests it received and ``counted`` = ``results.requests.total`` plus warmup, and
+each injected fault must be in ``results.requests.byReason`` exactly once.
 
 The operator reaches the API server through a fault-injecting TLS proxy of this process on the
 slot's host IP (``KUBERNETES_SERVICE_HOST``/``PORT`` in the chart's ``operator.extraEnv``; the
@@ -392,12 +393,14 @@ class Suite:
             problems.append(f"results count {req.get('total')} requests, not {PROFILING}")
         after = self.settled()
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-        served_ok = delta.get("ok", 0) - delta.get("malformed", 0)
         warmup = (spec["phases"].get("warmup") or {}).get("requests") or 0
-        counted = req.get("ok", 0) + warmup
-        lost, double = max(0, served_ok - counted), max(0, counted - served_ok)
+        if faults:  # every request reaches the server and is counted once, whatever its end
+            served, counted, what = delta.get("requests", 0), req.get("total", 0) + warmup, "got"
+        else:  # responses the server completed against the successes counted
+            served, counted, what = delta.get("ok", 0), req.get("ok", 0) + warmup, "completed"
+        lost, double = max(0, served - counted), max(0, counted - served)
         if exact and (lost or double):
-            problems.append(f"server completed {served_ok}, results+warmup count {counted}")
+            problems.append(f"server {what} {served}, results+warmup count {counted}")
         by_reason = req.get("byReason") or {}
         for counter, reason in (faults or {}).items():
             if delta.get(counter, 0) != by_reason.get(reason, 0) or not delta.get(counter):
