@@ -566,9 +566,15 @@ def node_lost(s: Suite) -> Result:
     flag = s.k.dir / "kubelet" / "nodes" / CPU_NODE / "stop-heartbeat"
 
     def inject(name: str, before: dict[str, int]) -> None:
-        s.profiling_started(name, before, 0.2)
+        s.profiling_started(name, before, 0.1)
+        pods = s.worker_pods(name)
+        if not any(p["spec"].get("nodeName") == CPU_NODE for p in pods):
+            raise AssertionError(f"no worker on {CPU_NODE} to lose")
         flag.parent.mkdir(parents=True, exist_ok=True)
         flag.touch()
+        names = {p["metadata"]["name"] for p in pods}
+        s.k.wait_for(lambda: [p for p in s.worker_pods(name) if p["metadata"]["name"] not in names],
+                     timeout=120, what="the Job's replacement worker running")  # fmt: skip
 
     spec = s.spec(
         pod={
@@ -580,8 +586,8 @@ def node_lost(s: Suite) -> Result:
             ]
         }
     )  # fmt: skip
-    try:
-        return s.measure("node", inject, spec=spec)
+    try:  # slower tokens (5 requests/s): the node is declared lost ~20 s after the fault
+        return s.measure("node", inject, spec=spec, mock=MockConfig(ttft=0.05, itl=0.05))
     finally:
         flag.unlink(missing_ok=True)
 
