@@ -605,7 +605,8 @@ def scenarios(s: Suite) -> list[tuple[str, bool, Callable[[], Result]]]:
         ("agent-deleted", False, lambda: agent_deleted(s)),
         ("apiserver-restarted", True, lambda: apiserver_restarted(s)),
         ("etcd-down-5s", False, lambda: etcd_down(s)),
-        ("api-429-5xx-20s", True, lambda: api_errors(s)),
+        # not in --short: the proxy is not in the operator's path yet (docs/faults.md)
+        ("api-429-5xx-20s", False, lambda: api_errors(s)),
         ("model-errors", True, model_fault(s, MockConfig(ttft=0.05, itl=0.01, error_rate=0.1 * r),
                                             {"errors": "http_5xx"})),
         ("model-disconnects", False, model_fault(
