@@ -145,6 +145,10 @@ def workers_ready(
     return new
 
 
+_GRAVITY = {"Simulated": 1, "AgentMissing": 2, "NoAgents": 3}
+"""TelemetryDegraded reasons of the gates, the gravest last: a later gate never softens one."""
+
+
 def gate_closed(
     status: Status,
     *,
@@ -210,7 +214,17 @@ def gate_closed(
         if simulated:
             why.append("GPU numbers are simulated")
         why_reason = "NoAgents" if not agents else "AgentMissing" if missing else "Simulated"
-        updates.append((c.TELEMETRY_DEGRADED, c.TRUE, why_reason, "; ".join(why)))
+        message = "; ".join(why)
+        # an earlier gate's graver degradation stays (START missing an agent, END only
+        # simulated: the window's GPU numbers are still incomplete)
+        before = _cond(status, c.TELEMETRY_DEGRADED) or {}
+        if (
+            before.get("status") == c.TRUE
+            and _GRAVITY.get(str(before.get("reason")), 0) > (_GRAVITY[why_reason])
+        ):
+            why_reason = str(before["reason"])
+            message = f"{before.get('message')}; {message}"
+        updates.append((c.TELEMETRY_DEGRADED, c.TRUE, why_reason, message))
     elif not degraded:
         updates.append((c.TELEMETRY_DEGRADED, c.FALSE, "Complete", "every agent acked"))
     return with_conditions(new, updates, generation)
