@@ -120,6 +120,25 @@ class SeriesSummary(msgspec.Struct, kw_only=True):
     values: bytes | None = None
 
 
+class TimelineRow(msgspec.Struct, array_like=True):
+    """One second of a worker's profiling requests, by the second each request ended.
+
+    ``t_s`` is that wall-clock second (epoch); the latency histograms use the sparse
+    bucket keys of the live histogram (nanoseconds, see benchop.metrics.buckets), so rows
+    of different workers merge by adding counts.
+    """
+
+    t_s: int
+    requests: int = 0
+    ok: int = 0
+    good: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    ttft: dict[int, int] = msgspec.field(default_factory=dict)
+    itl: dict[int, int] = msgspec.field(default_factory=dict)
+    e2e: dict[int, int] = msgspec.field(default_factory=dict)
+
+
 class MetricsSnapshot(msgspec.Struct, tag="MetricsSnapshot", tag_field="kind", kw_only=True):
     """Worker -> operator: live and final metrics of one worker.
 
@@ -139,6 +158,8 @@ class MetricsSnapshot(msgspec.Struct, tag="MetricsSnapshot", tag_field="kind", k
     gauges: dict[str, float] = msgspec.field(default_factory=dict)
     series: dict[str, SeriesSummary] = msgspec.field(default_factory=dict)
     interrupted: bool = False  # stopped by a signal before the phase's bound
+    # COMPLETE only: per-second rows of the worker's profiling records (None: not built)
+    timeline: list[TimelineRow] | None = None
 
 
 Message = BaselineRequest | BaselineAck | GateRequest | GateGranted | GateDenied | MetricsSnapshot

@@ -6,9 +6,13 @@
 
 Prints the ``kubectl get benchmarkruns -o wide`` row(s) and the detailed
 results; ``--output`` writes the resource with the status the operator would
-have written. Exit code 0 when every run succeeded, 1 when one failed, 2 for
-a file that is not a valid BenchmarkRun or Experiment (the message names the
-field).
+have written. Every run writes its results bundle (results.json, timeseries.csv,
+records.jsonl; docs/results.md) to ``--results-dir``, by default
+``./benchop-results/<name>/`` (an Experiment: ``experiment.json`` there and one
+bundle per child run in ``<name>/<child>/``); a directory that cannot take it is
+refused before anything runs. Exit code 0 when every run succeeded, 1 when one
+failed, 2 for a file that is not a valid BenchmarkRun or Experiment (the message
+names the field) or an unusable results directory.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from benchop.api.models import (
     load_manifest,
     to_wire,
 )
+from benchop.bundle import check_results_dir, clear_bundle, write_json
+from benchop.core.bundle import EXPERIMENT_FILE
 from benchop.core.children import build_child_run, child_phase, plan_sweep, should_stop
 from benchop.core.lifecycle import experiment_progressed
 from benchop.core.rollup import DEFAULT_CAP, rollup
@@ -42,12 +48,15 @@ from benchop.local.session import LocalOptions, LocalOutcome, run_benchmark
 from benchop.mockserver import MockConfig
 from benchop.report import BENCHMARKRUN_COLUMNS, experiment_table, printer_table, results_table
 
+DEFAULT_RESULTS_ROOT = Path("benchop-results")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("file", type=Path, help="a BenchmarkRun or Experiment manifest (YAML)")
     a("--output", "-o", type=Path, help="write the resource with its final status here (YAML)")
-    a("--results-dir", type=Path, help="keep worker records and snapshots here (default: temp)")
+    a("--results-dir", type=Path,
+      help="results bundle directory (default ./benchop-results/<name>/)")  # fmt: skip
     a("--gpu-backend", choices=["auto", "nvml", "simulated"], default="auto",
       help="GPU reader of the local agent; auto falls back to simulated, loudly")  # fmt: skip
     a("--gpus", type=int, default=1, help="simulated GPUs of the local agent (default 1)")
@@ -92,7 +101,16 @@ async def _run_experiment(
         label = ", ".join(f"{k}={v}" for k, v in params.items())
         opts.console.rule(f"{name}: run {i + 1}/{len(points)} ({label})")
         run = BenchmarkRun.model_validate(build_child_run(body, index=i, params=params, spec=spec))
-        outcome = await run_benchmark(run, replace(opts, results_dir=opts.results_dir / f"run-{i}"))
+        child = run.metadata.name or f"run-{i}"
+        outcome = await run_benchmark(
+            run,
+            replace(
+                opts,
+                results_dir=opts.results_dir / f"run-{i}",
+                bundle_dir=opts.bundle_dir / child if opts.bundle_dir else None,
+                run_meta={"experiment": name, "params": params, "index": i},
+            ),
+        )
         done.append((run, outcome))
         failures += not outcome.succeeded
         if should_stop(exp.spec, failures):
@@ -124,14 +142,17 @@ def run(args: argparse.Namespace) -> int:
     if args.gpus < 1:
         err.print("benchop run: --gpus must be >= 1")
         return 2
-    tmp = None
-    if args.results_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="benchop-")
-        results_dir = Path(tmp.name)
-    else:
-        results_dir = args.results_dir
+    bundle_dir = args.results_dir or DEFAULT_RESULTS_ROOT / (manifest.metadata.name or "local-run")
+    try:
+        check_results_dir(bundle_dir)
+    except ValueError as exc:
+        err.print(f"benchop run: {exc}", markup=False)
+        return 2
+    clear_bundle(bundle_dir)
+    tmp = tempfile.TemporaryDirectory(prefix="benchop-")  # the workers' own files
     opts = LocalOptions(
-        results_dir=results_dir,
+        results_dir=Path(tmp.name),
+        bundle_dir=bundle_dir,
         gpu_backend=args.gpu_backend,
         gpus=args.gpus,
         agent=not args.no_agent,
@@ -148,8 +169,7 @@ def run(args: argparse.Namespace) -> int:
         err.print("benchop run: interrupted")
         return 130
     finally:
-        if tmp is not None:
-            tmp.cleanup()
+        tmp.cleanup()
     resources = [_resource(run, outcome) for run, outcome in pairs]
     if isinstance(manifest, BenchmarkRun) and pairs[0][1].results is not None:
         outcome = pairs[0][1]
@@ -162,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = ExperimentMetrics.model_validate(exp_doc["status"]["metrics"])
         out.print(experiment_table(metrics, title=f"{exp_doc['metadata'].get('name')}: comparison"))
         docs = [exp_doc, *resources]
+        write_json(bundle_dir / EXPERIMENT_FILE, exp_doc)
     out.print(
         printer_table(resources, BENCHMARKRUN_COLUMNS, title="kubectl get benchmarkruns -o wide")
     )
@@ -172,6 +193,10 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         args.output.write_text(yaml.safe_dump_all(docs, sort_keys=False))
         err.print(f"status written to {args.output}")
+    written = [o for _, o in pairs if o.bundle_dir is not None]
+    if written:
+        took = sum(o.bundle_s for o in written)
+        err.print(f"results bundle in {bundle_dir}/ (written in {took:.2f}s)", markup=False)
     return 0 if all(o.succeeded for _, o in pairs) else 1
 
 
