@@ -8,6 +8,8 @@ The test plays the kubelet (operator_kubelet.Kubelet): it starts the Job's worke
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import itertools
 import json
 import time
@@ -18,6 +20,7 @@ from typing import Any
 
 import kmock
 import kopf
+import numpy as np
 import pytest
 from kube.harness import (
     BENCHMARKRUNS,
@@ -37,6 +40,7 @@ from benchagent.transport import Publisher
 from benchagent.wire import MetricsSnapshot
 from benchop.api import conditions as c
 from benchop.api.models import BenchmarkRun
+from benchop.collect import collect as collect_bundle
 from benchop.mockserver import MockConfig, MockServer, start_mock_server
 from benchop.operator.handlers import runs
 from benchop.operator.settings import OperatorSettings
@@ -238,11 +242,81 @@ async def test_apply_to_succeeded_with_results_and_conditions_in_order(
     order = [seen[t] for t in ORDER]
     assert order == sorted(order), dict(zip(ORDER, order, strict=True))
     assert condition(kube, "r1", c.PROFILING)["status"] == "False"  # type: ignore[index]
+    # the results bundle: results.json and timeseries.csv in the results ConfigMap, built from
+    # the same final snapshots (exact percentiles, the workers' per-second timelines)
+    assert st["output"] == {"configMap": "r1-results", "timeseriesIntervalS": 1}
+    data = (kube.emulator.read(CONFIGMAPS, "r1-results") or {})["data"]
+    doc = json.loads(data["results.json"])
+    assert doc["results"] == res and doc["run"]["name"] == "r1"
+    ttft = sorted(r["ttft_ns"] for recs in records for r in recs)
+    assert doc["metrics"]["ttft_ms"]["percentiles"]["p95"] == pytest.approx(
+        float(np.percentile(ttft, 95)) / 1e6, rel=1e-12
+    )
+    assert "omitted" in doc["files"]["records.jsonl"]
+    rows = list(csv.DictReader(io.StringIO(data["timeseries.csv"])))
+    assert sum(int(r["ok"]) for r in rows) == 40 and doc["files"]["timeseries.csv"]["rows"] == len(
+        rows
+    )
     # deletion: the finalizer is released; owned children go by the (emulated) GC
     await kube.client.delete(BENCHMARKRUNS, "r1")
     await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "r1") is None, 10)
     await kube.emulator.collect_garbage()
     assert kube.emulator.read(JOBS, "r1-loadgen") is None
+    assert kube.emulator.read(CONFIGMAPS, "r1-results") is None
+
+
+async def test_an_output_pvc_gets_a_collect_job_that_writes_the_bundle(
+    kube: Kube, operator_task: Any, mock: MockServer, agent: Agent, kubelet: Kubelet,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """With spec.output.pvc the workers' directories are on the claim and the operator
+    creates the collect Job; run here on the workers' directories (laid out as on the
+    claim), `benchop collect` writes the whole bundle there."""
+    await add_target_and_agent(kube)
+    start(operator_task, kube, settings_for(agent))
+    output = {"pvc": {"claimName": "results-claim", "subPath": "bench"}}
+    await kube.client.create(BENCHMARKRUNS, run_manifest("r2", mock.url, output=output))
+    await wait_condition(kube, "r2", c.ACCEPTED, "True", 15)
+    job = await wait_for(lambda: kube.emulator.read(JOBS, "r2-loadgen"), 10)
+    uid = (kube.emulator.read(BENCHMARKRUNS, "r2") or {})["metadata"]["uid"]
+    key = f"default.r2.{uid[:8]}"
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--results-dir") + 1] == f"/output/{key}/worker-$(JOB_COMPLETION_INDEX)"
+    await kubelet.start("r2")
+    assert await kubelet.wait_all() == [0, 0]
+    await kubelet.job_condition("Complete")
+    await wait_condition(kube, "r2", c.SUCCEEDED, "True")
+    st = status_of(kube, "r2")
+    assert st["output"] == {
+        "configMap": "r2-results",
+        "timeseriesIntervalS": 1,
+        "claimName": "results-claim",
+        "path": f"bench/{key}",
+        "collectJob": "r2-collect",
+    }
+    collect = kube.emulator.read(JOBS, "r2-collect")
+    assert collect is not None
+    pod = collect["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "results-claim"}
+    assert pod["volumes"][1]["configMap"] == {"name": "r2-results"}
+    # the collect pod, by hand: the claim's directory and the ConfigMap as files
+    claim = tmp_path / "claim" / key
+    claim.mkdir(parents=True)
+    for w in kubelet.workers:
+        (claim / f"worker-{w.index}").symlink_to(w.results)
+    cm = tmp_path / "cm"
+    cm.mkdir()
+    for name, text in (kube.emulator.read(CONFIGMAPS, "r2-results") or {})["data"].items():
+        (cm / name).write_text(text)
+    cargs = pod["containers"][0]["args"]
+    assert cargs[:2] == ["collect", "--dir"] and cargs[2] == f"/output/{key}"
+    doc = collect_bundle(claim, 2, cm)
+    assert doc["files"]["records.jsonl"] == {"count": 40}
+    assert doc["results"] == st["results"]
+    lines = (claim / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 40 and len({json.loads(x)["id"] for x in lines}) == 40
+    rows = list(csv.DictReader((claim / "timeseries.csv").open()))
+    assert sum(int(r["ok"]) for r in rows) == 40
 
 
 async def test_silent_agent_released_at_timeout_and_telemetry_degraded(

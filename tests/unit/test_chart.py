@@ -401,10 +401,14 @@ WHITELIST: frozenset[tuple[str, str, str]] = frozenset(
         # blockOwnerDeletion on children, under OwnerReferencesPermissionEnforcement.
         ("benchop.io", "benchmarkruns/finalizers", "update"),
         ("benchop.io", "experiments/finalizers", "update"),
-        # Load-generator Jobs: create, watch for failure, suspend a failed run's.
+        # Load-generator Jobs: create, watch for failure, suspend a failed run's; the
+        # collect Job of a run with an output PVC (create).
         *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "patch")),
-        # The ConfigMap with a run's spec.
+        # The ConfigMap with a run's spec; the run's results ConfigMap (results.json,
+        # timeseries.csv): created at the end, merge-patched when it exists (a restarted
+        # operator writes it again without reading it).
         ("", "configmaps", "create"),
+        ("", "configmaps", "patch"),
         # Pods, read-only: workers, the target's nodes, agent pods.
         ("", "pods", "list"),
         ("", "pods", "watch"),

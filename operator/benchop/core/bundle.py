@@ -281,6 +281,17 @@ def timeseries_csv(
     return csv_text(header, table)
 
 
+def timeseries_info(
+    interval_s: int, rows: int, gpu_source: str, start_s: float | None
+) -> dict[str, Any]:
+    """``files["timeseries.csv"]`` of results.json: row interval, row count, where the GPU
+    columns came from (``agent``, ``none``) and the profiling start ``t_s`` counts from."""
+    info: dict[str, Any] = {"intervalS": interval_s, "rows": rows, "gpu": gpu_source}
+    if start_s is not None:
+        info["startS"] = start_s
+    return info
+
+
 def dumps(doc: Mapping[str, Any]) -> str:
     """``results.json`` text: indented, keys in the order built, NaN-free."""
     return json.dumps(doc, indent=1, allow_nan=False) + "\n"
@@ -302,13 +313,15 @@ def configmap_files(
     Without room for even hourly rows, the histograms leave results.json, then the series."""
     for interval in (1, *_COARSER):
         text = timeseries_csv(rows, start_s=start_s, gpu=gpu, interval_s=interval)
-        files = _files(doc, text, interval, len(coarsen(rows, interval)), gpu_source, records)
+        n = len(coarsen(rows, interval))
+        files = _files(doc, text, interval, n, gpu_source, records, start_s)
         if _size(files) <= limit:
             return files, interval
     slim = {k: v for k, v in doc.items() if k != "histograms"}
-    files = _files(slim, "", 0, 0, gpu_source, records)
+    files = _files(slim, "", 0, 0, gpu_source, records, start_s)
     if _size(files) > limit:
-        files = _files({k: v for k, v in slim.items() if k != "metrics"}, "", 0, 0, "none", None)
+        slimmer = {k: v for k, v in slim.items() if k != "metrics"}
+        files = _files(slimmer, "", 0, 0, "none", None, start_s)
     return {k: v for k, v in files.items() if v}, 0
 
 
@@ -319,8 +332,9 @@ def _files(
     n: int,
     gpu_source: str,
     records: Mapping[str, Any] | None,
+    start_s: float | None,
 ) -> dict[str, str]:
-    ts = {"intervalS": interval, "rows": n, "gpu": gpu_source} if text else None
+    ts = timeseries_info(interval, n, gpu_source, start_s) if text else None
     full = with_files(doc, timeseries=ts, records=records)
     return {RESULTS_FILE: dumps(full), TIMESERIES_FILE: text}
 

@@ -343,7 +343,7 @@ def write_bundle(
     count = files.merge_records(worker_dirs, out / bundle.RECORDS_FILE)
     doc = bundle.with_files(
         doc,
-        timeseries={"intervalS": 1, "rows": len(rows), "gpu": "agent" if points else "none"},
+        timeseries=bundle.timeseries_info(1, len(rows), "agent" if points else "none", start),
         records={"count": count},
     )
     files.write_text(out / bundle.RESULTS_FILE, bundle.dumps(doc))

@@ -39,11 +39,13 @@ from pydantic import ValidationError
 from benchagent.wire import MetricsSnapshot
 from benchop.api import conditions as c
 from benchop.api.conditions import now_rfc3339
-from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, GpuResults
+from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, GpuResults, to_wire
 from benchop.core import lifecycle
 from benchop.core.gaterecords import profiling_window
 from benchop.core.gpuwindow import gpu_from_status
 from benchop.core.names import (
+    COMPONENT_LABEL,
+    LOADGEN,
     RUN_NAME_ANNOTATION,
     loadgen_job_name,
     owner_reference,
@@ -52,7 +54,8 @@ from benchop.core.names import (
 from benchop.core.results import (
     REASONS,
     Final,
-    build_final_results,
+    MergedMetrics,
+    build_final,
     final_snapshots,
     output_tokens,
     parse_termination_message,
@@ -72,6 +75,7 @@ from benchop.operator.k8s import (
     controller_uid,
     object_meta,
 )
+from benchop.operator.output import write_output
 from benchop.operator.pods import GRACEFUL, JobView, PodView, job_view, pod_view
 from benchop.operator.settings import OperatorSettings
 from benchop.operator.snapshots import SnapshotCollector, live_status
@@ -354,8 +358,10 @@ async def resync(services: Services, ctx: RunContext) -> None:
     pods = await services.api.list(POD, ctx.namespace, labels=run_selector(ctx.name))
     seen = set()
     for pod in pods:
-        ann = (pod.get("metadata") or {}).get("annotations") or {}
-        if ann.get(RUN_NAME_ANNOTATION) == ctx.name:
+        meta = pod.get("metadata") or {}
+        ann = meta.get("annotations") or {}
+        worker = (meta.get("labels") or {}).get(COMPONENT_LABEL) == LOADGEN  # not the collect pod
+        if ann.get(RUN_NAME_ANNOTATION) == ctx.name and worker:
             _note_pod(ctx, pod)
             seen.add(pod["metadata"]["name"])
     for gone in set(ctx.pods) - seen:
@@ -416,11 +422,14 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     results = None
     results_reason = ""
     prom_error = None
+    output = None
     if final is not None:
         try:
             gpu, prom_error = await _gpu_results(services, ctx, final)
-            results = build_final_results(final, slo=ctx.spec.slo, gpu=gpu)
+            results, merged = build_final(final, slo=ctx.spec.slo, gpu=gpu)
             results_reason = REASONS[final.source]
+            verdict_ = ("Failed", reason, message)
+            output = await _output(services, ctx, final, merged, results, verdict_)
         except kopf.TemporaryError:
             raise
         except Exception:  # the failure is what matters; results that cannot be built are not
@@ -439,6 +448,7 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
             results=results,
             results_reason=results_reason,
             prometheus_error=prom_error,
+            output=output,
         )
     )
     ctx.done = True
@@ -489,8 +499,10 @@ async def _finish(services: Services, ctx: RunContext) -> None:
         await _fail(services, ctx, "NoResults", "the Job completed but no worker reported")
         return
     gpu, prom_error = await _gpu_results(services, ctx, final)
-    results = build_final_results(final, slo=ctx.spec.slo, gpu=gpu)
+    results, merged = build_final(final, slo=ctx.spec.slo, gpu=gpu)
     ok, reason, message = verdict(results)
+    phase = "Succeeded" if ok else "Failed"
+    output = await _output(services, ctx, final, merged, results, (phase, reason, message))
     now = now_rfc3339()
     gen = ctx.generation
     await ctx.writer.update(
@@ -504,9 +516,42 @@ async def _finish(services: Services, ctx: RunContext) -> None:
             message=message,
             now=now,
             prometheus_error=prom_error,
+            output=output,
         )
     )
     ctx.done = True
+
+
+async def _output(
+    services: Services,
+    ctx: RunContext,
+    final: Final,
+    merged: MergedMetrics,
+    results: Mapping[str, Any],
+    verdict: tuple[str, str, str],
+) -> dict[str, Any]:
+    """``status.output``: the results ConfigMap written, the collect Job created (a PVC).
+    ``verdict``: the terminal (phase, reason, message)."""
+    body = {"metadata": {"name": ctx.name, "namespace": ctx.namespace, "uid": ctx.uid}}
+    run = BenchmarkRun.model_validate({**body, "spec": to_wire(ctx.spec)})
+    try:
+        return await write_output(
+            services.api,
+            body,
+            run,
+            run_key=ctx.key,
+            image=services.settings.image,
+            final=final,
+            merged=merged,
+            results=results,
+            gates=(ctx.writer.status or {}).get("gates") or {},
+            verdict=verdict,
+        )
+    except kopf.TemporaryError:
+        raise
+    except Exception as e:  # a bug here must not cost the run its results
+        log.exception("run %s: the results bundle failed", ctx.key)
+        return {"error": f"results bundle: {type(e).__name__}: {e}"[:500]}
 
 
 async def _step(services: Services, ctx: RunContext, now: float) -> None:
