@@ -22,11 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from benchop.atomicio import write_atomic
 from benchop.core.bundle import EXPERIMENT_FILE, RECORDS_FILE, RESULTS_FILE, TIMESERIES_FILE
-from benchop.loadgen.checkpoint import iter_records
+from benchop.loadgen.checkpoint import iter_lines
 
 __all__ = [
     "Bundle",
@@ -92,12 +90,9 @@ def write_json(path: Path, doc: Any) -> None:
     write_text(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
 
 
-_encode = msgspec.json.Encoder().encode
-
-
 def _keyed(worker_dir: Path) -> Iterator[tuple[int, int, bytes]]:
-    for i, rec in enumerate(iter_records(worker_dir)):
-        yield rec.sent_ns + rec.e2e_ns, i, _encode(rec)
+    for i, (rec, line) in enumerate(iter_lines(worker_dir)):
+        yield rec.sent_ns + rec.e2e_ns, i, line
 
 
 def merge_records(worker_dirs: Sequence[Path], out: Path) -> int:
@@ -115,8 +110,7 @@ def merge_records(worker_dirs: Sequence[Path], out: Path) -> int:
     try:
         with open(tmp, "wb", buffering=_BUFFER) as f:
             for _, _, line in heapq.merge(*streams):
-                f.write(line)
-                f.write(b"\n")
+                f.write(line)  # as the worker wrote it, newline included
                 n += 1
             f.flush()
             os.fsync(f.fileno())

@@ -201,9 +201,7 @@ class Charts:
             config={
                 "displaylogo": False,
                 "responsive": True,
-                "showLink": False,
                 "showSendToCloud": False,
-                "showEditInChartStudio": False,
             },
         )
         self.parts.append(f'<div class="{CHART_CLASS}">{div}</div>')

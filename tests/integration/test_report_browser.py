@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.integration.browser import chromium, need_chromium
+from browser import chromium, need_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -47,6 +47,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointState",
     "Loaded",
+    "iter_lines",
     "iter_records",
     "load",
     "save_state",
@@ -130,7 +131,7 @@ def load(results_dir: str | os.PathLike[str], *, resume: bool = False) -> Loaded
     if resume:
         attempt += 1
     counts = _Counts()
-    records = list(_counted(data[:end].splitlines(), attempt, counts))
+    records = [rec for rec, _ in _counted(data[:end].splitlines(), attempt, counts)]
     if counts.bad:
         log.warning("%s: skipped %d undecodable lines", path, counts.bad)
     bad, dropped = counts.bad, counts.dropped
@@ -147,9 +148,11 @@ class _Counts:
         self.dropped = 0
 
 
-def _counted(lines: Iterable[bytes], attempt: int, counts: _Counts) -> Iterator[RequestRecord]:
-    """The records of complete ``lines`` that count: each id once, undecodable lines skipped,
-    ``cancelled`` records of attempts before ``attempt`` dropped."""
+def _counted(
+    lines: Iterable[bytes], attempt: int, counts: _Counts
+) -> Iterator[tuple[RequestRecord, bytes]]:
+    """The records of complete ``lines`` that count, with their line: each id once,
+    undecodable lines skipped, ``cancelled`` records of attempts before ``attempt`` dropped."""
     seen: set[str] = set()
     for line in lines:
         if not line.strip():
@@ -165,7 +168,7 @@ def _counted(lines: Iterable[bytes], attempt: int, counts: _Counts) -> Iterator[
         if rec.outcome == "cancelled" and rec.attempt < attempt:
             counts.dropped += 1
             continue
-        yield rec
+        yield rec, line
 
 
 def _complete_lines(path: Path) -> Iterator[bytes]:
@@ -186,6 +189,12 @@ def iter_records(results_dir: str | os.PathLike[str]) -> Iterator[RequestRecord]
 
     >>> sum(r.output_tokens for r in iter_records(d))  # doctest: +SKIP
     """
+    for rec, _ in iter_lines(results_dir):
+        yield rec
+
+
+def iter_lines(results_dir: str | os.PathLike[str]) -> Iterator[tuple[RequestRecord, bytes]]:
+    """:func:`iter_records` with each record's line as written (newline included)."""
     d = Path(results_dir)
     state = _read_state(d)
     attempt = state.attempt if state is not None else 0

@@ -299,8 +299,12 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
     if opts.bundle_dir is not None and final is not None and merged is not None:
         t0 = time.perf_counter()
         st.status["output"] = {"path": str(opts.bundle_dir)}
-        write_bundle(opts.bundle_dir, run, st.status, final, merged, gpu_rec.points, opts)
-        outcome.bundle_dir = opts.bundle_dir
+        try:
+            write_bundle(opts.bundle_dir, run, st.status, final, merged, gpu_rec.points, opts)
+            outcome.bundle_dir = opts.bundle_dir
+        except OSError as exc:  # the results are in the status all the same
+            st.status["output"] = {"error": f"writing the bundle to {opts.bundle_dir}: {exc}"}
+            opts.console.print(f"[red]{name}: {st.status['output']['error']}[/red]")
         outcome.bundle_s = time.perf_counter() - t0
     return outcome
 
