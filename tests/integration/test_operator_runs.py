@@ -14,7 +14,7 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pytest
 from kube.harness import (
     BENCHMARKRUNS,
     CONFIGMAPS,
+    EVENTS,
     EXPERIMENTS,
     JOBS,
     Kube,
@@ -466,6 +467,37 @@ async def test_job_failure_and_stuck_pod_fail_the_run_with_reasons(
     assert stuck["reason"] == "ImagePullFailed" and "r6-loadgen-0" in stuck["message"]
     # the other workers stop sending load: the failed run's Job is suspended (kept, no pods)
     await wait_for(lambda: job_suspended(kube, "r6-loadgen"), 5, message="r6 Job suspended")
+
+
+async def test_a_job_that_cannot_create_its_pods_fails_the_run_after_the_grace(
+    kube: Kube, operator_task: Any, mock: MockServer, kubelet: Kubelet
+) -> None:
+    # A ResourceQuota (or LimitRange, Pod Security admission, a missing ServiceAccount) refuses
+    # the worker pods: the Job controller only posts FailedCreate events on the Job.
+    start(operator_task, kube, settings_for(stuck_after_s=1.0, job_events_every_s=0.2))
+    await kube.client.create(BENCHMARKRUNS, run_manifest("r7", mock.url))
+    job = await kubelet.read_job("r7")
+    refused = 'pods "r7-loadgen-0-abcde" is forbidden: exceeded quota: q, requested: pods=1'
+    await kube.client.create(
+        EVENTS,
+        {
+            "metadata": {"name": "r7-loadgen.1"},
+            "involvedObject": {
+                "kind": "Job",
+                "name": "r7-loadgen",
+                "namespace": "default",
+                "uid": job["metadata"]["uid"],
+            },
+            "reason": "FailedCreate",
+            "type": "Warning",
+            "message": f"Error creating: {refused}",
+            "lastTimestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    )
+    failed = await wait_condition(kube, "r7", c.SUCCEEDED, "False")
+    assert failed["reason"] == "PodCreateFailed"
+    assert refused in failed["message"] and "r7-loadgen" in failed["message"]
+    await wait_for(lambda: job_suspended(kube, "r7-loadgen"), 5, message="r7 Job suspended")
 
 
 def job_suspended(kube: Kube, name: str) -> bool:

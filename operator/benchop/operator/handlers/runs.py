@@ -68,6 +68,7 @@ from benchop.operator.gpustats import RunGpuStats, with_prometheus
 from benchop.operator.k8s import (
     BENCHMARKRUN,
     CONFIGMAP,
+    EVENT,
     JOB,
     POD,
     ApiError,
@@ -138,6 +139,8 @@ class RunContext:
     last_live_seqs: dict[int, int] = field(default_factory=dict)
     next_resync: float = 0.0  # monotonic; 0: re-read pods and Job at the first pass
     messages: dict[int, str] = field(default_factory=dict)  # termination messages of pods gone
+    create_failed_since: float | None = None  # monotonic; the Job's pod creation keeps failing
+    next_event_check: float = 0.0  # monotonic
     done: bool = False
     gpu: RunGpuStats | None = field(init=False)  # Prometheus GPU stats (spec.prometheus.url)
 
@@ -438,7 +441,10 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     now = now_rfc3339()
     gen = ctx.generation
     log.info("run %s failed: %s: %s", ctx.key, reason, message)
-    status = await ctx.writer.update(
+    # Before the status: once it says Failed, kopf stops this daemon (its `when` filter no
+    # longer matches) and cancels whatever request is still in flight.
+    await _stop_job(services, ctx)
+    await ctx.writer.update(
         lambda st: lifecycle.failed(
             st,
             generation=gen,
@@ -452,8 +458,6 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
         )
     )
     ctx.done = True
-    if status is not None:
-        await _stop_job(services, ctx)
 
 
 async def _stop_job(services: Services, ctx: RunContext) -> None:
@@ -572,10 +576,13 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         msg = f"Job {loadgen_job_name(ctx.name)} failed: {ctx.job.message}".strip(": ")
         await _fail(services, ctx, ctx.job.reason, msg)
         return
-    # 3. watchdog (before finishing: a finish that keeps failing must not outlive it)
+    # 3. the Job cannot create its pods (quota, LimitRange, admission, no ServiceAccount)
+    if await _pods_not_created(services, ctx, now):
+        return
+    # 4. watchdog (before finishing: a finish that keeps failing must not outlive it)
     if await _watchdog(services, ctx):
         return
-    # 4. results: every worker COMPLETE, or the Job completed (then wait a little for COMPLETE).
+    # 5. results: every worker COMPLETE, or the Job completed (then wait a little for COMPLETE).
     #    While the Job runs, an interrupted COMPLETE is not final: an evicted worker's pod is
     #    replaced and the new one resumes.
     indexes = set(range(ctx.workers))
@@ -597,7 +604,7 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
             log.exception("run %s: final results failed", ctx.key)
             await _fail(services, ctx, "ResultsError", f"building the results: {e}"[:500])
         return
-    # 5. WorkersReady
+    # 6. WorkersReady
     running = {v.index for v in ctx.pods.values() if v.running and v.index is not None}
     finished_ok = {v.index for v in ctx.pods.values() if v.phase == "Succeeded"}
     warmup = ctx.spec.phases.warmup is not None
@@ -616,7 +623,7 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
                 st, generation=gen, running=len(running), workers=ctx.workers, warmup=warmup
             )
         )
-    # 6. live status, at most once per live interval and only when a snapshot is new; the
+    # 7. live status, at most once per live interval and only when a snapshot is new; the
     #    Prometheus GPU view goes into the same patch
     latest = services.snapshots.latest(ctx.key)
     seqs = {w: s.seq for w, s in latest.items()}
@@ -629,6 +636,40 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         if gpu is not None:
             live["gpu"] = gpu
         await ctx.writer.update(lambda st: lifecycle.with_live(st, live))
+
+
+async def _pods_not_created(services: Services, ctx: RunContext, now: float) -> bool:
+    """Fail the run when its Job has failed to create worker pods for ``stuck_after_s``; True
+    when it did.
+
+    The Job controller reports a refused pod (ResourceQuota, LimitRange, Pod Security
+    admission, a missing ServiceAccount) only as a ``FailedCreate`` event on the Job, so while
+    the run has fewer pods than workers its Job's events are read every ``job_events_every_s``.
+    """
+    if len(ctx.pods) >= ctx.workers or ctx.job.state or now < ctx.next_event_check:
+        return False
+    ctx.next_event_check = now + services.settings.job_events_every_s
+    job = loadgen_job_name(ctx.name)
+    events = await services.api.list(
+        EVENT, ctx.namespace, fields=f"involvedObject.kind=Job,involvedObject.name={job}"
+    )
+    refused = [
+        e
+        for e in events
+        if e.get("reason") == "FailedCreate"
+        and (parse_time(e.get("lastTimestamp") or e.get("eventTime")) or 0) >= ctx.started_at - 1
+    ]
+    if not refused:
+        ctx.create_failed_since = None
+        return False
+    if ctx.create_failed_since is None:
+        ctx.create_failed_since = now
+    if now - ctx.create_failed_since < services.settings.stuck_after_s:
+        return False
+    latest = max(refused, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    message = f"Job {job} cannot create its worker pods: {latest.get('message', '')}"
+    await _fail(services, ctx, "PodCreateFailed", message[:1000])
+    return True
 
 
 async def _watchdog(services: Services, ctx: RunContext) -> bool:
