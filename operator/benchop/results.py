@@ -67,7 +67,11 @@ def load(name: str, *, namespace: str | None = None, server: str | None = None) 
     except SourceError:
         raise
     except Exception as e:  # config or API failure: one line, not a traceback
-        raise SourceError(f"{type(e).__name__}: {str(e).strip()[:500]}", 2) from None
+        raise SourceError(
+            f"no results directory {name} (nor {DEFAULT_ROOT / name}), and the cluster: "
+            f"{type(e).__name__}: {str(e).strip()[:500]}",
+            2,
+        ) from None
 
 
 def _configmap_bundle(cluster: Any, namespace: str, run: dict[str, Any]) -> Bundle | None:

@@ -426,13 +426,12 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     results_reason = ""
     prom_error = None
     output = None
+    merged = None
     if final is not None:
         try:
             gpu, prom_error = await _gpu_results(services, ctx, final)
             results, merged = build_final(final, slo=ctx.spec.slo, gpu=gpu)
             results_reason = REASONS[final.source]
-            verdict_ = ("Failed", reason, message)
-            output = await _output(services, ctx, final, merged, results, verdict_)
         except kopf.TemporaryError:
             raise
         except Exception:  # the failure is what matters; results that cannot be built are not
@@ -444,6 +443,9 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     # Before the status: once it says Failed, kopf stops this daemon (its `when` filter no
     # longer matches) and cancels whatever request is still in flight.
     await _stop_job(services, ctx)
+    if final is not None and results is not None and merged is not None:
+        # after the suspend: a collect Job must not merge files workers still write
+        output = await _output(services, ctx, final, merged, results, ("Failed", reason, message))
     await ctx.writer.update(
         lambda st: lifecycle.failed(
             st,
