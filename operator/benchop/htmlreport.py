@@ -673,6 +673,11 @@ def render(bundles: Sequence[Bundle], *, title: str | None = None) -> str:
 def run(args: argparse.Namespace) -> int:
     from benchop.results import SourceError, load
 
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        print("benchop report: needs plotly: pip install 'benchop[report]'", file=sys.stderr)
+        return 2
     if len(args.results) > 2:
         print("benchop report: at most two RESULTS (to compare)", file=sys.stderr)
         return 2

@@ -833,7 +833,7 @@ async def test_an_error_building_results_fails_the_run_with_results_error(
     def broken(*_: Any, **__: Any) -> Any:
         raise ValueError("boom")
 
-    monkeypatch.setattr(runs, "build_final_results", broken)
+    monkeypatch.setattr(runs, "build_final", broken)
     settings = settings_for()
     start(operator_task, kube, settings)
     await kube.client.create(BENCHMARKRUNS, single_worker_run("re", mock.url))
