@@ -462,7 +462,7 @@ def _experiment_charts(ch: Charts, sources: Sequence[Source]) -> None:
     fig = ch.figure(
         title="Goodput vs load",
         xaxis_title=axis,
-        yaxis={"title": {"text": "share meeting the SLO"}, "tickformat": ".0%"},
+        yaxis={"title": {"text": "share meeting the SLO"}, "tickformat": ".0%", "range": [0, 1.05]},
         yaxis2={"title": {"text": "good requests/s"}, "overlaying": "y", "side": "right"},
     )
     for i, s in enumerate(sources):
@@ -521,7 +521,7 @@ def _experiment_charts(ch: Charts, sources: Sequence[Source]) -> None:
                 y=[p[1] for p in front],
                 text=[p[2] for p in front],
                 mode="lines+markers",
-                line={"shape": "hv", "color": _color(i)},
+                line={"color": _color(i)},
                 name=f"{s.label} frontier",
             )
         )
