@@ -16,7 +16,7 @@ What it draws, per source:
   throughput, GPU power and energy per token over time (from timeseries.csv);
 - an Experiment: its runs' CDFs, the throughput-latency curve across the sweep, goodput
   against the offered load, the Pareto frontier (throughput vs TTFT p99) and the best run
-  per objective;
+  per objective; an SLO search also its target goodput, its knee and its probes;
 - two sources: the same charts with both overlaid, and a summary table with the change.
 """
 
@@ -489,6 +489,33 @@ def _experiment_charts(ch: Charts, sources: Sequence[Source]) -> None:
                 line={"color": _color(i), "dash": "dot"},
             )
         )
+        search = _search(s)
+        if search and x:
+            target = search.get("minGoodput")
+            if isinstance(target, int | float):
+                fig.add_trace(
+                    ch.go.Scatter(
+                        x=[min(v for v in x if v is not None), max(v for v in x if v is not None)],
+                        y=[target, target],
+                        mode="lines",
+                        name=f"{s.label} target goodput",
+                        line={"color": "#888", "dash": "dash"},
+                    )
+                )
+            knee = search.get("knee")
+            if isinstance(knee, int | float):
+                at = next((r for r in runs if _load_value(r) == float(knee)), None)
+                fig.add_trace(
+                    ch.go.Scatter(
+                        x=[knee],
+                        y=[at.number("goodput", "ratio") if at is not None else target],
+                        mode="markers+text",
+                        text=[f"knee {knee:g}"],
+                        textposition="bottom center",
+                        name=f"{s.label} knee",
+                        marker={"color": _color(i), "size": 16, "symbol": "star"},
+                    )
+                )
     ch.add(fig)
     # Pareto frontier
     high = ttft_keys[-1] if ttft_keys else "p99"
@@ -606,6 +633,35 @@ def _change(a: float | None, b: float | None) -> str:
     return f"{(b - a) / abs(a):+.1%}"
 
 
+def _search(source: Source) -> Mapping[str, Any]:
+    """An SLO search's ``status.metrics.search`` (empty for a sweep)."""
+    metrics = ((source.experiment or {}).get("status") or {}).get("metrics") or {}
+    search = metrics.get("search")
+    return search if isinstance(search, Mapping) else {}
+
+
+def _search_table(source: Source) -> str:
+    search = _search(source)
+    if not search:
+        return ""
+    e = html.escape
+    head = (
+        f"<h3>{e(source.label)}: SLO search on {e(str(search.get('path')))} "
+        f"(goodput &ge; {e(str(search.get('minGoodput')))})</h3>"
+        f"<p>{e(str(search.get('outcome')))}: {e(str(search.get('message') or ''))}</p>"
+    )
+    rows = "".join(
+        f"<tr><td>{e(str(p.get('run')))}</td><td>{e(str(p.get('value')))}</td>"
+        f"<td>{_fmt(p.get('goodput'), '%')}</td><td>{e(str(p.get('passed')))}</td></tr>"
+        for p in search.get("probes") or []
+        if isinstance(p, Mapping)
+    )
+    return (
+        f"{head}<table class='search'><tr><th>probe</th><th>load</th><th>goodput</th>"
+        f"<th>passed</th></tr>{rows}</table>"
+    )
+
+
 def _best_table(source: Source) -> str:
     metrics = ((source.experiment or {}).get("status") or {}).get("metrics") or {}
     best: Mapping[str, str] = metrics.get("best") or {}
@@ -649,7 +705,7 @@ def render(bundles: Sequence[Bundle], *, title: str | None = None) -> str:
         ch.html("<h2>Sweep</h2>")
         _experiment_charts(ch, experiments)
         for s in experiments:
-            ch.html(_best_table(s))
+            ch.html(_search_table(s) + _best_table(s))
     if runs_of_runs:
         ch.html("<h2>Over time</h2>")
         _time_chart(ch, runs_of_runs, "ttft", "TTFT over time")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import namespace
-from realkube import RealKube
+from realkube import RELEASE_NS, RealKube
 
 pytestmark = pytest.mark.cluster
 
@@ -76,3 +76,25 @@ def test_pods_refused_by_a_resource_quota_fail_the_run(mock_server: str, release
     release.apply(run_manifest("quota", ns, mock_server))
     cond = ends_failed_with(release, ns, "quota", "PodCreateFailed")
     assert "exceeded quota" in cond["message"], cond
+
+
+def test_a_spec_only_the_operator_refuses_is_rejected_once(release: RealKube) -> None:
+    # The schema admits a run without target.url (local mode has a built-in mock server); the
+    # operator refuses it with Accepted=False naming the field, an event, and no crash loop.
+    ns = namespace(release, "benchop-e2e-invalid")
+    manifest = run_manifest("no-url", ns, "http://unused.invalid/v1")
+    del manifest["spec"]["target"]["url"]
+    release.apply(manifest)
+    run = release.wait_ended("br", "no-url", ns, timeout=60)
+    accepted = release.condition(run, "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "InvalidSpec"), run["status"]
+    assert "spec.target.url" in accepted["message"]
+    assert release.get("job", "no-url-loadgen", namespace=ns) is None
+    events = release.kubectl("-n", ns, "describe", "br", "no-url").stdout
+    assert "spec.target.url" in events.split("Events:")[-1], events
+    [operator] = [
+        p
+        for p in release.get("pods", namespace=RELEASE_NS)
+        if p["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"
+    ]
+    assert operator["status"]["containerStatuses"][0]["restartCount"] == 0

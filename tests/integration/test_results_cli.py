@@ -100,7 +100,19 @@ async def sweep_with_bundles(kube: Kube) -> dict[str, dict[str, str]]:
         }
         await kube.client.patch_status(BENCHMARKRUNS, name, status)
         rows.append({"name": name, "params": params, "phase": "Succeeded"})
-    metrics = {"version": 1, "runs": rows, "best": {"rps": "sw-1"}}
+    search = {  # as an SLO search's rollup has it (docs/experiments.md)
+        "path": "load.concurrency",
+        "minGoodput": 0.9,
+        "outcome": "KneeFound",
+        "knee": 8,
+        "kneeRun": "sw-1",
+        "message": "knee load.concurrency=8",
+        "probes": [
+            {"run": "sw-0", "value": 1, "goodput": 0.9, "passed": True},
+            {"run": "sw-1", "value": 8, "goodput": 0.9, "passed": True},
+        ],
+    }
+    metrics = {"version": 1, "runs": rows, "best": {"rps": "sw-1"}, "search": search}
     await kube.client.patch_status(EXPERIMENTS, "sw", {"phase": "Succeeded", "metrics": metrics})
     return out
 
@@ -137,6 +149,7 @@ async def test_results_of_cluster_runs_and_experiments(
     assert code == 0, err
     text = html.read_text()
     assert "Pareto frontier" in text and "best run per objective" in text
+    assert "SLO search on load.concurrency" in text and "knee 8" in text
     assert text.count("Plotly.newPlot") == 4  # CDFs, curve, goodput, Pareto: no GPU energy here
     # not found, and found without a bundle
     code, _, err = await benchop(capsys, "results", "nope", *server)

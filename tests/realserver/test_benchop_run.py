@@ -41,7 +41,7 @@ def benchop_run(tmp: Path, doc: dict[str, Any]) -> tuple[list[dict[str, Any]], P
     (tmp / "in.yaml").write_text(yaml.safe_dump(doc))
     res = subprocess.run(
         [sys.executable, "-m", "benchop", "run", str(tmp / "in.yaml"), "--no-agent",
-         "--no-live", "--output", str(tmp / "out.yaml"), "--results-dir", str(tmp / "r")],
+         "--no-live", "--output-file", str(tmp / "out.yaml"), "--results-dir", str(tmp / "r")],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,8 @@ class LocalOptions:
     live: bool = True
     mock: MockConfig = field(default_factory=MockConfig)
     console: Console = field(default_factory=lambda: Console(stderr=True))
+    mock_url: str | None = None
+    """A mock server already running (:func:`shared_mock`): runs without a URL use it."""
     bundle_dir: Path | None = None  # where the results bundle goes (None: nowhere)
     run_meta: dict[str, Any] = field(default_factory=dict)  # extra results.json "run" fields
 
@@ -135,9 +137,20 @@ class _Status:
 
 
 @contextlib.asynccontextmanager
+async def shared_mock(opts: LocalOptions, needed: bool = True) -> AsyncIterator[LocalOptions]:
+    """``opts`` with one mock server for several runs (an Experiment's runs share it, as they
+    would share one real server); ``needed`` False (every run has a URL): ``opts`` as is."""
+    if not needed or opts.mock_url is not None:
+        yield opts
+        return
+    async with _target(None, opts) as url:
+        yield replace(opts, mock_url=url)
+
+
+@contextlib.asynccontextmanager
 async def _target(url: str | None, opts: LocalOptions) -> AsyncIterator[str]:
-    if url is not None:
-        yield url
+    if url is not None or opts.mock_url is not None:
+        yield url or opts.mock_url or ""
         return
     proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, opts.mock)
     try:
@@ -306,7 +319,28 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
             st.status["output"] = {"error": f"writing the bundle to {opts.bundle_dir}: {exc}"}
             opts.console.print(f"[red]{name}: {st.status['output']['error']}[/red]")
         outcome.bundle_s = time.perf_counter() - t0
+        if outcome.bundle_dir is not None:
+            opts.console.print(
+                f"{name}: results bundle in {outcome.bundle_dir}/ "
+                f"(written in {outcome.bundle_s:.2f} s)",
+                markup=False,
+                highlight=False,
+            )
     return outcome
+
+
+def child_options(
+    opts: LocalOptions, run: BenchmarkRun, index: int, experiment: str, params: dict[str, Any]
+) -> LocalOptions:
+    """The options of an Experiment's child run: its own workers' directory and, when the
+    Experiment writes a bundle, the child's in a sub-directory named after the child."""
+    child = run.metadata.name or f"run-{index}"
+    return replace(
+        opts,
+        results_dir=opts.results_dir / f"run-{index}",
+        bundle_dir=opts.bundle_dir / child if opts.bundle_dir is not None else None,
+        run_meta={"experiment": experiment, "params": params, "index": index},
+    )
 
 
 def write_bundle(

@@ -83,7 +83,6 @@ EXPERIMENT = Resource(GROUP, VERSION, EXPERIMENT_PLURAL)
 POD = Resource("", "v1", "pods")
 CONFIGMAP = Resource("", "v1", "configmaps")
 JOB = Resource("batch", "v1", "jobs")
-EVENT = Resource("", "v1", "events")
 
 
 class ApiError(Exception):
@@ -216,22 +215,12 @@ class KubeApi:
         return self._check("GET", path, status, body)
 
     async def list(
-        self,
-        res: Resource,
-        namespace: str | None,
-        *,
-        labels: str | None = None,
-        fields: str | None = None,
+        self, res: Resource, namespace: str | None, *, labels: str | None = None
     ) -> list[Body]:
-        """Items of ``res`` in ``namespace`` (None: every namespace) matching the label and
-        field selectors."""
+        """Items of ``res`` in ``namespace`` (None: every namespace) matching ``labels``."""
         path = res.path(namespace)
-        params = {
-            key: value
-            for key, value in (("labelSelector", labels), ("fieldSelector", fields))
-            if value
-        }
-        status, body = await self._call("GET", path, params=params or None)
+        params = {"labelSelector": labels} if labels else None
+        status, body = await self._call("GET", path, params=params)
         return list(self._check("GET", path, status, body).get("items") or [])
 
     async def create(self, res: Resource, namespace: str, body: Body) -> Body:

@@ -56,8 +56,6 @@ class OperatorSettings:
     # (quota, LimitRange, admission), for this long fail the run (other stuck states,
     # OOMKilled and a crash loop past the backoff, fail it at once).
     stuck_after_s: float = 60.0
-    # While a run has fewer pods than workers, its Job's FailedCreate events are read this often.
-    job_events_every_s: float = 10.0
     # How long to wait for COMPLETE snapshots after the Job completed before falling back.
     complete_wait_s: float = 5.0
     # kopf timeouts (seconds).

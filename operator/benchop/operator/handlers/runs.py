@@ -44,6 +44,8 @@ from benchop.core import lifecycle
 from benchop.core.gaterecords import profiling_window
 from benchop.core.gpuwindow import gpu_from_status
 from benchop.core.names import (
+    API_VERSION,
+    BENCHMARKRUN_KIND,
     COMPONENT_LABEL,
     LOADGEN,
     RUN_NAME_ANNOTATION,
@@ -68,7 +70,6 @@ from benchop.operator.gpustats import RunGpuStats, with_prometheus
 from benchop.operator.k8s import (
     BENCHMARKRUN,
     CONFIGMAP,
-    EVENT,
     JOB,
     POD,
     ApiError,
@@ -139,8 +140,8 @@ class RunContext:
     last_live_seqs: dict[int, int] = field(default_factory=dict)
     next_resync: float = 0.0  # monotonic; 0: re-read pods and Job at the first pass
     messages: dict[int, str] = field(default_factory=dict)  # termination messages of pods gone
-    create_failed_since: float | None = None  # monotonic; the Job's pod creation keeps failing
-    next_event_check: float = 0.0  # monotonic
+    refused_since: float | None = None  # monotonic; the Job's pod creation is being refused
+    refused_message: str = ""  # the latest FailedCreate event's message
     done: bool = False
     gpu: RunGpuStats | None = field(init=False)  # Prometheus GPU stats (spec.prometheus.url)
 
@@ -356,6 +357,29 @@ async def observe_job(services: Services, job: Mapping[str, Any]) -> None:
     ctx.wake.set()
 
 
+def observe_failed_create(services: Services, event: Mapping[str, Any]) -> None:
+    """A Job could not create a pod (ResourceQuota, LimitRange, Pod Security admission, a
+    missing ServiceAccount): the Job controller says so only in a FailedCreate event on the
+    Job. If it is a run's, the run fails after ``stuck_after_s`` unless its pods appear."""
+    involved = event.get("involvedObject") or {}
+    namespace, job = involved.get("namespace"), involved.get("name")
+    ctx = next(
+        (
+            c
+            for c in services.runs.values()
+            if c.namespace == namespace and loadgen_job_name(c.name) == job
+        ),
+        None,
+    )
+    when = parse_time(event.get("lastTimestamp") or event.get("eventTime"))
+    if ctx is None or when is None or when < ctx.started_at - 1:  # another run's, or older
+        return
+    ctx.refused_message = str(event.get("message") or "")
+    if ctx.refused_since is None:
+        ctx.refused_since = time.monotonic()
+    ctx.wake.set()
+
+
 async def resync(services: Services, ctx: RunContext) -> None:
     """Read the run's pods and Job directly (after a restart, or if a watch event was missed)."""
     pods = await services.api.list(POD, ctx.namespace, labels=run_selector(ctx.name))
@@ -446,6 +470,7 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     if final is not None and results is not None and merged is not None:
         # after the suspend: a collect Job must not merge files workers still write
         output = await _output(services, ctx, final, merged, results, ("Failed", reason, message))
+    kopf.warn(_event_target(ctx), reason=reason, message=message)  # `kubectl describe br`
     await ctx.writer.update(
         lambda st: lifecycle.failed(
             st,
@@ -460,6 +485,17 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
         )
     )
     ctx.done = True
+
+
+def _event_target(ctx: RunContext) -> kopf.Body:
+    """The run as kopf's event poster needs it (the event's involvedObject)."""
+    return kopf.Body(
+        {
+            "apiVersion": API_VERSION,
+            "kind": BENCHMARKRUN_KIND,
+            "metadata": {"name": ctx.name, "namespace": ctx.namespace, "uid": ctx.uid},
+        }
+    )
 
 
 async def _stop_job(services: Services, ctx: RunContext) -> None:
@@ -579,8 +615,14 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         await _fail(services, ctx, ctx.job.reason, msg)
         return
     # 3. the Job cannot create its pods (quota, LimitRange, admission, no ServiceAccount)
-    if await _pods_not_created(services, ctx, now):
-        return
+    if ctx.refused_since is not None:
+        if len(ctx.pods) >= ctx.workers:
+            ctx.refused_since = None
+        elif now - ctx.refused_since >= settings.stuck_after_s:
+            job = loadgen_job_name(ctx.name)
+            message = f"Job {job} cannot create its worker pods: {ctx.refused_message}"
+            await _fail(services, ctx, "PodCreateFailed", message[:1000])
+            return
     # 4. watchdog (before finishing: a finish that keeps failing must not outlive it)
     if await _watchdog(services, ctx):
         return
@@ -638,40 +680,6 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         if gpu is not None:
             live["gpu"] = gpu
         await ctx.writer.update(lambda st: lifecycle.with_live(st, live))
-
-
-async def _pods_not_created(services: Services, ctx: RunContext, now: float) -> bool:
-    """Fail the run when its Job has failed to create worker pods for ``stuck_after_s``; True
-    when it did.
-
-    The Job controller reports a refused pod (ResourceQuota, LimitRange, Pod Security
-    admission, a missing ServiceAccount) only as a ``FailedCreate`` event on the Job, so while
-    the run has fewer pods than workers its Job's events are read every ``job_events_every_s``.
-    """
-    if len(ctx.pods) >= ctx.workers or ctx.job.state or now < ctx.next_event_check:
-        return False
-    ctx.next_event_check = now + services.settings.job_events_every_s
-    job = loadgen_job_name(ctx.name)
-    events = await services.api.list(
-        EVENT, ctx.namespace, fields=f"involvedObject.kind=Job,involvedObject.name={job}"
-    )
-    refused = [
-        e
-        for e in events
-        if e.get("reason") == "FailedCreate"
-        and (parse_time(e.get("lastTimestamp") or e.get("eventTime")) or 0) >= ctx.started_at - 1
-    ]
-    if not refused:
-        ctx.create_failed_since = None
-        return False
-    if ctx.create_failed_since is None:
-        ctx.create_failed_since = now
-    if now - ctx.create_failed_since < services.settings.stuck_after_s:
-        return False
-    latest = max(refused, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
-    message = f"Job {job} cannot create its worker pods: {latest.get('message', '')}"
-    await _fail(services, ctx, "PodCreateFailed", message[:1000])
-    return True
 
 
 async def _watchdog(services: Services, ctx: RunContext) -> bool:
