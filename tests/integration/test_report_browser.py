@@ -1,7 +1,7 @@
 """`benchop report` opened in a real browser: headless Chromium loads the file:// page of the
-example run's and the example Experiment's results, logs no console error, fetches nothing,
-and draws every chart (each Plotly plot has its traces as SVG paths); a screenshot is taken
-and checked.
+results of the example run, the example Experiment and the example SLO search, logs no console
+error, fetches nothing, and draws every chart (each Plotly plot has its traces as SVG paths); a
+screenshot is taken and checked.
 
 ``BENCHOP_SCREENSHOT=docs/img/report.png`` also saves the run report's screenshot there (the
 README's picture; see README "Results and reports").
@@ -57,10 +57,11 @@ def benchop(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     need_chromium()
     tmp = tmp_path_factory.mktemp("bundles")
-    run, exp = tmp / "run", tmp / "exp"
+    run, exp, slo = tmp / "run", tmp / "exp", tmp / "slo"
     benchop("run", str(ROOT / "examples/run.yaml"), "--no-live", "--results-dir", str(run))
     benchop("run", str(ROOT / "examples/experiment.yaml"), "--no-live", "--results-dir", str(exp))
-    return {"run": run, "exp": exp, "child": exp / "mock-concurrency-sweep-2"}
+    benchop("run", str(ROOT / "examples/slo-search.yaml"), "--no-live", "--results-dir", str(slo))
+    return {"run": run, "exp": exp, "child": exp / "mock-concurrency-sweep-2", "slo": slo}
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -139,3 +140,14 @@ def test_two_runs_side_by_side(bundles: dict[str, Path], tmp_path: Path) -> None
     charts, _ = check(html, tmp_path / "profile", expected=6)
     assert charts[0]["data"] == 2 * 3
     assert "<tr class='change'>" in html.read_text()
+
+
+def test_slo_search_report_draws_the_knee(bundles: dict[str, Path], tmp_path: Path) -> None:
+    html = tmp_path / "slo.html"
+    benchop("report", str(bundles["slo"]), "--output-file", str(html))
+    # the example takes no GPU baselines: no energy-per-token chart
+    charts, _ = check(html, tmp_path / "profile", expected=4)
+    goodput = charts[2]
+    assert goodput["title"] == "Goodput vs load"
+    text = html.read_text()
+    assert "SLO search on load.concurrency" in text and "knee " in text
