@@ -99,17 +99,19 @@ def merge_records(worker_dirs: Sequence[Path], out: Path) -> int:
     """Merge the workers' ``records.jsonl`` into ``out`` in the order the requests ended;
     returns how many records it wrote.
 
-    Streams: one record per worker in memory at a time (plus the ids the checkpoint rules
-    need), whatever the files' size. The records that count are the checkpoint reader's
-    (:func:`benchop.loadgen.checkpoint.iter_records`: each id once, a torn last line and
-    earlier attempts' cancelled requests left out). Written to ``out.tmp`` and renamed.
+    Streams: the records of the last :data:`REORDER_NS` in memory (a worker's file is in the
+    order requests completed, which can differ from ``sent + e2e`` order by microseconds) plus
+    the ids the checkpoint rules need, whatever the files' size. The records that count are
+    the checkpoint reader's (:func:`benchop.loadgen.checkpoint.iter_records`: each id once, a
+    torn last line and earlier attempts' cancelled requests left out). Written to ``out.tmp``
+    and renamed.
     """
     tmp = out.with_name(out.name + ".tmp")
     n = 0
     streams = [_keyed(d) for d in worker_dirs]
     try:
         with open(tmp, "wb", buffering=_BUFFER) as f:
-            for _, _, line in heapq.merge(*streams):
+            for _, _, line in _reordered(heapq.merge(*streams), REORDER_NS):
                 f.write(line)  # as the worker wrote it, newline included
                 n += 1
             f.flush()
@@ -118,6 +120,26 @@ def merge_records(worker_dirs: Sequence[Path], out: Path) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return n
+
+
+REORDER_NS = 2_000_000_000
+"""A worker appends records as requests complete, and a request's end (its wall-clock send time
+plus its monotonic end-to-end latency) can precede the one appended before it by microseconds:
+the merge holds this much back to put them in order."""
+
+
+def _reordered(
+    items: Iterator[tuple[int, int, bytes]], window_ns: int
+) -> Iterator[tuple[int, int, bytes]]:
+    """``items`` (almost in key order) in key order, exactly when no item comes more than
+    ``window_ns`` after a larger key; memory: the items of one window."""
+    held: list[tuple[int, int, bytes]] = []
+    for item in items:
+        heapq.heappush(held, item)
+        while held[0][0] < item[0] - window_ns:
+            yield heapq.heappop(held)
+    while held:
+        yield heapq.heappop(held)
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,6 +178,17 @@ def test_merge_records_orders_by_end_and_keeps_the_checkpoint_rules(tmp_path: Pa
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_merge_records_puts_slightly_late_records_in_order(tmp_path: Path) -> None:
+    """A worker appends in completion order; send time + e2e may run microseconds behind."""
+    recs = [rec(i, end_s=i * 0.001) for i in range(50)]
+    shuffled = [recs[i ^ 1] for i in range(50)]  # each pair swapped: 1 ms out of order
+    write_worker(tmp_path / "w0", shuffled)
+    out = tmp_path / "records.jsonl"
+    assert files.merge_records([tmp_path / "w0"], out) == 50
+    ends = [json.loads(x)["sent_ns"] + json.loads(x)["e2e_ns"] for x in out.read_text().split()]
+    assert ends == sorted(ends)
+
+
 def test_results_dir_check(tmp_path: Path) -> None:
     files.check_results_dir(tmp_path / "new" / "deep")  # created
     assert (tmp_path / "new" / "deep").is_dir()
