@@ -26,7 +26,9 @@ Behaviour, set by :class:`MockConfig` (also the flags of ``benchop mock-server``
 - Prompt tokens are counted as whitespace-separated words of the completions ``prompt`` (an
   integer in a token-id list counts as one) or of all chat message contents. The load
   generator builds prompts whose word count equals the requested token count, so
-  ``usage.prompt_tokens`` echoes it.
+  ``usage.prompt_tokens`` echoes it. With ``tokenizer`` (a ``tokenizer.json``: what
+  ``spec.workload.tokenizer`` gives the load generator), each text is counted by it instead
+  (special tokens and chat template not counted), as benchop counts what it sent.
 - Any ``model`` name is accepted and echoed; ``/v1/models`` lists ``config.model``.
 - Faults, drawn per request in arrival order from one ``random.Random(seed)`` per server
   (same seed and request order -> same behaviour): ``error_rate`` -> HTTP 500,
@@ -117,6 +119,7 @@ class MockConfig:
     malformed_rate: float = 0.0
     seed: int = 0
     model: str = "benchop-mock"
+    tokenizer: str | None = None  # a tokenizer.json that counts prompt tokens (else words)
     capacity: int = 0  # streams served at full speed; 0: unlimited
 
     def __post_init__(self) -> None:
@@ -171,22 +174,27 @@ class _Request(msgspec.Struct):
 _decode_request = msgspec.json.Decoder(_Request).decode
 
 
-def count_prompt_tokens(req: _Request) -> int:
-    """Whitespace-separated words of the prompt or of all message contents (ids count 1)."""
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def count_prompt_tokens(req: _Request, count: Callable[[str], int] = _words) -> int:
+    """Tokens of the prompt or of all message contents (ids count 1), each text counted by
+    ``count`` (default: whitespace-separated words)."""
     n = 0
     if req.messages is not None:
         for m in req.messages:
             if isinstance(m.content, str):
-                n += len(m.content.split())
+                n += count(m.content)
             elif m.content is not None:
-                n += sum(len(p.text.split()) for p in m.content if p.text)
+                n += sum(count(p.text) for p in m.content if p.text)
     prompt = req.prompt
     if isinstance(prompt, str):
-        n += len(prompt.split())
+        n += count(prompt)
     elif prompt is not None:
         for item in prompt:
             if isinstance(item, str):
-                n += len(item.split())
+                n += count(item)
             elif isinstance(item, list):
                 n += len(item)
             else:
@@ -409,6 +417,11 @@ class _Handlers:
         self.stats = stats
         self.rng = random.Random(config.seed)
         self.ids = itertools.count(1)
+        self.count: Callable[[str], int] = _words
+        if config.tokenizer is not None:
+            from benchop.loadgen.tokenizer import HfTokenizer  # the load generator's own rule
+
+            self.count = HfTokenizer.from_file(config.tokenizer).count
         self.in_flight = 0  # generation requests past planning, not yet answered
         created = int(time.time())
         self.models_body = json.dumps(
@@ -517,7 +530,7 @@ class _Handlers:
         rid = next(self.ids)
         model = req.model or self.config.model
         finish = "stop" if limit is None else "length"
-        prompt_tokens = count_prompt_tokens(req)
+        prompt_tokens = count_prompt_tokens(req, self.count)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             enc = ChunkEncoder(
@@ -701,7 +714,9 @@ def config_args(config: MockConfig) -> list[str]:
     """``benchop mock-server`` flags that reproduce ``config``."""
     args: list[str] = []
     for f in fields(config):
-        args += [f"--{f.name.replace('_', '-')}", str(getattr(config, f.name))]
+        value = getattr(config, f.name)
+        if value is not None:
+            args += [f"--{f.name.replace('_', '-')}", str(value)]
     return args
 
 
@@ -747,6 +762,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--malformed-rate", type=float, default=d.malformed_rate, help="share with a bad chunk")
     a("--seed", type=int, default=d.seed, help="seed of the fault/jitter draws")
     a("--model", default=d.model, help="model name listed by /v1/models")
+    a("--tokenizer", default=None, help="tokenizer.json counting prompt tokens (default: words)")
     a("--capacity", type=int, default=d.capacity,
       help="streams at full speed; more slow all in proportion (0: unlimited)")  # fmt: skip
 
@@ -765,6 +781,7 @@ def run(args: argparse.Namespace) -> int:
             malformed_rate=args.malformed_rate,
             seed=args.seed,
             model=args.model,
+            tokenizer=args.tokenizer,
             capacity=args.capacity,
         )
     except ValueError as exc:

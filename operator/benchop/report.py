@@ -92,20 +92,28 @@ def results_table(results: Results, *, title: str = "Results (profiling phase)")
     """Latency statistics, then throughput, goodput, GPU and client health of one run."""
     table = Table(title=title, title_justify="left")
     table.add_column("latency")
-    for col in ("p50", "p90", "p99", "mean", "std", "min", "max", "count"):
-        table.add_column(col, justify="right")
     series: list[tuple[str, LatencyStats | None]] = [
         ("TTFT ms", results.ttft_ms),
         ("ITL ms", results.itl_ms),
         ("TPOT ms", results.tpot_ms),
         ("E2E ms", results.e2e_ms),
     ]
+    extra: list[str] = []  # spec.report.percentiles beyond the four, as the status has them
+    for _, s in series:
+        for key in (s.percentiles or {}) if s is not None else ():
+            if key not in extra:
+                extra.append(key)
+    extra.sort(key=lambda k: float(k[1:]))
+    cols = ("p50", "p90", "p95", "p99", *extra, "mean", "std", "min", "max")
+    for col in (*cols, "count"):
+        table.add_column(col, justify="right")
     for name, s in series:
         if s is None:
-            table.add_row(name, *["-"] * 8)
-        else:
-            values = (s.p50, s.p90, s.p99, s.mean, s.std, s.min, s.max)
-            table.add_row(name, *(fmt(v) for v in values), str(s.count))
+            table.add_row(name, *["-"] * (len(cols) + 1))
+            continue
+        pcts = {"p50": s.p50, "p90": s.p90, "p95": s.p95, "p99": s.p99, **(s.percentiles or {})}
+        other = {"mean": s.mean, "std": s.std, "min": s.min, "max": s.max}
+        table.add_row(name, *(fmt({**pcts, **other}.get(c)) for c in cols), str(s.count))
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
@@ -137,6 +145,13 @@ def results_table(results: Results, *, title: str = "Results (profiling phase)")
             f"cpu {fmt(c.cpu_pct)} %, receive lag p99 {fmt(c.recv_lag_p99_ms)} ms"
             + ("" if c.send_lag_p99_ms is None else f", send lag p99 {fmt(c.send_lag_p99_ms)} ms")
             + f": {verdict}",
+        )
+    if results.tokens is not None:
+        t = results.tokens
+        facts.add_row(
+            "tokens",
+            f"counts from {t.source} ({t.from_usage} of {req.ok} ok requests from the server's "
+            f"usage); tokenizer: {t.tokenizer or 'none (word and chunk estimates)'}",
         )
     facts.add_row("source", results.source + ("" if results.complete else " (INCOMPLETE)"))
     return Group(table, facts)

@@ -128,3 +128,35 @@ def test_concurrency_sweep_queues_at_the_server(llama_server: Server, tmp_path: 
         ratio[c] = e2e_ms / server_ms  # ~1 alone; ~c when c requests share one server
     assert ratio[1] < ratio[2] < ratio[4], ratio
     assert ratio[4] > 2 * ratio[1], ratio
+
+
+def test_multi_turn_dataset_replays_the_models_answers(
+    llama_server: Server, tmp_path: Path
+) -> None:
+    """A dataset's conversations, turn by turn, against a real model: the second turn carries
+    the model's own first answer (its words are in the second request's prompt count), and
+    with no usage in llama.cpp's streams the results say the counts are benchop's estimate."""
+    data = tmp_path / "conv.jsonl"
+    turns = [["Name a colour.", "Name a fruit of that colour."], ["Say hello.", "Say goodbye."]]
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": t} for t in conv]}) + "\n"
+            for conv in turns
+        )
+    )
+    spec = run_spec(llama_server, "chat", requests=4)
+    spec["workload"] = {"dataset": {"file": str(data), "multiTurn": True}, "outputTokens": 8}
+    doc = {"apiVersion": "benchop.io/v1alpha1", "kind": "BenchmarkRun",
+           "metadata": {"name": "llama-turns"}, "spec": spec}  # fmt: skip
+    (res,), results_dir = benchop_run(tmp_path, doc)
+    results = res["status"]["results"]
+    assert results["requests"]["ok"] == 4
+    assert results["tokens"] == {"source": "estimate", "fromUsage": 0}
+    recs = {(r["row"], r["turn"]): r for r in records(results_dir)}
+    assert set(recs) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    for row, conv in enumerate(turns):
+        first, second = recs[row, 0], recs[row, 1]
+        assert first["prompt_tokens"] == len(conv[0].split())
+        answer_words = second["prompt_tokens"] - first["prompt_tokens"] - len(conv[1].split())
+        assert answer_words >= 1  # the model's answer to turn 0 went back in with turn 1
+        assert second["sent_ns"] >= first["sent_ns"] + first["e2e_ns"]

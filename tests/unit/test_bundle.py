@@ -208,3 +208,18 @@ def test_results_dir_check(tmp_path: Path) -> None:
     files.check_results_dir(old)  # an earlier bundle: replaced
     files.clear_bundle(old)
     assert sorted(p.name for p in old.iterdir()) == ["keep.txt"]
+
+
+def test_results_json_has_the_percentiles_the_spec_asks_for() -> None:
+    from benchop.api.workload import ReportSpec
+
+    qs = bundle.percentiles_for(ReportSpec(percentiles=[50, 99.99, 75]))
+    assert qs == [50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99]
+    assert bundle.percentiles_for(None) == list(bundle.DEFAULT_PERCENTILES)
+    recs = records(300)
+    merged = merge_snapshots([snapshot(registry_from(recs), 0, elapsed_s=2.0)])
+    doc = bundle.results_document(merged, results={}, run={}, spec={}, percentiles=qs)
+    e2e = [r.e2e_ns for r in recs if r.outcome == "ok"]
+    got = doc["metrics"]["e2e_ms"]["percentiles"]
+    assert list(got) == ["p50", "p75", "p90", "p95", "p99", "p99.9", "p99.99"]
+    assert got["p99.99"] == pytest.approx(np.percentile(e2e, 99.99) / 1e6, rel=1e-12)

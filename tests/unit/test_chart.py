@@ -404,10 +404,11 @@ WHITELIST: frozenset[tuple[str, str, str]] = frozenset(
         # Load-generator Jobs: create, watch for failure, suspend a failed run's; the
         # collect Job of a run with an output PVC (create).
         *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "patch")),
-        # The ConfigMap with a run's spec; the run's results ConfigMap (results.json,
-        # timeseries.csv): created at the end, merge-patched when it exists (a restarted
-        # operator writes it again without reading it).
+        # The ConfigMap with a run's spec (a 409 on create reads the existing one); the run's
+        # results ConfigMap (results.json, timeseries.csv): created at the end, merge-patched
+        # when it exists (a restarted operator writes it again).
         ("", "configmaps", "create"),
+        ("", "configmaps", "get"),
         ("", "configmaps", "patch"),
         # Pods, read-only: workers, the target's nodes, agent pods.
         ("", "pods", "list"),

@@ -23,6 +23,7 @@ from benchop.api.models import (
     to_wire,
 )
 from benchop.api.sweep import set_path, sweep_points
+from benchop.api.workload import LengthDistribution
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -413,6 +414,9 @@ def test_spec_default_objects_are_filled() -> None:
             "phases": {"profiling": {"requests": 1}},
         }
     )
-    assert spec.workload.prompt_tokens == 512 and spec.workload.output_tokens == 128
+    # lengths unset: the synthetic defaults (a dataset's rows may set output lengths instead)
+    assert spec.workload.prompt_tokens is None and spec.workload.output_tokens is None
+    assert spec.workload.prompt == LengthDistribution(distribution="fixed", mean=512)
+    assert spec.workload.output is None
     assert spec.gates.baseline is True and spec.gates.timeout == "5s"
     assert spec.load.request_timeout == "300s" and spec.load.arrival == "poisson"

@@ -41,6 +41,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from benchop.api.durations import Duration
 from benchop.api.sweep import set_path, sweep_points
+from benchop.api.workload import ReportSpec, WorkloadSpec
 from benchop.core.names import API_VERSION, MAX_WORKERS, ApiVersion
 
 RESULTS_VERSION = 1
@@ -182,14 +183,6 @@ class TargetSpec(_Spec):
 
 
 # --------------------------------------------------------------------------- spec: load
-
-
-class WorkloadSpec(_Spec):
-    """Synthetic prompts: token lengths and the random seed."""
-
-    prompt_tokens: int = Field(512, ge=1)
-    output_tokens: int = Field(128, ge=1)
-    seed: int = Field(0, ge=0)
 
 
 LOAD_RULES: tuple[tuple[str, str], ...] = (
@@ -393,6 +386,7 @@ class BenchmarkRunSpec(_Spec):
     phases: PhasesSpec
     gates: GatesSpec = Field(default_factory=GatesSpec)
     slo: SloSpec | None = None
+    report: ReportSpec | None = None
     prometheus: PrometheusSpec | None = None
     pod: PodOverrides | None = None
     output: OutputSpec | None = None
@@ -481,7 +475,27 @@ class LatencyStats(_Status):
     max: float
     p50: float
     p90: float
+    p95: float | None = None  # None in results written before p95 was added
     p99: float
+    percentiles: dict[str, float] | None = Field(
+        None,
+        description="spec.report.percentiles other than p50/p90/p95/p99, keyed 'p99.9' "
+        "(left out when the results outgrow their size bound).",
+    )
+
+
+class TokenCounting(_Status):
+    """How token counts were obtained (prompt lengths, and counts the server did not report)."""
+
+    source: Literal["usage", "tokenizer", "estimate", "mixed"] = Field(
+        description="usage: every ok request's counts are the server's usage; tokenizer or "
+        "estimate: none are, benchop counted (with the tokenizer, or words and stream chunks); "
+        "mixed: some of each."
+    )
+    tokenizer: str | None = Field(
+        None, description="The tokenizer benchop used; absent: word and chunk estimates."
+    )
+    from_usage: int = Field(0, description="Ok requests whose counts are the server's usage.")
 
 
 class Goodput(_Status):
@@ -533,6 +547,7 @@ class Results(_Status):
     goodput: Goodput | None = None
     gpu: GpuResults | None = None
     client: ClientStats | None = None
+    tokens: TokenCounting | None = None
     workers: int
 
 

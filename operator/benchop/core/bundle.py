@@ -8,7 +8,8 @@ exact percentiles; their timelines: per-second rows), the run's ``status.results
 samples where known — so the files say the same thing wherever they were written.
 
 - :func:`results_document`: ``results.json``. ``metrics.<series>.percentiles`` holds
-  ``p50``, ``p90``, ``p95``, ``p99``, ``p99.9`` (keys ``p`` + the percentile) — exact when the
+  ``p50``, ``p90``, ``p95``, ``p99``, ``p99.9`` and those of ``spec.report.percentiles``
+  (:func:`percentiles_for`; keys ``p`` + the percentile) — exact when the
   snapshots carried raw values (``exact: true``), else estimated from the histogram (within
   0.78 %). ``histograms.<series>.buckets`` is ``[[lo, hi, count], ...]`` in the series' unit
   (log-linear buckets, benchop.metrics.buckets). ``results`` is ``status.results`` as written.
@@ -65,6 +66,13 @@ SERIES: dict[str, tuple[str, float, str]] = {
     names.INPUT_TOKENS: ("input_tokens", 1.0, "tokens"),
     names.OUTPUT_TOKENS: ("output_tokens", 1.0, "tokens"),
 }
+
+
+def percentiles_for(report: Any) -> list[float]:
+    """The percentiles of results.json: :data:`DEFAULT_PERCENTILES` and any more that
+    ``spec.report.percentiles`` asks for (``report``: the spec's ReportSpec or None)."""
+    asked = getattr(report, "percentiles", None) or ()
+    return sorted({*DEFAULT_PERCENTILES, *(float(q) for q in asked)})
 
 
 def pkey(q: float) -> str:

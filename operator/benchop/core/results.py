@@ -25,7 +25,11 @@ Underneath, two functions:
   * requests: total, ok, failed from the counters; ``byReason`` holds the
     non-zero ``failed_<reason>`` counters by reason;
   * throughput: ok requests, output and input tokens per second of elapsed time;
-  * latencies: ``Stats`` of each series with nanoseconds divided by 1e6 (ms);
+  * latencies: ``Stats`` of each series with nanoseconds divided by 1e6 (ms): p50, p90,
+    p95, p99 and, in ``percentiles``, the others ``spec.report.percentiles`` asks for;
+  * tokens: where the token counts came from (``usage`` when every ok request's counts are
+    the server's usage; ``tokenizer``/``estimate`` when none are; ``mixed``) and the
+    tokenizer benchop used, if any;
   * goodput (only when an SLO is given): ``ratio`` is the share of *all*
     profiling requests that succeeded and met every SLO (``requests_good /
     requests_total``), ``rps`` is ``requests_good`` per second;
@@ -55,8 +59,10 @@ from benchop.api.models import (
     Results,
     SloSpec,
     Throughput,
+    TokenCounting,
     to_wire,
 )
+from benchop.api.workload import ReportSpec, TokenizerSpec
 from benchop.metrics import names
 from benchop.metrics.stats import Stats, merge, summarize
 
@@ -133,11 +139,16 @@ def merge_snapshots(snaps: Sequence[MetricsSnapshot]) -> MergedMetrics:
     )
 
 
-def _latency_ms(merged: MergedMetrics, name: str) -> LatencyStats | None:
+def _latency_ms(
+    merged: MergedMetrics, name: str, percentiles: Sequence[float] = ()
+) -> LatencyStats | None:
     summary = merged.series.get(name)
     if summary is None or summary.count == 0:
         return None
-    s: Stats = summarize(summary)
+    s: Stats = summarize(summary, percentiles)
+    extra = {k: v / NS_PER_MS for k, v in s.percentiles().items()}
+    for key in ("p50", "p90", "p95", "p99"):
+        del extra[key]
     return LatencyStats(
         count=s.count,
         mean=s.mean / NS_PER_MS,
@@ -146,7 +157,22 @@ def _latency_ms(merged: MergedMetrics, name: str) -> LatencyStats | None:
         max=s.max / NS_PER_MS,
         p50=s.p50 / NS_PER_MS,
         p90=s.p90 / NS_PER_MS,
+        p95=s.p95 / NS_PER_MS,
         p99=s.p99 / NS_PER_MS,
+        percentiles=extra or None,
+    )
+
+
+def _tokens(counters: Mapping[str, int], tokenizer: TokenizerSpec | None) -> TokenCounting | None:
+    ok = counters.get(names.REQUESTS_OK, 0)
+    if ok == 0:
+        return None
+    usage = counters.get(names.USAGE_COUNTED, 0)
+    fallback: Literal["tokenizer", "estimate"] = "estimate" if tokenizer is None else "tokenizer"
+    return TokenCounting(
+        source="usage" if usage >= ok else fallback if usage == 0 else "mixed",
+        tokenizer=None if tokenizer is None else tokenizer.display_name,
+        from_usage=usage,
     )
 
 
@@ -180,8 +206,15 @@ def build_results(
     slo: SloSpec | None,
     source: Source,
     gpu: GpuResults | None = None,
+    report: ReportSpec | None = None,
+    tokenizer: TokenizerSpec | None = None,
 ) -> Results:
-    """The ``status.results`` of a run from its merged metrics (definitions: module doc)."""
+    """The ``status.results`` of a run from its merged metrics (definitions: module doc).
+
+    ``report.percentiles`` beyond p50/p90/p95/p99 go into each latency's ``percentiles``;
+    ``tokenizer`` is the spec's (``results.tokens`` names it).
+    """
+    qs = report.percentiles if report is not None else ()
     c = merged.counters
     ok = c.get(names.REQUESTS_OK, 0)
     failed = c.get(names.REQUESTS_FAILED, 0)
@@ -197,7 +230,7 @@ def build_results(
         for name, n in sorted(c.items())
         if name.startswith(names.FAILED_PREFIX) and n > 0
     }
-    ttft = _latency_ms(merged, names.TTFT)
+    ttft = _latency_ms(merged, names.TTFT, qs)
     return Results(
         complete=merged.complete,
         source=source,
@@ -210,9 +243,9 @@ def build_results(
             input_tok_per_s=per_s(c.get(names.INPUT_TOKENS_TOTAL, 0)),
         ),
         ttft_ms=ttft,
-        itl_ms=_latency_ms(merged, names.ITL),
-        tpot_ms=_latency_ms(merged, names.TPOT),
-        e2e_ms=_latency_ms(merged, names.E2E),
+        itl_ms=_latency_ms(merged, names.ITL, qs),
+        tpot_ms=_latency_ms(merged, names.TPOT, qs),
+        e2e_ms=_latency_ms(merged, names.E2E, qs),
         goodput=(
             None
             if slo is None
@@ -220,6 +253,7 @@ def build_results(
         ),
         gpu=gpu,
         client=_client(merged.gauges, ttft, _latency_ms(merged, names.SEND_LAG)),
+        tokens=_tokens(c, tokenizer),
     )
 
 
@@ -291,21 +325,34 @@ def final_snapshots(
 
 
 def build_final_results(
-    final: Final, *, slo: SloSpec | None, gpu: GpuResults | None
+    final: Final,
+    *,
+    slo: SloSpec | None,
+    gpu: GpuResults | None,
+    report: ReportSpec | None = None,
+    tokenizer: TokenizerSpec | None = None,
 ) -> dict[str, Any]:
     """``status.results`` (camelCase) from the chosen snapshots; bounded in size.
 
     Incomplete (``complete: false``) when a worker is missing or a snapshot is live.
+    ``report`` and ``tokenizer`` are the spec's (``spec.report``, ``spec.workload.tokenizer``).
     """
-    return build_final(final, slo=slo, gpu=gpu)[0]
+    return build_final(final, slo=slo, gpu=gpu, report=report, tokenizer=tokenizer)[0]
 
 
 def build_final(
-    final: Final, *, slo: SloSpec | None, gpu: GpuResults | None
+    final: Final,
+    *,
+    slo: SloSpec | None,
+    gpu: GpuResults | None,
+    report: ReportSpec | None = None,
+    tokenizer: TokenizerSpec | None = None,
 ) -> tuple[dict[str, Any], MergedMetrics]:
     """:func:`build_final_results` and the merged metrics it came from (for the bundle)."""
     merged = merge_snapshots(final.snapshots)
-    results: Results = build_results(merged, slo=slo, source=final.source, gpu=gpu)
+    results: Results = build_results(
+        merged, slo=slo, source=final.source, gpu=gpu, report=report, tokenizer=tokenizer
+    )
     if final.source == "live" or final.missing:
         results = results.model_copy(update={"complete": False})
     doc = to_wire(results)
@@ -313,10 +360,16 @@ def build_final(
 
 
 def bound_results(doc: dict[str, Any], limit: int = RESULTS_MAX_BYTES) -> dict[str, Any]:
-    """Trim a results dict until its JSON is at most ``limit`` bytes (agent lists, reasons)."""
+    """Trim a results dict until its JSON is at most ``limit`` bytes (extra percentiles, agent
+    lists, reasons)."""
 
     def size() -> int:
         return len(json.dumps(doc, separators=(",", ":")))
+
+    if size() > limit:  # the full results keep them; p50/p90/p95/p99 stay
+        for key in ("ttftMs", "itlMs", "tpotMs", "e2eMs"):
+            if isinstance(doc.get(key), dict):
+                doc[key].pop("percentiles", None)
 
     gpu = doc.get("gpu") or {}
     prom = gpu.get("prometheus")

@@ -99,8 +99,11 @@ class StreamClient:
         *,
         request_timeout: float,
         connect_timeout: float = 10.0,
+        count_tokens: Callable[[str], int] | None = None,
     ) -> None:
         self.target = target
+        # counts an answer's tokens when the server reports no usage (else: stream chunks)
+        self._count_tokens = count_tokens
         self._timeout = request_timeout
         self._timeout_ns = int(request_timeout * 1e9)
         self._connect_timeout = connect_timeout
@@ -112,7 +115,7 @@ class StreamClient:
         self._watchdog: asyncio.Task[None] | None = None
         self._calls: set[_Call] = set()  # in flight, with their deadlines
         encode = self._encode = msgspec.json.Encoder().encode
-        # The body is these two halves around the JSON-encoded prompt (see ``body``).
+        # The body is these halves around the JSON-encoded prompt (see ``body``).
         common = {
             "model": target.model,
             "max_tokens": 0,
@@ -121,12 +124,12 @@ class StreamClient:
             "ignore_eos": True,
         }
         if target.api == "chat":
-            whole = encode({"messages": [{"role": "user", "content": "\x00"}], **common})
+            self._prompt_tpl = _template(
+                encode({"messages": [{"role": "user", "content": "\x00"}], **common})
+            )
+            self._messages_tpl = _template(encode({"messages": "\x00", **common}))
         else:
-            whole = encode({"prompt": "\x00", **common})
-        head, _, tail = whole.partition(b'"\\u0000"')
-        self._body_head = head
-        self._body_tail = tail.partition(b'"max_tokens":0')
+            self._prompt_tpl = _template(encode({"prompt": "\x00", **common}))
         #: Requests currently in flight.
         self.in_flight = 0
         # Receive lags (wall ns, from ``benchop_sent_ns``, one per read) of finished
@@ -171,12 +174,18 @@ class StreamClient:
         return np.frombuffer(lags, dtype=np.int64)
 
     def body(self, prompt: str, max_tokens: int) -> bytes:
-        """The JSON request body for ``api``: streaming, usage included, ``ignore_eos``.
+        """The JSON request body for ``api``: streaming, usage included, ``ignore_eos``; the
+        prompt is the one user message (chat) or the prompt (completions).
 
         Only the prompt is encoded per call; the rest is a template built once.
         """
-        a, key, b = self._body_tail
-        return b"".join((self._body_head, self._encode(prompt), a, key[:-1], b"%d" % max_tokens, b))
+        return _fill(self._prompt_tpl, self._encode(prompt), max_tokens)
+
+    def body_messages(self, messages: list[dict[str, str]], max_tokens: int) -> bytes:
+        """The chat request body with these ``messages`` (``{"role", "content"}`` dicts)."""
+        if self.target.api != "chat":
+            raise ValueError("messages need the chat API")
+        return _fill(self._messages_tpl, self._encode(messages), max_tokens)
 
     async def _expire(self) -> None:
         """Cancel requests past their deadline (one timer for all, ~10 checks per timeout)."""
@@ -201,9 +210,11 @@ class StreamClient:
         input_words: int,
         sink: Sink,
         trigger: SendTrigger | None = None,
-    ) -> None:
+        keep_text: bool = False,
+    ) -> str | None:
         """Send one request and call ``sink`` once with its record; never raises
-        (except ``CancelledError``, after the sink ran).
+        (except ``CancelledError``, after the sink ran). With ``keep_text``, returns the
+        answer's text when the request succeeded (else None).
 
         With an open loop's ``trigger``, the request is sent when the trigger fires (written
         by the firer on a connection reserved ahead); ``trigger.sent_ns`` is its start, and
@@ -216,6 +227,7 @@ class StreamClient:
         c = _Call()
         c.task = task = _current_task()
         c.trigger = trigger
+        c.keep_text = keep_text or self._count_tokens is not None
         self.in_flight += 1
         wall0 = _wall_ns()
         t0 = _perf_ns()
@@ -229,7 +241,7 @@ class StreamClient:
         except NotSent:
             calls.discard(c)
             self.in_flight -= 1
-            return
+            return None
         except ConnectError as exc:
             c.fail("connection", str(exc)[:_ERROR_CHARS])
         except Disconnected as exc:
@@ -252,6 +264,10 @@ class StreamClient:
             log.debug("request %s failed", ident.id, exc_info=True)
         calls.discard(c)
         self._finish(c, ident, t0, input_words, sink)
+        p = c.parser
+        if keep_text and c.outcome == OK and p is not None and p.text is not None:
+            return "".join(p.text)
+        return None
 
     def _finish(self, c: _Call, ident: Ident, t0: int, input_words: int, sink: Sink) -> None:
         self.in_flight -= 1
@@ -273,6 +289,8 @@ class StreamClient:
             if parser.usage_completion is not None:
                 out_tokens = parser.usage_completion
                 from_usage = True
+            elif self._count_tokens is not None and parser.text is not None:
+                out_tokens = self._count_tokens("".join(parser.text))
             if parser.usage_prompt is not None:
                 in_tokens = parser.usage_prompt
             if parser.recv_lag_ns:
@@ -310,6 +328,7 @@ class _Call:
         "error",
         "error_body",
         "finished",
+        "keep_text",
         "outcome",
         "parser",
         "status",
@@ -326,6 +345,7 @@ class _Call:
         self.trigger: SendTrigger | None = None  # open loop: the deadline counts from its send
         self.wall_offset = 0  # wall ns - perf_counter ns, for the receive lag
         self.timed_out = False
+        self.keep_text = False  # keep the answer's text (StreamParser.text)
         self.status = 0  # HTTP status; 0 until headers arrived
         self.outcome = "other"
         self.error: str | None = None
@@ -342,7 +362,7 @@ class _Call:
         if content_type[:17].lower() != "text/event-stream":
             self.end("malformed_stream", f"expected text/event-stream, got {content_type[:80]!r}")
             return True
-        self.parser = StreamParser(self.wall_offset)
+        self.parser = StreamParser(self.wall_offset, self.keep_text)
         return False
 
     def on_body(self, data: bytes, t_ns: int) -> bool:
@@ -378,6 +398,19 @@ class _Call:
     def fail(self, outcome: str, error: str) -> None:
         if not self.finished:
             self.end(outcome, error)
+
+
+def _template(whole: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """A body split around its ``"\\u0000"`` placeholder and its ``max_tokens`` value:
+    (head, middle, ``"max_tokens":``, tail)."""
+    head, _, tail = whole.partition(b'"\\u0000"')
+    a, key, b = tail.partition(b'"max_tokens":0')
+    return head, a, key[:-1], b
+
+
+def _fill(tpl: tuple[bytes, bytes, bytes, bytes], value: bytes, max_tokens: int) -> bytes:
+    head, a, key, b = tpl
+    return b"".join((head, value, a, key, b"%d" % max_tokens, b))
 
 
 def _stream_outcome(p: StreamParser) -> tuple[str, str | None]:

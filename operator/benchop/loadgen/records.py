@@ -66,6 +66,12 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     send_lag_ns: int | None = None  # open loop only: actual - scheduled send time
     delayed: bool = False  # open loop: waited for a slot under maxInFlight
     good: bool = False  # ok and met every SLO given
+    # What the workload sent (benchop.loadgen.workload):
+    prompt_tokens: int | None = None  # the prompt's tokens as benchop counts them
+    max_tokens: int | None = None  # the output length asked for (max_tokens)
+    row: int | None = None  # dataset: the row (conversation) in the file, 0-based
+    turn: int | None = None  # dataset: the user turn within the row, 0-based
+    prefix: int | None = None  # shared prefixes: which one
 
 
 class Slo(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,6 +116,7 @@ def new_registry() -> Registry:
         names.GOOD,
         names.OUTPUT_TOKENS_TOTAL,
         names.INPUT_TOKENS_TOTAL,
+        names.USAGE_COUNTED,
         DELAYED,
     ):
         reg.counter(c)
@@ -137,6 +144,8 @@ def record_into(reg: Registry, rec: RequestRecord) -> None:
         reg.counter(names.failed(reason)).inc()
         return
     reg.counter(names.REQUESTS_OK).inc()
+    if rec.tokens_from_usage:
+        reg.counter(names.USAGE_COUNTED).inc()
     if rec.good:
         reg.counter(names.GOOD).inc()
     reg.counter(names.OUTPUT_TOKENS_TOTAL).inc(rec.output_tokens)

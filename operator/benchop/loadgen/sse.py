@@ -9,7 +9,9 @@ token when it carries content (chat ``delta.content``; reasoning as
 (DeepSeek, SGLang, llama.cpp, older vLLM); completions ``text``); the time of
 the read that delivered it is its arrival time, so tokens of one read have gaps of 0.
 ``usage`` is taken from whichever chunk has it (the last one, with
-``stream_options.include_usage``).
+``stream_options.include_usage``). With ``keep_text``, the answer's text (chat
+``delta.content``, completions ``text``; not reasoning) is kept in ``text``, for
+multi-turn replay and for counting tokens the server did not report.
 The receive lag (mock server only: it stamps ``benchop_sent_ns``) is one value
 per read: the read's time minus the stamp of its first, oldest chunk.
 
@@ -88,11 +90,12 @@ class StreamParser:
         "malformed",
         "n_tokens",
         "recv_lag_ns",
+        "text",
         "usage_completion",
         "usage_prompt",
     )
 
-    def __init__(self, wall_offset_ns: int) -> None:
+    def __init__(self, wall_offset_ns: int, keep_text: bool = False) -> None:
         self._buf = b""
         self._wall_offset = wall_offset_ns
         self.done = False  # saw data: [DONE]
@@ -106,6 +109,7 @@ class StreamParser:
         self.recv_lag_ns: list[int] = []
         self.usage_prompt: int | None = None
         self.usage_completion: int | None = None
+        self.text: list[str] | None = [] if keep_text else None  # the answer's pieces
 
     def feed(self, data: bytes, t_ns: int) -> bool:
         """Parse ``data`` received at ``t_ns``; True when reading should stop.
@@ -188,12 +192,22 @@ class StreamParser:
                 d = ch.delta
                 if (d.content or d.reasoning or d.reasoning_content) if d is not None else ch.text:
                     n += 1
+            if self.text is not None:
+                self._keep(chunk.choices)
             usage = chunk.usage
             if usage is not None:
                 self.usage_prompt = usage.prompt_tokens
                 self.usage_completion = usage.completion_tokens
         self._count(n, t_ns)
         return False
+
+    def _keep(self, choices: list[_Choice]) -> None:
+        text = self.text
+        assert text is not None
+        for ch in choices:
+            piece = ch.delta.content if ch.delta is not None else ch.text
+            if piece:
+                text.append(piece)
 
     def _count(self, n: int, t_ns: int) -> None:
         """``n`` tokens arrived at ``t_ns``: one gap from the last token, then zeros."""

@@ -5,6 +5,7 @@
     benchop run examples/run.yaml -o yaml          # the resource with its status on stdout
     benchop run examples/experiment.yaml           # the sweep, one run after another
     benchop run examples/slo-search.yaml           # an SLO search, probe after probe
+    benchop run examples/dataset-run.yaml          # prompts from examples/data/chat.jsonl
     benchop run several.yaml                       # `---` separated resources, in file order
     benchop run examples/run.yaml --results-dir out/c8
 
@@ -136,7 +137,12 @@ async def _run_experiment(
     done: list[tuple[BenchmarkRun, LocalOutcome]] = []
     failures = 0
     points = exp.spec.points()
-    async with shared_mock(opts, needed=any(s.target.url is None for _, s in points)) as opts:
+    tok = exp.spec.template.workload.tokenizer
+    async with shared_mock(
+        opts,
+        needed=any(s.target.url is None for _, s in points),
+        tokenizer=tok.file if tok else None,
+    ) as opts:
         for i, (params, spec) in enumerate(points):
             label = ", ".join(f"{k}={v}" for k, v in params.items())
             opts.console.rule(f"{name}: run {i + 1}/{len(points)} ({label})")

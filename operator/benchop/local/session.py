@@ -137,22 +137,28 @@ class _Status:
 
 
 @contextlib.asynccontextmanager
-async def shared_mock(opts: LocalOptions, needed: bool = True) -> AsyncIterator[LocalOptions]:
+async def shared_mock(
+    opts: LocalOptions, needed: bool = True, tokenizer: str | None = None
+) -> AsyncIterator[LocalOptions]:
     """``opts`` with one mock server for several runs (an Experiment's runs share it, as they
-    would share one real server); ``needed`` False (every run has a URL): ``opts`` as is."""
+    would share one real server); ``needed`` False (every run has a URL): ``opts`` as is.
+    ``tokenizer``: the runs' tokenizer.json, which the mock then counts prompts with."""
     if not needed or opts.mock_url is not None:
         yield opts
         return
-    async with _target(None, opts) as url:
+    async with _target(None, opts, tokenizer) as url:
         yield replace(opts, mock_url=url)
 
 
 @contextlib.asynccontextmanager
-async def _target(url: str | None, opts: LocalOptions) -> AsyncIterator[str]:
+async def _target(
+    url: str | None, opts: LocalOptions, tokenizer: str | None = None
+) -> AsyncIterator[str]:
     if url is not None or opts.mock_url is not None:
         yield url or opts.mock_url or ""
         return
-    proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, opts.mock)
+    mock = opts.mock if tokenizer is None else replace(opts.mock, tokenizer=tokenizer)
+    proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, mock)
     try:
         yield mock_url
     finally:
@@ -207,7 +213,11 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
     spec_file = opts.results_dir / "spec.json"
     spec_file.write_text(json.dumps(to_wire(run)))
 
-    async with _target(spec.target.url, opts) as url, _agent(opts) as agent:
+    tok = spec.workload.tokenizer  # the mock counts prompts as the workers do
+    async with (
+        _target(spec.target.url, opts, tok.file if tok else None) as url,
+        _agent(opts) as agent,
+    ):
         st.events.append(f"target {url}" + ("" if spec.target.url else " (built-in mock server)"))
         agents: list[AgentEndpoint] = []
         if agent is None:
@@ -272,7 +282,9 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
     if final is not None:
         gates = st.status.get("gates") or {}
         gpu = gpu_from_status(gates, output_tokens=output_tokens(final))
-        results_doc, merged = build_final(final, slo=spec.slo, gpu=gpu)
+        results_doc, merged = build_final(
+            final, slo=spec.slo, gpu=gpu, report=spec.report, tokenizer=spec.workload.tokenizer
+        )
         results_reason = REASONS[final.source]
     now = c.now_rfc3339()
     failed = {w: code for w, code in enumerate(codes) if code != 0}
@@ -363,6 +375,7 @@ def write_bundle(
         results=status.get("results") or {},
         run=meta,
         spec=to_wire(run.spec),
+        percentiles=bundle.percentiles_for(run.spec.report),
         status={
             "phase": status.get("phase"),
             "reason": succeeded.get("reason"),

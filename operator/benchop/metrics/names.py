@@ -29,6 +29,7 @@ REQUESTS_FAILED: Final = "requests_failed"
 GOOD: Final = "requests_good"  # succeeded and met every SLO
 OUTPUT_TOKENS_TOTAL: Final = "output_tokens_total"
 INPUT_TOKENS_TOTAL: Final = "input_tokens_total"
+USAGE_COUNTED: Final = "requests_usage_counted"  # ok requests whose counts are the server's usage
 
 # One counter per failure reason: FAILED_PREFIX + reason.
 FAILED_PREFIX: Final = "failed_"

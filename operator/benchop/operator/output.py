@@ -62,6 +62,7 @@ async def write_output(
         run={"name": name, "namespace": namespace, "uid": meta.get("uid")},
         spec=to_wire(run.spec),
         status={"phase": phase, "reason": reason, "message": message},
+        percentiles=bundle.percentiles_for(run.spec.report),
     )
     window = profiling_window(gates)
     rows = merge_rows(s.timeline for s in final.snapshots)
@@ -108,9 +109,9 @@ async def write_output(
 
 
 async def _create_or_replace_data(api: KubeApi, namespace: str, cm: dict[str, Any]) -> None:
-    """Create the ConfigMap; when it exists, merge-patch its data (no read: create + patch
-    are the only verbs the operator has on ConfigMaps). One of an older incarnation of the
-    run (garbage collection pending) is waited for, as :meth:`KubeApi.create` does."""
+    """Create the ConfigMap; when it exists, merge-patch its data (one call, no read). One of
+    an older incarnation of the run (garbage collection pending) is waited for, as
+    :meth:`KubeApi.create` does."""
     name = cm["metadata"]["name"]
     try:
         await api.create_only(CONFIGMAP, namespace, cm)

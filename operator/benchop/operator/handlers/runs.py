@@ -64,6 +64,7 @@ from benchop.core.results import (
     verdict,
 )
 from benchop.core.selectors import run_selector
+from benchop.core.workloadfiles import cluster_problem
 from benchop.operator import builders
 from benchop.operator.gatebridge import GateBridge
 from benchop.operator.gpustats import RunGpuStats, with_prometheus
@@ -116,6 +117,9 @@ def check_operator_rules(run: BenchmarkRun) -> None:
         raise InvalidRun(
             "spec.target.url: required in a cluster (only local mode has a built-in mock server)"
         )
+    problem = cluster_problem(run.spec.workload)
+    if problem is not None:
+        raise InvalidRun(problem)
 
 
 @dataclass
@@ -454,7 +458,13 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     if final is not None:
         try:
             gpu, prom_error = await _gpu_results(services, ctx, final)
-            results, merged = build_final(final, slo=ctx.spec.slo, gpu=gpu)
+            results, merged = build_final(
+                final,
+                slo=ctx.spec.slo,
+                gpu=gpu,
+                report=ctx.spec.report,
+                tokenizer=ctx.spec.workload.tokenizer,
+            )
             results_reason = REASONS[final.source]
         except kopf.TemporaryError:
             raise
@@ -541,7 +551,13 @@ async def _finish(services: Services, ctx: RunContext) -> None:
         await _fail(services, ctx, "NoResults", "the Job completed but no worker reported")
         return
     gpu, prom_error = await _gpu_results(services, ctx, final)
-    results, merged = build_final(final, slo=ctx.spec.slo, gpu=gpu)
+    results, merged = build_final(
+        final,
+        slo=ctx.spec.slo,
+        gpu=gpu,
+        report=ctx.spec.report,
+        tokenizer=ctx.spec.workload.tokenizer,
+    )
     ok, reason, message = verdict(results)
     phase = "Succeeded" if ok else "Failed"
     output = await _output(services, ctx, final, merged, results, (phase, reason, message))
