@@ -1,5 +1,5 @@
 """`benchop report` opened in a real browser: headless Chromium loads the file:// page of the
-results of the example run, the example Experiment and the example SLO search, logs no console
+results of the example run, dataset run, Experiment and SLO search, logs no console
 error, fetches nothing, and draws every chart (each Plotly plot has its traces as SVG paths); a
 screenshot is taken and checked.
 
@@ -61,7 +61,15 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     benchop("run", str(ROOT / "examples/run.yaml"), "--no-live", "--results-dir", str(run))
     benchop("run", str(ROOT / "examples/experiment.yaml"), "--no-live", "--results-dir", str(exp))
     benchop("run", str(ROOT / "examples/slo-search.yaml"), "--no-live", "--results-dir", str(slo))
-    return {"run": run, "exp": exp, "child": exp / "mock-concurrency-sweep-2", "slo": slo}
+    data = tmp / "dataset"
+    benchop("run", str(ROOT / "examples/dataset-run.yaml"), "--no-live", "--results-dir", str(data))
+    return {
+        "run": run,
+        "exp": exp,
+        "child": exp / "mock-concurrency-sweep-2",
+        "slo": slo,
+        "dataset": data,
+    }
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -151,3 +159,10 @@ def test_slo_search_report_draws_the_knee(bundles: dict[str, Path], tmp_path: Pa
     assert goodput["title"] == "Goodput vs load"
     text = html.read_text()
     assert "SLO search on load.concurrency" in text and "knee " in text
+
+
+def test_dataset_run_report_draws_every_chart(bundles: dict[str, Path], tmp_path: Path) -> None:
+    html = tmp_path / "dataset.html"
+    benchop("report", str(bundles["dataset"]), "--output-file", str(html))
+    charts, _ = check(html, tmp_path / "profile", expected=6)
+    assert charts[0]["data"] == 3
