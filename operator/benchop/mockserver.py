@@ -36,6 +36,9 @@ Behaviour, set by :class:`MockConfig` (also the flags of ``benchop mock-server``
   is aborted after 1..n-1 token chunks (no ``[DONE]``; non-streaming: no response at all),
   ``malformed_rate`` -> one token chunk is sent as truncated, unparsable JSON (the stream
   then continues to ``[DONE]``; non-streaming: a truncated JSON body).
+- ``api_key``: when set, a completion request without ``Authorization: Bearer <key>`` is
+  answered 401 (``benchop mock-server --api-key-env NAME`` reads the key from the environment,
+  never from the command line).
 
 Non-standard field: every chunk, and a non-streaming body, carries ``"benchop_sent_ns"``,
 ``time.time_ns()`` when the server built it, so a client on the same host measures receive
@@ -57,6 +60,7 @@ import contextlib
 import enum
 import itertools
 import json
+import os
 import random
 import signal
 import subprocess
@@ -64,7 +68,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, overload
 
 import msgspec
@@ -96,6 +100,7 @@ STATS_KEYS = (
     "models",  # GET /v1/models
     "ok",  # generation responses completed normally (including malformed ones)
     "bad_requests",  # 400
+    "unauthorized",  # 401: MockConfig.api_key set and not sent
     "errors",  # injected 500
     "rate_limited",  # injected 429
     "disconnects",  # injected mid-stream disconnects
@@ -121,6 +126,8 @@ class MockConfig:
     model: str = "benchop-mock"
     tokenizer: str | None = None  # a tokenizer.json that counts prompt tokens (else words)
     capacity: int = 0  # streams served at full speed; 0: unlimited
+    api_key: str | None = field(default=None, repr=False)
+    """When set, a completion request without ``Authorization: Bearer <api_key>`` gets 401."""
 
     def __post_init__(self) -> None:
         if self.ttft < 0 or self.itl < 0:
@@ -470,6 +477,11 @@ class _Handlers:
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         stats = self.stats
         stats["requests"] += 1
+        key = self.config.api_key
+        if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+            stats["unauthorized"] += 1
+            body = _error_body("invalid API key", "invalid_request_error", 401)
+            return web.Response(status=401, body=body, content_type="application/json")
         loop = asyncio.get_running_loop()
         body = await request.read()
         arrived = loop.time()
@@ -714,10 +726,15 @@ def config_args(config: MockConfig) -> list[str]:
     """``benchop mock-server`` flags that reproduce ``config``."""
     args: list[str] = []
     for f in fields(config):
+        if f.name == "api_key":  # never on a command line: see spawn_mock_server_process
+            continue
         value = getattr(config, f.name)
         if value is not None:
             args += [f"--{f.name.replace('_', '-')}", str(value)]
     return args
+
+
+API_KEY_ENV = "BENCHOP_MOCK_API_KEY"
 
 
 def spawn_mock_server_process(
@@ -728,7 +745,11 @@ def spawn_mock_server_process(
     The caller owns the process: ``proc.terminate(); proc.wait()``.
     """
     cmd = [sys.executable, "-m", "benchop", "mock-server", "--host", host, "--port", "0"]
-    proc = subprocess.Popen(cmd + config_args(config), stdout=subprocess.PIPE, text=True)
+    env = None
+    if config.api_key is not None:  # through the environment, not argv (visible in ps)
+        cmd += ["--api-key-env", API_KEY_ENV]
+        env = {**os.environ, API_KEY_ENV: config.api_key}
+    proc = subprocess.Popen(cmd + config_args(config), stdout=subprocess.PIPE, text=True, env=env)
     stdout = proc.stdout
     assert stdout is not None
     lines: list[str] = []
@@ -765,6 +786,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--tokenizer", default=None, help="tokenizer.json counting prompt tokens (default: words)")
     a("--capacity", type=int, default=d.capacity,
       help="streams at full speed; more slow all in proportion (0: unlimited)")  # fmt: skip
+    a("--api-key-env", metavar="NAME",
+      help="require 'Authorization: Bearer <key>', the key from this env variable")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -783,6 +806,7 @@ def run(args: argparse.Namespace) -> int:
             model=args.model,
             tokenizer=args.tokenizer,
             capacity=args.capacity,
+            api_key=os.environ.get(args.api_key_env) if args.api_key_env else None,
         )
     except ValueError as exc:
         print(f"benchop mock-server: {exc}", file=sys.stderr)

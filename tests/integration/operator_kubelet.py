@@ -12,6 +12,7 @@ pods on the target's node.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import signal
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kube.harness import CONFIGMAPS, JOBS, PODS, Kube, wait_for
+from kube.harness import CONFIGMAPS, JOBS, PODS, SECRETS, Kube, wait_for
 
 from benchop.core.names import loadgen_job_name
 from benchop.operator import builders
@@ -67,6 +68,18 @@ class Kubelet:
         )
         return job
 
+    def _env_value(self, var: dict[str, Any], namespace: str) -> str:
+        """An env var's value; a ``secretKeyRef`` is read from the Secret as the kubelet does
+        (a missing Secret or key fails, as CreateContainerConfigError would)."""
+        if "value" in var:
+            return str(var["value"])
+        ref = var["valueFrom"]["secretKeyRef"]
+        secret = self.kube.emulator.read(SECRETS, ref["name"], namespace)
+        assert secret is not None, f"Secret {ref['name']} not found"
+        if ref["key"] in (secret.get("stringData") or {}):
+            return str(secret["stringData"][ref["key"]])
+        return base64.b64decode(secret["data"][ref["key"]]).decode()
+
     async def start(
         self, run: str, namespace: str = "default", env: dict[str, str] | None = None
     ) -> None:
@@ -83,7 +96,7 @@ class Kubelet:
         assert cm is not None, "the spec ConfigMap exists before the Job's pods start"
         spec_file = self.tmp / f"{run}-spec.json"
         spec_file.write_text(cm["data"][builders.SPEC_KEY])
-        env_base = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        env_base = {e["name"]: self._env_value(e, namespace) for e in container["env"]}
         for index in range(job["spec"]["completions"]):
             results = self.tmp / f"{run}-worker-{index}"
             results.mkdir()

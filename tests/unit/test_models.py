@@ -178,11 +178,26 @@ def test_example_experiment_points() -> None:
         ("spec.gates.baseline", 1, "spec.gates.baseline: Input should be a valid boolean"),
         ("spec.target.model", 7, "spec.target.model: Input should be a valid string"),
         ("spec.load.workers", 2.0, "spec.load.workers: Input should be a valid integer"),
+        ("spec.workload.seed", 2**63, "spec.workload: seed: 9223372036854775808 does not fit"),
     ],
 )
 def test_specs_are_strict(path: str, value: Any, message: str) -> None:
     doc = set_path(example("run.yaml"), path, value)
     assert message in error_text(doc)
+
+
+def test_specs_are_read_as_the_api_server_reads_them() -> None:
+    """Proven on the real kube-apiserver by tests/cluster/test_16_fuzz_specs.py: a null field
+    or map value is pruned, then defaulted."""
+    doc = set_path(example("run.yaml"), "spec.load.requestTimeout", None)
+    doc = set_path(doc, "spec.pod", {"nodeSelector": {"a": "b", "c": None}, "image": None})
+    run = load_manifest(doc)
+    assert isinstance(run, BenchmarkRun)
+    assert run.spec.load.request_timeout == "300s"
+    assert run.spec.pod is not None and run.spec.pod.node_selector == {"a": "b"}
+    assert "spec.target.model: Field required" in error_text(
+        set_path(example("run.yaml"), "spec.target.model", None)
+    )
 
 
 def test_ints_are_accepted_for_floats() -> None:

@@ -39,6 +39,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from benchop.api.base import Spec, Status, cel
 from benchop.api.durations import Duration
 from benchop.api.sweep import set_path, sweep_points
 from benchop.api.workload import ReportSpec, WorkloadSpec
@@ -51,14 +52,19 @@ METRICS_VERSION = 1
 
 # --------------------------------------------------------------------------- scalar types
 
-URL_PATTERN = r"^https?://[^\s/?#]+([/?#][^\s]*)?$"
+# Printable ASCII only, spelled as ranges: ``\s`` is ASCII whitespace to the API server's RE2
+# but also U+00A0, U+2028, \x1c.. to Python, which made the two disagree on such URLs.
+# Hosts are punycode and paths percent-encoded anyway.
+URL_PATTERN = r"^https?://[\x21-\x22\x24-\x2e\x30-\x3e\x40-\x7e]+([/?#][\x21-\x7e]*)?$"
+URL_MAX_LENGTH = 2048
 _URL = re.compile(URL_PATTERN)
 
 
 def _check_url(value: str) -> str:
-    if not _URL.fullmatch(value):
+    if len(value) > URL_MAX_LENGTH or not _URL.fullmatch(value):
         raise ValueError(
-            f"invalid URL {value!r}: expected http://host[:port][/path] or https://..."
+            f"invalid URL {value!r}: expected http://host[:port][/path] or https://... "
+            f"(printable ASCII, at most {URL_MAX_LENGTH} characters)"
         )
     return value
 
@@ -66,7 +72,7 @@ def _check_url(value: str) -> str:
 HttpUrl = Annotated[
     str,
     AfterValidator(_check_url),
-    WithJsonSchema({"type": "string", "pattern": URL_PATTERN, "maxLength": 2048}),
+    WithJsonSchema({"type": "string", "pattern": URL_PATTERN, "maxLength": URL_MAX_LENGTH}),
 ]
 """An absolute http(s) URL, kept as the string the user wrote."""
 
@@ -104,29 +110,10 @@ Quantity = Annotated[
 # --------------------------------------------------------------------------- bases
 
 
-class _Spec(BaseModel):
-    """Base of everything a user writes: strict, camelCase, unknown fields rejected."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True
-    )
-
-
-class _Status(BaseModel):
-    """Base of everything the operator writes: camelCase, unknown fields ignored."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-
-def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
-    """``json_schema_extra`` carrying CEL rules (rule, message) into the CRD."""
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
-
-
 # --------------------------------------------------------------------------- spec: target
 
 
-class SecretKeyRef(_Spec):
+class SecretKeyRef(Spec):
     """A key of a Secret in the run's namespace."""
 
     name: str = Field(min_length=1)
@@ -143,7 +130,7 @@ SELECTOR_VALUES_MESSAGE = (
 
 
 class LabelSelectorRequirement(
-    _Spec, json_schema_extra=_cel((SELECTOR_VALUES_RULE, SELECTOR_VALUES_MESSAGE))
+    Spec, json_schema_extra=cel((SELECTOR_VALUES_RULE, SELECTOR_VALUES_MESSAGE))
 ):
     """One matchExpressions entry of a label selector."""
 
@@ -159,14 +146,14 @@ class LabelSelectorRequirement(
         return self
 
 
-class LabelSelector(_Spec):
+class LabelSelector(Spec):
     """A Kubernetes label selector (``matchLabels`` AND ``matchExpressions``)."""
 
     match_labels: dict[str, str] | None = None
     match_expressions: list[LabelSelectorRequirement] | None = Field(None, max_length=32)
 
 
-class TargetSpec(_Spec):
+class TargetSpec(Spec):
     """The OpenAI-compatible server under test."""
 
     url: HttpUrl | None = Field(
@@ -203,7 +190,7 @@ LOAD_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
-class LoadSpec(_Spec, json_schema_extra=_cel(*LOAD_RULES)):
+class LoadSpec(Spec, json_schema_extra=cel(*LOAD_RULES)):
     """How requests are issued: a fixed concurrency, or a request rate."""
 
     mode: Literal["concurrency", "rate"] = "concurrency"
@@ -253,7 +240,7 @@ PHASE_BOUND_RULE = (
 )
 
 
-class PhaseBound(_Spec, json_schema_extra=_cel(PHASE_BOUND_RULE)):
+class PhaseBound(Spec, json_schema_extra=cel(PHASE_BOUND_RULE)):
     """When a phase ends: after a number of completed requests, or after a duration."""
 
     requests: int | None = Field(None, ge=1)
@@ -266,21 +253,21 @@ class PhaseBound(_Spec, json_schema_extra=_cel(PHASE_BOUND_RULE)):
         return self
 
 
-class PhasesSpec(_Spec):
+class PhasesSpec(Spec):
     """Warmup (optional, not measured) then profiling (measured)."""
 
     warmup: PhaseBound | None = None
     profiling: PhaseBound
 
 
-class GatesSpec(_Spec):
+class GatesSpec(Spec):
     """GPU baselines at the profiling boundaries."""
 
     baseline: bool = Field(True, description="Take START/END GPU baselines on the target's nodes.")
     timeout: Duration = Field(Duration("5s"), description="How long a gate waits for agents.")
 
 
-class SloSpec(_Spec):
+class SloSpec(Spec):
     """Per-request objectives; goodput is the share of requests meeting all of them."""
 
     ttft_ms: float | None = Field(None, gt=0)
@@ -289,7 +276,7 @@ class SloSpec(_Spec):
     e2e_ms: float | None = Field(None, gt=0, alias="e2eMs")  # to_camel would say e2EMs
 
 
-class PrometheusSpec(_Spec):
+class PrometheusSpec(Spec):
     """Where GPU rollups and live stats are queried."""
 
     url: HttpUrl
@@ -306,7 +293,7 @@ PVC_PATH_RULE = (
 )
 
 
-class PvcOutput(_Spec):
+class PvcOutput(Spec):
     """An existing PersistentVolumeClaim in the run's namespace that receives the bundle.
 
     The workers mount it and write their records under ``<subPath>/<namespace>.<name>.<uid8>/``
@@ -326,7 +313,7 @@ class PvcOutput(_Spec):
         max_length=512,
         pattern=PVC_PATH_PATTERN,
         description="Directory inside the volume under which bundles go (default: its root).",
-        json_schema_extra=_cel(PVC_PATH_RULE),
+        json_schema_extra=cel(PVC_PATH_RULE),
     )
 
     @field_validator("sub_path")
@@ -337,7 +324,7 @@ class PvcOutput(_Spec):
         return value
 
 
-class OutputSpec(_Spec):
+class OutputSpec(Spec):
     """Where the results bundle goes beyond the status (docs/results.md).
 
     Always: ``results.json`` and ``timeseries.csv`` in the ConfigMap ``<run>-results``
@@ -351,14 +338,14 @@ class OutputSpec(_Spec):
 # --------------------------------------------------------------------------- spec: pods
 
 
-class ResourceRequirements(_Spec):
+class ResourceRequirements(Spec):
     """Container resources of the load-generator pods."""
 
     requests: dict[str, Quantity] | None = None
     limits: dict[str, Quantity] | None = None
 
 
-class Toleration(_Spec):
+class Toleration(Spec):
     """A Kubernetes toleration."""
 
     key: str | None = None
@@ -368,7 +355,7 @@ class Toleration(_Spec):
     toleration_seconds: int | None = None
 
 
-class PodOverrides(_Spec):
+class PodOverrides(Spec):
     """Overrides for the load-generator pods."""
 
     image: str | None = Field(None, min_length=1)
@@ -377,7 +364,7 @@ class PodOverrides(_Spec):
     tolerations: list[Toleration] | None = None
 
 
-class BenchmarkRunSpec(_Spec):
+class BenchmarkRunSpec(Spec):
     """One measurement of one server."""
 
     target: TargetSpec
@@ -412,7 +399,7 @@ class Phase(StrEnum):
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
-class Condition(_Status):
+class Condition(Status):
     """metav1.Condition shape; see :mod:`benchop.api.conditions` for the types."""
 
     type: str = Field(min_length=1)
@@ -430,7 +417,7 @@ def _conditions_field() -> Any:
     )
 
 
-class LiveStatus(_Status):
+class LiveStatus(Status):
     """Bounded live view, rewritten at most every few seconds while running."""
 
     updated_at: str | None = None
@@ -448,7 +435,7 @@ class LiveStatus(_Status):
     )
 
 
-class RequestCounts(_Status):
+class RequestCounts(Status):
     """Requests of the profiling phase."""
 
     total: int
@@ -457,7 +444,7 @@ class RequestCounts(_Status):
     by_reason: dict[str, int] = Field(default_factory=dict)
 
 
-class Throughput(_Status):
+class Throughput(Status):
     """Throughput over the profiling window."""
 
     rps: float
@@ -465,7 +452,7 @@ class Throughput(_Status):
     input_tok_per_s: float
 
 
-class LatencyStats(_Status):
+class LatencyStats(Status):
     """Exact statistics of one latency series, in milliseconds."""
 
     count: int
@@ -484,7 +471,7 @@ class LatencyStats(_Status):
     )
 
 
-class TokenCounting(_Status):
+class TokenCounting(Status):
     """How token counts were obtained (prompt lengths, and counts the server did not report)."""
 
     source: Literal["usage", "tokenizer", "estimate", "mixed"] = Field(
@@ -498,7 +485,7 @@ class TokenCounting(_Status):
     from_usage: int = Field(0, description="Ok requests whose counts are the server's usage.")
 
 
-class Goodput(_Status):
+class Goodput(Status):
     """Share and rate of requests that met every SLO."""
 
     ratio: float = Field(ge=0, le=1)
@@ -506,7 +493,7 @@ class Goodput(_Status):
     slo: SloSpec
 
 
-class GpuResults(_Status):
+class GpuResults(Status):
     """GPU numbers for the profiling window, from the agents' baselines."""
 
     util_mean: float | None = None
@@ -521,7 +508,7 @@ class GpuResults(_Status):
     prometheus: dict[str, Any] | None = Field(None, description="Prometheus rollups (free-form).")
 
 
-class ClientStats(_Status):
+class ClientStats(Status):
     """Load-generator health: a saturated client under-reports the server."""
 
     cpu_pct: float | None = None
@@ -531,7 +518,7 @@ class ClientStats(_Status):
     reason: str | None = None
 
 
-class Results(_Status):
+class Results(Status):
     """Final results, written once; ``version`` is the format version."""
 
     version: int = RESULTS_VERSION
@@ -551,7 +538,7 @@ class Results(_Status):
     workers: int
 
 
-class OutputStatus(_Status):
+class OutputStatus(Status):
     """Where the run's results bundle is (docs/results.md); ``benchop results NAME`` reads it."""
 
     config_map: str | None = Field(
@@ -570,7 +557,7 @@ class OutputStatus(_Status):
     error: str | None = Field(None, description="Why the bundle could not be written.")
 
 
-class BenchmarkRunStatus(_Status):
+class BenchmarkRunStatus(Status):
     """Written by the operator only (or by local mode)."""
 
     phase: Phase | None = None
@@ -619,7 +606,7 @@ SWEEP_PATH_RULE = (
 )
 
 
-class SweepAxis(_Spec, json_schema_extra=_cel(SWEEP_PATH_RULE)):
+class SweepAxis(Spec, json_schema_extra=cel(SWEEP_PATH_RULE)):
     """One swept field: ``path`` (camelCase, dotted, relative to the spec) takes each value."""
 
     path: str = Field(max_length=256)
@@ -647,7 +634,7 @@ def _check_range(lo: float, hi: float) -> None:
         raise ValueError(RANGE_RULE[1])
 
 
-class ConcurrencySearch(_Spec, json_schema_extra=_cel(RANGE_RULE)):
+class ConcurrencySearch(Spec, json_schema_extra=cel(RANGE_RULE)):
     """The concurrencies an SLO search may probe (integers)."""
 
     min: int = Field(1, ge=1, description="The first probe and the lowest load tried.")
@@ -665,7 +652,7 @@ class ConcurrencySearch(_Spec, json_schema_extra=_cel(RANGE_RULE)):
         return self
 
 
-class RateSearch(_Spec, json_schema_extra=_cel(RANGE_RULE)):
+class RateSearch(Spec, json_schema_extra=cel(RANGE_RULE)):
     """The request rates (req/s) an SLO search may probe."""
 
     min: float = Field(gt=0, description="The first probe and the lowest rate tried.")
@@ -688,7 +675,7 @@ SEARCH_ONE_RULE = (
 )
 
 
-class SearchSpec(_Spec, json_schema_extra=_cel(SEARCH_ONE_RULE)):
+class SearchSpec(Spec, json_schema_extra=cel(SEARCH_ONE_RULE)):
     """An SLO search: the highest load whose goodput stays >= minGoodput (docs/experiments.md)."""
 
     concurrency: ConcurrencySearch | None = Field(
@@ -743,7 +730,7 @@ EXPERIMENT_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
-class ExperimentSpec(_Spec, json_schema_extra=_cel(*EXPERIMENT_RULES)):
+class ExperimentSpec(Spec, json_schema_extra=cel(*EXPERIMENT_RULES)):
     """BenchmarkRuns from one template: a sweep (every point of its axes) or an SLO search."""
 
     template: BenchmarkRunSpec
@@ -845,7 +832,7 @@ class ExperimentPhase(StrEnum):
     FAILED = "Failed"
 
 
-class ExperimentCounts(_Status):
+class ExperimentCounts(Status):
     """How many child runs are in each state."""
 
     total: int = 0
@@ -855,7 +842,7 @@ class ExperimentCounts(_Status):
     failed: int = 0
 
 
-class ExperimentRunRow(_Status):
+class ExperimentRunRow(Status):
     """Headline numbers of one child run (latencies in ms)."""
 
     name: str
@@ -874,7 +861,7 @@ class ExperimentRunRow(_Status):
 SearchOutcome = Literal["Searching", "KneeFound", "AtMax", "ProbeLimit", "BelowMin"]
 
 
-class SearchProbe(_Status):
+class SearchProbe(Status):
     """One probe of an SLO search (its other numbers are in the run's row of ``runs``)."""
 
     run: str
@@ -884,7 +871,7 @@ class SearchProbe(_Status):
     passed: bool | None = Field(None, description="goodput >= minGoodput; null while running")
 
 
-class ExperimentSearch(_Status):
+class ExperimentSearch(Status):
     """Where an SLO search stands: the knee, the first load above it that failed, each probe."""
 
     path: str = Field(description="load.concurrency or load.rate")
@@ -902,7 +889,7 @@ class ExperimentSearch(_Status):
     probes: list[SearchProbe] = Field(default_factory=list, description="In the order run.")
 
 
-class ExperimentMetrics(_Status):
+class ExperimentMetrics(Status):
     """Denormalized, size-bounded rollup of the child runs."""
 
     version: int = METRICS_VERSION
@@ -913,7 +900,7 @@ class ExperimentMetrics(_Status):
     search: ExperimentSearch | None = Field(None, description="An SLO search's result.")
 
 
-class ExperimentStatus(_Status):
+class ExperimentStatus(Status):
     """Written by the operator only."""
 
     phase: ExperimentPhase | None = None

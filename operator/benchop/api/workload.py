@@ -19,10 +19,11 @@ How each is used: docs/workloads.md.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, field_validator, model_validator
+
+from benchop.api.base import Spec, cel
 
 __all__ = [
     "DEFAULT_OUTPUT_TOKENS",
@@ -44,18 +45,6 @@ DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
 MAX_PERCENTILES = 16
 MAX_TOKENS = 1_000_000
 """Largest length a workload may ask for (prompt or output tokens): a bound for the schema."""
-
-
-class _Spec(BaseModel):
-    """Strict, camelCase, unknown fields rejected (as :class:`benchop.api.models._Spec`)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True
-    )
-
-
-def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
 
 
 def _check(rules: tuple[tuple[str, str], ...], broken: tuple[bool, ...]) -> None:
@@ -91,7 +80,7 @@ LENGTH_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
-class LengthDistribution(_Spec, json_schema_extra=_cel(*LENGTH_RULES)):
+class LengthDistribution(Spec, json_schema_extra=cel(*LENGTH_RULES)):
     """A token length drawn per request: rounded to an integer, clamped to [min, max] and >= 1.
 
     ``fixed``: always ``mean``. ``uniform``: integers ``min..max``, each as likely.
@@ -128,7 +117,7 @@ class LengthDistribution(_Spec, json_schema_extra=_cel(*LENGTH_RULES)):
         return self
 
 
-class SharedPrefixSpec(_Spec):
+class SharedPrefixSpec(Spec):
     """``prefixes`` distinct prefixes of ``tokens`` tokens; each request starts with one.
 
     A request's prompt is its prefix (chosen uniformly at random, seeded) followed by its
@@ -153,14 +142,14 @@ PVC_PATH_RULE = (
 )
 
 
-class ConfigMapKeyRef(_Spec):
+class ConfigMapKeyRef(Spec):
     """A key of a ConfigMap in the run's namespace (mounted read-only into the workers)."""
 
     name: str = Field(min_length=1, max_length=253)
     key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
 
 
-class PvcFileRef(_Spec, json_schema_extra=_cel(PVC_PATH_RULE)):
+class PvcFileRef(Spec, json_schema_extra=cel(PVC_PATH_RULE)):
     """A file on a PersistentVolumeClaim in the run's namespace, mounted read-only into every
     worker (the claim must allow that: ReadOnlyMany or ReadWriteMany for workers on several
     nodes)."""
@@ -176,7 +165,7 @@ class PvcFileRef(_Spec, json_schema_extra=_cel(PVC_PATH_RULE)):
         return self
 
 
-class _FileSource(_Spec, json_schema_extra=_cel(SOURCE_RULE)):
+class _FileSource(Spec, json_schema_extra=cel(SOURCE_RULE)):
     """Where a file comes from: exactly one of ``file``, ``configMap`` or ``pvc``."""
 
     file: str | None = Field(
@@ -252,7 +241,7 @@ WORKLOAD_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
-class WorkloadSpec(_Spec, json_schema_extra=_cel(*WORKLOAD_RULES)):
+class WorkloadSpec(Spec, json_schema_extra=cel(*WORKLOAD_RULES)):
     """What each request asks: synthetic prompts (the default), optionally behind shared
     prefixes, or rows of a dataset; lengths fixed or drawn from a distribution; seeded."""
 
@@ -315,7 +304,7 @@ class WorkloadSpec(_Spec, json_schema_extra=_cel(*WORKLOAD_RULES)):
 # --------------------------------------------------------------------------- report
 
 
-class ReportSpec(_Spec):
+class ReportSpec(Spec):
     """How results are summarised."""
 
     percentiles: list[Annotated[float, Field(ge=0, le=100)]] = Field(

@@ -11,7 +11,9 @@ the read that delivered it is its arrival time, so tokens of one read have gaps 
 ``usage`` is taken from whichever chunk has it (the last one, with
 ``stream_options.include_usage``). With ``keep_text``, the answer's text (chat
 ``delta.content``, completions ``text``; not reasoning) is kept in ``text``, for
-multi-turn replay and for counting tokens the server did not report.
+multi-turn replay and for counting tokens the server did not report. A token count or
+stamp outside 0..2**62 makes its chunk undecodable (the stream is malformed), never a
+number that overflows later.
 The receive lag (mock server only: it stamps ``benchop_sent_ns``) is one value
 per read: the read's time minus the stamp of its first, oldest chunk.
 
@@ -26,9 +28,17 @@ True
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 __all__ = ["StreamParser"]
+
+# Numbers a chunk may carry: a count or a wall-clock stamp outside these is not a valid
+# chunk (a bad decode, so the stream is malformed) rather than a value that would overflow
+# the int64 series and arrays the request's facts go into.
+_Count = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+_Stamp = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 
 
 class _Delta(msgspec.Struct, gc=False):
@@ -43,8 +53,8 @@ class _Choice(msgspec.Struct, gc=False):
 
 
 class _Usage(msgspec.Struct, gc=False):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    prompt_tokens: _Count | None = None
+    completion_tokens: _Count | None = None
 
 
 class _Error(msgspec.Struct, gc=False):
@@ -56,7 +66,7 @@ class _Chunk(msgspec.Struct, gc=False):
     choices: list[_Choice] = []
     usage: _Usage | None = None
     error: _Error | str | None = None
-    benchop_sent_ns: int | None = None
+    benchop_sent_ns: _Stamp | None = None
 
 
 _decode = msgspec.json.Decoder(_Chunk).decode
@@ -231,8 +241,8 @@ class StreamParser:
             code = err.code
             if isinstance(code, int):
                 self.error_code = code
-            elif isinstance(code, str) and code.isdigit():
-                self.error_code = int(code)
+            elif isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 18:
+                self.error_code = int(code)  # ASCII: "²" is a digit to isdigit, not to int
         return True
 
     @property
