@@ -240,11 +240,21 @@ def test_the_api_key_is_used_and_appears_in_no_output_status_or_file(
     doc["spec"]["phases"] = {"profiling": {"requests": 8}}
     doc["spec"]["target"]["apiKeySecretRef"] = {"name": "llm-key", "key": "token"}
     path, out, results = tmp_path / "run.yaml", tmp_path / "status.yaml", tmp_path / "r"
+    work = tmp_path / "work"  # the workers' own files, kept: their logs are scanned too
     with run_in_thread(MockConfig(ttft=0.002, itl=0.001, api_key=expected)) as server:
         doc["spec"]["target"]["url"] = server.url
         path.write_text(yaml.safe_dump(doc))
         res = subprocess.run(
-            [*BENCHOP_RUN, str(path), "--output-file", str(out), "--results-dir", str(results)],
+            [
+                *BENCHOP_RUN,
+                str(path),
+                "--output-file",
+                str(out),
+                "--results-dir",
+                str(results),
+                "--work-dir",
+                str(work),
+            ],  # fmt: skip
             capture_output=True,
             text=True,
             timeout=120,
@@ -262,7 +272,9 @@ def test_the_api_key_is_used_and_appears_in_no_output_status_or_file(
         assert status["results"]["requests"]["byReason"] == {"http_4xx": 8}
         assert server.stats["unauthorized"] >= 8
     sources = {"stdout": res.stdout, "stderr": res.stderr, "status": out.read_text()}
-    sources.update(files(results))
+    sources.update(files(results))  # the bundle: results.json, timeseries.csv, records.jsonl
+    sources.update(files(work))
+    assert "records.jsonl" in sources, sorted(sources)
     assert any(name.endswith("worker.log") for name in sources), sorted(sources)
     for secret in {key, expected}:
         assert scan(secret, sources) == [], describe(scan(secret, sources))

@@ -89,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--results-dir", type=Path, metavar="DIR",
       help="results bundle directory (default ./benchop-results/<name>/; with several "
       "resources, one sub-directory each)")  # fmt: skip
+    a("--work-dir", type=Path, metavar="DIR",
+      help="keep the workers' own files here (logs, checkpoints, final snapshots; default: a "
+      "temporary directory, removed after the run)")  # fmt: skip
     a("--gpu-backend", choices=["auto", "nvml", "simulated"], default="auto",
       help="GPU reader of the local agent; auto falls back to simulated, loudly")  # fmt: skip
     a("--gpus", type=int, default=1, help="simulated GPUs of the local agent (default 1)")
@@ -248,8 +251,17 @@ def run(args: argparse.Namespace) -> int:
             return 2
     for bundle_dir in bundles:
         clear_bundle(bundle_dir)
-    tmp = tempfile.TemporaryDirectory(prefix="benchop-")  # the workers' own files
-    scratch = Path(tmp.name)
+    tmp = None
+    if args.work_dir is None:  # the workers' own files
+        tmp = tempfile.TemporaryDirectory(prefix="benchop-")
+        scratch = Path(tmp.name)
+    else:
+        scratch = args.work_dir
+        try:
+            scratch.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"benchop run: --work-dir {scratch}: {exc.strerror}", file=sys.stderr)
+            return 2
     opts = LocalOptions(
         results_dir=scratch,
         gpu_backend=args.gpu_backend,
@@ -279,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
         err.print("benchop run: interrupted")
         return 130
     finally:
-        tmp.cleanup()
+        if tmp is not None:
+            tmp.cleanup()
     if args.output != "table":
         _print_docs(args.output, all_docs)
     if args.output_file is not None:
