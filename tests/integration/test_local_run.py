@@ -254,7 +254,7 @@ def test_the_api_key_is_used_and_appears_in_no_output_status_or_file(
                 str(results),
                 "--work-dir",
                 str(work),
-            ],  # fmt: skip
+            ],
             capture_output=True,
             text=True,
             timeout=120,
