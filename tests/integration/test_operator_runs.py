@@ -516,6 +516,29 @@ async def test_a_job_that_cannot_create_its_pods_fails_the_run_after_the_grace(
     await wait_for(lambda: job_suspended(kube, "r7-loadgen"), 5, message="r7 Job suspended")
 
 
+async def test_a_missing_workload_configmap_fails_the_run_after_the_grace(
+    kube: Kube, operator_task: Any, mock: MockServer, kubelet: Kubelet
+) -> None:
+    # The kubelet cannot mount a ConfigMap that does not exist, or a key it does not have: it
+    # keeps the pods in ContainerCreating and says so only in FailedMount events on the pod.
+    start(operator_task, kube, settings_for(stuck_after_s=1.0))
+    await kube.client.create(CONFIGMAPS, {"metadata": {"name": "rows"}, "data": {"a.jsonl": ""}})
+    workload = {
+        "dataset": {"configMap": {"name": "rows", "key": "rows.jsonl"}},
+        "tokenizer": {"configMap": {"name": "tok", "key": "tokenizer.json"}},
+    }
+    await kube.client.create(BENCHMARKRUNS, run_manifest("r-cm", mock.url, workload=workload))
+    await kubelet.read_job("r-cm")
+    failed = await wait_condition(kube, "r-cm", c.SUCCEEDED, "False")
+    assert failed["reason"] == "WorkloadFileMissing", failed
+    assert failed["message"] == (
+        "spec.workload.dataset.configMap: ConfigMap rows has no key 'rows.jsonl' (its keys: "
+        "a.jsonl); spec.workload.tokenizer.configMap: ConfigMap tok not found in namespace "
+        "default: the worker pods cannot mount it"
+    )
+    await wait_for(lambda: job_suspended(kube, "r-cm-loadgen"), 5, message="r-cm Job suspended")
+
+
 def job_suspended(kube: Kube, name: str) -> bool:
     job = kube.emulator.read(JOBS, name)
     return job is not None and job["spec"].get("suspend") is True

@@ -21,7 +21,7 @@ from benchop.core.names import (
     safe_name,
     spec_configmap_name,
 )
-from benchop.core.workloadfiles import file_path
+from benchop.core.workloadfiles import configmap_problem, configmap_sources, file_path
 from benchop.operator.builders import (
     build_collect_job,
     build_loadgen_job,
@@ -229,6 +229,45 @@ def test_job_mounts_a_configmap_dataset_and_a_pvc_tokenizer_whole_manifest() -> 
     assert spec.dataset is not None and spec.tokenizer is not None
     assert file_path(spec.dataset, "dataset") == "/workload/dataset/sg.json"
     assert file_path(spec.tokenizer, "tokenizer") == "/workload/tokenizer/llama3/tokenizer.json"
+
+
+def test_the_configmaps_a_job_mounts_are_the_ones_checked_for_their_keys() -> None:
+    doc = run_doc(
+        workload={
+            "dataset": {"configMap": {"name": "chats", "key": "c.jsonl"}},
+            "tokenizer": {"configMap": {"name": "tok", "key": "tokenizer.json"}},
+        }
+    )
+    mounted = [
+        (v["configMap"]["name"], v["configMap"]["items"][0]["key"])
+        for v in job_for(doc)["spec"]["template"]["spec"]["volumes"]
+        if v["name"].startswith("workload-")
+    ]
+    refs = configmap_sources(BenchmarkRun.model_validate(doc).spec.workload)
+    assert (
+        [(name, key) for _, name, key in refs]
+        == mounted
+        == [
+            ("chats", "c.jsonl"),
+            ("tok", "tokenizer.json"),
+        ]
+    )
+    assert configmap_sources(BenchmarkRun.model_validate(run_doc()).spec.workload) == []
+
+    def problem(cm: dict[str, Any] | None) -> str | None:
+        return configmap_problem("tokenizer", "tok", "tokenizer.json", cm, namespace="ns")
+
+    assert problem({"data": {"tokenizer.json": "{}"}}) is None
+    assert problem({"binaryData": {"tokenizer.json": "e30="}}) is None  # mounted just the same
+    assert (
+        problem(None)
+        == "spec.workload.tokenizer.configMap: ConfigMap tok not found in namespace ns"
+    )
+    assert problem({"data": {"vocab.json": "", "merges.txt": ""}}) == (
+        "spec.workload.tokenizer.configMap: ConfigMap tok has no key 'tokenizer.json' "
+        "(its keys: merges.txt, vocab.json)"
+    )
+    assert str(problem({})).endswith("(its keys: none)")
 
 
 def test_job_for_a_dataset_file_in_the_image_mounts_nothing_more() -> None:

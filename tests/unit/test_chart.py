@@ -406,7 +406,8 @@ WHITELIST: frozenset[tuple[str, str, str]] = frozenset(
         *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "patch")),
         # The ConfigMap with a run's spec (a 409 on create reads the existing one); the run's
         # results ConfigMap (results.json, timeseries.csv): created at the end, merge-patched
-        # when it exists (a restarted operator writes it again).
+        # when it exists (a restarted operator writes it again); the dataset or tokenizer
+        # ConfigMap a run mounts, read while its workers start (missing: the run fails).
         ("", "configmaps", "create"),
         ("", "configmaps", "get"),
         ("", "configmaps", "patch"),

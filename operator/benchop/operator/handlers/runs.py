@@ -64,7 +64,7 @@ from benchop.core.results import (
     verdict,
 )
 from benchop.core.selectors import run_selector
-from benchop.core.workloadfiles import cluster_problem
+from benchop.core.workloadfiles import cluster_problem, configmap_problem, configmap_sources
 from benchop.operator import builders
 from benchop.operator.gatebridge import GateBridge
 from benchop.operator.gpustats import RunGpuStats, with_prometheus
@@ -90,6 +90,8 @@ RESYNC_S = 60.0
 """The run loop re-lists the run's pods and reads its Job this often (a missed event heals)."""
 TICK_S = 1.0
 """The run loop wakes at least this often (and at once on a pod/Job event)."""
+SOURCE_CHECK_S = 5.0
+"""Until the workers are ready, a dataset or tokenizer ConfigMap is read this often."""
 
 
 def run_key(namespace: str, name: str, uid: str) -> str:
@@ -146,6 +148,8 @@ class RunContext:
     messages: dict[int, str] = field(default_factory=dict)  # termination messages of pods gone
     refused_since: float | None = None  # monotonic; the Job's pod creation is being refused
     refused_message: str = ""  # the latest FailedCreate event's message
+    missing_since: float | None = None  # monotonic; a workload ConfigMap (or key) is missing
+    next_source_check: float = 0.0  # monotonic; when to read the workload ConfigMaps again
     done: bool = False
     gpu: RunGpuStats | None = field(init=False)  # Prometheus GPU stats (spec.prometheus.url)
 
@@ -639,6 +643,10 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
             message = f"Job {job} cannot create its worker pods: {ctx.refused_message}"
             await _fail(services, ctx, "PodCreateFailed", message[:1000])
             return
+    # 3b. a dataset or tokenizer ConfigMap (or its key) is missing: the kubelet keeps the
+    #     pods in ContainerCreating and says so only in FailedMount events
+    if await _workload_configmap_missing(services, ctx, now):
+        return
     # 4. watchdog (before finishing: a finish that keeps failing must not outlive it)
     if await _watchdog(services, ctx):
         return
@@ -696,6 +704,37 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         if gpu is not None:
             live["gpu"] = gpu
         await ctx.writer.update(lambda st: lifecycle.with_live(st, live))
+
+
+async def _workload_configmap_missing(services: Services, ctx: RunContext, now: float) -> bool:
+    """Until the workers are ready, read the workload's ConfigMaps every ``SOURCE_CHECK_S``;
+    one missing (or without its key) for ``stuck_after_s`` fails the run
+    (``WorkloadFileMissing``). True when it did."""
+    refs = configmap_sources(ctx.spec.workload)
+    conditions = (ctx.writer.status or {}).get("conditions")
+    if not refs or now < ctx.next_source_check or c.is_true(conditions, c.WORKERS_READY):
+        return False
+    ctx.next_source_check = now + SOURCE_CHECK_S
+    problems = []
+    for role, name, key in refs:
+        try:
+            cm = await services.api.get(CONFIGMAP, ctx.namespace, name)
+        except ApiError as e:  # cannot tell (RBAC, API trouble): the pods' own state decides
+            log.warning("run %s: reading ConfigMap %s: %s", ctx.key, name, e)
+            return False
+        problem = configmap_problem(role, name, key, cm, namespace=ctx.namespace)
+        if problem is not None:
+            problems.append(problem)
+    if not problems:
+        ctx.missing_since = None
+        return False
+    if ctx.missing_since is None:
+        ctx.missing_since = now
+    if now - ctx.missing_since < services.settings.stuck_after_s:
+        return False
+    message = "; ".join(problems) + ": the worker pods cannot mount it"
+    await _fail(services, ctx, "WorkloadFileMissing", message[:1000])
+    return True
 
 
 async def _watchdog(services: Services, ctx: RunContext) -> bool:
