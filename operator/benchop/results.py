@@ -75,7 +75,7 @@ def load(name: str, *, namespace: str | None = None, server: str | None = None) 
 
 
 def _configmap_bundle(cluster: Any, namespace: str, run: dict[str, Any]) -> Bundle | None:
-    name = run["metadata"]["name"]
+    """The run's bundle from the ConfigMap ``status.output.configMap`` names, or None."""
     output = (run.get("status") or {}).get("output") or {}
     cm = output.get("configMap")
     if not cm:
@@ -84,11 +84,8 @@ def _configmap_bundle(cluster: Any, namespace: str, run: dict[str, Any]) -> Bund
     if data is None or RESULTS_FILE not in data:
         return None
     return Bundle(
-        f"{namespace}/{cm}",
-        json.loads(data[RESULTS_FILE]),
-        data.get(TIMESERIES_FILE) or None,
-        None,
-    ) if name else None  # fmt: skip
+        f"{namespace}/{cm}", json.loads(data[RESULTS_FILE]), data.get(TIMESERIES_FILE) or None, None
+    )
 
 
 def _from_cluster(name: str, namespace: str | None, server: str | None) -> Bundle:
