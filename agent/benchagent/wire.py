@@ -134,6 +134,25 @@ class SeriesSummary(msgspec.Struct, kw_only=True):
             raise ValueError(f"values: {len(self.values)} bytes is not a whole number of int64")
 
 
+class TimelineRow(msgspec.Struct, array_like=True):
+    """One second of a worker's profiling requests, by the second each request ended.
+
+    ``t_s`` is that wall-clock second (epoch); the latency histograms use the sparse
+    bucket keys of the live histogram (nanoseconds, see benchop.metrics.buckets), so rows
+    of different workers merge by adding counts.
+    """
+
+    t_s: Int64
+    requests: Count = 0
+    ok: Count = 0
+    good: Count = 0
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    ttft: dict[Int64, Count] = msgspec.field(default_factory=dict)
+    itl: dict[Int64, Count] = msgspec.field(default_factory=dict)
+    e2e: dict[Int64, Count] = msgspec.field(default_factory=dict)
+
+
 class MetricsSnapshot(msgspec.Struct, tag="MetricsSnapshot", tag_field="kind", kw_only=True):
     """Worker -> operator: live and final metrics of one worker.
 
@@ -153,6 +172,8 @@ class MetricsSnapshot(msgspec.Struct, tag="MetricsSnapshot", tag_field="kind", k
     gauges: dict[str, Finite] = msgspec.field(default_factory=dict)
     series: dict[str, SeriesSummary] = msgspec.field(default_factory=dict)
     interrupted: bool = False  # stopped by a signal before the phase's bound
+    # COMPLETE only: per-second rows of the worker's profiling records (None: not built)
+    timeline: list[TimelineRow] | None = None
 
 
 Message = BaselineRequest | BaselineAck | GateRequest | GateGranted | GateDenied | MetricsSnapshot

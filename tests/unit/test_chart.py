@@ -446,11 +446,16 @@ WHITELIST: frozenset[tuple[str, str, str]] = frozenset(
         # blockOwnerDeletion on children, under OwnerReferencesPermissionEnforcement.
         ("benchop.io", "benchmarkruns/finalizers", "update"),
         ("benchop.io", "experiments/finalizers", "update"),
-        # Load-generator Jobs: create, watch for failure, suspend a failed run's.
+        # Load-generator Jobs: create, watch for failure, suspend a failed run's; the
+        # collect Job of a run with an output PVC (create).
         *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "patch")),
-        # The ConfigMap with a run's spec (a 409 on create reads the existing one).
+        # The ConfigMap with a run's spec (a 409 on create reads the existing one); the run's
+        # results ConfigMap (results.json, timeseries.csv): created at the end, merge-patched
+        # when it exists (a restarted operator writes it again); the dataset or tokenizer
+        # ConfigMap a run mounts, read while its workers start (missing: the run fails).
         ("", "configmaps", "create"),
         ("", "configmaps", "get"),
+        ("", "configmaps", "patch"),
         # Pods, read-only: workers, the target's nodes, agent pods.
         ("", "pods", "list"),
         ("", "pods", "watch"),

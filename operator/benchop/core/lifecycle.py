@@ -265,15 +265,18 @@ def failed(
     results: Mapping[str, Any] | None = None,
     results_reason: str = "",
     prometheus_error: str | None = None,
+    output: Mapping[str, Any] | None = None,
 ) -> Status | None:
     """The run failed: Succeeded=False with ``reason``; partial results kept if any.
 
     ``prometheus_error``: the Prometheus window query failed (TelemetryDegraded, see
-    :func:`finished`).
+    :func:`finished`); ``output``: where the results bundle went (``status.output``).
     """
     if is_terminal(status):
         return None
     new = _prometheus_degraded(_close_open(status, generation), generation, prometheus_error)
+    if output is not None:
+        new["output"] = dict(output)
     updates: list[Update] = [(c.SUCCEEDED, c.FALSE, reason, message)]
     if results is not None:
         new["results"] = dict(results)
@@ -297,17 +300,21 @@ def finished(
     message: str,
     now: str,
     prometheus_error: str | None = None,
+    output: Mapping[str, Any] | None = None,
 ) -> Status | None:
     """Final results are in: ResultsAvailable=True (reason: source), Succeeded True/False.
 
     ``prometheus_error`` (``spec.prometheus.url`` set, the window query failed): also
     TelemetryDegraded=True PrometheusUnavailable with the error — never a failed run.
+    ``output``: where the results bundle went (``status.output``).
     """
     if is_terminal(status):
         return None
     new = _close_open(status, generation) if not succeeded else status
     new = _prometheus_degraded(new, generation, prometheus_error)
     new = {**new, "results": dict(results)}
+    if output is not None:
+        new["output"] = dict(output)
     complete = "complete" if results.get("complete") else "incomplete"
     new = with_conditions(
         new,

@@ -57,12 +57,21 @@ from benchop.loadgen import checkpoint as ckpt
 from benchop.loadgen.client import Ident, StreamClient, Target
 from benchop.loadgen.gate import GateClient, GateResult
 from benchop.loadgen.load import Budget, OpenLoop, arrival_offsets, run_closed
-from benchop.loadgen.records import OK, RequestRecord, Slo, is_good, new_registry, record_into
+from benchop.loadgen.records import (
+    OK,
+    RequestRecord,
+    Slo,
+    is_good,
+    new_registry,
+    record_into,
+    timeline_from,
+)
 from benchop.loadgen.snapshots import Snapshots
 from benchop.loadgen.trigger import SendTrigger
 from benchop.loadgen.workload import Prompt, Workload
 from benchop.metrics import names
 from benchop.metrics.series import Histogram
+from benchop.metrics.timeline import TimelineRow
 
 __all__ = [
     "CheckpointMismatch",
@@ -343,6 +352,7 @@ class Worker:
                 interrupted=self.interrupted,
                 results_dir=cfg.results_dir,
                 termination_log=cfg.termination_log,
+                timeline=await self._timeline(),
             )
             gate.close()
             if publisher is not None:
@@ -580,6 +590,18 @@ class Worker:
                 # keep running without a checkpoint, count every unwritten record, say so.
                 log.error("checkpointing disabled for this attempt: a restart starts afresh")
                 self._checkpoint_off = True
+
+    async def _timeline(self) -> list[TimelineRow] | None:
+        """Per-second rows of every profiling record in the checkpoint (all attempts), read
+        back from ``records.jsonl`` once profiling is over: nothing on the request path."""
+        d = self.config.results_dir
+        if d is None or self._state is None:
+            return None
+        try:
+            return await asyncio.to_thread(lambda: timeline_from(ckpt.iter_records(d)))
+        except (OSError, ValueError):
+            log.exception("building the timeline from %s failed", d / ckpt.RECORDS)
+            return None
 
     def _checkpoint_errors(self) -> int:
         written = self._checkpoint.write_errors if self._checkpoint is not None else 0

@@ -39,13 +39,15 @@ from pydantic import ValidationError
 from benchagent.wire import MetricsSnapshot
 from benchop.api import conditions as c
 from benchop.api.conditions import now_rfc3339
-from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, GpuResults
+from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, GpuResults, to_wire
 from benchop.core import lifecycle
 from benchop.core.gaterecords import profiling_window
 from benchop.core.gpuwindow import gpu_from_status
 from benchop.core.names import (
     API_VERSION,
     BENCHMARKRUN_KIND,
+    COMPONENT_LABEL,
+    LOADGEN,
     RUN_NAME_ANNOTATION,
     loadgen_job_name,
     owner_reference,
@@ -54,14 +56,15 @@ from benchop.core.names import (
 from benchop.core.results import (
     REASONS,
     Final,
-    build_final_results,
+    MergedMetrics,
+    build_final,
     final_snapshots,
     output_tokens,
     parse_termination_message,
     verdict,
 )
 from benchop.core.selectors import run_selector
-from benchop.core.workloadfiles import cluster_problem
+from benchop.core.workloadfiles import cluster_problem, configmap_problem, configmap_sources
 from benchop.operator import builders
 from benchop.operator.curvekeys import KeyFiles
 from benchop.operator.gatebridge import GateBridge
@@ -76,6 +79,7 @@ from benchop.operator.k8s import (
     controller_uid,
     object_meta,
 )
+from benchop.operator.output import write_output
 from benchop.operator.pods import GRACEFUL, JobView, PodView, job_view, pod_view
 from benchop.operator.settings import OperatorSettings
 from benchop.operator.snapshots import SnapshotCollector, live_status
@@ -87,6 +91,8 @@ RESYNC_S = 60.0
 """The run loop re-lists the run's pods and reads its Job this often (a missed event heals)."""
 TICK_S = 1.0
 """The run loop wakes at least this often (and at once on a pod/Job event)."""
+SOURCE_CHECK_S = 5.0
+"""Until the workers are ready, a dataset or tokenizer ConfigMap is read this often."""
 
 
 def run_key(namespace: str, name: str, uid: str) -> str:
@@ -168,6 +174,8 @@ class RunContext:
     refused_since: float | None = None  # monotonic; the Job's pod creation is being refused
     snapshot_seen: bool = False  # a worker's snapshot arrived (the loop then ticks)
     refused_message: str = ""  # the latest FailedCreate event's message
+    missing_since: float | None = None  # monotonic; a workload ConfigMap (or key) is missing
+    next_source_check: float = 0.0  # monotonic; when to read the workload ConfigMaps again
     done: bool = False
     gpu: RunGpuStats | None = field(init=False)  # Prometheus GPU stats (spec.prometheus.url)
 
@@ -416,8 +424,10 @@ async def resync(services: Services, ctx: RunContext) -> None:
     pods = await services.api.list(POD, ctx.namespace, labels=run_selector(ctx.name))
     seen = set()
     for pod in pods:
-        ann = (pod.get("metadata") or {}).get("annotations") or {}
-        if ann.get(RUN_NAME_ANNOTATION) == ctx.name:
+        meta = pod.get("metadata") or {}
+        ann = meta.get("annotations") or {}
+        worker = (meta.get("labels") or {}).get(COMPONENT_LABEL) == LOADGEN  # not the collect pod
+        if ann.get(RUN_NAME_ANNOTATION) == ctx.name and worker:
             _note_pod(ctx, pod)
             seen.add(pod["metadata"]["name"])
     for gone in set(ctx.pods) - seen:
@@ -478,10 +488,12 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     results = None
     results_reason = ""
     prom_error = None
+    output = None
+    merged = None
     if final is not None:
         try:
             gpu, prom_error = await _gpu_results(services, ctx, final)
-            results = build_final_results(
+            results, merged = build_final(
                 final,
                 slo=ctx.spec.slo,
                 gpu=gpu,
@@ -500,6 +512,9 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     # Before the status: once it says Failed, kopf stops this daemon (its `when` filter no
     # longer matches) and cancels whatever request is still in flight.
     await _stop_job(services, ctx)
+    if final is not None and results is not None and merged is not None:
+        # after the suspend: a collect Job must not merge files workers still write
+        output = await _output(services, ctx, final, merged, results, ("Failed", reason, message))
     kopf.warn(_event_target(ctx), reason=reason, message=message)  # `kubectl describe br`
     await ctx.writer.update(
         lambda st: lifecycle.failed(
@@ -511,6 +526,7 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
             results=results,
             results_reason=results_reason,
             prometheus_error=prom_error,
+            output=output,
         )
     )
     ctx.done = True
@@ -570,7 +586,7 @@ async def _finish(services: Services, ctx: RunContext) -> None:
         await _fail(services, ctx, "NoResults", "the Job completed but no worker reported")
         return
     gpu, prom_error = await _gpu_results(services, ctx, final)
-    results = build_final_results(
+    results, merged = build_final(
         final,
         slo=ctx.spec.slo,
         gpu=gpu,
@@ -578,6 +594,8 @@ async def _finish(services: Services, ctx: RunContext) -> None:
         tokenizer=ctx.spec.workload.tokenizer,
     )
     ok, reason, message = verdict(results)
+    phase = "Succeeded" if ok else "Failed"
+    output = await _output(services, ctx, final, merged, results, (phase, reason, message))
     now = now_rfc3339()
     gen = ctx.generation
     await ctx.writer.update(
@@ -591,9 +609,42 @@ async def _finish(services: Services, ctx: RunContext) -> None:
             message=message,
             now=now,
             prometheus_error=prom_error,
+            output=output,
         )
     )
     ctx.done = True
+
+
+async def _output(
+    services: Services,
+    ctx: RunContext,
+    final: Final,
+    merged: MergedMetrics,
+    results: Mapping[str, Any],
+    verdict: tuple[str, str, str],
+) -> dict[str, Any]:
+    """``status.output``: the results ConfigMap written, the collect Job created (a PVC).
+    ``verdict``: the terminal (phase, reason, message)."""
+    body = {"metadata": {"name": ctx.name, "namespace": ctx.namespace, "uid": ctx.uid}}
+    run = BenchmarkRun.model_validate({**body, "spec": to_wire(ctx.spec)})
+    try:
+        return await write_output(
+            services.api,
+            body,
+            run,
+            run_key=ctx.key,
+            image=services.settings.image,
+            final=final,
+            merged=merged,
+            results=results,
+            gates=(ctx.writer.status or {}).get("gates") or {},
+            verdict=verdict,
+        )
+    except kopf.TemporaryError:
+        raise
+    except Exception as e:  # a bug here must not cost the run its results
+        log.exception("run %s: the results bundle failed", ctx.key)
+        return {"error": f"results bundle: {type(e).__name__}: {e}"[:500]}
 
 
 async def _step(services: Services, ctx: RunContext, now: float) -> None:
@@ -623,6 +674,10 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
             message = f"Job {job} cannot create its worker pods: {ctx.refused_message}"
             await _fail(services, ctx, "PodCreateFailed", message[:1000])
             return
+    # 3b. a dataset or tokenizer ConfigMap (or its key) is missing: the kubelet keeps the
+    #     pods in ContainerCreating and says so only in FailedMount events
+    if await _workload_configmap_missing(services, ctx, now):
+        return
     # 4. watchdog (before finishing: a finish that keeps failing must not outlive it)
     if await _watchdog(services, ctx):
         return
@@ -680,6 +735,37 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         if gpu is not None:
             live["gpu"] = gpu
         await ctx.writer.update(lambda st: lifecycle.with_live(st, live))
+
+
+async def _workload_configmap_missing(services: Services, ctx: RunContext, now: float) -> bool:
+    """Until the workers are ready, read the workload's ConfigMaps every ``SOURCE_CHECK_S``;
+    one missing (or without its key) for ``stuck_after_s`` fails the run
+    (``WorkloadFileMissing``). True when it did."""
+    refs = configmap_sources(ctx.spec.workload)
+    conditions = (ctx.writer.status or {}).get("conditions")
+    if not refs or now < ctx.next_source_check or c.is_true(conditions, c.WORKERS_READY):
+        return False
+    ctx.next_source_check = now + SOURCE_CHECK_S
+    problems = []
+    for role, name, key in refs:
+        try:
+            cm = await services.api.get(CONFIGMAP, ctx.namespace, name)
+        except ApiError as e:  # cannot tell (RBAC, API trouble): the pods' own state decides
+            log.warning("run %s: reading ConfigMap %s: %s", ctx.key, name, e)
+            return False
+        problem = configmap_problem(role, name, key, cm, namespace=ctx.namespace)
+        if problem is not None:
+            problems.append(problem)
+    if not problems:
+        ctx.missing_since = None
+        return False
+    if ctx.missing_since is None:
+        ctx.missing_since = now
+    if now - ctx.missing_since < services.settings.stuck_after_s:
+        return False
+    message = "; ".join(problems) + ": the worker pods cannot mount it"
+    await _fail(services, ctx, "WorkloadFileMissing", message[:1000])
+    return True
 
 
 async def _watchdog(services: Services, ctx: RunContext) -> bool:
