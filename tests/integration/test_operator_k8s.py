@@ -122,3 +122,41 @@ async def test_a_non_json_error_body_is_mapped_with_its_text() -> None:
     finally:
         await client.close()
         await runner.cleanup()
+
+
+async def test_retry_delays_back_off_with_the_streak_and_honour_retry_after() -> None:
+    """The TemporaryError delays: Retry-After is a floor; the ceiling doubles per error in a
+    row (1, 2, 4 s) and an answer that is not an error starts it again."""
+    answers = iter(
+        [(429, {"Retry-After": "7"}), (503, {}), (503, {}), (503, {}), (200, {}), (500, {})]
+    )
+
+    async def scripted(_: web.Request) -> web.Response:
+        status, headers = next(answers)
+        return web.json_response({"items": []}, status=status, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", scripted)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client = await KubeApi.connect(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}"))
+    try:
+        delays = []
+        for _ in range(4):
+            with pytest.raises(kopf.TemporaryError) as err:
+                await client.list(CONFIGMAP, "default")
+            delays.append(err.value.delay)
+        assert client.errors_in_a_row == 4
+        assert await client.list(CONFIGMAP, "default") == []
+        assert client.errors_in_a_row == 0
+        with pytest.raises(kopf.TemporaryError) as err:
+            await client.list(CONFIGMAP, "default")
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert delays[0] is not None and 7.0 <= delays[0] <= 7.0 + 1.0
+    assert all(d is not None and 0 <= d <= 2.0**n for n, d in enumerate(delays[1:], start=1))
+    assert err.value.delay is not None and 0 <= err.value.delay <= 1.0

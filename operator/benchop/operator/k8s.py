@@ -11,22 +11,27 @@ answer                     outcome
                            (an older owner's child that GC has not removed yet)
 409 on a status patch      :class:`Conflict` (the StatusWriter re-reads and retries)
 5xx, 429, timeouts,        ``kopf.TemporaryError(delay=...)``: kopf retries the handler
-connection errors
+connection errors          after a capped exponential backoff with full jitter, never sooner
+                           than the answer's ``Retry-After`` (:mod:`benchop.core.backoff`)
 other 4xx                  :class:`ApiError` (a bug, missing RBAC, or an object the API
                            server refuses); the caller decides: a child create error fails
                            the run (``handlers.runs``), elsewhere kopf retries the handler
 ========================== =============================================================
 
 A body that is not JSON (an HTML 502 page from a proxy) is mapped by its status like any
-other, with its text as the message.
+other, with its text as the message. The backoff's attempt number is the client's streak of
+such errors (reset by any other answer): the client is shared by every handler, so while the
+API server is unwell every retry waits longer, each by its own random share.
 
 The client is aiohttp, not the ``kubernetes`` package in threads: the operator is one asyncio
 process that may hold a thousand runs, and a thread per concurrent call (plus the sync client's
 own pool) costs more than a shared async connection pool; the API surface needed here (get,
 list, create, merge-patch of /status) is five verbs of plain JSON. It talks to the same server
 with the same identity as kopf: tests and callers pass the ``kopf.ConnectionInfo`` that kopf's
-login handler returns (``memo.connection``); otherwise it logs in exactly like kopf's default
-login does (in-cluster service account first, then kubeconfig), via kopf's public helpers.
+login handler returns (``memo.connection``); otherwise :func:`login` logs in exactly like kopf's
+default login does with the ``kubernetes`` package installed (a dependency): in-cluster first
+(``KUBERNETES_SERVICE_HOST``/``_PORT`` and the service-account token, as client-go), then the
+kubeconfig (``KUBECONFIG`` or ``~/.kube/config``), via kopf's public helpers.
 
     client = await KubeApi.connect(kopf.ConnectionInfo(server="http://127.0.0.1:8001"))
     pods = await client.list(POD, "default", labels="benchop.io/run=r1")
@@ -36,6 +41,7 @@ login does (in-cluster service account first, then kubeconfig), via kopf's publi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json as json_lib
 import logging
 from collections.abc import Mapping
@@ -46,14 +52,12 @@ from urllib.parse import quote
 import aiohttp
 import kopf
 
+from benchop.core import backoff
 from benchop.core.names import BENCHMARKRUN_PLURAL, EXPERIMENT_PLURAL, GROUP, VERSION
 
 log = logging.getLogger(__name__)
 
 Body = dict[str, Any]
-
-RETRY_DELAY_S = 5.0
-"""``kopf.TemporaryError`` delay after a 5xx / timeout / connection error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,13 +135,23 @@ def _message(body: Any) -> str:
 
 
 def login() -> kopf.ConnectionInfo:
-    """Credentials as kopf's default login finds them: service account, then kubeconfig."""
+    """Credentials as kopf's default login finds them (so both clients reach one server the
+    same way): with the ``kubernetes`` package, its in-cluster config (which honours
+    ``KUBERNETES_SERVICE_HOST``/``_PORT``), else its kubeconfig; without it (never in the
+    image), the service account at ``https://kubernetes.default.svc``, else the kubeconfig."""
     settings = kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings
-    )
+    try:
+        import kubernetes  # noqa: F401
+    except ImportError:
+        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+            settings=settings
+        )
+    else:
+        info = kopf.login_via_client(logger=log, settings=settings)
     if info is None:
         raise kopf.LoginError("no in-cluster service account and no kubeconfig found")
+    if info.token is not None and info.token != info.token.strip():  # a file's last newline
+        info = dataclasses.replace(info, token=info.token.strip())
     return info
 
 
@@ -149,6 +163,8 @@ class KubeApi:
         self.server = info.server.rstrip("/")
         self._session = session
         self.requests = 0
+        self.errors_in_a_row = 0
+        """Retryable answers since the last other one: the backoff's attempt number."""
 
     @classmethod
     async def connect(
@@ -185,19 +201,27 @@ class KubeApi:
             ) as resp:
                 text = await resp.text()
                 status = resp.status
+                retry_after = backoff.retry_after_s(resp.headers.get("Retry-After"))
             try:
                 body = json_lib.loads(text) if text else None
             except ValueError:
                 body = text
         except (aiohttp.ClientError, TimeoutError) as e:
             raise kopf.TemporaryError(
-                f"{method} {path}: {type(e).__name__}: {e}", delay=RETRY_DELAY_S
+                f"{method} {path}: {type(e).__name__}: {e}", delay=self._retry_delay(None)
             ) from e
         if status >= 500 or status == 429:
             raise kopf.TemporaryError(
-                f"{method} {path}: HTTP {status}: {_message(body)}", delay=RETRY_DELAY_S
+                f"{method} {path}: HTTP {status}: {_message(body)}",
+                delay=self._retry_delay(retry_after),
             )
+        self.errors_in_a_row = 0
         return status, body
+
+    def _retry_delay(self, retry_after: float | None) -> float:
+        attempt = self.errors_in_a_row
+        self.errors_in_a_row += 1
+        return backoff.delay(attempt, retry_after=retry_after)
 
     def _check(self, method: str, path: str, status: int, body: Any) -> Body:
         if status == 409:

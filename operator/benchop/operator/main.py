@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from benchagent.transport import CurveServer
 from benchop.api.models import BenchmarkRun, format_validation_error
+from benchop.core import backoff
 from benchop.core.lifecycle import is_terminal
 from benchop.core.names import (
     BENCHMARKRUN_PLURAL,
@@ -53,6 +54,10 @@ FAILED_CREATE = "involvedObject.kind=Job,reason=FailedCreate"
 """The only events the operator receives: a Job controller could not create a pod."""
 LIST_CHUNK = 500
 """Objects per page of the LIST that starts each watch (client-go's pager default)."""
+API_ATTEMPTS = 8
+"""Retries of one of kopf's API requests before it escalates (kopf's default count)."""
+EVENT_LOG_ATTEMPTS = 5
+"""Retries of an event kopf posts for a log record (kopf's default count)."""
 
 
 def _services(memo: Any) -> runs.Services:
@@ -83,6 +88,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.chunk_size = LIST_CHUNK  # the first LIST of each watch, paginated
     settings.networking.request_timeout = ours.request_timeout
     settings.networking.connect_timeout = ours.connect_timeout
+    # kopf's own requests (watches, patches, event posts) retry 5xx/429/timeouts with the
+    # operator's client's backoff (capped exponential, full jitter), never sooner than a 429's
+    # Retry-After, instead of kopf's fixed (1, 1, 2, 3, 5, 8, 13, 21) s; then escalate.
+    settings.networking.error_backoffs = backoff.Backoffs(API_ATTEMPTS)
+    settings.networking.enforce_retry_after = False  # the longer of the two
+    settings.posting.default_backoffs = backoff.Backoffs(API_ATTEMPTS)
+    settings.posting.logging_backoffs = backoff.Backoffs(EVENT_LOG_ATTEMPTS)
     settings.peering.standalone = ours.peering is None
     if ours.peering is not None:
         settings.peering.name = ours.peering
