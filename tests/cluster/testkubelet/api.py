@@ -221,6 +221,11 @@ class _Gone(Exception):
 Handler = Callable[[str, dict[str, Any]], None]
 
 
+def _uid(obj: dict[str, Any]) -> str | None:
+    uid = (obj.get("metadata") or {}).get("uid")
+    return str(uid) if uid is not None else None
+
+
 class Informer:
     """Keeps ``objects`` (by ``namespace/name``) in sync with a collection and calls
     ``handler(type, obj)`` with ``ADDED``/``MODIFIED``/``DELETED``; ``synced`` is set after the
@@ -253,9 +258,11 @@ class Informer:
                 )
 
     def _replace(self, items: list[dict[str, Any]]) -> None:
+        """A (re)list: what vanished while no watch ran is DELETED, including an object
+        replaced by another of the same name (another uid), which is then ADDED."""
         fresh = {object_key(o): o for o in items}
         for key in list(self.objects):
-            if key not in fresh:
+            if key not in fresh or _uid(self.objects[key]) != _uid(fresh[key]):
                 self._emit("DELETED", self.objects.pop(key))
         for key, obj in fresh.items():
             old = self.objects.get(key)

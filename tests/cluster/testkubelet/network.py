@@ -25,7 +25,11 @@ class NetworkError(Exception):
 
 
 class IpPool:
-    """Pod IPs of one node: ``IpPool("10.244.0.0/16", 1).allocate("uid") == "10.244.1.2"``."""
+    """Pod IPs of one node: ``IpPool("10.244.0.0/16", 1).allocate("uid") == "10.244.1.2"``.
+
+    Like CNI's host-local IPAM, a new owner gets the next free IP after the last one handed
+    out (round robin), so a released IP is the last to be used again: a pod the API still
+    shows with that IP (a deletion not yet seen) is not confused with a new one."""
 
     def __init__(self, cidr: str, node_index: int) -> None:
         net = ipaddress.ip_network(cidr)
@@ -34,18 +38,29 @@ class IpPool:
         if not all(ipaddress.ip_address(ip) in net for ip in (self._free[0], self._free[-1])):
             raise ValueError(f"node index {node_index} does not fit in {cidr}")
         self._owner: dict[str, str] = {}
+        self._next = 0  # where the round robin goes on
 
     def allocate(self, owner: str, prefer: str | None = None) -> str:
         """An IP for ``owner`` (the same one again if it has one; ``prefer`` if free)."""
         for ip, who in self._owner.items():
             if who == owner:
                 return ip
-        candidates = ([prefer] if prefer in self._free else []) + self._free
-        for ip in candidates:
+        if prefer in self._free and prefer not in self._owner:
+            self._owner[prefer] = owner
+            return prefer
+        n = len(self._free)
+        for k in range(n):
+            ip = self._free[(self._next + k) % n]
             if ip not in self._owner:
                 self._owner[ip] = owner
+                self._next = (self._next + k + 1) % n
                 return ip
         raise NetworkError("no free pod IP on this node")
+
+    def reserve(self, owner: str, ip: str) -> None:
+        """Hold ``ip`` for ``owner`` (a pod that had it before a kubelet restart), if free."""
+        if ip in self._free and ip not in self._owner and owner not in self._owner.values():
+            self._owner[ip] = owner
 
     def release(self, owner: str) -> None:
         for ip, who in list(self._owner.items()):

@@ -42,6 +42,43 @@ log = logging.getLogger(__name__)
 
 MIN_GRACE = 2.0  # kubelet minimumGracePeriodInSeconds
 OBJECT_RETRIES = 5  # 403s while the Node authorizer's graph catches up with a new pod
+TRANSIENT = (aiohttp.ClientError, OSError, TimeoutError)
+"""The API server is unreachable (restarting, etcd down): try again."""
+
+
+def transient(e: BaseException) -> bool:
+    """An API failure that a retry may get past: no connection, a timeout, 429 or 5xx."""
+    if isinstance(e, ApiError):
+        return e.status == 429 or e.status >= 500
+    return isinstance(e, TRANSIENT)
+
+
+async def until_done(
+    call: Callable[[], Awaitable[None]],
+    what: str,
+    *,
+    give_up: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+    base: float = 0.5,
+    cap: float = 10.0,
+) -> bool:
+    """``await call()`` until it returns, retrying transient API failures (doubling the pause
+    from ``base`` up to ``cap``) while not ``give_up()``. A write that must happen (a pod's last
+    status, its final DELETE) must outlive an API server restart: a worker that gave up on it
+    would leave the pod Running or Terminating in the API forever. True when it was done."""
+    pause = base
+    sleep = sleep or asyncio.sleep
+    while not give_up():
+        try:
+            await call()
+            return True
+        except Exception as e:
+            if not transient(e):
+                raise
+            log.warning("%s failed: %s; again in %.1fs", what, e, pause)
+        await sleep(pause)
+        pause = min(pause * 2, cap)
+    return False
 
 
 class HostsFiles:
@@ -96,6 +133,32 @@ def pod_ref(pod: dict[str, Any]) -> str:
 
 def _is_sidecar(c: dict[str, Any]) -> bool:
     return c.get("restartPolicy") == "Always"
+
+
+async def delete_pod_object(
+    api: Api, ns: str, name: str, uid: str, *, give_up: Callable[[], bool] = lambda: False
+) -> None:
+    """The kubelet's final DELETE (``gracePeriodSeconds: 0``, this uid only), retried through
+    API outages; 404/409 (gone, or another pod of that name now) end it."""
+    path = f"/api/v1/namespaces/{ns}/pods/{name}"
+    body = {
+        "apiVersion": "v1",
+        "kind": "DeleteOptions",
+        "gracePeriodSeconds": 0,
+        "preconditions": {"uid": uid},
+    }
+
+    async def delete() -> None:
+        try:
+            await api.delete(path, body)
+            log.info("pod %s/%s deleted", ns, name)
+        except ApiError as e:
+            if transient(e):
+                raise
+            if e.status not in (404, 409):
+                log.warning("pod %s/%s: delete failed: %s", ns, name, e)
+
+    await until_done(delete, f"pod {ns}/{name}: delete", give_up=give_up)
 
 
 class PodWorker:
@@ -254,7 +317,7 @@ class PodWorker:
                 await self._delete_object()
             return
         if self._never_rerun():  # restarted kubelet, restartPolicy Never: the pod has failed
-            await self._flush()
+            await self._flush_surely()
             await self._teardown()
             await self._deletion_seen()
             await self._finish_deletion()
@@ -296,26 +359,22 @@ class PodWorker:
     async def _finish_deletion(self) -> None:
         if self._stopping or self._gone:
             return
-        await self._flush(terminal=True)
+        await self._flush_surely(terminal=True)
         await self._teardown()
         await self._delete_object()
 
+    async def _flush_surely(self, *, terminal: bool = False) -> None:
+        """A status that must be written (terminal, or the last one), through API outages."""
+        await until_done(
+            lambda: self._flush(terminal=terminal),
+            f"pod {self.ns}/{self.name}: status",
+            give_up=lambda: self._stopping or self._gone,
+        )
+
     async def _delete_object(self) -> None:
-        path = f"/api/v1/namespaces/{self.ns}/pods/{self.name}"
-        try:
-            await self.ctx.api.delete(
-                path,
-                {
-                    "apiVersion": "v1",
-                    "kind": "DeleteOptions",
-                    "gracePeriodSeconds": 0,
-                    "preconditions": {"uid": self.uid},
-                },
-            )
-            log.info("pod %s/%s deleted", self.ns, self.name)
-        except ApiError as e:
-            if e.status not in (404, 409):
-                log.warning("pod %s/%s: delete failed: %s", self.ns, self.name, e)
+        await delete_pod_object(
+            self.ctx.api, self.ns, self.name, self.uid, give_up=lambda: self._stopping
+        )
 
     def _grace(self) -> float:
         meta, spec = self.pod["metadata"], self.pod["spec"]
@@ -349,7 +408,7 @@ class PodWorker:
             t.cancel()
         if sidecars:
             await self._kill_all(self._grace(), reason="Stopping container")
-        await self._flush()
+        await self._flush_surely()
 
     # --- sandbox and volumes -------------------------------------------------------------------
 
@@ -1072,6 +1131,7 @@ class PodManager:
         )
         self.workers: dict[str, tuple[PodWorker, asyncio.Task[None]]] = {}
         self.finished: set[str] = set()
+        self._deleting: dict[str, asyncio.Task[None]] = {}
         self._started = False
 
     def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
@@ -1084,9 +1144,31 @@ class PodManager:
         if uid in self.workers:
             self.workers[uid][0].update(pod)
             return
-        if uid in self.finished or not self._started:
+        if uid in self.finished:
+            if pod["metadata"].get("deletionTimestamp"):
+                self._delete_finished(pod)
+            return
+        if not self._started:
             return
         self._spawn(pod)
+
+    def _delete_finished(self, pod: dict[str, Any]) -> None:
+        """A pod whose worker has ended (nothing of it runs) is to go: the final DELETE. A
+        worker ends before its pod is deleted when it failed; without this the pod would stay
+        Terminating for good."""
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        if uid in self._deleting:
+            return
+
+        async def delete() -> None:
+            while self.ctx.paused():  # noqa: ASYNC110  (a partitioned node acts once back)
+                await asyncio.sleep(0.5)
+            await delete_pod_object(self.ctx.api, meta["namespace"], meta["name"], uid)
+
+        task = asyncio.create_task(delete())
+        self._deleting[uid] = task
+        task.add_done_callback(lambda _: self._deleting.pop(uid, None))
 
     def _spawn(self, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
@@ -1109,7 +1191,12 @@ class PodManager:
             await ready()
             await self.informer.synced.wait()
             self._started = True
-            for pod in list(self.informer.objects.values()):
+            pods = list(self.informer.objects.values())
+            for pod in pods:  # a restarted kubelet: no new pod may take an IP a pod still has
+                ip = (pod.get("status") or {}).get("podIP")
+                if ip and not pod["spec"].get("hostNetwork"):
+                    self.ctx.pool.reserve(pod["metadata"]["uid"], ip)
+            for pod in pods:
                 if pod["metadata"]["uid"] not in self.workers:
                     self._spawn(pod)
             await watch
@@ -1117,6 +1204,8 @@ class PodManager:
             watch.cancel()
 
     async def shutdown(self) -> None:
+        for task in list(self._deleting.values()):
+            task.cancel()
         for worker, _ in list(self.workers.values()):
             worker.shutdown()
         tasks = [t for _, t in self.workers.values()]
