@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import calendar
 import json
 import os
 import signal
@@ -337,6 +338,18 @@ class Suite:
             and not p["metadata"].get("deletionTimestamp")
         ]
 
+    def report_stuck(self, after_s: float = 90) -> None:
+        """Print the pods Terminating for longer than ``after_s`` (a deletion the test kubelet
+        missed; not a failure of the scenario at hand)."""
+        now = time.time()
+        for p in self.k.get("pods", namespace=NS):
+            ts = p["metadata"].get("deletionTimestamp")
+            if ts:
+                age = now - calendar.timegm(time.strptime(ts, "%Y-%m-%dT%H:%M:%SZ"))
+                if age > after_s:
+                    print(f"#   stuck: pod {p['metadata']['name']} Terminating for {age:.0f}s "
+                          f"({p['status'].get('phase')})", flush=True)  # fmt: skip
+
     def wait_served(self, before: dict[str, int], n: int, timeout: float = 120) -> None:
         """Until the mock completed ``n`` more responses than in ``before``."""
         self.k.wait_for(lambda: self.served().get("ok", 0) - before.get("ok", 0) >= n,
@@ -360,6 +373,7 @@ class Suite:
         ``faults`` maps a mock counter to the results' byReason key it must equal (each
         injected fault counted once as that failure)."""
         self.mock(mock)
+        self.report_stuck()
         spec = spec or self.spec()
         before = self.served()
         ops_before = self.operator_pods()
