@@ -588,7 +588,10 @@ def node_lost(s: Suite) -> Result:
     flag = s.k.dir / "kubelet" / "nodes" / CPU_NODE / "stop-heartbeat"
 
     def inject(name: str, before: dict[str, int]) -> None:
-        s.profiling_started(name, before, 0.1)
+        try:
+            s.profiling_started(name, before, 0.1)
+        finally:  # the workers are placed: the replacements go to the GPU node
+            s.k.kubectl("uncordon", GPU_NODE, check=False)
         pods = s.worker_pods(name)
         if not any(p["spec"].get("nodeName") == CPU_NODE for p in pods):
             raise AssertionError(f"no worker on {CPU_NODE} to lose")
@@ -608,9 +611,16 @@ def node_lost(s: Suite) -> Result:
             ]
         }
     )  # fmt: skip
-    try:  # slower tokens (5 requests/s): the node is declared lost ~20 s after the fault
-        return s.measure("node", inject, spec=spec, mock=MockConfig(ttft=0.05, itl=0.05))
+    # slower tokens (5 requests/s): the node is declared lost ~20 s after the fault
+    slow = MockConfig(ttft=0.05, itl=0.05)
+    s.mock(slow)
+    # the scheduler may put both workers on either node: with the GPU node cordoned until they
+    # run, they are on the CPU node (the mock server and the agent stay where they run)
+    s.k.kubectl("cordon", GPU_NODE)
+    try:
+        return s.measure("node", inject, spec=spec, mock=slow)
     finally:
+        s.k.kubectl("uncordon", GPU_NODE, check=False)
         flag.unlink(missing_ok=True)
 
 
