@@ -193,7 +193,10 @@ class Suite:
             {"name": "KUBERNETES_SERVICE_HOST", "value": HOST_IP},
             {"name": "KUBERNETES_SERVICE_PORT", "value": str(PROXY_PORT)},
         ]
-        values = {"operator": {"extraEnv": env}}
+        # the operator on the GPU node: node-lost loses the CPU node, and an operator there
+        # would be evicted minutes later, in the middle of another scenario
+        values = {"operator": {"extraEnv": env,
+                               "nodeSelector": {"kubernetes.io/hostname": GPU_NODE}}}  # fmt: skip
         self.k.helm(
             "upgrade", "--install", RELEASE, str(ROOT / "charts" / "benchop"),
             "-n", RELEASE_NS, "-f", str(ROOT / "hack" / "local-cluster-values.yaml"),
