@@ -838,6 +838,8 @@ def _idle_s(services: Services, ctx: RunContext, now: float, tick_s: float) -> f
             due.append(since + (settings.stuck_after_s if view.stuck_reason in GRACEFUL else 0.0))
     if ctx.refused_since is not None:
         due.append(ctx.refused_since + settings.stuck_after_s)
+    if configmap_sources(ctx.spec.workload):  # checked until the workers are ready
+        due.append(ctx.next_source_check)
     return max(tick_s, min(due) - now)
 
 
