@@ -627,3 +627,36 @@ async def test_a_worker_stopped_before_its_base_arrives_publishes_nothing(
         coordinator.close()
     assert out.interrupted and mock.stats["requests"] == 0
     assert not (tmp_path / FINAL).exists() and not (tmp_path / "termination").exists()
+
+
+async def test_a_new_pod_on_a_claim_resumes_from_the_checkpoint_not_twice(
+    mock: MockServer, tmp_path: Path
+) -> None:
+    """With ``spec.output.pvc`` the results dir outlives the pod: the replacement finds the
+    old pod's checkpoint there and resumes from it; the coordinator's base (the same requests)
+    is not added on top."""
+    spec = make_spec(
+        mock.url,
+        {"mode": "concurrency", "concurrency": 2},
+        {"warmup": {"requests": 4}, "profiling": {"requests": 40}},
+    )
+    claim = tmp_path / "worker-0"
+    base = await interrupted_first_pod(spec, claim, mock, 16)
+    coordinator = FakeCoordinator(base)
+    try:
+        config = WorkerConfig(
+            spec=spec,
+            run="r",
+            results_dir=claim,
+            gate_endpoint=coordinator.endpoint,
+            incarnation="pod-b",
+        )
+        out = await run_worker(config)
+    finally:
+        coordinator.close()
+    snap = out.snapshot
+    assert out.attempt == 2 and out.warmup_requests == 0
+    assert snap.counters[names.REQUESTS] == snap.counters[names.REQUESTS_OK] == 40
+    assert mock.stats["ok"] == mock.stats["requests"] == 4 + 40
+    assert not (claim / checkpoint.BASE).exists()
+    assert_matches_records(snap, claim)

@@ -224,7 +224,7 @@ class FinalOutcome:
     snapshot: MetricsSnapshot
     interrupted: bool
     attempt: int  # 1 + resumes
-    resumed_records: int  # profiling records loaded from the checkpoint
+    resumed_records: int  # profiling requests resumed from (the base and the checkpoint)
     gates: dict[str, GateResult]
     warmup_requests: int
     warmup_ok: int
