@@ -66,3 +66,11 @@ def test_a_run_whose_workers_publish_ticks_and_the_first_snapshot_wakes_it() -> 
     assert ctx.wake.is_set() and ctx.snapshot_seen
     assert idle(ctx, 1000.0) == 1.0
     assert idle(context(next_resync=1060.0, job_complete_at=999.0), 1000.0) == 1.0
+
+
+def test_a_run_reading_its_workload_configmaps_wakes_for_the_next_read() -> None:
+    doc = SPEC.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["workload"] = {"dataset": {"configMap": {"name": "rows", "key": "chat.jsonl"}}}
+    spec = BenchmarkRunSpec.model_validate(doc)
+    ctx = context(next_resync=1060.0, next_source_check=1005.0, spec=spec)
+    assert idle(ctx, 1000.0) == 5.0
