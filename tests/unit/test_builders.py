@@ -211,11 +211,19 @@ def test_spec_configmap_whole_manifest() -> None:
                     "load": {
                         "arrival": "poisson",
                         "concurrency": 8,
+                        "failureWindow": 50,
+                        "maxFailureRatio": 0.5,
                         "mode": "concurrency",
                         "requestTimeout": "300s",
                         "workers": 2,
                     },
                     "phases": {"profiling": {"requests": 100}},
+                    "preflight": {"enabled": True, "timeout": "5s"},
+                    "request": {
+                        "includeUsage": True,
+                        "outputTokensFields": ["max_tokens"],
+                        "stream": True,
+                    },
                     "target": {
                         "api": "chat",
                         "model": "m",

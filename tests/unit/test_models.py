@@ -138,6 +138,8 @@ def test_python_names_are_accepted_too() -> None:
         "workers": 1,
         "requestTimeout": "5s",
         "maxInFlight": 10,
+        "maxFailureRatio": 0.5,
+        "failureWindow": 50,
     }
     assert models.SloSpec.model_validate({"e2eMs": 900}).e2e_ms == 900
     assert to_wire(models.SloSpec(e2e_ms=900)) == {"e2eMs": 900.0}

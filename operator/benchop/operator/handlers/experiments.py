@@ -182,9 +182,9 @@ def validate_spec(spec: Mapping[str, Any]) -> tuple[ExperimentSpec, list[Point]]
                 f"invalid: {format_validation_error(e)}"
             )
     for i, (_, run_spec) in enumerate(points):
-        if run_spec.target.url is None:
+        if not run_spec.target.endpoints:
             return (
-                f"spec.template.target.url: required in a cluster (run {i} has none; only "
+                f"spec.template.target.url: required in a cluster, or urls (run {i} has none; only "
                 "local mode has a built-in mock server)"
             )
     return exp, points

@@ -106,9 +106,10 @@ class InvalidRun(ValueError):
 
 def check_operator_rules(run: BenchmarkRun) -> None:
     """Rules of the in-cluster operator beyond the model's (local mode may differ)."""
-    if run.spec.target.url is None:
+    if not run.spec.target.endpoints:
         raise InvalidRun(
-            "spec.target.url: required in a cluster (only local mode has a built-in mock server)"
+            "spec.target.url: required in a cluster, or spec.target.urls (only local mode has "
+            "a built-in mock server)"
         )
 
 
