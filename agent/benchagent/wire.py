@@ -120,6 +120,15 @@ class SeriesSummary(msgspec.Struct, kw_only=True):
     values: bytes | None = None
 
 
+class WorkerAbort(msgspec.Struct, kw_only=True):
+    """Why a worker ended its run early: a failed preflight check (``TargetUnreachable``,
+    ``ModelNotFound``, ``TargetError``, ``SecretError``) or too many failed requests
+    (``FailureRatioExceeded``), with a message naming the target."""
+
+    reason: str
+    message: str
+
+
 class MetricsSnapshot(msgspec.Struct, tag="MetricsSnapshot", tag_field="kind", kw_only=True):
     """Worker -> operator: live and final metrics of one worker.
 
@@ -139,6 +148,8 @@ class MetricsSnapshot(msgspec.Struct, tag="MetricsSnapshot", tag_field="kind", k
     gauges: dict[str, float] = msgspec.field(default_factory=dict)
     series: dict[str, SeriesSummary] = msgspec.field(default_factory=dict)
     interrupted: bool = False  # stopped by a signal before the phase's bound
+    abort: WorkerAbort | None = None  # the worker ended the run early (every snapshot after)
+    warnings: list[str] = msgspec.field(default_factory=list)  # e.g. the preflight's
 
 
 Message = BaselineRequest | BaselineAck | GateRequest | GateGranted | GateDenied | MetricsSnapshot

@@ -116,7 +116,11 @@ def start(operator_task: Callable[..., Any], kube: Kube, settings: OperatorSetti
 
 def run_manifest(name: str, url: str, **spec: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "target": {"url": url, "model": "mock", "podSelector": {"matchLabels": {"app": "mock"}}},
+        "target": {
+            "url": url,
+            "model": "benchop-mock",
+            "podSelector": {"matchLabels": {"app": "mock"}},
+        },
         "workload": {"promptTokens": 16, "outputTokens": 8, "seed": 1},
         "load": {"mode": "concurrency", "concurrency": 4, "workers": 2},
         "phases": {"warmup": {"requests": 4}, "profiling": {"requests": 40}},
@@ -502,22 +506,32 @@ async def test_results_from_termination_messages_when_pubsub_is_lost(
 async def test_unreachable_target_fails_with_target_unreachable(
     kube: Kube, operator_task: Any, kubelet: Kubelet
 ) -> None:
+    """The worker's preflight finds nothing listening: it ends with an abort in its final
+    snapshot and termination message (exit 0, no restart) and the operator fails the run with
+    the worker's reason and message (host, port, errno); no request was made, and the
+    connect attempts are few and counted."""
     start(operator_task, kube, settings_for())
-    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"  # nothing listens there
     manifest = run_manifest(
         "r9",
         url,
-        load={"mode": "concurrency", "concurrency": 1, "workers": 1},
-        phases={"profiling": {"requests": 5}},
+        load={"mode": "concurrency", "concurrency": 4, "workers": 1},
+        phases={"profiling": {"duration": "60s"}},
         gates={"baseline": False, "timeout": "1s"},
     )
     await kube.client.create(BENCHMARKRUNS, manifest)
     await kubelet.start("r9")
-    await kubelet.wait_all()
+    assert await kubelet.wait_all() == [0]
     failed = await wait_condition(kube, "r9", c.SUCCEEDED, "False")
-    assert failed["reason"] == "TargetUnreachable" and "connection" in failed["message"]
+    assert failed["reason"] == "TargetUnreachable", failed
+    msg = failed["message"]
+    assert msg.startswith(f"worker 0: {url}: cannot connect to 127.0.0.1:{port}: ECONNREFUSED")
+    assert "[Errno 111]" in msg and "spec.preflight.timeout is 2s" in msg
     st = status_of(kube, "r9")
-    assert st["phase"] == "Failed" and st["results"]["requests"]["failed"] == 5
+    assert st["phase"] == "Failed" and st["results"]["requests"]["total"] == 0
+    assert "gpu" not in st["results"]
+    assert 1 <= st["results"]["client"]["connectAttempts"] <= 8  # 2 s of backoff: 6 or 7
 
 
 async def test_watchdog_fails_a_run_that_never_finishes(

@@ -218,7 +218,7 @@ def test_spec_configmap_whole_manifest() -> None:
                         "workers": 2,
                     },
                     "phases": {"profiling": {"requests": 100}},
-                    "preflight": {"enabled": True, "timeout": "5s"},
+                    "preflight": {"enabled": True, "timeout": "2s"},
                     "request": {
                         "includeUsage": True,
                         "outputTokensFields": ["max_tokens"],

@@ -35,7 +35,7 @@ def worker_registry(seed: int, n: int) -> tuple[Registry, dict[str, list[int]]]:
     recorded: dict[str, list[int]] = {name: [] for name in LATENCIES}
     for i in range(n):
         if i % 10 == 9:  # one request in ten fails
-            reason = names.FAILURE_REASONS[i % len(names.FAILURE_REASONS)]
+            reason = names.FAILURE_REASONS[(i // 10) % len(names.FAILURE_REASONS)]
             reg.counter(names.REQUESTS).inc()
             reg.counter(names.REQUESTS_FAILED).inc()
             reg.counter(names.failed(reason)).inc()

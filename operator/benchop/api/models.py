@@ -426,15 +426,16 @@ class PreflightSpec(_Spec):
     """Checks of the target before warmup; a failure ends the run with its reason.
 
     TCP connect to every URL (retried until ``timeout``), ``GET /models`` lists the model (a
-    server without the route is a warning), one request of one output token. Reasons:
-    ``TargetUnreachable``, ``ModelNotFound``, ``TargetError`` (docs/request.md).
+    server without the route is a warning), one request of one output token (both wait up to
+    ``load.requestTimeout``). Reasons: ``TargetUnreachable``, ``ModelNotFound``,
+    ``TargetError`` (docs/request.md).
     """
 
     enabled: bool = True
     timeout: Duration = Field(
-        Duration("5s"),
-        description="How long connecting may be retried (a server still starting); each "
-        "HTTP check may take as long again.",
+        Duration("2s"),
+        description="How long connecting may be retried before the run fails "
+        "TargetUnreachable; raise it to wait for a server that is still starting.",
     )
 
 

@@ -10,7 +10,7 @@ The operator and local mode call the same functions on what they collected:
   ``complete: false`` (source ``live``), so a missing worker is never hidden;
 - :func:`build_final_results` merges them and builds the bounded ``status.results``;
 - :func:`verdict`: Succeeded, or why not (``AllRequestsFailed``, ``TargetUnreachable``,
-  ``NoRequests``).
+  ``NoRequests``, or the reason a worker ended the run early: :func:`first_abort`).
 
 Underneath, two functions:
 
@@ -31,7 +31,14 @@ Underneath, two functions:
     requests_total``), ``rps`` is ``requests_good`` per second;
   * client saturated: client CPU above 80 %, or receive- or send-lag p99 (the
     open loop's actual minus scheduled send time) above 10 % of the TTFT p50 —
-    a saturated client under-reports the server.
+    a saturated client under-reports the server;
+  * request: how the requests were made (from the spec: :class:`RequestInfo`) and counted:
+    ``tokenCounting`` is ``usage`` when every ok request's tokens came from the server's
+    usage, ``chunks`` when none did (content chunks counted, the prompt's words as input
+    tokens), else ``mixed``; ``tokensPerChunk`` (streamed, usage-counted) above 1 means
+    several tokens per chunk; ``finishReasons`` of the ok requests; the workers' warnings;
+  * gpu: none when no request succeeded — a run that served nothing has no energy per token
+    and no utilisation to show.
 
 >>> final = final_snapshots(2, [("pubsub", complete), ("live", latest)])  # doctest: +SKIP
 >>> results = build_final_results(final, slo=spec.slo, gpu=None)          # doctest: +SKIP
@@ -45,13 +52,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from benchagent.wire import MetricsSnapshot, SeriesSummary
+from benchagent.wire import MetricsSnapshot, SeriesSummary, WorkerAbort
 from benchop.api.models import (
+    BenchmarkRunSpec,
     ClientStats,
     Goodput,
     GpuResults,
     LatencyStats,
     RequestCounts,
+    RequestResults,
     Results,
     SloSpec,
     Throughput,
@@ -72,6 +81,17 @@ REASONS: dict[Source, str] = {
     "live": "LatestLiveSnapshots",
 }
 """``ResultsAvailable`` reason per source."""
+
+TARGET_UNREACHABLE = "TargetUnreachable"
+"""No connection to the target (preflight), or most requests failed to connect (verdict)."""
+MODEL_NOT_FOUND = "ModelNotFound"
+"""The target does not list ``spec.target.model`` (preflight)."""
+TARGET_ERROR = "TargetError"
+"""The target answered the preflight's checks with an error."""
+SECRET_ERROR = "SecretError"
+"""A Secret the spec references is missing or unusable (not PEM, a line break in a header)."""
+FAILURE_RATIO_EXCEEDED = "FailureRatioExceeded"
+"""More than ``load.maxFailureRatio`` of a worker's last ``load.failureWindow`` requests failed."""
 
 RESULTS_MAX_BYTES = 16_384
 """``status.results`` larger than this (as JSON) is trimmed (GPU lists, then latencies)."""
@@ -96,6 +116,8 @@ class MergedMetrics:
     complete: bool  # every worker COMPLETE and none interrupted
     interrupted: bool  # some worker was stopped by a signal
     n_pending: int  # requests still in flight, summed over workers
+    abort: tuple[int, WorkerAbort] | None = None  # the lowest worker that ended the run early
+    warnings: tuple[str, ...] = ()  # every worker's, each once
 
 
 def merge_snapshots(snaps: Sequence[MetricsSnapshot]) -> MergedMetrics:
@@ -120,6 +142,9 @@ def merge_snapshots(snaps: Sequence[MetricsSnapshot]) -> MergedMetrics:
         for name, summary in s.series.items():
             parts.setdefault(name, []).append(summary)
     interrupted = any(s.interrupted for s in snaps)
+    warnings = tuple(
+        dict.fromkeys(w for s in sorted(snaps, key=lambda s: s.worker) for w in s.warnings)
+    )
     return MergedMetrics(
         run=snaps[0].run,
         workers=len(snaps),
@@ -130,6 +155,67 @@ def merge_snapshots(snaps: Sequence[MetricsSnapshot]) -> MergedMetrics:
         complete=all(s.state == "COMPLETE" for s in snaps) and not interrupted,
         interrupted=interrupted,
         n_pending=sum(s.n_pending for s in snaps),
+        abort=first_abort([{s.worker: s for s in snaps}]),
+        warnings=warnings,
+    )
+
+
+def first_abort(
+    sources: Sequence[Mapping[int, MetricsSnapshot]],
+) -> tuple[int, WorkerAbort] | None:
+    """The abort of the lowest worker index that reported one in any source (its snapshots
+    by worker, e.g. pub/sub COMPLETE, termination messages, latest live), else None."""
+    found: dict[int, WorkerAbort] = {}
+    for snaps in sources:
+        for w, snap in snaps.items():
+            if snap.abort is not None:
+                found.setdefault(w, snap.abort)
+    if not found:
+        return None
+    w = min(found)
+    return w, found[w]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What the results say of the requests that comes from the spec, not the workers."""
+
+    stream: bool = True
+    endpoints: int = 1
+    insecure_skip_verify: bool = False
+
+    @classmethod
+    def of(cls, spec: BenchmarkRunSpec) -> RequestInfo:
+        tls = spec.target.tls
+        return cls(
+            stream=spec.request.stream,
+            endpoints=max(len(spec.target.endpoints), 1),
+            insecure_skip_verify=bool(tls is not None and tls.insecure_skip_verify),
+        )
+
+
+def _request_results(merged: MergedMetrics, info: RequestInfo) -> RequestResults:
+    c = merged.counters
+    ok = c.get(names.REQUESTS_OK, 0)
+    usage = c.get(names.USAGE_COUNTED, 0)
+    counting = None if ok == 0 else "usage" if usage == ok else "chunks" if usage == 0 else "mixed"
+    chunks = c.get(names.CONTENT_CHUNKS, 0)
+    per_chunk = None
+    if counting == "usage" and chunks and c.get(names.STREAMED, 0) == ok:
+        per_chunk = round(c.get(names.OUTPUT_TOKENS_TOTAL, 0) / chunks, 3)
+    finish = {
+        name.removeprefix(names.FINISH_PREFIX): n
+        for name, n in sorted(c.items())
+        if name.startswith(names.FINISH_PREFIX) and n > 0
+    }
+    return RequestResults(
+        stream=info.stream,
+        token_counting=counting,
+        tokens_per_chunk=per_chunk,
+        finish_reasons=finish,
+        endpoints=info.endpoints,
+        insecure_skip_verify=info.insecure_skip_verify,
+        warnings=list(merged.warnings),
     )
 
 
@@ -151,7 +237,10 @@ def _latency_ms(merged: MergedMetrics, name: str) -> LatencyStats | None:
 
 
 def _client(
-    gauges: dict[str, float], ttft: LatencyStats | None, send_lag: LatencyStats | None
+    counters: Mapping[str, int],
+    gauges: dict[str, float],
+    ttft: LatencyStats | None,
+    send_lag: LatencyStats | None,
 ) -> ClientStats:
     cpu = gauges.get(names.CLIENT_CPU)
     lag = gauges.get(names.RECV_LAG_P99)
@@ -167,6 +256,8 @@ def _client(
             )
     return ClientStats(
         cpu_pct=cpu,
+        connect_attempts=counters.get(names.CONNECT_ATTEMPTS),
+        connect_failures=counters.get(names.CONNECT_FAILURES),
         recv_lag_p99_ms=lag,
         send_lag_p99_ms=send,
         saturated=bool(reasons),
@@ -180,6 +271,7 @@ def build_results(
     slo: SloSpec | None,
     source: Source,
     gpu: GpuResults | None = None,
+    request: RequestInfo | None = None,
 ) -> Results:
     """The ``status.results`` of a run from its merged metrics (definitions: module doc)."""
     c = merged.counters
@@ -218,8 +310,9 @@ def build_results(
             if slo is None
             else Goodput(ratio=good / total if total else 0.0, rps=per_s(good), slo=slo)
         ),
-        gpu=gpu,
-        client=_client(merged.gauges, ttft, _latency_ms(merged, names.SEND_LAG)),
+        gpu=gpu if ok > 0 else None,  # nothing served: no window numbers as if it had
+        client=_client(c, merged.gauges, ttft, _latency_ms(merged, names.SEND_LAG)),
+        request=_request_results(merged, request or RequestInfo()),
     )
 
 
@@ -247,6 +340,12 @@ def parse_termination_message(text: str | None, run: str) -> MetricsSnapshot | N
             gauges={str(k): float(v) for k, v in (doc.get("gauges") or {}).items()},
             series={},
             interrupted=bool(doc.get("interrupted", False)),
+            abort=(
+                WorkerAbort(reason=str(abort["reason"]), message=str(abort["message"]))
+                if isinstance(abort := doc.get("abort"), dict)
+                else None
+            ),
+            warnings=[str(w) for w in doc.get("warnings") or []],
         )
     except (ValueError, TypeError, KeyError) as e:
         log.debug("unreadable termination message of %s: %s", run, e)
@@ -291,14 +390,18 @@ def final_snapshots(
 
 
 def build_final_results(
-    final: Final, *, slo: SloSpec | None, gpu: GpuResults | None
+    final: Final,
+    *,
+    slo: SloSpec | None,
+    gpu: GpuResults | None,
+    request: RequestInfo | None = None,
 ) -> dict[str, Any]:
     """``status.results`` (camelCase) from the chosen snapshots; bounded in size.
 
     Incomplete (``complete: false``) when a worker is missing or a snapshot is live.
     """
     merged = merge_snapshots(final.snapshots)
-    results: Results = build_results(merged, slo=slo, source=final.source, gpu=gpu)
+    results: Results = build_results(merged, slo=slo, source=final.source, gpu=gpu, request=request)
     if final.source == "live" or final.missing:
         results = results.model_copy(update={"complete": False})
     doc = to_wire(results)
@@ -322,6 +425,9 @@ def bound_results(doc: dict[str, Any], limit: int = RESULTS_MAX_BYTES) -> dict[s
         if size() <= limit:
             break
         gpu.pop(key, None)
+    warnings = (doc.get("request") or {}).get("warnings")
+    if size() > limit and warnings:
+        doc["request"]["warnings"] = [w[:200] for w in warnings[:3]]
     if size() > limit:
         by_reason = doc.get("requests", {}).get("byReason")
         if by_reason:
@@ -329,12 +435,17 @@ def bound_results(doc: dict[str, Any], limit: int = RESULTS_MAX_BYTES) -> dict[s
     return doc
 
 
-def verdict(results: Mapping[str, Any]) -> tuple[bool, str, str]:
+def verdict(
+    results: Mapping[str, Any], abort: tuple[int, WorkerAbort] | None = None
+) -> tuple[bool, str, str]:
     """(succeeded, reason, message) of final results.
 
-    No successful request: ``TargetUnreachable`` when connection errors and timeouts make up
-    most failures, else ``AllRequestsFailed``; no request at all: ``NoRequests``.
+    A worker that ended the run early (``abort``, :func:`first_abort`) gives its reason and
+    message. No successful request: ``TargetUnreachable`` when connection errors and timeouts
+    make up most failures, else ``AllRequestsFailed``; no request at all: ``NoRequests``.
     """
+    if abort is not None:
+        return False, abort[1].reason, abort_message(*abort)
     req = results.get("requests") or {}
     total, ok, failed = req.get("total", 0), req.get("ok", 0), req.get("failed", 0)
     if ok > 0:
@@ -347,6 +458,11 @@ def verdict(results: Mapping[str, Any]) -> tuple[bool, str, str]:
     if unreachable * 2 > failed:
         return False, "TargetUnreachable", f"all {total} requests failed ({detail})"
     return False, "AllRequestsFailed", f"all {total} requests failed ({detail})"
+
+
+def abort_message(worker: int, abort: WorkerAbort) -> str:
+    """The Succeeded condition's message for a run a worker ended early."""
+    return f"worker {worker}: {abort.message}"
 
 
 def output_tokens(final: Final) -> int:

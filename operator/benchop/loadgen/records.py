@@ -64,6 +64,10 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     send_lag_ns: int | None = None  # open loop only: actual - scheduled send time
     delayed: bool = False  # open loop: waited for a slot under maxInFlight
     good: bool = False  # ok and met every SLO given
+    finish_reason: str | None = None  # of the last choice that had one
+    chunks: int = 0  # streamed: chunks with content (several tokens each on some servers)
+    stream: bool = True  # False: one JSON answer, TTFT = E2E, no ITL
+    endpoint: int = 0  # index of the base URL (spec.target.urls) it went to
 
 
 class Slo(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,8 +80,9 @@ class Slo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def tpot_ns(rec: RequestRecord) -> int | None:
-    """Time per output token after the first: ``(e2e - ttft) // (output_tokens - 1)``."""
-    if rec.ttft_ns is None or rec.output_tokens < 2:
+    """Time per output token after the first: ``(e2e - ttft) // (output_tokens - 1)``; None
+    for a non-streamed answer (its tokens arrived together)."""
+    if rec.ttft_ns is None or rec.output_tokens < 2 or not rec.stream:
         return None
     return (rec.e2e_ns - rec.ttft_ns) // (rec.output_tokens - 1)
 
@@ -108,6 +113,9 @@ def new_registry() -> Registry:
         names.GOOD,
         names.OUTPUT_TOKENS_TOTAL,
         names.INPUT_TOKENS_TOTAL,
+        names.USAGE_COUNTED,
+        names.STREAMED,
+        names.CONTENT_CHUNKS,
         DELAYED,
     ):
         reg.counter(c)
@@ -139,6 +147,13 @@ def record_into(reg: Registry, rec: RequestRecord) -> None:
         reg.counter(names.GOOD).inc()
     reg.counter(names.OUTPUT_TOKENS_TOTAL).inc(rec.output_tokens)
     reg.counter(names.INPUT_TOKENS_TOTAL).inc(rec.input_tokens)
+    if rec.tokens_from_usage:
+        reg.counter(names.USAGE_COUNTED).inc()
+    if rec.stream:
+        reg.counter(names.STREAMED).inc()
+        reg.counter(names.CONTENT_CHUNKS).inc(rec.chunks)
+    if rec.finish_reason is not None:
+        reg.counter(names.finished(rec.finish_reason)).inc()
     if rec.ttft_ns is not None:
         reg.series(names.TTFT).record(rec.ttft_ns)
     if rec.itl_ns:

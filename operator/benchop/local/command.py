@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import tempfile
 from dataclasses import replace
@@ -55,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-live", action="store_true", help="no live progress display")
     a("--mock-ttft", type=float, default=0.02, help="mock server time to first token, s")
     a("--mock-itl", type=float, default=0.005, help="mock server inter-token latency, s")
+    a("--secrets-dir", type=Path, default=os.environ.get("BENCHOP_SECRETS_DIR") or None,
+      help="the spec's Secrets as DIR/<secret>/<key> files (env BENCHOP_SECRETS_DIR)")  # fmt: skip
 
 
 def load_file(path: Path) -> BenchmarkRun | Experiment:
@@ -138,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         live=not args.no_live and err.is_terminal,
         mock=MockConfig(ttft=args.mock_ttft, itl=args.mock_itl),
         console=err,
+        secrets_dir=Path(args.secrets_dir) if args.secrets_dir else None,
     )
     try:
         if isinstance(manifest, BenchmarkRun):

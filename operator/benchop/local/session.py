@@ -1,6 +1,7 @@
 """One BenchmarkRun on this machine: the same pieces the operator drives, as local processes.
 
-    target   the spec's URL, or a mock model server child process (`benchop mock-server`)
+    target   the spec's URL(s), or a mock model server child process (`benchop mock-server`)
+             serving the spec's model name
     agent    one in-process node agent (simulated GPUs unless NVML loads; marked so)
     gates    a GateCoordinator on a loopback port, the agent as its only collector
     results  a Subscriber on a loopback port for the workers' snapshots
@@ -10,6 +11,14 @@ The status is built with the operator's own transitions (``benchop.core.lifecycl
 the results with the same rules (``benchop.core.results``, ``benchop.core.gpuwindow``): per
 worker the COMPLETE snapshot over pub/sub, else its ``final.msgpack``, else its latest live
 snapshot; a worker with none makes the results ``complete: false``, as in the operator.
+
+A worker that ends the run early (its preflight failed, a Secret is missing, too many requests
+failed: an *abort* in its snapshot) ends the run: the other workers are stopped (SIGTERM:
+they drain and report) and the run fails with the abort's reason, as in the operator.
+
+Secrets: the workers read ``DIR/<secret>/<key>`` files (``--secrets-dir``, default
+``$BENCHOP_SECRETS_DIR``): the layout of a mounted Secret, e.g. made with
+``kubectl get secret NAME -o json | jq -r '.data.KEY | @base64d' > DIR/NAME/KEY``.
 """
 
 from __future__ import annotations
@@ -17,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +43,17 @@ from benchagent.gpu import Backend
 from benchagent.transport import Subscriber
 from benchagent.wire import MetricsSnapshot
 from benchop.api import conditions as c
-from benchop.api.models import BenchmarkRun, Phase, Results, to_wire
+from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, Phase, Results, to_wire
 from benchop.core import lifecycle
 from benchop.core.gaterecords import GateOutcome, gate_record
 from benchop.core.gpuwindow import gpu_from_status
 from benchop.core.results import (
     REASONS,
+    RequestInfo,
+    abort_message,
     build_final_results,
     final_snapshots,
+    first_abort,
     output_tokens,
     verdict,
 )
@@ -50,6 +63,7 @@ from benchop.mockserver import MockConfig, spawn_mock_server_process
 
 PHASE_ID = "profiling"
 COMPLETE_WAIT_S = 5.0  # after the workers exited, how long COMPLETE snapshots may still arrive
+ABORTED_WAIT_S = 0.5  # the same after a worker ended the run early
 
 
 @dataclass
@@ -63,6 +77,7 @@ class LocalOptions:
     live: bool = True
     mock: MockConfig = field(default_factory=MockConfig)
     console: Console = field(default_factory=lambda: Console(stderr=True))
+    secrets_dir: Path | None = None
 
 
 @dataclass
@@ -97,11 +112,13 @@ class _Status:
 
 
 @contextlib.asynccontextmanager
-async def _target(url: str | None, opts: LocalOptions) -> AsyncIterator[str]:
-    if url is not None:
-        yield url
+async def _target(spec: BenchmarkRunSpec, opts: LocalOptions) -> AsyncIterator[str | None]:
+    """None when the spec names its target; else the URL of a mock server serving its model."""
+    if spec.target.endpoints:
+        yield None
         return
-    proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, opts.mock)
+    config = replace(opts.mock, model=spec.target.model)
+    proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, config)
     try:
         yield mock_url
     finally:
@@ -156,8 +173,11 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
     spec_file = opts.results_dir / "spec.json"
     spec_file.write_text(json.dumps(to_wire(run)))
 
-    async with _target(spec.target.url, opts) as url, _agent(opts) as agent:
-        st.events.append(f"target {url}" + ("" if spec.target.url else " (built-in mock server)"))
+    async with _target(spec, opts) as mock_url, _agent(opts) as agent:
+        shown = (
+            mock_url + " (built-in mock server)" if mock_url else ", ".join(spec.target.endpoints)
+        )
+        st.events.append(f"target {shown}")
         agents: list[AgentEndpoint] = []
         if agent is None:
             st.events.append("no agent: GPU numbers are not measured")
@@ -193,9 +213,9 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
             baseline=spec.gates.baseline,
         )
         try:
-            codes = await _run_workers(
+            codes, aborted = await _run_workers(
                 name,
-                url,
+                mock_url,
                 spec_file,
                 workers,
                 coordinator.endpoint,
@@ -205,7 +225,9 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
                 warmup=spec.phases.warmup is not None,
                 on_worker_died=lambda: coordinator.forget_run(name),
             )
-            complete = await sub.wait_for_complete(name, workers, COMPLETE_WAIT_S)
+            # after an abort the stopped workers' files are as good: no long wait
+            wait = ABORTED_WAIT_S if aborted else COMPLETE_WAIT_S
+            complete = await sub.wait_for_complete(name, workers, wait)
             latest = sub.latest(name)
         finally:
             await coordinator.close()
@@ -213,16 +235,31 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
 
     files = _results_files(opts.results_dir, [w for w in range(workers) if w not in complete])
     final = final_snapshots(workers, [("pubsub", complete), ("local", files), ("live", latest)])
+    abort = first_abort([complete, files, latest])
     results_doc = None
     results_reason = ""
     if final is not None:
         gates = st.status.get("gates") or {}
         gpu = gpu_from_status(gates, output_tokens=output_tokens(final))
-        results_doc = build_final_results(final, slo=spec.slo, gpu=gpu)
+        results_doc = build_final_results(
+            final, slo=spec.slo, gpu=gpu, request=RequestInfo.of(spec)
+        )
         results_reason = REASONS[final.source]
     now = c.now_rfc3339()
     failed = {w: code for w, code in enumerate(codes) if code != 0}
-    if results_doc is None or failed:
+    if abort is not None:  # the cause: the other workers were stopped because of it
+        st.apply(
+            lifecycle.failed(
+                st.status,
+                generation=st.generation,
+                reason=abort[1].reason,
+                message=abort_message(*abort),
+                now=now,
+                results=results_doc,
+                results_reason=results_reason,
+            )
+        )
+    elif results_doc is None or failed:
         message = (
             ", ".join(f"worker {w} exited {code}" for w, code in failed.items())
             or "no worker produced a final snapshot"
@@ -259,7 +296,7 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
 
 async def _run_workers(
     name: str,
-    url: str,
+    url: str | None,
     spec_file: Path,
     workers: int,
     gate_endpoint: str,
@@ -269,7 +306,8 @@ async def _run_workers(
     *,
     warmup: bool,
     on_worker_died: Callable[[], None],
-) -> list[int]:
+) -> tuple[list[int], bool]:
+    """Run the workers to their end; their exit codes, and whether one ended the run early."""
     procs: list[asyncio.subprocess.Process] = []
     logs = []
     for w in range(workers):
@@ -283,13 +321,17 @@ async def _run_workers(
             "--worker-index", str(w), "--workers", str(workers),
             "--gate-endpoint", gate_endpoint, "--snapshot-endpoint", sub.endpoint,
             "--results-dir", str(wdir), "--termination-log", str(wdir / "termination-log"),
-            "--target-url", url,
         ]  # fmt: skip
+        if url is not None:
+            cmd += ["--target-url", url]
+        if opts.secrets_dir is not None:
+            cmd += ["--secrets-dir", str(opts.secrets_dir)]
         procs.append(
             await asyncio.create_subprocess_exec(*cmd, stdout=log, stderr=subprocess.STDOUT)
         )
     ready = False
     released = False
+    aborted = False
     live = Live(console=opts.console, refresh_per_second=4, transient=False) if opts.live else None
     try:
         if live is not None:
@@ -307,6 +349,15 @@ async def _run_workers(
                         warmup=warmup,
                     )
                 )
+            if not aborted and (by := _abort_seen(latest, procs, opts.results_dir)) is not None:
+                # a worker ended the run (preflight, failures): stop the others now rather
+                # than let them wait at a gate for it or load a target the run gave up on
+                aborted = True
+                st.events.append(f"worker {by} ended the run early: stopping the others")
+                for w, p in enumerate(procs):
+                    if p.returncode is None and w != by:
+                        p.terminate()
+                on_worker_died()
             dead = [p.returncode for p in procs if p.returncode not in (None, 0)]
             if dead and not released:
                 # a worker died: release the others from the gate barrier instead of letting
@@ -337,8 +388,22 @@ async def _run_workers(
         for log in logs:
             log.close()
     codes = [await p.wait() for p in procs]
+    if aborted:  # stopped by us: their exit code says SIGTERM, not a failure of their own
+        codes = [0 if code in (128 + signal.SIGTERM, -signal.SIGTERM) else code for code in codes]
     for w, code in enumerate(codes):
         if code != 0:
             tail = (opts.results_dir / f"worker-{w}" / "worker.log").read_text()[-2000:]
             opts.console.print(f"[red]worker {w} exited {code}[/red]; its log ends:\n{tail}")
-    return codes
+    return codes, aborted
+
+
+def _abort_seen(
+    latest: dict[int, MetricsSnapshot],
+    procs: list[asyncio.subprocess.Process],
+    results_dir: Path,
+) -> int | None:
+    """The worker that reported an abort, if one did: in a live snapshot, or in the final
+    file of one that exited (its COMPLETE may not have made it over pub/sub)."""
+    exited = [w for w, p in enumerate(procs) if p.returncode is not None]
+    found = first_abort([latest, _results_files(results_dir, exited)])
+    return None if found is None else found[0]

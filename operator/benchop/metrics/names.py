@@ -29,6 +29,16 @@ REQUESTS_FAILED: Final = "requests_failed"
 GOOD: Final = "requests_good"  # succeeded and met every SLO
 OUTPUT_TOKENS_TOTAL: Final = "output_tokens_total"
 INPUT_TOKENS_TOTAL: Final = "input_tokens_total"
+USAGE_COUNTED: Final = "requests_usage_counted"  # ok requests whose tokens came from usage
+STREAMED: Final = "requests_streamed"  # ok requests that were streamed
+CONTENT_CHUNKS: Final = "content_chunks_total"  # chunks with content of the ok streamed ones
+CONNECT_ATTEMPTS: Final = "connect_attempts"  # whole worker, every phase and the preflight
+CONNECT_FAILURES: Final = "connect_failures"
+
+# One counter per finish_reason of the ok requests: FINISH_PREFIX + reason (created when seen).
+FINISH_PREFIX: Final = "finish_"
+FINISH_REASONS: Final = ("stop", "length", "tool_calls", "content_filter", "function_call")
+"""Any other finish_reason counts as ``finish_other``."""
 
 # One counter per failure reason: FAILED_PREFIX + reason.
 FAILED_PREFIX: Final = "failed_"
@@ -39,6 +49,7 @@ FAILURE_REASONS: Final = (
     "timeout",
     "connection",
     "malformed_stream",
+    "truncated",
     "disconnected",
     "cancelled",
     "other",
@@ -47,6 +58,15 @@ FAILURE_REASONS: Final = (
 # Gauges (floats).
 CLIENT_CPU: Final = "client_cpu_pct"
 RECV_LAG_P99: Final = "recv_lag_p99_ms"
+
+
+def finished(reason: str) -> str:
+    """Counter name of one finish_reason (unknown ones are ``other``).
+
+    >>> finished("length"), finished("eos_token")
+    ('finish_length', 'finish_other')
+    """
+    return FINISH_PREFIX + (reason if reason in FINISH_REASONS else "other")
 
 
 def failed(reason: str) -> str:

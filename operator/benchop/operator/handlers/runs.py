@@ -9,8 +9,10 @@ Flow (docs/operator.md has the picture):
 2. :func:`observe_pod` / :func:`observe_job` (watch events) record what the kubelet and the Job
    controller report into the run's :class:`RunContext` and wake its loop.
 3. :func:`run_loop` (one kopf daemon per non-terminal run) is the only place that ends a run:
-   WorkersReady, stuck pods, Job failure, the watchdog deadline, ``status.live`` at most once per
-   ``--live-interval``, and final results once every worker is COMPLETE or the Job completed.
+   WorkersReady, stuck pods, Job failure, a worker's abort (its preflight failed, a Secret is
+   missing or too many requests failed: the run fails at once with that reason), the watchdog
+   deadline, ``status.live`` at most once per ``--live-interval``, and final results once every
+   worker is COMPLETE or the Job completed.
 4. Gate outcomes come from :mod:`benchop.operator.gatebridge` (:func:`record_gate`).
 5. With ``spec.prometheus.url`` set, :mod:`benchop.operator.gpustats` adds ``status.live.gpu``
    to the live patches and ``results.gpu.prometheus`` (the window between the gates) to the
@@ -52,8 +54,11 @@ from benchop.core.names import (
 from benchop.core.results import (
     REASONS,
     Final,
+    RequestInfo,
+    abort_message,
     build_final_results,
     final_snapshots,
+    first_abort,
     output_tokens,
     parse_termination_message,
     verdict,
@@ -135,6 +140,7 @@ class RunContext:
     last_live_seqs: dict[int, int] = field(default_factory=dict)
     next_resync: float = 0.0  # monotonic; 0: re-read pods and Job at the first pass
     messages: dict[int, str] = field(default_factory=dict)  # termination messages of pods gone
+    parsed: dict[int, tuple[str, MetricsSnapshot | None]] = field(default_factory=dict)
     done: bool = False
     gpu: RunGpuStats | None = field(init=False)  # Prometheus GPU stats (spec.prometheus.url)
 
@@ -420,7 +426,9 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     if final is not None:
         try:
             gpu, prom_error = await _gpu_results(services, ctx, final)
-            results = build_final_results(final, slo=ctx.spec.slo, gpu=gpu)
+            results = build_final_results(
+                final, slo=ctx.spec.slo, gpu=gpu, request=RequestInfo.of(ctx.spec)
+            )
             results_reason = REASONS[final.source]
         except kopf.TemporaryError:
             raise
@@ -462,9 +470,13 @@ async def _stop_job(services: Services, ctx: RunContext) -> None:
 
 
 def _terminations(ctx: RunContext) -> dict[int, MetricsSnapshot]:
+    """The termination messages as snapshots (each text parsed once: read every tick)."""
     out = {}
     for index, text in ctx.termination().items():
-        snap = parse_termination_message(text, ctx.key)
+        seen = ctx.parsed.get(index)
+        if seen is None or seen[0] != text:
+            seen = ctx.parsed[index] = (text, parse_termination_message(text, ctx.key))
+        snap = seen[1]
         if snap is not None and snap.worker == index:
             out[index] = snap
     return out
@@ -490,8 +502,10 @@ async def _finish(services: Services, ctx: RunContext) -> None:
         await _fail(services, ctx, "NoResults", "the Job completed but no worker reported")
         return
     gpu, prom_error = await _gpu_results(services, ctx, final)
-    results = build_final_results(final, slo=ctx.spec.slo, gpu=gpu)
-    ok, reason, message = verdict(results)
+    results = build_final_results(
+        final, slo=ctx.spec.slo, gpu=gpu, request=RequestInfo.of(ctx.spec)
+    )
+    ok, reason, message = verdict(results, first_abort([{s.worker: s for s in final.snapshots}]))
     now = now_rfc3339()
     gen = ctx.generation
     await ctx.writer.update(
@@ -527,6 +541,18 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
     if ctx.job.state == "Failed":
         msg = f"Job {loadgen_job_name(ctx.name)} failed: {ctx.job.message}".strip(": ")
         await _fail(services, ctx, ctx.job.reason, msg)
+        return
+    # 2b. a worker ended the run early (its preflight failed, too many requests failed): its
+    #     snapshot or termination message says why; the others are stopped with the Job
+    abort = first_abort(
+        [
+            services.snapshots.complete(ctx.key),
+            _terminations(ctx),
+            services.snapshots.latest(ctx.key),
+        ]
+    )
+    if abort is not None:
+        await _fail(services, ctx, abort[1].reason, abort_message(*abort))
         return
     # 3. watchdog (before finishing: a finish that keeps failing must not outlive it)
     if await _watchdog(services, ctx):
