@@ -19,7 +19,10 @@ Behaviour, set by :class:`MockConfig` (also the flags of ``benchop mock-server``
   integer in a token-id list counts as one) or of all chat message contents. The load
   generator builds prompts whose word count equals the requested token count, so
   ``usage.prompt_tokens`` echoes it.
-- Any ``model`` name is accepted and echoed; ``/v1/models`` lists ``config.model``.
+- Any ``model`` name is accepted and echoed; ``/v1/models`` lists ``config.model`` (local
+  mode starts the mock with the run's model name, so the preflight check passes).
+- ``required_header`` (``"name: value"``, e.g. ``"x-api-key: s3cret"``): every ``/v1``
+  request without that header and value gets 401, as a gateway in front of a server would.
 - Faults, drawn per request in arrival order from one ``random.Random(seed)`` per server
   (same seed and request order -> same behaviour): ``error_rate`` -> HTTP 500,
   ``rate_limit_rate`` -> HTTP 429 (500 is drawn first), ``disconnect_rate`` -> the transport
@@ -85,6 +88,7 @@ STATS_KEYS = (
     "completions",
     "models",  # GET /v1/models
     "ok",  # generation responses completed normally (including malformed ones)
+    "unauthorized",  # 401: the required header was missing or wrong
     "bad_requests",  # 400
     "errors",  # injected 500
     "rate_limited",  # injected 429
@@ -109,8 +113,11 @@ class MockConfig:
     malformed_rate: float = 0.0
     seed: int = 0
     model: str = "benchop-mock"
+    required_header: str | None = None  # "name: value"
 
     def __post_init__(self) -> None:
+        if self.required_header is not None and ":" not in self.required_header:
+            raise ValueError("required_header must be 'name: value'")
         if self.ttft < 0 or self.itl < 0:
             raise ValueError("ttft and itl must be >= 0")
         if self.output_tokens < 1:
@@ -387,16 +394,34 @@ class _Handlers:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        """401 when ``required_header`` is configured and the request lacks it."""
+        required = self.config.required_header
+        if required is None:
+            return None
+        name, _, value = required.partition(":")
+        if request.headers.get(name.strip()) == value.strip():
+            return None
+        self.stats["unauthorized"] += 1
+        body = _error_body(f"missing or wrong {name.strip()} header", "authentication_error", 401)
+        return web.Response(status=401, body=body, content_type="application/json")
+
     async def models(self, request: web.Request) -> web.Response:
         self.stats["models"] += 1
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         return web.Response(body=self.models_body, content_type="application/json")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.stats["chat"] += 1
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         return await self._guarded(request, chat=True)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         self.stats["completions"] += 1
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         return await self._guarded(request, chat=False)
 
     async def _guarded(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
@@ -633,7 +658,9 @@ def config_args(config: MockConfig) -> list[str]:
     """``benchop mock-server`` flags that reproduce ``config``."""
     args: list[str] = []
     for f in fields(config):
-        args += [f"--{f.name.replace('_', '-')}", str(getattr(config, f.name))]
+        value = getattr(config, f.name)
+        if value is not None:
+            args += [f"--{f.name.replace('_', '-')}", str(value)]
     return args
 
 
@@ -679,6 +706,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--malformed-rate", type=float, default=d.malformed_rate, help="share with a bad chunk")
     a("--seed", type=int, default=d.seed, help="seed of the fault/jitter draws")
     a("--model", default=d.model, help="model name listed by /v1/models")
+    a("--required-header", default=None, help="'name: value' every request must carry (else 401)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -695,6 +723,7 @@ def run(args: argparse.Namespace) -> int:
             malformed_rate=args.malformed_rate,
             seed=args.seed,
             model=args.model,
+            required_header=args.required_header,
         )
     except ValueError as exc:
         print(f"benchop mock-server: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ pods on the target's node.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import signal
@@ -22,10 +23,11 @@ from typing import Any
 
 from kube.harness import CONFIGMAPS, JOBS, PODS, Kube, wait_for
 
-from benchop.core.names import loadgen_job_name
+from benchop.core.names import SECRETS_DIR, loadgen_job_name
 from benchop.operator import builders
 
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+SECRETS = "v1/secrets"
 AGENT_LABELS = {"app.kubernetes.io/component": "agent", "app.kubernetes.io/name": "benchop"}
 
 
@@ -83,7 +85,8 @@ class Kubelet:
         assert cm is not None, "the spec ConfigMap exists before the Job's pods start"
         spec_file = self.tmp / f"{run}-spec.json"
         spec_file.write_text(cm["data"][builders.SPEC_KEY])
-        env_base = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        env_base = self._env(container["env"], namespace)
+        secrets_dir = self._secret_volumes(pod_spec, namespace, self.tmp / f"{run}-secrets")
         for index in range(job["spec"]["completions"]):
             results = self.tmp / f"{run}-worker-{index}"
             results.mkdir()
@@ -92,6 +95,8 @@ class Kubelet:
             args[args.index("--spec") + 1] = str(spec_file)
             args[args.index("--results-dir") + 1] = str(results)
             args[args.index("--termination-log") + 1] = str(term)
+            if "--secrets-dir" in args:
+                args[args.index("--secrets-dir") + 1] = str(secrets_dir)
             proc_env = {
                 **os.environ,
                 **env_base,
@@ -116,6 +121,43 @@ class Kubelet:
             )
         for w in self.workers:
             await self.launch(w)
+
+    def _secret(self, name: str, key: str, namespace: str) -> bytes | None:
+        secret = self.kube.emulator.read(SECRETS, name, namespace)
+        if secret is None or key not in (secret.get("data") or {}):
+            return None
+        return base64.b64decode(secret["data"][key])
+
+    def _env(self, env: list[dict[str, Any]], namespace: str) -> dict[str, str]:
+        """The container's env as the kubelet resolves it: values, and secretKeyRefs read from
+        the emulator's Secrets (a missing one fails, as CreateContainerConfigError would)."""
+        out = {}
+        for e in env:
+            if "value" in e:
+                out[e["name"]] = e["value"]
+            elif (ref := (e.get("valueFrom") or {}).get("secretKeyRef")) is not None:
+                value = self._secret(ref["name"], ref["key"], namespace)
+                assert value is not None, f"secret {ref['name']}/{ref['key']} not found"
+                out[e["name"]] = value.decode()
+        return out
+
+    def _secret_volumes(self, pod_spec: dict[str, Any], namespace: str, root: Path) -> Path:
+        """Secret volumes written under ``root`` where the container mounts them below
+        SECRETS_DIR (optional ones without their Secret or key are left out)."""
+        mounts = {m["name"]: m["mountPath"] for m in pod_spec["containers"][0]["volumeMounts"]}
+        for volume in pod_spec["volumes"]:
+            src = volume.get("secret")
+            if src is None:
+                continue
+            where = root / Path(mounts[volume["name"]]).relative_to(SECRETS_DIR)
+            for item in src.get("items") or []:
+                value = self._secret(src["secretName"], item["key"], namespace)
+                if value is None:
+                    assert src.get("optional"), f"secret {src['secretName']} not found"
+                    continue
+                where.mkdir(parents=True, exist_ok=True)
+                (where / item["path"]).write_bytes(value)
+        return root
 
     async def launch(self, w: WorkerProc) -> None:
         """Start (or restart, in the same pod and results dir) one worker; report Running."""

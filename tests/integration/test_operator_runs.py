@@ -8,8 +8,10 @@ The test plays the kubelet (operator_kubelet.Kubelet): it starts the Job's worke
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -532,6 +534,67 @@ async def test_unreachable_target_fails_with_target_unreachable(
     assert st["phase"] == "Failed" and st["results"]["requests"]["total"] == 0
     assert "gpu" not in st["results"]
     assert 1 <= st["results"]["client"]["connectAttempts"] <= 8  # 2 s of backoff: 6 or 7
+
+
+async def test_a_header_from_a_secret_reaches_the_target_through_the_job(
+    kube: Kube, operator_task: Any, kubelet: Kubelet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operator never reads the Secret: the Job carries a secretKeyRef env var, the kubelet
+    (the test) resolves it, the worker sends the header to a gateway that wants it. The value
+    is in no status, event or operator log."""
+    secret = "gw-token-9c41e0"
+    kube.emulator.register("v1/secrets", kind="Secret")  # the kubelet's; the operator's: none
+    await kube.client.create(
+        "v1/secrets",
+        {
+            "metadata": {"name": "gateway"},
+            "data": {"api-key": base64.b64encode(secret.encode()).decode()},
+        },
+    )
+    gateway = await start_mock_server(
+        MockConfig(ttft=0.002, itl=0.001, output_tokens=8, required_header=f"x-api-key: {secret}")
+    )
+    caplog.set_level(logging.DEBUG)
+    try:
+        start(operator_task, kube, settings_for())
+        manifest = run_manifest(
+            "r11",
+            gateway.url,
+            load={"mode": "concurrency", "concurrency": 2, "workers": 2},
+            phases={"profiling": {"requests": 10}},
+            gates={"baseline": False, "timeout": "1s"},
+        )
+        manifest["spec"]["target"]["headers"] = [
+            {
+                "name": "x-api-key",
+                "valueFrom": {"secretKeyRef": {"name": "gateway", "key": "api-key"}},
+            }
+        ]
+        await kube.client.create(BENCHMARKRUNS, manifest)
+        job = await kubelet.read_job("r11")
+        env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {
+            "name": "BENCHOP_HEADER_0",
+            "valueFrom": {"secretKeyRef": {"name": "gateway", "key": "api-key"}},
+        } in env
+        await kubelet.start("r11")
+        assert await kubelet.wait_all() == [0, 0]
+        await wait_condition(kube, "r11", c.SUCCEEDED, "True")
+        assert gateway.stats["unauthorized"] == 0 and gateway.stats["requests"] == 10 + 2
+    finally:
+        await gateway.close()
+    secrets = kmock.resource("v1/secrets")
+    seen = json.dumps(
+        [
+            [dict(v) for v in obj.history]
+            for k, obj in kube.emulator.objects.items()
+            if k[0] != secrets
+        ],
+        default=str,
+    )
+    assert "BENCHOP_HEADER_0" in seen  # the Job is in there (events, runs, pods too)
+    assert secret not in seen and secret not in caplog.text
+    assert secret not in json.dumps(status_of(kube, "r11"))
 
 
 async def test_watchdog_fails_a_run_that_never_finishes(

@@ -6,7 +6,7 @@ formats of vLLM, SGLang, TGI, TensorRT-LLM, llama.cpp's llama-server and OpenAI
 Each stream is fed whole, in the reads it arrived in (recorded ones: one HTTP chunk per
 read) and one byte per read; every split must give the same facts. What the client makes
 of the facts (ok, truncated, malformed, the server's error) is tested in
-tests/unit/test_loadgen_outcomes.py.
+tests/integration/test_loadgen_streams.py.
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from benchop.api.models import BenchmarkRun, to_wire
+from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, SecretKeyRef, to_wire
 from benchop.core.names import (
+    API_KEY_ENV,
     APP,
     COMPONENT_LABEL,
     LOADGEN,
@@ -26,7 +27,10 @@ from benchop.core.names import (
     NAME_LABEL,
     RUN_LABEL,
     RUN_NAME_ANNOTATION,
+    SECRETS_DIR,
+    header_env,
     run_label_value,
+    secret_file,
     spec_configmap_name,
 )
 
@@ -37,6 +41,8 @@ TERMINATION_LOG = "/dev/termination-log"
 CONTAINER = "loadgen"
 BACKOFF_PER_WORKER = 3
 """Container restarts allowed per worker before the Job fails (``backoffLimit = 3 * workers``)."""
+SECRET_FILE_MODE = 0o440
+"""Secret files in the pod: read-only, for the worker's user and group (fsGroup)."""
 
 
 def labels_for(run_name: str, component: str) -> dict[str, str]:
@@ -114,15 +120,9 @@ def build_loadgen_job(
         {"name": "BENCHOP_SPEC_FILE", "value": f"{SPEC_DIR}/{SPEC_KEY}"},
         {"name": "BENCHOP_GATE_ENDPOINT", "value": gate_endpoint},
         {"name": "BENCHOP_SNAPSHOT_ENDPOINT", "value": snapshot_endpoint},
+        *_secret_env(spec),
     ]
-    ref = spec.target.api_key_secret_ref
-    if ref is not None:  # resolved by the kubelet; the operator never reads the Secret
-        env.append(
-            {
-                "name": "BENCHOP_API_KEY",
-                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-            }
-        )
+    secret_volumes, secret_mounts = _secret_volumes(spec)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": (pod.image if pod and pod.image else image),
@@ -137,6 +137,7 @@ def build_loadgen_job(
             RESULTS_DIR,
             "--termination-log",
             TERMINATION_LOG,
+            *(["--secrets-dir", SECRETS_DIR] if secret_volumes else []),
         ],
         "env": env,
         "securityContext": {
@@ -151,6 +152,7 @@ def build_loadgen_job(
             {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
             {"name": "results", "mountPath": RESULTS_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
+            *secret_mounts,
         ],
     }
     if pod and pod.resources:
@@ -174,6 +176,7 @@ def build_loadgen_job(
             },
             {"name": "results", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+            *secret_volumes,
         ],
     }
     if pod and pod.node_selector:
@@ -203,3 +206,53 @@ def build_loadgen_job(
         "metadata": _metadata(run_name, name, namespace, owner, LOADGEN),
         "spec": job_spec,
     }
+
+
+def _secret_env(spec: BenchmarkRunSpec) -> list[dict[str, Any]]:
+    """The API key and the Secret-valued headers as ``secretKeyRef`` env vars: resolved by the
+    kubelet, so the operator never reads a Secret (its RBAC has no access to them). A missing
+    Secret or key is ``CreateContainerConfigError``: the run fails PodConfigError."""
+
+    def ref_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+    out = []
+    if spec.target.api_key_secret_ref is not None:
+        out.append(ref_env(API_KEY_ENV, spec.target.api_key_secret_ref))
+    for i, header in enumerate(spec.target.headers or []):
+        if header.value_from is not None:
+            out.append(ref_env(header_env(i), header.value_from.secret_key_ref))
+    return out
+
+
+def _secret_volumes(spec: BenchmarkRunSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The TLS files' Secrets as volumes (only the keys used) and their mounts, at
+    ``SECRETS_DIR/<secret>/<key>`` where the worker's ``--secrets-dir`` looks. ``optional``: a
+    missing Secret or key leaves its file out, and the worker ends the run SecretError with
+    the field and the path, rather than the pod waiting in ContainerCreating."""
+    tls = spec.target.tls
+    refs = [] if tls is None else [
+        r for r in (tls.ca_secret_ref, tls.client_cert_secret_ref, tls.client_key_secret_ref)
+        if r is not None
+    ]  # fmt: skip
+    keys: dict[str, list[str]] = {}
+    for ref in refs:
+        if ref.key not in keys.setdefault(ref.name, []):
+            keys[ref.name].append(ref.key)
+    volumes, mounts = [], []
+    for i, name in enumerate(sorted(keys)):
+        volume = f"secret-{i}"
+        volumes.append(
+            {
+                "name": volume,
+                "secret": {
+                    "secretName": name,
+                    "items": [{"key": k, "path": k} for k in sorted(keys[name])],
+                    "defaultMode": SECRET_FILE_MODE,
+                    "optional": True,
+                },
+            }
+        )
+        mount = str(secret_file(SECRETS_DIR, name, "x").parent)
+        mounts.append({"name": volume, "mountPath": mount, "readOnly": True})
+    return volumes, mounts
