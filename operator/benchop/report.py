@@ -131,12 +131,32 @@ def results_table(results: Results, *, title: str = "Results (profiling phase)")
     if results.client is not None:
         c = results.client
         verdict = f"SATURATED: {c.reason}" if c.saturated else "ok"
+        connects = ""
+        if c.connect_failures:
+            connects = f", {c.connect_failures} of {c.connect_attempts} connects failed"
         facts.add_row(
             "client",
             f"cpu {fmt(c.cpu_pct)} %, receive lag p99 {fmt(c.recv_lag_p99_ms)} ms"
             + ("" if c.send_lag_p99_ms is None else f", send lag p99 {fmt(c.send_lag_p99_ms)} ms")
+            + connects
             + f": {verdict}",
         )
+    if results.request is not None:
+        r = results.request
+        parts = ["streamed" if r.stream else "not streamed (TTFT = E2E)"]
+        if r.token_counting is not None:
+            parts.append(f"tokens from {r.token_counting}")
+        if r.tokens_per_chunk is not None and r.tokens_per_chunk > 1.05:
+            parts.append(f"{fmt(r.tokens_per_chunk)} tokens per chunk (ITL is per chunk)")
+        if r.finish_reasons:
+            parts.append("finish " + ", ".join(f"{k}={v}" for k, v in r.finish_reasons.items()))
+        if r.endpoints > 1:
+            parts.append(f"{r.endpoints} URLs")
+        if r.insecure_skip_verify:
+            parts.append("TLS NOT VERIFIED (insecureSkipVerify)")
+        facts.add_row("request", "; ".join(parts))
+        for w in r.warnings:
+            facts.add_row("warning", w)
     facts.add_row("source", results.source + ("" if results.complete else " (INCOMPLETE)"))
     return Group(table, facts)
 
