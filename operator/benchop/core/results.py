@@ -197,11 +197,11 @@ class RequestInfo:
 def _request_results(merged: MergedMetrics, info: RequestInfo) -> RequestResults:
     c = merged.counters
     ok = c.get(names.REQUESTS_OK, 0)
-    usage = c.get(names.USAGE_COUNTED, 0)
+    usage = ok - c.get(names.CHUNK_COUNTED, 0)
     counting = None if ok == 0 else "usage" if usage == ok else "chunks" if usage == 0 else "mixed"
     chunks = c.get(names.CONTENT_CHUNKS, 0)
     per_chunk = None
-    if counting == "usage" and chunks and c.get(names.STREAMED, 0) == ok:
+    if counting == "usage" and chunks and not c.get(names.NOT_STREAMED, 0):
         per_chunk = round(c.get(names.OUTPUT_TOKENS_TOTAL, 0) / chunks, 3)
     finish = {
         name.removeprefix(names.FINISH_PREFIX): n

@@ -113,8 +113,8 @@ def new_registry() -> Registry:
         names.GOOD,
         names.OUTPUT_TOKENS_TOTAL,
         names.INPUT_TOKENS_TOTAL,
-        names.USAGE_COUNTED,
-        names.STREAMED,
+        names.CHUNK_COUNTED,
+        names.NOT_STREAMED,
         names.CONTENT_CHUNKS,
         DELAYED,
     ):
@@ -147,11 +147,12 @@ def record_into(reg: Registry, rec: RequestRecord) -> None:
         reg.counter(names.GOOD).inc()
     reg.counter(names.OUTPUT_TOKENS_TOTAL).inc(rec.output_tokens)
     reg.counter(names.INPUT_TOKENS_TOTAL).inc(rec.input_tokens)
-    if rec.tokens_from_usage:
-        reg.counter(names.USAGE_COUNTED).inc()
+    if not rec.tokens_from_usage:  # the uncommon cases are counted, the common ones derived
+        reg.counter(names.CHUNK_COUNTED).inc()
     if rec.stream:
-        reg.counter(names.STREAMED).inc()
         reg.counter(names.CONTENT_CHUNKS).inc(rec.chunks)
+    else:
+        reg.counter(names.NOT_STREAMED).inc()
     if rec.finish_reason is not None:
         reg.counter(names.finished(rec.finish_reason)).inc()
     if rec.ttft_ns is not None:

@@ -200,12 +200,14 @@ class StreamParser:
             # one receive lag per read, from its first (oldest) chunk: the read's worst
             self.recv_lag_ns.append(t_ns + self._wall_offset - sent)
         self.n_chunks += len(chunks)
+        unset = UNSET
+        finish = None
         for chunk in chunks:
+            choices = chunk.choices
             if chunk.error is not None:
                 self._count(n, t_ns)
                 return self._on_error(chunk.error)
-            choices = chunk.choices
-            if choices is UNSET:
+            if choices is unset:
                 if chunk.usage is None:
                     self._count(n, t_ns)
                     return self._malformed("unknown chunk: no choices, usage or error", raw)
@@ -223,11 +225,13 @@ class StreamParser:
                         "unknown chunk: a choice with no delta, text or finish_reason", raw
                     )
                 if ch.finish_reason is not None:
-                    self.finish_reason = ch.finish_reason
+                    finish = ch.finish_reason
             usage = chunk.usage
             if usage is not None:
                 self.usage_prompt = usage.prompt_tokens
                 self.usage_completion = usage.completion_tokens
+        if finish is not None:
+            self.finish_reason = finish
         self._count(n, t_ns)
         return False
 
