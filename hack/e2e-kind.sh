@@ -87,7 +87,7 @@ kubectl -n "$RUN_NS" rollout status deployment/mock-llm --timeout=180s
 
 log "BenchmarkRun $RUN_NAME"
 kubectl apply -f "$SCENARIO/run.yaml"
-# Succeeded is the one terminal condition: True on success, False on failure. `kubectl wait`
+# Succeeded is True on success, False (and its mirror Failed True) on failure. `kubectl wait`
 # cannot wait for "True or False", so wait in short slices and fail fast on False.
 deadline=$(( $(date +%s) + RUN_TIMEOUT_SECONDS ))
 until kubectl -n "$RUN_NS" wait --for=condition=Succeeded "br/$RUN_NAME" --timeout=15s 2>/dev/null; do

@@ -17,7 +17,7 @@ from benchop import __version__
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("benchop.local.command", "run a BenchmarkRun or Experiment locally, no cluster"),
+    "run": ("benchop.local.command", "run BenchmarkRuns and Experiments locally, no cluster"),
     "operator": ("benchop.operator.command", "run the Kubernetes operator (kopf)"),
     "agent": ("benchagent.command", "run the per-node GPU agent (sampler, exporter, baselines)"),
     "loadgen": ("benchop.loadgen.command", "run one load-generator worker (what a Job runs)"),
@@ -27,25 +27,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(command: str | None) -> argparse.ArgumentParser:
+def build_parser(
+    command: str | None,
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
+    """The top-level parser, and the subparser of ``command`` (with its arguments) if known."""
     parser = argparse.ArgumentParser(
         prog="benchop",
         description="Benchmark LLM inference servers on GPU clusters.",
     )
     parser.add_argument("--version", action="version", version=f"benchop {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = None
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if name == command:
             importlib.import_module(module).add_arguments(p)
+            chosen = p
     sub.add_parser("version", help="print the version")
-    return parser
+    return parser, chosen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     command = args_list[0] if args_list and args_list[0] in COMMANDS else None
-    args = build_parser(command).parse_args(args_list)
+    parser, subparser = build_parser(command)
+    args, unknown = parser.parse_known_args(args_list)
+    if unknown:
+        # argparse would report them with the top-level usage; the command's usage is the
+        # one that helps (`benchop run: error: unrecognized arguments: --bogus`)
+        (subparser or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "version":
         print(f"benchop {__version__}")
         return 0

@@ -2,7 +2,7 @@
 
     benchop get runs [-n NS] [-A] [--experiment NAME]     # the kubectl get br -o wide view
     benchop get experiments [-n NS]                       # phase and counts of each
-    benchop get experiment NAME [-n NS] [-o table|yaml]   # the sweep's comparison table
+    benchop get experiment NAME [-n NS] [-o table|yaml|json]   # the sweep's comparison table
 
 An experiment's comparison comes from its cached rollup (``status.metrics``) when that is of
 the current version and decodes; otherwise it is computed from the child runs (see
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ from benchop.report import (
     EXPERIMENT_COLUMNS,
     experiment_table,
     printer_table,
+    search_table,
 )
 
 WHAT = {
@@ -53,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-A", "--all-namespaces", action="store_true", help="runs of every namespace"
     )
     parser.add_argument("--experiment", metavar="NAME", help="only the runs of this experiment")
-    parser.add_argument("-o", "--output", choices=["table", "yaml"], default="table")
+    parser.add_argument(
+        "-o", "--output", choices=["table", "yaml", "json"], default="table", help="format"
+    )
     parser.add_argument("--server", metavar="URL", help="API server URL (no credentials)")
 
 
@@ -178,6 +182,10 @@ def _get_experiment(cluster: Cluster, args: argparse.Namespace, out: Console) ->
         print(f"# rollup: {note}")
         print(yaml.safe_dump(with_rollup(exp, metrics), sort_keys=False), end="")
         return 0
+    if args.output == "json":
+        print(f"rollup: {note}", file=sys.stderr)  # JSON has no comments
+        print(json.dumps(with_rollup(exp, metrics), indent=2))
+        return 0
     counts = status.get("counts") or {}
     succeeded: dict[str, Any] = next(
         (c for c in status.get("conditions") or () if c.get("type") == "Succeeded"), {}
@@ -190,6 +198,8 @@ def _get_experiment(cluster: Cluster, args: argparse.Namespace, out: Console) ->
         out.print(f"Succeeded={succeeded.get('status')} {succeeded.get('reason')}: "
                   f"{succeeded.get('message')}", markup=False)  # fmt: skip
     out.print(experiment_table(metrics, title=args.name))
+    if metrics.search is not None:
+        out.print(search_table(metrics.search))
     out.print(note, markup=False)
     return 0
 
@@ -217,6 +227,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.output == "yaml":
         print(yaml.safe_dump({"items": items}, sort_keys=False), end="")
+        return 0
+    if args.output == "json":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=2))
         return 0
     items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
     out.print(printer_table(items, columns, title=f"{what} in {namespace or 'all namespaces'}"))

@@ -10,6 +10,14 @@ Behaviour, set by :class:`MockConfig` (also the flags of ``benchop mock-server``
   Due times are absolute (``loop.time()`` targets), so event-loop overhead never accumulates;
   tokens that are already due are written together in one write (``ttft=0, itl=0`` sends the
   whole stream at once). Under uvloop, timers have 1 ms resolution.
+- Capacity (``capacity`` > 0, default 0 = unlimited): a server whose compute is shared by the
+  requests in flight, like a GPU whose batch is full. With ``n`` generation requests in flight,
+  each delay (the TTFT and every ITL) is stretched by ``max(1, n / capacity)`` at the moment it
+  starts. Up to ``capacity`` concurrent streams run at full speed; beyond, every stream slows in
+  proportion, so throughput stays at ``capacity`` streams' worth and latency grows: a closed
+  loop of ``c`` requests sees ``itl * c / capacity``. The knee of an SLO search is known: with
+  ``slo.itlMs`` (or ``tpotMs``) between ``itl`` and ``itl * (capacity + 1) / capacity`` it is
+  ``capacity``.
 - Tokens: each output token is one word (``" tok0"``, ``" tok1"``, ...) and one SSE chunk,
   so 1 chunk = 1 token. Count: ``max_completion_tokens``, else ``max_tokens``, else
   ``output_tokens``; ``ignore_eos`` is accepted (the mock never stops early anyway).
@@ -56,9 +64,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, overload
 
 import msgspec
 from aiohttp import web
@@ -114,12 +122,15 @@ class MockConfig:
     seed: int = 0
     model: str = "benchop-mock"
     required_header: str | None = None  # "name: value"
+    capacity: int = 0  # streams served at full speed; 0: unlimited
 
     def __post_init__(self) -> None:
         if self.required_header is not None and ":" not in self.required_header:
             raise ValueError("required_header must be 'name: value'")
         if self.ttft < 0 or self.itl < 0:
             raise ValueError("ttft and itl must be >= 0")
+        if self.capacity < 0:
+            raise ValueError("capacity must be >= 0 (0: unlimited)")
         if self.output_tokens < 1:
             raise ValueError("output_tokens must be >= 1")
         for name in (
@@ -198,6 +209,36 @@ class Fault(enum.Enum):
     MALFORMED = "malformed"
 
 
+class _Stretched(Sequence[float]):
+    """Due offsets on a shared server (``capacity``): each delay stretched by the load at the
+    moment it starts. Offset ``k`` is computed when first read — the stream reads it when
+    token ``k - 1`` is written — in order, so a delay never changes once started."""
+
+    __slots__ = ("_base", "_due", "_stretch")
+
+    def __init__(self, base: Sequence[float], stretch: Callable[[], float]) -> None:
+        self._base = base
+        self._due: list[float] = []
+        self._stretch = stretch
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+    @overload
+    def __getitem__(self, k: int) -> float: ...
+    @overload
+    def __getitem__(self, k: slice) -> Sequence[float]: ...
+    def __getitem__(self, k: int | slice) -> float | Sequence[float]:
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        base, due = self._base, self._due
+        while len(due) <= k:
+            i = len(due)
+            step = base[i] - (base[i - 1] if i else 0.0)
+            due.append((due[i - 1] if i else 0.0) + step * self._stretch())
+        return due[k]
+
+
 @dataclass(slots=True)
 class Plan:
     """What one request will get: the fault, token count, due offsets and the fault position.
@@ -208,7 +249,7 @@ class Plan:
 
     fault: Fault
     n_tokens: int
-    offsets: list[float]
+    offsets: Sequence[float]
     at: int = 0
 
 
@@ -375,6 +416,7 @@ class _Handlers:
         self.stats = stats
         self.rng = random.Random(config.seed)
         self.ids = itertools.count(1)
+        self.in_flight = 0  # generation requests past planning, not yet answered
         created = int(time.time())
         self.models_body = json.dumps(
             {
@@ -471,6 +513,32 @@ class _Handlers:
                 headers={"Retry-After": "0"},
             )
 
+        self.in_flight += 1
+        try:
+            return await self._respond(request, plan, req, chat=chat, limit=limit, arrived=arrived)
+        finally:
+            self.in_flight -= 1
+
+    def stretch(self) -> float:
+        """How much slower each delay runs now: ``max(1, in flight / capacity)``."""
+        capacity = self.config.capacity
+        return max(1.0, self.in_flight / capacity) if capacity else 1.0
+
+    async def _respond(
+        self,
+        request: web.Request,
+        plan: Plan,
+        req: _Request,
+        *,
+        chat: bool,
+        limit: int | None,
+        arrived: float,
+    ) -> web.StreamResponse:
+        stats = self.stats
+        loop = asyncio.get_running_loop()
+        n = plan.n_tokens
+        if self.config.capacity:
+            plan.offsets = _Stretched(plan.offsets, self.stretch)
         rid = next(self.ids)
         model = req.model or self.config.model
         finish = "stop" if limit is None else "length"
@@ -488,7 +556,7 @@ class _Handlers:
             usage_tokens = prompt_tokens if include_usage else None
             return await self._stream(request, plan, enc, arrived, usage_tokens)
 
-        delay = arrived + plan.offsets[-1] - loop.time()
+        delay = arrived + plan.offsets[n - 1] - loop.time()  # stretched by the load now
         if delay > 0:
             await asyncio.sleep(delay)
         if plan.fault is Fault.DISCONNECT:
@@ -707,6 +775,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--seed", type=int, default=d.seed, help="seed of the fault/jitter draws")
     a("--model", default=d.model, help="model name listed by /v1/models")
     a("--required-header", default=None, help="'name: value' every request must carry (else 401)")
+    a("--capacity", type=int, default=d.capacity,
+      help="streams at full speed; more slow all in proportion (0: unlimited)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -724,6 +794,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             model=args.model,
             required_header=args.required_header,
+            capacity=args.capacity,
         )
     except ValueError as exc:
         print(f"benchop mock-server: {exc}", file=sys.stderr)

@@ -20,7 +20,7 @@ from rich.console import Group
 from rich.table import Table
 
 from benchop.api.crdgen import BENCHMARKRUN_COLUMNS, EXPERIMENT_COLUMNS
-from benchop.api.models import ExperimentMetrics, LatencyStats, Results
+from benchop.api.models import ExperimentMetrics, ExperimentSearch, LatencyStats, Results
 from benchop.core.rollup import OBJECTIVES
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "printer_table",
     "resolve",
     "results_table",
+    "search_table",
 ]
 
 
@@ -194,4 +195,37 @@ def experiment_table(metrics: ExperimentMetrics, *, title: str | None = None) ->
             mark = "*" if field in OBJECTIVES and metrics.best.get(field) == row.name else ""
             cells.append(fmt(values[field]) + mark)
         table.add_row(*cells)
+    return table
+
+
+def search_table(search: ExperimentSearch, *, title: str | None = None) -> Table:
+    """An SLO search: each probe in the order run (load, goodput, whether it met the target),
+    the knee and the limit marked; the caption says how the search ended.
+
+    >>> console.print(search_table(metrics.search, title="knee"))
+    """
+    knee = "-" if search.knee is None else fmt(search.knee)
+    table = Table(
+        title=title or f"SLO search: knee {search.path}={knee} ({search.outcome})",
+        caption=f"{search.outcome}: {search.message}",
+    )
+    table.add_column("#", justify="right")
+    table.add_column("NAME", overflow="fold")
+    table.add_column(search.path.upper(), justify="right")
+    table.add_column("PHASE", overflow="fold")
+    table.add_column("GOODPUT", justify="right")
+    table.add_column(f"GOODPUT >= {search.min_goodput:g}", overflow="fold")
+    table.add_column("", overflow="fold")
+    for i, probe in enumerate(search.probes):
+        met = {True: "met", False: "missed", None: "-"}[probe.passed]
+        mark = (
+            "knee"
+            if probe.run == search.knee_run
+            else "limit"
+            if probe.run == search.limit_run
+            else ""
+        )
+        table.add_row(
+            str(i + 1), probe.run, fmt(probe.value), fmt(probe.phase), fmt(probe.goodput), met, mark
+        )
     return table

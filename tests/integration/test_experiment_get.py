@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from typing import Any
 
 import pytest
@@ -145,3 +146,40 @@ def test_tables_fold_rather_than_cut_in_a_narrow_terminal() -> None:
         console.print(table)
         text = console.export_text()
         assert "…" not in text, text
+
+
+async def test_search_experiment_shows_the_knee_and_each_probe(
+    kube: Kube, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec_doc = {
+        "template": {**TEMPLATE, "slo": {"itlMs": 10}},
+        "search": {"concurrency": {"min": 2, "max": 64}, "minGoodput": 0.9},
+    }
+    exp = await kube.client.create(EXPERIMENTS, {"metadata": {"name": "kn"}, "spec": spec_doc})
+    spec = ExperimentSpec.model_validate(spec_doc)
+    for i, (c, ratio) in enumerate([(2, 1.0), (4, 0.95), (8, 0.5), (6, 0.7), (5, 0.92)]):
+        params, run_spec = spec.probe(c)
+        run = build_child_run(exp, index=i, params=params, spec=run_spec)
+        await kube.client.create(BENCHMARKRUNS, run)
+        results = {"goodput": {"ratio": ratio}, "throughput": {"rps": 10.0 * c}}
+        await kube.client.patch_status(
+            BENCHMARKRUNS, run["metadata"]["name"], {"phase": "Succeeded", "results": results}
+        )
+    code, out, _ = await benchop(capsys, "get", "experiment", "kn", "--server", kube.url)
+    assert code == 0, out
+    assert "SLO search: knee load.concurrency=5 (KneeFound)" in out
+    assert "KneeFound: knee load.concurrency=5: goodput >= 0.9 there, not at 6" in out
+    knee_row = next(line for line in out.splitlines() if "kn-4" in line and "knee" in line)
+    assert "0.92" in knee_row and "met" in knee_row
+    code, out, err = await benchop(
+        capsys, "get", "experiment", "kn", "--server", kube.url, "-o", "json"
+    )
+    assert code == 0 and "computed from the runs" in err
+    search = json.loads(out)["status"]["metrics"]["search"]
+    assert (search["knee"], search["kneeRun"], search["limit"], search["limitRun"]) == (
+        5,
+        "kn-4",
+        6,
+        "kn-3",
+    )
+    assert [p["value"] for p in search["probes"]] == [2, 4, 8, 6, 5]

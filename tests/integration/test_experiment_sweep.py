@@ -174,6 +174,7 @@ async def test_four_point_sweep_runs_in_order_and_rolls_up(
     assert st["counts"] == {"total": 4, "pending": 0, "running": 0, "succeeded": 4, "failed": 0}
     succeeded = cond(st, "Succeeded")
     assert (succeeded["status"], succeeded["reason"]) == ("True", "AllSucceeded")
+    assert cond(st, "Failed")["status"] == "False"  # its mirror: never True on success
     assert cond(st, "Accepted")["status"] == "True"
     assert st["completionTime"] and st["startTime"] and st["observedGeneration"] == 1
 
@@ -367,6 +368,7 @@ async def test_abort_policy_stops_the_sweep(kube: Kube, operator_task: OperatorF
     st = await wait_for(lambda: status_in(kube, "ab", "Failed"))
     succeeded = cond(st, "Succeeded")
     assert (succeeded["status"], succeeded["reason"]) == ("False", "Aborted")
+    assert (cond(st, "Failed")["status"], cond(st, "Failed")["reason"]) == ("True", "Aborted")
     assert st["counts"] == {"total": 3, "pending": 2, "running": 0, "succeeded": 0, "failed": 1}
     assert created_runs(kube) == ["ab-0"]
     # the refresher may first write the rollup of the child still Profiling: wait for the

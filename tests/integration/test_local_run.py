@@ -46,7 +46,12 @@ def conditions(status: dict) -> dict[str, dict]:
 def test_local_run_end_to_end_matches_the_records_exactly(tmp_path: Path) -> None:
     out = tmp_path / "status.yaml"
     res = benchop(
-        "run", str(small_run(tmp_path)), "--output", str(out), "--results-dir", str(tmp_path / "r")
+        "run",
+        str(small_run(tmp_path)),
+        "--output-file",
+        str(out),
+        "--results-dir",
+        str(tmp_path / "r"),
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "kubectl get benchmarkruns" in res.stdout and "TTFT" in res.stdout
@@ -98,6 +103,65 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     assert res.returncode == 2 and "cannot read" in res.stderr
 
 
+def tiny_run(name: str) -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "examples/run.yaml").read_text())
+    doc["metadata"]["name"] = name
+    doc["spec"]["workload"] = {"promptTokens": 16, "outputTokens": 4}
+    doc["spec"]["load"] = {"mode": "concurrency", "concurrency": 2}
+    doc["spec"]["phases"] = {"profiling": {"requests": 6}}
+    doc["spec"]["gates"] = {"baseline": False}
+    return doc
+
+
+def test_an_output_file_in_a_missing_directory_is_refused_before_the_run(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tiny_run("never")))
+    out = tmp_path / "no-such-dir" / "status.yaml"
+    res = benchop("run", str(path), "--output-file", str(out), "--results-dir", str(tmp_path / "r"))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"--output-file {out}: directory {out.parent} does not exist" in res.stderr
+    assert not (tmp_path / "r").exists()  # nothing ran
+    # and a YAML syntax error names the file and the line, also before anything runs
+    path.write_text("kind: BenchmarkRun\nspec:\n  load: [1,\n")
+    res = benchop("run", str(path))
+    assert res.returncode == 2 and f"{path}:4:1: YAML syntax error" in res.stderr, res.stderr
+
+
+def test_a_multi_document_file_runs_each_resource_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump_all([tiny_run("first"), tiny_run("second")]))
+    out = tmp_path / "out.yaml"
+    res = benchop(
+        "run",
+        str(path),
+        "--no-agent",
+        "--output-file",
+        str(out),
+        "--results-dir",
+        str(tmp_path / "r"),
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    # each reported: its results table and its printer row, in file order
+    assert 0 <= res.stdout.index("first: results") < res.stdout.index("second: results")
+    assert "1/2: BenchmarkRun first" in res.stderr and "2/2: BenchmarkRun second" in res.stderr
+    docs = list(yaml.safe_load_all(out.read_text()))
+    assert [d["metadata"]["name"] for d in docs] == ["first", "second"]
+    assert all(d["status"]["phase"] == "Succeeded" for d in docs)
+    assert all(d["status"]["results"]["requests"]["ok"] == 6 for d in docs)
+    # each in its own results directory
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"first", "second"}
+
+
+def test_dash_o_yaml_prints_the_resource_with_its_status(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tiny_run("printed")))
+    res = benchop("run", str(path), "--no-agent", "-o", "yaml")
+    assert res.returncode == 0, res.stdout + res.stderr
+    [doc] = yaml.safe_load_all(res.stdout)  # only the resource: no tables on stdout
+    assert doc["kind"] == "BenchmarkRun" and doc["metadata"]["name"] == "printed"
+    assert doc["status"]["phase"] == "Succeeded" and doc["status"]["results"]["requests"]["ok"] == 6
+
+
 def test_a_dead_target_ends_the_run_at_its_preflight(tmp_path: Path) -> None:
     """examples/run.yaml (2 workers, warmup, 10 s of profiling, GPU baselines) against a port
     nothing listens on. Each worker's preflight retries connecting for spec.preflight.timeout
@@ -111,7 +175,7 @@ def test_a_dead_target_ends_the_run_at_its_preflight(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(doc))
     out = tmp_path / "status.yaml"
     t0 = time.monotonic()
-    res = benchop("run", str(path), "--output", str(out), "--results-dir", str(tmp_path / "r"))
+    res = benchop("run", str(path), "--output-file", str(out), "--results-dir", str(tmp_path / "r"))
     took = time.monotonic() - t0
     assert res.returncode == 1, res.stdout + res.stderr
     status = yaml.safe_load(out.read_text())["status"]
@@ -150,7 +214,7 @@ def test_local_experiment_runs_the_sweep_in_order_and_rolls_it_up(tmp_path: Path
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
     out = tmp_path / "out.yaml"
-    res = benchop("run", str(path), "--output", str(out), "--no-agent")
+    res = benchop("run", str(path), "--output-file", str(out), "--no-agent")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "tiny: comparison" in res.stdout
     exp_doc, *runs = yaml.safe_load_all(out.read_text())
@@ -187,7 +251,16 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> Killed:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(doc))
     out = tmp_path / "status.yaml"
-    cmd = [sys.executable, "-m", "benchop", "run", str(path), "--output", str(out), "--no-live"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchop",
+        "run",
+        str(path),
+        "--output-file",
+        str(out),
+        "--no-live",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         pattern = f"--run {doc['metadata']['name']} --worker-index 1"
@@ -220,3 +293,58 @@ def test_results_without_a_worker_that_never_reported_are_incomplete(killed: Kil
     available = conditions(killed.status)["ResultsAvailable"]
     assert available["status"] == "True" and available["reason"] == "LatestLiveSnapshots"
     assert available["message"] == "partial results"
+
+
+def test_local_slo_search_finds_the_knee_of_a_known_capacity(tmp_path: Path) -> None:
+    """The mock server serves 4 streams at full speed (ITL 10 ms); a 5th stretches every
+    stream's ITL to 12.5 ms. With slo.itlMs 11 the knee is concurrency 4: found within one
+    step, by probes that are child runs, in the search's order."""
+    exp = {
+        "apiVersion": "benchop.io/v1alpha1",
+        "kind": "Experiment",
+        "metadata": {"name": "knee"},
+        "spec": {
+            "template": {
+                "target": {"model": "mock-llm"},
+                "workload": {"promptTokens": 16, "outputTokens": 24},
+                "load": {"mode": "concurrency", "concurrency": 1},
+                "phases": {"warmup": {"requests": 4}, "profiling": {"requests": 16}},
+                "gates": {"baseline": False},
+                "slo": {"itlMs": 11},
+            },
+            "search": {"concurrency": {"min": 2, "max": 32}, "minGoodput": 0.9, "maxProbes": 8},
+        },
+    }
+    path = tmp_path / "knee.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    out = tmp_path / "out.yaml"
+    res = benchop(
+        "run", str(path), "--no-agent", "--output-file", str(out),
+        "--mock-capacity", "4", "--mock-itl", "0.01", "--mock-ttft", "0.01",
+        timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    exp_doc, *runs = yaml.safe_load_all(out.read_text())
+    status = exp_doc["status"]
+    search = status["metrics"]["search"]
+    assert abs(search["knee"] - 4) <= 1, search  # within one step of the capacity
+    assert search["outcome"] == "KneeFound" and search["limit"] == search["knee"] + 1
+    assert status["phase"] == "Succeeded"
+    assert (conditions(status)["Succeeded"]["reason"], conditions(status)["Failed"]["status"]) == (
+        "KneeFound",
+        "False",
+    )
+    # each probe is a child run at its load, named in probe order, and no load twice
+    probes = search["probes"]
+    assert [p["run"] for p in probes] == [r["metadata"]["name"] for r in runs]
+    assert [p["run"] for p in probes] == [f"knee-{i}" for i in range(len(probes))]
+    assert [r["spec"]["load"]["concurrency"] for r in runs] == [p["value"] for p in probes]
+    assert [p["value"] for p in probes][:3] == [2, 4, 8]  # bracketing from min, x2
+    assert len({p["value"] for p in probes}) == len(probes) <= 8
+    for p, run in zip(probes, runs, strict=True):
+        ratio = run["status"]["results"]["goodput"]["ratio"]
+        assert p["goodput"] == ratio and p["passed"] == (ratio >= 0.9)
+    # the rows are in load order; the tables name the knee
+    rows = status["metrics"]["runs"]
+    assert [r["params"]["load.concurrency"] for r in rows] == sorted(p["value"] for p in probes)
+    assert f"SLO search: knee load.concurrency={search['knee']} (KneeFound)" in res.stdout

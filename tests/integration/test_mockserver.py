@@ -213,6 +213,40 @@ async def test_timing_roughly_as_configured(session: aiohttp.ClientSession) -> N
     assert 0.02 < mean_gap < 0.3
 
 
+async def test_capacity_stretches_every_delay_beyond_it(session: aiohttp.ClientSession) -> None:
+    """4 streams on a server of capacity 2. The k-th arrival's TTFT (0.3 s) is stretched by
+    max(1, k/2); the first two streams' inter-token delays all start while 4 are in flight (x2),
+    so no stream ends before 0.3 + 4 * 0.1 s. Lower bounds from each request's send only: the
+    schedule is absolute from the request's arrival, so a token is never early (beyond the
+    event loop's timer resolution, 1 ms)."""
+    config = MockConfig(ttft=0.3, itl=0.05, capacity=2)
+    payload = {**CHAT, "stream": True, "max_tokens": 5}
+
+    async def stream() -> tuple[float, float]:
+        """(TTFT, last token) of one request, from its send."""
+        arrivals = []
+        sent = time.perf_counter()
+        async with session.post(f"{server.url}/chat/completions", json=payload) as r:
+            while await r.content.readuntil(b"\n\n") != b"data: [DONE]\n\n":
+                arrivals.append(time.perf_counter())
+        assert len(arrivals) == 5
+        return arrivals[0] - sent, arrivals[-1] - sent
+
+    async with await serve(config) as server:
+        alone = await stream()  # 1 in flight <= capacity: full speed
+        four = sorted(await asyncio.gather(*(stream() for _ in range(4))))
+        assert server.stats["ok"] == 5 and server.stats["tokens"] == 25
+    early = 0.002
+    assert alone[0] >= 0.3 - early and alone[1] >= 0.3 + 4 * 0.05 - early
+    ttfts = [t for t, _ in four]
+    for got, want in zip(ttfts, [0.3, 0.3, 0.3 * 3 / 2, 0.3 * 4 / 2], strict=True):
+        assert got >= want - early, ttfts
+    ends = [end for _, end in four]
+    assert all(end >= 0.3 + 4 * 0.05 * 4 / 2 - early for end in ends), ends  # unlimited: 0.5
+    with pytest.raises(ValueError, match="capacity must be >= 0"):
+        MockConfig(capacity=-1)
+
+
 @pytest.mark.parametrize(
     ("config", "status"),
     [(MockConfig(error_rate=1.0), 500), (MockConfig(rate_limit_rate=1.0), 429)],

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 from kube.harness import (
     BENCHMARKRUNS,
     CONFIGMAPS,
+    EVENTS,
     EXPERIMENTS,
     JOBS,
     Kube,
@@ -365,6 +366,10 @@ async def test_job_failure_and_stuck_pod_fail_the_run_with_reasons(
     failed = await wait_condition(kube, "r5", c.SUCCEEDED, "False")
     assert failed["reason"] == "BackoffLimitExceeded" and "r5-loadgen" in failed["message"]
     assert status_of(kube, "r5")["phase"] == "Failed"
+    # what `kubectl wait --for=condition=Failed` waits for, in the same patch
+    mirror = condition(kube, "r5", c.FAILED)
+    assert mirror is not None and mirror["status"] == "True"
+    assert (mirror["reason"], mirror["message"]) == (failed["reason"], failed["message"])
 
     await kube.client.create(BENCHMARKRUNS, run_manifest("r6", mock.url))
     job = await kubelet.read_job("r6")
@@ -396,8 +401,46 @@ async def test_job_failure_and_stuck_pod_fail_the_run_with_reasons(
     )
     stuck = await wait_condition(kube, "r6", c.SUCCEEDED, "False")
     assert stuck["reason"] == "ImagePullFailed" and "r6-loadgen-0" in stuck["message"]
+
+    # and says so where `kubectl describe br` looks: a Warning event on the run
+    async def warning_event() -> list[dict[str, Any]]:
+        events = await kube.client.list(EVENTS, fields="involvedObject.name=r6")
+        return [e for e in events if (e["type"], e["reason"]) == ("Warning", "ImagePullFailed")]
+
+    await wait_for(warning_event, 5, message="a Warning event on r6")
     # the other workers stop sending load: the failed run's Job is suspended (kept, no pods)
     await wait_for(lambda: job_suspended(kube, "r6-loadgen"), 5, message="r6 Job suspended")
+
+
+async def test_a_job_that_cannot_create_its_pods_fails_the_run_after_the_grace(
+    kube: Kube, operator_task: Any, mock: MockServer, kubelet: Kubelet
+) -> None:
+    # A ResourceQuota (or LimitRange, Pod Security admission, a missing ServiceAccount) refuses
+    # the worker pods: the Job controller only posts FailedCreate events on the Job.
+    start(operator_task, kube, settings_for(stuck_after_s=1.0))
+    await kube.client.create(BENCHMARKRUNS, run_manifest("r7", mock.url))
+    job = await kubelet.read_job("r7")
+    refused = 'pods "r7-loadgen-0-abcde" is forbidden: exceeded quota: q, requested: pods=1'
+    await kube.client.create(
+        EVENTS,
+        {
+            "metadata": {"name": "r7-loadgen.1"},
+            "involvedObject": {
+                "kind": "Job",
+                "name": "r7-loadgen",
+                "namespace": "default",
+                "uid": job["metadata"]["uid"],
+            },
+            "reason": "FailedCreate",
+            "type": "Warning",
+            "message": f"Error creating: {refused}",
+            "lastTimestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    )
+    failed = await wait_condition(kube, "r7", c.SUCCEEDED, "False")
+    assert failed["reason"] == "PodCreateFailed"
+    assert refused in failed["message"] and "r7-loadgen" in failed["message"]
+    await wait_for(lambda: job_suspended(kube, "r7-loadgen"), 5, message="r7 Job suspended")
 
 
 def job_suspended(kube: Kube, name: str) -> bool:
@@ -435,8 +478,18 @@ async def test_invalid_spec_fails_once_without_retries(
         assert acc["reason"] == "InvalidSpec" and field in acc["message"]
         suc = condition(kube, name, c.SUCCEEDED)
         assert suc is not None and suc["status"] == "False" and suc["reason"] == "InvalidSpec"
+        mirror = condition(kube, name, c.FAILED)
+        assert mirror is not None and mirror["status"] == "True"
+        assert mirror["reason"] == "InvalidSpec"
         assert status_of(kube, name)["phase"] == "Failed"
         assert kube.emulator.read(JOBS, f"{name}-loadgen") is None
+        events = await wait_for(
+            lambda n=name: kube.client.list(EVENTS, fields=f"involvedObject.name={n}"),
+            5,
+            message=f"an event on {name}",
+        )
+        assert [(e["type"], e["reason"]) for e in events] == [("Warning", "InvalidSpec")]
+        assert field in events[0]["message"]
     # kopf records the permanent failure; nothing retries: a later valid run completes its
     # accept, and the invalid ones got exactly one status patch each
     await kube.client.create(BENCHMARKRUNS, run_manifest("ok", mock.url))

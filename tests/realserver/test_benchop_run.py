@@ -47,7 +47,7 @@ def benchop_run(
     (tmp / "in.yaml").write_text(yaml.safe_dump(doc))
     res = subprocess.run(
         [sys.executable, "-m", "benchop", "run", str(tmp / "in.yaml"), "--no-agent",
-         "--no-live", "--output", str(tmp / "out.yaml"), "--results-dir", str(tmp / "r")],
+         "--no-live", "--output-file", str(tmp / "out.yaml"), "--results-dir", str(tmp / "r")],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert code is None or res.returncode == code, res.stdout[-3000:] + res.stderr[-3000:]

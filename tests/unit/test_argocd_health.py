@@ -160,3 +160,33 @@ def test_experiment_uses_the_same_rules(health: Any) -> None:
     }
     running = {"phase": "Running", "observedGeneration": 4, "conditions": []}
     assert health(run_obj(running, 4, kind="Experiment"))["status"] == "Progressing"
+
+
+def test_failed_condition_is_degraded(health: Any) -> None:
+    """What the operator writes on a failure: Succeeded=False and its mirror Failed=True."""
+    conds = [
+        cond("Accepted", "True"),
+        cond("Succeeded", "False", "JobFailed", "worker 1: OOMKilled"),
+        cond("Failed", "True", "JobFailed", "worker 1: OOMKilled"),
+    ]
+    hs = health(run_obj({"phase": "Failed", "observedGeneration": 1, "conditions": conds}))
+    assert hs == {"status": "Degraded", "message": "JobFailed: worker 1: OOMKilled"}
+    # Failed=True alone (a status some other writer trimmed) is still a failure
+    only = [cond("Failed", "True", "Aborted", "stopped after 2 failed runs")]
+    hs = health(run_obj({"phase": "Failed", "observedGeneration": 1, "conditions": only}))
+    assert hs == {"status": "Degraded", "message": "Aborted: stopped after 2 failed runs"}
+
+
+def test_success_with_failed_false_is_healthy(health: Any) -> None:
+    conds = [
+        cond("Succeeded", "True", "Completed", "64/64 requests ok"),
+        cond("Failed", "False", "Completed", "64/64 requests ok"),
+    ]
+    hs = health(run_obj({"phase": "Succeeded", "observedGeneration": 1, "conditions": conds}))
+    assert hs == {"status": "Healthy", "message": "64/64 requests ok"}
+
+
+def test_failed_from_an_older_generation_is_ignored(health: Any) -> None:
+    conds = [cond("Failed", "True", "JobFailed", "old", gen=1), cond("Succeeded", "Unknown", gen=2)]
+    hs = health(run_obj({"phase": "Running", "observedGeneration": 2, "conditions": conds}, 2))
+    assert hs == {"status": "Progressing", "message": "phase Running"}

@@ -383,8 +383,8 @@ def test_schema_rejects_privileged_agent_and_bad_values(helm: str, tmp_path: Pat
 # less (e.g. namespaces only in namespaced mode), never more.
 WHITELIST: frozenset[tuple[str, str, str]] = frozenset(
     {
-        # kopf posts events about the objects it handles.
-        ("", "events", "create"),
+        # Warning events on refused/failed runs; Jobs' FailedCreate events watched.
+        *(("", "events", v) for v in ("create", "list", "watch")),
         # kopf discovers and follows the CRDs it serves.
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),

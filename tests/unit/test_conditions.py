@@ -117,7 +117,7 @@ def test_get_condition_and_is_true() -> None:
 
 
 def test_condition_types_are_documented() -> None:
-    assert len(c.CONDITION_TYPES) == len(set(c.CONDITION_TYPES)) == 8
+    assert len(c.CONDITION_TYPES) == len(set(c.CONDITION_TYPES)) == 9
     doc = c.__doc__ or ""
     for name in c.CONDITION_TYPES:
         assert f"``{name}``" in doc

@@ -252,10 +252,21 @@ def realistic_run() -> dict[str, Any]:
 
 
 def realistic_experiment() -> dict[str, Any]:
-    doc = yaml.safe_load((ROOT / "examples" / "experiment.yaml").read_text())
+    """The SLO-search example while it runs (the Knee column is a search's)."""
+    doc = yaml.safe_load((ROOT / "examples" / "slo-search.yaml").read_text())
+    probe = models.SearchProbe(run="mock-slo-search-0", value=4, goodput=1.0, passed=True)
+    search = models.ExperimentSearch(
+        path="load.concurrency",
+        min_goodput=0.9,
+        outcome="Searching",
+        knee=4,
+        knee_run="mock-slo-search-0",
+        probes=[probe],
+    )
     status = models.ExperimentStatus(
         phase=models.ExperimentPhase.RUNNING,
-        counts=models.ExperimentCounts(total=3, pending=1, running=1, succeeded=1, failed=0),
+        counts=models.ExperimentCounts(total=2, pending=0, running=1, succeeded=1, failed=0),
+        metrics=models.ExperimentMetrics(search=search),
     )
     wire = to_wire(models.Experiment.model_validate({**doc, "status": to_wire(status)}))
     wire["metadata"]["creationTimestamp"] = "2024-05-01T11:59:58Z"
@@ -292,7 +303,7 @@ def test_printer_columns_as_designed() -> None:
     wide = {c["name"] for c in cols if c.get("priority") == 1}
     assert wide == {"TTFT-P99", "GPU-Util", "J/Tok"}
     exp_cols = CRDS["Experiment"]["spec"]["versions"][0]["additionalPrinterColumns"]
-    assert [c["name"] for c in exp_cols] == ["Phase", "Runs", "Succeeded", "Failed", "Age"]
+    assert [c["name"] for c in exp_cols] == ["Phase", "Runs", "Succeeded", "Failed", "Knee", "Age"]
 
 
 def test_resolver_misses_are_none() -> None:
@@ -311,7 +322,7 @@ def test_examples_are_valid(path: Path) -> None:
 
 
 def test_examples_exist() -> None:
-    assert {p.name for p in EXAMPLES} >= {"run.yaml", "experiment.yaml"}
+    assert {p.name for p in EXAMPLES} >= {"run.yaml", "experiment.yaml", "slo-search.yaml"}
 
 
 # --------------------------------------------------------------------------- invalid corpus
@@ -425,6 +436,21 @@ def test_cel_rules_accept_the_examples(path: str) -> None:
     assert results and all(results)
 
 
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("experiment.yaml", "spec"),
+        ("slo-search.yaml", "spec"),
+        ("slo-search.yaml", "spec.search"),
+        ("slo-search.yaml", "spec.search.concurrency"),
+    ],
+)
+def test_cel_rules_accept_the_experiment_examples(name: str, path: str) -> None:
+    doc = yaml.safe_load((ROOT / "examples" / name).read_text())
+    results = _cel_results(doc, path)
+    assert results and all(results)
+
+
 def test_benchmarkrun_spec_is_immutable_by_a_transition_rule() -> None:
     celpy = pytest.importorskip("celpy", reason="cel-python not installed")
     rules = schema_node("BenchmarkRun", "spec")["x-kubernetes-validations"]
@@ -439,5 +465,6 @@ def test_benchmarkrun_spec_is_immutable_by_a_transition_rule() -> None:
     assert bool(program.evaluate(same)) is True
     changed = {"self": celpy.json_to_cel(edited), "oldSelf": celpy.json_to_cel(spec)}
     assert bool(program.evaluate(changed)) is False
-    # An Experiment's template stays editable (its sweep may grow).
-    assert "x-kubernetes-validations" not in schema_node("Experiment", "spec")
+    # An Experiment's template stays editable (its sweep may grow): no transition rule.
+    exp_rules = schema_node("Experiment", "spec").get("x-kubernetes-validations", [])
+    assert not any("oldSelf" in r["rule"] for r in exp_rules)

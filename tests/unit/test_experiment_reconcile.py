@@ -209,3 +209,20 @@ async def test_memory_of_deleted_experiments_and_rows_is_pruned() -> None:
     async with services.lock("ns", "sw"):
         observe_experiment(services, deleting, "DELETED")
         assert services.gone == {"e1"} and services.deleted == {"e1"}
+
+
+def test_a_search_spec_validates_without_points_and_needs_a_url() -> None:
+    search = {"concurrency": {"min": 1, "max": 64}, "minGoodput": 0.9}
+    doc = {"template": {**TEMPLATE, "slo": {"itlMs": 10}}, "search": search}
+    valid = validate_spec(doc)
+    assert not isinstance(valid, str)
+    exp, points = valid
+    assert points == [] and exp.search is not None and exp.points() == []
+    params, run_spec = exp.probe(8)
+    assert params == {"load.concurrency": 8} and run_spec.load.concurrency == 8
+    assert run_spec.slo is not None and run_spec.target == exp.template.target
+    no_url = {**doc, "template": {**doc["template"], "target": {"model": "m"}}}
+    msg = validate_spec(no_url)
+    assert isinstance(msg, str) and msg.startswith("spec.template.target.url: required")
+    both = {**doc, "sweep": [{"path": "load.concurrency", "values": [1]}]}
+    assert validate_spec(both) == "spec: set exactly one of sweep or search"

@@ -329,3 +329,64 @@ def test_terminal_phases_are_those_of_both_kinds() -> None:
     assert {ExperimentPhase.SUCCEEDED, ExperimentPhase.FAILED} == TERMINAL_PHASES
     assert is_terminal({"phase": "Failed"}) and not is_terminal({"phase": "Running"})
     assert not is_terminal(None) and not is_terminal({})
+
+
+def _terminal_statuses() -> dict[str, dict[str, Any]]:
+    """One status per way a run or an Experiment can end, from the public transitions."""
+    from benchop.api.models import ExperimentSpec
+    from benchop.core.children import plan_sweep
+
+    res = {"complete": True}
+    running = t.accepted({}, generation=1, now=NOW)
+    assert running is not None
+    exp = ExperimentSpec.model_validate(
+        {
+            "template": {
+                "target": {"model": "m"},
+                "load": {"concurrency": 1},
+                "phases": {"profiling": {"requests": 1}},
+            },
+            "sweep": [{"path": "load.concurrency", "values": [1, 2]}],
+        }
+    )
+    counts = {"total": 1, "pending": 0, "running": 0, "succeeded": 0, "failed": 1}
+    out = {
+        "rejected": t.rejected(running, generation=1, message="spec.x: bad", now=NOW),
+        "failed": t.failed(running, generation=1, reason="JobFailed", message="m", now=NOW),
+        "finished-ok": t.finished(running, generation=1, results=res, results_reason="r",
+                                  succeeded=True, reason="Completed", message="ok", now=NOW),
+        "finished-bad": t.finished(running, generation=1, results=res, results_reason="r",
+                                   succeeded=False, reason="NoRequests", message="m", now=NOW),
+        "exp-rejected": t.experiment_rejected({}, generation=1, reason="InvalidSpec",
+                                              message="m", now=NOW, counts=counts),
+        "exp-ok": t.experiment_progressed(
+            {}, generation=1, plan=plan_sweep(exp, {0: "Succeeded", 1: "Succeeded"}, 2), now=NOW
+        ),
+        "exp-bad": t.experiment_progressed(
+            {}, generation=1, plan=plan_sweep(exp, {0: "Succeeded", 1: "Failed"}, 2), now=NOW
+        ),
+    }  # fmt: skip
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def test_failed_mirrors_succeeded_so_kubectl_wait_ends_both_ways() -> None:
+    ended = _terminal_statuses()
+    assert len(ended) == 7
+    for name, st in ended.items():
+        succeeded, failed = cond(st, c.SUCCEEDED), cond(st, c.FAILED)
+        assert is_terminal(st), name
+        # exactly one of the two is True, and it is the one the phase names
+        assert {succeeded["status"], failed["status"]} == {"True", "False"}, name
+        assert (failed["status"] == "True") == (st["phase"] == "Failed"), name
+        assert (failed["reason"], failed["message"]) == (succeeded["reason"], succeeded["message"])
+        assert failed["observedGeneration"] == 1
+    assert cond(ended["failed"], c.FAILED)["reason"] == "JobFailed"
+    # while running, both are Unknown: `kubectl wait --for=condition=Failed` keeps waiting
+    running = t.accepted({}, generation=1, now=NOW)
+    assert running is not None
+    assert cond(running, c.SUCCEEDED)["status"] == cond(running, c.FAILED)["status"] == "Unknown"
+    active = t.experiment_rejected(
+        {}, generation=1, reason="SpecChanged", message="m", now=NOW,
+        counts={"total": 1, "pending": 0, "running": 1, "succeeded": 0, "failed": 0},
+    )  # fmt: skip
+    assert cond(active, c.FAILED)["status"] == "Unknown" and active["phase"] == "Running"

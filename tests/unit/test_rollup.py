@@ -216,3 +216,26 @@ def test_rows_follow_the_current_sweep_after_an_axis_grew() -> None:
     plain = rollup(runs, cap=10, now=NOW)  # no sweep: index at creation, then name
     assert [r.name for r in plain.runs] == ["s-0", "s-1", "s-2", "s-2-k", "s-3", "s-5", "odd"]
     assert rollup(runs, cap=10, now=NOW, sweep="garbage").runs == plain.runs
+
+
+def test_a_search_rollup_orders_rows_by_load_and_names_the_knee() -> None:
+    def probe(index: int, c: int, good: float) -> dict[str, Any]:
+        run = child(index, "Succeeded", results(10 * c, 100 * c, 20, 40, 5, good=good))
+        run["metadata"]["name"] = f"kn-{index}"
+        run["metadata"]["annotations"][PARAMS_ANNOTATION] = json.dumps({"load.concurrency": c})
+        return run
+
+    runs = [probe(0, 1, 1.0), probe(1, 2, 1.0), probe(2, 4, 0.5), probe(3, 3, 0.95)]
+    search = {"concurrency": {"min": 1, "max": 16}, "minGoodput": 0.9}
+    m = rollup(runs, cap=10, now=NOW, search=search)
+    assert [r.name for r in m.runs] == ["kn-0", "kn-1", "kn-3", "kn-2"]  # by load
+    assert m.search is not None
+    assert (m.search.outcome, m.search.knee, m.search.knee_run) == ("KneeFound", 3, "kn-3")
+    assert (m.search.limit, m.search.limit_run) == (4, "kn-2")
+    assert [p.run for p in m.search.probes] == ["kn-0", "kn-1", "kn-2", "kn-3"]  # as run
+    wire = to_wire(m)["search"]
+    assert wire["kneeRun"] == "kn-3" and wire["minGoodput"] == 0.9
+    assert ExperimentMetrics.model_validate(to_wire(m)) == m  # what the cache reader decodes
+    # a sweep has no search; a malformed search blob is no summary, never an error
+    assert rollup(runs, cap=10, now=NOW).search is None
+    assert rollup(runs, cap=10, now=NOW, search={"concurrency": "x"}).search is None

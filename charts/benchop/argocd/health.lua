@@ -1,6 +1,7 @@
 -- Argo CD health check for benchop.io/BenchmarkRun and benchop.io/Experiment.
--- Healthy: Succeeded=True. Degraded: Succeeded=False. Progressing: anything else, including
--- a status the operator wrote for an older generation of the spec.
+-- Healthy: Succeeded=True. Degraded: Failed=True (the operator writes it with Succeeded=False)
+-- or Succeeded=False (objects written before Failed existed). Progressing: anything else,
+-- including a status the operator wrote for an older generation of the spec.
 local hs = {}
 local gen = obj.metadata and obj.metadata.generation
 local st = obj.status
@@ -14,18 +15,38 @@ if gen ~= nil and (st.observedGeneration == nil or st.observedGeneration < gen) 
   hs.message = string.format("waiting for the operator to observe generation %d", gen)
   return hs
 end
-local succeeded = nil
-if st.conditions ~= nil then
+-- The condition of this type, unless it is stamped with an older generation (then it says
+-- nothing about the current spec).
+local function current(type)
+  if st.conditions == nil then
+    return nil
+  end
+  local found = nil
   for _, c in ipairs(st.conditions) do
-    if c.type == "Succeeded" then
-      succeeded = c
+    if c.type == type then
+      found = c
     end
   end
+  if found ~= nil and gen ~= nil and found.observedGeneration ~= nil
+      and found.observedGeneration < gen then
+    return nil
+  end
+  return found
 end
--- A condition stamped with an older generation says nothing about the current spec.
-if succeeded ~= nil and gen ~= nil and succeeded.observedGeneration ~= nil
-    and succeeded.observedGeneration < gen then
-  succeeded = nil
+local function degraded(c)
+  hs.status = "Degraded"
+  local reason = c.reason or "Failed"
+  if c.message ~= nil and c.message ~= "" then
+    hs.message = reason .. ": " .. c.message
+  else
+    hs.message = reason
+  end
+  return hs
+end
+local succeeded = current("Succeeded")
+local failed = current("Failed")
+if failed ~= nil and failed.status == "True" then
+  return degraded(failed)
 end
 if succeeded ~= nil and succeeded.status == "True" then
   hs.status = "Healthy"
@@ -33,14 +54,7 @@ if succeeded ~= nil and succeeded.status == "True" then
   return hs
 end
 if succeeded ~= nil and succeeded.status == "False" then
-  hs.status = "Degraded"
-  local reason = succeeded.reason or "Failed"
-  if succeeded.message ~= nil and succeeded.message ~= "" then
-    hs.message = reason .. ": " .. succeeded.message
-  else
-    hs.message = reason
-  end
-  return hs
+  return degraded(succeeded)
 end
 -- No usable Succeeded condition: fall back to the phase.
 if st.phase == "Succeeded" then

@@ -25,14 +25,21 @@ type                      True                         False                    
 ``ResultsAvailable``      final results are in         no results could be       run still going
                           ``status.results``; reason   collected
                           names the source
-``Succeeded``             run (every run of an         failed: reason and        still running
-                          Experiment) succeeded        message say why
+``Succeeded``             run (every run of a sweep;   failed: reason and        still running
+                          a search with an answer)     message say why
+                          succeeded
+``Failed``                ended in failure (phase      ended in success          still running
+                          ``Failed``): the reason and
+                          message of ``Succeeded=False``
 ``TelemetryDegraded``     an agent missed a gate, or   telemetry complete and    -
                           GPU numbers are simulated    real
 ========================= ============================ ========================= ==================
 
-``Succeeded`` is the one terminal condition: ``kubectl wait
---for=condition=Succeeded`` and the Argo CD health check read it.
+``Succeeded`` and ``Failed`` are the terminal conditions, always written together (``Failed``
+mirrors ``Succeeded``, as a Job has ``Complete`` and ``Failed``): every run and Experiment ends
+with exactly one of them True, so ``kubectl wait --for=condition=Succeeded`` and ``kubectl wait
+--for=condition=Failed``, run together, never wait to their timeout. The Argo CD health check
+reads them too.
 
 Example::
 
@@ -53,6 +60,7 @@ PROFILING = "Profiling"
 BASELINE_END_CAPTURED = "BaselineEndCaptured"
 RESULTS_AVAILABLE = "ResultsAvailable"
 SUCCEEDED = "Succeeded"
+FAILED = "Failed"
 TELEMETRY_DEGRADED = "TelemetryDegraded"
 
 CONDITION_TYPES: tuple[str, ...] = (
@@ -63,6 +71,7 @@ CONDITION_TYPES: tuple[str, ...] = (
     BASELINE_END_CAPTURED,
     RESULTS_AVAILABLE,
     SUCCEEDED,
+    FAILED,
     TELEMETRY_DEGRADED,
 )
 

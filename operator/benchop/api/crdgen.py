@@ -177,6 +177,9 @@ EXPERIMENT_COLUMNS = [
     _col("Runs", "integer", ".status.counts.total"),
     _col("Succeeded", "integer", ".status.counts.succeeded"),
     _col("Failed", "integer", ".status.counts.failed"),
+    _col(
+        "Knee", "number", ".status.metrics.search.knee", desc="SLO search: highest load meeting it"
+    ),
     _col("Age", "date", ".metadata.creationTimestamp"),
 ]
 

@@ -839,22 +839,138 @@ class SweepAxis(_Spec, json_schema_extra=_cel(SWEEP_PATH_RULE)):
         return path
 
 
-class ExperimentSpec(_Spec):
-    """A sweep of BenchmarkRuns: the cartesian product of the axes over ``template``."""
+Load = Annotated[int | float, WithJsonSchema({"type": "number"})]
+"""A load a search probes: an integer concurrency or a request rate."""
+
+MAX_PROBES = 50
+"""Most probes one SLO search may run (``spec.search.maxProbes``)."""
+
+RANGE_RULE = ("self.min <= self.max", "min must be <= max")
+
+
+def _check_range(lo: float, hi: float) -> None:
+    if lo > hi:
+        raise ValueError(RANGE_RULE[1])
+
+
+class ConcurrencySearch(_Spec, json_schema_extra=_cel(RANGE_RULE)):
+    """The concurrencies an SLO search may probe (integers)."""
+
+    min: int = Field(1, ge=1, description="The first probe and the lowest load tried.")
+    max: int = Field(ge=1, le=1_000_000, description="The highest load tried.")
+    resolution: int = Field(
+        1,
+        ge=1,
+        description="Bisection stops when the knee and the lowest failing load are "
+        "at most this far apart (1: the knee is exact).",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        _check_range(self.min, self.max)
+        return self
+
+
+class RateSearch(_Spec, json_schema_extra=_cel(RANGE_RULE)):
+    """The request rates (req/s) an SLO search may probe."""
+
+    min: float = Field(gt=0, description="The first probe and the lowest rate tried.")
+    max: float = Field(gt=0, description="The highest rate tried.")
+    resolution: float = Field(
+        gt=0,
+        description="Bisection stops when the knee and the lowest failing rate are at "
+        "most this far apart.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        _check_range(self.min, self.max)
+        return self
+
+
+SEARCH_ONE_RULE = (
+    "has(self.concurrency) != has(self.rate)",
+    "set exactly one of concurrency or rate",
+)
+
+
+class SearchSpec(_Spec, json_schema_extra=_cel(SEARCH_ONE_RULE)):
+    """An SLO search: the highest load whose goodput stays >= minGoodput (docs/experiments.md)."""
+
+    concurrency: ConcurrencySearch | None = Field(
+        None, description="Search the concurrency (template.load.mode concurrency)."
+    )
+    rate: RateSearch | None = Field(
+        None, description="Search the request rate (template.load.mode rate)."
+    )
+    min_goodput: float = Field(
+        gt=0, le=1, description="Target: the share of requests meeting template.slo, 0..1."
+    )
+    growth: float = Field(2.0, gt=1, le=100, description="Load factor between bracketing probes.")
+    max_probes: int = Field(12, ge=2, le=MAX_PROBES, description="Most probes (child runs).")
+
+    @model_validator(mode="after")
+    def _one_range(self) -> Self:
+        if (self.concurrency is None) == (self.rate is None):
+            raise ValueError(SEARCH_ONE_RULE[1])
+        return self
+
+    @property
+    def path(self) -> str:
+        """The field each probe sets: ``load.concurrency`` or ``load.rate``."""
+        return "load.concurrency" if self.concurrency is not None else "load.rate"
+
+    @property
+    def range(self) -> ConcurrencySearch | RateSearch:
+        bounds = self.concurrency if self.concurrency is not None else self.rate
+        assert bounds is not None  # _one_range
+        return bounds
+
+
+EXPERIMENT_RULES: tuple[tuple[str, str], ...] = (
+    ("has(self.sweep) != has(self.search)", "set exactly one of sweep or search"),
+    (
+        "!has(self.search) || has(self.template.slo)",
+        "search needs template.slo: goodput is measured against it",
+    ),
+    (
+        "!has(self.search) || has(self.search.concurrency) == "
+        "((has(self.template.load.mode) ? self.template.load.mode : 'concurrency') "
+        "== 'concurrency')",
+        "search.concurrency needs template.load.mode concurrency, search.rate mode rate",
+    ),
+    (
+        "!has(self.search) || ((!has(self.maxParallel) || self.maxParallel == 1) && "
+        "(!has(self.failurePolicy) || self.failurePolicy == 'continue') && "
+        "!has(self.maxFailures))",
+        "a search runs one probe at a time: maxParallel, failurePolicy and maxFailures are "
+        "for a sweep",
+    ),
+)
+
+
+class ExperimentSpec(_Spec, json_schema_extra=_cel(*EXPERIMENT_RULES)):
+    """BenchmarkRuns from one template: a sweep (every point of its axes) or an SLO search."""
 
     template: BenchmarkRunSpec
-    sweep: list[SweepAxis] = Field(
+    sweep: list[SweepAxis] | None = Field(
+        None,
         min_length=1,
         max_length=MAX_SWEEP_AXES,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["path"]},
     )
+    search: SearchSpec | None = None
     max_parallel: int = Field(1, ge=1)
     failure_policy: Literal["continue", "abort"] = "continue"
     max_failures: int | None = Field(None, ge=0)
 
     @field_validator("sweep")
     @classmethod
-    def _valid_axes(cls, sweep: list[SweepAxis], info: ValidationInfo) -> list[SweepAxis]:
+    def _valid_axes(
+        cls, sweep: list[SweepAxis] | None, info: ValidationInfo
+    ) -> list[SweepAxis] | None:
+        if sweep is None:
+            return None
         paths = [axis.path for axis in sweep]
         if len(set(paths)) != len(paths):
             raise ValueError(f"sweep paths must be unique, got {paths}")
@@ -873,8 +989,49 @@ class ExperimentSpec(_Spec):
                     ) from None
         return sweep
 
+    @model_validator(mode="after")
+    def _mode(self) -> Self:
+        messages = [m for _, m in EXPERIMENT_RULES]
+        search = self.search
+        if (self.sweep is None) == (search is None):
+            raise ValueError(messages[0])
+        if search is None:
+            return self
+        if self.template.slo is None:
+            raise ValueError(messages[1])
+        if (search.concurrency is not None) != (self.template.load.mode == "concurrency"):
+            raise ValueError(messages[2])
+        if (
+            self.max_parallel != 1
+            or self.failure_policy != "continue"
+            or self.max_failures is not None
+        ):
+            raise ValueError(messages[3])
+        for bound in ("min", "max"):
+            value = getattr(search.range, bound)
+            try:
+                self.probe(value)
+            except ValidationError as err:
+                raise ValueError(
+                    f"search.{search.path.split('.')[1]}.{bound}: {search.path}="
+                    f"{json.dumps(value)} makes the template invalid: "
+                    f"{format_validation_error(err)}"
+                ) from None
+        return self
+
+    def probe(self, value: int | float) -> tuple[dict[str, Any], BenchmarkRunSpec]:
+        """A search probe at ``value``: its params ``{path: value}`` and its run spec."""
+        assert self.search is not None
+        params = {self.search.path: value}
+        return params, BenchmarkRunSpec.model_validate(
+            set_path(to_wire(self.template), self.search.path, value)
+        )
+
     def points(self) -> list[tuple[dict[str, Any], BenchmarkRunSpec]]:
-        """Each run of the sweep as (params ``{path: value}``, its spec), first axis slowest."""
+        """Each run of the sweep as (params ``{path: value}``, its spec), first axis slowest;
+        none for a search (its probes are chosen as it goes)."""
+        if self.sweep is None:
+            return []
         base = to_wire(self.template)
         out = []
         for params in sweep_points([(a.path, a.values) for a in self.sweep]):
@@ -920,6 +1077,37 @@ class ExperimentRunRow(_Status):
     joules_per_token: float | None = None
 
 
+SearchOutcome = Literal["Searching", "KneeFound", "AtMax", "ProbeLimit", "BelowMin"]
+
+
+class SearchProbe(_Status):
+    """One probe of an SLO search (its other numbers are in the run's row of ``runs``)."""
+
+    run: str
+    value: Load
+    phase: Phase | None = None
+    goodput: float | None = None
+    passed: bool | None = Field(None, description="goodput >= minGoodput; null while running")
+
+
+class ExperimentSearch(_Status):
+    """Where an SLO search stands: the knee, the first load above it that failed, each probe."""
+
+    path: str = Field(description="load.concurrency or load.rate")
+    min_goodput: float
+    outcome: SearchOutcome = Field(
+        description="Searching; KneeFound (knee and limit within resolution); AtMax (max "
+        "passed); ProbeLimit (maxProbes used first); BelowMin (min missed the target)"
+    )
+    knee: Load | None = Field(None, description="Highest load meeting the target, all below too.")
+    knee_run: str | None = None
+    limit: Load | None = Field(None, description="Lowest load probed that missed the target.")
+    limit_run: str | None = None
+    monotone: bool = Field(True, description="False when a load above limit met the target again.")
+    message: str = ""
+    probes: list[SearchProbe] = Field(default_factory=list, description="In the order run.")
+
+
 class ExperimentMetrics(_Status):
     """Denormalized, size-bounded rollup of the child runs."""
 
@@ -928,6 +1116,7 @@ class ExperimentMetrics(_Status):
     capped: bool = Field(False, description="True when runs was truncated to stay bounded.")
     runs: list[ExperimentRunRow] = Field(default_factory=list)
     best: dict[str, str] = Field(default_factory=dict, description="objective -> run name")
+    search: ExperimentSearch | None = Field(None, description="An SLO search's result.")
 
 
 class ExperimentStatus(_Status):

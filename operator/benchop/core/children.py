@@ -250,7 +250,21 @@ def child_counts(phases: Iterable[str]) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- the plan
 
-SucceededReason = Literal["Running", "AllSucceeded", "SomeFailed", "Aborted"]
+SucceededReason = Literal[
+    "Running",
+    "AllSucceeded",
+    "SomeFailed",
+    "Aborted",
+    # an SLO search (benchop.core.search): the outcomes it ends with
+    "KneeFound",
+    "AtMax",
+    "ProbeLimit",
+    "BelowMin",
+]
+SUCCESS_REASONS: frozenset[str] = frozenset({"AllSucceeded", "KneeFound", "AtMax", "ProbeLimit"})
+"""A finished Experiment with one of these reasons Succeeded; any other failed. A search
+succeeds when it has an answer (its probe runs failing is how it finds the limit); only
+``BelowMin`` — not even the minimum load met the target — fails it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +281,7 @@ class Plan:
 
     @property
     def succeeded(self) -> bool:
-        return self.finished and self.reason == "AllSucceeded"
+        return self.finished and self.reason in SUCCESS_REASONS
 
 
 def should_stop(spec: ExperimentSpec, failures: int) -> bool:

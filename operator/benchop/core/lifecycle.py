@@ -52,9 +52,14 @@ def merge_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]
 def with_conditions(
     status: Mapping[str, Any], updates: Sequence[Update], generation: int | None
 ) -> Status:
-    """``status`` with each ``(type, status, reason, message)`` applied via ``set_condition``."""
+    """``status`` with each ``(type, status, reason, message)`` applied via ``set_condition``.
+
+    A ``Succeeded`` update also sets its mirror ``Failed`` (True when Succeeded is False, False
+    when True, Unknown while Unknown; same reason and message): the one place that keeps the
+    two in step, so ``kubectl wait --for=condition=Failed`` returns on every terminal failure.
+    """
     conds = list(status.get("conditions") or [])
-    for type_, cstatus, reason, message in updates:
+    for type_, cstatus, reason, message in _with_failed(updates):
         conds = c.set_condition(
             conds,
             type=type_,
@@ -64,6 +69,23 @@ def with_conditions(
             observed_generation=generation,
         )
     return {**status, "conditions": conds}
+
+
+_MIRROR: dict[str, Literal["True", "False", "Unknown"]] = {
+    c.TRUE: c.FALSE,
+    c.FALSE: c.TRUE,
+    c.UNKNOWN: c.UNKNOWN,
+}
+
+
+def _with_failed(updates: Sequence[Update]) -> list[Update]:
+    out: list[Update] = []
+    for update in updates:
+        out.append(update)
+        type_, cstatus, reason, message = update
+        if type_ == c.SUCCEEDED:
+            out.append((c.FAILED, _MIRROR[cstatus], reason, message))
+    return out
 
 
 # --------------------------------------------------------------------------- runs

@@ -25,7 +25,7 @@ the same :func:`rollup`. A bad blob never fails the read (nor a listing of many 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -36,8 +36,16 @@ from benchop.api.models import (
     ExperimentMetrics,
     ExperimentRunRow,
     Phase,
+    SearchSpec,
 )
-from benchop.core.children import child_params, order_children, owned_by
+from benchop.core.children import (
+    child_params,
+    order_children,
+    owned_by,
+    parse_created,
+    point_key,
+)
+from benchop.core.search import probe_value, search_summary
 
 DEFAULT_CAP = 200
 """Rows kept in ``status.metrics.runs`` (about 300 bytes each: far below etcd's object limit)."""
@@ -117,17 +125,43 @@ def best_runs(rows: Sequence[ExperimentRunRow]) -> dict[str, str]:
     return best
 
 
+def _search_spec(search: Any) -> SearchSpec | None:
+    if not isinstance(search, Mapping):
+        return None
+    try:
+        return SearchSpec.model_validate(dict(search))
+    except ValidationError:
+        return None
+
+
 def rollup(
-    runs: Sequence[Mapping[str, Any]], *, cap: int, now: str, sweep: Any = None
+    runs: Sequence[Mapping[str, Any]],
+    *,
+    cap: int,
+    now: str,
+    sweep: Any = None,
+    search: Any = None,
+    created: Collection[str] = (),
 ) -> ExperimentMetrics:
     """``status.metrics`` of an Experiment from its child runs (see the module doc).
 
     ``runs`` are BenchmarkRun bodies in any order; rows come out in sweep order (of ``sweep``,
     the Experiment's raw ``spec.sweep``, when given: see
-    :func:`~benchop.core.children.order_children`). ``cap`` >= 1.
+    :func:`~benchop.core.children.order_children`). ``cap`` >= 1. With ``search`` (the raw
+    ``spec.search``) the rows are in load order and ``search`` holds the SLO search's summary
+    (:func:`~benchop.core.search.search_summary`; ``created``: the point keys of every probe
+    ever created, so one deleted by hand counts as failed, as the reconciler counts it).
     """
     if cap < 1:
         raise ValueError(f"cap must be >= 1, got {cap}")
+    summary = None
+    slo_search = _search_spec(search)
+    if slo_search is not None:
+        path = slo_search.path
+        loads = sorted({v for v in (probe_value(r, slo_search) for r in runs) if v is not None})
+        sweep = [{"path": path, "values": loads}]
+        keys = set(created)
+        summary = search_summary(runs, slo_search, gone=lambda v: point_key({path: v}) in keys)
     rows = [run_row(run) for run in order_children(runs, sweep)]
     best = best_runs(rows)
     capped = len(rows) > cap
@@ -139,7 +173,12 @@ def rollup(
             keep.add(row.name)
         rows = [row for row in rows if row.name in keep]
     return ExperimentMetrics(
-        version=METRICS_VERSION, refreshed_at=now, capped=capped, runs=rows, best=best
+        version=METRICS_VERSION,
+        refreshed_at=now,
+        capped=capped,
+        runs=rows,
+        best=best,
+        search=summary,
     )
 
 
@@ -187,5 +226,13 @@ async def read_rollup(
     uid = (experiment.get("metadata") or {}).get("uid")
     if uid:
         children = [c for c in children if owned_by(c, uid)]
-    sweep = (experiment.get("spec") or {}).get("sweep")
-    return rollup(children, cap=cap, now=now or now_rfc3339(), sweep=sweep), "hydrated"
+    spec = experiment.get("spec") or {}
+    metrics = rollup(
+        children,
+        cap=cap,
+        now=now or now_rfc3339(),
+        sweep=spec.get("sweep"),
+        search=spec.get("search"),
+        created=parse_created(experiment),
+    )
+    return metrics, "hydrated"

@@ -1,20 +1,25 @@
-"""``benchop run FILE``: a BenchmarkRun or an Experiment, locally, without a cluster.
+"""``benchop run FILE``: BenchmarkRuns and Experiments, locally, without a cluster.
 
     benchop run examples/run.yaml                  # mock server, simulated GPUs
-    benchop run examples/run.yaml --output status.yaml
+    benchop run examples/run.yaml --output-file status.yaml
+    benchop run examples/run.yaml -o yaml          # the resource with its status on stdout
     benchop run examples/experiment.yaml           # the sweep, one run after another
+    benchop run examples/slo-search.yaml           # an SLO search, probe after probe
+    benchop run several.yaml                       # `---` separated resources, in file order
 
-Prints the ``kubectl get benchmarkruns -o wide`` row(s) and the detailed
-results; ``--output`` writes the resource with the status the operator would
-have written. Exit code 0 when every run succeeded, 1 when one failed, 2 for
-a file that is not a valid BenchmarkRun or Experiment (the message names the
-field).
+Prints the ``kubectl get benchmarkruns -o wide`` row(s) and the detailed results of each
+resource (``-o yaml|json``: the resources with the status the operator would have written
+instead); ``--output-file`` also writes them to a file (YAML). Exit code 0 when every resource
+succeeded, 1 when one failed, 2 for a usage error: a file that is not valid YAML (file:line), a
+document that is not a valid BenchmarkRun or Experiment (the message names the field), or an
+``--output-file`` whose directory does not exist — all refused before anything runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -24,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 from rich.console import Console
 
 from benchop.api.conditions import now_rfc3339
@@ -32,22 +36,39 @@ from benchop.api.models import (
     BenchmarkRun,
     Experiment,
     ExperimentMetrics,
-    format_validation_error,
-    load_manifest,
+    Results,
     to_wire,
 )
 from benchop.core.children import build_child_run, child_phase, plan_sweep, should_stop
 from benchop.core.lifecycle import experiment_progressed
 from benchop.core.rollup import DEFAULT_CAP, rollup
-from benchop.local.session import LocalOptions, LocalOutcome, run_benchmark
+from benchop.local.manifests import Manifest, ManifestError, load_manifests
+from benchop.local.search import parent_body, resource, run_search, search_status
+from benchop.local.session import LocalOptions, LocalOutcome, run_benchmark, shared_mock
 from benchop.mockserver import MockConfig
-from benchop.report import BENCHMARKRUN_COLUMNS, experiment_table, printer_table, results_table
+from benchop.report import (
+    BENCHMARKRUN_COLUMNS,
+    experiment_table,
+    printer_table,
+    results_table,
+    search_table,
+)
+
+FORMATS = ("table", "yaml", "json")
+LOCAL_MOCK_CAPACITY = 8
+"""The built-in mock server's capacity in local runs (``--mock-capacity``): a sweep saturates
+and an SLO search finds a knee, as against a real server (``benchop mock-server``: unlimited)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("file", type=Path, help="a BenchmarkRun or Experiment manifest (YAML)")
-    a("--output", "-o", type=Path, help="write the resource with its final status here (YAML)")
+    a("file", type=Path, help="BenchmarkRun and Experiment manifests (YAML; `---` between several)")
+    a("-o", "--output", choices=FORMATS, default="table",
+      help="stdout: result tables (default), or the resources with their final status as "
+      "yaml or json (progress stays on stderr)")  # fmt: skip
+    a("--output-file", type=Path, metavar="PATH",
+      help="also write the resources with their final status to PATH (YAML); its directory "
+      "must exist")  # fmt: skip
     a("--results-dir", type=Path, help="keep worker records and snapshots here (default: temp)")
     a("--gpu-backend", choices=["auto", "nvml", "simulated"], default="auto",
       help="GPU reader of the local agent; auto falls back to simulated, loudly")  # fmt: skip
@@ -56,51 +77,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-live", action="store_true", help="no live progress display")
     a("--mock-ttft", type=float, default=0.02, help="mock server time to first token, s")
     a("--mock-itl", type=float, default=0.005, help="mock server inter-token latency, s")
+    a("--mock-capacity", type=int, default=LOCAL_MOCK_CAPACITY,
+      help="streams the mock server serves at full speed; beyond, every stream slows in "
+      "proportion, like a server with a full batch (0: unlimited; default %(default)s)",
+    )  # fmt: skip
     a("--secrets-dir", type=Path, default=os.environ.get("BENCHOP_SECRETS_DIR") or None,
       help="the spec's Secrets as DIR/<secret>/<key> files (env BENCHOP_SECRETS_DIR)")  # fmt: skip
 
 
-def load_file(path: Path) -> BenchmarkRun | Experiment:
-    """The manifest in ``path``; ValueError with a message naming the field otherwise."""
-    try:
-        data: Any = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a BenchmarkRun or Experiment manifest (a mapping)")
-    try:
-        return load_manifest(data)
-    except ValidationError as exc:
-        raise ValueError(f"{path}: invalid manifest:\n{format_validation_error(exc)}") from None
-
-
-def _resource(run: BenchmarkRun, outcome: LocalOutcome) -> dict[str, Any]:
-    doc = to_wire(run)
-    doc["status"] = outcome.status
-    return doc
+def check_output_file(path: Path | None) -> str | None:
+    """Why ``path`` cannot take the output (checked before the run, not after), or None."""
+    if path is None:
+        return None
+    parent = path.parent
+    if path.is_dir():
+        return f"--output-file {path}: is a directory"
+    if not parent.is_dir():
+        return f"--output-file {path}: directory {parent} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"--output-file {path}: not writable"
+    return None
 
 
 async def _run_experiment(
     exp: Experiment, opts: LocalOptions
 ) -> list[tuple[BenchmarkRun, LocalOutcome]]:
-    """The sweep in order, one run at a time, children built as the operator builds them."""
-    body = to_wire(exp)
-    body["metadata"].setdefault("namespace", "default")
-    body["metadata"].setdefault("uid", "local")
-    name = body["metadata"].setdefault("name", "experiment")
+    """The sweep in order, one run at a time, children built as the operator builds them,
+    against one mock server (unless the template has a URL)."""
+    body = parent_body(exp)
+    name = body["metadata"]["name"]
     done: list[tuple[BenchmarkRun, LocalOutcome]] = []
     failures = 0
     points = exp.spec.points()
-    for i, (params, spec) in enumerate(points):
-        label = ", ".join(f"{k}={v}" for k, v in params.items())
-        opts.console.rule(f"{name}: run {i + 1}/{len(points)} ({label})")
-        run = BenchmarkRun.model_validate(build_child_run(body, index=i, params=params, spec=spec))
-        outcome = await run_benchmark(run, replace(opts, results_dir=opts.results_dir / f"run-{i}"))
-        done.append((run, outcome))
-        failures += not outcome.succeeded
-        if should_stop(exp.spec, failures):
-            opts.console.print(f"[red]{name}: sweep stopped after {failures} failure(s)[/red]")
-            break
+    needed = any(not s.target.endpoints for _, s in points)
+    model = exp.spec.template.target.model
+    async with shared_mock(opts, needed=needed, model=model) as opts:
+        for i, (params, spec) in enumerate(points):
+            label = ", ".join(f"{k}={v}" for k, v in params.items())
+            opts.console.rule(f"{name}: run {i + 1}/{len(points)} ({label})")
+            child = build_child_run(body, index=i, params=params, spec=spec)
+            run = BenchmarkRun.model_validate(child)
+            outcome = await run_benchmark(
+                run, replace(opts, results_dir=opts.results_dir / f"run-{i}")
+            )
+            done.append((run, outcome))
+            failures += not outcome.succeeded
+            if should_stop(exp.spec, failures):
+                opts.console.print(f"[red]{name}: sweep stopped after {failures} failure(s)[/red]")
+                break
     return done
 
 
@@ -115,17 +139,76 @@ def _experiment_status(exp: Experiment, children: list[dict[str, Any]]) -> dict[
     return status
 
 
+def _report(out: Console, manifest: Manifest, docs: list[dict[str, Any]]) -> None:
+    """The tables of one resource: results or the comparison, then the runs' printer rows."""
+    if isinstance(manifest, BenchmarkRun):
+        run_doc = docs[0]
+        results = (run_doc.get("status") or {}).get("results")
+        if results is not None:
+            name = run_doc["metadata"].get("name") or "local-run"
+            out.print(
+                results_table(Results.model_validate(results), title=f"{name}: results (profiling)")
+            )
+        runs = docs
+    else:
+        exp_doc, *runs = docs
+        metrics = ExperimentMetrics.model_validate(exp_doc["status"]["metrics"])
+        out.print(experiment_table(metrics, title=f"{exp_doc['metadata'].get('name')}: comparison"))
+        if metrics.search is not None:
+            out.print(search_table(metrics.search))
+    out.print(printer_table(runs, BENCHMARKRUN_COLUMNS, title="kubectl get benchmarkruns -o wide"))
+    for doc in docs:
+        cond = _condition(doc, "Succeeded")
+        if cond and cond.get("status") == "False":
+            name = doc["metadata"].get("name")
+            out.print(
+                f"[red]{name} failed: {cond['reason']}: {cond['message']}[/red]", highlight=False
+            )
+
+
+def _condition(doc: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    conds = (doc.get("status") or {}).get("conditions") or []
+    return next((x for x in conds if x.get("type") == type_), None)
+
+
+async def _run_one(manifest: Manifest, opts: LocalOptions) -> list[dict[str, Any]]:
+    """Run one resource; its doc(s) with final status: ``[run]`` or ``[experiment, *runs]``."""
+    if isinstance(manifest, BenchmarkRun):
+        return [resource(manifest, await run_benchmark(manifest, opts))]
+    exp_doc = to_wire(manifest)
+    if manifest.spec.search is not None:
+        resources = [resource(r, o) for r, o in await run_search(manifest, opts)]
+        exp_doc["status"] = search_status(manifest, resources)
+    else:
+        resources = [resource(r, o) for r, o in await _run_experiment(manifest, opts)]
+        exp_doc["status"] = _experiment_status(manifest, resources)
+    return [exp_doc, *resources]
+
+
+def _print_docs(fmt: str, docs: list[dict[str, Any]]) -> None:
+    if fmt == "yaml":
+        sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+    else:  # json: one object, or a List of several, as kubectl prints them
+        body = docs[0] if len(docs) == 1 else {"apiVersion": "v1", "kind": "List", "items": docs}
+        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     out = Console(width=None if sys.stdout.isatty() else 250)  # piped: no 80-col "moc…"
     err = Console(stderr=True)
     try:
-        manifest = load_file(args.file)
-    except ValueError as exc:
-        err.print(f"benchop run: {exc}", markup=False)
+        manifests = load_manifests(args.file)
+    except ManifestError as exc:  # plain lines (rich would wrap paths): greppable, clickable
+        print(f"benchop run: {exc}", file=sys.stderr)
         return 2
-    if args.gpus < 1:
-        err.print("benchop run: --gpus must be >= 1")
+    problem = check_output_file(args.output_file)
+    if problem is None and args.gpus < 1:
+        problem = "--gpus must be >= 1"
+    if problem is None and args.mock_capacity < 0:
+        problem = "--mock-capacity must be >= 0 (0: unlimited)"
+    if problem is not None:
+        print(f"benchop run: {problem}", file=sys.stderr)
         return 2
     tmp = None
     if args.results_dir is None:
@@ -139,44 +222,37 @@ def run(args: argparse.Namespace) -> int:
         gpus=args.gpus,
         agent=not args.no_agent,
         live=not args.no_live and err.is_terminal,
-        mock=MockConfig(ttft=args.mock_ttft, itl=args.mock_itl),
+        mock=MockConfig(ttft=args.mock_ttft, itl=args.mock_itl, capacity=args.mock_capacity),
         console=err,
         secrets_dir=Path(args.secrets_dir) if args.secrets_dir else None,
     )
+    all_docs: list[dict[str, Any]] = []
+    ok = True
     try:
-        if isinstance(manifest, BenchmarkRun):
-            pairs = [(manifest, asyncio.run(run_benchmark(manifest, opts)))]
-        else:
-            pairs = asyncio.run(_run_experiment(manifest, opts))
+        for i, manifest in enumerate(manifests):
+            name = manifest.metadata.name or ""
+            if len(manifests) > 1:  # each resource in its own results directory
+                err.rule(f"{i + 1}/{len(manifests)}: {manifest.kind} {name}")
+                mine = replace(opts, results_dir=results_dir / (name or f"doc-{i}"))
+            else:
+                mine = opts
+            docs = asyncio.run(_run_one(manifest, mine))
+            ok = ok and docs[0]["status"].get("phase") == "Succeeded"
+            all_docs += docs
+            if args.output == "table":
+                _report(out, manifest, docs)
     except KeyboardInterrupt:
         err.print("benchop run: interrupted")
         return 130
     finally:
         if tmp is not None:
             tmp.cleanup()
-    resources = [_resource(run, outcome) for run, outcome in pairs]
-    if isinstance(manifest, BenchmarkRun) and pairs[0][1].results is not None:
-        outcome = pairs[0][1]
-        assert outcome.results is not None
-        out.print(results_table(outcome.results, title=f"{outcome.name}: results (profiling)"))
-    docs = resources
-    if isinstance(manifest, Experiment):
-        exp_doc = to_wire(manifest)
-        exp_doc["status"] = _experiment_status(manifest, resources)
-        metrics = ExperimentMetrics.model_validate(exp_doc["status"]["metrics"])
-        out.print(experiment_table(metrics, title=f"{exp_doc['metadata'].get('name')}: comparison"))
-        docs = [exp_doc, *resources]
-    out.print(
-        printer_table(resources, BENCHMARKRUN_COLUMNS, title="kubectl get benchmarkruns -o wide")
-    )
-    for _, outcome in pairs:
-        if not outcome.succeeded:
-            cond = next(x for x in outcome.status["conditions"] if x["type"] == "Succeeded")
-            out.print(f"[red]{outcome.name} failed: {cond['reason']}: {cond['message']}[/red]")
-    if args.output is not None:
-        args.output.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-        err.print(f"status written to {args.output}")
-    return 0 if all(o.succeeded for _, o in pairs) else 1
+    if args.output != "table":
+        _print_docs(args.output, all_docs)
+    if args.output_file is not None:
+        args.output_file.write_text(yaml.safe_dump_all(all_docs, sort_keys=False))
+        print(f"status written to {args.output_file}", file=sys.stderr)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -78,6 +78,8 @@ class LocalOptions:
     mock: MockConfig = field(default_factory=MockConfig)
     console: Console = field(default_factory=lambda: Console(stderr=True))
     secrets_dir: Path | None = None
+    mock_url: str | None = None
+    """A mock server already running (:func:`shared_mock`): runs without a URL use it."""
 
 
 @dataclass
@@ -112,10 +114,33 @@ class _Status:
 
 
 @contextlib.asynccontextmanager
+async def shared_mock(
+    opts: LocalOptions, needed: bool = True, model: str | None = None
+) -> AsyncIterator[LocalOptions]:
+    """``opts`` with one mock server for several runs (an Experiment's runs share it, as they
+    would share one real server), serving ``model``; ``needed`` False (every run has a URL):
+    ``opts`` as is."""
+    if not needed or opts.mock_url is not None:
+        yield opts
+        return
+    config = opts.mock if model is None else replace(opts.mock, model=model)
+    proc, url = await asyncio.to_thread(spawn_mock_server_process, config)
+    try:
+        yield replace(opts, mock_url=url, mock=config)
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait)
+
+
+@contextlib.asynccontextmanager
 async def _target(spec: BenchmarkRunSpec, opts: LocalOptions) -> AsyncIterator[str | None]:
-    """None when the spec names its target; else the URL of a mock server serving its model."""
+    """None when the spec names its target; else a mock server's URL: the shared one, or one
+    of its own serving the spec's model (the preflight checks the model list)."""
     if spec.target.endpoints:
         yield None
+        return
+    if opts.mock_url is not None:
+        yield opts.mock_url
         return
     config = replace(opts.mock, model=spec.target.model)
     proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, config)

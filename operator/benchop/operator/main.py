@@ -43,6 +43,10 @@ from benchop.operator.snapshots import SnapshotCollector
 
 LOADGEN_LABELS: dict[str, Any] = {RUN_LABEL: kopf.PRESENT, COMPONENT_LABEL: LOADGEN}
 CHILD_LABELS: dict[str, Any] = {EXPERIMENT_LABEL: kopf.PRESENT}
+FAILED_CREATE = "involvedObject.kind=Job,reason=FailedCreate"
+"""The only events the operator receives: a Job controller could not create a pod."""
+LIST_CHUNK = 500
+"""Objects per page of the LIST that starts each watch (client-go's pager default)."""
 
 
 def _services(memo: Any) -> runs.Services:
@@ -64,6 +68,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = ours.watch_server_timeout
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.connect_timeout = ours.connect_timeout
+    # Only load-generator pods and Jobs reach the operator, filtered by the apiserver: a
+    # handler's `labels=` filters client-side, after every pod of the cluster was sent.
+    loadgen = f"{COMPONENT_LABEL}={LOADGEN},{RUN_LABEL}"
+    settings.watching.label_selectors["", "v1", "pods"] = loadgen
+    settings.watching.label_selectors["batch", "v1", "jobs"] = loadgen
+    settings.watching.field_selectors["", "v1", "events"] = FAILED_CREATE
+    settings.watching.chunk_size = LIST_CHUNK  # the first LIST of each watch, paginated
     settings.networking.request_timeout = ours.request_timeout
     settings.networking.connect_timeout = ours.connect_timeout
     settings.peering.standalone = ours.peering is None
@@ -172,13 +183,11 @@ async def benchmarkrun_create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
             {"metadata": dict(body.metadata), "spec": dict(body.spec)}
         )
         runs.check_operator_rules(run)
-    except ValidationError as e:
-        message = format_validation_error(e)
+    except (ValidationError, runs.InvalidRun) as e:
+        message = format_validation_error(e) if isinstance(e, ValidationError) else str(e)
         await runs.reject_run(services, body, message)
+        kopf.warn(body, reason="InvalidSpec", message=message)  # `kubectl describe` shows it
         raise kopf.PermanentError(f"invalid spec: {message}") from None
-    except runs.InvalidRun as e:
-        await runs.reject_run(services, body, str(e))
-        raise kopf.PermanentError(f"invalid spec: {e}") from None
     await runs.reconcile_run(services, body, run)
 
 
@@ -209,6 +218,12 @@ async def worker_pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, *
     await runs.observe_pod(_services(memo), body, type)
 
 
+@kopf.on.event("", "v1", "events", when=_reconciling_runs)
+async def job_failed_create_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A Job could not create a pod (the only events that arrive: :data:`FAILED_CREATE`)."""
+    runs.observe_failed_create(_services(memo), body)
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=LOADGEN_LABELS, when=_reconciling_runs)
 async def loadgen_job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The loadgen Job changed (Complete / Failed)."""
@@ -228,6 +243,7 @@ async def experiment_reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> No
             memo.experiments, body.metadata["namespace"], body.metadata["name"]
         )
     except experiments.InvalidExperiment as e:
+        kopf.warn(body, reason="InvalidSpec", message=str(e))
         raise kopf.PermanentError(f"invalid spec: {e}") from None
 
 

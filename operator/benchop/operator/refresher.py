@@ -42,7 +42,7 @@ import kopf
 
 from benchop.api.conditions import now_rfc3339
 from benchop.api.models import to_wire
-from benchop.core.children import owned_by
+from benchop.core.children import owned_by, parse_created
 from benchop.core.lifecycle import merge_diff
 from benchop.core.names import EXPERIMENT_LABEL, experiment_label_value
 from benchop.core.rollup import DEFAULT_CAP, cached_rollup, rollup, same_rollup
@@ -181,9 +181,16 @@ class Refresher:
         if exp is None or meta.get("deletionTimestamp"):
             return True
         uid = str(meta.get("uid") or "")
-        sweep = (exp.get("spec") or {}).get("sweep")
+        spec = exp.get("spec") or {}
         owned = [c for c in children if owned_by(c, uid)]
-        new = rollup(owned, cap=self.cap, now=self._now(), sweep=sweep)
+        new = rollup(
+            owned,
+            cap=self.cap,
+            now=self._now(),
+            sweep=spec.get("sweep"),
+            search=spec.get("search"),
+            created=parse_created(exp),
+        )
         old = cached_rollup(exp)
         if old is not None and same_rollup(old, new):
             return True

@@ -52,9 +52,10 @@ class OperatorSettings:
     # unless spec.activeDeadlineSeconds says otherwise (then that plus a grace).
     default_deadline_s: float = 6 * 3600.0
     deadline_grace_s: float = 60.0
-    # Pods unschedulable or failing to pull their image for this long fail the run (other
-    # stuck states, OOMKilled and a crash loop past the backoff, fail it at once).
-    stuck_after_s: float = 120.0
+    # Pods unschedulable or failing to pull their image, or a Job failing to create its pods
+    # (quota, LimitRange, admission), for this long fail the run (other stuck states,
+    # OOMKilled and a crash loop past the backoff, fail it at once).
+    stuck_after_s: float = 60.0
     # How long to wait for COMPLETE snapshots after the Job completed before falling back.
     complete_wait_s: float = 5.0
     # kopf timeouts (seconds).

@@ -7,7 +7,7 @@ Label selectors follow the apimachinery string syntax::
 
 Field selectors support ``=``, ``==`` and ``!=`` on a fixed set of fields (the
 ones the API server supports for every resource plus ``spec.nodeName`` and
-``status.phase`` for pods, ``involvedObject.*`` for events). Unknown fields
+``status.phase`` for pods, ``involvedObject.*``, ``reason`` and ``type`` for events). Unknown fields
 raise ``SelectorError`` like the API server's "field label not supported".
 """
 
@@ -30,6 +30,8 @@ FIELDS = frozenset(
         "involvedObject.name",
         "involvedObject.namespace",
         "involvedObject.uid",
+        "reason",
+        "type",
     }
 )
 

@@ -45,7 +45,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 from pydantic import ValidationError
@@ -60,6 +60,7 @@ from benchop.api.models import (
 )
 from benchop.api.sweep import set_path, sweep_points
 from benchop.core.children import (
+    Plan,
     build_child_run,
     child_counts,
     child_params,
@@ -75,6 +76,7 @@ from benchop.core.children import (
 from benchop.core.lifecycle import experiment_progressed, experiment_rejected, is_terminal
 from benchop.core.names import CREATED_ANNOTATION, EXPERIMENT_KIND, TERMINAL_PHASES
 from benchop.core.rollup import run_row
+from benchop.core.search import probe_value, probes_of, search_plan, search_step
 from benchop.core.selectors import experiment_selector
 from benchop.operator.k8s import BENCHMARKRUN, EXPERIMENT, Body, Conflict, KubeApi, object_meta
 from benchop.operator.refresher import Refresher
@@ -165,7 +167,18 @@ def validate_spec(spec: Mapping[str, Any]) -> tuple[ExperimentSpec, list[Point]]
     try:
         exp = ExperimentSpec.model_validate(dict(spec))
     except ValidationError as e:
-        return "\n".join(f"spec.{line}" for line in format_validation_error(e).splitlines())
+        lines = format_validation_error(e).splitlines()
+        return "\n".join(
+            "spec" + line.removeprefix("<root>") if line.startswith("<root>:") else f"spec.{line}"
+            for line in lines
+        )
+    if exp.sweep is None:  # a search: its probes come one at a time, min and max were checked
+        if exp.template.target.url is None:
+            return (
+                "spec.template.target.url: required in a cluster (only local mode has a "
+                "built-in mock server)"
+            )
+        return exp, []
     size = math.prod(len(axis.values) for axis in exp.sweep)
     if size > MAX_POINTS:
         return f"spec.sweep: {size} runs in the cartesian product, at most {MAX_POINTS}"
@@ -266,6 +279,9 @@ async def _reconcile(services: ExperimentServices, body: Body) -> None:
         await _reject(services, body, c.REASON_INVALID_SPEC, valid, now, kids)
         raise InvalidExperiment(valid)
     spec, points = valid
+    if spec.search is not None:
+        await _reconcile_search(services, body, spec, kids, now)
+        return
     index_of = {point_key(params): i for i, (params, _) in enumerate(points)}
     phases: dict[int, str] = {}
     taken: dict[str, str] = {}  # child name -> point key, for naming new children
@@ -275,14 +291,7 @@ async def _reconcile(services: ExperimentServices, body: Body) -> None:
         taken[kid["metadata"]["name"]] = key
         index = index_of.get(key)
         if index is None or not _same_spec(kid, points[index][1]):
-            message = (
-                f"spec: run {kid['metadata']['name']} ({params_json(child_params(kid))}) already "
-                "exists with another spec or params not in the sweep; an Experiment's points "
-                "cannot change once their runs exist (delete and re-create the Experiment for a "
-                "new sweep)"
-            )
-            await _reject(services, body, REASON_SPEC_CHANGED, message, now, kids)
-            raise InvalidExperiment(message)
+            await _spec_changed(services, body, kid, now, kids)
         phases[index] = child_phase(kid)
     recorded = parse_created(body)
     created = {index_of[k] for k in recorded if k in index_of}
@@ -292,21 +301,63 @@ async def _reconcile(services: ExperimentServices, body: Body) -> None:
         if _deleting(services, body):
             return
         params, run_spec = points[index]
-        child_name = pick_child_name(name, index, params, taken)
-        child = build_child_run(body, index=index, params=params, spec=run_spec, name=child_name)
-        made = await services.api.create(BENCHMARKRUN, namespace, child)
-        if not owned_by(made, uid):  # an older namesake's run, not yet garbage-collected
-            log.warning(
-                "experiment %s/%s: run %s exists, owned by another; retried later",
-                namespace,
-                name,
-                child_name,
-            )
-            continue
-        taken[child_name] = point_key(params)
-        keys.add(point_key(params))
-        services.created += 1
-        log.info("experiment %s/%s: created run %s", namespace, name, child_name)
+        if await _create_child(services, body, index, params, run_spec, taken):
+            keys.add(point_key(params))
+    await _progressed(services, body, recorded, keys, plan, now)
+
+
+async def _spec_changed(
+    services: ExperimentServices, body: Body, kid: Body, now: str, kids: list[Body]
+) -> NoReturn:
+    """Refuse a spec whose points no longer match a child that exists (``SpecChanged``)."""
+    message = (
+        f"spec: run {kid['metadata']['name']} ({params_json(child_params(kid))}) already "
+        "exists with another spec or params not in the sweep; an Experiment's points "
+        "cannot change once their runs exist (delete and re-create the Experiment for a "
+        "new sweep)"
+    )
+    await _reject(services, body, REASON_SPEC_CHANGED, message, now, kids)
+    raise InvalidExperiment(message)
+
+
+async def _create_child(
+    services: ExperimentServices,
+    body: Body,
+    index: int,
+    params: dict[str, Any],
+    run_spec: BenchmarkRunSpec,
+    taken: dict[str, str],
+) -> bool:
+    """Create the child of ``params`` (idempotent); False when an older namesake holds its name.
+    ``taken`` (child name -> point key) gets the new child."""
+    namespace, name, uid, _ = object_meta(body)
+    child_name = pick_child_name(name, index, params, taken)
+    child = build_child_run(body, index=index, params=params, spec=run_spec, name=child_name)
+    made = await services.api.create(BENCHMARKRUN, namespace, child)
+    if not owned_by(made, uid):  # an older namesake's run, not yet garbage-collected
+        log.warning(
+            "experiment %s/%s: run %s exists, owned by another; retried later",
+            namespace,
+            name,
+            child_name,
+        )
+        return False
+    taken[child_name] = point_key(params)
+    services.created += 1
+    log.info("experiment %s/%s: created run %s", namespace, name, child_name)
+    return True
+
+
+async def _progressed(
+    services: ExperimentServices,
+    body: Body,
+    recorded: set[str],
+    keys: set[str],
+    plan: Plan,
+    now: str,
+) -> None:
+    """Record the created points (if new ones), then write counts, conditions and phase."""
+    generation = object_meta(body).generation
     if keys != recorded:
         patched = await record_created(services.api, body, keys)
         if patched is None:
@@ -315,6 +366,45 @@ async def _reconcile(services: ExperimentServices, body: Body) -> None:
     await status_writer(services.api, body).update(
         lambda st: experiment_progressed(st, generation=generation, plan=plan, now=now)
     )
+
+
+async def _reconcile_search(
+    services: ExperimentServices, body: Body, spec: ExperimentSpec, kids: list[Body], now: str
+) -> None:
+    """One step of an SLO search: the pure :func:`~benchop.core.search.search_step` over the
+    probes so far says which load to probe next (one at a time) or that the search ended."""
+    search = spec.search
+    assert search is not None
+    uid = object_meta(body).uid
+    ours = [kid for kid in kids if owned_by(kid, uid)]
+    taken: dict[str, str] = {}
+    for kid in ours:
+        params = child_params(kid)
+        taken[kid["metadata"]["name"]] = point_key(params)
+        value = probe_value(kid, search)
+        if value is None or set(params) != {search.path} or not _same_probe(kid, spec, value):
+            await _spec_changed(services, body, kid, now, kids)
+    recorded = parse_created(body)
+    step = search_step(
+        search, probes_of(ours, search), gone=lambda v: point_key({search.path: v}) in recorded
+    )
+    plan = search_plan(step, [child_phase(kid) for kid in ours])
+    keys = recorded | set(taken.values())
+    if step.next is not None:
+        if _deleting(services, body):
+            return
+        params, run_spec = spec.probe(step.next)
+        if await _create_child(services, body, step.probes, params, run_spec, taken):
+            keys.add(point_key(params))
+    await _progressed(services, body, recorded, keys, plan, now)
+
+
+def _same_probe(kid: Mapping[str, Any], spec: ExperimentSpec, value: int | float) -> bool:
+    try:
+        expected = spec.probe(value)[1]
+    except ValidationError:
+        return False
+    return _same_spec(kid, expected)
 
 
 async def record_created(api: KubeApi, body: Body, keys: set[str]) -> Body | None:

@@ -46,6 +46,8 @@ from benchop.core import lifecycle
 from benchop.core.gaterecords import profiling_window
 from benchop.core.gpuwindow import gpu_from_status
 from benchop.core.names import (
+    API_VERSION,
+    BENCHMARKRUN_KIND,
     RUN_NAME_ANNOTATION,
     loadgen_job_name,
     owner_reference,
@@ -141,6 +143,8 @@ class RunContext:
     next_resync: float = 0.0  # monotonic; 0: re-read pods and Job at the first pass
     messages: dict[int, str] = field(default_factory=dict)  # termination messages of pods gone
     parsed: dict[int, tuple[str, MetricsSnapshot | None]] = field(default_factory=dict)
+    refused_since: float | None = None  # monotonic; the Job's pod creation is being refused
+    refused_message: str = ""  # the latest FailedCreate event's message
     done: bool = False
     gpu: RunGpuStats | None = field(init=False)  # Prometheus GPU stats (spec.prometheus.url)
 
@@ -356,6 +360,29 @@ async def observe_job(services: Services, job: Mapping[str, Any]) -> None:
     ctx.wake.set()
 
 
+def observe_failed_create(services: Services, event: Mapping[str, Any]) -> None:
+    """A Job could not create a pod (ResourceQuota, LimitRange, Pod Security admission, a
+    missing ServiceAccount): the Job controller says so only in a FailedCreate event on the
+    Job. If it is a run's, the run fails after ``stuck_after_s`` unless its pods appear."""
+    involved = event.get("involvedObject") or {}
+    namespace, job = involved.get("namespace"), involved.get("name")
+    ctx = next(
+        (
+            c
+            for c in services.runs.values()
+            if c.namespace == namespace and loadgen_job_name(c.name) == job
+        ),
+        None,
+    )
+    when = parse_time(event.get("lastTimestamp") or event.get("eventTime"))
+    if ctx is None or when is None or when < ctx.started_at - 1:  # another run's, or older
+        return
+    ctx.refused_message = str(event.get("message") or "")
+    if ctx.refused_since is None:
+        ctx.refused_since = time.monotonic()
+    ctx.wake.set()
+
+
 async def resync(services: Services, ctx: RunContext) -> None:
     """Read the run's pods and Job directly (after a restart, or if a watch event was missed)."""
     pods = await services.api.list(POD, ctx.namespace, labels=run_selector(ctx.name))
@@ -438,7 +465,11 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     now = now_rfc3339()
     gen = ctx.generation
     log.info("run %s failed: %s: %s", ctx.key, reason, message)
-    status = await ctx.writer.update(
+    # Before the status: once it says Failed, kopf stops this daemon (its `when` filter no
+    # longer matches) and cancels whatever request is still in flight.
+    await _stop_job(services, ctx)
+    kopf.warn(_event_target(ctx), reason=reason, message=message)  # `kubectl describe br`
+    await ctx.writer.update(
         lambda st: lifecycle.failed(
             st,
             generation=gen,
@@ -451,8 +482,17 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
         )
     )
     ctx.done = True
-    if status is not None:
-        await _stop_job(services, ctx)
+
+
+def _event_target(ctx: RunContext) -> kopf.Body:
+    """The run as kopf's event poster needs it (the event's involvedObject)."""
+    return kopf.Body(
+        {
+            "apiVersion": API_VERSION,
+            "kind": BENCHMARKRUN_KIND,
+            "metadata": {"name": ctx.name, "namespace": ctx.namespace, "uid": ctx.uid},
+        }
+    )
 
 
 async def _stop_job(services: Services, ctx: RunContext) -> None:
@@ -542,8 +582,8 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         msg = f"Job {loadgen_job_name(ctx.name)} failed: {ctx.job.message}".strip(": ")
         await _fail(services, ctx, ctx.job.reason, msg)
         return
-    # 2b. a worker ended the run early (its preflight failed, too many requests failed): its
-    #     snapshot or termination message says why; the others are stopped with the Job
+    # 3. a worker ended the run early (its preflight failed, too many requests failed): its
+    #    snapshot or termination message says why; the others are stopped with the Job
     abort = first_abort(
         [
             services.snapshots.complete(ctx.key),
@@ -554,10 +594,19 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
     if abort is not None:
         await _fail(services, ctx, abort[1].reason, abort_message(*abort))
         return
-    # 3. watchdog (before finishing: a finish that keeps failing must not outlive it)
+    # 4. the Job cannot create its pods (quota, LimitRange, admission, no ServiceAccount)
+    if ctx.refused_since is not None:
+        if len(ctx.pods) >= ctx.workers:
+            ctx.refused_since = None
+        elif now - ctx.refused_since >= settings.stuck_after_s:
+            job = loadgen_job_name(ctx.name)
+            message = f"Job {job} cannot create its worker pods: {ctx.refused_message}"
+            await _fail(services, ctx, "PodCreateFailed", message[:1000])
+            return
+    # 5. watchdog (before finishing: a finish that keeps failing must not outlive it)
     if await _watchdog(services, ctx):
         return
-    # 4. results: every worker COMPLETE, or the Job completed (then wait a little for COMPLETE).
+    # 6. results: every worker COMPLETE, or the Job completed (then wait a little for COMPLETE).
     #    While the Job runs, an interrupted COMPLETE is not final: an evicted worker's pod is
     #    replaced and the new one resumes.
     indexes = set(range(ctx.workers))
@@ -579,7 +628,7 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
             log.exception("run %s: final results failed", ctx.key)
             await _fail(services, ctx, "ResultsError", f"building the results: {e}"[:500])
         return
-    # 5. WorkersReady
+    # 7. WorkersReady
     running = {v.index for v in ctx.pods.values() if v.running and v.index is not None}
     finished_ok = {v.index for v in ctx.pods.values() if v.phase == "Succeeded"}
     warmup = ctx.spec.phases.warmup is not None
@@ -598,7 +647,7 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
                 st, generation=gen, running=len(running), workers=ctx.workers, warmup=warmup
             )
         )
-    # 6. live status, at most once per live interval and only when a snapshot is new; the
+    # 8. live status, at most once per live interval and only when a snapshot is new; the
     #    Prometheus GPU view goes into the same patch
     latest = services.snapshots.latest(ctx.key)
     seqs = {w: s.seq for w, s in latest.items()}
