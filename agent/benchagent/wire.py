@@ -12,36 +12,46 @@ nanoseconds, energy is integer millijoules (NVML's counter unit).
 
 from __future__ import annotations
 
-from typing import Literal
+import sys
+from typing import Annotated, Literal
 
 import msgspec
 
 Boundary = Literal["START", "END"]
 SnapshotState = Literal["LIVE", "DRAINING", "COMPLETE"]
 
+# Ranges checked when a frame is decoded: a value outside them makes the frame malformed
+# (counted and dropped by the codec) instead of a NaN, an infinity or an integer past int64
+# reaching status, which is JSON that the API server stores as int64.
+Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+"""A float that is a number (NaN and infinities are refused)."""
+NonNegative = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
 
 class GpuSample(msgspec.Struct, frozen=True, kw_only=True):
     """One reading of one GPU (NVML or simulated)."""
 
-    index: int
+    index: Count
     uuid: str
     name: str
-    timestamp_ns: int  # time.time_ns() when read
-    gpu_util_pct: float
-    mem_copy_util_pct: float
-    mem_used_bytes: int
-    mem_total_bytes: int
-    power_w: float
-    power_limit_w: float
-    energy_mj: int  # NVML total energy counter since driver load, millijoules
-    temperature_c: float
-    sm_clock_mhz: int
-    mem_clock_mhz: int
+    timestamp_ns: Int64  # time.time_ns() when read
+    gpu_util_pct: Finite
+    mem_copy_util_pct: Finite
+    mem_used_bytes: Count
+    mem_total_bytes: Count
+    power_w: Finite
+    power_limit_w: Finite
+    energy_mj: Count  # NVML total energy counter since driver load, millijoules
+    temperature_c: Finite
+    sm_clock_mhz: Count
+    mem_clock_mhz: Count
     error: str | None = None  # per-GPU read error; other fields are then zero
     # Integral of gpu_util_pct over time (%·s) since the agent's sampler started: a step
     # function of its ticks, extended to ``timestamp_ns``; None when unknown (old agents,
     # errors, not sampled yet). (END - START) / window is the window's mean utilisation.
-    util_integral_pct_s: float | None = None
+    util_integral_pct_s: Finite | None = None
 
 
 class BaselineRequest(msgspec.Struct, tag="BaselineRequest", tag_field="kind", kw_only=True):
@@ -111,13 +121,17 @@ class SeriesSummary(msgspec.Struct, kw_only=True):
     snapshots), which makes cross-worker percentiles exact.
     """
 
-    count: int = 0
+    count: Count = 0
     sum: int = 0
-    m2: float = 0.0
-    min: int = 0
-    max: int = 0
-    buckets: dict[int, int] = msgspec.field(default_factory=dict)
+    m2: Finite = 0.0
+    min: Int64 = 0
+    max: Int64 = 0
+    buckets: dict[Int64, Count] = msgspec.field(default_factory=dict)
     values: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.values is not None and len(self.values) % 8:
+            raise ValueError(f"values: {len(self.values)} bytes is not a whole number of int64")
 
 
 class WorkerAbort(msgspec.Struct, kw_only=True):
@@ -137,15 +151,15 @@ class MetricsSnapshot(msgspec.Struct, tag="MetricsSnapshot", tag_field="kind", k
     """
 
     run: str
-    worker: int
-    seq: int
+    worker: Count
+    seq: Count
     state: SnapshotState
     phase: str  # starting | warmup | profiling | done
-    time_ns: int
-    elapsed_s: float  # seconds since profiling started (0 before)
-    n_pending: int  # requests in flight
-    counters: dict[str, int] = msgspec.field(default_factory=dict)
-    gauges: dict[str, float] = msgspec.field(default_factory=dict)
+    time_ns: Int64
+    elapsed_s: NonNegative  # seconds since profiling started (0 before)
+    n_pending: Count  # requests in flight
+    counters: dict[str, Count] = msgspec.field(default_factory=dict)
+    gauges: dict[str, Finite] = msgspec.field(default_factory=dict)
     series: dict[str, SeriesSummary] = msgspec.field(default_factory=dict)
     interrupted: bool = False  # stopped by a signal before the phase's bound
     abort: WorkerAbort | None = None  # the worker ended the run early (every snapshot after)

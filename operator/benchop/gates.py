@@ -159,6 +159,11 @@ class GateCoordinator:
         self._server = None
         self._serve_task = None
 
+    @property
+    def malformed_frames(self) -> int:
+        """Frames that were not a message, counted and dropped (0 before ``start``)."""
+        return self._server.codec.decode_errors if self._server is not None else 0
+
     # ------------------------------------------------------------------ runs
 
     def register_run(

@@ -26,7 +26,9 @@ Behaviour, set by :class:`MockConfig` (also the flags of ``benchop mock-server``
 - Prompt tokens are counted as whitespace-separated words of the completions ``prompt`` (an
   integer in a token-id list counts as one) or of all chat message contents. The load
   generator builds prompts whose word count equals the requested token count, so
-  ``usage.prompt_tokens`` echoes it.
+  ``usage.prompt_tokens`` echoes it. With ``tokenizer`` (a ``tokenizer.json``: what
+  ``spec.workload.tokenizer`` gives the load generator), each text is counted by it instead
+  (special tokens and chat template not counted), as benchop counts what it sent.
 - Any ``model`` name is accepted and echoed; ``/v1/models`` lists ``config.model`` (local
   mode starts the mock with the run's model name, so the preflight check passes).
 - ``required_header`` (``"name: value"``, e.g. ``"x-api-key: s3cret"``): every ``/v1``
@@ -37,6 +39,9 @@ Behaviour, set by :class:`MockConfig` (also the flags of ``benchop mock-server``
   is aborted after 1..n-1 token chunks (no ``[DONE]``; non-streaming: no response at all),
   ``malformed_rate`` -> one token chunk is sent as truncated, unparsable JSON (the stream
   then continues to ``[DONE]``; non-streaming: a truncated JSON body).
+- ``api_key``: when set, a ``/v1`` request without ``Authorization: Bearer <key>`` is
+  answered 401, like a missing ``required_header`` (``benchop mock-server --api-key-env
+  NAME`` reads the key from the environment, never from the command line).
 
 Non-standard field: every chunk, and a non-streaming body, carries ``"benchop_sent_ns"``,
 ``time.time_ns()`` when the server built it, so a client on the same host measures receive
@@ -58,6 +63,7 @@ import contextlib
 import enum
 import itertools
 import json
+import os
 import random
 import signal
 import subprocess
@@ -65,7 +71,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, overload
 
 import msgspec
@@ -96,7 +102,7 @@ STATS_KEYS = (
     "completions",
     "models",  # GET /v1/models
     "ok",  # generation responses completed normally (including malformed ones)
-    "unauthorized",  # 401: the required header was missing or wrong
+    "unauthorized",  # 401: the required header or the API key was missing or wrong
     "bad_requests",  # 400
     "errors",  # injected 500
     "rate_limited",  # injected 429
@@ -122,7 +128,10 @@ class MockConfig:
     seed: int = 0
     model: str = "benchop-mock"
     required_header: str | None = None  # "name: value"
+    tokenizer: str | None = None  # a tokenizer.json that counts prompt tokens (else words)
     capacity: int = 0  # streams served at full speed; 0: unlimited
+    api_key: str | None = field(default=None, repr=False)
+    """When set, a ``/v1`` request without ``Authorization: Bearer <api_key>`` gets 401."""
 
     def __post_init__(self) -> None:
         if self.required_header is not None and ":" not in self.required_header:
@@ -178,22 +187,27 @@ class _Request(msgspec.Struct):
 _decode_request = msgspec.json.Decoder(_Request).decode
 
 
-def count_prompt_tokens(req: _Request) -> int:
-    """Whitespace-separated words of the prompt or of all message contents (ids count 1)."""
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def count_prompt_tokens(req: _Request, count: Callable[[str], int] = _words) -> int:
+    """Tokens of the prompt or of all message contents (ids count 1), each text counted by
+    ``count`` (default: whitespace-separated words)."""
     n = 0
     if req.messages is not None:
         for m in req.messages:
             if isinstance(m.content, str):
-                n += len(m.content.split())
+                n += count(m.content)
             elif m.content is not None:
-                n += sum(len(p.text.split()) for p in m.content if p.text)
+                n += sum(count(p.text) for p in m.content if p.text)
     prompt = req.prompt
     if isinstance(prompt, str):
-        n += len(prompt.split())
+        n += count(prompt)
     elif prompt is not None:
         for item in prompt:
             if isinstance(item, str):
-                n += len(item.split())
+                n += count(item)
             elif isinstance(item, list):
                 n += len(item)
             else:
@@ -416,6 +430,11 @@ class _Handlers:
         self.stats = stats
         self.rng = random.Random(config.seed)
         self.ids = itertools.count(1)
+        self.count: Callable[[str], int] = _words
+        if config.tokenizer is not None:
+            from benchop.loadgen.tokenizer import HfTokenizer  # the load generator's own rule
+
+            self.count = HfTokenizer.from_file(config.tokenizer).count
         self.in_flight = 0  # generation requests past planning, not yet answered
         created = int(time.time())
         self.models_body = json.dumps(
@@ -437,15 +456,21 @@ class _Handlers:
         return web.Response(text="ok")
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
-        """401 when ``required_header`` is configured and the request lacks it."""
+        """401 when the request lacks ``required_header`` or ``Authorization: Bearer
+        <api_key>`` (whichever are configured); every ``/v1`` route asks."""
+        message = None
         required = self.config.required_header
-        if required is None:
-            return None
-        name, _, value = required.partition(":")
-        if request.headers.get(name.strip()) == value.strip():
+        if required is not None:
+            name, _, value = required.partition(":")
+            if request.headers.get(name.strip()) != value.strip():
+                message = f"missing or wrong {name.strip()} header"
+        key = self.config.api_key
+        if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+            message = "invalid API key"
+        if message is None:
             return None
         self.stats["unauthorized"] += 1
-        body = _error_body(f"missing or wrong {name.strip()} header", "authentication_error", 401)
+        body = _error_body(message, "authentication_error", 401)
         return web.Response(status=401, body=body, content_type="application/json")
 
     async def models(self, request: web.Request) -> web.Response:
@@ -542,7 +567,7 @@ class _Handlers:
         rid = next(self.ids)
         model = req.model or self.config.model
         finish = "stop" if limit is None else "length"
-        prompt_tokens = count_prompt_tokens(req)
+        prompt_tokens = count_prompt_tokens(req, self.count)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             enc = ChunkEncoder(
@@ -726,10 +751,15 @@ def config_args(config: MockConfig) -> list[str]:
     """``benchop mock-server`` flags that reproduce ``config``."""
     args: list[str] = []
     for f in fields(config):
+        if f.name == "api_key":  # never on a command line: see spawn_mock_server_process
+            continue
         value = getattr(config, f.name)
         if value is not None:
             args += [f"--{f.name.replace('_', '-')}", str(value)]
     return args
+
+
+API_KEY_ENV = "BENCHOP_MOCK_API_KEY"
 
 
 def spawn_mock_server_process(
@@ -740,7 +770,11 @@ def spawn_mock_server_process(
     The caller owns the process: ``proc.terminate(); proc.wait()``.
     """
     cmd = [sys.executable, "-m", "benchop", "mock-server", "--host", host, "--port", "0"]
-    proc = subprocess.Popen(cmd + config_args(config), stdout=subprocess.PIPE, text=True)
+    env = None
+    if config.api_key is not None:  # through the environment, not argv (visible in ps)
+        cmd += ["--api-key-env", API_KEY_ENV]
+        env = {**os.environ, API_KEY_ENV: config.api_key}
+    proc = subprocess.Popen(cmd + config_args(config), stdout=subprocess.PIPE, text=True, env=env)
     stdout = proc.stdout
     assert stdout is not None
     lines: list[str] = []
@@ -775,8 +809,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--seed", type=int, default=d.seed, help="seed of the fault/jitter draws")
     a("--model", default=d.model, help="model name listed by /v1/models")
     a("--required-header", default=None, help="'name: value' every request must carry (else 401)")
+    a("--tokenizer", default=None, help="tokenizer.json counting prompt tokens (default: words)")
     a("--capacity", type=int, default=d.capacity,
       help="streams at full speed; more slow all in proportion (0: unlimited)")  # fmt: skip
+    a("--api-key-env", metavar="NAME",
+      help="require 'Authorization: Bearer <key>', the key from this env variable")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -794,7 +831,9 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             model=args.model,
             required_header=args.required_header,
+            tokenizer=args.tokenizer,
             capacity=args.capacity,
+            api_key=os.environ.get(args.api_key_env) if args.api_key_env else None,
         )
     except ValueError as exc:
         print(f"benchop mock-server: {exc}", file=sys.stderr)

@@ -92,20 +92,28 @@ def results_table(results: Results, *, title: str = "Results (profiling phase)")
     """Latency statistics, then throughput, goodput, GPU and client health of one run."""
     table = Table(title=title, title_justify="left")
     table.add_column("latency")
-    for col in ("p50", "p90", "p99", "mean", "std", "min", "max", "count"):
-        table.add_column(col, justify="right")
     series: list[tuple[str, LatencyStats | None]] = [
         ("TTFT ms", results.ttft_ms),
         ("ITL ms", results.itl_ms),
         ("TPOT ms", results.tpot_ms),
         ("E2E ms", results.e2e_ms),
     ]
+    extra: list[str] = []  # spec.report.percentiles beyond the four, as the status has them
+    for _, s in series:
+        for key in (s.percentiles or {}) if s is not None else ():
+            if key not in extra:
+                extra.append(key)
+    extra.sort(key=lambda k: float(k[1:]))
+    cols = ("p50", "p90", "p95", "p99", *extra, "mean", "std", "min", "max")
+    for col in (*cols, "count"):
+        table.add_column(col, justify="right")
     for name, s in series:
         if s is None:
-            table.add_row(name, *["-"] * 8)
-        else:
-            values = (s.p50, s.p90, s.p99, s.mean, s.std, s.min, s.max)
-            table.add_row(name, *(fmt(v) for v in values), str(s.count))
+            table.add_row(name, *["-"] * (len(cols) + 1))
+            continue
+        pcts = {"p50": s.p50, "p90": s.p90, "p95": s.p95, "p99": s.p99, **(s.percentiles or {})}
+        other = {"mean": s.mean, "std": s.std, "min": s.min, "max": s.max}
+        table.add_row(name, *(fmt({**pcts, **other}.get(c)) for c in cols), str(s.count))
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
@@ -142,13 +150,18 @@ def results_table(results: Results, *, title: str = "Results (profiling phase)")
             + connects
             + f": {verdict}",
         )
+    if results.tokens is not None:
+        t = results.tokens
+        text = (
+            f"counts from {t.source} ({t.from_usage} of {req.ok} ok requests from the server's "
+            f"usage); tokenizer: {t.tokenizer or 'none (word and chunk estimates)'}"
+        )
+        if t.tokens_per_chunk is not None and t.tokens_per_chunk > 1.05:
+            text += f"; {fmt(t.tokens_per_chunk)} tokens per chunk (ITL is per chunk)"
+        facts.add_row("tokens", text)
     if results.request is not None:
         r = results.request
         parts = ["streamed" if r.stream else "not streamed (TTFT = E2E)"]
-        if r.token_counting is not None:
-            parts.append(f"tokens from {r.token_counting}")
-        if r.tokens_per_chunk is not None and r.tokens_per_chunk > 1.05:
-            parts.append(f"{fmt(r.tokens_per_chunk)} tokens per chunk (ITL is per chunk)")
         if r.finish_reasons:
             parts.append("finish " + ", ".join(f"{k}={v}" for k, v in r.finish_reasons.items()))
         if r.endpoints > 1:

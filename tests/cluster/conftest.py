@@ -16,11 +16,18 @@ from typing import Any
 
 import pytest
 import yaml
-from realkube import PROJECT_IMAGE, RELEASE, RELEASE_NS, ROOT, KubeError, RealKube
-
-E2E_NS = "benchop-e2e"
-GPU_NODE = "benchop-gpu"
-MOCK_URL = f"http://mock-llm.{E2E_NS}.svc:8000/v1"
+from realkube import (
+    E2E_NS,
+    GPU_NODE,
+    MOCK_URL,
+    PROJECT_IMAGE,
+    RELEASE,
+    RELEASE_NS,
+    ROOT,
+    KubeError,
+    RealKube,
+    namespace,
+)
 
 
 def _cannot_run() -> str | None:
@@ -46,22 +53,6 @@ def cluster() -> Iterator[RealKube]:
     yield kube
     if kube.started and os.environ.get("BENCHOP_KUBE_KEEP") != "1":
         kube.down()
-
-
-def namespace(cluster: RealKube, name: str, *, restricted: bool = True) -> str:
-    """Create (or keep) a namespace; ``restricted`` enforces Pod Security "restricted" on it."""
-    labels = (
-        {
-            "pod-security.kubernetes.io/enforce": "restricted",
-            "pod-security.kubernetes.io/warn": "restricted",
-        }
-        if restricted
-        else {}
-    )
-    cluster.apply(
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
-    )
-    return name
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,9 @@ HOST_IP = "10.244.0.1"
 PROJECT_IMAGE = "ghcr.io/benchop/benchop:0.1.0"
 RELEASE = "benchop"
 RELEASE_NS = "benchop-system"
+E2E_NS = "benchop-e2e"
+GPU_NODE = "benchop-gpu"
+MOCK_URL = f"http://mock-llm.{E2E_NS}.svc:8000/v1"
 
 T = TypeVar("T")
 
@@ -198,3 +201,19 @@ class RealKube:
                     received = event["requestReceivedTimestamp"].replace("Z", "+00:00")
                     if datetime.fromisoformat(received).timestamp() >= since:
                         yield event
+
+
+def namespace(cluster: RealKube, name: str, *, restricted: bool = True) -> str:
+    """Create (or keep) a namespace; ``restricted`` enforces Pod Security "restricted" on it."""
+    labels = (
+        {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/warn": "restricted",
+        }
+        if restricted
+        else {}
+    )
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+    )
+    return name

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import GPU_NODE
-from realkube import RELEASE_NS, RealKube
+from realkube import GPU_NODE, RELEASE_NS, RealKube
 
 pytestmark = pytest.mark.cluster
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import E2E_NS
-from realkube import ROOT, RealKube
+from realkube import E2E_NS, ROOT, RealKube
 
 pytestmark = pytest.mark.cluster
 

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import E2E_NS
-from realkube import ROOT, RealKube
+from realkube import E2E_NS, ROOT, RealKube
 from test_20_run import example_run
 
 pytestmark = pytest.mark.cluster

@@ -8,8 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import namespace
-from realkube import RELEASE_NS, RealKube
+from realkube import RELEASE_NS, RealKube, namespace
 
 pytestmark = pytest.mark.cluster
 

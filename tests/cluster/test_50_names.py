@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import E2E_NS
-from realkube import RealKube
+from realkube import E2E_NS, RealKube
 
 pytestmark = pytest.mark.cluster
 

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kube.harness import CONFIGMAPS, JOBS, PODS, Kube, wait_for
+from kube.harness import CONFIGMAPS, JOBS, PODS, SECRETS, Kube, wait_for
 
 from benchop.core.names import SECRETS_DIR, loadgen_job_name
 from benchop.operator import builders
 
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
-SECRETS = "v1/secrets"
 AGENT_LABELS = {"app.kubernetes.io/component": "agent", "app.kubernetes.io/name": "benchop"}
 
 
@@ -123,8 +122,14 @@ class Kubelet:
             await self.launch(w)
 
     def _secret(self, name: str, key: str, namespace: str) -> bytes | None:
+        """A Secret's key as the kubelet reads it (``stringData`` as the API server would have
+        merged it into ``data``); None when the Secret or the key is missing."""
         secret = self.kube.emulator.read(SECRETS, name, namespace)
-        if secret is None or key not in (secret.get("data") or {}):
+        if secret is None:
+            return None
+        if key in (secret.get("stringData") or {}):
+            return str(secret["stringData"][key]).encode()
+        if key not in (secret.get("data") or {}):
             return None
         return base64.b64decode(secret["data"][key])
 

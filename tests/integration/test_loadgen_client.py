@@ -70,11 +70,28 @@ def test_body_template_equals_the_encoded_request(api: str) -> None:
     ],
 )
 def test_body_in_the_requested_format(fmt: RequestFormat, want: dict[str, object]) -> None:
+    """The request's format around the workload's prompt and output length, for one prompt and
+    for a multi-turn conversation's messages alike."""
     client = StreamClient(Target("http://h/v1", "m"), request_timeout=1, request=fmt)
     prompt = "a \u0000 -7340033 b"
     body = msgspec.json.decode(client.body(prompt, 9))
     assert body == {"model": "m", "messages": [{"role": "user", "content": prompt}], **want}
     assert list(body)[:2] == ["model", "messages"]
+    turns = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": '"\u0000" -7340032'},
+        {"role": "user", "content": "and?"},
+    ]
+    body = msgspec.json.decode(client.body_messages(turns, 9))
+    assert body == {"model": "m", "messages": turns, **want}
+    assert list(body)[:2] == ["model", "messages"]
+
+
+def test_messages_need_the_chat_api() -> None:
+    client = StreamClient(Target("http://h/v1", "m", "completions"), request_timeout=1)
+    with pytest.raises(ValueError, match="chat API"):
+        client.body_messages([{"role": "user", "content": "a"}], 4)
 
 
 async def test_slow_response_times_out_and_the_client_stays_usable() -> None:

@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from secretscan import describe, files, scan
+
+from benchop.mockserver import MockConfig, run_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,6 +196,54 @@ def test_a_dead_target_ends_the_run_at_its_preflight(tmp_path: Path) -> None:
     assert results["client"]["connectFailures"] == attempts
     print(f"dead target: run ended in {took:.1f}s (benchop run, process start to exit), "
           f"{attempts} connect attempts")  # fmt: skip
+
+
+BENCHOP_RUN = [sys.executable, "-m", "benchop", "run", "--no-agent", "--no-live"]
+
+
+@pytest.mark.parametrize("case", ["right-key", "wrong-key"])
+def test_the_api_key_is_used_and_appears_in_no_output_status_or_file(
+    tmp_path: Path, case: str
+) -> None:
+    """Local mode: the workers get the key from BENCHOP_API_KEY (the mock server refuses
+    requests without the key it expects); neither the key nor the one the server expects is in
+    the console output, the status YAML or any file of the results dir (worker logs, records,
+    snapshots, termination messages), also when the key is refused (the preflight's request
+    gets the 401 and ends the run TargetError with the server's answer in its message)."""
+    key = "sk-local-" + os.urandom(12).hex()
+    expected = key if case == "right-key" else "sk-other-" + os.urandom(12).hex()
+    doc = yaml.safe_load((ROOT / "examples/run.yaml").read_text())
+    doc["spec"]["phases"] = {"profiling": {"requests": 8}}
+    doc["spec"]["target"]["apiKeySecretRef"] = {"name": "llm-key", "key": "token"}
+    path, out, results = tmp_path / "run.yaml", tmp_path / "status.yaml", tmp_path / "r"
+    model = doc["spec"]["target"]["model"]  # the preflight checks the model list
+    with run_in_thread(MockConfig(ttft=0.002, itl=0.001, model=model, api_key=expected)) as server:
+        doc["spec"]["target"]["url"] = server.url
+        path.write_text(yaml.safe_dump(doc))
+        res = subprocess.run(
+            [*BENCHOP_RUN, str(path), "--output-file", str(out), "--results-dir", str(results)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env={**os.environ, "BENCHOP_API_KEY": key},
+        )
+    status = yaml.safe_load(out.read_text())["status"]
+    if case == "right-key":
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert status["results"]["requests"]["ok"] == 8
+        assert server.stats["unauthorized"] == 0
+    else:
+        assert res.returncode == 1, res.stdout + res.stderr
+        succeeded = conditions(status)["Succeeded"]
+        assert succeeded["reason"] == "TargetError" and "HTTP 401" in succeeded["message"]
+        assert status["results"]["requests"]["total"] == 0
+        assert server.stats["unauthorized"] >= 1
+    sources = {"stdout": res.stdout, "stderr": res.stderr, "status": out.read_text()}
+    sources.update(files(results))
+    assert any(name.endswith("worker.log") for name in sources), sorted(sources)
+    for secret in {key, expected}:
+        assert scan(secret, sources) == [], describe(scan(secret, sources))
 
 
 def test_local_experiment_runs_the_sweep_in_order_and_rolls_it_up(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import base64
 import itertools
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -27,12 +28,14 @@ from kube.harness import (
     EVENTS,
     EXPERIMENTS,
     JOBS,
+    SECRETS,
     Kube,
     free_port,
     stop_operator,
     wait_for,
 )
 from operator_kubelet import AGENT_LABELS, Kubelet, add_pod
+from secretscan import as_yaml, describe, files, scan
 
 import benchop.operator.main  # noqa: F401 - registers the handlers in kopf's default registry
 from benchagent.agent import Agent, AgentConfig
@@ -981,3 +984,69 @@ async def test_watchdog_fails_a_run_whose_children_are_never_created(
     failed = await wait_condition(kube, "rw", c.SUCCEEDED, "False", 10)
     assert failed["reason"] == "DeadlineExceeded"
     assert kube.emulator.read(JOBS, "rw-loadgen") is None
+
+
+@pytest.mark.parametrize("case", ["succeeds", "child-refused"])
+async def test_the_api_key_reaches_the_workers_and_no_status_event_or_log(
+    kube: Kube,
+    operator_task: Any,
+    agent: Agent,
+    kubelet: Kubelet,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+) -> None:
+    """apiKeySecretRef: the workers authenticate with the key (the mock server refuses
+    requests without it), the operator never reads the Secret, and the key is in no object
+    the run leaves in the API (status, events, Job, ConfigMap, pods: every stored version), no
+    operator log line and no worker log, record or termination message. ``child-refused``:
+    the Job is refused (422): the run fails, with the error in its status and the operator's
+    log. (kopf posts no Event against the emulator; tests/cluster scans ``kubectl get
+    events``.)"""
+    caplog.set_level(logging.DEBUG)
+    key = "sk-bench-" + secrets.token_hex(12)
+    server = await start_mock_server(
+        MockConfig(ttft=0.004, itl=0.001, output_tokens=8, api_key=key)
+    )
+    try:
+        await kube.client.create(
+            SECRETS,
+            {
+                "metadata": {"name": "llm-key"},
+                "data": {"token": base64.b64encode(key.encode()).decode()},
+            },
+        )
+        await add_target_and_agent(kube)
+        if case == "child-refused":
+            kube.emulator.fail_next("POST", "/jobs", 422, message="Job.batch is invalid: env")
+        start(operator_task, kube, settings_for(agent))
+        doc = run_manifest("sec", server.url)
+        doc["spec"]["target"]["apiKeySecretRef"] = {"name": "llm-key", "key": "token"}
+        await kube.client.create(BENCHMARKRUNS, doc)
+        if case == "succeeds":
+            await wait_condition(kube, "sec", c.ACCEPTED, "True", 15)
+            await kubelet.start("sec")
+            assert await kubelet.wait_all() == [0, 0]
+            await kubelet.job_condition("Complete")
+            await wait_condition(kube, "sec", c.SUCCEEDED, "True")
+            assert status_of(kube, "sec")["results"]["requests"]["ok"] == 40
+            assert server.stats["unauthorized"] == 0
+            assert server.stats["ok"] == 40 + 4 + 2  # profiling, warmup, 2 preflight requests
+        else:
+            failed = await wait_condition(kube, "sec", c.SUCCEEDED, "False", 10)
+            assert failed["reason"] == "ChildCreateFailed"
+    finally:
+        await server.close()
+    assert [
+        c.path for c in kube.emulator.calls if "/secrets" in c.path and c.method != "POST"
+    ] == []
+
+    sources = {"operator log": caplog.text}
+    secret_res = kmock.resource(SECRETS)
+    for (res, ns, name), obj in kube.emulator.objects.items():
+        if res != secret_res:
+            for i, version in enumerate(obj.history):
+                plain = json.loads(json.dumps(version, default=dict))
+                sources[f"{res.plural}/{ns}/{name}@{i}"] = as_yaml(plain)
+    sources.update({f"kubelet:{k}": v for k, v in files(tmp_path).items()})
+    assert scan(key, sources) == [], describe(scan(key, sources))

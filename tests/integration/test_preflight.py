@@ -312,12 +312,13 @@ async def test_not_streaming_times_the_whole_answer_and_counts_usage(
         merge_snapshots([out.snapshot]), slo=None, source="local", request=RequestInfo.of(spec)
     )
     assert res.tpot_ms is None and res.itl_ms is None and res.ttft_ms is not None
-    assert res.request is not None
-    assert (res.request.stream, res.request.token_counting) == (False, "usage")
+    assert res.request is not None and res.tokens is not None
+    assert (res.request.stream, res.tokens.source) == (False, "usage")
+    assert res.tokens.tokens_per_chunk is None  # no chunks: one JSON answer
     assert res.request.finish_reasons == {"length": 10}
 
 
-@pytest.mark.parametrize(("include_usage", "counting"), [(True, "usage"), (False, "chunks")])
+@pytest.mark.parametrize(("include_usage", "counting"), [(True, "usage"), (False, "estimate")])
 async def test_token_counting_says_where_the_counts_came_from(
     mock: MockServer, tmp_path: Path, include_usage: bool, counting: str
 ) -> None:
@@ -326,8 +327,9 @@ async def test_token_counting_says_where_the_counts_came_from(
     res = build_results(
         merge_snapshots([out.snapshot]), slo=None, source="local", request=RequestInfo.of(spec)
     )
-    assert res.request is not None and res.request.token_counting == counting
-    assert res.request.tokens_per_chunk == (1.0 if include_usage else None)
+    assert res.tokens is not None and res.tokens.source == counting
+    assert res.tokens.from_usage == (10 if include_usage else 0)
+    assert res.tokens.tokens_per_chunk == (1.0 if include_usage else None)
     assert out.snapshot.counters[names.OUTPUT_TOKENS_TOTAL] == 60
 
 

@@ -96,7 +96,7 @@ def test_run_counts_and_times_agree_with_the_server(
     assert len(recs) == PROFILING and all(r["outcome"] == "ok" for r in recs)
     # No usage in the stream: counted from chunks, and the records and results say so.
     assert not any(r.get("tokens_from_usage") for r in recs)
-    assert status["results"]["request"]["tokenCounting"] == "chunks"
+    assert status["results"]["tokens"] == {"source": "estimate", "fromUsage": 0}
     assert sum(status["results"]["request"]["finishReasons"].values()) == PROFILING
     perf = new_perf(llama_server, before)
     # the preflight's 1-token request, then (no warmup) one timing line per request, in order
@@ -162,9 +162,9 @@ def test_not_streaming_counts_equal_the_servers_usage(
     (res,), results_dir = benchop_run(tmp_path, manifest(f"llama-{api}-json", spec))
     results = res["status"]["results"]
     assert res["status"]["phase"] == "Succeeded" and results["requests"]["ok"] == PROFILING
+    assert results["tokens"] == {"source": "usage", "fromUsage": PROFILING}
     assert results["request"] == {
         "stream": False,
-        "tokenCounting": "usage",
         "finishReasons": results["request"]["finishReasons"],
         "endpoints": 1,
         "insecureSkipVerify": False,
@@ -229,3 +229,35 @@ def test_a_model_the_server_does_not_list_ends_with_model_not_found(
         f"(spec.target.model); it lists '{MODEL_ALIAS}'"
     )
     assert res["status"]["results"]["requests"]["total"] == 0
+
+
+def test_multi_turn_dataset_replays_the_models_answers(
+    llama_server: Server, tmp_path: Path
+) -> None:
+    """A dataset's conversations, turn by turn, against a real model: the second turn carries
+    the model's own first answer (its words are in the second request's prompt count), and
+    with no usage in llama.cpp's streams the results say the counts are benchop's estimate."""
+    data = tmp_path / "conv.jsonl"
+    turns = [["Name a colour.", "Name a fruit of that colour."], ["Say hello.", "Say goodbye."]]
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": t} for t in conv]}) + "\n"
+            for conv in turns
+        )
+    )
+    spec = run_spec(llama_server, "chat", requests=4)
+    spec["workload"] = {"dataset": {"file": str(data), "multiTurn": True}, "outputTokens": 8}
+    doc = {"apiVersion": "benchop.io/v1alpha1", "kind": "BenchmarkRun",
+           "metadata": {"name": "llama-turns"}, "spec": spec}  # fmt: skip
+    (res,), results_dir = benchop_run(tmp_path, doc)
+    results = res["status"]["results"]
+    assert results["requests"]["ok"] == 4
+    assert results["tokens"] == {"source": "estimate", "fromUsage": 0}
+    recs = {(r["row"], r["turn"]): r for r in records(results_dir)}
+    assert set(recs) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    for row, conv in enumerate(turns):
+        first, second = recs[row, 0], recs[row, 1]
+        assert first["prompt_tokens"] == len(conv[0].split())
+        answer_words = second["prompt_tokens"] - first["prompt_tokens"] - len(conv[1].split())
+        assert answer_words >= 1  # the model's answer to turn 0 went back in with turn 1
+        assert second["sent_ns"] >= first["sent_ns"] + first["e2e_ns"]

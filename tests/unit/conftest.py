@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from loops import Runner
 
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
     uvloop = None  # type: ignore[assignment]
-
-R = TypeVar("R")
-Runner = Callable[[Coroutine[Any, Any, R]], R]
 
 
 @pytest.fixture(

@@ -18,6 +18,7 @@ from benchop.core.names import (
     safe_name,
     spec_configmap_name,
 )
+from benchop.core.workloadfiles import file_path
 from benchop.operator.builders import build_loadgen_job, build_spec_configmap, labels_for
 
 K8S_VERSION = "1.30"
@@ -257,6 +258,43 @@ def test_job_with_secret_headers_and_tls_whole_manifest() -> None:
     assert "tenant-7" not in json.dumps(job)  # a plain value stays in the spec (ConfigMap)
 
 
+def test_job_mounts_a_configmap_dataset_and_a_pvc_tokenizer_whole_manifest() -> None:
+    doc = run_doc(
+        workload={
+            "dataset": {"format": "sharegpt", "configMap": {"name": "chats", "key": "sg.json"}},
+            "tokenizer": {"pvc": {"claimName": "models", "path": "llama3/tokenizer.json"}},
+        }
+    )
+    want = expected_job()
+    pod = want["spec"]["template"]["spec"]
+    pod["containers"][0]["volumeMounts"] += [
+        {"name": "workload-dataset", "mountPath": "/workload/dataset", "readOnly": True},
+        {"name": "workload-tokenizer", "mountPath": "/workload/tokenizer", "readOnly": True},
+    ]
+    pod["volumes"] += [
+        {
+            "name": "workload-dataset",
+            "configMap": {"name": "chats", "items": [{"key": "sg.json", "path": "sg.json"}]},
+        },
+        {
+            "name": "workload-tokenizer",
+            "persistentVolumeClaim": {"claimName": "models", "readOnly": True},
+        },
+    ]
+    assert job_for(doc) == want
+    k8s_validate(job_for(doc), K8S_VERSION, strict=True)
+    # ... where the worker reads them
+    spec = BenchmarkRun.model_validate(doc).spec.workload
+    assert spec.dataset is not None and spec.tokenizer is not None
+    assert file_path(spec.dataset, "dataset") == "/workload/dataset/sg.json"
+    assert file_path(spec.tokenizer, "tokenizer") == "/workload/tokenizer/llama3/tokenizer.json"
+
+
+def test_job_for_a_dataset_file_in_the_image_mounts_nothing_more() -> None:
+    doc = run_doc(workload={"dataset": {"file": "/data/chat.jsonl"}})
+    assert job_for(doc) == expected_job()
+
+
 def test_secret_value_never_in_manifest() -> None:
     doc = run_doc()
     doc["spec"]["target"]["apiKeySecretRef"] = {"name": "hf", "key": "token"}
@@ -297,7 +335,7 @@ def test_spec_configmap_whole_manifest() -> None:
                         "model": "m",
                         "url": "http://vllm.default.svc:8000/v1",
                     },
-                    "workload": {"outputTokens": 128, "promptTokens": 512, "seed": 0},
+                    "workload": {"seed": 0},
                 },
                 sort_keys=True,
                 separators=(",", ":"),

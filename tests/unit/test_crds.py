@@ -322,7 +322,13 @@ def test_examples_are_valid(path: Path) -> None:
 
 
 def test_examples_exist() -> None:
-    assert {p.name for p in EXAMPLES} >= {"run.yaml", "experiment.yaml", "slo-search.yaml"}
+    assert {p.name for p in EXAMPLES} >= {
+        "run.yaml",
+        "experiment.yaml",
+        "slo-search.yaml",
+        "dataset-run.yaml",
+        "lengths-run.yaml",
+    }
 
 
 # --------------------------------------------------------------------------- invalid corpus
@@ -446,6 +452,22 @@ def test_cel_rules_accept_the_examples(path: str) -> None:
     ],
 )
 def test_cel_rules_accept_the_experiment_examples(name: str, path: str) -> None:
+    doc = yaml.safe_load((ROOT / "examples" / name).read_text())
+    results = _cel_results(doc, path)
+    assert results and all(results)
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("dataset-run.yaml", "spec.workload"),
+        ("dataset-run.yaml", "spec.workload.dataset"),
+        ("lengths-run.yaml", "spec.workload"),
+        ("lengths-run.yaml", "spec.workload.promptLength"),
+        ("lengths-run.yaml", "spec.workload.outputLength"),
+    ],
+)
+def test_cel_rules_accept_the_workload_examples(name: str, path: str) -> None:
     doc = yaml.safe_load((ROOT / "examples" / name).read_text())
     results = _cel_results(doc, path)
     assert results and all(results)

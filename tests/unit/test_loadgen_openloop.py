@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import Runner
+from loops import Runner
 
 from benchop.loadgen.load import (
     AHEAD_NS,

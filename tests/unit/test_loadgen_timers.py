@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import pytest
-from conftest import Runner
+from loops import Runner
 
 from benchop.loadgen.timers import FineTimer, ThreadTimer, TimerFd, fine_timer
 

@@ -24,7 +24,8 @@ from benchop.metrics.stats import (
     moments,
 )
 
-QS = (50.0, 90.0, 99.0)
+QS = (50.0, 90.0, 95.0, 99.0)
+EXTRA = (0.0, 25.0, 75.0, 99.9, 99.99, 100.0)
 FAST = settings(max_examples=60, deadline=None)
 
 
@@ -67,9 +68,19 @@ def test_describe_matches_numpy() -> None:
     s = describe(v)
     assert s.count == v.size
     assert (s.min, s.max) == (v.min(), v.max())
-    assert (s.p50, s.p90, s.p99) == tuple(np.percentile(v, QS))
+    assert (s.p50, s.p90, s.p95, s.p99) == tuple(np.percentile(v, QS))
     assert s.mean == pytest.approx(v.mean(), rel=1e-15)
     assert s.std == pytest.approx(v.std(), rel=1e-12)
+
+
+def test_describe_extra_percentiles_match_numpy_in_the_order_asked() -> None:
+    v = np.random.default_rng(4).integers(0, 10**9, size=2_001)
+    s = describe(v, qs=[99.9, 50.0, 0.0, 99.9, 100.0])
+    assert [q for q, _ in s.extra] == [99.9, 0.0, 100.0]  # the four fixed ones and repeats out
+    assert [x for _, x in s.extra] == list(np.percentile(v, [99.9, 0.0, 100.0]))
+    assert list(s.percentiles()) == ["p50", "p90", "p95", "p99", "p99.9", "p0", "p100"]
+    with pytest.raises(ValueError):
+        describe(v, qs=[101.0])
 
 
 def test_describe_empty_is_zero_count() -> None:
@@ -139,8 +150,9 @@ def test_merge_of_random_split_equals_describe_of_union(
     assert merged.sum == sum(values)
     assert (merged.min, merged.max) == (min(values), max(values))
     assert sum(merged.buckets.values()) == len(values)
-    got = summarize(merged)
-    assert (got.p50, got.p90, got.p99) == tuple(np.percentile(union, QS))
+    got = summarize(merged, qs=EXTRA)
+    assert (got.p50, got.p90, got.p95, got.p99) == tuple(np.percentile(union, QS))
+    assert [v for _, v in got.extra] == list(np.percentile(union, EXTRA))
     assert got.mean == float(Fraction(sum(values), len(values)))
     assert got.std == pytest.approx(exact_std(values), rel=1e-9, abs=1e-6)
     assert sorted(decode_values(merged).tolist()) == sorted(values)  # type: ignore[union-attr]
@@ -152,9 +164,9 @@ def test_merge_without_values_in_one_part_estimates_from_buckets() -> None:
     b = rng.integers(1_000_000, 900_000_000, size=5_000).tolist()
     merged = merge([summary_of(a), summary_of(b, include_values=False)])
     assert merged.values is None
-    got = summarize(merged)
-    exact = np.percentile(a + b, QS)
-    for est, ex in zip((got.p50, got.p90, got.p99), exact, strict=True):
+    got = summarize(merged, qs=[99.9])
+    exact = np.percentile(a + b, (*QS, 99.9))
+    for est, ex in zip((got.p50, got.p90, got.p95, got.p99, got.extra[0][1]), exact, strict=True):
         assert abs(est - ex) <= REL_ERROR * ex
     assert got.mean == float(Fraction(sum(a + b), len(a + b)))
 
@@ -191,9 +203,15 @@ def test_estimate_of_empty_histogram_is_nan() -> None:
 
 
 def test_scaled_converts_ns_to_ms() -> None:
-    s = Stats(count=3, mean=2e6, std=1e6, min=1e6, max=3e6, p50=2e6, p90=2.8e6, p99=2.98e6)
+    s = Stats(
+        count=3, mean=2e6, std=1e6, min=1e6, max=3e6, p50=2e6, p90=2.8e6, p95=2.9e6, p99=2.98e6,
+        extra=((99.9, 2.998e6),),
+    )  # fmt: skip
     ms = s.scaled(1e-6)
     assert ms.count == 3
     assert (ms.mean, ms.std, ms.min, ms.max) == pytest.approx((2.0, 1.0, 1.0, 3.0))
-    assert (ms.p50, ms.p90, ms.p99) == pytest.approx((2.0, 2.8, 2.98))
+    assert (ms.p50, ms.p90, ms.p95, ms.p99) == pytest.approx((2.0, 2.8, 2.9, 2.98))
+    assert ms.percentiles() == pytest.approx(
+        {"p50": 2.0, "p90": 2.8, "p95": 2.9, "p99": 2.98, "p99.9": 2.998}
+    )
     assert s.scaled(-1.0).std == 1e6

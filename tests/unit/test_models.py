@@ -23,6 +23,7 @@ from benchop.api.models import (
     to_wire,
 )
 from benchop.api.sweep import set_path, sweep_points
+from benchop.api.workload import LengthDistribution
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -179,11 +180,32 @@ def test_example_experiment_points() -> None:
         ("spec.gates.baseline", 1, "spec.gates.baseline: Input should be a valid boolean"),
         ("spec.target.model", 7, "spec.target.model: Input should be a valid string"),
         ("spec.load.workers", 2.0, "spec.load.workers: Input should be a valid integer"),
+        ("spec.workload.seed", 2**63, "spec.workload: seed: 9223372036854775808 does not fit"),
     ],
 )
 def test_specs_are_strict(path: str, value: Any, message: str) -> None:
     doc = set_path(example("run.yaml"), path, value)
     assert message in error_text(doc)
+
+
+def test_specs_are_read_as_the_api_server_reads_them() -> None:
+    """Proven on the real kube-apiserver by tests/cluster/test_16_fuzz_specs.py: a null field
+    or map value is pruned, then defaulted."""
+    doc = set_path(example("run.yaml"), "spec.load.requestTimeout", None)
+    doc = set_path(doc, "spec.pod", {"nodeSelector": {"a": "b", "c": None}, "image": None})
+    run = load_manifest(doc)
+    assert isinstance(run, BenchmarkRun)
+    assert run.spec.load.request_timeout == "300s"
+    assert run.spec.pod is not None and run.spec.pod.node_selector == {"a": "b"}
+    assert "spec.target.model: Field required" in error_text(
+        set_path(example("run.yaml"), "spec.target.model", None)
+    )
+    # extraBody is free-form (x-kubernetes-preserve-unknown-fields): no schema for its values,
+    # so the API server prunes none of them, and a null is sent as written
+    doc = set_path(example("run.yaml"), "spec.request", {"extraBody": {"stop": None, "n": 1}})
+    run = load_manifest(doc)
+    assert isinstance(run, BenchmarkRun)
+    assert run.spec.request.extra_body == {"stop": None, "n": 1}
 
 
 def test_ints_are_accepted_for_floats() -> None:
@@ -415,6 +437,9 @@ def test_spec_default_objects_are_filled() -> None:
             "phases": {"profiling": {"requests": 1}},
         }
     )
-    assert spec.workload.prompt_tokens == 512 and spec.workload.output_tokens == 128
+    # lengths unset: the synthetic defaults (a dataset's rows may set output lengths instead)
+    assert spec.workload.prompt_tokens is None and spec.workload.output_tokens is None
+    assert spec.workload.prompt == LengthDistribution(distribution="fixed", mean=512)
+    assert spec.workload.output is None
     assert spec.gates.baseline is True and spec.gates.timeout == "5s"
     assert spec.load.request_timeout == "300s" and spec.load.arrival == "poisson"

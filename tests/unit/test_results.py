@@ -11,6 +11,7 @@ import pytest
 
 from benchagent.wire import MetricsSnapshot
 from benchop.api.models import GpuResults, Results, SloSpec, to_wire
+from benchop.api.workload import ReportSpec, TokenizerSpec
 from benchop.core.results import (
     Source,
     bound_results,
@@ -110,7 +111,8 @@ def test_results_equal_numpy_over_the_union(two_workers: Workers) -> None:
     assert merged.elapsed_s == 12.5
     assert merged.gauges[names.CLIENT_CPU] == 35.0  # gauges: max over workers
 
-    res = build_results(merged, slo=SLO, source="pubsub")
+    extra = [99.9, 25.0, 100.0]
+    res = build_results(merged, slo=SLO, source="pubsub", report=ReportSpec(percentiles=extra))
     ca, cb = a.snapshot()[0], b.snapshot()[0]
 
     def both(name: str) -> int:
@@ -137,7 +139,11 @@ def test_results_equal_numpy_over_the_union(two_workers: Workers) -> None:
         v = union[name]
         assert stats is not None
         assert stats.count == v.size
-        assert (stats.p50, stats.p90, stats.p99) == tuple(np.percentile(v, (50, 90, 99)) / 1e6)
+        want = np.percentile(v, (50, 90, 95, 99)) / 1e6
+        assert (stats.p50, stats.p90, stats.p95, stats.p99) == tuple(want)
+        assert stats.percentiles == dict(
+            zip(("p99.9", "p25", "p100"), np.percentile(v, extra) / 1e6, strict=True)
+        )
         assert (stats.min, stats.max) == (v.min() / 1e6, v.max() / 1e6)
         assert stats.mean == pytest.approx(v.mean() / 1e6, rel=1e-14)
         assert stats.std == pytest.approx(v.std() / 1e6, rel=1e-12)
@@ -382,3 +388,86 @@ def test_bound_results_drops_prometheus_per_gpu_values_before_its_summary() -> N
     assert kept["gpus"] == {} and "40 GPUs" in kept["truncated"]
     assert kept["summary"]["energyWindowJ"] == 10.0 and "crossCheck" in kept
     assert len(json.dumps(out)) <= 2000
+
+
+# --------------------------------------------------------------------------- tokens, percentiles
+
+
+def _with_usage(worker: int, ok: int, from_usage: int) -> MetricsSnapshot:
+    s = snap(worker, ok=ok)
+    s.counters[names.BENCHOP_COUNTED] = ok - from_usage  # counted: the uncommon case
+    return s
+
+
+@pytest.mark.parametrize(
+    ("usage", "tokenizer", "source"),
+    [
+        ((10, 10), None, "usage"),
+        ((0, 0), None, "estimate"),
+        ((0, 0), "tok.json", "tokenizer"),
+        ((10, 3), "tok.json", "mixed"),
+        ((10, 0), None, "mixed"),
+    ],
+)
+def test_results_say_how_tokens_were_counted(
+    usage: tuple[int, int], tokenizer: str | None, source: str
+) -> None:
+    f = final_snapshots(
+        2, [("pubsub", {0: _with_usage(0, 10, usage[0]), 1: _with_usage(1, 10, usage[1])})]
+    )
+    assert f is not None
+    tok = None if tokenizer is None else TokenizerSpec(file=f"/models/{tokenizer}")
+    res = build_final_results(f, slo=None, gpu=None, tokenizer=tok)
+    assert res["tokens"] == {
+        "source": source,
+        "fromUsage": sum(usage),
+        **({} if tokenizer is None else {"tokenizer": tokenizer}),
+    }
+
+
+@pytest.mark.parametrize(
+    ("benchop_counted", "not_streamed", "per_chunk"),
+    [
+        (0, 0, 2.5),  # streamed, every count from usage: 50 tokens in 20 chunks
+        (1, 0, None),  # a request counted by benchop: its tokens are chunks, no ratio
+        (0, 1, None),  # a non-streamed answer has no chunks to compare with
+    ],
+)
+def test_tokens_per_chunk_only_when_every_streamed_count_is_the_servers(
+    benchop_counted: int, not_streamed: int, per_chunk: float | None
+) -> None:
+    s = snap(0, ok=10)
+    s.counters.update(
+        {
+            names.OUTPUT_TOKENS_TOTAL: 50,
+            names.CONTENT_CHUNKS: 20,
+            names.BENCHOP_COUNTED: benchop_counted,
+            names.NOT_STREAMED: not_streamed,
+        }
+    )
+    f = final_snapshots(1, [("pubsub", {0: s})])
+    assert f is not None
+    tokens = build_final_results(f, slo=None, gpu=None)["tokens"]
+    assert tokens.get("tokensPerChunk") == per_chunk
+    assert tokens["source"] == ("usage" if benchop_counted == 0 else "mixed")
+
+
+def test_results_without_an_ok_request_say_nothing_about_tokens() -> None:
+    f = final_snapshots(1, [("pubsub", {0: snap(0, ok=0, ttft=[1])})])
+    assert f is not None and "tokens" not in build_final_results(f, slo=None, gpu=None)
+
+
+def test_extra_percentiles_are_the_first_thing_the_size_bound_drops() -> None:
+    f = final_snapshots(1, [("pubsub", {0: snap(0, ok=200)})])
+    assert f is not None
+    many = ReportSpec(percentiles=[1.0 * q for q in range(80, 96)])
+    res = build_final_results(f, slo=None, gpu=None, report=many)
+    assert len(res["ttftMs"]["percentiles"]) == 14  # p90 and p95 are two of the four
+    assert res["ttftMs"]["percentiles"]["p80"] == pytest.approx(
+        float(np.percentile(np.arange(1, 201), 80))
+    )
+    size = len(json.dumps(res, separators=(",", ":")))
+    assert bound_results(json.loads(json.dumps(res)), limit=size) == res  # fits: kept
+    small = bound_results(json.loads(json.dumps(res)), limit=size - 10)
+    assert "percentiles" not in small["ttftMs"]
+    assert small["ttftMs"]["p95"] == res["ttftMs"]["p95"]

@@ -39,8 +39,10 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from benchop.api.base import Spec, Status, cel
 from benchop.api.durations import Duration
 from benchop.api.sweep import set_path, sweep_points
+from benchop.api.workload import ReportSpec, WorkloadSpec
 from benchop.core.names import API_VERSION, MAX_WORKERS, ApiVersion
 
 RESULTS_VERSION = 1
@@ -50,14 +52,19 @@ METRICS_VERSION = 1
 
 # --------------------------------------------------------------------------- scalar types
 
-URL_PATTERN = r"^https?://[^\s/?#]+([/?#][^\s]*)?$"
+# Printable ASCII only, spelled as ranges: ``\s`` is ASCII whitespace to the API server's RE2
+# but also U+00A0, U+2028, \x1c.. to Python, which made the two disagree on such URLs.
+# Hosts are punycode and paths percent-encoded anyway.
+URL_PATTERN = r"^https?://[\x21-\x22\x24-\x2e\x30-\x3e\x40-\x7e]+([/?#][\x21-\x7e]*)?$"
+URL_MAX_LENGTH = 2048
 _URL = re.compile(URL_PATTERN)
 
 
 def _check_url(value: str) -> str:
-    if not _URL.fullmatch(value):
+    if len(value) > URL_MAX_LENGTH or not _URL.fullmatch(value):
         raise ValueError(
-            f"invalid URL {value!r}: expected http://host[:port][/path] or https://..."
+            f"invalid URL {value!r}: expected http://host[:port][/path] or https://... "
+            f"(printable ASCII, at most {URL_MAX_LENGTH} characters)"
         )
     return value
 
@@ -65,7 +72,7 @@ def _check_url(value: str) -> str:
 HttpUrl = Annotated[
     str,
     AfterValidator(_check_url),
-    WithJsonSchema({"type": "string", "pattern": URL_PATTERN, "maxLength": 2048}),
+    WithJsonSchema({"type": "string", "pattern": URL_PATTERN, "maxLength": URL_MAX_LENGTH}),
 ]
 """An absolute http(s) URL, kept as the string the user wrote."""
 
@@ -103,25 +110,6 @@ Quantity = Annotated[
 # --------------------------------------------------------------------------- bases
 
 
-class _Spec(BaseModel):
-    """Base of everything a user writes: strict, camelCase, unknown fields rejected."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True
-    )
-
-
-class _Status(BaseModel):
-    """Base of everything the operator writes: camelCase, unknown fields ignored."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
-
-
-def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
-    """``json_schema_extra`` carrying CEL rules (rule, message) into the CRD."""
-    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
-
-
 # --------------------------------------------------------------------------- spec: target
 
 
@@ -133,7 +121,7 @@ SECRET_KEY_RULE = (
 )
 
 
-class SecretKeyRef(_Spec, json_schema_extra=_cel(SECRET_KEY_RULE)):
+class SecretKeyRef(Spec, json_schema_extra=cel(SECRET_KEY_RULE)):
     """A key of a Secret in the run's namespace."""
 
     name: str = Field(min_length=1, max_length=253, pattern=SECRET_NAME_PATTERN)
@@ -157,7 +145,7 @@ SELECTOR_VALUES_MESSAGE = (
 
 
 class LabelSelectorRequirement(
-    _Spec, json_schema_extra=_cel((SELECTOR_VALUES_RULE, SELECTOR_VALUES_MESSAGE))
+    Spec, json_schema_extra=cel((SELECTOR_VALUES_RULE, SELECTOR_VALUES_MESSAGE))
 ):
     """One matchExpressions entry of a label selector."""
 
@@ -173,7 +161,7 @@ class LabelSelectorRequirement(
         return self
 
 
-class LabelSelector(_Spec):
+class LabelSelector(Spec):
     """A Kubernetes label selector (``matchLabels`` AND ``matchExpressions``)."""
 
     match_labels: dict[str, str] | None = None
@@ -194,13 +182,13 @@ HEADER_RESERVED_RULE = (
 )
 
 
-class HeaderValueSource(_Spec):
+class HeaderValueSource(Spec):
     """Where a header's value comes from: a key of a Secret in the run's namespace."""
 
     secret_key_ref: SecretKeyRef
 
 
-class HeaderSpec(_Spec, json_schema_extra=_cel(HEADER_VALUE_RULE, HEADER_RESERVED_RULE)):
+class HeaderSpec(Spec, json_schema_extra=cel(HEADER_VALUE_RULE, HEADER_RESERVED_RULE)):
     """One HTTP header sent with every request (and the preflight checks).
 
     A value from a Secret reaches the workers as a ``secretKeyRef`` environment variable
@@ -231,7 +219,7 @@ TLS_INSECURE_RULE = (
 )
 
 
-class TlsSpec(_Spec, json_schema_extra=_cel(TLS_PAIR_RULE, TLS_INSECURE_RULE)):
+class TlsSpec(Spec, json_schema_extra=cel(TLS_PAIR_RULE, TLS_INSECURE_RULE)):
     """TLS of ``https://`` targets: a CA bundle and a client certificate (mTLS) from Secrets.
 
     The workers mount the keys as files (secret volumes); the operator never reads them.
@@ -280,7 +268,7 @@ TARGET_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
-class TargetSpec(_Spec, json_schema_extra=_cel(*TARGET_RULES)):
+class TargetSpec(Spec, json_schema_extra=cel(*TARGET_RULES)):
     """The OpenAI-compatible server under test."""
 
     url: HttpUrl | None = Field(
@@ -349,12 +337,13 @@ OUTPUT_FIELDS_RULE = (
 )
 
 
-class RequestSpec(_Spec, json_schema_extra=_cel(OUTPUT_FIELDS_RULE)):
+class RequestSpec(Spec, json_schema_extra=cel(OUTPUT_FIELDS_RULE)):
     """The body of every request: streaming, usage, output length fields, extra fields.
 
     Sent as JSON: ``model``, ``messages`` (chat) or ``prompt`` (completions), ``stream``,
     ``stream_options`` (streaming with ``includeUsage``), each of ``outputTokensFields`` set to
-    ``workload.outputTokens``, then ``extraBody``. Nothing else: ``ignore_eos`` is sent only
+    the request's output length (``workload.outputTokens``, a draw of ``outputLength`` or the
+    dataset's), then ``extraBody``. Nothing else: ``ignore_eos`` is sent only
     when ``extraBody`` has it (docs/request.md: fixed output lengths per server).
     """
 
@@ -366,14 +355,15 @@ class RequestSpec(_Spec, json_schema_extra=_cel(OUTPUT_FIELDS_RULE)):
     include_usage: bool = Field(
         True,
         description="Ask for a usage chunk (stream_options.include_usage) when streaming. Off "
-        "for servers that refuse stream_options: output tokens are then counted from chunks "
-        "(results.request.tokenCounting says which).",
+        "for servers that refuse stream_options: benchop then counts the tokens (with "
+        "workload.tokenizer, or content chunks and words; results.tokens.source says which).",
     )
     output_tokens_fields: list[Annotated[str, Field(pattern=BODY_FIELD_PATTERN)]] = Field(
         default_factory=lambda: ["max_tokens"],
         min_length=1,
         max_length=4,
-        description="Body fields set to workload.outputTokens, e.g. [max_tokens, min_tokens] "
+        description="Body fields set to each request's output length (workload.outputTokens, "
+        "outputLength or the dataset's), e.g. [max_tokens, min_tokens] "
         "for fixed output lengths on vLLM, or [max_completion_tokens].",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
@@ -409,7 +399,7 @@ class RequestSpec(_Spec, json_schema_extra=_cel(OUTPUT_FIELDS_RULE)):
                 "prompt": "benchop writes the prompt",
             }
             why = "; ".join(
-                f"{k}: {hint.get(k, 'set to workload.outputTokens by outputTokensFields')}"
+                f"{k}: {hint.get(k, 'set to the output length by outputTokensFields')}"
                 for k in clash
             )
             raise ValueError(f"extraBody may not set {', '.join(clash)} ({why})")
@@ -422,7 +412,7 @@ class RequestSpec(_Spec, json_schema_extra=_cel(OUTPUT_FIELDS_RULE)):
         return self
 
 
-class PreflightSpec(_Spec):
+class PreflightSpec(Spec):
     """Checks of the target before warmup; a failure ends the run with its reason.
 
     TCP connect to every URL (retried until ``timeout``), ``GET /models`` lists the model (a
@@ -440,14 +430,6 @@ class PreflightSpec(_Spec):
 
 
 # --------------------------------------------------------------------------- spec: load
-
-
-class WorkloadSpec(_Spec):
-    """Synthetic prompts: token lengths and the random seed."""
-
-    prompt_tokens: int = Field(512, ge=1)
-    output_tokens: int = Field(128, ge=1)
-    seed: int = Field(0, ge=0)
 
 
 LOAD_RULES: tuple[tuple[str, str], ...] = (
@@ -468,7 +450,7 @@ LOAD_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
-class LoadSpec(_Spec, json_schema_extra=_cel(*LOAD_RULES)):
+class LoadSpec(Spec, json_schema_extra=cel(*LOAD_RULES)):
     """How requests are issued: a fixed concurrency, or a request rate."""
 
     mode: Literal["concurrency", "rate"] = "concurrency"
@@ -528,7 +510,7 @@ PHASE_BOUND_RULE = (
 )
 
 
-class PhaseBound(_Spec, json_schema_extra=_cel(PHASE_BOUND_RULE)):
+class PhaseBound(Spec, json_schema_extra=cel(PHASE_BOUND_RULE)):
     """When a phase ends: after a number of completed requests, or after a duration."""
 
     requests: int | None = Field(None, ge=1)
@@ -541,21 +523,21 @@ class PhaseBound(_Spec, json_schema_extra=_cel(PHASE_BOUND_RULE)):
         return self
 
 
-class PhasesSpec(_Spec):
+class PhasesSpec(Spec):
     """Warmup (optional, not measured) then profiling (measured)."""
 
     warmup: PhaseBound | None = None
     profiling: PhaseBound
 
 
-class GatesSpec(_Spec):
+class GatesSpec(Spec):
     """GPU baselines at the profiling boundaries."""
 
     baseline: bool = Field(True, description="Take START/END GPU baselines on the target's nodes.")
     timeout: Duration = Field(Duration("5s"), description="How long a gate waits for agents.")
 
 
-class SloSpec(_Spec):
+class SloSpec(Spec):
     """Per-request objectives; goodput is the share of requests meeting all of them."""
 
     ttft_ms: float | None = Field(None, gt=0)
@@ -564,7 +546,7 @@ class SloSpec(_Spec):
     e2e_ms: float | None = Field(None, gt=0, alias="e2eMs")  # to_camel would say e2EMs
 
 
-class PrometheusSpec(_Spec):
+class PrometheusSpec(Spec):
     """Where GPU rollups and live stats are queried."""
 
     url: HttpUrl
@@ -573,14 +555,14 @@ class PrometheusSpec(_Spec):
 # --------------------------------------------------------------------------- spec: pods
 
 
-class ResourceRequirements(_Spec):
+class ResourceRequirements(Spec):
     """Container resources of the load-generator pods."""
 
     requests: dict[str, Quantity] | None = None
     limits: dict[str, Quantity] | None = None
 
 
-class Toleration(_Spec):
+class Toleration(Spec):
     """A Kubernetes toleration."""
 
     key: str | None = None
@@ -590,7 +572,7 @@ class Toleration(_Spec):
     toleration_seconds: int | None = None
 
 
-class PodOverrides(_Spec):
+class PodOverrides(Spec):
     """Overrides for the load-generator pods."""
 
     image: str | None = Field(None, min_length=1)
@@ -599,7 +581,7 @@ class PodOverrides(_Spec):
     tolerations: list[Toleration] | None = None
 
 
-class BenchmarkRunSpec(_Spec):
+class BenchmarkRunSpec(Spec):
     """One measurement of one server."""
 
     target: TargetSpec
@@ -610,6 +592,7 @@ class BenchmarkRunSpec(_Spec):
     phases: PhasesSpec
     gates: GatesSpec = Field(default_factory=GatesSpec)
     slo: SloSpec | None = None
+    report: ReportSpec | None = None
     prometheus: PrometheusSpec | None = None
     pod: PodOverrides | None = None
     active_deadline_seconds: int | None = Field(None, ge=1)
@@ -634,7 +617,7 @@ class Phase(StrEnum):
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
-class Condition(_Status):
+class Condition(Status):
     """metav1.Condition shape; see :mod:`benchop.api.conditions` for the types."""
 
     type: str = Field(min_length=1)
@@ -652,7 +635,7 @@ def _conditions_field() -> Any:
     )
 
 
-class LiveStatus(_Status):
+class LiveStatus(Status):
     """Bounded live view, rewritten at most every few seconds while running."""
 
     updated_at: str | None = None
@@ -670,7 +653,7 @@ class LiveStatus(_Status):
     )
 
 
-class RequestCounts(_Status):
+class RequestCounts(Status):
     """Requests of the profiling phase."""
 
     total: int
@@ -679,7 +662,7 @@ class RequestCounts(_Status):
     by_reason: dict[str, int] = Field(default_factory=dict)
 
 
-class Throughput(_Status):
+class Throughput(Status):
     """Throughput over the profiling window."""
 
     rps: float
@@ -687,7 +670,7 @@ class Throughput(_Status):
     input_tok_per_s: float
 
 
-class LatencyStats(_Status):
+class LatencyStats(Status):
     """Exact statistics of one latency series, in milliseconds."""
 
     count: int
@@ -697,10 +680,35 @@ class LatencyStats(_Status):
     max: float
     p50: float
     p90: float
+    p95: float | None = None  # None in results written before p95 was added
     p99: float
+    percentiles: dict[str, float] | None = Field(
+        None,
+        description="spec.report.percentiles other than p50/p90/p95/p99, keyed 'p99.9' "
+        "(left out when the results outgrow their size bound).",
+    )
 
 
-class Goodput(_Status):
+class TokenCounting(Status):
+    """How token counts were obtained (prompt lengths, and counts the server did not report)."""
+
+    source: Literal["usage", "tokenizer", "estimate", "mixed"] = Field(
+        description="usage: every ok request's counts are the server's usage; tokenizer or "
+        "estimate: none are, benchop counted (with the tokenizer, or the prompt's words and "
+        "the answer's content chunks); mixed: some of each."
+    )
+    tokenizer: str | None = Field(
+        None, description="The tokenizer benchop used; absent: word and chunk estimates."
+    )
+    from_usage: int = Field(0, description="Ok requests whose counts are the server's usage.")
+    tokens_per_chunk: float | None = Field(
+        None,
+        description="Usage tokens per content chunk (streamed, every count from usage): above "
+        "1 the server sends several tokens per chunk and itlMs is per chunk.",
+    )
+
+
+class Goodput(Status):
     """Share and rate of requests that met every SLO."""
 
     ratio: float = Field(ge=0, le=1)
@@ -708,7 +716,7 @@ class Goodput(_Status):
     slo: SloSpec
 
 
-class GpuResults(_Status):
+class GpuResults(Status):
     """GPU numbers for the profiling window, from the agents' baselines."""
 
     util_mean: float | None = None
@@ -723,7 +731,7 @@ class GpuResults(_Status):
     prometheus: dict[str, Any] | None = Field(None, description="Prometheus rollups (free-form).")
 
 
-class ClientStats(_Status):
+class ClientStats(Status):
     """Load-generator health: a saturated client under-reports the server."""
 
     cpu_pct: float | None = None
@@ -735,20 +743,10 @@ class ClientStats(_Status):
     reason: str | None = None
 
 
-class RequestResults(_Status):
-    """How the requests were made and their tokens counted."""
+class RequestResults(Status):
+    """How the requests were made (how their tokens were counted: :class:`TokenCounting`)."""
 
     stream: bool = True
-    token_counting: Literal["usage", "chunks", "mixed"] | None = Field(
-        None,
-        description="Output tokens of the ok requests from the server's usage, counted as "
-        "content chunks (no usage: input tokens are then the prompt's word count), or both.",
-    )
-    tokens_per_chunk: float | None = Field(
-        None,
-        description="Usage tokens per content chunk (streaming): above 1 the server sends "
-        "several tokens per chunk and itlMs is per chunk.",
-    )
     finish_reasons: dict[str, int] = Field(
         default_factory=dict, description="finish_reason of the ok requests (length, stop, ...)."
     )
@@ -757,7 +755,7 @@ class RequestResults(_Status):
     warnings: list[str] = Field(default_factory=list)
 
 
-class Results(_Status):
+class Results(Status):
     """Final results, written once; ``version`` is the format version."""
 
     version: int = RESULTS_VERSION
@@ -774,10 +772,11 @@ class Results(_Status):
     gpu: GpuResults | None = None
     client: ClientStats | None = None
     request: RequestResults | None = None
+    tokens: TokenCounting | None = None
     workers: int
 
 
-class BenchmarkRunStatus(_Status):
+class BenchmarkRunStatus(Status):
     """Written by the operator only (or by local mode)."""
 
     phase: Phase | None = None
@@ -825,7 +824,7 @@ SWEEP_PATH_RULE = (
 )
 
 
-class SweepAxis(_Spec, json_schema_extra=_cel(SWEEP_PATH_RULE)):
+class SweepAxis(Spec, json_schema_extra=cel(SWEEP_PATH_RULE)):
     """One swept field: ``path`` (camelCase, dotted, relative to the spec) takes each value."""
 
     path: str = Field(max_length=256)
@@ -853,7 +852,7 @@ def _check_range(lo: float, hi: float) -> None:
         raise ValueError(RANGE_RULE[1])
 
 
-class ConcurrencySearch(_Spec, json_schema_extra=_cel(RANGE_RULE)):
+class ConcurrencySearch(Spec, json_schema_extra=cel(RANGE_RULE)):
     """The concurrencies an SLO search may probe (integers)."""
 
     min: int = Field(1, ge=1, description="The first probe and the lowest load tried.")
@@ -871,7 +870,7 @@ class ConcurrencySearch(_Spec, json_schema_extra=_cel(RANGE_RULE)):
         return self
 
 
-class RateSearch(_Spec, json_schema_extra=_cel(RANGE_RULE)):
+class RateSearch(Spec, json_schema_extra=cel(RANGE_RULE)):
     """The request rates (req/s) an SLO search may probe."""
 
     min: float = Field(gt=0, description="The first probe and the lowest rate tried.")
@@ -894,7 +893,7 @@ SEARCH_ONE_RULE = (
 )
 
 
-class SearchSpec(_Spec, json_schema_extra=_cel(SEARCH_ONE_RULE)):
+class SearchSpec(Spec, json_schema_extra=cel(SEARCH_ONE_RULE)):
     """An SLO search: the highest load whose goodput stays >= minGoodput (docs/experiments.md)."""
 
     concurrency: ConcurrencySearch | None = Field(
@@ -949,7 +948,7 @@ EXPERIMENT_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
-class ExperimentSpec(_Spec, json_schema_extra=_cel(*EXPERIMENT_RULES)):
+class ExperimentSpec(Spec, json_schema_extra=cel(*EXPERIMENT_RULES)):
     """BenchmarkRuns from one template: a sweep (every point of its axes) or an SLO search."""
 
     template: BenchmarkRunSpec
@@ -1051,7 +1050,7 @@ class ExperimentPhase(StrEnum):
     FAILED = "Failed"
 
 
-class ExperimentCounts(_Status):
+class ExperimentCounts(Status):
     """How many child runs are in each state."""
 
     total: int = 0
@@ -1061,7 +1060,7 @@ class ExperimentCounts(_Status):
     failed: int = 0
 
 
-class ExperimentRunRow(_Status):
+class ExperimentRunRow(Status):
     """Headline numbers of one child run (latencies in ms)."""
 
     name: str
@@ -1080,7 +1079,7 @@ class ExperimentRunRow(_Status):
 SearchOutcome = Literal["Searching", "KneeFound", "AtMax", "ProbeLimit", "BelowMin"]
 
 
-class SearchProbe(_Status):
+class SearchProbe(Status):
     """One probe of an SLO search (its other numbers are in the run's row of ``runs``)."""
 
     run: str
@@ -1090,7 +1089,7 @@ class SearchProbe(_Status):
     passed: bool | None = Field(None, description="goodput >= minGoodput; null while running")
 
 
-class ExperimentSearch(_Status):
+class ExperimentSearch(Status):
     """Where an SLO search stands: the knee, the first load above it that failed, each probe."""
 
     path: str = Field(description="load.concurrency or load.rate")
@@ -1108,7 +1107,7 @@ class ExperimentSearch(_Status):
     probes: list[SearchProbe] = Field(default_factory=list, description="In the order run.")
 
 
-class ExperimentMetrics(_Status):
+class ExperimentMetrics(Status):
     """Denormalized, size-bounded rollup of the child runs."""
 
     version: int = METRICS_VERSION
@@ -1119,7 +1118,7 @@ class ExperimentMetrics(_Status):
     search: ExperimentSearch | None = Field(None, description="An SLO search's result.")
 
 
-class ExperimentStatus(_Status):
+class ExperimentStatus(Status):
     """Written by the operator only."""
 
     phase: ExperimentPhase | None = None

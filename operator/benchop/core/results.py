@@ -25,18 +25,22 @@ Underneath, two functions:
   * requests: total, ok, failed from the counters; ``byReason`` holds the
     non-zero ``failed_<reason>`` counters by reason;
   * throughput: ok requests, output and input tokens per second of elapsed time;
-  * latencies: ``Stats`` of each series with nanoseconds divided by 1e6 (ms);
+  * latencies: ``Stats`` of each series with nanoseconds divided by 1e6 (ms): p50, p90,
+    p95, p99 and, in ``percentiles``, the others ``spec.report.percentiles`` asks for;
+  * tokens: where the token counts came from (``usage`` when every ok request's counts are
+    the server's usage; ``tokenizer`` or ``estimate`` when none are: benchop counted the
+    answer with the tokenizer, or its content chunks, and the prompt with the tokenizer or
+    its words; ``mixed``), the tokenizer benchop used, if any, and ``tokensPerChunk``
+    (streamed, all usage-counted): above 1 the server sends several tokens per chunk;
   * goodput (only when an SLO is given): ``ratio`` is the share of *all*
     profiling requests that succeeded and met every SLO (``requests_good /
     requests_total``), ``rps`` is ``requests_good`` per second;
   * client saturated: client CPU above 80 %, or receive- or send-lag p99 (the
     open loop's actual minus scheduled send time) above 10 % of the TTFT p50 —
     a saturated client under-reports the server;
-  * request: how the requests were made (from the spec: :class:`RequestInfo`) and counted:
-    ``tokenCounting`` is ``usage`` when every ok request's tokens came from the server's
-    usage, ``chunks`` when none did (content chunks counted, the prompt's words as input
-    tokens), else ``mixed``; ``tokensPerChunk`` (streamed, usage-counted) above 1 means
-    several tokens per chunk; ``finishReasons`` of the ok requests; the workers' warnings;
+  * request: how the requests were made (from the spec: :class:`RequestInfo`):
+    streaming, endpoints, insecure TLS; ``finishReasons`` of the ok requests; the workers'
+    warnings;
   * gpu: none when no request succeeded — a run that served nothing has no energy per token
     and no utilisation to show.
 
@@ -64,8 +68,10 @@ from benchop.api.models import (
     Results,
     SloSpec,
     Throughput,
+    TokenCounting,
     to_wire,
 )
+from benchop.api.workload import ReportSpec, TokenizerSpec
 from benchop.metrics import names
 from benchop.metrics.stats import Stats, merge, summarize
 
@@ -196,13 +202,6 @@ class RequestInfo:
 
 def _request_results(merged: MergedMetrics, info: RequestInfo) -> RequestResults:
     c = merged.counters
-    ok = c.get(names.REQUESTS_OK, 0)
-    usage = ok - c.get(names.CHUNK_COUNTED, 0)
-    counting = None if ok == 0 else "usage" if usage == ok else "chunks" if usage == 0 else "mixed"
-    chunks = c.get(names.CONTENT_CHUNKS, 0)
-    per_chunk = None
-    if counting == "usage" and chunks and not c.get(names.NOT_STREAMED, 0):
-        per_chunk = round(c.get(names.OUTPUT_TOKENS_TOTAL, 0) / chunks, 3)
     finish = {
         name.removeprefix(names.FINISH_PREFIX): n
         for name, n in sorted(c.items())
@@ -210,8 +209,6 @@ def _request_results(merged: MergedMetrics, info: RequestInfo) -> RequestResults
     }
     return RequestResults(
         stream=info.stream,
-        token_counting=counting,
-        tokens_per_chunk=per_chunk,
         finish_reasons=finish,
         endpoints=info.endpoints,
         insecure_skip_verify=info.insecure_skip_verify,
@@ -219,11 +216,16 @@ def _request_results(merged: MergedMetrics, info: RequestInfo) -> RequestResults
     )
 
 
-def _latency_ms(merged: MergedMetrics, name: str) -> LatencyStats | None:
+def _latency_ms(
+    merged: MergedMetrics, name: str, percentiles: Sequence[float] = ()
+) -> LatencyStats | None:
     summary = merged.series.get(name)
     if summary is None or summary.count == 0:
         return None
-    s: Stats = summarize(summary)
+    s: Stats = summarize(summary, percentiles)
+    extra = {k: v / NS_PER_MS for k, v in s.percentiles().items()}
+    for key in ("p50", "p90", "p95", "p99"):
+        del extra[key]
     return LatencyStats(
         count=s.count,
         mean=s.mean / NS_PER_MS,
@@ -232,7 +234,30 @@ def _latency_ms(merged: MergedMetrics, name: str) -> LatencyStats | None:
         max=s.max / NS_PER_MS,
         p50=s.p50 / NS_PER_MS,
         p90=s.p90 / NS_PER_MS,
+        p95=s.p95 / NS_PER_MS,
         p99=s.p99 / NS_PER_MS,
+        percentiles=extra or None,
+    )
+
+
+def _tokens(counters: Mapping[str, int], tokenizer: TokenizerSpec | None) -> TokenCounting | None:
+    ok = counters.get(names.REQUESTS_OK, 0)
+    if ok == 0:
+        return None
+    usage = max(ok - counters.get(names.BENCHOP_COUNTED, 0), 0)
+    fallback: Literal["tokenizer", "estimate"] = "estimate" if tokenizer is None else "tokenizer"
+    source: Literal["usage", "tokenizer", "estimate", "mixed"] = (
+        "usage" if usage == ok else fallback if usage == 0 else "mixed"
+    )
+    chunks = counters.get(names.CONTENT_CHUNKS, 0)
+    per_chunk = None
+    if source == "usage" and chunks and not counters.get(names.NOT_STREAMED, 0):
+        per_chunk = round(counters.get(names.OUTPUT_TOKENS_TOTAL, 0) / chunks, 3)
+    return TokenCounting(
+        source=source,
+        tokenizer=None if tokenizer is None else tokenizer.display_name,
+        from_usage=usage,
+        tokens_per_chunk=per_chunk,
     )
 
 
@@ -272,8 +297,15 @@ def build_results(
     source: Source,
     gpu: GpuResults | None = None,
     request: RequestInfo | None = None,
+    report: ReportSpec | None = None,
+    tokenizer: TokenizerSpec | None = None,
 ) -> Results:
-    """The ``status.results`` of a run from its merged metrics (definitions: module doc)."""
+    """The ``status.results`` of a run from its merged metrics (definitions: module doc).
+
+    ``report.percentiles`` beyond p50/p90/p95/p99 go into each latency's ``percentiles``;
+    ``tokenizer`` is the spec's (``results.tokens`` names it).
+    """
+    qs = report.percentiles if report is not None else ()
     c = merged.counters
     ok = c.get(names.REQUESTS_OK, 0)
     failed = c.get(names.REQUESTS_FAILED, 0)
@@ -289,7 +321,7 @@ def build_results(
         for name, n in sorted(c.items())
         if name.startswith(names.FAILED_PREFIX) and n > 0
     }
-    ttft = _latency_ms(merged, names.TTFT)
+    ttft = _latency_ms(merged, names.TTFT, qs)
     return Results(
         complete=merged.complete,
         source=source,
@@ -302,9 +334,9 @@ def build_results(
             input_tok_per_s=per_s(c.get(names.INPUT_TOKENS_TOTAL, 0)),
         ),
         ttft_ms=ttft,
-        itl_ms=_latency_ms(merged, names.ITL),
-        tpot_ms=_latency_ms(merged, names.TPOT),
-        e2e_ms=_latency_ms(merged, names.E2E),
+        itl_ms=_latency_ms(merged, names.ITL, qs),
+        tpot_ms=_latency_ms(merged, names.TPOT, qs),
+        e2e_ms=_latency_ms(merged, names.E2E, qs),
         goodput=(
             None
             if slo is None
@@ -313,6 +345,7 @@ def build_results(
         gpu=gpu if ok > 0 else None,  # nothing served: no window numbers as if it had
         client=_client(c, merged.gauges, ttft, _latency_ms(merged, names.SEND_LAG)),
         request=_request_results(merged, request or RequestInfo()),
+        tokens=_tokens(c, tokenizer),
     )
 
 
@@ -395,13 +428,24 @@ def build_final_results(
     slo: SloSpec | None,
     gpu: GpuResults | None,
     request: RequestInfo | None = None,
+    report: ReportSpec | None = None,
+    tokenizer: TokenizerSpec | None = None,
 ) -> dict[str, Any]:
     """``status.results`` (camelCase) from the chosen snapshots; bounded in size.
 
     Incomplete (``complete: false``) when a worker is missing or a snapshot is live.
+    ``report`` and ``tokenizer`` are the spec's (``spec.report``, ``spec.workload.tokenizer``).
     """
     merged = merge_snapshots(final.snapshots)
-    results: Results = build_results(merged, slo=slo, source=final.source, gpu=gpu, request=request)
+    results: Results = build_results(
+        merged,
+        slo=slo,
+        source=final.source,
+        gpu=gpu,
+        request=request,
+        report=report,
+        tokenizer=tokenizer,
+    )
     if final.source == "live" or final.missing:
         results = results.model_copy(update={"complete": False})
     doc = to_wire(results)
@@ -409,10 +453,16 @@ def build_final_results(
 
 
 def bound_results(doc: dict[str, Any], limit: int = RESULTS_MAX_BYTES) -> dict[str, Any]:
-    """Trim a results dict until its JSON is at most ``limit`` bytes (agent lists, reasons)."""
+    """Trim a results dict until its JSON is at most ``limit`` bytes (extra percentiles, agent
+    lists, reasons)."""
 
     def size() -> int:
         return len(json.dumps(doc, separators=(",", ":")))
+
+    if size() > limit:  # the full results keep them; p50/p90/p95/p99 stay
+        for key in ("ttftMs", "itlMs", "tpotMs", "e2eMs"):
+            if isinstance(doc.get(key), dict):
+                doc[key].pop("percentiles", None)
 
     gpu = doc.get("gpu") or {}
     prom = gpu.get("prometheus")

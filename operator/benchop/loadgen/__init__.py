@@ -3,6 +3,10 @@
 Modules, one concept each:
 
 - ``prompts``: seeded synthetic prompts; how tokens are counted.
+- ``lengths``: token lengths drawn from a distribution, seeded, in blocks.
+- ``tokenizer``: word or ``tokenizer.json`` counting; synthetic text of an exact length.
+- ``datasets``: ShareGPT and JSONL rows read into conversations; the workers' row order.
+- ``workload``: what each request asks (synthetic, shared prefixes, dataset, multi-turn).
 - ``sse``: byte-level parser of the OpenAI streaming response (pure).
 - ``trigger``: ``SendTrigger``, when an open-loop request leaves.
 - ``http``: keep-alive HTTP/1.1 connections (asyncio protocols, llhttp).

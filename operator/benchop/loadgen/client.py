@@ -131,10 +131,13 @@ class StreamClient:
         connect_timeout: float = 10.0,
         request: RequestFormat | None = None,
         start: int = 0,
+        count_tokens: Callable[[str], int] | None = None,
     ) -> None:
         self.target = target
         fmt = self.request = request or RequestFormat()
         self._stream = fmt.stream
+        # counts an answer's tokens when the server reports no usage (else: stream chunks)
+        self._count_tokens = count_tokens
         self._timeout = request_timeout
         self._timeout_ns = int(request_timeout * 1e9)
         self._connect_timeout = connect_timeout
@@ -221,8 +224,13 @@ class StreamClient:
 
     def body(self, prompt: str, max_tokens: int) -> bytes:
         """The JSON request body for ``api`` in the client's format (``request``), with every
-        output-length field set to ``max_tokens``. Only the prompt is encoded per call."""
+        output-length field set to ``max_tokens``; the prompt is the one user message (chat) or
+        the prompt (completions). Only the prompt is encoded per call."""
         return self._template.body(prompt, max_tokens)
+
+    def body_messages(self, messages: list[dict[str, str]], max_tokens: int) -> bytes:
+        """The chat request body with these ``messages`` (``{"role", "content"}`` dicts)."""
+        return self._template.body_messages(messages, max_tokens)
 
     async def _expire(self) -> None:
         """Cancel requests past their deadline (one timer for all, ~10 checks per timeout)."""
@@ -248,10 +256,12 @@ class StreamClient:
         sink: Sink,
         trigger: SendTrigger | None = None,
         endpoint: int | None = None,
-    ) -> None:
+        keep_text: bool = False,
+    ) -> str | None:
         """Send one request and call ``sink`` once with its record; never raises
         (except ``CancelledError``, after the sink ran). It goes to the next base URL in turn,
-        or to ``endpoint`` (an index of ``target.bases``).
+        or to ``endpoint`` (an index of ``target.bases``). With ``keep_text``, returns the
+        answer's text when the request succeeded (else None).
 
         With an open loop's ``trigger``, the request is sent when the trigger fires (written
         by the firer on a connection reserved ahead); ``trigger.sent_ns`` is its start, and
@@ -272,6 +282,7 @@ class StreamClient:
         c.endpoint = endpoint
         c.task = task = _current_task()
         c.trigger = trigger
+        c.keep_text = keep_text or self._count_tokens is not None
         self.in_flight += 1
         wall0 = _wall_ns()
         t0 = _perf_ns()
@@ -285,7 +296,7 @@ class StreamClient:
         except NotSent:
             calls.discard(c)
             self.in_flight -= 1
-            return
+            return None
         except ConnectError as exc:
             c.fail("connection", str(exc)[:_ERROR_CHARS])
         except Disconnected as exc:
@@ -308,6 +319,10 @@ class StreamClient:
             log.debug("request %s failed", ident.id, exc_info=True)
         calls.discard(c)
         self._finish(c, ident, t0, input_words, sink)
+        p = c.parser
+        if keep_text and c.outcome == OK and p is not None and p.text is not None:
+            return "".join(p.text)
+        return None
 
     def _finish(self, c: _Call, ident: Ident, t0: int, input_words: int, sink: Sink) -> None:
         self.in_flight -= 1
@@ -334,6 +349,8 @@ class StreamClient:
             if parser.usage_completion is not None:
                 out_tokens = parser.usage_completion
                 from_usage = True
+            elif self._count_tokens is not None and parser.text is not None:
+                out_tokens = self._count_tokens("".join(parser.text))
             if parser.usage_prompt is not None:
                 in_tokens = parser.usage_prompt
             if parser.recv_lag_ns:
@@ -376,6 +393,7 @@ class _Call:
         "error",
         "error_body",
         "finished",
+        "keep_text",
         "outcome",
         "parser",
         "status",
@@ -395,6 +413,7 @@ class _Call:
         self.trigger: SendTrigger | None = None  # open loop: the deadline counts from its send
         self.wall_offset = 0  # wall ns - perf_counter ns, for the receive lag
         self.timed_out = False
+        self.keep_text = False  # keep the answer's text (the parser's text)
         self.status = 0  # HTTP status; 0 until headers arrived
         self.outcome = "other"
         self.error: str | None = None
@@ -413,12 +432,12 @@ class _Call:
                 why = f"expected application/json, got {content_type[:80]!r}"
                 self.end("malformed_stream", why)
                 return True
-            self.parser = ResponseParser(self.wall_offset)
+            self.parser = ResponseParser(self.wall_offset, self.keep_text)
             return False
         if content_type[:17].lower() != "text/event-stream":
             self.end("malformed_stream", f"expected text/event-stream, got {content_type[:80]!r}")
             return True
-        self.parser = StreamParser(self.wall_offset)
+        self.parser = StreamParser(self.wall_offset, self.keep_text)
         return False
 
     def on_body(self, data: bytes, t_ns: int) -> bool:

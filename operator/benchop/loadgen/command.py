@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ from benchop.api.models import (
     format_validation_error,
     load_manifest,
 )
+from benchop.core.workloadfiles import MOUNT_ROOT
 from benchop.loadgen.worker import CheckpointMismatch, Worker, WorkerConfig
 
 __all__ = ["add_arguments", "load_spec", "run"]
@@ -88,6 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path("/dev/termination-log"),
         help="file for the compact final summary (default /dev/termination-log)",
+    )
+    parser.add_argument(
+        "--workload-root",
+        default=MOUNT_ROOT,
+        help="where the dataset/tokenizer volumes are mounted (default %(default)s)",
     )
     parser.add_argument("--target-url", default=None, help="override spec.target.url (and urls)")
     parser.add_argument(
@@ -157,6 +164,7 @@ def _config(args: argparse.Namespace) -> WorkerConfig:
         termination_log=args.termination_log,
         snapshot_interval_s=parse_duration(args.snapshot_interval),
         drain_timeout_s=parse_duration(args.drain_timeout),
+        workload_root=args.workload_root,
     )
 
 
@@ -213,11 +221,19 @@ def run(args: argparse.Namespace) -> int:
         if config.results_dir is not None:
             config.results_dir.mkdir(parents=True, exist_ok=True)
     except (ValueError, OSError) as exc:
-        print(f"benchop loadgen: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(exc, args.termination_log)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_main(config))
-    except (CheckpointMismatch, ValueError) as exc:
-        print(f"benchop loadgen: {exc}", file=sys.stderr)
-        return 2
+    except (CheckpointMismatch, ValueError) as exc:  # e.g. a dataset that cannot be used
+        return _refuse(exc, config.termination_log)
+
+
+def _refuse(exc: BaseException, termination_log: Path | None) -> int:
+    """Exit 2 with the reason on stderr and in the termination log (the operator shows a
+    crash-looping pod's last termination message)."""
+    print(f"benchop loadgen: {exc}", file=sys.stderr)
+    if termination_log is not None:
+        with contextlib.suppress(OSError):
+            termination_log.write_text(f"benchop loadgen: {exc}"[:4000])
+    return 2

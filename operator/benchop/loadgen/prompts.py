@@ -30,7 +30,7 @@ import hashlib
 import sys
 from array import array
 
-__all__ = ["WORDS", "make_prompt"]
+__all__ = ["WORDS", "make_prompt", "words_of"]
 
 # Common lower-case English words that are single tokens (with a leading space)
 # in the GPT-2, cl100k and Llama-3 vocabularies.
@@ -49,18 +49,39 @@ _WORDS_TEXT = """
 WORDS: tuple[str, ...] = tuple(_WORDS_TEXT.split())
 
 
-def make_prompt(seed: int, *, worker: int, attempt: int, index: int, n_tokens: int) -> str:
+def make_prompt(
+    seed: int,
+    *,
+    worker: int,
+    attempt: int,
+    index: int,
+    n_tokens: int,
+    words: tuple[str, ...] = WORDS,
+    first: tuple[str, ...] | None = None,
+) -> str:
     """``n_tokens`` words drawn by SHAKE-128 of ``(seed, worker, attempt, index)``.
 
     Two digest bytes (little-endian) pick each word, modulo the list's length;
     about 4x cheaper than seeding a ``random.Random`` per request. Attempt 0 is
-    the warmup phase; profiling attempts count from 1.
+    the warmup phase; profiling attempts count from 1. ``words`` is the list to pick
+    from and ``first``, if given, the list of the first word (a tokenizer may make a
+    word one token only after a space: :mod:`benchop.loadgen.tokenizer`).
     """
-    if n_tokens <= 0:
-        return ""
     key = b"benchop:%d:%d:%d:%d" % (seed, worker, attempt, index)
-    picks = array("H", hashlib.shake_128(key).digest(2 * n_tokens))
+    return words_of(key, n_tokens, words, first)
+
+
+def words_of(
+    key: bytes, n: int, words: tuple[str, ...] = WORDS, first: tuple[str, ...] | None = None
+) -> str:
+    """``n`` words picked by SHAKE-128 of ``key`` (see :func:`make_prompt`)."""
+    if n <= 0:
+        return ""
+    picks = array("H", hashlib.shake_128(key).digest(2 * n))
     if sys.byteorder == "big":
         picks.byteswap()
-    n = len(WORDS)
-    return " ".join([WORDS[i % n] for i in picks])
+    m = len(words)
+    out = [words[i % m] for i in picks]
+    if first is not None:
+        out[0] = first[picks[0] % len(first)]
+    return " ".join(out)

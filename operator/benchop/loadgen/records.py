@@ -68,6 +68,12 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     chunks: int = 0  # streamed: chunks with content (several tokens each on some servers)
     stream: bool = True  # False: one JSON answer, TTFT = E2E, no ITL
     endpoint: int = 0  # index of the base URL (spec.target.urls) it went to
+    # What the workload sent (benchop.loadgen.workload):
+    prompt_tokens: int | None = None  # the prompt's tokens as benchop counts them
+    max_tokens: int | None = None  # the output length asked for (max_tokens)
+    row: int | None = None  # dataset: the row (conversation) in the file, 0-based
+    turn: int | None = None  # dataset: the user turn within the row, 0-based
+    prefix: int | None = None  # shared prefixes: which one
 
 
 class Slo(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,7 +119,7 @@ def new_registry() -> Registry:
         names.GOOD,
         names.OUTPUT_TOKENS_TOTAL,
         names.INPUT_TOKENS_TOTAL,
-        names.CHUNK_COUNTED,
+        names.BENCHOP_COUNTED,
         names.NOT_STREAMED,
         names.CONTENT_CHUNKS,
         DELAYED,
@@ -148,7 +154,7 @@ def record_into(reg: Registry, rec: RequestRecord) -> None:
     reg.counter(names.OUTPUT_TOKENS_TOTAL).inc(rec.output_tokens)
     reg.counter(names.INPUT_TOKENS_TOTAL).inc(rec.input_tokens)
     if not rec.tokens_from_usage:  # the uncommon cases are counted, the common ones derived
-        reg.counter(names.CHUNK_COUNTED).inc()
+        reg.counter(names.BENCHOP_COUNTED).inc()
     if rec.stream:
         reg.counter(names.CONTENT_CHUNKS).inc(rec.chunks)
     else:

@@ -2,10 +2,10 @@
 
 :class:`RequestFormat` is ``spec.request`` as the client needs it; :class:`BodyTemplate`
 encodes the JSON body once and splices the prompt and the output-token count in per
-request (only the prompt is encoded per call). The body is, in this order: ``model``,
-``messages`` (chat) or ``prompt`` (completions), ``stream``, ``stream_options``
-(streaming with usage), every ``outputTokensFields`` name set to the output-token count,
-then ``extraBody``.
+request (only the prompt, or a multi-turn conversation's messages, is encoded per call).
+The body is, in this order: ``model``, ``messages`` (chat) or ``prompt`` (completions),
+``stream``, ``stream_options`` (streaming with usage), every ``outputTokensFields`` name set
+to the request's output-token count (the workload's ``max_tokens``), then ``extraBody``.
 
 Secrets never pass through the spec: :func:`resolve_headers` takes the values of
 ``valueFrom`` headers and the API key from environment variables (the Job's
@@ -73,11 +73,14 @@ class RequestFormat:
         api: Literal["chat", "completions"],
         prompt: str = _PROMPT,
         output_tokens: int = _COUNT,
+        *,
+        messages: bool = False,
     ) -> dict[str, Any]:
-        """The body as a dict (by default with the placeholders of :class:`BodyTemplate`)."""
+        """The body as a dict (by default with the placeholders of :class:`BodyTemplate`);
+        with ``messages`` (chat), ``prompt`` stands for the whole ``messages`` list."""
         doc: dict[str, Any] = {"model": model}
         if api == "chat":
-            doc["messages"] = [{"role": "user", "content": prompt}]
+            doc["messages"] = prompt if messages else [{"role": "user", "content": prompt}]
         else:
             doc["prompt"] = prompt
         doc["stream"] = self.stream
@@ -92,17 +95,32 @@ class RequestFormat:
 class BodyTemplate:
     """The request body as bytes around the prompt and the output-token count.
 
+    ``body`` sends the prompt as the one user message (chat) or the prompt (completions);
+    ``body_messages`` (chat) sends a whole conversation (multi-turn datasets).
+
     >>> BodyTemplate("m", "completions", RequestFormat(stream=False)).body("hi", 4)
     b'{"model":"m","prompt":"hi","stream":false,"max_tokens":4}'
+    >>> BodyTemplate("m", "chat", RequestFormat(include_usage=False)).body_messages(
+    ...     [{"role": "user", "content": "hi"}], 4)
+    b'{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":4}'
     """
 
-    __slots__ = ("_after", "_before", "_encode")
+    __slots__ = ("_api", "_encode", "_messages", "_prompt")
 
     def __init__(self, model: str, api: Literal["chat", "completions"], fmt: RequestFormat) -> None:
-        encode = self._encode = msgspec.json.Encoder().encode
+        self._encode = msgspec.json.Encoder().encode
+        self._api = api
+        self._prompt = self._split(fmt, model, api, messages=False)
+        self._messages = self._split(fmt, model, api, messages=True) if api == "chat" else None
+
+    def _split(
+        self, fmt: RequestFormat, model: str, api: Literal["chat", "completions"], *, messages: bool
+    ) -> tuple[list[bytes], list[bytes]]:
+        """The body's bytes before and after the prompt's place, each split at the count."""
+        encode = self._encode
         for k in range(1000):  # placeholders that occur nowhere else (extraBody may hold any)
             ph_prompt, ph_count = _PROMPT * (k + 1), _COUNT - k
-            whole = encode(fmt.fields(model, api, ph_prompt, ph_count))
+            whole = encode(fmt.fields(model, api, ph_prompt, ph_count, messages=messages))
             prompt = encode(ph_prompt)
             count = b"%d" % ph_count
             if whole.count(prompt) == 1 and whole.count(count) == len(fmt.output_fields):
@@ -110,13 +128,21 @@ class BodyTemplate:
         else:  # pragma: no cover - a body would have to hold 1000 placeholders
             raise ValueError("request.extraBody holds benchop's placeholders")
         before, _, after = whole.partition(prompt)
-        self._before = before.split(count)
-        self._after = after.split(count)
+        return before.split(count), after.split(count)
 
     def body(self, prompt: str, output_tokens: int) -> bytes:
         """The body for ``prompt`` with every output-length field set to ``output_tokens``."""
+        before, after = self._prompt
         n = b"%d" % output_tokens
-        return b"".join((n.join(self._before), self._encode(prompt), n.join(self._after)))
+        return b"".join((n.join(before), self._encode(prompt), n.join(after)))
+
+    def body_messages(self, messages: list[dict[str, str]], output_tokens: int) -> bytes:
+        """The chat body with these ``messages`` (``{"role", "content"}`` dicts)."""
+        if self._messages is None:
+            raise ValueError("messages need the chat API")
+        before, after = self._messages
+        n = b"%d" % output_tokens
+        return b"".join((n.join(before), self._encode(messages), n.join(after)))
 
 
 def _read_secret(ref: SecretKeyRef, where: str, secrets_dir: Path | None) -> bytes:

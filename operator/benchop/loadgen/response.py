@@ -5,7 +5,9 @@ both alike: the body is collected as it is read (``feed``) and decoded at its en
 (``close``). The first token's time is the end of the body: TTFT equals the end-to-end
 latency, there are no inter-token gaps, and the output tokens are ``usage.completion_tokens``
 (a body without usage is ``malformed``: its token count is unknown, never guessed).
-Content is a choice's ``message.content`` (chat, reasoning and tool calls too) or ``text``.
+Content is a choice's ``message.content`` (chat, reasoning and tool calls too) or ``text``;
+with ``keep_text`` the answer's text (``message.content`` or ``text``) is kept in ``text``
+for multi-turn replay. Counts and stamps are bounded as in the stream parser (0..2**62).
 
 >>> p = ResponseParser(wall_offset_ns=0)
 >>> p.feed(b'{"choices":[{"text":"hi","finish_reason":"length"}],', 10)
@@ -18,7 +20,7 @@ False
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -28,6 +30,9 @@ __all__ = ["MAX_BODY", "ResponseParser"]
 MAX_BODY = 8 * 1024 * 1024
 """A longer body is abandoned as malformed (an answer of a few thousand tokens is ~100 KB)."""
 _EXCERPT = 160
+# As in benchop.loadgen.sse: a count or stamp outside these makes the body undecodable.
+_Count = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+_Stamp = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 
 
 class _Message(msgspec.Struct, gc=False):
@@ -44,8 +49,8 @@ class _Choice(msgspec.Struct, gc=False):
 
 
 class _Usage(msgspec.Struct, gc=False):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    prompt_tokens: _Count | None = None
+    completion_tokens: _Count | None = None
 
 
 class _Error(msgspec.Struct, gc=False):
@@ -57,7 +62,7 @@ class _Response(msgspec.Struct, gc=False):
     choices: list[_Choice] | UnsetType = UNSET
     usage: _Usage | None = None
     error: _Error | str | None = None
-    benchop_sent_ns: int | None = None
+    benchop_sent_ns: _Stamp | None = None
 
 
 _decode = msgspec.json.Decoder(_Response).decode
@@ -80,11 +85,12 @@ class ResponseParser:
         "n_chunks",
         "n_tokens",
         "recv_lag_ns",
+        "text",
         "usage_completion",
         "usage_prompt",
     )
 
-    def __init__(self, wall_offset_ns: int) -> None:
+    def __init__(self, wall_offset_ns: int, keep_text: bool = False) -> None:
         self._body = bytearray()
         self._wall_offset = wall_offset_ns
         self.done = False  # decoded a whole body
@@ -100,6 +106,7 @@ class ResponseParser:
         self.recv_lag_ns: list[int] = []
         self.usage_prompt: int | None = None
         self.usage_completion: int | None = None
+        self.text: list[str] | None = [] if keep_text else None  # the answer's text
 
     def feed(self, data: bytes, t_ns: int) -> bool:
         """Collect ``data`` read at ``t_ns``; True (stop) only when the body is too long."""
@@ -130,14 +137,19 @@ class ResponseParser:
             self._bad("unknown response: no choices, usage or error", body)
             return
         content = False
+        text = self.text
         for ch in doc.choices:
             m = ch.message
             if m is not None:
                 content = content or bool(
                     m.content or m.reasoning or m.reasoning_content or m.tool_calls
                 )
+                if text is not None and m.content:
+                    text.append(m.content)
             elif ch.text is not None:
                 content = content or bool(ch.text)
+                if text is not None and ch.text:
+                    text.append(ch.text)
             elif ch.finish_reason is None:
                 self._bad("unknown response: a choice with no message, text or finish_reason", body)
                 return
@@ -165,5 +177,5 @@ class ResponseParser:
         code = err.code
         if isinstance(code, int):
             self.error_code = code
-        elif isinstance(code, str) and code.isdigit():
-            self.error_code = int(code)
+        elif isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 18:
+            self.error_code = int(code)  # ASCII: "²" is a digit to isdigit, not to int

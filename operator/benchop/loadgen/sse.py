@@ -12,11 +12,15 @@ tokens of one read have gaps of 0 (a server that sends several tokens per chunk,
 TensorRT-LLM with speculative decoding does, gives one gap per chunk).
 ``usage`` is taken from whichever chunk has it (the last one, with
 ``stream_options.include_usage``); ``finish_reason`` from the last choice that has one.
+With ``keep_text``, the answer's text (chat ``delta.content``, completions ``text``; not
+reasoning or tool calls) is kept in ``text``, for multi-turn replay and for counting tokens
+the server did not report.
 
 What the parser does not understand ends the stream as ``malformed`` (the client counts
 a ``malformed_stream`` failure), never a silently wrong number: an undecodable chunk, a
 chunk with none of ``choices``, ``usage`` or ``error``, a choice with none of ``delta``,
-``text`` or ``finish_reason``. An ``error`` object inside the stream (vLLM, SGLang,
+``text`` or ``finish_reason``, a token count or stamp outside 0..2**62 (rather than a
+number that overflows later). An ``error`` object inside the stream (vLLM, SGLang,
 llama.cpp's server; a plain string from TGI) ends it with the server's message; ``done``
 then stays False however the bytes were split (an error and ``[DONE]`` in one read or two).
 The receive lag (mock server only: it stamps ``benchop_sent_ns``) is one value
@@ -33,12 +37,18 @@ True
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 __all__ = ["StreamParser"]
+
+# Numbers a chunk may carry: a count or a wall-clock stamp outside these is not a valid
+# chunk (a bad decode, so the stream is malformed) rather than a value that would overflow
+# the int64 series and arrays the request's facts go into.
+_Count = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+_Stamp = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 
 
 class _Delta(msgspec.Struct, gc=False):
@@ -55,8 +65,8 @@ class _Choice(msgspec.Struct, gc=False):
 
 
 class _Usage(msgspec.Struct, gc=False):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    prompt_tokens: _Count | None = None
+    completion_tokens: _Count | None = None
 
 
 class _Error(msgspec.Struct, gc=False):
@@ -68,7 +78,7 @@ class _Chunk(msgspec.Struct, gc=False):
     choices: list[_Choice] | UnsetType = UNSET
     usage: _Usage | None = None
     error: _Error | str | None = None
-    benchop_sent_ns: int | None = None
+    benchop_sent_ns: _Stamp | None = None
 
 
 _decode = msgspec.json.Decoder(_Chunk).decode
@@ -105,11 +115,12 @@ class StreamParser:
         "n_chunks",
         "n_tokens",
         "recv_lag_ns",
+        "text",
         "usage_completion",
         "usage_prompt",
     )
 
-    def __init__(self, wall_offset_ns: int) -> None:
+    def __init__(self, wall_offset_ns: int, keep_text: bool = False) -> None:
         self._buf = b""
         self._wall_offset = wall_offset_ns
         self.done = False  # saw data: [DONE]
@@ -125,6 +136,7 @@ class StreamParser:
         self.recv_lag_ns: list[int] = []
         self.usage_prompt: int | None = None
         self.usage_completion: int | None = None
+        self.text: list[str] | None = [] if keep_text else None  # the answer's pieces
 
     def feed(self, data: bytes, t_ns: int) -> bool:
         """Parse ``data`` received at ``t_ns``; True when reading should stop.
@@ -226,6 +238,8 @@ class StreamParser:
                     )
                 if ch.finish_reason is not None:
                     finish = ch.finish_reason
+            if self.text is not None:
+                self._keep(choices)
             usage = chunk.usage
             if usage is not None:
                 self.usage_prompt = usage.prompt_tokens
@@ -240,6 +254,14 @@ class StreamParser:
         self.malformed = f"{why} in {excerpt!r}"
         self.done = False
         return True
+
+    def _keep(self, choices: list[_Choice]) -> None:
+        text = self.text
+        assert text is not None
+        for ch in choices:
+            piece = ch.delta.content if ch.delta is not None else ch.text
+            if piece:
+                text.append(piece)
 
     def _count(self, n: int, t_ns: int) -> None:
         """``n`` tokens arrived at ``t_ns``: one gap from the last token, then zeros."""
@@ -264,8 +286,8 @@ class StreamParser:
             code = err.code
             if isinstance(code, int):
                 self.error_code = code
-            elif isinstance(code, str) and code.isdigit():
-                self.error_code = int(code)
+            elif isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 18:
+                self.error_code = int(code)  # ASCII: "²" is a digit to isdigit, not to int
         return True
 
     @property

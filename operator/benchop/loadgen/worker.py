@@ -67,17 +67,18 @@ from benchagent.wire import MetricsSnapshot, WorkerAbort
 from benchop.api.models import BenchmarkRunSpec, PhaseBound
 from benchop.core.names import API_KEY_ENV
 from benchop.core.results import FAILURE_RATIO_EXCEEDED, SECRET_ERROR
+from benchop.core.workloadfiles import MOUNT_ROOT
 from benchop.loadgen import checkpoint as ckpt
 from benchop.loadgen.client import Ident, StreamClient, Target
 from benchop.loadgen.failures import FailureWindow
 from benchop.loadgen.gate import GateClient, GateResult
 from benchop.loadgen.load import Budget, OpenLoop, arrival_offsets, run_closed
 from benchop.loadgen.preflight import preflight
-from benchop.loadgen.prompts import make_prompt
 from benchop.loadgen.records import OK, RequestRecord, Slo, is_good, new_registry, record_into
 from benchop.loadgen.request import RequestFormat, SecretMissing, resolve_headers, tls_context
 from benchop.loadgen.snapshots import Snapshots
 from benchop.loadgen.trigger import SendTrigger
+from benchop.loadgen.workload import Prompt, Workload
 from benchop.metrics import names
 from benchop.metrics.series import Histogram
 
@@ -131,6 +132,7 @@ class WorkerConfig:
     drain_timeout_s: float = 10.0
     gate_attempt_s: float = 5.0
     gate_wait_s: float = 900.0
+    workload_root: str = MOUNT_ROOT  # where a pod mounts the dataset/tokenizer volumes
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +155,6 @@ class Plan:
     max_in_flight: int | None
     warmup: PhasePlan | None
     profiling: PhasePlan
-    prompt_tokens: int
-    output_tokens: int
     seed: int
     request_timeout_s: float
     slo: Slo
@@ -195,8 +195,6 @@ def plan_for(spec: BenchmarkRunSpec, worker: int, workers: int) -> Plan:
         max_in_flight=None if cap is None else max(_share(cap, worker, workers), 1),
         warmup=_phase(spec.phases.warmup, worker, workers),
         profiling=_phase(spec.phases.profiling, worker, workers) or PhasePlan(requests=0),
-        prompt_tokens=spec.workload.prompt_tokens,
-        output_tokens=spec.workload.output_tokens,
         seed=spec.workload.seed,
         request_timeout_s=load.request_timeout.seconds,
         slo=Slo(
@@ -238,6 +236,18 @@ class FinalOutcome:
 class _Request:
     ident: Ident
     body: bytes
+    prompt: Prompt
+    sink: Callable[[RequestRecord], None]
+
+    def record(self, rec: RequestRecord) -> None:
+        """The client's record, with what the workload sent, to the phase's sink."""
+        p = self.prompt
+        rec.prompt_tokens = p.prompt_tokens
+        rec.max_tokens = p.max_tokens
+        rec.row = p.row
+        rec.turn = p.turn
+        rec.prefix = p.prefix
+        self.sink(rec)
 
 
 class Worker:
@@ -259,6 +269,7 @@ class Worker:
             ratio=spec.load.max_failure_ratio, size=spec.load.failure_window
         )
         self.registry = new_registry()
+        self.workload: Workload | None = None  # read in run(): it may read files
         self.phase = "starting"
         self.attempt = 1
         self.resumed_records = 0
@@ -307,6 +318,15 @@ class Worker:
         """
         cfg = self.config
         loaded = self._load_checkpoint()
+        self.workload = await asyncio.to_thread(
+            Workload.for_worker,
+            cfg.spec.workload,
+            api=cfg.spec.target.api,
+            worker=self.index,
+            workers=self.workers,
+            start=self.resumed_records,
+            root=cfg.workload_root,
+        )
         publisher = Publisher(cfg.snapshot_endpoint) if cfg.snapshot_endpoint else None
         gate = GateClient(
             cfg.gate_endpoint,
@@ -381,11 +401,14 @@ class Worker:
             headers=headers,
             ssl_context=ctx,
         )
+        assert self.workload is not None
+        counter = self.workload.counter
         return StreamClient(
             target,
             request_timeout=self.plan.request_timeout_s,
             request=self.request_format,
             start=self.index,
+            count_tokens=None if counter.name is None else counter.count,
         )
 
     async def _preflight(self, client: StreamClient) -> bool:
@@ -506,21 +529,33 @@ class Worker:
         budget = Budget(requests=requests, deadline_ns=deadline, on_close=draining)
         self._next_index = 0
         client = self._client
-        n_words = plan.prompt_tokens
+        workload = self.workload
+        assert workload is not None
+        workload.ready(attempt)
+        multi_turn = workload.multi_turn
 
         def prepare() -> _Request:
             i = self._next_index
             self._next_index += 1
-            ident = Ident(self.index, attempt, i)
-            prompt = make_prompt(
-                plan.seed, worker=self.index, attempt=attempt, index=i, n_tokens=n_words
-            )
-            return _Request(ident, client.body(prompt, plan.output_tokens))
+            p = workload.next(attempt, i)
+            if p.messages is None:
+                assert p.text is not None
+                body = client.body(p.text, p.max_tokens)
+            else:
+                body = client.body_messages(p.messages, p.max_tokens)
+            return _Request(Ident(self.index, attempt, i), body, p, sink)
 
         async def send(req: _Request, trigger: SendTrigger | None) -> None:
-            await client.send(
-                req.body, ident=req.ident, input_words=n_words, sink=sink, trigger=trigger
+            answer = await client.send(
+                req.body,
+                ident=req.ident,
+                input_words=req.prompt.prompt_tokens,
+                sink=req.record,
+                trigger=trigger,
+                keep_text=multi_turn,
             )
+            if multi_turn:
+                workload.on_reply(req.prompt, answer)
 
         if plan.mode == "concurrency":
             load = run_closed(plan.concurrency, budget, prepare, send)

@@ -5,6 +5,7 @@
     benchop run examples/run.yaml -o yaml          # the resource with its status on stdout
     benchop run examples/experiment.yaml           # the sweep, one run after another
     benchop run examples/slo-search.yaml           # an SLO search, probe after probe
+    benchop run examples/dataset-run.yaml          # prompts from examples/data/chat.jsonl
     benchop run several.yaml                       # `---` separated resources, in file order
 
 Prints the ``kubectl get benchmarkruns -o wide`` row(s) and the detailed results of each
@@ -109,9 +110,12 @@ async def _run_experiment(
     done: list[tuple[BenchmarkRun, LocalOutcome]] = []
     failures = 0
     points = exp.spec.points()
+    template = exp.spec.template
     needed = any(not s.target.endpoints for _, s in points)
-    model = exp.spec.template.target.model
-    async with shared_mock(opts, needed=needed, model=model) as opts:
+    tok = template.workload.tokenizer  # the mock counts prompts as the workers do
+    async with shared_mock(
+        opts, needed=needed, model=template.target.model, tokenizer=tok.file if tok else None
+    ) as opts:
         for i, (params, spec) in enumerate(points):
             label = ", ".join(f"{k}={v}" for k, v in params.items())
             opts.console.rule(f"{name}: run {i + 1}/{len(points)} ({label})")

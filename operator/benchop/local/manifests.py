@@ -19,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from benchop.api.models import BenchmarkRun, Experiment, format_validation_error, load_manifest
+from benchop.local.files import local_files
 
 Manifest = BenchmarkRun | Experiment
 
@@ -55,7 +56,9 @@ def load_manifests(path: Path) -> list[Manifest]:
 
     Raises :class:`ManifestError` for an unreadable file, a YAML syntax error (file:line:col),
     a document that is not a valid BenchmarkRun or Experiment (its number, kind, name and the
-    offending field), no resource at all, or two resources of one name.
+    offending field), no resource at all, or two resources of one name. Workload files
+    (``dataset.file``, ``tokenizer.file``) are made absolute against the file's directory, and
+    a missing one or a ConfigMap/PVC source is refused (:func:`benchop.local.files.local_files`).
     """
     try:
         text = path.read_text()
@@ -87,6 +90,10 @@ def load_manifests(path: Path) -> list[Manifest]:
             raise ManifestError(
                 f"{where}: invalid manifest:\n{format_validation_error(exc)}"
             ) from None
+        try:  # workload files relative to the YAML, cluster-only sources refused
+            manifest = local_files(manifest, path.parent)
+        except ValueError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
         name = manifest.metadata.name or ""
         if name in seen:  # each resource's results go to a directory of its name
             raise ManifestError(f"{where}: a second resource named {name or '(no name)'!r}")

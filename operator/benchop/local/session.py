@@ -115,15 +115,18 @@ class _Status:
 
 @contextlib.asynccontextmanager
 async def shared_mock(
-    opts: LocalOptions, needed: bool = True, model: str | None = None
+    opts: LocalOptions,
+    needed: bool = True,
+    model: str | None = None,
+    tokenizer: str | None = None,
 ) -> AsyncIterator[LocalOptions]:
     """``opts`` with one mock server for several runs (an Experiment's runs share it, as they
-    would share one real server), serving ``model``; ``needed`` False (every run has a URL):
-    ``opts`` as is."""
+    would share one real server), serving ``model`` and counting prompts with ``tokenizer``
+    (the runs' tokenizer.json); ``needed`` False (every run has a URL): ``opts`` as is."""
     if not needed or opts.mock_url is not None:
         yield opts
         return
-    config = opts.mock if model is None else replace(opts.mock, model=model)
+    config = _mock_config(opts, model, tokenizer)
     proc, url = await asyncio.to_thread(spawn_mock_server_process, config)
     try:
         yield replace(opts, mock_url=url, mock=config)
@@ -132,17 +135,26 @@ async def shared_mock(
         await asyncio.to_thread(proc.wait)
 
 
+def _mock_config(opts: LocalOptions, model: str | None, tokenizer: str | None) -> MockConfig:
+    """The mock server's config: ``opts.mock`` serving ``model`` and counting with
+    ``tokenizer`` where given."""
+    config = opts.mock if model is None else replace(opts.mock, model=model)
+    return config if tokenizer is None else replace(config, tokenizer=tokenizer)
+
+
 @contextlib.asynccontextmanager
 async def _target(spec: BenchmarkRunSpec, opts: LocalOptions) -> AsyncIterator[str | None]:
     """None when the spec names its target; else a mock server's URL: the shared one, or one
-    of its own serving the spec's model (the preflight checks the model list)."""
+    of its own serving the spec's model (the preflight checks the model list) and counting
+    prompts with the spec's tokenizer, as the workers do."""
     if spec.target.endpoints:
         yield None
         return
     if opts.mock_url is not None:
         yield opts.mock_url
         return
-    config = replace(opts.mock, model=spec.target.model)
+    tok = spec.workload.tokenizer
+    config = _mock_config(opts, spec.target.model, tok.file if tok else None)
     proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, config)
     try:
         yield mock_url
@@ -267,7 +279,12 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
         gates = st.status.get("gates") or {}
         gpu = gpu_from_status(gates, output_tokens=output_tokens(final))
         results_doc = build_final_results(
-            final, slo=spec.slo, gpu=gpu, request=RequestInfo.of(spec)
+            final,
+            slo=spec.slo,
+            gpu=gpu,
+            request=RequestInfo.of(spec),
+            report=spec.report,
+            tokenizer=spec.workload.tokenizer,
         )
         results_reason = REASONS[final.source]
     now = c.now_rfc3339()

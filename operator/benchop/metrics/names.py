@@ -29,7 +29,9 @@ REQUESTS_FAILED: Final = "requests_failed"
 GOOD: Final = "requests_good"  # succeeded and met every SLO
 OUTPUT_TOKENS_TOTAL: Final = "output_tokens_total"
 INPUT_TOKENS_TOTAL: Final = "input_tokens_total"
-CHUNK_COUNTED: Final = "requests_chunk_counted"  # ok requests without usage: chunks counted
+# Ok requests without the server's usage: benchop counted their tokens (tokenizer, or
+# content chunks and prompt words). The common case (usage) is derived: ok minus these.
+BENCHOP_COUNTED: Final = "requests_benchop_counted"
 NOT_STREAMED: Final = "requests_not_streamed"  # ok requests answered as one JSON body
 CONTENT_CHUNKS: Final = "content_chunks_total"  # chunks with content of the ok streamed ones
 CONNECT_ATTEMPTS: Final = "connect_attempts"  # whole worker, every phase and the preflight

@@ -20,8 +20,8 @@ An empty series describes as ``Stats`` with ``count == 0`` and zeros elsewhere.
 
 >>> import numpy as np
 >>> s = describe(np.array([1, 2, 3, 4], dtype=np.int64))
->>> (s.count, s.mean, s.p50, s.max)
-(4, 2.5, 2.5, 4.0)
+>>> (s.count, s.mean, s.p50, s.p90, s.max)
+(4, 2.5, 2.5, 3.7, 4.0)
 >>> s.scaled(1e-6).max  # ns -> ms
 4e-06
 """
@@ -39,13 +39,27 @@ from benchagent.wire import SeriesSummary
 from benchop.metrics import buckets as _buckets
 
 IntArray = npt.NDArray[np.int64]
-QUANTILES = (50.0, 90.0, 99.0)
+QUANTILES = (50.0, 90.0, 95.0, 99.0)
+"""The percentiles every ``Stats`` has (``p50``, ``p90``, ``p95``, ``p99``)."""
 _INT64_SAFE = 1 << 63
+
+
+def percentile_key(q: float) -> str:
+    """The name of a percentile: ``p50``, ``p99.9``.
+
+    >>> percentile_key(99.9), percentile_key(50.0)
+    ('p99.9', 'p50')
+    """
+    return f"p{q:g}"
 
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """Summary statistics of one series, in the series' unit (ns, tokens)."""
+    """Summary statistics of one series, in the series' unit (ns, tokens).
+
+    ``extra`` holds the requested percentiles other than p50/p90/p95/p99 as ``(q, value)``
+    pairs, in the order asked.
+    """
 
     count: int
     mean: float
@@ -54,7 +68,15 @@ class Stats:
     max: float
     p50: float
     p90: float
+    p95: float
     p99: float
+    extra: tuple[tuple[float, float], ...] = ()
+
+    def percentiles(self) -> dict[str, float]:
+        """Every percentile held, by name (``p50`` ... ``p99``, then the extra ones)."""
+        out = {"p50": self.p50, "p90": self.p90, "p95": self.p95, "p99": self.p99}
+        out.update((percentile_key(q), v) for q, v in self.extra)
+        return out
 
     def scaled(self, factor: float) -> Stats:
         """The same statistics with every value multiplied by ``factor`` (1e-6: ns -> ms)."""
@@ -66,11 +88,13 @@ class Stats:
             max=self.max * factor,
             p50=self.p50 * factor,
             p90=self.p90 * factor,
+            p95=self.p95 * factor,
             p99=self.p99 * factor,
+            extra=tuple((q, v * factor) for q, v in self.extra),
         )
 
 
-EMPTY = Stats(count=0, mean=0.0, std=0.0, min=0.0, max=0.0, p50=0.0, p90=0.0, p99=0.0)
+EMPTY = Stats(count=0, mean=0.0, std=0.0, min=0.0, max=0.0, p50=0.0, p90=0.0, p95=0.0, p99=0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +164,21 @@ def percentile(values: IntArray | Sequence[int], q: float) -> float:
     return float(np.percentile(a, q))
 
 
-def _stats(m: Moments, p50: float, p90: float, p99: float) -> Stats:
+def _extra(qs: Sequence[float]) -> tuple[float, ...]:
+    """The requested percentiles that are not among QUANTILES, in order, once each."""
+    out: list[float] = []
+    for q in qs:
+        q = float(q)
+        if not 0.0 <= q <= 100.0:
+            raise ValueError(f"q must be within [0, 100], got {q}")
+        if q not in QUANTILES and q not in out:
+            out.append(q)
+    return tuple(out)
+
+
+def _stats(m: Moments, values: Sequence[float], extra: tuple[float, ...]) -> Stats:
+    """``values`` are the percentiles at QUANTILES + extra, in that order."""
+    p50, p90, p95, p99 = values[:4]
     return Stats(
         count=m.count,
         mean=m.sum / m.count,
@@ -149,17 +187,23 @@ def _stats(m: Moments, p50: float, p90: float, p99: float) -> Stats:
         max=float(m.max),
         p50=p50,
         p90=p90,
+        p95=p95,
         p99=p99,
+        extra=tuple(zip(extra, values[4:], strict=True)),
     )
 
 
-def describe(values: IntArray | Sequence[int]) -> Stats:
-    """Exact statistics of raw integer values."""
+def _exact(values: IntArray, qs: tuple[float, ...]) -> list[float]:
+    return [float(x) for x in np.percentile(values, qs)]
+
+
+def describe(values: IntArray | Sequence[int], qs: Sequence[float] = ()) -> Stats:
+    """Exact statistics of raw integer values; ``qs``: percentiles wanted beyond the four."""
     a = np.asarray(values, dtype=np.int64)
+    extra = _extra(qs)
     if a.size == 0:
         return EMPTY
-    p50, p90, p99 = (float(x) for x in np.percentile(a, QUANTILES))
-    return _stats(moments(a), p50, p90, p99)
+    return _stats(moments(a), _exact(a, QUANTILES + extra), extra)
 
 
 def encode_values(values: IntArray) -> bytes:
@@ -236,17 +280,24 @@ def estimate_percentiles(
     return out
 
 
-def summarize(summary: SeriesSummary) -> Stats:
+def summarize(summary: SeriesSummary, qs: Sequence[float] = ()) -> Stats:
     """Statistics of a summary: exact when it carries values, else percentiles estimated
-    from its histogram (count, mean, std, min and max are exact either way)."""
+    from its histogram (count, mean, std, min and max are exact either way). ``qs``:
+    percentiles wanted beyond p50/p90/p95/p99 (``Stats.extra``).
+
+    >>> summarize(summary, qs=[99.9]).percentiles()["p99.9"]  # doctest: +SKIP
+    """
+    extra = _extra(qs)
     if summary.count == 0:
         return EMPTY
     m = _moments_of(summary)
     values = decode_values(summary)
     if values is None:
-        p50, p90, p99 = estimate_percentiles(summary.buckets, summary.min, summary.max)
-        return _stats(m, p50, p90, p99)
+        return _stats(
+            m,
+            estimate_percentiles(summary.buckets, summary.min, summary.max, QUANTILES + extra),
+            extra,
+        )
     if values.size != summary.count:
         raise ValueError(f"summary has count {summary.count} but {values.size} values")
-    p50, p90, p99 = (float(x) for x in np.percentile(values, QUANTILES))
-    return _stats(m, p50, p90, p99)
+    return _stats(m, _exact(values, QUANTILES + extra), extra)

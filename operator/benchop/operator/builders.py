@@ -33,6 +33,7 @@ from benchop.core.names import (
     secret_file,
     spec_configmap_name,
 )
+from benchop.core.workloadfiles import volumes as workload_volumes
 
 SPEC_KEY = "spec.json"
 SPEC_DIR = "/etc/benchop"
@@ -103,7 +104,9 @@ def build_loadgen_job(
 ) -> dict[str, Any]:
     """The Indexed Job of the run's workers (``parallelism = completions = workers``).
 
-    Each pod runs ``benchop loadgen`` on the spec mounted from the ConfigMap; the worker index
+    Each pod runs ``benchop loadgen`` on the spec mounted from the ConfigMap (and the
+    workload's dataset and tokenizer, when they come from a ConfigMap or a PVC, read-only
+    under ``/workload``: :mod:`benchop.core.workloadfiles`); the worker index
     comes from ``JOB_COMPLETION_INDEX`` (set by Kubernetes for Indexed Jobs). ``run_key`` is
     what workers send as their run id (default: the run name). ``restartPolicy: OnFailure``
     on purpose: a killed worker restarts *in the same pod*, so its results emptyDir (with the
@@ -155,6 +158,8 @@ def build_loadgen_job(
             *secret_mounts,
         ],
     }
+    data = workload_volumes(spec.workload)  # a dataset or tokenizer from a ConfigMap or PVC
+    container["volumeMounts"] += [mount for _, mount in data]
     if pod and pod.resources:
         container["resources"] = to_wire(pod.resources)
     pod_spec: dict[str, Any] = {
@@ -177,6 +182,7 @@ def build_loadgen_job(
             {"name": "results", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
             *secret_volumes,
+            *(volume for volume, _ in data),
         ],
     }
     if pod and pod.node_selector:

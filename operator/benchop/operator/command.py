@@ -116,6 +116,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="upper bound on every run's spec.gates.timeout (how long a gate waits for agents)",
     )
     p.add_argument(
+        "--stuck-after",
+        type=_interval,
+        default=d.stuck_after_s,
+        metavar="DURATION",
+        help="how long worker pods may stay unschedulable or unable to pull their image, or "
+        "their Job unable to create them, before the run fails (default 60s; raise it where a "
+        "cluster autoscaler adds nodes for the workers)",
+    )
+    p.add_argument(
         "--peering",
         nargs="?",
         const="benchop",
@@ -141,6 +150,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         image=args.image,
         operator_service=args.operator_service,
         gate_timeout_s=args.gate_timeout,
+        stuck_after_s=args.stuck_after,
         peering=args.peering,
         bind_host=args.bind_host,
         snapshot_max_message_bytes=args.snapshot_max_message_bytes,

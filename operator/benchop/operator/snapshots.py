@@ -93,6 +93,11 @@ class SnapshotCollector:
         """Snapshots dropped because their run was not accepted."""
         return self._sub.rejected
 
+    @property
+    def malformed_frames(self) -> int:
+        """Frames that were not a message, counted and dropped by the codec."""
+        return self._sub.codec.decode_errors
+
     def forget(self, run: str) -> None:
         self._sub.forget(run)
 

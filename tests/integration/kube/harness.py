@@ -35,6 +35,7 @@ BENCHMARKRUNS = "benchop.io/v1alpha1/benchmarkruns"
 EXPERIMENTS = "benchop.io/v1alpha1/experiments"
 PODS = "v1/pods"
 CONFIGMAPS = "v1/configmaps"
+SECRETS = "v1/secrets"
 EVENTS = "v1/events"
 NAMESPACES = "v1/namespaces"
 SERVICES = "v1/services"
@@ -67,6 +68,7 @@ def register_resources(emulator: Emulator) -> None:
     )
     emulator.register(PODS, kind="Pod", status=True, shortnames=("po",))
     emulator.register(CONFIGMAPS, kind="ConfigMap", shortnames=("cm",))
+    emulator.register(SECRETS, kind="Secret")
     emulator.register(EVENTS, kind="Event", shortnames=("ev",))
     emulator.register(NAMESPACES, kind="Namespace", namespaced=False, status=True)
     emulator.register(SERVICES, kind="Service", status=True, shortnames=("svc",))

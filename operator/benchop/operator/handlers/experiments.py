@@ -78,6 +78,7 @@ from benchop.core.names import CREATED_ANNOTATION, EXPERIMENT_KIND, TERMINAL_PHA
 from benchop.core.rollup import run_row
 from benchop.core.search import probe_value, probes_of, search_plan, search_step
 from benchop.core.selectors import experiment_selector
+from benchop.core.workloadfiles import cluster_problem
 from benchop.operator.k8s import BENCHMARKRUN, EXPERIMENT, Body, Conflict, KubeApi, object_meta
 from benchop.operator.refresher import Refresher
 from benchop.operator.settings import OperatorSettings
@@ -200,6 +201,9 @@ def validate_spec(spec: Mapping[str, Any]) -> tuple[ExperimentSpec, list[Point]]
                 f"spec.template.target.url: required in a cluster, or urls (run {i} has none; only "
                 "local mode has a built-in mock server)"
             )
+        problem = cluster_problem(run_spec.workload, "spec.template.workload")
+        if problem is not None:
+            return problem
     return exp, points
 
 

@@ -66,6 +66,7 @@ from benchop.core.results import (
     verdict,
 )
 from benchop.core.selectors import run_selector
+from benchop.core.workloadfiles import cluster_problem
 from benchop.operator import builders
 from benchop.operator.gatebridge import GateBridge
 from benchop.operator.gpustats import RunGpuStats, with_prometheus
@@ -118,6 +119,9 @@ def check_operator_rules(run: BenchmarkRun) -> None:
             "spec.target.url: required in a cluster, or spec.target.urls (only local mode has "
             "a built-in mock server)"
         )
+    problem = cluster_problem(run.spec.workload)
+    if problem is not None:
+        raise InvalidRun(problem)
 
 
 @dataclass
@@ -454,7 +458,12 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
         try:
             gpu, prom_error = await _gpu_results(services, ctx, final)
             results = build_final_results(
-                final, slo=ctx.spec.slo, gpu=gpu, request=RequestInfo.of(ctx.spec)
+                final,
+                slo=ctx.spec.slo,
+                gpu=gpu,
+                request=RequestInfo.of(ctx.spec),
+                report=ctx.spec.report,
+                tokenizer=ctx.spec.workload.tokenizer,
             )
             results_reason = REASONS[final.source]
         except kopf.TemporaryError:
@@ -543,7 +552,12 @@ async def _finish(services: Services, ctx: RunContext) -> None:
         return
     gpu, prom_error = await _gpu_results(services, ctx, final)
     results = build_final_results(
-        final, slo=ctx.spec.slo, gpu=gpu, request=RequestInfo.of(ctx.spec)
+        final,
+        slo=ctx.spec.slo,
+        gpu=gpu,
+        request=RequestInfo.of(ctx.spec),
+        report=ctx.spec.report,
+        tokenizer=ctx.spec.workload.tokenizer,
     )
     ok, reason, message = verdict(results, first_abort([{s.worker: s for s in final.snapshots}]))
     now = now_rfc3339()
