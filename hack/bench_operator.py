@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import collections
 import contextlib
 import json
@@ -46,12 +47,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "tests" / "cluster"))
 
 from kube.harness import BENCHMARKRUNS, start_emulator  # noqa: E402
+from realkube import API_URL, KUBE_DIR, TOOLS_BIN  # noqa: E402
 
-KUBE_DIR = Path(os.environ.get("BENCHOP_KUBE_DIR", "/tmp/benchop-kube"))
 NS = "bench"
-TOOLS_BIN = ROOT / ".tools" / "bin"
 
 
 def free_port() -> int:
@@ -119,6 +120,7 @@ class Backend:
     calls: Callable[[], list[tuple[str, str, int]]]  # the operator's (method, path, status)
     servers: dict[str, int] = field(default_factory=dict)  # name -> pid, for CPU figures
     operator_args: list[str] = field(default_factory=list)
+    remove_all: Callable[[], Awaitable[int]] | None = None  # delete every run; how many are left
 
 
 async def measure(
@@ -215,6 +217,11 @@ async def measure(
         kinds = collections.Counter((m, _kind(p), s) for m, p, s in calls)
         for (method, kind, status), n in kinds.most_common(12):
             print(f"  {n / max(runs, 1):6.2f}/run  {method:6} {kind:28} -> {status}")
+        if backend.remove_all is not None:  # while the operator runs: it removes its finalizer
+            t_del = time.perf_counter()
+            left = await backend.remove_all()
+            took = time.perf_counter() - t_del
+            print(f"runs deleted:           {runs + 1 - left} in {took:.1f}s")
         return 0 if len(lat) == runs else 1
     finally:
         watcher.cancel()
@@ -295,6 +302,13 @@ def operator_identity(tmp: Path) -> tuple[Path, str]:
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     kubectl("apply", "-f", "-", input=rendered)
+    # the cluster-scoped RBAC would block a later `helm install` of the chart: removed at exit
+    atexit.register(
+        subprocess.run,
+        ["kubectl", "delete", "--ignore-not-found", "-f", "-"],
+        env={**env, "KUBECONFIG": str(KUBE_DIR / "admin.kubeconfig")},
+        input=rendered, capture_output=True, text=True, check=False,
+    )  # fmt: skip
     token = kubectl("-n", NS, "create", "token", "benchop-operator", "--duration=6h").strip()
     path = tmp / "operator.kubeconfig"
     path.write_text(
@@ -306,7 +320,7 @@ def operator_identity(tmp: Path) -> tuple[Path, str]:
                     {
                         "name": "local",
                         "cluster": {
-                            "server": "https://127.0.0.1:6443",
+                            "server": API_URL,
                             "certificate-authority": str(KUBE_DIR / "pki" / "ca.crt"),
                         },
                     }
@@ -337,7 +351,12 @@ def real_control_plane() -> Iterator[tuple[Path, str]]:
     try:
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
         kubectl("wait", "--for=condition=Established", "crd/benchmarkruns.benchop.io")
-        kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", "--timeout=900s")
+        # runs left by an interrupted bench keep kopf's finalizer with no operator to remove
+        # it, and would hold the namespace's deletion forever: drop the finalizers first
+        unblock = '{"metadata":{"finalizers":null}}'
+        for name in kubectl("-n", NS, "get", "br", "-o", "name", "--ignore-not-found").split():
+            kubectl("-n", NS, "patch", name, "--type=merge", "-p", unblock)
+        kubectl("delete", "namespace", NS, "--ignore-not-found", "--wait=true", "--timeout=300s")
         kubectl("create", "namespace", NS)
         yield operator_identity(Path(tempfile.mkdtemp(prefix="bench-real-")))
     finally:
@@ -352,7 +371,7 @@ async def bench_real(
     pki = KUBE_DIR / "pki"
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-    base = f"https://127.0.0.1:6443/apis/benchop.io/v1alpha1/namespaces/{NS}/benchmarkruns"
+    base = f"{API_URL}/apis/benchop.io/v1alpha1/namespaces/{NS}/benchmarkruns"
     audit = KUBE_DIR / "audit" / "audit.log"
     offset = audit.stat().st_size
     seen: list[tuple[str, str, int]] = []
@@ -395,6 +414,18 @@ async def bench_real(
                         seen.append((e["verb"].upper(), e["requestURI"], code))
             return seen
 
+        async def remove_all() -> int:
+            async with http.delete(base) as resp:
+                resp.raise_for_status()
+            deadline = time.monotonic() + 600
+            while True:
+                async with http.get(base, params={"limit": "1"}) as resp:
+                    listed = await resp.json()
+                left = len(listed["items"]) + int(listed["metadata"].get("remainingItemCount", 0))
+                if not left or time.monotonic() > deadline:
+                    return left
+                await asyncio.sleep(1)
+
         backend = Backend(
             kubeconfig,
             None,
@@ -403,6 +434,7 @@ async def bench_real(
             calls,
             servers={"kube-apiserver": pid_of("kube-apiserver"), "etcd": pid_of("etcd")},
             operator_args=["--stuck-after", "1h"],
+            remove_all=remove_all,
         )
         return await measure(backend, runs, concurrency, rate, timeout_s)
 

@@ -5,8 +5,9 @@
 # --purge is given. Usage: hack/kube-down.sh [--purge]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DIR="${BENCHOP_KUBE_DIR:-/tmp/benchop-kube}"
-BRIDGE=bnp0
+SLOT="${BENCHOP_KUBE_SLOT:-0}"
+if [ "$SLOT" = 0 ]; then DIR="${BENCHOP_KUBE_DIR:-/tmp/benchop-kube}"; else DIR="${BENCHOP_KUBE_DIR:-/tmp/benchop-kube-$SLOT}"; fi
+BRIDGE="bnp$SLOT"
 
 log() { printf 'kube-down: %s\n' "$*" >&2; }
 

@@ -10,6 +10,9 @@
 # Env:    BENCHOP_KUBE_DIR   state dir (default /tmp/benchop-kube): pki, kubeconfigs, logs, data
 #         BENCHOP_KUBE_NODES nodes of the test kubelet (default "benchop-gpu:2 benchop-cpu":
 #                            name[:gpus]); empty: the control plane only, no kubelet
+#         BENCHOP_KUBE_SLOT  0-9 (default 0): a second control plane beside the first, with its
+#                            own ports (+100 per slot), bridge bnp<slot>, pod and service CIDRs
+#                            (10.<244+slot>/16, 10.<96+slot>/16) and default dir /tmp/benchop-kube-<slot>
 #         BENCHOP_KUBE_EXTRA_KCM_ARGS extra kube-controller-manager flags (fault scenarios)
 # Idempotent: a component whose process is alive is left alone; the rest are (re)started.
 # Needs root (network namespaces, mounts), Go for the first build (hack/build-controlplane.sh),
@@ -18,16 +21,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
 
-DIR="${BENCHOP_KUBE_DIR:-/tmp/benchop-kube}"
+SLOT="${BENCHOP_KUBE_SLOT:-0}"
+case "$SLOT" in [0-9]) ;; *) echo "kube-up: BENCHOP_KUBE_SLOT must be 0-9, not '$SLOT'" >&2; exit 2 ;; esac
+if [ "$SLOT" = 0 ]; then DIR="${BENCHOP_KUBE_DIR:-/tmp/benchop-kube}"; else DIR="${BENCHOP_KUBE_DIR:-/tmp/benchop-kube-$SLOT}"; fi
 NODES="${BENCHOP_KUBE_NODES-benchop-gpu:2 benchop-cpu}"
-BRIDGE=bnp0
-HOST_IP=10.244.0.1
-POD_CIDR=10.244.0.0/16
-SERVICE_CIDR=10.96.0.0/16
-API_SERVICE_IP=10.96.0.1
-API_PORT=6443
-ETCD_PORT=23790
-ETCD_PEER_PORT=23800
+BRIDGE="bnp$SLOT"
+HOST_IP="10.$((244 + SLOT)).0.1"
+POD_CIDR="10.$((244 + SLOT)).0.0/16"
+SERVICE_CIDR="10.$((96 + SLOT)).0.0/16"
+API_SERVICE_IP="10.$((96 + SLOT)).0.1"
+API_PORT=$((6443 + 100 * SLOT))
+ETCD_PORT=$((23790 + 100 * SLOT))
+ETCD_PEER_PORT=$((23800 + 100 * SLOT))
+KCM_PORT=$((10257 + 100 * SLOT))
+SCHEDULER_PORT=$((10259 + 100 * SLOT))
+KUBELET_PORT=$((10250 + 100 * SLOT))
 ISSUER=https://kubernetes.default.svc.cluster.local
 
 log() { printf 'kube-up: %s\n' "$*" >&2; }
@@ -206,7 +214,7 @@ start kube-controller-manager "$BIN/kube-controller-manager" \
   --kubeconfig "$DIR/controller-manager.kubeconfig" \
   --authentication-kubeconfig "$DIR/controller-manager.kubeconfig" \
   --authorization-kubeconfig "$DIR/controller-manager.kubeconfig" \
-  --bind-address 127.0.0.1 --secure-port 10257 --leader-elect=false \
+  --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --leader-elect=false \
   --use-service-account-credentials=true --controllers '*,bootstrapsigner,tokencleaner' \
   --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
   --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
@@ -216,9 +224,9 @@ start kube-scheduler "$BIN/kube-scheduler" \
   --kubeconfig "$DIR/scheduler.kubeconfig" \
   --authentication-kubeconfig "$DIR/scheduler.kubeconfig" \
   --authorization-kubeconfig "$DIR/scheduler.kubeconfig" \
-  --bind-address 127.0.0.1 --secure-port 10259 --leader-elect=false
-wait_for kube-controller-manager 60 curl -fsSk https://127.0.0.1:10257/healthz
-wait_for kube-scheduler 60 curl -fsSk https://127.0.0.1:10259/healthz
+  --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --leader-elect=false
+wait_for kube-controller-manager 60 curl -fsSk "https://127.0.0.1:$KCM_PORT/healthz"
+wait_for kube-scheduler 60 curl -fsSk "https://127.0.0.1:$SCHEDULER_PORT/healthz"
 
 # --------------------------------------------------------------------------- test kubelet
 if [ -z "$NODES" ]; then
@@ -228,9 +236,11 @@ if [ -z "$NODES" ]; then
 fi
 node_args=()
 for spec in $NODES; do node_args+=(--node "$spec"); done
+# the project image's processes run this checkout's code (a worktree's, not the installed one)
 start testkubelet env PYTHONPATH="$REPO/tests/cluster" python3 -m testkubelet \
   --dir "$DIR" --bridge "$BRIDGE" --host-ip "$HOST_IP" --pod-cidr "$POD_CIDR" \
-  --service-cidr "$SERVICE_CIDR" "${node_args[@]}"
+  --service-cidr "$SERVICE_CIDR" --kubelet-port "$KUBELET_PORT" \
+  --image-env "PYTHONPATH=$REPO/operator:$REPO/agent" "${node_args[@]}"
 for node in "${node_names[@]}"; do
   wait_for testkubelet 60 kubectl --kubeconfig "$DIR/admin.kubeconfig" wait \
     --for=condition=Ready "node/$node" --timeout=2s

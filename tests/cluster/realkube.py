@@ -25,8 +25,13 @@ from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = ROOT / ".tools" / "bin"
-KUBE_DIR = Path(os.environ.get("BENCHOP_KUBE_DIR", "/tmp/benchop-kube"))
-HOST_IP = "10.244.0.1"
+SLOT = int(os.environ.get("BENCHOP_KUBE_SLOT", "0"))
+"""Which control plane of hack/kube-up.sh (BENCHOP_KUBE_SLOT): its dir, ports and addresses."""
+KUBE_DIR = Path(
+    os.environ.get("BENCHOP_KUBE_DIR", "/tmp/benchop-kube" + (f"-{SLOT}" if SLOT else ""))
+)
+API_URL = f"https://127.0.0.1:{6443 + 100 * SLOT}"
+HOST_IP = f"10.{244 + SLOT}.0.1"
 """The host's address on the pods' bridge: what a pod dials to reach a server on the host."""
 PROJECT_IMAGE = "ghcr.io/benchop/benchop:0.1.0"
 RELEASE = "benchop"
@@ -76,11 +81,21 @@ class RealKube:
 
     @classmethod
     def up(cls, kube_dir: Path = KUBE_DIR, timeout: float = 600) -> RealKube:
-        """Run hack/kube-up.sh (idempotent: a running control plane is reused)."""
+        """Run hack/kube-up.sh. A running control plane is reused; otherwise the state a
+        stopped one left (etcd data, pods) is purged first, so every run starts from nothing."""
+        env = {**os.environ, "BENCHOP_KUBE_DIR": str(kube_dir)}
         started = not cls.is_up(kube_dir)
+        if started:
+            subprocess.run(
+                ["bash", str(ROOT / "hack" / "kube-down.sh"), "--purge"],
+                env=env,
+                capture_output=True,
+                timeout=180,
+                check=True,
+            )
         res = subprocess.run(
             ["bash", str(ROOT / "hack" / "kube-up.sh")],
-            env={**os.environ, "BENCHOP_KUBE_DIR": str(kube_dir)},
+            env=env,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -91,8 +106,9 @@ class RealKube:
         return cls(dir=kube_dir, started=started)
 
     def down(self) -> None:
+        """Stop the control plane and delete its state."""
         subprocess.run(
-            ["bash", str(ROOT / "hack" / "kube-down.sh")],
+            ["bash", str(ROOT / "hack" / "kube-down.sh"), "--purge"],
             env={**os.environ, "BENCHOP_KUBE_DIR": str(self.dir)},
             capture_output=True,
             timeout=180,

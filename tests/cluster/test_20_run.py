@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from realkube import E2E_NS, ROOT, RealKube
+from realkube import E2E_NS, ROOT, RealKube, namespace
 
 pytestmark = pytest.mark.cluster
 
@@ -51,3 +51,14 @@ def test_example_run_succeeds_and_prints_its_numbers(mock_server: str, release: 
             assert float(value) >= 0, (name, value)  # a number in every column, no <none>
         if wide:
             assert {"GPU-UTIL", "J/TOK"} <= columns.keys()
+
+
+def test_example_applied_as_is_runs_against_the_charts_mock_server(release: RealKube) -> None:
+    """examples/run.yaml has no target.url: the operator of hack/local-cluster-values.yaml
+    (mockServer.enabled) sends it to the chart's mock server, as a developer tries it by hand."""
+    namespace(release, E2E_NS)
+    release.kubectl("-n", E2E_NS, "apply", "-f", str(ROOT / "examples" / "run.yaml"))
+    run = wait_succeeded(release, "mock-c8")
+    requests = run["status"]["results"]["requests"]
+    assert requests["failed"] == 0 and requests["ok"] == requests["total"] > 0
+    release.kubectl("-n", E2E_NS, "delete", "br", "mock-c8", "--wait=true")

@@ -46,6 +46,7 @@ NON_DEFAULT: dict[str, Any] = {
         "podResources": {"enabled": True},
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
     },
+    "mockServer": {"enabled": True, "port": 8001},
     "argocd": {"healthCheck": {"enabled": True}},
 }
 
@@ -104,8 +105,8 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
     return found[0]
 
 
-def pod_spec(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    spec: dict[str, Any] = one(docs, kind)["spec"]["template"]["spec"]
+def pod_spec(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = one(docs, kind, name)["spec"]["template"]["spec"]
     return spec
 
 
@@ -159,6 +160,17 @@ def test_non_default_render_has_roles_servicemonitor_and_argocd(
     assert roles == bindings == sorted(["team-a", "team-b", NS])
     one(custom_docs, "ServiceMonitor")
     one(custom_docs, "ConfigMap", "benchop-argocd-health")
+    # the mock server, and the operator sends runs without target.url to its Service
+    mock = one(custom_docs, "Service", "benchop-mock")
+    assert mock["spec"]["ports"][0]["port"] == 8001
+    selector = mock["spec"]["selector"]
+    template = one(custom_docs, "Deployment", "benchop-mock")["spec"]["template"]
+    assert selector.items() <= template["metadata"]["labels"].items()
+    assert template["spec"]["containers"][0]["args"][:3] == [
+        "mock-server", "--host=0.0.0.0", "--port=8001"
+    ]  # fmt: skip
+    operator = pod_spec(custom_docs, "Deployment", "benchop-operator")["containers"][0]
+    assert "--default-target-url=http://benchop-mock.benchop-system.svc:8001/v1" in operator["args"]
     assert one(custom_docs, "Service", "benchop-agent")["spec"]["clusterIP"] == "None"
 
 
@@ -184,7 +196,7 @@ def test_every_manifest_validates_strictly_offline(
 
 
 def test_operator_args_follow_the_contract(custom_docs: list[dict[str, Any]]) -> None:
-    c = pod_spec(custom_docs, "Deployment")["containers"][0]
+    c = pod_spec(custom_docs, "Deployment", "benchop-operator")["containers"][0]
     assert c["args"][0] == "operator"
     a = args_of(c)
     assert a["--namespace"] == ["team-a", "team-b"]
@@ -231,24 +243,29 @@ def test_operator_service_exposes_gate_and_snapshot(default_docs: list[dict[str,
 
 
 @pytest.mark.parametrize(
-    ("kind", "module"),
-    [("Deployment", "benchop.operator.command"), ("DaemonSet", "benchagent.command")],
+    ("kind", "name", "module"),
+    [
+        ("Deployment", "benchop-operator", "benchop.operator.command"),
+        ("DaemonSet", "benchop-agent", "benchagent.command"),
+        ("Deployment", "benchop-mock", "benchop.mockserver"),
+    ],
 )
 def test_rendered_args_parse_with_the_real_cli(
     kind: str,
+    name: str,
     module: str,
     default_docs: list[dict[str, Any]],
     custom_docs: list[dict[str, Any]],
 ) -> None:
     """The chart and the CLI agree on every flag (argparse exits on an unknown one)."""
-    try:
-        cli = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        pytest.skip(f"{module} is not written yet ({e})")
+    cli = importlib.import_module(module)
     for docs in (default_docs, custom_docs):
+        if not any(d["kind"] == kind and d["metadata"]["name"] == name for d in docs):
+            assert docs is default_docs and name == "benchop-mock"  # off by default
+            continue
         parser = argparse.ArgumentParser(prog=f"benchop {kind}")
         cli.add_arguments(parser)
-        args = pod_spec(docs, kind)["containers"][0]["args"][1:]
+        args = pod_spec(docs, kind, name)["containers"][0]["args"][1:]
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             try:
@@ -344,7 +361,8 @@ def test_pods_are_non_root_unprivileged_read_only(
                 "/tmp",
                 "/var/lib/kubelet/pod-resources",
             }, name
-    assert sorted(seen) == ["benchop-agent", "benchop-operator"]
+    mock = ["benchop-mock"] if which == "non-default" else []
+    assert sorted(seen) == ["benchop-agent", *mock, "benchop-operator"]
 
 
 def test_agent_has_no_api_token(default_docs: list[dict[str, Any]]) -> None:

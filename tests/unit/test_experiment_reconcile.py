@@ -73,6 +73,9 @@ def test_too_many_points_and_missing_url() -> None:
     assert isinstance(msg, str) and msg.startswith("spec.template.target.url: required")
     swept = {**no_url, "sweep": [{"path": "target.url", "values": ["http://a:1/v1"]}]}
     assert not isinstance(validate_spec(swept), str)
+    # an operator with a default target (the chart's mock server) takes it: each run fills it in
+    valid = validate_spec(no_url, default_target_url="http://mock:8000/v1")
+    assert not isinstance(valid, str) and valid[1][0][1].target.url is None
 
 
 def test_progressed_and_rejected_statuses() -> None:
@@ -224,5 +227,6 @@ def test_a_search_spec_validates_without_points_and_needs_a_url() -> None:
     no_url = {**doc, "template": {**doc["template"], "target": {"model": "m"}}}
     msg = validate_spec(no_url)
     assert isinstance(msg, str) and msg.startswith("spec.template.target.url: required")
+    assert not isinstance(validate_spec(no_url, default_target_url="http://mock:8000/v1"), str)
     both = {**doc, "sweep": [{"path": "load.concurrency", "values": [1]}]}
     assert validate_spec(both) == "spec: set exactly one of sweep or search"

@@ -70,3 +70,21 @@ async def test_preload_registers_only_accepted_runs_in_progress_with_their_gates
     ctx = services.runs[key]
     assert ctx.workers == 2 and ctx.uid == "uid-going" and not ctx.accepted.is_set()
     assert ctx.next_resync == 0.0  # a preloaded run re-reads its pods and Job at once
+
+
+def test_a_run_without_url_takes_the_operators_default_target_or_is_refused() -> None:
+    no_url = runs.BenchmarkRun.model_validate(
+        {"metadata": {"name": "r", "namespace": "ns"}, "spec": {**SPEC, "target": {"model": "m"}}}
+    )
+    try:
+        runs.check_operator_rules(runs.with_default_target(no_url, None))
+    except runs.InvalidRun as e:
+        assert str(e).startswith("spec.target.url: required in a cluster")
+    else:
+        raise AssertionError("a run without a target was accepted")
+    run = runs.with_default_target(no_url, "http://mock.ns.svc:8000/v1")
+    runs.check_operator_rules(run)
+    assert run.spec.target.url == "http://mock.ns.svc:8000/v1" and run.spec.target.model == "m"
+    assert no_url.spec.target.url is None  # a copy: the object read from the cluster is kept
+    given = runs.BenchmarkRun.model_validate({"metadata": {"name": "r"}, "spec": SPEC})
+    assert runs.with_default_target(given, "http://other/v1").spec.target.url == "http://m:8000/v1"

@@ -21,6 +21,15 @@
 {{- printf "%s-operator" (include "benchop.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "benchop.mockName" -}}
+{{- printf "%s-mock" (include "benchop.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The mock server's URL as pods see it (the operator's --default-target-url). */}}
+{{- define "benchop.mockUrl" -}}
+{{- printf "http://%s.%s.svc:%v/v1" (include "benchop.mockName" .) .Release.Namespace .Values.mockServer.port }}
+{{- end }}
+
 {{- define "benchop.agentName" -}}
 {{- printf "%s-agent" (include "benchop.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}

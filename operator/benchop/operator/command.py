@@ -104,6 +104,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent-port", type=int, default=d.agent_port, help="agents' baseline port")
     p.add_argument("--image", default=DEFAULT_IMAGE, help="load-generator image")
     p.add_argument(
+        "--default-target-url",
+        default=None,
+        metavar="URL",
+        help="target of runs without spec.target.url (e.g. the chart's mock server); "
+        "default: such runs are refused",
+    )
+    p.add_argument(
         "--operator-service",
         default=d.operator_service,
         help="DNS name the workers dial for gates and snapshots",
@@ -148,6 +155,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         agent_port=args.agent_port,
         agent_namespace=args.agent_namespace or os.environ.get("POD_NAMESPACE"),
         image=args.image,
+        default_target_url=args.default_target_url,
         operator_service=args.operator_service,
         gate_timeout_s=args.gate_timeout,
         stuck_after_s=args.stuck_after,

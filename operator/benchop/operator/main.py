@@ -179,8 +179,9 @@ async def benchmarkrun_create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
     """Validate, accept, create the children, register with the gates."""
     services = _services(memo)
     try:
-        run = BenchmarkRun.model_validate(
-            {"metadata": dict(body.metadata), "spec": dict(body.spec)}
+        run = runs.with_default_target(
+            BenchmarkRun.model_validate({"metadata": dict(body.metadata), "spec": dict(body.spec)}),
+            services.settings.default_target_url,
         )
         runs.check_operator_rules(run)
     except (ValidationError, runs.InvalidRun) as e:

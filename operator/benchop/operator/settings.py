@@ -40,6 +40,9 @@ class OperatorSettings:
     agent_port: int = 5557
     agent_namespace: str | None = None  # None: agents are looked up in every namespace
     image: str = DEFAULT_IMAGE
+    # Where runs without spec.target.url send their load (the chart's mock server, for trying
+    # the operator out); None: such runs are refused, naming spec.target.url.
+    default_target_url: str | None = None
     operator_service: str = "benchop-operator.benchop.svc"
     gate_timeout_s: float | None = None  # upper bound on every run's spec.gates.timeout
     peering: str | None = None  # kopf peering object name; None = standalone

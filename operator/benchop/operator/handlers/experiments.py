@@ -79,6 +79,7 @@ from benchop.core.rollup import run_row
 from benchop.core.search import probe_value, probes_of, search_plan, search_step
 from benchop.core.selectors import experiment_selector
 from benchop.core.workloadfiles import cluster_problem
+from benchop.operator.handlers.runs import NO_TARGET
 from benchop.operator.k8s import BENCHMARKRUN, EXPERIMENT, Body, Conflict, KubeApi, object_meta
 from benchop.operator.refresher import Refresher
 from benchop.operator.settings import OperatorSettings
@@ -129,6 +130,7 @@ class ExperimentServices:
     rows: dict[Key, dict[str, ExperimentRunRow]] = field(default_factory=dict)
     """Per experiment: child uid -> last rollup row seen (pruned to the listed children)."""
     created: int = 0  # child runs this process created (for tests and probes)
+    default_target_url: str | None = None  # the operator's --default-target-url
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self.locks.setdefault((namespace, name), asyncio.Lock())
@@ -145,7 +147,9 @@ def start_experiments(api: KubeApi, settings: OperatorSettings) -> ExperimentSer
     """The services, with the rollup refresher started (call in kopf's startup, in the loop)."""
     refresher = Refresher(api, interval_s=settings.refresh_interval_s)
     refresher.start()
-    return ExperimentServices(api=api, refresher=refresher)
+    return ExperimentServices(
+        api=api, refresher=refresher, default_target_url=settings.default_target_url
+    )
 
 
 async def stop_experiments(services: ExperimentServices) -> None:
@@ -159,11 +163,14 @@ async def stop_experiments(services: ExperimentServices) -> None:
 Point = tuple[dict[str, Any], BenchmarkRunSpec]
 
 
-def validate_spec(spec: Mapping[str, Any]) -> tuple[ExperimentSpec, list[Point]] | str:
+def validate_spec(
+    spec: Mapping[str, Any], default_target_url: str | None = None
+) -> tuple[ExperimentSpec, list[Point]] | str:
     """The validated spec and its points, or a message naming the offending field.
 
     Beyond the model: at most :data:`MAX_POINTS` points, every combination of values valid
-    (each value alone was checked by the model), and a target URL in every run.
+    (each value alone was checked by the model), and a target URL in every run (or the
+    operator's default target, which each run then takes when it starts).
     """
     try:
         exp = ExperimentSpec.model_validate(dict(spec))
@@ -174,11 +181,8 @@ def validate_spec(spec: Mapping[str, Any]) -> tuple[ExperimentSpec, list[Point]]
             for line in lines
         )
     if exp.sweep is None:  # a search: its probes come one at a time, min and max were checked
-        if exp.template.target.url is None:
-            return (
-                "spec.template.target.url: required in a cluster (only local mode has a "
-                "built-in mock server)"
-            )
+        if not exp.template.target.endpoints and default_target_url is None:
+            return f"spec.template.target.url: {NO_TARGET}"
         return exp, []
     size = math.prod(len(axis.values) for axis in exp.sweep)
     if size > MAX_POINTS:
@@ -196,11 +200,8 @@ def validate_spec(spec: Mapping[str, Any]) -> tuple[ExperimentSpec, list[Point]]
                 f"invalid: {format_validation_error(e)}"
             )
     for i, (_, run_spec) in enumerate(points):
-        if not run_spec.target.endpoints:
-            return (
-                f"spec.template.target.url: required in a cluster, or urls (run {i} has none; only "
-                "local mode has a built-in mock server)"
-            )
+        if not run_spec.target.endpoints and default_target_url is None:
+            return f"spec.template.target.url: {NO_TARGET} (run {i} has none)"
         problem = cluster_problem(run_spec.workload, "spec.template.workload")
         if problem is not None:
             return problem
@@ -278,7 +279,7 @@ async def _reconcile(services: ExperimentServices, body: Body) -> None:
     now = c.now_rfc3339()
     kids = await services.api.list(BENCHMARKRUN, namespace, labels=experiment_selector(name))
     services.prune_rows(namespace, name, {str(k["metadata"].get("uid")) for k in kids})
-    valid = validate_spec(body.get("spec") or {})
+    valid = validate_spec(body.get("spec") or {}, services.default_target_url)
     if isinstance(valid, str):
         await _reject(services, body, c.REASON_INVALID_SPEC, valid, now, kids)
         raise InvalidExperiment(valid)

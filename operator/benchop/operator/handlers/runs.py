@@ -112,13 +112,25 @@ class InvalidRun(ValueError):
     """The spec is valid for the schema but not for the operator; the message names the field."""
 
 
+NO_TARGET = (
+    "required in a cluster, or urls (local mode has a built-in mock server; in a cluster, an "
+    "operator installed with mockServer.enabled sends such runs to the chart's mock server)"
+)
+
+
+def with_default_target(run: BenchmarkRun, default_url: str | None) -> BenchmarkRun:
+    """The run with ``spec.target.url`` set to the operator's ``--default-target-url`` when it
+    has neither url nor urls (in memory: the workers read the spec ConfigMap built from this)."""
+    if run.spec.target.endpoints or default_url is None:
+        return run
+    target = run.spec.target.model_copy(update={"url": default_url})
+    return run.model_copy(update={"spec": run.spec.model_copy(update={"target": target})})
+
+
 def check_operator_rules(run: BenchmarkRun) -> None:
     """Rules of the in-cluster operator beyond the model's (local mode may differ)."""
     if not run.spec.target.endpoints:
-        raise InvalidRun(
-            "spec.target.url: required in a cluster, or spec.target.urls (only local mode has "
-            "a built-in mock server)"
-        )
+        raise InvalidRun(f"spec.target.url: {NO_TARGET}")
     problem = cluster_problem(run.spec.workload)
     if problem is not None:
         raise InvalidRun(problem)
@@ -292,8 +304,11 @@ async def preload_runs(services: Services) -> int:
             if lifecycle.is_terminal(status) or not accepted or accepted["status"] != c.TRUE:
                 continue
             try:
-                run = BenchmarkRun.model_validate(
-                    {"metadata": body["metadata"], "spec": body.get("spec") or {}}
+                run = with_default_target(
+                    BenchmarkRun.model_validate(
+                        {"metadata": body["metadata"], "spec": body.get("spec") or {}}
+                    ),
+                    services.settings.default_target_url,
                 )
             except ValidationError:
                 continue  # the create/resume handler reports it
