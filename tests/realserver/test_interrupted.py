@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from llamaserver import MODEL_ALIAS, Server, check_installed, model_file, start_server
+from llamaserver import MODEL_ALIAS, Server, server_or_skip
 from test_benchop_run import OUTPUT_TOKENS, benchop_run, manifest, records
 
 pytestmark = pytest.mark.realserver
@@ -19,20 +19,14 @@ pytestmark = pytest.mark.realserver
 
 @pytest.fixture(scope="module")
 def interrupting_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    try:
-        check_installed()
-        model = model_file()
-    except Exception as exc:  # the session fixture decides skip or fail; here: skip
-        pytest.skip(f"realserver: {exc}")
     log = tmp_path_factory.mktemp("llama-interrupt") / "server.log"
-    with start_server(model, log_path=log, extra_args=("--interrupt_requests", "true")) as server:
+    with server_or_skip(log, extra_args=("--interrupt_requests", "true")) as server:
         yield server
 
 
 def test_interrupted_streams_are_truncated_failures_not_short_oks(
-    llama_server: Server, interrupting_server: Server, tmp_path: Path
+    interrupting_server: Server, tmp_path: Path
 ) -> None:
-    del llama_server  # the session's fixture: skips or fails as the realserver tests do
     spec = {
         "target": {"url": interrupting_server.url, "model": MODEL_ALIAS, "api": "chat"},
         "workload": {"promptTokens": 24, "outputTokens": 4 * OUTPUT_TOKENS, "seed": 7},
