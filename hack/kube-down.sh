@@ -3,6 +3,9 @@
 # their network namespaces), then the scheduler, the controller manager, the apiserver and
 # etcd; then removes the bridge. Keeps the state dir (certificates, etcd data, logs) unless
 # --purge is given. Usage: hack/kube-down.sh [--purge]
+#        hack/kube-down.sh --only NAME   stops one component (etcd, kube-apiserver,
+#          kube-controller-manager, kube-scheduler, testkubelet) and nothing else; hack/kube-up.sh
+#          starts it again (it starts whatever is not running): the fault suite's restarts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SLOT="${BENCHOP_KUBE_SLOT:-0}"
@@ -29,6 +32,14 @@ stop() {
   rm -f "$pidfile"
 }
 
+if [ "${1:-}" = "--only" ]; then
+  case "${2:-}" in
+    etcd | kube-apiserver | kube-controller-manager | kube-scheduler) stop "$2" 20 ;;
+    testkubelet) stop testkubelet 60 ;;
+    *) log "--only takes etcd, kube-apiserver, kube-controller-manager, kube-scheduler or testkubelet" ; exit 2 ;;
+  esac
+  exit 0
+fi
 stop testkubelet 60
 stop kube-scheduler 10
 stop kube-controller-manager 10

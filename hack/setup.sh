@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs benchop and everything its checks and tests use, on a fresh Debian machine with
 # Python >= 3.11: the package with its dev extras, Debian's prometheus (for the Prometheus
-# tests), wrk (load-generator benchmark) and shellcheck, a pinned helm + kubectl
+# tests), wrk (load-generator benchmark), shellcheck and chromium + chromium-driver (the
+# report's browser test), a pinned helm + kubectl
 # (hack/install-tools.sh), the real control plane of the `cluster` tests
 # (hack/build-controlplane.sh, needs Go) and the real model server of the `realserver` tests
 # (hack/install-llama.sh: compiles llama-cpp-python once, minutes, then reuses the wheel).
@@ -12,7 +13,8 @@ cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 
 missing=()
-for pkg_bin in prometheus:prometheus wrk:wrk shellcheck:shellcheck; do
+for pkg_bin in prometheus:prometheus wrk:wrk shellcheck:shellcheck chromium:chromium \
+  chromium-driver:chromedriver; do
   command -v "${pkg_bin#*:}" >/dev/null 2>&1 || missing+=("${pkg_bin%%:*}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

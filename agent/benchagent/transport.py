@@ -14,7 +14,10 @@ CurveZMQ is optional: the side that accepts connections takes a
 public keys; it then gets its own context and a ZAP authenticator thread), the
 other side a :class:`CurveClient` (its secret key file and the server's public
 key file). Key files are the ones ``zmq.auth.create_certificates`` writes
-(``name.key`` public, ``name.key_secret`` both).
+(``name.key`` public, ``name.key_secret`` both). A client with no identity of its own (a
+load-generator worker) takes a :class:`CurveEphemeral`: only the server's public key (Z85), a
+fresh key pair per socket; the traffic is encrypted and the server authenticated, and a server
+that accepts any client key (``CurveServer(..., client_keys_dir=None)``) lets it in.
 
 Sockets share ``zmq.asyncio.Context.instance()`` unless a context is given;
 ``close()`` never terminates a shared context.
@@ -75,7 +78,20 @@ class CurveClient:
     server_public_key_file: Path
 
 
-Curve = CurveServer | CurveClient
+@dataclass(frozen=True)
+class CurveEphemeral:
+    """CurveZMQ of a client with no key of its own: a fresh key pair per socket, the server
+    authenticated by ``server_public_key`` (40 Z85 characters)."""
+
+    server_public_key: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.server_public_key) != 40:
+            raise ValueError("a CurveZMQ public key is 40 Z85 characters")
+
+
+ClientCurve = CurveClient | CurveEphemeral
+Curve = CurveServer | ClientCurve
 
 
 class RequestTimeout(TimeoutError):
@@ -123,6 +139,11 @@ class _Sockets:
             sock.curve_publickey = public
             sock.curve_secretkey = secret
             sock.curve_serverkey = server_public
+        elif isinstance(self.curve, CurveEphemeral):
+            public, secret = zmq.curve_keypair()
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+            sock.curve_serverkey = self.curve.server_public_key
         return sock
 
     @contextlib.contextmanager
@@ -422,7 +443,7 @@ class RequestClient:
         self,
         endpoint: str,
         *,
-        curve: CurveClient | None = None,
+        curve: ClientCurve | None = None,
         codec: Codec | None = None,
         ctx: zmq.asyncio.Context | None = None,
     ) -> None:

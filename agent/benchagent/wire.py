@@ -143,6 +143,25 @@ class WorkerAbort(msgspec.Struct, kw_only=True):
     message: str
 
 
+class TimelineRow(msgspec.Struct, array_like=True):
+    """One second of a worker's profiling requests, by the second each request ended.
+
+    ``t_s`` is that wall-clock second (epoch); the latency histograms use the sparse
+    bucket keys of the live histogram (nanoseconds, see benchop.metrics.buckets), so rows
+    of different workers merge by adding counts.
+    """
+
+    t_s: Int64
+    requests: Count = 0
+    ok: Count = 0
+    good: Count = 0
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    ttft: dict[Int64, Count] = msgspec.field(default_factory=dict)
+    itl: dict[Int64, Count] = msgspec.field(default_factory=dict)
+    e2e: dict[Int64, Count] = msgspec.field(default_factory=dict)
+
+
 class MetricsSnapshot(msgspec.Struct, tag="MetricsSnapshot", tag_field="kind", kw_only=True):
     """Worker -> operator: live and final metrics of one worker.
 
@@ -164,6 +183,8 @@ class MetricsSnapshot(msgspec.Struct, tag="MetricsSnapshot", tag_field="kind", k
     interrupted: bool = False  # stopped by a signal before the phase's bound
     abort: WorkerAbort | None = None  # the worker ended the run early (every snapshot after)
     warnings: list[str] = msgspec.field(default_factory=list)  # e.g. the preflight's
+    # COMPLETE only: per-second rows of the worker's profiling records (None: not built)
+    timeline: list[TimelineRow] | None = None
 
 
 Message = BaselineRequest | BaselineAck | GateRequest | GateGranted | GateDenied | MetricsSnapshot

@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mock-server": ("benchop.mockserver", "serve a mock OpenAI-compatible model server"),
     "get": ("benchop.get", "show results of runs and experiments from the cluster"),
     "top": ("benchop.top", "live GPU table of a run, from Prometheus"),
+    "results": ("benchop.results", "print or save a run's or experiment's results bundle"),
+    "report": ("benchop.htmlreport", "one self-contained HTML report of results (or two)"),
+    "collect": ("benchop.collect", "merge the workers' files on a PVC into the bundle (a Job)"),
 }
 
 

@@ -131,6 +131,7 @@ class Cluster:
                     pass
             api_client = k8s.client.ApiClient()
         self.api = k8s.client.CustomObjectsApi(api_client)
+        self.core = k8s.client.CoreV1Api(api_client)
         self.ApiException = k8s.client.exceptions.ApiException
 
     def list(
@@ -156,6 +157,16 @@ class Cluster:
                 return None
             raise
         return body
+
+    def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A ConfigMap's ``data`` (None when there is no such ConfigMap)."""
+        try:
+            cm = self.core.read_namespaced_config_map(name, namespace)
+        except self.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return dict(cm.data or {})
 
 
 def _rollup(cluster: Cluster, exp: Mapping[str, Any]) -> tuple[ExperimentMetrics, Source]:

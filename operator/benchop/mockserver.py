@@ -38,7 +38,14 @@ Behaviour, set by :class:`MockConfig` (also the flags of ``benchop mock-server``
   ``rate_limit_rate`` -> HTTP 429 (500 is drawn first), ``disconnect_rate`` -> the transport
   is aborted after 1..n-1 token chunks (no ``[DONE]``; non-streaming: no response at all),
   ``malformed_rate`` -> one token chunk is sent as truncated, unparsable JSON (the stream
-  then continues to ``[DONE]``; non-streaming: a truncated JSON body).
+  then continues to ``[DONE]``; non-streaming: a truncated JSON body), ``stall_rate`` -> the
+  stream stops for ``stall`` seconds after 1..n-1 token chunks, then goes on (non-streaming:
+  the body is ``stall`` seconds late), ``trickle_rate`` -> a slow-loris response: every byte
+  of it is written on its own, ``trickle`` seconds after the previous one.
+- ``GET /benchop/stats``: the counters (``STATS_KEYS``) as JSON, so a test outside the
+  process compares what the server served with what a run counted; ``benchop mock-server``
+  also prints them as ``STATS {...}`` on stdout when it stops (a restarted server starts
+  from zero).
 - ``api_key``: when set, a ``/v1`` request without ``Authorization: Bearer <key>`` is
   answered 401, like a missing ``required_header`` (``benchop mock-server --api-key-env
   NAME`` reads the key from the environment, never from the command line).
@@ -108,6 +115,8 @@ STATS_KEYS = (
     "rate_limited",  # injected 429
     "disconnects",  # injected mid-stream disconnects
     "malformed",  # injected malformed chunks / bodies
+    "stalls",  # injected stalls
+    "trickles",  # injected slow-loris responses
     "client_disconnects",  # the client went away before the response was complete
     "tokens",  # output tokens written
 )
@@ -125,6 +134,10 @@ class MockConfig:
     rate_limit_rate: float = 0.0
     disconnect_rate: float = 0.0
     malformed_rate: float = 0.0
+    stall_rate: float = 0.0
+    stall: float = 30.0  # seconds a stalled response stops for
+    trickle_rate: float = 0.0
+    trickle: float = 0.05  # seconds between the bytes of a trickled response
     seed: int = 0
     model: str = "benchop-mock"
     required_header: str | None = None  # "name: value"
@@ -136,8 +149,8 @@ class MockConfig:
     def __post_init__(self) -> None:
         if self.required_header is not None and ":" not in self.required_header:
             raise ValueError("required_header must be 'name: value'")
-        if self.ttft < 0 or self.itl < 0:
-            raise ValueError("ttft and itl must be >= 0")
+        if self.ttft < 0 or self.itl < 0 or self.stall < 0 or self.trickle < 0:
+            raise ValueError("ttft, itl, stall and trickle must be >= 0")
         if self.capacity < 0:
             raise ValueError("capacity must be >= 0 (0: unlimited)")
         if self.output_tokens < 1:
@@ -148,6 +161,8 @@ class MockConfig:
             "rate_limit_rate",
             "disconnect_rate",
             "malformed_rate",
+            "stall_rate",
+            "trickle_rate",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
@@ -221,6 +236,8 @@ class Fault(enum.Enum):
     RATE_LIMIT = "rate_limit"
     DISCONNECT = "disconnect"
     MALFORMED = "malformed"
+    STALL = "stall"
+    TRICKLE = "trickle"
 
 
 class _Stretched(Sequence[float]):
@@ -258,7 +275,8 @@ class Plan:
     """What one request will get: the fault, token count, due offsets and the fault position.
 
     ``offsets[i]`` is when token i is due, in seconds after the request arrived. ``at`` is the
-    number of token chunks sent before a disconnect, or the index of the malformed chunk.
+    number of token chunks sent before a disconnect or a stall, or the index of the malformed
+    chunk.
     """
 
     fault: Fault
@@ -278,10 +296,14 @@ def plan_request(config: MockConfig, rng: random.Random, n_tokens: int) -> Plan:
         fault = Fault.DISCONNECT
     elif config.malformed_rate and rng.random() < config.malformed_rate:
         fault = Fault.MALFORMED
+    elif config.stall_rate and rng.random() < config.stall_rate:
+        fault = Fault.STALL
+    elif config.trickle_rate and rng.random() < config.trickle_rate:
+        fault = Fault.TRICKLE
     if fault in (Fault.ERROR, Fault.RATE_LIMIT):
         return Plan(fault, 0, [])
     at = 0
-    if fault is Fault.DISCONNECT:
+    if fault in (Fault.DISCONNECT, Fault.STALL):
         at = rng.randint(1, max(1, n_tokens - 1))
     elif fault is Fault.MALFORMED:
         at = rng.randrange(n_tokens)
@@ -295,6 +317,8 @@ def plan_request(config: MockConfig, rng: random.Random, n_tokens: int) -> Plan:
             offsets.append(t)
     else:
         offsets = [ttft + i * itl for i in range(n_tokens)]
+    if fault is Fault.STALL:  # every token from the at-th on is `stall` seconds later
+        offsets[at:] = [t + config.stall for t in offsets[at:]]
     return Plan(fault, n_tokens, offsets, at)
 
 
@@ -473,6 +497,9 @@ class _Handlers:
         body = _error_body(message, "authentication_error", 401)
         return web.Response(status=401, body=body, content_type="application/json")
 
+    async def stats_view(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats)
+
     async def models(self, request: web.Request) -> web.Response:
         self.stats["models"] += 1
         if (denied := self._unauthorized(request)) is not None:
@@ -598,9 +625,27 @@ class _Handlers:
         if plan.fault is Fault.MALFORMED:
             stats["malformed"] += 1
             out = out[: len(out) // 2]
+        if plan.fault is Fault.STALL:
+            stats["stalls"] += 1
+        if plan.fault is Fault.TRICKLE:
+            stats["trickles"] += 1
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            await self._trickle(resp, out, eof=True)
+        else:
+            resp = web.Response(body=out, content_type="application/json")
         stats["tokens"] += n
         stats["ok"] += 1
-        return web.Response(body=out, content_type="application/json")
+        return resp
+
+    async def _trickle(self, resp: web.StreamResponse, data: bytes, *, eof: bool) -> None:
+        """Write ``data`` one byte at a time, ``trickle`` seconds apart (a slow loris)."""
+        for k in range(len(data)):
+            await asyncio.sleep(self.config.trickle)
+            if eof and k == len(data) - 1:
+                await resp.write_eof(data[k:])
+            else:
+                await resp.write(data[k : k + 1])
 
     def _abort(self, request: web.Request) -> web.StreamResponse:
         self.stats["disconnects"] += 1
@@ -622,6 +667,10 @@ class _Handlers:
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         await resp.prepare(request)
         n, offsets, fault = plan.n_tokens, plan.offsets, plan.fault
+        if fault is Fault.STALL:
+            stats["stalls"] += 1
+        elif fault is Fault.TRICKLE:
+            stats["trickles"] += 1
         stop_at = plan.at if fault is Fault.DISCONNECT else n
         malformed_at = plan.at if fault is Fault.MALFORMED else -1
         i = 0
@@ -641,13 +690,17 @@ class _Handlers:
                 stats["malformed"] += 1
             else:
                 parts = enc.tokens(i, j, n, sent_ns)
-            if j < n or fault is Fault.DISCONNECT:
-                await resp.write(b"".join(parts))
-            else:
+            last = j >= n and fault is not Fault.DISCONNECT
+            if last:
                 if usage_prompt_tokens is not None:
                     parts.append(enc.usage(usage_prompt_tokens, n, sent_ns))
                 parts.append(DONE)
+            if fault is Fault.TRICKLE:
+                await self._trickle(resp, b"".join(parts), eof=last)
+            elif last:
                 await resp.write_eof(b"".join(parts))
+            else:
+                await resp.write(b"".join(parts))
             stats["tokens"] += j - i
             i = j
         if fault is Fault.DISCONNECT:
@@ -664,6 +717,7 @@ def build_app(config: MockConfig) -> web.Application:
     h = _Handlers(config, stats)
     app.router.add_get("/healthz", h.healthz)
     app.router.add_get("/health", h.healthz)
+    app.router.add_get("/benchop/stats", h.stats_view)
     app.router.add_get("/v1/models", h.models)
     app.router.add_post("/v1/chat/completions", h.chat)
     app.router.add_post("/v1/completions", h.completions)
@@ -696,7 +750,11 @@ async def start_mock_server(
 
     Example: ``async with await start_mock_server(MockConfig()) as server: ...``
     """
-    runner = web.AppRunner(build_app(config), access_log=None, handle_signals=False)
+    # in-flight responses get 2 s at close (not aiohttp's 60): a stalled or trickled one would
+    # hold the close for its whole stall
+    runner = web.AppRunner(
+        build_app(config), access_log=None, handle_signals=False, shutdown_timeout=2.0
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     try:
@@ -806,6 +864,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--rate-limit-rate", type=float, default=d.rate_limit_rate, help="share -> HTTP 429")
     a("--disconnect-rate", type=float, default=d.disconnect_rate, help="share cut mid-stream")
     a("--malformed-rate", type=float, default=d.malformed_rate, help="share with a bad chunk")
+    a("--stall-rate", type=float, default=d.stall_rate, help="share that stops mid-stream")
+    a("--stall", type=float, default=d.stall, help="stall length, s (default: %(default)s)")
+    a("--trickle-rate", type=float, default=d.trickle_rate,
+      help="share sent as a slow loris, one byte at a time")  # fmt: skip
+    a("--trickle", type=float, default=d.trickle,
+      help="seconds between a trickled response's bytes (default: %(default)s)")  # fmt: skip
     a("--seed", type=int, default=d.seed, help="seed of the fault/jitter draws")
     a("--model", default=d.model, help="model name listed by /v1/models")
     a("--required-header", default=None, help="'name: value' every request must carry (else 401)")
@@ -828,6 +892,10 @@ def run(args: argparse.Namespace) -> int:
             rate_limit_rate=args.rate_limit_rate,
             disconnect_rate=args.disconnect_rate,
             malformed_rate=args.malformed_rate,
+            stall_rate=args.stall_rate,
+            stall=args.stall,
+            trickle_rate=args.trickle_rate,
+            trickle=args.trickle,
             seed=args.seed,
             model=args.model,
             required_header=args.required_header,
@@ -850,6 +918,8 @@ def run(args: argparse.Namespace) -> int:
             await stop.wait()
         finally:
             await server.close()
+            # what this process served, for a caller that restarts it (counters start at 0)
+            print("STATS " + json.dumps(server.stats, separators=(",", ":")), flush=True)
 
     try:
         import uvloop

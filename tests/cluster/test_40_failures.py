@@ -78,19 +78,20 @@ def test_pods_refused_by_a_resource_quota_fail_the_run(mock_server: str, release
 
 
 def test_a_spec_only_the_operator_refuses_is_rejected_once(release: RealKube) -> None:
-    # The schema admits a run without target.url (local mode has a built-in mock server); the
-    # operator refuses it with Accepted=False naming the field, an event, and no crash loop.
+    # The schema admits a dataset file at a relative path (local mode reads it beside the
+    # spec); the operator refuses it with Accepted=False naming the field, an event, and no
+    # crash loop.
     ns = namespace(release, "benchop-e2e-invalid")
-    manifest = run_manifest("no-url", ns, "http://unused.invalid/v1")
-    del manifest["spec"]["target"]["url"]
-    release.apply(manifest)
-    run = release.wait_ended("br", "no-url", ns, timeout=60)
+    url = "http://mock.benchop-e2e.svc:8000/v1"
+    workload = {"dataset": {"file": "data/chat.jsonl"}}
+    release.apply(run_manifest("rel-path", ns, url, workload=workload))
+    run = release.wait_ended("br", "rel-path", ns, timeout=60)
     accepted = release.condition(run, "Accepted")
     assert (accepted["status"], accepted["reason"]) == ("False", "InvalidSpec"), run["status"]
-    assert "spec.target.url" in accepted["message"]
-    assert release.get("job", "no-url-loadgen", namespace=ns) is None
-    events = release.kubectl("-n", ns, "describe", "br", "no-url").stdout
-    assert "spec.target.url" in events.split("Events:")[-1], events
+    assert "spec.workload.dataset.file" in accepted["message"]
+    assert release.get("job", "rel-path-loadgen", namespace=ns) is None
+    events = release.kubectl("-n", ns, "describe", "br", "rel-path").stdout
+    assert "spec.workload.dataset.file" in events.split("Events:")[-1], events
     [operator] = [
         p
         for p in release.get("pods", namespace=RELEASE_NS)

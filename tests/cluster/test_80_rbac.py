@@ -26,8 +26,8 @@ GRANTED_BUT_NOT_EXERCISED: dict[tuple[str, str, str], str] = {
     "OwnerReferencesPermissionEnforcement when a child with blockOwnerDeletion is created; "
     "never a request of its own (a 403 on the child's create says it is missing)",
     ("benchop.io", "experiments/finalizers", "update"): "the same, for child BenchmarkRuns",
-    ("", "configmaps", "get"): "only when a create meets a 409 (kopf re-runs a create handler "
-    "under load: hack/bench_operator.py --backend real shows it, and failed with a 403 on it)",
+    ("", "configmaps", "patch"): "the results ConfigMap is merge-patched only when it exists "
+    "already: an operator restarted after writing it and before the run's terminal status",
 }
 """(apiGroup, resource, verb) the chart grants that the e2e does not exercise, and why."""
 

@@ -10,8 +10,8 @@ from realkube import RELEASE, RELEASE_NS, RealKube
 pytestmark = pytest.mark.cluster
 
 KINDS = (
-    "deployments,daemonsets,replicasets,pods,services,serviceaccounts,configmaps,jobs,"
-    "roles,rolebindings"
+    "deployments,daemonsets,replicasets,pods,services,serviceaccounts,configmaps,secrets,jobs,"
+    "roles,rolebindings,networkpolicies"
 )
 
 

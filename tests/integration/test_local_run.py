@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -74,21 +75,52 @@ def test_local_run_end_to_end_matches_the_records_exactly(tmp_path: Path) -> Non
     assert gpu["simulated"] is True and gpu["gpus"] == 1 and gpu["energyJ"] > 0
     assert gpu["joulesPerOutputToken"] == pytest.approx(gpu["energyJ"] / (60 * 64), rel=1e-3)
 
-    # Recompute TTFT and ITL percentiles from every worker's records.jsonl: exact equality.
-
-    ttft, itl = [], []
-    for w in (0, 1):
-        for line in (tmp_path / "r" / f"worker-{w}" / "records.jsonl").read_text().splitlines():
-            rec = json.loads(line)
-            if "ttft_ns" not in rec:
-                continue
-            ttft.append(rec["ttft_ns"])
-            itl.extend(rec["itl_ns"])
-    assert len(ttft) == 60
+    # The bundle: records.jsonl merged from both workers in the order the requests ended;
+    # percentiles recomputed from it equal status.results and results.json exactly.
+    bundle_dir = tmp_path / "r"
+    assert sorted(p.name for p in bundle_dir.iterdir()) == [
+        "records.jsonl", "results.json", "timeseries.csv"
+    ]  # fmt: skip
+    recs = [json.loads(line) for line in (bundle_dir / "records.jsonl").read_text().splitlines()]
+    assert len(recs) == 60 and {r["worker"] for r in recs} == {0, 1}
+    ends = [r["sent_ns"] + r["e2e_ns"] for r in recs]
+    assert ends == sorted(ends)
+    ttft = [r["ttft_ns"] for r in recs]
+    itl = [x for r in recs for x in r["itl_ns"]]
     assert results["ttftMs"]["p50"] == pytest.approx(np.percentile(ttft, 50) / 1e6, rel=1e-12)
     assert results["ttftMs"]["p99"] == pytest.approx(np.percentile(ttft, 99) / 1e6, rel=1e-12)
     assert results["itlMs"]["p90"] == pytest.approx(np.percentile(itl, 90) / 1e6, rel=1e-12)
     assert results["itlMs"]["count"] == len(itl)
+    assert status["output"] == {"path": str(bundle_dir)}
+
+    doc = json.loads((bundle_dir / "results.json").read_text())
+    assert doc["kind"] == "BenchmarkRunResults" and doc["run"]["name"] == "t-local"
+    assert doc["results"] == results and doc["status"]["phase"] == "Succeeded"
+    assert doc["spec"]["phases"]["profiling"] == {"requests": 60}
+    assert doc["percentiles"] == ["p50", "p90", "p95", "p99", "p99.9"]
+    for key, values in (("ttft_ms", ttft), ("itl_ms", itl)):
+        m = doc["metrics"][key]
+        assert m["exact"] is True and m["count"] == len(values)
+        for p in (50, 90, 95, 99, 99.9):
+            assert m["percentiles"][f"p{p:g}"] == pytest.approx(
+                np.percentile(values, p) / 1e6, rel=1e-12
+            )
+        assert sum(b[2] for b in doc["histograms"][key]["buckets"]) == len(values)
+    assert doc["files"]["records.jsonl"] == {"count": 60}
+
+    # timeseries.csv: one row per second from the first request's end to the last's; the
+    # rows add up to the run's counts; GPU columns from the simulated agent
+    rows = list(csv.DictReader((bundle_dir / "timeseries.csv").open()))
+    assert [int(r["epoch_s"]) for r in rows] == list(
+        range(min(ends) // 10**9, max(ends) // 10**9 + 1)
+    )
+    assert sum(int(r["ok"]) for r in rows) == 60
+    assert sum(float(r["output_tok_per_s"]) for r in rows) == 60 * 64
+    assert doc["files"]["timeseries.csv"]["rows"] == len(rows)
+    assert any(r["gpu_power_w"] for r in rows) and doc["files"]["timeseries.csv"]["gpu"] == "agent"
+    busy = [r for r in rows if int(r["ok"])]
+    for r in busy:  # within the run's range, up to the histogram's 0.78 %
+        assert min(ttft) / 1e6 * 0.99 <= float(r["ttft_p50_ms"]) <= max(ttft) / 1e6 * 1.01
 
 
 def test_bad_run_yaml_fails_with_a_message_naming_the_field(tmp_path: Path) -> None:
@@ -158,7 +190,9 @@ def test_a_multi_document_file_runs_each_resource_in_order(tmp_path: Path) -> No
 def test_dash_o_yaml_prints_the_resource_with_its_status(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(tiny_run("printed")))
-    res = benchop("run", str(path), "--no-agent", "-o", "yaml")
+    res = benchop(
+        "run", str(path), "--no-agent", "-o", "yaml", "--results-dir", str(tmp_path / "r")
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     [doc] = yaml.safe_load_all(res.stdout)  # only the resource: no tables on stdout
     assert doc["kind"] == "BenchmarkRun" and doc["metadata"]["name"] == "printed"
@@ -177,7 +211,7 @@ def test_a_dead_target_ends_the_run_at_its_preflight(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(doc))
     out = tmp_path / "status.yaml"
-    t0 = time.monotonic()
+    t0 = time.monotonic()  # with the local agent: its GPU window must not show up
     res = benchop("run", str(path), "--output-file", str(out), "--results-dir", str(tmp_path / "r"))
     took = time.monotonic() - t0
     assert res.returncode == 1, res.stdout + res.stderr
@@ -217,11 +251,21 @@ def test_the_api_key_is_used_and_appears_in_no_output_status_or_file(
     doc["spec"]["target"]["apiKeySecretRef"] = {"name": "llm-key", "key": "token"}
     path, out, results = tmp_path / "run.yaml", tmp_path / "status.yaml", tmp_path / "r"
     model = doc["spec"]["target"]["model"]  # the preflight checks the model list
+    work = tmp_path / "work"  # the workers' own files, kept: their logs are scanned too
     with run_in_thread(MockConfig(ttft=0.002, itl=0.001, model=model, api_key=expected)) as server:
         doc["spec"]["target"]["url"] = server.url
         path.write_text(yaml.safe_dump(doc))
         res = subprocess.run(
-            [*BENCHOP_RUN, str(path), "--output-file", str(out), "--results-dir", str(results)],
+            [
+                *BENCHOP_RUN,
+                str(path),
+                "--output-file",
+                str(out),
+                "--results-dir",
+                str(results),
+                "--work-dir",
+                str(work),
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -240,7 +284,9 @@ def test_the_api_key_is_used_and_appears_in_no_output_status_or_file(
         assert status["results"]["requests"]["total"] == 0
         assert server.stats["unauthorized"] >= 1
     sources = {"stdout": res.stdout, "stderr": res.stderr, "status": out.read_text()}
-    sources.update(files(results))
+    sources.update(files(results))  # the bundle: results.json, timeseries.csv, records.jsonl
+    sources.update(files(work))
+    assert "records.jsonl" in sources, sorted(sources)
     assert any(name.endswith("worker.log") for name in sources), sorted(sources)
     for secret in {key, expected}:
         assert scan(secret, sources) == [], describe(scan(secret, sources))
@@ -265,7 +311,15 @@ def test_local_experiment_runs_the_sweep_in_order_and_rolls_it_up(tmp_path: Path
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
     out = tmp_path / "out.yaml"
-    res = benchop("run", str(path), "--output-file", str(out), "--no-agent")
+    res = benchop(
+        "run",
+        str(path),
+        "--output-file",
+        str(out),
+        "--no-agent",
+        "--results-dir",
+        str(tmp_path / "r"),
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "tiny: comparison" in res.stdout
     exp_doc, *runs = yaml.safe_load_all(out.read_text())
@@ -302,16 +356,8 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> Killed:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(doc))
     out = tmp_path / "status.yaml"
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchop",
-        "run",
-        str(path),
-        "--output-file",
-        str(out),
-        "--no-live",
-    ]
+    cmd = [sys.executable, "-m", "benchop", "run", str(path), "--output-file", str(out),
+           "--no-live", "--results-dir", str(tmp_path / "r")]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         pattern = f"--run {doc['metadata']['name']} --worker-index 1"

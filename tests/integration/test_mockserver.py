@@ -381,6 +381,10 @@ async def test_cli_prints_url_and_serves(session: aiohttp.ClientSession) -> None
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 10)
     assert code == 0
+    assert proc.stdout is not None
+    [stats] = [line for line in proc.stdout.read().splitlines() if line.startswith("STATS ")]
+    served = json.loads(stats.removeprefix("STATS "))
+    assert (served["requests"], served["ok"], served["models"]) == (1, 1, 1)
 
 
 def test_cli_rejects_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
@@ -411,3 +415,70 @@ async def test_clients_closing_before_the_response_are_counted_quietly(
             assert time.monotonic() < deadline, server.stats
             await asyncio.sleep(0.01)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_stats_endpoint(session: aiohttp.ClientSession) -> None:
+    async with await serve(FAST) as server:
+        await post(session, f"{server.url}/completions", COMPLETION)
+        async with session.get(server.url.removesuffix("/v1") + "/benchop/stats") as r:
+            stats = await r.json()
+        assert stats == server.stats
+        assert set(stats) == set(mockserver.STATS_KEYS)
+        assert (stats["requests"], stats["ok"], stats["tokens"]) == (1, 1, 8)
+
+
+def test_plan_stall_delays_every_token_from_its_position() -> None:
+    config = MockConfig(ttft=0.1, itl=0.01, stall_rate=1.0, stall=30.0)
+    plan = plan_request(config, random.Random(1), 10)
+    assert plan.fault is Fault.STALL and 1 <= plan.at <= 9
+    normal = [0.1 + i * 0.01 for i in range(10)]
+    assert plan.offsets[: plan.at] == normal[: plan.at]
+    assert plan.offsets[plan.at :] == pytest.approx([t + 30.0 for t in normal[plan.at :]])
+
+
+async def test_stall_stops_the_stream_midway(session: aiohttp.ClientSession) -> None:
+    config = MockConfig(ttft=0.0, itl=0.0, output_tokens=6, stall_rate=1.0, stall=60.0)
+    async with await serve(config) as server:
+        received = b""
+        async with session.post(
+            f"{server.url}/chat/completions", json={**CHAT, "stream": True}
+        ) as r:
+            assert r.status == 200
+            with pytest.raises(TimeoutError):
+                while True:  # the chunks before the stall, then nothing for 60 s
+                    received += await asyncio.wait_for(r.content.readuntil(b"\n\n"), 1.0)
+        events = received.split(b"\n\n")[:-1]
+        assert 1 <= len(events) <= 5, received
+        assert b"[DONE]" not in received
+        assert server.stats["stalls"] == 1
+
+
+async def test_a_zero_stall_or_trickle_still_serves_the_whole_stream(
+    session: aiohttp.ClientSession,
+) -> None:
+    for config in (
+        MockConfig(ttft=0.0, itl=0.0, output_tokens=6, stall_rate=1.0, stall=0.0),
+        MockConfig(ttft=0.0, itl=0.0, output_tokens=6, trickle_rate=1.0, trickle=0.0),
+    ):
+        async with await serve(config) as server:
+            async with session.post(
+                f"{server.url}/chat/completions", json={**CHAT, "stream": True}
+            ) as r:
+                events = await read_events(r)
+            assert len(events) == 7 and events[-1] == b"[DONE]"
+            _, body = await post(session, f"{server.url}/completions", COMPLETION)
+            assert json.loads(body)["usage"]["completion_tokens"] == 6
+            key = "stalls" if config.stall_rate else "trickles"
+            assert (server.stats[key], server.stats["ok"]) == (2, 2)
+
+
+async def test_trickle_sends_the_body_a_byte_at_a_time(session: aiohttp.ClientSession) -> None:
+    config = MockConfig(ttft=0.0, itl=0.0, output_tokens=6, trickle_rate=1.0, trickle=60.0)
+    async with await serve(config) as server:
+        async with session.post(
+            f"{server.url}/chat/completions", json={**CHAT, "stream": True}
+        ) as r:
+            assert r.status == 200  # the headers come at once, the body never within 1 s
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(r.content.read(1), 1.0)
+        assert server.stats["trickles"] == 1

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import csv
+import dataclasses
+import io
 import itertools
 import json
 import logging
@@ -21,6 +24,7 @@ from typing import Any
 
 import kmock
 import kopf
+import numpy as np
 import pytest
 from kube.harness import (
     BENCHMARKRUNS,
@@ -39,11 +43,13 @@ from secretscan import as_yaml, describe, files, scan
 
 import benchop.operator.main  # noqa: F401 - registers the handlers in kopf's default registry
 from benchagent.agent import Agent, AgentConfig
-from benchagent.transport import Publisher
-from benchagent.wire import MetricsSnapshot
+from benchagent.transport import Publisher, RequestClient, RequestTimeout
+from benchagent.wire import GateRequest, MetricsSnapshot
 from benchop.api import conditions as c
 from benchop.api.models import BenchmarkRun
+from benchop.collect import collect as collect_bundle
 from benchop.mockserver import MockConfig, MockServer, start_mock_server
+from benchop.operator import curvekeys
 from benchop.operator.handlers import runs
 from benchop.operator.settings import OperatorSettings
 
@@ -248,11 +254,81 @@ async def test_apply_to_succeeded_with_results_and_conditions_in_order(
     order = [seen[t] for t in ORDER]
     assert order == sorted(order), dict(zip(ORDER, order, strict=True))
     assert condition(kube, "r1", c.PROFILING)["status"] == "False"  # type: ignore[index]
+    # the results bundle: results.json and timeseries.csv in the results ConfigMap, built from
+    # the same final snapshots (exact percentiles, the workers' per-second timelines)
+    assert st["output"] == {"configMap": "r1-results", "timeseriesIntervalS": 1}
+    data = (kube.emulator.read(CONFIGMAPS, "r1-results") or {})["data"]
+    doc = json.loads(data["results.json"])
+    assert doc["results"] == res and doc["run"]["name"] == "r1"
+    ttft = sorted(r["ttft_ns"] for recs in records for r in recs)
+    assert doc["metrics"]["ttft_ms"]["percentiles"]["p95"] == pytest.approx(
+        float(np.percentile(ttft, 95)) / 1e6, rel=1e-12
+    )
+    assert "omitted" in doc["files"]["records.jsonl"]
+    rows = list(csv.DictReader(io.StringIO(data["timeseries.csv"])))
+    assert sum(int(r["ok"]) for r in rows) == 40 and doc["files"]["timeseries.csv"]["rows"] == len(
+        rows
+    )
     # deletion: the finalizer is released; owned children go by the (emulated) GC
     await kube.client.delete(BENCHMARKRUNS, "r1")
     await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "r1") is None, 10)
     await kube.emulator.collect_garbage()
     assert kube.emulator.read(JOBS, "r1-loadgen") is None
+    assert kube.emulator.read(CONFIGMAPS, "r1-results") is None
+
+
+async def test_an_output_pvc_gets_a_collect_job_that_writes_the_bundle(
+    kube: Kube, operator_task: Any, mock: MockServer, agent: Agent, kubelet: Kubelet,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """With spec.output.pvc the workers' directories are on the claim and the operator
+    creates the collect Job; run here on the workers' directories (laid out as on the
+    claim), `benchop collect` writes the whole bundle there."""
+    await add_target_and_agent(kube)
+    start(operator_task, kube, settings_for(agent))
+    output = {"pvc": {"claimName": "results-claim", "subPath": "bench"}}
+    await kube.client.create(BENCHMARKRUNS, run_manifest("r2", mock.url, output=output))
+    await wait_condition(kube, "r2", c.ACCEPTED, "True", 15)
+    job = await wait_for(lambda: kube.emulator.read(JOBS, "r2-loadgen"), 10)
+    uid = (kube.emulator.read(BENCHMARKRUNS, "r2") or {})["metadata"]["uid"]
+    key = f"default.r2.{uid[:8]}"
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--results-dir") + 1] == f"/output/{key}/worker-$(JOB_COMPLETION_INDEX)"
+    await kubelet.start("r2")
+    assert await kubelet.wait_all() == [0, 0]
+    await kubelet.job_condition("Complete")
+    await wait_condition(kube, "r2", c.SUCCEEDED, "True")
+    st = status_of(kube, "r2")
+    assert st["output"] == {
+        "configMap": "r2-results",
+        "timeseriesIntervalS": 1,
+        "claimName": "results-claim",
+        "path": f"bench/{key}",
+        "collectJob": "r2-collect",
+    }
+    collect = kube.emulator.read(JOBS, "r2-collect")
+    assert collect is not None
+    pod = collect["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "results-claim"}
+    assert pod["volumes"][1]["configMap"] == {"name": "r2-results"}
+    # the collect pod, by hand: the claim's directory and the ConfigMap as files
+    claim = tmp_path / "claim" / key
+    claim.mkdir(parents=True)
+    for w in kubelet.workers:
+        (claim / f"worker-{w.index}").symlink_to(w.results)
+    cm = tmp_path / "cm"
+    cm.mkdir()
+    for name, text in (kube.emulator.read(CONFIGMAPS, "r2-results") or {})["data"].items():
+        (cm / name).write_text(text)
+    cargs = pod["containers"][0]["args"]
+    assert cargs[:2] == ["collect", "--dir"] and cargs[2] == f"/output/{key}"
+    doc = collect_bundle(claim, 2, cm)
+    assert doc["files"]["records.jsonl"] == {"count": 40}
+    assert doc["results"] == st["results"]
+    lines = (claim / "records.jsonl").read_text().splitlines()
+    assert len(lines) == 40 and len({json.loads(x)["id"] for x in lines}) == 40
+    rows = list(csv.DictReader((claim / "timeseries.csv").open()))
+    assert sum(int(r["ok"]) for r in rows) == 40
 
 
 async def test_silent_agent_released_at_timeout_and_telemetry_degraded(
@@ -444,6 +520,29 @@ async def test_a_job_that_cannot_create_its_pods_fails_the_run_after_the_grace(
     assert failed["reason"] == "PodCreateFailed"
     assert refused in failed["message"] and "r7-loadgen" in failed["message"]
     await wait_for(lambda: job_suspended(kube, "r7-loadgen"), 5, message="r7 Job suspended")
+
+
+async def test_a_missing_workload_configmap_fails_the_run_after_the_grace(
+    kube: Kube, operator_task: Any, mock: MockServer, kubelet: Kubelet
+) -> None:
+    # The kubelet cannot mount a ConfigMap that does not exist, or a key it does not have: it
+    # keeps the pods in ContainerCreating and says so only in FailedMount events on the pod.
+    start(operator_task, kube, settings_for(stuck_after_s=1.0))
+    await kube.client.create(CONFIGMAPS, {"metadata": {"name": "rows"}, "data": {"a.jsonl": ""}})
+    workload = {
+        "dataset": {"configMap": {"name": "rows", "key": "rows.jsonl"}},
+        "tokenizer": {"configMap": {"name": "tok", "key": "tokenizer.json"}},
+    }
+    await kube.client.create(BENCHMARKRUNS, run_manifest("r-cm", mock.url, workload=workload))
+    await kubelet.read_job("r-cm")
+    failed = await wait_condition(kube, "r-cm", c.SUCCEEDED, "False")
+    assert failed["reason"] == "WorkloadFileMissing", failed
+    assert failed["message"] == (
+        "spec.workload.dataset.configMap: ConfigMap rows has no key 'rows.jsonl' (its keys: "
+        "a.jsonl); spec.workload.tokenizer.configMap: ConfigMap tok not found in namespace "
+        "default: the worker pods cannot mount it"
+    )
+    await wait_for(lambda: job_suspended(kube, "r-cm-loadgen"), 5, message="r-cm Job suspended")
 
 
 def job_suspended(kube: Kube, name: str) -> bool:
@@ -860,7 +959,7 @@ async def test_an_error_building_results_fails_the_run_with_results_error(
     def broken(*_: Any, **__: Any) -> Any:
         raise ValueError("boom")
 
-    monkeypatch.setattr(runs, "build_final_results", broken)
+    monkeypatch.setattr(runs, "build_final", broken)
     settings = settings_for()
     start(operator_task, kube, settings)
     await kube.client.create(BENCHMARKRUNS, single_worker_run("re", mock.url))
@@ -1050,3 +1149,57 @@ async def test_the_api_key_reaches_the_workers_and_no_status_event_or_log(
                 sources[f"{res.plural}/{ns}/{name}@{i}"] = as_yaml(plain)
     sources.update({f"kubelet:{k}": v for k, v in files(tmp_path).items()})
     assert scan(key, sources) == [], describe(scan(key, sources))
+
+
+async def test_curve_between_operator_agent_and_workers(
+    kube: Kube, operator_task: Any, mock: MockServer, kubelet: Kubelet, tmp_path: Path
+) -> None:
+    """--curve-secret: the operator makes the release's keys (no Secret yet), the agent allows
+    only the operator's key, the workers dial with the operator's public key from the Job; the
+    run takes both baselines through CurveZMQ and succeeds. A plain ZMQ client gets nothing."""
+    baseline_port = free_port()
+    settings = settings_for(curve_secret="benchop-curve", curve_namespace="default")
+    settings = dataclasses.replace(settings, agent_port=baseline_port)
+    start(operator_task, kube, settings)
+    stored = await wait_for(lambda: kube.emulator.read(SECRETS, "benchop-curve"), 10)
+    keys = curvekeys.decode(json.loads(json.dumps(stored, default=dict)))
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "agent.key_secret").write_text(keys["agent.key_secret"])
+    (tmp_path / "clients" / "operator.key").write_text(keys["operator.key"])
+    agent = Agent(
+        AgentConfig.local(
+            gpu_backend="simulated",
+            simulated_gpus=2,
+            node_name=TARGET_NODE,
+            agent_name="agent-a",
+            metrics_port=0,
+            baseline_port=baseline_port,
+            curve_secret_key=tmp_path / "agent.key_secret",
+            curve_public_keys=tmp_path / "clients",
+        )
+    )
+    await agent.start()
+    try:
+        await add_target_and_agent(kube)
+        await kube.client.create(BENCHMARKRUNS, run_manifest("rc", mock.url))
+        await wait_condition(kube, "rc", c.ACCEPTED, "True", 15)
+        await wait_for(lambda: kube.emulator.read(JOBS, "rc-loadgen"), 10)
+        operator_public = keys["operator.key"].split('"')[1]
+        assert job_env(kube, "rc-loadgen")["BENCHOP_CURVE_SERVER_KEY"] == operator_public
+        plain = RequestClient(f"tcp://127.0.0.1:{settings.gate_port}")
+        try:
+            with pytest.raises(RequestTimeout):
+                ask = GateRequest(run="x", phase_id="p", boundary="START", worker=0, workers=1)
+                await plain.request(ask, timeout=0.5, retries=0)
+        finally:
+            plain.close()
+        await kubelet.start("rc")
+        assert await kubelet.wait_all() == [0, 0]
+        await kubelet.job_condition("Complete")
+        await wait_condition(kube, "rc", c.SUCCEEDED, "True")
+        res = status_of(kube, "rc")["results"]
+        assert res["source"] == "pubsub" and res["requests"]["ok"] == 40
+        assert res["gpu"]["agents"] == ["agent-a"]
+        assert agent.stats().baseline_requests == 2
+    finally:
+        await agent.stop()

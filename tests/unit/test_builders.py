@@ -8,18 +8,27 @@ from typing import Any
 
 import pytest
 from kubernetes_validate import validate as k8s_validate
+from pydantic import ValidationError
 
 from benchop.api.models import BenchmarkRun
 from benchop.core.names import (
     MAX_WORKERS,
     RUN_LABEL,
+    collect_job_name,
     loadgen_job_name,
     owner_reference,
+    results_configmap_name,
     safe_name,
     spec_configmap_name,
 )
-from benchop.core.workloadfiles import file_path
-from benchop.operator.builders import build_loadgen_job, build_spec_configmap, labels_for
+from benchop.core.workloadfiles import configmap_problem, configmap_sources, file_path
+from benchop.operator.builders import (
+    build_collect_job,
+    build_loadgen_job,
+    build_results_configmap,
+    build_spec_configmap,
+    labels_for,
+)
 
 K8S_VERSION = "1.30"
 
@@ -290,6 +299,45 @@ def test_job_mounts_a_configmap_dataset_and_a_pvc_tokenizer_whole_manifest() -> 
     assert file_path(spec.tokenizer, "tokenizer") == "/workload/tokenizer/llama3/tokenizer.json"
 
 
+def test_the_configmaps_a_job_mounts_are_the_ones_checked_for_their_keys() -> None:
+    doc = run_doc(
+        workload={
+            "dataset": {"configMap": {"name": "chats", "key": "c.jsonl"}},
+            "tokenizer": {"configMap": {"name": "tok", "key": "tokenizer.json"}},
+        }
+    )
+    mounted = [
+        (v["configMap"]["name"], v["configMap"]["items"][0]["key"])
+        for v in job_for(doc)["spec"]["template"]["spec"]["volumes"]
+        if v["name"].startswith("workload-")
+    ]
+    refs = configmap_sources(BenchmarkRun.model_validate(doc).spec.workload)
+    assert (
+        [(name, key) for _, name, key in refs]
+        == mounted
+        == [
+            ("chats", "c.jsonl"),
+            ("tok", "tokenizer.json"),
+        ]
+    )
+    assert configmap_sources(BenchmarkRun.model_validate(run_doc()).spec.workload) == []
+
+    def problem(cm: dict[str, Any] | None) -> str | None:
+        return configmap_problem("tokenizer", "tok", "tokenizer.json", cm, namespace="ns")
+
+    assert problem({"data": {"tokenizer.json": "{}"}}) is None
+    assert problem({"binaryData": {"tokenizer.json": "e30="}}) is None  # mounted just the same
+    assert (
+        problem(None)
+        == "spec.workload.tokenizer.configMap: ConfigMap tok not found in namespace ns"
+    )
+    assert problem({"data": {"vocab.json": "", "merges.txt": ""}}) == (
+        "spec.workload.tokenizer.configMap: ConfigMap tok has no key 'tokenizer.json' "
+        "(its keys: merges.txt, vocab.json)"
+    )
+    assert str(problem({})).endswith("(its keys: none)")
+
+
 def test_job_for_a_dataset_file_in_the_image_mounts_nothing_more() -> None:
     doc = run_doc(workload={"dataset": {"file": "/data/chat.jsonl"}})
     assert job_for(doc) == expected_job()
@@ -300,6 +348,51 @@ def test_secret_value_never_in_manifest() -> None:
     doc["spec"]["target"]["apiKeySecretRef"] = {"name": "hf", "key": "token"}
     text = json.dumps(job_for(doc))
     assert "secretKeyRef" in text and '"value": "hf"' not in text
+
+
+def test_job_with_curve_whole_manifest() -> None:
+    """CurveZMQ on: the workers get the operator's public key (not a secret), nothing else."""
+    run = BenchmarkRun.model_validate(run_doc())
+    job = build_loadgen_job(
+        run,
+        name="r1-loadgen",
+        namespace="ns",
+        owner=OWNER,
+        image="img:1",
+        gate_endpoint="tcp://op:5555",
+        snapshot_endpoint="tcp://op:5556",
+        run_key="ns.r1",
+        curve_server_key="K" * 40,
+    )
+    assert job == expected_job(env_extra=[{"name": "BENCHOP_CURVE_SERVER_KEY", "value": "K" * 40}])
+
+
+def _secret_refs(node: Any, path: str = "") -> list[tuple[str, Any]]:
+    """Every place under ``node`` whose key mentions a Secret (secretKeyRef, secret volumes,
+    projected sources, envFrom secretRef), with its path."""
+    out: list[tuple[str, Any]] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if "secret" in k.lower() or k in ("envFrom", "projected"):
+                out.append((f"{path}.{k}", v))
+            out += _secret_refs(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _secret_refs(v, f"{path}[{i}]")
+    return out
+
+
+def test_a_run_reaches_only_the_named_key_of_a_secret_in_its_namespace() -> None:
+    """The only Secret a worker pod sees is spec.target.apiKeySecretRef's one key, resolved
+    by the kubelet in the Job's namespace (a secretKeyRef has no namespace field); no envFrom,
+    no secret or projected volume, whatever else the spec mounts."""
+    doc = run_doc(workload={"dataset": {"configMap": {"name": "chats", "key": "c.jsonl"}}})
+    doc["spec"]["target"]["apiKeySecretRef"] = {"name": "hf", "key": "token"}
+    job = job_for(doc)
+    assert job["metadata"]["namespace"] == doc["metadata"]["namespace"]
+    env = ".spec.template.spec.containers[0].env[4].valueFrom"
+    assert _secret_refs(job) == [(f"{env}.secretKeyRef", {"name": "hf", "key": "token"})]
+    assert _secret_refs(job_for(run_doc())) == []
 
 
 def test_spec_configmap_whole_manifest() -> None:
@@ -392,3 +485,143 @@ def test_loadgen_job_name_leaves_every_pod_a_dns_label(run: str) -> None:
 def test_loadgen_job_names_of_different_runs_differ() -> None:
     names = ["a.b", "a-b", "r" * 63, "r" * 64, "llama.8b.c32", "llama-8b.c32"]
     assert len({loadgen_job_name(n) for n in names}) == len(names)
+
+
+# --------------------------------------------------------------------------- results bundle
+
+OUTPUT = {"pvc": {"claimName": "bench-results", "subPath": "team/a"}}
+
+
+def test_job_with_an_output_pvc_whole_manifest() -> None:
+    """The workers' checkpoint directories go on the claim: /output/<run key>/worker-<i>."""
+    want = expected_job()
+    pod = want["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    args[args.index("--results-dir") + 1] = "/output/ns.r1/worker-$(JOB_COMPLETION_INDEX)"
+    pod["containers"][0]["volumeMounts"][1] = {
+        "name": "output",
+        "mountPath": "/output",
+        "subPath": "team/a",
+    }
+    pod["volumes"][1] = {"name": "output", "persistentVolumeClaim": {"claimName": "bench-results"}}
+    assert job_for(run_doc(output=OUTPUT)) == want
+    k8s_validate(job_for(run_doc(output=OUTPUT)), K8S_VERSION, strict=True)
+
+
+def collect_for(doc: dict[str, Any]) -> dict[str, Any]:
+    return build_collect_job(
+        BenchmarkRun.model_validate(doc),
+        name="r1-collect",
+        namespace="ns",
+        owner=owner_reference(doc),
+        image="img:1",
+        run_key="ns.r1.uid-1",
+        config_map="r1-results",
+    )
+
+
+def test_collect_job_whole_manifest() -> None:
+    labels = {**LABELS, "app.kubernetes.io/component": "collect"}
+    want = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {**META, "name": "r1-collect", "labels": labels},
+        "spec": {
+            "backoffLimit": 3,
+            "ttlSecondsAfterFinished": 600,
+            "template": {
+                "metadata": {"labels": labels, "annotations": {"benchop.io/run-name": "r1"}},
+                "spec": {
+                    "restartPolicy": "OnFailure",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "fsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "collect",
+                            "image": "img:1",
+                            "command": ["benchop"],
+                            "args": [
+                                "collect",
+                                "--dir",
+                                "/output/ns.r1.uid-1",
+                                "--workers",
+                                "2",
+                                "--from",
+                                "/etc/benchop-results",
+                            ],
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "runAsNonRoot": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "output", "mountPath": "/output", "subPath": "team/a"},
+                                {
+                                    "name": "bundle",
+                                    "mountPath": "/etc/benchop-results",
+                                    "readOnly": True,
+                                },
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {
+                            "name": "output",
+                            "persistentVolumeClaim": {"claimName": "bench-results"},
+                        },
+                        {"name": "bundle", "configMap": {"name": "r1-results"}},
+                        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+                    ],
+                },
+            },
+        },
+    }
+    doc = run_doc(output=OUTPUT, ttlSecondsAfterFinished=600)
+    assert collect_for(doc) == want
+    k8s_validate(collect_for(doc), K8S_VERSION, strict=True)
+
+
+def test_results_configmap_whole_manifest() -> None:
+    doc = run_doc()
+    files = {"results.json": "{}\n", "timeseries.csv": "t_s\n"}
+    cm = build_results_configmap(
+        BenchmarkRun.model_validate(doc),
+        name="r1-results",
+        namespace="ns",
+        owner=owner_reference(doc),
+        files=files,
+    )
+    labels = {**LABELS, "app.kubernetes.io/component": "results"}
+    assert cm == {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {**META, "name": "r1-results", "labels": labels},
+        "data": files,
+    }
+    k8s_validate(cm, K8S_VERSION, strict=True)
+
+
+def test_results_names() -> None:
+    assert results_configmap_name("r1") == "r1-results"
+    assert collect_job_name("r1") == "r1-collect"
+    long = "a" * 60 + ".b" * 40
+    for name in (results_configmap_name(long), collect_job_name(long)):
+        assert len(name) <= 63 and name[-1].isalnum() and name[0].isalnum()
+    assert collect_job_name("a.b") != collect_job_name("a-b")  # dots become dashes: hashed
+    assert "." not in collect_job_name(long)
+
+
+def test_output_pvc_sub_path_must_be_relative() -> None:
+    for bad in ("/abs", "../up", "a/../b", ".", "a/./b", "a//b"):
+        with pytest.raises(ValidationError):
+            BenchmarkRun.model_validate(run_doc(output={"pvc": {"claimName": "c", "subPath": bad}}))
+    BenchmarkRun.model_validate(run_doc(output={"pvc": {"claimName": "c", "subPath": "a/b.c"}}))

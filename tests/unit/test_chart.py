@@ -39,6 +39,9 @@ NON_DEFAULT: dict[str, Any] = {
         "watchNamespaces": ["team-a", "team-b"],
         "gateTimeout": "10s",
         "loadgenImage": "registry.example/benchop:loadgen",
+        "allowedImages": ["registry.example/benchop:debug"],
+        "allowedTargets": ["10.0.0.0/8", "*.svc.cluster.local"],
+        "allowedPrometheus": ["prometheus.monitoring.svc"],
         "peering": {"enabled": True},
     },
     "agent": {
@@ -146,6 +149,10 @@ def test_default_render_has_the_expected_objects(default_docs: list[dict[str, An
         ("ClusterRoleBinding", "benchop-operator"),
         ("DaemonSet", "benchop-agent"),
         ("Deployment", "benchop-operator"),
+        ("NetworkPolicy", "benchop-agent"),
+        ("NetworkPolicy", "benchop-operator"),
+        ("Role", "benchop-operator-curve"),
+        ("RoleBinding", "benchop-operator-curve"),
         ("Service", "benchop-operator"),
         ("ServiceAccount", "benchop-agent"),
         ("ServiceAccount", "benchop-operator"),
@@ -155,9 +162,14 @@ def test_default_render_has_the_expected_objects(default_docs: list[dict[str, An
 def test_non_default_render_has_roles_servicemonitor_and_argocd(
     custom_docs: list[dict[str, Any]],
 ) -> None:
-    roles = sorted(d["metadata"]["namespace"] for d in custom_docs if d["kind"] == "Role")
-    bindings = sorted(d["metadata"]["namespace"] for d in custom_docs if d["kind"] == "RoleBinding")
-    assert roles == bindings == sorted(["team-a", "team-b", NS])
+    def where(kind: str) -> list[str]:
+        return sorted(
+            d["metadata"]["namespace"]
+            for d in custom_docs
+            if d["kind"] == kind and not d["metadata"]["name"].endswith("-curve")
+        )
+
+    assert where("Role") == where("RoleBinding") == sorted(["team-a", "team-b", NS])
     one(custom_docs, "ServiceMonitor")
     one(custom_docs, "ConfigMap", "benchop-argocd-health")
     # the mock server, and the operator sends runs without target.url to its Service
@@ -207,6 +219,9 @@ def test_operator_args_follow_the_contract(custom_docs: list[dict[str, Any]]) ->
     assert a["--health-port"] == ["8080"]
     assert a["--agent-port"] == ["5557"]
     assert a["--image"] == ["registry.example/benchop:loadgen"]
+    assert a["--allowed-image"] == ["registry.example/benchop:debug"]
+    assert a["--allowed-target"] == ["10.0.0.0/8", "*.svc.cluster.local"]
+    assert a["--allowed-prometheus"] == ["prometheus.monitoring.svc"]
     assert a["--gate-timeout"] == ["10s"]
     assert a["--peering"] == ["benchop"]
     svc = one(custom_docs, "Service", "benchop-operator")
@@ -226,6 +241,8 @@ def test_operator_defaults_watch_all_namespaces(default_docs: list[dict[str, Any
     assert "--namespace" not in a
     assert "--gate-timeout" not in a and "--peering" not in a
     assert a["--image"] == [c["image"]]
+    # no other image, any target and Prometheus host (docs/install.md)
+    assert not {"--allowed-image", "--allowed-target", "--allowed-prometheus"} & a.keys()
 
 
 def test_operator_service_exposes_gate_and_snapshot(default_docs: list[dict[str, Any]]) -> None:
@@ -239,6 +256,11 @@ def test_operator_service_exposes_gate_and_snapshot(default_docs: list[dict[str,
     assert ports == {"gate": 5555, "snapshot": 5556, "health": 8080}
     probe = c["livenessProbe"]["httpGet"]
     assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
+    # liveness only after the startup probe passed: the preload of runs in progress may be long
+    startup = c["startupProbe"]
+    assert startup["httpGet"] == c["livenessProbe"]["httpGet"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] == 600
+    assert "initialDelaySeconds" not in c["livenessProbe"]
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
 
 
@@ -356,11 +378,16 @@ def test_pods_are_non_root_unprivileged_read_only(
             assert "add" not in sc["capabilities"], name
             assert not any(p.get("hostPort") for p in c["ports"]), name
             assert c["resources"]["limits"]["memory"], name
-            # Python writes only to /tmp (an emptyDir) under a read-only root.
+            # Python writes only to /tmp (an emptyDir) under a read-only root; the keys are
+            # mounted read-only.
             assert {m["mountPath"] for m in c["volumeMounts"]} <= {
                 "/tmp",
                 "/var/lib/kubelet/pod-resources",
+                "/etc/benchop/curve",
             }, name
+            assert all(m.get("readOnly") for m in c["volumeMounts"] if m["mountPath"] != "/tmp"), (
+                name
+            )
     mock = ["benchop-mock"] if which == "non-default" else []
     assert sorted(seen) == ["benchop-agent", *mock, "benchop-operator"]
 
@@ -419,14 +446,22 @@ WHITELIST: frozenset[tuple[str, str, str]] = frozenset(
         # blockOwnerDeletion on children, under OwnerReferencesPermissionEnforcement.
         ("benchop.io", "benchmarkruns/finalizers", "update"),
         ("benchop.io", "experiments/finalizers", "update"),
-        # Load-generator Jobs: create, watch for failure, suspend a failed run's.
+        # Load-generator Jobs: create, watch for failure, suspend a failed run's; the
+        # collect Job of a run with an output PVC (create).
         *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "patch")),
-        # The ConfigMap with a run's spec (a 409 on create reads the existing one).
+        # The ConfigMap with a run's spec (a 409 on create reads the existing one); the run's
+        # results ConfigMap (results.json, timeseries.csv): created at the end, merge-patched
+        # when it exists (a restarted operator writes it again); the dataset or tokenizer
+        # ConfigMap a run mounts, read while its workers start (missing: the run fails).
         ("", "configmaps", "create"),
         ("", "configmaps", "get"),
+        ("", "configmaps", "patch"),
         # Pods, read-only: workers, the target's nodes, agent pods.
         ("", "pods", "list"),
         ("", "pods", "watch"),
+        # CurveZMQ keys (curve.enabled): the one Secret by name, made on first start.
+        ("", "secrets", "get[benchop-curve]"),
+        ("", "secrets", "create"),
         # kopf peering, only when operator.peering.enabled.
         *(
             ("kopf.dev", r, v)
@@ -437,16 +472,19 @@ WHITELIST: frozenset[tuple[str, str, str]] = frozenset(
 )
 PEERING = {t for t in WHITELIST if t[0] == "kopf.dev"}
 NAMESPACES = {t for t in WHITELIST if t[1] == "namespaces"}
+SECRETS = {t for t in WHITELIST if t[1] == "secrets"}
 
 
 def grants(doc: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) per grant; a verb limited to names reads ``get[a,b]``."""
     out = set()
     for rule in doc["rules"]:
-        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        assert "nonResourceURLs" not in rule
+        names = rule.get("resourceNames")
         for g in rule["apiGroups"]:
             for r in rule["resources"]:
                 for v in rule["verbs"]:
-                    out.add((g, r, v))
+                    out.add((g, r, f"{v}[{','.join(names)}]" if names else v))
     return out
 
 
@@ -461,15 +499,24 @@ def test_rbac_grants_nothing_beyond_the_whitelist(
     docs = default_docs if which == "default" else custom_docs
     granted = all_grants(docs)
     assert not {t for t in granted if "*" in t}, "no wildcards"
-    assert not {t for t in granted if t[1] == "secrets"}, "the operator never reads Secrets"
     assert granted - WHITELIST == set()
+    # Secrets: the CurveZMQ one only, in the release namespace (the operator never reads the
+    # Secrets of runs: the kubelet resolves a run's secretKeyRef)
+    for doc in docs:
+        if (
+            doc["kind"] in ("Role", "ClusterRole")
+            and doc["metadata"]["name"] != "benchop-operator-curve"
+        ):
+            assert not {t for t in grants(doc) if t[1] == "secrets"}, doc["metadata"]
+    curve = one(docs, "Role", "benchop-operator-curve")
+    assert curve["metadata"]["namespace"] == NS and grants(curve) == SECRETS
 
 
 def test_cluster_wide_rbac_is_exactly_what_the_operator_needs(
     default_docs: list[dict[str, Any]],
 ) -> None:
     role = one(default_docs, "ClusterRole")
-    assert grants(role) == WHITELIST - PEERING - NAMESPACES
+    assert grants(role) == WHITELIST - PEERING - NAMESPACES - SECRETS
     binding = one(default_docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     sa = pod_spec(default_docs, "Deployment")["serviceAccountName"]
@@ -480,13 +527,190 @@ def test_namespaced_rbac_is_scoped(custom_docs: list[dict[str, Any]]) -> None:
     cluster = grants(one(custom_docs, "ClusterRole"))
     # Cluster-wide only what is cluster-scoped: CRDs and namespaces.
     assert {r for _, r, _ in cluster} == {"customresourcedefinitions", "namespaces"}
-    roles = {d["metadata"]["namespace"]: grants(d) for d in custom_docs if d["kind"] == "Role"}
+    roles = {
+        d["metadata"]["namespace"]: grants(d)
+        for d in custom_docs
+        if d["kind"] == "Role" and d["metadata"]["name"] == "benchop-operator"
+    }
     for ns in ("team-a", "team-b"):
         assert roles[ns] == {
-            t for t in WHITELIST - NAMESPACES - PEERING if t[0] != "apiextensions.k8s.io"
+            t for t in WHITELIST - NAMESPACES - PEERING - SECRETS if t[0] != "apiextensions.k8s.io"
         } | {t for t in PEERING if t[1] == "kopfpeerings"}
     # The release namespace holds the agents: pods, read-only, nothing else.
     assert roles[NS] == {("", "pods", "list")}
+
+
+# ------------------------------------------------------------------- CurveZMQ, NetworkPolicies
+
+
+def test_curve_is_on_by_default(default_docs: list[dict[str, Any]]) -> None:
+    """The operator makes and reads the keys Secret; the agent mounts its own pair and the
+    operator's public key (the one client it answers), nothing else of it."""
+    assert args_of(pod_spec(default_docs, "Deployment")["containers"][0])["--curve-secret"] == [
+        "benchop-curve"
+    ]
+    agent = pod_spec(default_docs, "DaemonSet")
+    a = args_of(agent["containers"][0])
+    assert a["--curve-secret-key"] == ["/etc/benchop/curve/agent.key_secret"]
+    assert a["--curve-public-keys"] == ["/etc/benchop/curve/clients"]
+    assert {"name": "curve", "mountPath": "/etc/benchop/curve", "readOnly": True} in agent[
+        "containers"
+    ][0]["volumeMounts"]
+    [volume] = [v for v in agent["volumes"] if v["name"] == "curve"]
+    assert volume == {
+        "name": "curve",
+        "secret": {
+            "secretName": "benchop-curve",
+            "items": [
+                {"key": "agent.key_secret", "path": "agent.key_secret"},
+                {"key": "operator.key", "path": "clients/operator.key"},
+            ],
+        },
+    }
+    assert not [d for d in default_docs if d["kind"] == "Secret"]  # no key material rendered
+
+
+def test_curve_and_network_policies_can_be_turned_off(helm: str, tmp_path: Path) -> None:
+    docs = render(
+        helm, tmp_path, {"curve": {"enabled": False}, "networkPolicy": {"enabled": False}}
+    )
+    assert not [d for d in docs if d["kind"] in ("NetworkPolicy", "Secret")]
+    assert not {t for t in all_grants(docs) if t[1] == "secrets"}
+    assert "--curve-secret" not in args_of(pod_spec(docs, "Deployment")["containers"][0])
+    agent = pod_spec(docs, "DaemonSet")
+    assert "--curve-secret-key" not in args_of(agent["containers"][0])
+    assert "curve" not in {v["name"] for v in agent["volumes"]}
+
+
+def test_a_named_curve_secret_is_used_everywhere(helm: str, tmp_path: Path) -> None:
+    docs = render(helm, tmp_path, {"curve": {"secretName": "sealed-curve"}})
+    assert args_of(pod_spec(docs, "Deployment")["containers"][0])["--curve-secret"] == [
+        "sealed-curve"
+    ]
+    [volume] = [v for v in pod_spec(docs, "DaemonSet")["volumes"] if v["name"] == "curve"]
+    assert volume["secret"]["secretName"] == "sealed-curve"
+    assert ("", "secrets", "get[sealed-curve]") in all_grants(docs)
+
+
+NETPOL_LABELS = {
+    "helm.sh/chart": "benchop-0.1.0",
+    "app.kubernetes.io/name": "benchop",
+    "app.kubernetes.io/instance": "benchop",
+    "app.kubernetes.io/version": "0.1.0",
+    "app.kubernetes.io/managed-by": "Helm",
+}
+
+
+def selector(component: str) -> dict[str, Any]:
+    return {
+        "matchLabels": {
+            "app.kubernetes.io/name": "benchop",
+            "app.kubernetes.io/instance": "benchop",
+            "app.kubernetes.io/component": component,
+        }
+    }
+
+
+def test_network_policies_whole(default_docs: list[dict[str, Any]]) -> None:
+    """The gate and snapshot ports take load-generator pods only, the baseline port this
+    release's operator only; health and metrics stay reachable."""
+    assert one(default_docs, "NetworkPolicy", "benchop-operator") == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": "benchop-operator",
+            "namespace": NS,
+            "labels": {**NETPOL_LABELS, "app.kubernetes.io/component": "operator"},
+        },
+        "spec": {
+            "podSelector": selector("operator"),
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "podSelector": {
+                                "matchLabels": {
+                                    "app.kubernetes.io/name": "benchop",
+                                    "app.kubernetes.io/component": "loadgen",
+                                }
+                            },
+                            "namespaceSelector": {},
+                        }
+                    ],
+                    "ports": [
+                        {"port": 5555, "protocol": "TCP"},
+                        {"port": 5556, "protocol": "TCP"},
+                    ],
+                },
+                {"ports": [{"port": 8080, "protocol": "TCP"}]},
+            ],
+        },
+    }
+    assert one(default_docs, "NetworkPolicy", "benchop-agent") == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": "benchop-agent",
+            "namespace": NS,
+            "labels": {**NETPOL_LABELS, "app.kubernetes.io/component": "agent"},
+        },
+        "spec": {
+            "podSelector": selector("agent"),
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": selector("operator")}],
+                    "ports": [{"port": 5557, "protocol": "TCP"}],
+                },
+                {"ports": [{"port": 9400, "protocol": "TCP"}]},
+            ],
+        },
+    }
+
+
+def test_network_policies_select_the_pods_and_ports_they_guard(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    """Each policy selects its pods, names every port they listen on, and the worker peer
+    matches the labels the operator's Jobs put on worker pods."""
+    from benchop.operator.builders import labels_for
+
+    for kind, component in (("Deployment", "operator"), ("DaemonSet", "agent")):
+        workload = one(default_docs, kind)
+        pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+        policy = one(default_docs, "NetworkPolicy", f"benchop-{component}")
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+        listening = {
+            p["containerPort"]
+            for p in workload["spec"]["template"]["spec"]["containers"][0]["ports"]
+        }
+        opened = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert opened == listening, component
+    [workers] = one(default_docs, "NetworkPolicy", "benchop-operator")["spec"]["ingress"][0]["from"]
+    assert workers["podSelector"]["matchLabels"].items() <= labels_for("r", "loadgen").items()
+
+
+def test_network_policies_in_namespaced_mode_admit_workers_of_the_watched_namespaces(
+    custom_docs: list[dict[str, Any]],
+) -> None:
+    [workers] = one(custom_docs, "NetworkPolicy", "benchop-operator")["spec"]["ingress"][0]["from"]
+    # the chart's mock server (mockServer.enabled) takes the same workers on its port only
+    mock = one(custom_docs, "NetworkPolicy", "benchop-mock")["spec"]
+    assert mock["podSelector"] == selector("mock-server")
+    assert mock["ingress"] == [{"from": [workers], "ports": [{"port": 8001, "protocol": "TCP"}]}]
+    assert workers["namespaceSelector"] == {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+        ]
+    }
+
+
+def test_agent_metrics_peers_come_from_values(helm: str, tmp_path: Path) -> None:
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    docs = render(helm, tmp_path, {"networkPolicy": {"metricsFrom": peers}})
+    rule = one(docs, "NetworkPolicy", "benchop-agent")["spec"]["ingress"][1]
+    assert rule == {"ports": [{"port": 9400, "protocol": "TCP"}], "from": peers}
 
 
 # --------------------------------------------------------------------------- CRDs, README, Argo CD

@@ -11,7 +11,7 @@ import pytest
 
 from benchop.cli import COMMANDS, main
 
-FORMATS = {"table", "yaml", "json", "wide"}
+FORMATS = {"table", "yaml", "json", "wide", "csv"}  # csv: benchop results (timeseries.csv)
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:

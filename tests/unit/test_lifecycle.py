@@ -91,6 +91,25 @@ def test_simulated_gpus_degrade_telemetry() -> None:
     assert st is not None and cond(st, c.TELEMETRY_DEGRADED)["reason"] == "Simulated"
 
 
+def test_an_agent_missing_at_start_is_not_hidden_by_simulated_gpus_at_end() -> None:
+    # found by hack/fault_suite.py (operator-deleted-gate): START timed out without the agent,
+    # END had it with simulated GPUs, and the run ended TelemetryDegraded=Simulated
+    start = {"agents": ["a1"], "missing": ["a1"], "simulated": True}
+    st = t.gate_closed({}, generation=1, boundary="START", record=start)
+    assert st is not None and cond(st, c.TELEMETRY_DEGRADED)["reason"] == "AgentMissing"
+    end = {"agents": ["a1"], "missing": [], "simulated": True}
+    st = t.gate_closed(st, generation=1, boundary="END", record=end)
+    assert st is not None
+    deg = cond(st, c.TELEMETRY_DEGRADED)
+    assert (deg["status"], deg["reason"]) == ("True", "AgentMissing")
+    assert "START: missing agents a1" in deg["message"]
+    # and the other way round: simulated at START, missing at END
+    st = t.gate_closed({}, generation=1, boundary="START", record=end)
+    assert st is not None
+    st = t.gate_closed(st, generation=1, boundary="END", record={**start})
+    assert st is not None and cond(st, c.TELEMETRY_DEGRADED)["reason"] == "AgentMissing"
+
+
 def test_failed_closes_open_conditions_and_keeps_partial_results() -> None:
     st = t.gate_closed({}, generation=2, boundary="START", record={"agents": []})
     assert st is not None

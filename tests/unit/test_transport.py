@@ -18,6 +18,7 @@ import zmq.auth
 from benchagent.codec import MsgpackCodec
 from benchagent.transport import (
     CurveClient,
+    CurveEphemeral,
     CurveServer,
     Handler,
     Publisher,
@@ -639,3 +640,42 @@ async def test_subscriber_max_message_bytes_drops_an_oversized_snapshot(closer: 
 
     await wait_until(through)
     assert 1 not in sub.latest("r") and sub.complete("r") == {}
+
+
+async def test_an_ephemeral_client_reaches_a_server_that_accepts_any_key(
+    closer: Closer, keys: dict[str, Path]
+) -> None:
+    """A worker has no key of its own: a fresh pair per socket and the server's public key."""
+    server_public, _ = zmq.auth.load_certificate(keys["server_pub"])
+    server = closer(RequestServer(curve=CurveServer(keys["server_secret"])))
+    closer.serve(server)
+    client = closer(RequestClient(server.endpoint, curve=CurveEphemeral(server_public)))
+    reply = await client.request(gate(7), timeout=3.0, retries=0)
+    assert isinstance(reply, GateGranted) and reply.worker == 7
+    sub = closer(Subscriber(curve=CurveServer(keys["server_secret"])))
+    sub.start()
+    pub = closer(Publisher(sub.endpoint, curve=CurveEphemeral(server_public)))
+    seq = 0
+
+    def delivered() -> bool:
+        nonlocal seq
+        seq += 1
+        pub.publish(snapshot(0, seq))
+        return bool(sub.latest("r"))
+
+    await wait_until(delivered)
+
+
+async def test_an_ephemeral_client_does_not_talk_to_an_impostor(
+    closer: Closer, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    _, impostor_secret = zmq.auth.create_certificates(tmp_path, "impostor")
+    server_public, _ = zmq.auth.load_certificate(keys["server_pub"])
+    impostor = closer(RequestServer(curve=CurveServer(Path(impostor_secret))))
+    closer.serve(impostor)
+    client = closer(RequestClient(impostor.endpoint, curve=CurveEphemeral(server_public)))
+    with pytest.raises(RequestTimeout):
+        await client.request(gate(8), timeout=0.5, retries=0)
+    assert impostor.requests == 0
+    with pytest.raises(ValueError, match="40 Z85"):
+        CurveEphemeral(b"short")

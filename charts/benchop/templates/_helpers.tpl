@@ -72,3 +72,8 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- $nss = append $nss .Release.Namespace }}
 {{- toJson (uniq $nss) }}
 {{- end }}
+
+{{/* The Secret with the CurveZMQ keys (made by the operator when missing: --curve-secret). */}}
+{{- define "benchop.curveSecret" -}}
+{{- default (printf "%s-curve" (include "benchop.fullname" .) | trunc 63 | trimSuffix "-") .Values.curve.secretName }}
+{{- end }}

@@ -552,6 +552,59 @@ class PrometheusSpec(Spec):
     url: HttpUrl
 
 
+# --------------------------------------------------------------------------- spec: output
+
+PVC_PATH_PATTERN = r"^([A-Za-z0-9_.-]+)(/[A-Za-z0-9_.-]+)*$"
+PVC_PATH_RULE = (
+    "!(self in ['.', '..'] || self.startsWith('./') || self.startsWith('../') || "
+    "self.endsWith('/.') || self.endsWith('/..') || self.contains('/./') || "
+    "self.contains('/../'))",
+    "subPath must be a relative path without '.' or '..' segments",
+)
+
+
+class PvcOutput(Spec):
+    """An existing PersistentVolumeClaim in the run's namespace that receives the bundle.
+
+    The workers mount it and write their records under ``<subPath>/<namespace>.<name>.<uid8>/``
+    (``worker-<i>/``); after the run a collect pod merges them there into ``records.jsonl``,
+    ``results.json`` and ``timeseries.csv``. With more than one worker the claim must be
+    mountable by every worker pod at once (ReadWriteMany, or all workers on one node).
+    """
+
+    claim_name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Name of the PersistentVolumeClaim (in the run's namespace).",
+    )
+    sub_path: str | None = Field(
+        None,
+        max_length=512,
+        pattern=PVC_PATH_PATTERN,
+        description="Directory inside the volume under which bundles go (default: its root).",
+        json_schema_extra=cel(PVC_PATH_RULE),
+    )
+
+    @field_validator("sub_path")
+    @classmethod
+    def _relative(cls, value: str | None) -> str | None:
+        if value is not None and any(p in (".", "..") for p in value.split("/")):
+            raise ValueError(PVC_PATH_RULE[1])
+        return value
+
+
+class OutputSpec(Spec):
+    """Where the results bundle goes beyond the status (docs/results.md).
+
+    Always: ``results.json`` and ``timeseries.csv`` in the ConfigMap ``<run>-results``
+    (size-capped: coarser timeseries rows when long). With ``pvc``: the whole bundle,
+    per-request ``records.jsonl`` included, on that volume.
+    """
+
+    pvc: PvcOutput | None = None
+
+
 # --------------------------------------------------------------------------- spec: pods
 
 
@@ -575,7 +628,12 @@ class Toleration(Spec):
 class PodOverrides(Spec):
     """Overrides for the load-generator pods."""
 
-    image: str | None = Field(None, min_length=1)
+    image: str | None = Field(
+        None,
+        min_length=1,
+        description="The operator's load-generator image or one it allows (--allowed-image); "
+        "any other is refused with Accepted=False.",
+    )
     resources: ResourceRequirements | None = None
     node_selector: dict[str, str] | None = None
     tolerations: list[Toleration] | None = None
@@ -595,6 +653,7 @@ class BenchmarkRunSpec(Spec):
     report: ReportSpec | None = None
     prometheus: PrometheusSpec | None = None
     pod: PodOverrides | None = None
+    output: OutputSpec | None = None
     active_deadline_seconds: int | None = Field(None, ge=1)
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
 
@@ -776,6 +835,25 @@ class Results(Status):
     workers: int
 
 
+class OutputStatus(Status):
+    """Where the run's results bundle is (docs/results.md); ``benchop results NAME`` reads it."""
+
+    config_map: str | None = Field(
+        None, description="ConfigMap with results.json and timeseries.csv (size-capped)."
+    )
+    timeseries_interval_s: int | None = Field(
+        None, description="Seconds per timeseries.csv row in the ConfigMap (0: left out)."
+    )
+    claim_name: str | None = Field(None, description="PersistentVolumeClaim with the bundle.")
+    path: str | None = Field(
+        None, description="The bundle's directory: inside the claim, or local (benchop run)."
+    )
+    collect_job: str | None = Field(
+        None, description="Job that merges the workers' files on the claim into the bundle."
+    )
+    error: str | None = Field(None, description="Why the bundle could not be written.")
+
+
 class BenchmarkRunStatus(Status):
     """Written by the operator only (or by local mode)."""
 
@@ -786,6 +864,7 @@ class BenchmarkRunStatus(Status):
     completion_time: str | None = None
     live: LiveStatus | None = None
     results: Results | None = None
+    output: OutputStatus | None = None
     gates: dict[str, Any] | None = Field(
         None,
         description="Closed phase gates (START/END) with their baseline acks; the operator "

@@ -145,6 +145,10 @@ def workers_ready(
     return new
 
 
+_GRAVITY = {"Simulated": 1, "AgentMissing": 2, "NoAgents": 3}
+"""TelemetryDegraded reasons of the gates, the gravest last: a later gate never softens one."""
+
+
 def gate_closed(
     status: Status,
     *,
@@ -210,7 +214,17 @@ def gate_closed(
         if simulated:
             why.append("GPU numbers are simulated")
         why_reason = "NoAgents" if not agents else "AgentMissing" if missing else "Simulated"
-        updates.append((c.TELEMETRY_DEGRADED, c.TRUE, why_reason, "; ".join(why)))
+        message = "; ".join(why)
+        # an earlier gate's graver degradation stays (START missing an agent, END only
+        # simulated: the window's GPU numbers are still incomplete)
+        before = _cond(status, c.TELEMETRY_DEGRADED) or {}
+        if (
+            before.get("status") == c.TRUE
+            and _GRAVITY.get(str(before.get("reason")), 0) > (_GRAVITY[why_reason])
+        ):
+            why_reason = str(before["reason"])
+            message = f"{before.get('message')}; {message}"
+        updates.append((c.TELEMETRY_DEGRADED, c.TRUE, why_reason, message))
     elif not degraded:
         updates.append((c.TELEMETRY_DEGRADED, c.FALSE, "Complete", "every agent acked"))
     return with_conditions(new, updates, generation)
@@ -251,15 +265,18 @@ def failed(
     results: Mapping[str, Any] | None = None,
     results_reason: str = "",
     prometheus_error: str | None = None,
+    output: Mapping[str, Any] | None = None,
 ) -> Status | None:
     """The run failed: Succeeded=False with ``reason``; partial results kept if any.
 
     ``prometheus_error``: the Prometheus window query failed (TelemetryDegraded, see
-    :func:`finished`).
+    :func:`finished`); ``output``: where the results bundle went (``status.output``).
     """
     if is_terminal(status):
         return None
     new = _prometheus_degraded(_close_open(status, generation), generation, prometheus_error)
+    if output is not None:
+        new["output"] = dict(output)
     updates: list[Update] = [(c.SUCCEEDED, c.FALSE, reason, message)]
     if results is not None:
         new["results"] = dict(results)
@@ -283,17 +300,21 @@ def finished(
     message: str,
     now: str,
     prometheus_error: str | None = None,
+    output: Mapping[str, Any] | None = None,
 ) -> Status | None:
     """Final results are in: ResultsAvailable=True (reason: source), Succeeded True/False.
 
     ``prometheus_error`` (``spec.prometheus.url`` set, the window query failed): also
     TelemetryDegraded=True PrometheusUnavailable with the error — never a failed run.
+    ``output``: where the results bundle went (``status.output``).
     """
     if is_terminal(status):
         return None
     new = _close_open(status, generation) if not succeeded else status
     new = _prometheus_degraded(new, generation, prometheus_error)
     new = {**new, "results": dict(results)}
+    if output is not None:
+        new["output"] = dict(output)
     complete = "complete" if results.get("complete") else "incomplete"
     new = with_conditions(
         new,

@@ -124,6 +124,24 @@ def spec_configmap_name(run_name: str) -> str:
     return safe_name(run_name, "spec")
 
 
+def results_configmap_name(run_name: str) -> str:
+    """``<run>-results``: the ConfigMap with the run's results.json and timeseries.csv."""
+    return safe_name(run_name, "results")
+
+
+def collect_job_name(run_name: str) -> str:
+    """``<run>-collect``: the Job that merges the workers' files on the output PVC (a DNS
+    label, as its pods' hostnames; a name that had to change carries a hash of the run name).
+
+    >>> collect_job_name("r1"), collect_job_name("llama.8b")
+    ('r1-collect', 'llama-8b-17f6c930-collect')
+    """
+    label = run_name.replace(".", "-")
+    if label != run_name:
+        label = f"{label}-{hashlib.sha256(run_name.encode()).hexdigest()[:8]}"
+    return safe_name(label, "collect")
+
+
 def run_label_value(run_name: str) -> str:
     """The ``benchop.io/run`` label value: the run name, hashed down to 63 characters if longer."""
     return safe_name(run_name)

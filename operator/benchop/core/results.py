@@ -436,6 +436,21 @@ def build_final_results(
     Incomplete (``complete: false``) when a worker is missing or a snapshot is live.
     ``report`` and ``tokenizer`` are the spec's (``spec.report``, ``spec.workload.tokenizer``).
     """
+    return build_final(
+        final, slo=slo, gpu=gpu, request=request, report=report, tokenizer=tokenizer
+    )[0]
+
+
+def build_final(
+    final: Final,
+    *,
+    slo: SloSpec | None,
+    gpu: GpuResults | None,
+    request: RequestInfo | None = None,
+    report: ReportSpec | None = None,
+    tokenizer: TokenizerSpec | None = None,
+) -> tuple[dict[str, Any], MergedMetrics]:
+    """:func:`build_final_results` and the merged metrics it came from (for the bundle)."""
     merged = merge_snapshots(final.snapshots)
     results: Results = build_results(
         merged,
@@ -449,7 +464,7 @@ def build_final_results(
     if final.source == "live" or final.missing:
         results = results.model_copy(update={"complete": False})
     doc = to_wire(results)
-    return bound_results(doc)
+    return bound_results(doc), merged
 
 
 def bound_results(doc: dict[str, Any], limit: int = RESULTS_MAX_BYTES) -> dict[str, Any]:

@@ -12,11 +12,22 @@ mode makes it absolute first). A ``configMap`` key is mounted at
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from benchop.api.workload import DatasetSpec, TokenizerSpec, WorkloadSpec
 
-__all__ = ["MOUNT_ROOT", "ROLES", "Role", "cluster_problem", "file_path", "sources", "volumes"]
+__all__ = [
+    "MOUNT_ROOT",
+    "ROLES",
+    "Role",
+    "cluster_problem",
+    "configmap_problem",
+    "configmap_sources",
+    "file_path",
+    "sources",
+    "volumes",
+]
 
 MOUNT_ROOT = "/workload"
 Role = Literal["dataset", "tokenizer"]
@@ -60,6 +71,45 @@ def cluster_problem(workload: WorkloadSpec, where: str = "spec.workload") -> str
                 f"{where}.{role}.file: in a cluster, a path in the worker image must be "
                 f"absolute (got {source.file!r}); use configMap or pvc for your own file"
             )
+    return None
+
+
+def configmap_sources(workload: WorkloadSpec) -> list[tuple[Role, str, str]]:
+    """(role, ConfigMap name, key) of each source that is a ConfigMap."""
+    return [
+        (role, s.config_map.name, s.config_map.key)
+        for role, s in sources(workload)
+        if s.config_map is not None
+    ]
+
+
+def configmap_problem(
+    role: Role,
+    name: str,
+    key: str,
+    configmap: Mapping[str, Any] | None,
+    *,
+    namespace: str,
+    where: str = "spec.workload",
+) -> str | None:
+    """Why the kubelet cannot mount ``key`` of ConfigMap ``name`` (``configmap``: the object
+    read, None when it does not exist), or None. The kubelet says so only in FailedMount
+    events, and keeps the pod in ContainerCreating.
+
+    >>> configmap_problem("dataset", "rows", "a.jsonl", None, namespace="ns")
+    'spec.workload.dataset.configMap: ConfigMap rows not found in namespace ns'
+    >>> configmap_problem("dataset", "rows", "a.jsonl", {"data": {"b.jsonl": ""}}, namespace="ns")
+    "spec.workload.dataset.configMap: ConfigMap rows has no key 'a.jsonl' (its keys: b.jsonl)"
+    """
+    field = f"{where}.{role}.configMap"
+    if configmap is None:
+        return f"{field}: ConfigMap {name} not found in namespace {namespace}"
+    keys = {*(configmap.get("data") or {}), *(configmap.get("binaryData") or {})}
+    if key not in keys:
+        return (
+            f"{field}: ConfigMap {name} has no key {key!r} "
+            f"(its keys: {', '.join(sorted(keys)) or 'none'})"
+        )
     return None
 
 

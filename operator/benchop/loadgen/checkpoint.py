@@ -28,12 +28,12 @@ final metrics are ``registry_from(load(dir).records)`` exactly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import queue
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -41,7 +41,17 @@ import msgspec
 from benchop.atomicio import write_atomic
 from benchop.loadgen.records import RequestRecord
 
-__all__ = ["RECORDS", "STATE", "Checkpoint", "CheckpointState", "Loaded", "load", "save_state"]
+__all__ = [
+    "RECORDS",
+    "STATE",
+    "Checkpoint",
+    "CheckpointState",
+    "Loaded",
+    "iter_lines",
+    "iter_records",
+    "load",
+    "save_state",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +113,7 @@ def load(results_dir: str | os.PathLike[str], *, resume: bool = False) -> Loaded
     Raises ValueError when ``checkpoint.json`` exists but is not a state.
     """
     d = Path(results_dir)
-    state: CheckpointState | None = None
-    with contextlib.suppress(FileNotFoundError):
-        raw = (d / STATE).read_bytes()
-        try:
-            state = _decode_state(raw)
-        except msgspec.DecodeError as exc:
-            raise ValueError(f"{d / STATE} is not a benchop checkpoint state: {exc}") from None
+    state = _read_state(d)
     path = d / RECORDS
     try:
         data = path.read_bytes()
@@ -126,29 +130,86 @@ def load(results_dir: str | os.PathLike[str], *, resume: bool = False) -> Loaded
     attempt = state.attempt if state is not None else 0
     if resume:
         attempt += 1
-    records: list[RequestRecord] = []
+    counts = _Counts()
+    records = [rec for rec, _ in _counted(data[:end].splitlines(), attempt, counts)]
+    if counts.bad:
+        log.warning("%s: skipped %d undecodable lines", path, counts.bad)
+    bad, dropped = counts.bad, counts.dropped
+    return Loaded(
+        state=state, records=records, dropped_cancelled=dropped, torn_bytes=torn, bad_lines=bad
+    )
+
+
+class _Counts:
+    __slots__ = ("bad", "dropped")
+
+    def __init__(self) -> None:
+        self.bad = 0
+        self.dropped = 0
+
+
+def _counted(
+    lines: Iterable[bytes], attempt: int, counts: _Counts
+) -> Iterator[tuple[RequestRecord, bytes]]:
+    """The records of complete ``lines`` that count, with their line: each id once,
+    undecodable lines skipped, ``cancelled`` records of attempts before ``attempt`` dropped."""
     seen: set[str] = set()
-    bad = dropped = 0
-    for line in data[:end].splitlines():
+    for line in lines:
         if not line.strip():
             continue
         try:
             rec = _decode_record(line)
         except msgspec.DecodeError:
-            bad += 1
+            counts.bad += 1
             continue
         if rec.id in seen:
             continue
         seen.add(rec.id)
         if rec.outcome == "cancelled" and rec.attempt < attempt:
-            dropped += 1
+            counts.dropped += 1
             continue
-        records.append(rec)
-    if bad:
-        log.warning("%s: skipped %d undecodable lines", path, bad)
-    return Loaded(
-        state=state, records=records, dropped_cancelled=dropped, torn_bytes=torn, bad_lines=bad
-    )
+        yield rec, line
+
+
+def _complete_lines(path: Path) -> Iterator[bytes]:
+    """The lines of ``path`` that end in a newline (a torn last line is not), one at a time."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, also when the reader stops early
+    except FileNotFoundError:
+        return
+    with f:
+        for line in f:
+            if line.endswith(b"\n"):
+                yield line
+
+
+def iter_records(results_dir: str | os.PathLike[str]) -> Iterator[RequestRecord]:
+    """The records :func:`load` would return (the reader's view), streamed from the file:
+    memory stays flat however many there are.
+
+    >>> sum(r.output_tokens for r in iter_records(d))  # doctest: +SKIP
+    """
+    for rec, _ in iter_lines(results_dir):
+        yield rec
+
+
+def iter_lines(results_dir: str | os.PathLike[str]) -> Iterator[tuple[RequestRecord, bytes]]:
+    """:func:`iter_records` with each record's line as written (newline included)."""
+    d = Path(results_dir)
+    state = _read_state(d)
+    attempt = state.attempt if state is not None else 0
+    yield from _counted(_complete_lines(d / RECORDS), attempt, _Counts())
+
+
+def _read_state(d: Path) -> CheckpointState | None:
+    try:
+        raw = (d / STATE).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return _decode_state(raw)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"{d / STATE} is not a benchop checkpoint state: {exc}") from None
 
 
 def save_state(results_dir: str | os.PathLike[str], state: CheckpointState) -> None:

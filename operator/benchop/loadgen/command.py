@@ -80,6 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ZMQ endpoint snapshots are published to (env BENCHOP_SNAPSHOT_ENDPOINT)",
     )
     parser.add_argument(
+        "--curve-server-key",
+        default=env("BENCHOP_CURVE_SERVER_KEY"),
+        metavar="Z85",
+        help="the operator's CurveZMQ public key: gates and snapshots encrypted, the operator "
+        "authenticated (env BENCHOP_CURVE_SERVER_KEY; none = plain ZMQ)",
+    )
+    parser.add_argument(
         "--results-dir",
         type=Path,
         default=Path("/results"),
@@ -160,6 +167,7 @@ def _config(args: argparse.Namespace) -> WorkerConfig:
         secrets_dir=args.secrets_dir,
         gate_endpoint=args.gate_endpoint or None,
         snapshot_endpoint=args.snapshot_endpoint or None,
+        curve_server_key=args.curve_server_key or None,
         results_dir=args.results_dir,
         termination_log=args.termination_log,
         snapshot_interval_s=parse_duration(args.snapshot_interval),

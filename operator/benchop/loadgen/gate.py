@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from benchagent.transport import RequestClient, RequestTimeout
+from benchagent.transport import CurveEphemeral, RequestClient, RequestTimeout
 from benchagent.wire import Boundary, GateDenied, GateGranted, GateRequest
 
 __all__ = ["PROFILING", "GateClient", "GateResult"]
@@ -57,6 +57,7 @@ class GateClient:
         workers: int,
         attempt_s: float = 5.0,
         wait_s: float = 900.0,
+        curve: CurveEphemeral | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._run = run
@@ -64,7 +65,9 @@ class GateClient:
         self._workers = workers
         self._attempt_s = attempt_s
         self._wait_s = wait_s
-        self._client: RequestClient | None = RequestClient(endpoint) if endpoint else None
+        self._client: RequestClient | None = (
+            RequestClient(endpoint, curve=curve) if endpoint else None
+        )
 
     def close(self) -> None:
         if self._client is not None:

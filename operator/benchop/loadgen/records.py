@@ -20,6 +20,7 @@ from collections.abc import Iterable
 import msgspec
 
 from benchop.metrics import Registry, names
+from benchop.metrics.timeline import Timeline, TimelineRow
 
 __all__ = [
     "DELAYED",
@@ -30,6 +31,7 @@ __all__ = [
     "new_registry",
     "record_into",
     "registry_from",
+    "timeline_from",
     "tpot_ns",
 ]
 
@@ -179,3 +181,21 @@ def registry_from(records: Iterable[RequestRecord]) -> Registry:
     for rec in records:
         record_into(reg, rec)
     return reg
+
+
+def timeline_from(records: Iterable[RequestRecord]) -> list[TimelineRow]:
+    """Per-second rows of ``records`` (each in the second it ended), for ``timeseries.csv``."""
+    tl = Timeline()
+    for rec in records:
+        ok = rec.outcome == OK
+        tl.add(
+            end_ns=rec.sent_ns + rec.e2e_ns,
+            ok=ok,
+            good=rec.good,
+            input_tokens=rec.input_tokens,
+            output_tokens=rec.output_tokens,
+            ttft_ns=rec.ttft_ns,
+            itl_ns=rec.itl_ns,
+            e2e_ns=rec.e2e_ns if ok else None,
+        )
+    return tl.rows()

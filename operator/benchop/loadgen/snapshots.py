@@ -32,7 +32,7 @@ from typing import Any
 
 from benchagent.codec import MsgpackCodec
 from benchagent.transport import Publisher
-from benchagent.wire import MetricsSnapshot, SeriesSummary, SnapshotState, WorkerAbort
+from benchagent.wire import MetricsSnapshot, SeriesSummary, SnapshotState, TimelineRow, WorkerAbort
 from benchop.atomicio import write_atomic
 from benchop.metrics import Registry
 from benchop.metrics.stats import summarize
@@ -182,11 +182,14 @@ class Snapshots:
         interrupted: bool,
         results_dir: str | os.PathLike[str] | None,
         termination_log: str | os.PathLike[str] | None,
+        timeline: list[TimelineRow] | None = None,
     ) -> MetricsSnapshot:
-        """Stop ticking, then publish COMPLETE and write the final files; return it."""
+        """Stop ticking, then publish COMPLETE (with ``timeline``, the per-second rows of the
+        worker's records) and write the final files; return it."""
         await self.stop()
         self.state = "COMPLETE"
         final = self.build("COMPLETE", include_values=True, interrupted=interrupted)
+        final.timeline = timeline
         self._publish(final)
         if results_dir is not None:
             data = MsgpackCodec().encode(final)

@@ -62,7 +62,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from benchagent.transport import Publisher
+from benchagent.transport import CurveEphemeral, Publisher
 from benchagent.wire import MetricsSnapshot, WorkerAbort
 from benchop.api.models import BenchmarkRunSpec, PhaseBound
 from benchop.core.names import API_KEY_ENV
@@ -74,13 +74,22 @@ from benchop.loadgen.failures import FailureWindow
 from benchop.loadgen.gate import GateClient, GateResult
 from benchop.loadgen.load import Budget, OpenLoop, arrival_offsets, run_closed
 from benchop.loadgen.preflight import preflight
-from benchop.loadgen.records import OK, RequestRecord, Slo, is_good, new_registry, record_into
+from benchop.loadgen.records import (
+    OK,
+    RequestRecord,
+    Slo,
+    is_good,
+    new_registry,
+    record_into,
+    timeline_from,
+)
 from benchop.loadgen.request import RequestFormat, SecretMissing, resolve_headers, tls_context
 from benchop.loadgen.snapshots import Snapshots
 from benchop.loadgen.trigger import SendTrigger
 from benchop.loadgen.workload import Prompt, Workload
 from benchop.metrics import names
 from benchop.metrics.series import Histogram
+from benchop.metrics.timeline import TimelineRow
 
 T = TypeVar("T")
 
@@ -126,6 +135,9 @@ class WorkerConfig:
     env: dict[str, str] | None = field(default=None, repr=False)  # default: os.environ
     gate_endpoint: str | None = None
     snapshot_endpoint: str | None = None
+    # The operator's CurveZMQ public key (Z85): gates and snapshots are then encrypted and sent
+    # only to the holder of its secret key; None: plain ZMQ (local mode).
+    curve_server_key: str | None = None
     results_dir: Path | None = None
     termination_log: Path | None = None
     snapshot_interval_s: float = 1.0
@@ -327,7 +339,8 @@ class Worker:
             start=self.resumed_records,
             root=cfg.workload_root,
         )
-        publisher = Publisher(cfg.snapshot_endpoint) if cfg.snapshot_endpoint else None
+        curve = CurveEphemeral(cfg.curve_server_key.encode()) if cfg.curve_server_key else None
+        publisher = Publisher(cfg.snapshot_endpoint, curve=curve) if cfg.snapshot_endpoint else None
         gate = GateClient(
             cfg.gate_endpoint,
             run=cfg.run,
@@ -335,6 +348,7 @@ class Worker:
             workers=self.workers,
             attempt_s=cfg.gate_attempt_s,
             wait_s=cfg.gate_wait_s,
+            curve=curve,
         )
         snaps = self._snaps = Snapshots(
             self.registry,
@@ -362,6 +376,7 @@ class Worker:
                 interrupted=self.interrupted,
                 results_dir=cfg.results_dir,
                 termination_log=cfg.termination_log,
+                timeline=await self._timeline(),
             )
             gate.close()
             if publisher is not None:
@@ -674,6 +689,18 @@ class Worker:
                 # keep running without a checkpoint, count every unwritten record, say so.
                 log.error("checkpointing disabled for this attempt: a restart starts afresh")
                 self._checkpoint_off = True
+
+    async def _timeline(self) -> list[TimelineRow] | None:
+        """Per-second rows of every profiling record in the checkpoint (all attempts), read
+        back from ``records.jsonl`` once profiling is over: nothing on the request path."""
+        d = self.config.results_dir
+        if d is None or self._state is None:
+            return None
+        try:
+            return await asyncio.to_thread(lambda: timeline_from(ckpt.iter_records(d)))
+        except (OSError, ValueError):
+            log.exception("building the timeline from %s failed", d / ckpt.RECORDS)
+            return None
 
     def _checkpoint_errors(self) -> int:
         written = self._checkpoint.write_errors if self._checkpoint is not None else 0

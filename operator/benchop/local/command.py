@@ -7,13 +7,20 @@
     benchop run examples/slo-search.yaml           # an SLO search, probe after probe
     benchop run examples/dataset-run.yaml          # prompts from examples/data/chat.jsonl
     benchop run several.yaml                       # `---` separated resources, in file order
+    benchop run examples/run.yaml --results-dir out/c8
 
 Prints the ``kubectl get benchmarkruns -o wide`` row(s) and the detailed results of each
 resource (``-o yaml|json``: the resources with the status the operator would have written
 instead); ``--output-file`` also writes them to a file (YAML). Exit code 0 when every resource
 succeeded, 1 when one failed, 2 for a usage error: a file that is not valid YAML (file:line), a
 document that is not a valid BenchmarkRun or Experiment (the message names the field), or an
-``--output-file`` whose directory does not exist — all refused before anything runs.
+``--output-file`` whose directory does not exist, or an unusable results directory — all
+refused before anything runs.
+
+Every run writes its results bundle (results.json, timeseries.csv, records.jsonl;
+docs/results.md) to ``--results-dir``, by default ``./benchop-results/<name>/``; with several
+resources in the file, ``--results-dir`` holds one sub-directory per resource. An Experiment's
+bundle is ``experiment.json`` and one run bundle per child, in ``<dir>/<child>/``.
 """
 
 from __future__ import annotations
@@ -40,12 +47,20 @@ from benchop.api.models import (
     Results,
     to_wire,
 )
+from benchop.bundle import check_results_dir, clear_bundle, write_json
+from benchop.core.bundle import EXPERIMENT_FILE
 from benchop.core.children import build_child_run, child_phase, plan_sweep, should_stop
 from benchop.core.lifecycle import experiment_progressed
 from benchop.core.rollup import DEFAULT_CAP, rollup
 from benchop.local.manifests import Manifest, ManifestError, load_manifests
 from benchop.local.search import parent_body, resource, run_search, search_status
-from benchop.local.session import LocalOptions, LocalOutcome, run_benchmark, shared_mock
+from benchop.local.session import (
+    LocalOptions,
+    LocalOutcome,
+    child_options,
+    run_benchmark,
+    shared_mock,
+)
 from benchop.mockserver import MockConfig
 from benchop.report import (
     BENCHMARKRUN_COLUMNS,
@@ -56,6 +71,7 @@ from benchop.report import (
 )
 
 FORMATS = ("table", "yaml", "json")
+DEFAULT_RESULTS_ROOT = Path("benchop-results")
 LOCAL_MOCK_CAPACITY = 8
 """The built-in mock server's capacity in local runs (``--mock-capacity``): a sweep saturates
 and an SLO search finds a knee, as against a real server (``benchop mock-server``: unlimited)."""
@@ -70,7 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--output-file", type=Path, metavar="PATH",
       help="also write the resources with their final status to PATH (YAML); its directory "
       "must exist")  # fmt: skip
-    a("--results-dir", type=Path, help="keep worker records and snapshots here (default: temp)")
+    a("--results-dir", type=Path, metavar="DIR",
+      help="results bundle directory (default ./benchop-results/<name>/; with several "
+      "resources, one sub-directory each)")  # fmt: skip
+    a("--work-dir", type=Path, metavar="DIR",
+      help="keep the workers' own files here (logs, checkpoints, final snapshots; default: a "
+      "temporary directory, removed after the run)")  # fmt: skip
     a("--gpu-backend", choices=["auto", "nvml", "simulated"], default="auto",
       help="GPU reader of the local agent; auto falls back to simulated, loudly")  # fmt: skip
     a("--gpus", type=int, default=1, help="simulated GPUs of the local agent (default 1)")
@@ -84,6 +105,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     a("--secrets-dir", type=Path, default=os.environ.get("BENCHOP_SECRETS_DIR") or None,
       help="the spec's Secrets as DIR/<secret>/<key> files (env BENCHOP_SECRETS_DIR)")  # fmt: skip
+
+
+def bundle_dirs(results_dir: Path | None, manifests: list[Manifest]) -> list[Path]:
+    """Each resource's bundle directory: ``--results-dir`` itself for one resource, else a
+    sub-directory per resource named after it (``./benchop-results/<name>`` without it)."""
+    names = [m.metadata.name or f"doc-{i}" for i, m in enumerate(manifests)]
+    if results_dir is None:
+        return [DEFAULT_RESULTS_ROOT / n for n in names]
+    if len(manifests) == 1:
+        return [results_dir]
+    return [results_dir / n for n in names]
 
 
 def check_output_file(path: Path | None) -> str | None:
@@ -121,9 +153,7 @@ async def _run_experiment(
             opts.console.rule(f"{name}: run {i + 1}/{len(points)} ({label})")
             child = build_child_run(body, index=i, params=params, spec=spec)
             run = BenchmarkRun.model_validate(child)
-            outcome = await run_benchmark(
-                run, replace(opts, results_dir=opts.results_dir / f"run-{i}")
-            )
+            outcome = await run_benchmark(run, child_options(opts, run, i, name, params))
             done.append((run, outcome))
             failures += not outcome.succeeded
             if should_stop(exp.spec, failures):
@@ -214,14 +244,28 @@ def run(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"benchop run: {problem}", file=sys.stderr)
         return 2
+    bundles = bundle_dirs(args.results_dir, manifests)
+    for bundle_dir in bundles:
+        try:
+            check_results_dir(bundle_dir)
+        except ValueError as exc:
+            print(f"benchop run: {exc}", file=sys.stderr)
+            return 2
+    for bundle_dir in bundles:
+        clear_bundle(bundle_dir)
     tmp = None
-    if args.results_dir is None:
+    if args.work_dir is None:  # the workers' own files
         tmp = tempfile.TemporaryDirectory(prefix="benchop-")
-        results_dir = Path(tmp.name)
+        scratch = Path(tmp.name)
     else:
-        results_dir = args.results_dir
+        scratch = args.work_dir
+        try:
+            scratch.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"benchop run: --work-dir {scratch}: {exc.strerror}", file=sys.stderr)
+            return 2
     opts = LocalOptions(
-        results_dir=results_dir,
+        results_dir=scratch,
         gpu_backend=args.gpu_backend,
         gpus=args.gpus,
         agent=not args.no_agent,
@@ -235,12 +279,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         for i, manifest in enumerate(manifests):
             name = manifest.metadata.name or ""
-            if len(manifests) > 1:  # each resource in its own results directory
+            mine = replace(opts, bundle_dir=bundles[i])
+            if len(manifests) > 1:  # each resource in its own directories
                 err.rule(f"{i + 1}/{len(manifests)}: {manifest.kind} {name}")
-                mine = replace(opts, results_dir=results_dir / (name or f"doc-{i}"))
-            else:
-                mine = opts
+                mine = replace(mine, results_dir=scratch / f"doc-{i}")
             docs = asyncio.run(_run_one(manifest, mine))
+            if isinstance(manifest, Experiment):
+                write_json(bundles[i] / EXPERIMENT_FILE, docs[0])
             ok = ok and docs[0]["status"].get("phase") == "Succeeded"
             all_docs += docs
             if args.output == "table":

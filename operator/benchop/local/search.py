@@ -11,7 +11,6 @@ ends; the status comes from the same :func:`search_plan` and rollup.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from benchop.api.conditions import now_rfc3339
@@ -20,7 +19,13 @@ from benchop.core.children import build_child_run, child_phase
 from benchop.core.lifecycle import experiment_progressed
 from benchop.core.rollup import DEFAULT_CAP, rollup
 from benchop.core.search import Load, probe_passed, probes_of, search_plan, search_step
-from benchop.local.session import LocalOptions, LocalOutcome, run_benchmark, shared_mock
+from benchop.local.session import (
+    LocalOptions,
+    LocalOutcome,
+    child_options,
+    run_benchmark,
+    shared_mock,
+)
 from benchop.report import fmt
 
 
@@ -67,9 +72,7 @@ async def run_search(
             run = BenchmarkRun.model_validate(
                 build_child_run(body, index=index, params=params, spec=spec)
             )
-            outcome = await run_benchmark(
-                run, replace(opts, results_dir=opts.results_dir / f"run-{index}")
-            )
+            outcome = await run_benchmark(run, child_options(opts, run, index, name, params))
             passed = probe_passed(resource(run, outcome), search)
             probes[value] = passed
             goodput = outcome.results.goodput if outcome.results is not None else None

@@ -19,6 +19,10 @@ they drain and report) and the run fails with the abort's reason, as in the oper
 Secrets: the workers read ``DIR/<secret>/<key>`` files (``--secrets-dir``, default
 ``$BENCHOP_SECRETS_DIR``): the layout of a mounted Secret, e.g. made with
 ``kubectl get secret NAME -o json | jq -r '.data.KEY | @base64d' > DIR/NAME/KEY``.
+
+With ``bundle_dir`` set, the results bundle goes there (``benchop.core.bundle``): results.json
+and timeseries.csv from the same final snapshots, GPU columns from the local agent's samples
+of the profiling window, and records.jsonl merged from the workers' files.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,16 +47,19 @@ from benchagent.codec import MsgpackCodec
 from benchagent.gpu import Backend
 from benchagent.transport import Subscriber
 from benchagent.wire import MetricsSnapshot
+from benchop import bundle as files
 from benchop.api import conditions as c
 from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, Phase, Results, to_wire
-from benchop.core import lifecycle
-from benchop.core.gaterecords import GateOutcome, gate_record
+from benchop.core import bundle, lifecycle
+from benchop.core.gaterecords import GateOutcome, gate_record, profiling_window
 from benchop.core.gpuwindow import gpu_from_status
 from benchop.core.results import (
     REASONS,
+    Final,
+    MergedMetrics,
     RequestInfo,
     abort_message,
-    build_final_results,
+    build_final,
     final_snapshots,
     first_abort,
     output_tokens,
@@ -59,6 +67,7 @@ from benchop.core.results import (
 )
 from benchop.gates import AgentEndpoint, GateCoordinator
 from benchop.local.progress import progress_view
+from benchop.metrics.timeline import merge_rows
 from benchop.mockserver import MockConfig, spawn_mock_server_process
 
 PHASE_ID = "profiling"
@@ -80,6 +89,8 @@ class LocalOptions:
     secrets_dir: Path | None = None
     mock_url: str | None = None
     """A mock server already running (:func:`shared_mock`): runs without a URL use it."""
+    bundle_dir: Path | None = None  # where the results bundle goes (None: nowhere)
+    run_meta: dict[str, Any] = field(default_factory=dict)  # extra results.json "run" fields
 
 
 @dataclass
@@ -88,6 +99,33 @@ class LocalOutcome:
     status: dict[str, Any]
     results: Results | None
     succeeded: bool
+    bundle_dir: Path | None = None
+    bundle_s: float = 0.0  # time spent writing the bundle
+
+
+class _GpuRecorder:
+    """The local agent's readings, one point per sampler tick: power summed over the GPUs,
+    utilisation averaged (the GPU columns of timeseries.csv)."""
+
+    def __init__(self, agent: Agent | None) -> None:
+        self._agent = agent
+        self._last = 0
+        self.points: list[bundle.GpuPoint] = []
+
+    def poll(self) -> None:
+        tick = self._agent.sampler.latest if self._agent is not None else None
+        if tick is None or tick.time_ns == self._last:
+            return
+        self._last = tick.time_ns
+        ok = [s for s in tick.samples if s.error is None]
+        if ok:
+            self.points.append(
+                bundle.GpuPoint(
+                    t_s=tick.time_ns / 1e9,
+                    power_w=sum(s.power_w for s in ok),
+                    util_pct=sum(s.gpu_util_pct for s in ok) / len(ok),
+                )
+            )
 
 
 class _Status:
@@ -250,6 +288,7 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
             baseline=spec.gates.baseline,
         )
         try:
+            gpu_rec = _GpuRecorder(agent)
             codes, aborted = await _run_workers(
                 name,
                 mock_url,
@@ -261,6 +300,7 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
                 opts,
                 warmup=spec.phases.warmup is not None,
                 on_worker_died=lambda: coordinator.forget_run(name),
+                on_tick=gpu_rec.poll,
             )
             # after an abort the stopped workers' files are as good: no long wait
             wait = ABORTED_WAIT_S if aborted else COMPLETE_WAIT_S
@@ -275,10 +315,11 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
     abort = first_abort([complete, files, latest])
     results_doc = None
     results_reason = ""
+    merged = None
     if final is not None:
         gates = st.status.get("gates") or {}
         gpu = gpu_from_status(gates, output_tokens=output_tokens(final))
-        results_doc = build_final_results(
+        results_doc, merged = build_final(
             final,
             slo=spec.slo,
             gpu=gpu,
@@ -333,7 +374,84 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
         )
     ok = st.status.get("phase") == Phase.SUCCEEDED.value
     results = Results.model_validate(results_doc) if results_doc is not None else None
-    return LocalOutcome(name=name, status=st.status, results=results, succeeded=ok)
+    outcome = LocalOutcome(name=name, status=st.status, results=results, succeeded=ok)
+    if opts.bundle_dir is not None and final is not None and merged is not None:
+        t0 = time.perf_counter()
+        st.status["output"] = {"path": str(opts.bundle_dir)}
+        try:
+            write_bundle(opts.bundle_dir, run, st.status, final, merged, gpu_rec.points, opts)
+            outcome.bundle_dir = opts.bundle_dir
+        except OSError as exc:  # the results are in the status all the same
+            st.status["output"] = {"error": f"writing the bundle to {opts.bundle_dir}: {exc}"}
+            opts.console.print(f"[red]{name}: {st.status['output']['error']}[/red]")
+        outcome.bundle_s = time.perf_counter() - t0
+        if outcome.bundle_dir is not None:
+            opts.console.print(
+                f"{name}: results bundle in {outcome.bundle_dir}/ "
+                f"(written in {outcome.bundle_s:.2f} s)",
+                markup=False,
+                highlight=False,
+            )
+    return outcome
+
+
+def child_options(
+    opts: LocalOptions, run: BenchmarkRun, index: int, experiment: str, params: dict[str, Any]
+) -> LocalOptions:
+    """The options of an Experiment's child run: its own workers' directory and, when the
+    Experiment writes a bundle, the child's in a sub-directory named after the child."""
+    child = run.metadata.name or f"run-{index}"
+    return replace(
+        opts,
+        results_dir=opts.results_dir / f"run-{index}",
+        bundle_dir=opts.bundle_dir / child if opts.bundle_dir is not None else None,
+        run_meta={"experiment": experiment, "params": params, "index": index},
+    )
+
+
+def write_bundle(
+    out: Path,
+    run: BenchmarkRun,
+    status: dict[str, Any],
+    final: Final,
+    merged: MergedMetrics,
+    gpu_points: list[bundle.GpuPoint],
+    opts: LocalOptions,
+) -> None:
+    """results.json, timeseries.csv and the merged records.jsonl of a finished run in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    succeeded: dict[str, Any] = next(
+        (x for x in status["conditions"] if x["type"] == "Succeeded"), {}
+    )
+    meta = {"name": run.metadata.name or "local-run", "namespace": "local", **opts.run_meta}
+    doc = bundle.results_document(
+        merged,
+        results=status.get("results") or {},
+        run=meta,
+        spec=to_wire(run.spec),
+        percentiles=bundle.percentiles_for(run.spec.report),
+        status={
+            "phase": status.get("phase"),
+            "reason": succeeded.get("reason"),
+            "message": succeeded.get("message"),
+            "startTime": status.get("startTime"),
+            "completionTime": status.get("completionTime"),
+        },
+    )
+    window = profiling_window(status.get("gates") or {})
+    start = window[0] if window else None
+    points = [p for p in gpu_points if window is None or window[0] <= p.t_s <= window[1] + 1]
+    rows = merge_rows(s.timeline for s in final.snapshots)
+    text = bundle.timeseries_csv(rows, start_s=start, gpu=points)
+    files.write_text(out / bundle.TIMESERIES_FILE, text)
+    worker_dirs = [opts.results_dir / f"worker-{w}" for w in range(run.spec.load.workers)]
+    count = files.merge_records(worker_dirs, out / bundle.RECORDS_FILE)
+    doc = bundle.with_files(
+        doc,
+        timeseries=bundle.timeseries_info(1, len(rows), "agent" if points else "none", start),
+        records={"count": count},
+    )
+    files.write_text(out / bundle.RESULTS_FILE, bundle.dumps(doc))
 
 
 async def _run_workers(
@@ -348,6 +466,7 @@ async def _run_workers(
     *,
     warmup: bool,
     on_worker_died: Callable[[], None],
+    on_tick: Callable[[], None] = lambda: None,
 ) -> tuple[list[int], bool]:
     """Run the workers to their end; their exit codes, and whether one ended the run early."""
     procs: list[asyncio.subprocess.Process] = []
@@ -379,6 +498,7 @@ async def _run_workers(
         if live is not None:
             live.start()
         while any(p.returncode is None for p in procs):
+            on_tick()
             latest = sub.latest(name)
             if not ready and len(latest) == workers:
                 ready = True

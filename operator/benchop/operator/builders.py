@@ -38,6 +38,14 @@ from benchop.core.workloadfiles import volumes as workload_volumes
 SPEC_KEY = "spec.json"
 SPEC_DIR = "/etc/benchop"
 RESULTS_DIR = "/results"
+OUTPUT_DIR = "/output"
+"""Where the output PVC (``spec.output.pvc``) is mounted in the worker and collect pods."""
+BUNDLE_CONFIG_DIR = "/etc/benchop-results"
+"""Where the collect pod mounts the run's results ConfigMap."""
+COLLECT = "collect"
+"""The component label of a run's collect Job."""
+RESULTS = "results"
+"""The component label of a run's results ConfigMap."""
 TERMINATION_LOG = "/dev/termination-log"
 CONTAINER = "loadgen"
 BACKOFF_PER_WORKER = 3
@@ -101,6 +109,7 @@ def build_loadgen_job(
     snapshot_endpoint: str,
     run_key: str | None = None,
     config_map: str | None = None,
+    curve_server_key: str | None = None,
 ) -> dict[str, Any]:
     """The Indexed Job of the run's workers (``parallelism = completions = workers``).
 
@@ -112,12 +121,21 @@ def build_loadgen_job(
     on purpose: a killed worker restarts *in the same pod*, so its results emptyDir (with the
     request checkpoint) survives and it resumes without counting a request twice; a new pod
     would start from an empty dir. (``backoffLimitPerIndex`` needs ``Never``, so the backoff
-    is the Job-wide ``backoffLimit``.)
+    is the Job-wide ``backoffLimit``.) ``curve_server_key`` (the operator's CurveZMQ public
+    key, not a secret) makes the workers' gate and snapshot sockets CurveZMQ.
     """
     spec = run.spec
     run_name = run.metadata.name or ""
     workers = spec.load.workers
     pod = spec.pod
+    pvc = spec.output.pvc if spec.output else None
+    results_dir = RESULTS_DIR
+    results_volume: dict[str, Any] = {"name": "results", "emptyDir": {}}
+    results_mount: dict[str, Any] = {"name": "results", "mountPath": RESULTS_DIR}
+    if pvc is not None:  # the checkpoint on the claim: the collect pod merges it after the run
+        results_dir = f"{OUTPUT_DIR}/{run_key or run_name}/worker-$(JOB_COMPLETION_INDEX)"
+        results_volume = _pvc_volume(pvc.claim_name)
+        results_mount = _pvc_mount(pvc.sub_path)
     env: list[dict[str, Any]] = [
         {"name": "BENCHOP_RUN", "value": run_key or run_name},
         {"name": "BENCHOP_SPEC_FILE", "value": f"{SPEC_DIR}/{SPEC_KEY}"},
@@ -126,6 +144,8 @@ def build_loadgen_job(
         *_secret_env(spec),
     ]
     secret_volumes, secret_mounts = _secret_volumes(spec)
+    if curve_server_key is not None:
+        env.append({"name": "BENCHOP_CURVE_SERVER_KEY", "value": curve_server_key})
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": (pod.image if pod and pod.image else image),
@@ -137,7 +157,7 @@ def build_loadgen_job(
             "--workers",
             str(workers),
             "--results-dir",
-            RESULTS_DIR,
+            results_dir,
             "--termination-log",
             TERMINATION_LOG,
             *(["--secrets-dir", SECRETS_DIR] if secret_volumes else []),
@@ -153,7 +173,7 @@ def build_loadgen_job(
         "terminationMessagePolicy": "File",
         "volumeMounts": [
             {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
-            {"name": "results", "mountPath": RESULTS_DIR},
+            results_mount,
             {"name": "tmp", "mountPath": "/tmp"},
             *secret_mounts,
         ],
@@ -179,7 +199,7 @@ def build_loadgen_job(
                 "name": "spec",
                 "configMap": {"name": config_map or spec_configmap_name(run_name)},
             },
-            {"name": "results", "emptyDir": {}},
+            results_volume,
             {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
             *secret_volumes,
             *(volume for volume, _ in data),
@@ -262,3 +282,129 @@ def _secret_volumes(spec: BenchmarkRunSpec) -> tuple[list[dict[str, Any]], list[
         mount = str(secret_file(SECRETS_DIR, name, "x").parent)
         mounts.append({"name": volume, "mountPath": mount, "readOnly": True})
     return volumes, mounts
+
+
+def _pvc_volume(claim: str) -> dict[str, Any]:
+    return {"name": "output", "persistentVolumeClaim": {"claimName": claim}}
+
+
+def _pvc_mount(sub_path: str | None) -> dict[str, Any]:
+    mount: dict[str, Any] = {"name": "output", "mountPath": OUTPUT_DIR}
+    if sub_path:
+        mount["subPath"] = sub_path
+    return mount
+
+
+def bundle_path(run: BenchmarkRun, run_key: str) -> str | None:
+    """The bundle's directory inside the output claim (``<subPath>/<run key>``), if any."""
+    pvc = run.spec.output.pvc if run.spec.output else None
+    if pvc is None:
+        return None
+    return f"{pvc.sub_path}/{run_key}" if pvc.sub_path else run_key
+
+
+def build_results_configmap(
+    run: BenchmarkRun,
+    *,
+    name: str,
+    namespace: str,
+    owner: Mapping[str, Any],
+    files: Mapping[str, str],
+) -> dict[str, Any]:
+    """The ConfigMap with the run's results.json and timeseries.csv (benchop.core.bundle sizes
+    them below Kubernetes' object limit); ``benchop results NAME`` reads it."""
+    run_name = run.metadata.name or ""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(run_name, name, namespace, owner, RESULTS),
+        "data": dict(files),
+    }
+
+
+def build_collect_job(
+    run: BenchmarkRun,
+    *,
+    name: str,
+    namespace: str,
+    owner: Mapping[str, Any],
+    image: str,
+    run_key: str,
+    config_map: str,
+) -> dict[str, Any]:
+    """The one-pod Job that turns the workers' files on the output claim into the bundle.
+
+    It mounts the claim (as the workers do) and the run's results ConfigMap (the results
+    the operator built from the final snapshots) and runs ``benchop collect``: records.jsonl
+    merged from ``worker-*/``, timeseries.csv at one row per second from the workers' final
+    snapshots, results.json. The operator cannot do it: it cannot mount a run's claim.
+    """
+    spec = run.spec
+    assert spec.output is not None and spec.output.pvc is not None
+    run_name = run.metadata.name or ""
+    pod = spec.pod
+    container: dict[str, Any] = {
+        "name": COLLECT,
+        "image": (pod.image if pod and pod.image else image),
+        "command": ["benchop"],
+        "args": [
+            "collect",
+            "--dir",
+            f"{OUTPUT_DIR}/{run_key}",
+            "--workers",
+            str(spec.load.workers),
+            "--from",
+            BUNDLE_CONFIG_DIR,
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            _pvc_mount(spec.output.pvc.sub_path),
+            {"name": "bundle", "mountPath": BUNDLE_CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "OnFailure",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            _pvc_volume(spec.output.pvc.claim_name),
+            {"name": "bundle", "configMap": {"name": config_map}},
+            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+        ],
+    }
+    if pod and pod.node_selector:
+        pod_spec["nodeSelector"] = dict(pod.node_selector)
+    if pod and pod.tolerations:
+        pod_spec["tolerations"] = [to_wire(t) for t in pod.tolerations]
+    job_spec: dict[str, Any] = {
+        "backoffLimit": 3,
+        "template": {
+            "metadata": {
+                "labels": labels_for(run_name, COLLECT),
+                "annotations": {RUN_NAME_ANNOTATION: run_name},
+            },
+            "spec": pod_spec,
+        },
+    }
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(run_name, name, namespace, owner, COLLECT),
+        "spec": job_spec,
+    }

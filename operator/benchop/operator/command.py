@@ -19,6 +19,7 @@ import os
 import socket
 
 from benchop.api.durations import parse_duration
+from benchop.operator.policy import HostAllowlist
 from benchop.operator.settings import DEFAULT_AGENT_SELECTOR, DEFAULT_IMAGE, OperatorSettings
 
 MIN_INTERVAL_S = 0.1
@@ -55,6 +56,15 @@ def _bytes(text: str) -> int:
     if unit not in _UNITS or not digits.isdigit() or int(digits) < 1:
         raise argparse.ArgumentTypeError(f"expected a byte count like 256Mi, got {text!r}")
     return int(digits) * _UNITS[unit]
+
+
+def _host_entry(text: str) -> str:
+    """One allowlist entry (CIDR, IP, hostname or ``*.domain``), checked at parse time."""
+    try:
+        HostAllowlist.parse([text])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,6 +114,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent-port", type=int, default=d.agent_port, help="agents' baseline port")
     p.add_argument("--image", default=DEFAULT_IMAGE, help="load-generator image")
     p.add_argument(
+        "--allowed-image",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="another image a run may name in spec.pod.image (repeatable); by default a run "
+        "may name only --image",
+    )
+    p.add_argument(
+        "--allowed-target",
+        action="append",
+        type=_host_entry,
+        default=[],
+        metavar="CIDR|HOST",
+        help="allowed host of spec.target.url (repeatable): a CIDR for literal IPs, a hostname "
+        "or '*.domain' for names (never resolved); none = any host",
+    )
+    p.add_argument(
+        "--allowed-prometheus",
+        action="append",
+        type=_host_entry,
+        default=[],
+        metavar="CIDR|HOST",
+        help="allowed host of spec.prometheus.url, which the operator itself queries "
+        "(repeatable, as --allowed-target); none = any host",
+    )
+    p.add_argument(
         "--default-target-url",
         default=None,
         metavar="URL",
@@ -139,6 +175,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="enable kopf peering (object NAME, default 'benchop'); off by default",
     )
+    p.add_argument(
+        "--curve-secret",
+        default=None,
+        metavar="NAME",
+        help="CurveZMQ on the gate, snapshot and agent ports, keys in this Secret of the "
+        "operator's namespace ($POD_NAMESPACE), made on first start when missing; none = "
+        "plain ZMQ",
+    )
     p.add_argument("--bind-host", default=d.bind_host, help="address the ZMQ ports bind to")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -155,12 +199,17 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         agent_port=args.agent_port,
         agent_namespace=args.agent_namespace or os.environ.get("POD_NAMESPACE"),
         image=args.image,
+        allowed_images=tuple(args.allowed_image),
+        allowed_targets=tuple(args.allowed_target),
+        allowed_prometheus=tuple(args.allowed_prometheus),
         default_target_url=args.default_target_url,
         operator_service=args.operator_service,
         gate_timeout_s=args.gate_timeout,
         stuck_after_s=args.stuck_after,
         peering=args.peering,
         bind_host=args.bind_host,
+        curve_secret=args.curve_secret,
+        curve_namespace=os.environ.get("POD_NAMESPACE"),
         snapshot_max_message_bytes=args.snapshot_max_message_bytes,
     )
 

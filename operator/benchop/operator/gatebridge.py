@@ -23,10 +23,12 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import kopf
 
+from benchagent.transport import CurveClient, CurveServer
 from benchop.api.models import BenchmarkRunSpec, LabelSelector
 from benchop.core.gaterecords import GateOutcome, gate_record
 from benchop.core.selectors import label_selector
 from benchop.gates import AgentEndpoint, GateCoordinator
+from benchop.operator.curvekeys import KeyFiles
 from benchop.operator.k8s import POD, ApiError, KubeApi
 from benchop.operator.settings import OperatorSettings
 from benchop.operator.snapshots import retry_bind
@@ -133,7 +135,16 @@ class GateBridge(Generic[R]):
     worker DEALER ─┘   GateCoordinator       └─▶ agent ROUTER (node b)  ◀─ BaselineAck
     """
 
-    def __init__(self, settings: OperatorSettings, api: KubeApi, *, on_gate: OnGate[R]) -> None:
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        api: KubeApi,
+        *,
+        on_gate: OnGate[R],
+        curve: KeyFiles | None = None,
+    ) -> None:
+        """With ``curve`` the ROUTER takes CurveZMQ from any worker key and the operator dials
+        the agents with its own key, authenticating them by theirs."""
         self.settings = settings
         self.api = api
         self.on_gate = on_gate
@@ -144,6 +155,8 @@ class GateBridge(Generic[R]):
             on_gate=self._on_gate,
             start_lead_s=START_LEAD_S,
             callback_timeout_s=persist_timeout_s(settings) + CALLBACK_MARGIN_S,
+            curve=CurveServer(curve.operator_secret) if curve else None,
+            agent_curve=CurveClient(curve.operator_secret, curve.agent_public) if curve else None,
         )
         self.endpoint = ""
 

@@ -248,6 +248,12 @@ class KubeApi:
             return existing
         return self._check("POST", path, status, answer)
 
+    async def create_only(self, res: Resource, namespace: str, body: Body) -> Body:
+        """Create; :class:`Conflict` when it already exists (no read of the existing one)."""
+        path = res.path(namespace)
+        status, answer = await self._call("POST", path, json=body)
+        return self._check("POST", path, status, answer)
+
     async def patch(
         self,
         res: Resource,

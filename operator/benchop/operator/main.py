@@ -14,13 +14,18 @@ filtered out and their services not started (the Experiment tests play the run c
 
 from __future__ import annotations
 
+import functools
 import logging
+import shutil
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
+from benchagent.transport import CurveServer
 from benchop.api.models import BenchmarkRun, format_validation_error
 from benchop.core.lifecycle import is_terminal
 from benchop.core.names import (
@@ -34,6 +39,7 @@ from benchop.core.names import (
     RUN_LABEL,
     VERSION,
 )
+from benchop.operator import curvekeys
 from benchop.operator.gatebridge import GateBridge
 from benchop.operator.gpustats import shutdown_prom_executor
 from benchop.operator.handlers import experiments, runs
@@ -95,23 +101,43 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.api = api
 
 
+async def _curve_keys(ours: OperatorSettings, api: KubeApi) -> curvekeys.KeyFiles | None:
+    """The release's CurveZMQ keys (made on first start), written to a private temp dir."""
+    if ours.curve_secret is None:
+        return None
+    namespace = ours.curve_namespace
+    if not namespace:
+        raise kopf.PermanentError("--curve-secret needs the operator's namespace ($POD_NAMESPACE)")
+    owner = curvekeys.own_service_account()  # in a pod: uninstalling the release removes them
+    data = await curvekeys.load_or_create(api, namespace, ours.curve_secret, owner)
+    logging.getLogger(__name__).info(
+        "CurveZMQ on the gate, snapshot and agent ports (keys: Secret %s/%s)",
+        namespace,
+        ours.curve_secret,
+    )
+    return curvekeys.write_files(data, Path(tempfile.mkdtemp(prefix="benchop-curve-")))
+
+
 async def _start_run_services(ours: OperatorSettings, api: KubeApi) -> runs.Services:
     """Bind the snapshot SUB and the gate ROUTER, register the runs in progress, serve."""
+    curve = await _curve_keys(ours, api)
     # Snapshots are kept only for the runs in progress here (services.runs: a run enters it
     # before its Job exists and leaves it when released or deleted): memory stays bounded.
     in_progress: dict[str, runs.RunContext] = {}
     snapshots = await SnapshotCollector.open(
         ours.bind_host,
         ours.snapshot_port,
-        accept=in_progress.__contains__,
+        accept=functools.partial(runs.admit_snapshot, in_progress),
         max_message_bytes=ours.snapshot_max_message_bytes,
+        curve=CurveServer(curve.operator_secret) if curve else None,
     )
     services = runs.Services(
         settings=ours,
         api=api,
         snapshots=snapshots,
-        gates=GateBridge(ours, api, on_gate=runs.record_gate),
+        gates=GateBridge(ours, api, on_gate=runs.record_gate, curve=curve),
         runs=in_progress,
+        curve=curve,
     )
     try:
         try:  # before the ROUTER serves: no worker of a run in progress is denied
@@ -136,6 +162,8 @@ async def _close_run_services(services: runs.Services) -> None:
             services.snapshots.close()
         finally:
             shutdown_prom_executor()
+            if services.curve is not None:
+                shutil.rmtree(services.curve.operator_secret.parent, ignore_errors=True)
 
 
 @kopf.on.cleanup()
@@ -183,7 +211,7 @@ async def benchmarkrun_create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> Non
             BenchmarkRun.model_validate({"metadata": dict(body.metadata), "spec": dict(body.spec)}),
             services.settings.default_target_url,
         )
-        runs.check_operator_rules(run)
+        runs.check_operator_rules(run, services.settings)
     except (ValidationError, runs.InvalidRun) as e:
         message = format_validation_error(e) if isinstance(e, ValidationError) else str(e)
         await runs.reject_run(services, body, message)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from benchop.operator.policy import HostAllowlist, RunPolicy
+
 DEFAULT_IMAGE = "ghcr.io/benchop/benchop:0.1.0"
 DEFAULT_AGENT_SELECTOR = "app.kubernetes.io/component=agent,app.kubernetes.io/name=benchop"
 SNAPSHOT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -40,10 +42,20 @@ class OperatorSettings:
     agent_port: int = 5557
     agent_namespace: str | None = None  # None: agents are looked up in every namespace
     image: str = DEFAULT_IMAGE
+    # What a run may ask beyond the schema (benchop.operator.policy, docs/install.md): other
+    # worker images in spec.pod.image, hosts of spec.target.url / spec.prometheus.url
+    # (CIDRs and hostname patterns; empty = any host).
+    allowed_images: tuple[str, ...] = ()
+    allowed_targets: tuple[str, ...] = ()
+    allowed_prometheus: tuple[str, ...] = ()
     # Where runs without spec.target.url send their load (the chart's mock server, for trying
     # the operator out); None: such runs are refused, naming spec.target.url.
     default_target_url: str | None = None
     operator_service: str = "benchop-operator.benchop.svc"
+    # CurveZMQ on the gate, snapshot and baseline ports: the Secret holding the release's keys
+    # (benchop.operator.curvekeys; made when missing) in curve_namespace. None: plain ZMQ.
+    curve_secret: str | None = None
+    curve_namespace: str | None = None  # None: $POD_NAMESPACE
     gate_timeout_s: float | None = None  # upper bound on every run's spec.gates.timeout
     peering: str | None = None  # kopf peering object name; None = standalone
     bind_host: str = "0.0.0.0"
@@ -76,6 +88,16 @@ class OperatorSettings:
             )
         if not self.live_interval_s >= 0:
             raise ValueError(f"live_interval_s must be >= 0, got {self.live_interval_s}")
+        self.policy()  # a bad allowlist entry is an error at start-up
+
+    def policy(self) -> RunPolicy:
+        """The allowlists every run is checked against (:mod:`benchop.operator.policy`)."""
+        return RunPolicy(
+            image=self.image,
+            allowed_images=self.allowed_images,
+            targets=HostAllowlist.parse(self.allowed_targets),
+            prometheus=HostAllowlist.parse(self.allowed_prometheus),
+        )
 
     @property
     def clusterwide(self) -> bool:

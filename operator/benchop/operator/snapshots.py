@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import zmq
 
-from benchagent.transport import Subscriber
+from benchagent.transport import CurveServer, Subscriber
 from benchagent.wire import MetricsSnapshot
 from benchop.metrics import names
 from benchop.metrics.stats import merge, summarize
@@ -49,12 +49,14 @@ class SnapshotCollector:
         *,
         accept: Callable[[str], bool] | None = None,
         max_message_bytes: int | None = MAX_MESSAGE_BYTES,
+        curve: CurveServer | None = None,
     ) -> None:
         self._sub = Subscriber(
             f"tcp://{host}:{port}" if port else f"tcp://{host}:*",
             bind=True,
             accept=accept,
             max_message_bytes=max_message_bytes,
+            curve=curve,
         )
         self.endpoint = self._sub.endpoint
 
@@ -67,11 +69,12 @@ class SnapshotCollector:
         accept: Callable[[str], bool] | None = None,
         max_message_bytes: int | None = MAX_MESSAGE_BYTES,
         wait_s: float = 5.0,
+        curve: CurveServer | None = None,
     ) -> SnapshotCollector:
         """Bind, retrying while the port is still held (a previous operator closing it)."""
 
         async def bind() -> SnapshotCollector:
-            return cls(host, port, accept=accept, max_message_bytes=max_message_bytes)
+            return cls(host, port, accept=accept, max_message_bytes=max_message_bytes, curve=curve)
 
         return await retry_bind(bind, wait_s)
 

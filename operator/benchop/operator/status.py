@@ -77,9 +77,11 @@ class StatusWriter:
             }
 
     @property
-    def status(self) -> dict[str, Any] | None:
-        """The last status this writer read or wrote (a copy), or None."""
-        return None if self._cached is None else copy.deepcopy(self._cached.get("status") or {})
+    def status(self) -> Mapping[str, Any] | None:
+        """The last status this writer read or wrote, or None. Read-only: not a copy (the
+        run loop reads it every pass; a deep copy there was a fifth of the operator's CPU with
+        1,000 runs); :meth:`update` never mutates it in place either."""
+        return None if self._cached is None else (self._cached.get("status") or {})
 
     async def update(self, mutate: Mutator) -> dict[str, Any] | None:
         """Apply ``mutate`` to the current status and write the difference.

@@ -41,13 +41,15 @@ from pydantic import ValidationError
 from benchagent.wire import MetricsSnapshot
 from benchop.api import conditions as c
 from benchop.api.conditions import now_rfc3339
-from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, GpuResults
+from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, GpuResults, to_wire
 from benchop.core import lifecycle
 from benchop.core.gaterecords import profiling_window
 from benchop.core.gpuwindow import gpu_from_status
 from benchop.core.names import (
     API_VERSION,
     BENCHMARKRUN_KIND,
+    COMPONENT_LABEL,
+    LOADGEN,
     RUN_NAME_ANNOTATION,
     loadgen_job_name,
     owner_reference,
@@ -56,9 +58,10 @@ from benchop.core.names import (
 from benchop.core.results import (
     REASONS,
     Final,
+    MergedMetrics,
     RequestInfo,
     abort_message,
-    build_final_results,
+    build_final,
     final_snapshots,
     first_abort,
     output_tokens,
@@ -66,8 +69,9 @@ from benchop.core.results import (
     verdict,
 )
 from benchop.core.selectors import run_selector
-from benchop.core.workloadfiles import cluster_problem
+from benchop.core.workloadfiles import cluster_problem, configmap_problem, configmap_sources
 from benchop.operator import builders
+from benchop.operator.curvekeys import KeyFiles
 from benchop.operator.gatebridge import GateBridge
 from benchop.operator.gpustats import RunGpuStats, with_prometheus
 from benchop.operator.k8s import (
@@ -80,6 +84,7 @@ from benchop.operator.k8s import (
     controller_uid,
     object_meta,
 )
+from benchop.operator.output import write_output
 from benchop.operator.pods import GRACEFUL, JobView, PodView, job_view, pod_view
 from benchop.operator.settings import OperatorSettings
 from benchop.operator.snapshots import SnapshotCollector, live_status
@@ -91,6 +96,8 @@ RESYNC_S = 60.0
 """The run loop re-lists the run's pods and reads its Job this often (a missed event heals)."""
 TICK_S = 1.0
 """The run loop wakes at least this often (and at once on a pod/Job event)."""
+SOURCE_CHECK_S = 5.0
+"""Until the workers are ready, a dataset or tokenizer ConfigMap is read this often."""
 
 
 def run_key(namespace: str, name: str, uid: str) -> str:
@@ -116,6 +123,7 @@ NO_TARGET = (
     "required in a cluster, or urls (local mode has a built-in mock server; in a cluster, an "
     "operator installed with mockServer.enabled sends such runs to the chart's mock server)"
 )
+DEFAULT_SETTINGS = OperatorSettings()
 
 
 def with_default_target(run: BenchmarkRun, default_url: str | None) -> BenchmarkRun:
@@ -127,13 +135,24 @@ def with_default_target(run: BenchmarkRun, default_url: str | None) -> Benchmark
     return run.model_copy(update={"spec": run.spec.model_copy(update={"target": target})})
 
 
-def check_operator_rules(run: BenchmarkRun) -> None:
-    """Rules of the in-cluster operator beyond the model's (local mode may differ)."""
-    if not run.spec.target.endpoints:
+def check_operator_rules(run: BenchmarkRun, settings: OperatorSettings = DEFAULT_SETTINGS) -> None:
+    """Rules of the in-cluster operator beyond the model's (local mode may differ), and the
+    operator's allowlists (:mod:`benchop.operator.policy`; the operator's own
+    ``--default-target-url`` is not checked against them)."""
+    spec = run.spec
+    if not spec.target.endpoints:
         raise InvalidRun(f"spec.target.url: {NO_TARGET}")
-    problem = cluster_problem(run.spec.workload)
+    problem = cluster_problem(spec.workload)
     if problem is not None:
         raise InvalidRun(problem)
+    refused = settings.policy().problems(
+        image=spec.pod.image if spec.pod else None,
+        target_url=None if spec.target.url == settings.default_target_url else spec.target.url,
+        prometheus_url=spec.prometheus.url if spec.prometheus else None,
+        target_urls=spec.target.urls or (),
+    )
+    if refused:
+        raise InvalidRun("; ".join(refused))
 
 
 @dataclass
@@ -160,7 +179,10 @@ class RunContext:
     messages: dict[int, str] = field(default_factory=dict)  # termination messages of pods gone
     parsed: dict[int, tuple[str, MetricsSnapshot | None]] = field(default_factory=dict)
     refused_since: float | None = None  # monotonic; the Job's pod creation is being refused
+    snapshot_seen: bool = False  # a worker's snapshot arrived (the loop then ticks)
     refused_message: str = ""  # the latest FailedCreate event's message
+    missing_since: float | None = None  # monotonic; a workload ConfigMap (or key) is missing
+    next_source_check: float = 0.0  # monotonic; when to read the workload ConfigMaps again
     done: bool = False
     gpu: RunGpuStats | None = field(init=False)  # Prometheus GPU stats (spec.prometheus.url)
 
@@ -191,6 +213,7 @@ class Services:
     runs: dict[str, RunContext] = field(default_factory=dict)  # by run_key
     writers: dict[str, StatusWriter] = field(default_factory=dict)  # by object_key
     keys: dict[str, str] = field(default_factory=dict)  # object_key -> run_key in ``runs``
+    curve: KeyFiles | None = None  # CurveZMQ (--curve-secret): the workers get its public key
 
     def writer(self, namespace: str, name: str) -> StatusWriter:
         key = object_key(namespace, name)
@@ -241,7 +264,7 @@ async def reject_run(services: Services, body: Mapping[str, Any], message: str) 
 
 async def reconcile_run(services: Services, body: Mapping[str, Any], run: BenchmarkRun) -> None:
     """Accept a valid run, create its children idempotently, register it with the gates."""
-    check_operator_rules(run)
+    check_operator_rules(run, services.settings)
     if lifecycle.is_terminal(body.get("status")):
         return  # finished before (e.g. resumed after a restart): nothing in memory for it
     namespace, name, uid, generation = object_meta(body)
@@ -274,6 +297,7 @@ async def reconcile_run(services: Services, body: Mapping[str, Any], run: Benchm
         gate_endpoint=settings.worker_gate_endpoint(services.gates.endpoint),
         snapshot_endpoint=settings.worker_snapshot_endpoint(services.snapshots.endpoint),
         run_key=key,
+        curve_server_key=services.curve.operator_public_z85 if services.curve else None,
     )
     # Registered before the Job exists: no worker can ask for a gate of an unknown run.
     await services.gates.register(ctx, status.get("gates") or {})
@@ -407,8 +431,10 @@ async def resync(services: Services, ctx: RunContext) -> None:
     pods = await services.api.list(POD, ctx.namespace, labels=run_selector(ctx.name))
     seen = set()
     for pod in pods:
-        ann = (pod.get("metadata") or {}).get("annotations") or {}
-        if ann.get(RUN_NAME_ANNOTATION) == ctx.name:
+        meta = pod.get("metadata") or {}
+        ann = meta.get("annotations") or {}
+        worker = (meta.get("labels") or {}).get(COMPONENT_LABEL) == LOADGEN  # not the collect pod
+        if ann.get(RUN_NAME_ANNOTATION) == ctx.name and worker:
             _note_pod(ctx, pod)
             seen.add(pod["metadata"]["name"])
     for gone in set(ctx.pods) - seen:
@@ -469,10 +495,12 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     results = None
     results_reason = ""
     prom_error = None
+    output = None
+    merged = None
     if final is not None:
         try:
             gpu, prom_error = await _gpu_results(services, ctx, final)
-            results = build_final_results(
+            results, merged = build_final(
                 final,
                 slo=ctx.spec.slo,
                 gpu=gpu,
@@ -492,6 +520,9 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     # Before the status: once it says Failed, kopf stops this daemon (its `when` filter no
     # longer matches) and cancels whatever request is still in flight.
     await _stop_job(services, ctx)
+    if final is not None and results is not None and merged is not None:
+        # after the suspend: a collect Job must not merge files workers still write
+        output = await _output(services, ctx, final, merged, results, ("Failed", reason, message))
     kopf.warn(_event_target(ctx), reason=reason, message=message)  # `kubectl describe br`
     await ctx.writer.update(
         lambda st: lifecycle.failed(
@@ -503,6 +534,7 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
             results=results,
             results_reason=results_reason,
             prometheus_error=prom_error,
+            output=output,
         )
     )
     ctx.done = True
@@ -566,7 +598,7 @@ async def _finish(services: Services, ctx: RunContext) -> None:
         await _fail(services, ctx, "NoResults", "the Job completed but no worker reported")
         return
     gpu, prom_error = await _gpu_results(services, ctx, final)
-    results = build_final_results(
+    results, merged = build_final(
         final,
         slo=ctx.spec.slo,
         gpu=gpu,
@@ -575,6 +607,8 @@ async def _finish(services: Services, ctx: RunContext) -> None:
         tokenizer=ctx.spec.workload.tokenizer,
     )
     ok, reason, message = verdict(results, first_abort([{s.worker: s for s in final.snapshots}]))
+    phase = "Succeeded" if ok else "Failed"
+    output = await _output(services, ctx, final, merged, results, (phase, reason, message))
     now = now_rfc3339()
     gen = ctx.generation
     await ctx.writer.update(
@@ -588,9 +622,42 @@ async def _finish(services: Services, ctx: RunContext) -> None:
             message=message,
             now=now,
             prometheus_error=prom_error,
+            output=output,
         )
     )
     ctx.done = True
+
+
+async def _output(
+    services: Services,
+    ctx: RunContext,
+    final: Final,
+    merged: MergedMetrics,
+    results: Mapping[str, Any],
+    verdict: tuple[str, str, str],
+) -> dict[str, Any]:
+    """``status.output``: the results ConfigMap written, the collect Job created (a PVC).
+    ``verdict``: the terminal (phase, reason, message)."""
+    body = {"metadata": {"name": ctx.name, "namespace": ctx.namespace, "uid": ctx.uid}}
+    run = BenchmarkRun.model_validate({**body, "spec": to_wire(ctx.spec)})
+    try:
+        return await write_output(
+            services.api,
+            body,
+            run,
+            run_key=ctx.key,
+            image=services.settings.image,
+            final=final,
+            merged=merged,
+            results=results,
+            gates=(ctx.writer.status or {}).get("gates") or {},
+            verdict=verdict,
+        )
+    except kopf.TemporaryError:
+        raise
+    except Exception as e:  # a bug here must not cost the run its results
+        log.exception("run %s: the results bundle failed", ctx.key)
+        return {"error": f"results bundle: {type(e).__name__}: {e}"[:500]}
 
 
 async def _step(services: Services, ctx: RunContext, now: float) -> None:
@@ -632,10 +699,14 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
             message = f"Job {job} cannot create its worker pods: {ctx.refused_message}"
             await _fail(services, ctx, "PodCreateFailed", message[:1000])
             return
-    # 5. watchdog (before finishing: a finish that keeps failing must not outlive it)
+    # 5. a dataset or tokenizer ConfigMap (or its key) is missing: the kubelet keeps the
+    #    pods in ContainerCreating and says so only in FailedMount events
+    if await _workload_configmap_missing(services, ctx, now):
+        return
+    # 6. watchdog (before finishing: a finish that keeps failing must not outlive it)
     if await _watchdog(services, ctx):
         return
-    # 6. results: every worker COMPLETE, or the Job completed (then wait a little for COMPLETE).
+    # 7. results: every worker COMPLETE, or the Job completed (then wait a little for COMPLETE).
     #    While the Job runs, an interrupted COMPLETE is not final: an evicted worker's pod is
     #    replaced and the new one resumes.
     indexes = set(range(ctx.workers))
@@ -657,7 +728,7 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
             log.exception("run %s: final results failed", ctx.key)
             await _fail(services, ctx, "ResultsError", f"building the results: {e}"[:500])
         return
-    # 7. WorkersReady
+    # 8. WorkersReady
     running = {v.index for v in ctx.pods.values() if v.running and v.index is not None}
     finished_ok = {v.index for v in ctx.pods.values() if v.phase == "Succeeded"}
     warmup = ctx.spec.phases.warmup is not None
@@ -676,7 +747,7 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
                 st, generation=gen, running=len(running), workers=ctx.workers, warmup=warmup
             )
         )
-    # 8. live status, at most once per live interval and only when a snapshot is new; the
+    # 9. live status, at most once per live interval and only when a snapshot is new; the
     #    Prometheus GPU view goes into the same patch
     latest = services.snapshots.latest(ctx.key)
     seqs = {w: s.seq for w, s in latest.items()}
@@ -689,6 +760,37 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         if gpu is not None:
             live["gpu"] = gpu
         await ctx.writer.update(lambda st: lifecycle.with_live(st, live))
+
+
+async def _workload_configmap_missing(services: Services, ctx: RunContext, now: float) -> bool:
+    """Until the workers are ready, read the workload's ConfigMaps every ``SOURCE_CHECK_S``;
+    one missing (or without its key) for ``stuck_after_s`` fails the run
+    (``WorkloadFileMissing``). True when it did."""
+    refs = configmap_sources(ctx.spec.workload)
+    conditions = (ctx.writer.status or {}).get("conditions")
+    if not refs or now < ctx.next_source_check or c.is_true(conditions, c.WORKERS_READY):
+        return False
+    ctx.next_source_check = now + SOURCE_CHECK_S
+    problems = []
+    for role, name, key in refs:
+        try:
+            cm = await services.api.get(CONFIGMAP, ctx.namespace, name)
+        except ApiError as e:  # cannot tell (RBAC, API trouble): the pods' own state decides
+            log.warning("run %s: reading ConfigMap %s: %s", ctx.key, name, e)
+            return False
+        problem = configmap_problem(role, name, key, cm, namespace=ctx.namespace)
+        if problem is not None:
+            problems.append(problem)
+    if not problems:
+        ctx.missing_since = None
+        return False
+    if ctx.missing_since is None:
+        ctx.missing_since = now
+    if now - ctx.missing_since < services.settings.stuck_after_s:
+        return False
+    message = "; ".join(problems) + ": the worker pods cannot mount it"
+    await _fail(services, ctx, "WorkloadFileMissing", message[:1000])
+    return True
 
 
 async def _watchdog(services: Services, ctx: RunContext) -> bool:
@@ -739,7 +841,29 @@ async def run_loop(
         if ctx.done or ctx.writer.gone:
             release(services, ctx)
             return
-        await _sleep(ctx.wake, tick_s, stopped)
+        await _sleep(ctx.wake, _idle_s(services, ctx, time.monotonic(), tick_s), stopped)
+
+
+def _idle_s(services: Services, ctx: RunContext, now: float, tick_s: float) -> float:
+    """How long the loop sleeps unless an event wakes it (pod and Job events do).
+
+    A tick once workers publish or the Job has completed (later snapshots wake nothing, the
+    live status and COMPLETEs are read each pass); before that, until the next time-based
+    check is due — a stuck pod's grace, refused pods,
+    the watchdog, the resync — but at least a tick. 1,000 runs waiting for their pods then
+    cost a wake-up a minute each, not a second.
+    """
+    if ctx.snapshot_seen or ctx.job_complete_at is not None:
+        return tick_s
+    settings = services.settings
+    due = [ctx.next_resync, now + deadline_s(settings, ctx.spec) - (time.time() - ctx.started_at)]
+    for pod_name, since in ctx.stuck_since.items():
+        view = ctx.pods.get(pod_name)
+        if view is not None and view.stuck_reason is not None:
+            due.append(since + (settings.stuck_after_s if view.stuck_reason in GRACEFUL else 0.0))
+    if ctx.refused_since is not None:
+        due.append(ctx.refused_since + settings.stuck_after_s)
+    return max(tick_s, min(due) - now)
 
 
 async def _sleep(wake: asyncio.Event | None, seconds: float, stopped: Any) -> None:
@@ -749,6 +873,18 @@ async def _sleep(wake: asyncio.Event | None, seconds: float, stopped: Any) -> No
         return
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(wake.wait(), seconds)
+
+
+def admit_snapshot(in_progress: Mapping[str, RunContext], key: str) -> bool:
+    """The snapshot collector's ``accept``: keep snapshots of runs in progress only, and wake
+    a run's loop at its first one (it may be asleep until its next time-based check)."""
+    ctx = in_progress.get(key)
+    if ctx is None:
+        return False
+    if not ctx.snapshot_seen:
+        ctx.snapshot_seen = True
+        ctx.wake.set()
+    return True
 
 
 def release(services: Services, ctx: RunContext) -> None:
