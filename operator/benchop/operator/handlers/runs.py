@@ -849,7 +849,7 @@ def _idle_s(services: Services, ctx: RunContext, now: float, tick_s: float) -> f
 
     A tick once workers publish or the Job has completed (later snapshots wake nothing, the
     live status and COMPLETEs are read each pass); before that, until the next time-based
-    check is due — a stuck pod's grace, refused pods,
+    check is due — a stuck pod's grace, refused pods, the workload ConfigMaps' next read,
     the watchdog, the resync — but at least a tick. 1,000 runs waiting for their pods then
     cost a wake-up a minute each, not a second.
     """
@@ -863,6 +863,11 @@ def _idle_s(services: Services, ctx: RunContext, now: float, tick_s: float) -> f
             due.append(since + (settings.stuck_after_s if view.stuck_reason in GRACEFUL else 0.0))
     if ctx.refused_since is not None:
         due.append(ctx.refused_since + settings.stuck_after_s)
+    # the workload's ConfigMaps are read every SOURCE_CHECK_S until WorkersReady
+    if configmap_sources(ctx.spec.workload) and not c.is_true(
+        (ctx.writer.status or {}).get("conditions"), c.WORKERS_READY
+    ):
+        due.append(ctx.next_source_check)
     return max(tick_s, min(due) - now)
 
 
