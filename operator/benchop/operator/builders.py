@@ -205,31 +205,47 @@ def build_loadgen_job(
             *(volume for volume, _ in data),
         ],
     }
-    if pod and pod.node_selector:
-        pod_spec["nodeSelector"] = dict(pod.node_selector)
-    if pod and pod.tolerations:
-        pod_spec["tolerations"] = [to_wire(t) for t in pod.tolerations]
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
         "completions": workers,
         "parallelism": workers,
         "backoffLimit": BACKOFF_PER_WORKER * workers,
-        "template": {
-            "metadata": {
-                "labels": labels_for(run_name, LOADGEN),
-                "annotations": {RUN_NAME_ANNOTATION: run_name},
-            },
-            "spec": pod_spec,
-        },
     }
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    if spec.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return _job(run, name, namespace, owner, LOADGEN, job_spec, pod_spec)
+
+
+def _job(
+    run: BenchmarkRun,
+    name: str,
+    namespace: str,
+    owner: Mapping[str, Any],
+    component: str,
+    job_spec: dict[str, Any],
+    pod_spec: dict[str, Any],
+) -> dict[str, Any]:
+    """A Job of ``component`` for the run: its pods placed as ``spec.pod`` says, labelled and
+    annotated with the run, the Job owned by it and kept ``spec.ttlSecondsAfterFinished``."""
+    run_name = run.metadata.name or ""
+    pod = run.spec.pod
+    if pod and pod.node_selector:
+        pod_spec["nodeSelector"] = dict(pod.node_selector)
+    if pod and pod.tolerations:
+        pod_spec["tolerations"] = [to_wire(t) for t in pod.tolerations]
+    job_spec["template"] = {
+        "metadata": {
+            "labels": labels_for(run_name, component),
+            "annotations": {RUN_NAME_ANNOTATION: run_name},
+        },
+        "spec": pod_spec,
+    }
+    if run.spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = run.spec.ttl_seconds_after_finished
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(run_name, name, namespace, owner, LOADGEN),
+        "metadata": _metadata(run_name, name, namespace, owner, component),
         "spec": job_spec,
     }
 
@@ -341,7 +357,6 @@ def build_collect_job(
     """
     spec = run.spec
     assert spec.output is not None and spec.output.pvc is not None
-    run_name = run.metadata.name or ""
     pod = spec.pod
     container: dict[str, Any] = {
         "name": COLLECT,
@@ -386,25 +401,4 @@ def build_collect_job(
             {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
         ],
     }
-    if pod and pod.node_selector:
-        pod_spec["nodeSelector"] = dict(pod.node_selector)
-    if pod and pod.tolerations:
-        pod_spec["tolerations"] = [to_wire(t) for t in pod.tolerations]
-    job_spec: dict[str, Any] = {
-        "backoffLimit": 3,
-        "template": {
-            "metadata": {
-                "labels": labels_for(run_name, COLLECT),
-                "annotations": {RUN_NAME_ANNOTATION: run_name},
-            },
-            "spec": pod_spec,
-        },
-    }
-    if spec.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": _metadata(run_name, name, namespace, owner, COLLECT),
-        "spec": job_spec,
-    }
+    return _job(run, name, namespace, owner, COLLECT, {"backoffLimit": 3}, pod_spec)

@@ -60,6 +60,10 @@ def _services(memo: Any) -> runs.Services:
     return services
 
 
+CONSISTENCY_TIMEOUT_S = 30.0
+"""kopf's ``persistence.consistency_timeout`` (see :func:`startup`)."""
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Configure kopf once and start the shared services (gate ROUTER, snapshot SUB, client)."""
@@ -70,6 +74,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = FINALIZER
+    # After its own patch kopf skips an object's older events until the patched version
+    # arrives, for at most this long; under a backlog (1,000 runs created at 40/s) the 5 s
+    # default let half the runs' stale events through, and their create handler ran twice.
+    settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT_S
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = ours.watch_server_timeout
     settings.watching.client_timeout = ours.watch_client_timeout
