@@ -31,6 +31,7 @@ import functools
 import inspect
 import logging
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,6 +332,7 @@ class Subscriber:
         self.rejected = 0
         self._latest: dict[str, dict[int, MetricsSnapshot]] = {}
         self._complete: dict[str, dict[int, MetricsSnapshot]] = {}
+        self._received_at: dict[str, dict[int, float]] = {}  # time.monotonic() of the latest
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sockets = _Sockets(curve, ctx)
@@ -371,6 +373,7 @@ class Subscriber:
                 continue
             self.received += 1
             self._latest.setdefault(msg.run, {})[msg.worker] = msg
+            self._received_at.setdefault(msg.run, {})[msg.worker] = time.monotonic()
             if msg.state == "COMPLETE":
                 self._complete.setdefault(msg.run, {})[msg.worker] = msg
                 self._changed.set()
@@ -383,6 +386,10 @@ class Subscriber:
     def complete(self, run: str) -> dict[int, MetricsSnapshot]:
         """The COMPLETE snapshot of each worker of ``run`` that sent one (a copy)."""
         return dict(self._complete.get(run, {}))
+
+    def received_at(self, run: str) -> dict[int, float]:
+        """When (``time.monotonic()``) the latest snapshot of each worker of ``run`` arrived."""
+        return dict(self._received_at.get(run, {}))
 
     async def wait_for_complete(
         self,
@@ -411,6 +418,7 @@ class Subscriber:
         """Drop everything kept for ``run``."""
         self._latest.pop(run, None)
         self._complete.pop(run, None)
+        self._received_at.pop(run, None)
 
     def close(self) -> None:
         if self._closed:

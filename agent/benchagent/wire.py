@@ -185,6 +185,45 @@ class MetricsSnapshot(msgspec.Struct, tag="MetricsSnapshot", tag_field="kind", k
     warnings: list[str] = msgspec.field(default_factory=list)  # e.g. the preflight's
     # COMPLETE only: per-second rows of the worker's profiling records (None: not built)
     timeline: list[TimelineRow] | None = None
+    # The worker's attempt (1 for its first start, +1 per resume, across pods) and its
+    # incarnation (the pod's uid: the same across container restarts in one pod). A worker's
+    # snapshots are cumulative: they include what the earlier pods of its index recorded.
+    attempt: Count = 0
+    incarnation: str = ""
 
 
-Message = BaselineRequest | BaselineAck | GateRequest | GateGranted | GateDenied | MetricsSnapshot
+ResumeStatus = Literal["ready", "wait", "denied"]
+
+
+class ResumeRequest(msgspec.Struct, tag="ResumeRequest", tag_field="kind", kw_only=True):
+    """Worker -> coordinator (on the gate socket), once at start: what did the earlier
+    pods of my index complete? Idempotent."""
+
+    run: str
+    worker: Count
+    workers: Count
+    incarnation: str  # the asking pod's uid
+
+
+class ResumeReply(msgspec.Struct, tag="ResumeReply", tag_field="kind", kw_only=True):
+    """Coordinator -> worker: ``ready`` with the last COMPLETE snapshot of the worker's index
+    (``base``; None: nothing to resume), ``wait`` while an earlier pod of the index still
+    runs (ask again), ``denied`` for a run the coordinator does not know (start afresh)."""
+
+    run: str
+    worker: Count
+    status: ResumeStatus
+    base: MetricsSnapshot | None = None
+    reason: str = ""
+
+
+Message = (
+    BaselineRequest
+    | BaselineAck
+    | GateRequest
+    | GateGranted
+    | GateDenied
+    | MetricsSnapshot
+    | ResumeRequest
+    | ResumeReply
+)

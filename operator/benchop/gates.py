@@ -24,6 +24,10 @@ request is answered from the recorded outcome and the handshake never runs
 again; ``restore_gate`` seeds outcomes (from status, after an operator
 restart). Requests for an unregistered run get ``GateDenied``.
 
+A ``ResumeRequest`` (a worker starting, :mod:`benchop.core.resume`) of a registered run is
+answered at once by ``on_resume`` (the operator: from the snapshots it holds), or ``ready``
+with no base without one; an unregistered run's is ``denied``.
+
     coordinator = GateCoordinator(on_gate=record)
     await coordinator.start()              # binds tcp://127.0.0.1:* ; see .endpoint
     coordinator.register_run("ns/run", workers=2, agents=[AgentEndpoint("a", endpoint=ep)],
@@ -57,6 +61,8 @@ from benchagent.wire import (
     GateGranted,
     GateRequest,
     Message,
+    ResumeReply,
+    ResumeRequest,
 )
 from benchop.core.gaterecords import GateKey, GateOutcome
 
@@ -64,6 +70,9 @@ log = logging.getLogger(__name__)
 
 OnGate = Callable[[str, "GateOutcome"], Awaitable[None]]
 """``on_gate(run, outcome)``: awaited once per closed gate, before the workers are granted."""
+OnResume = Callable[[ResumeRequest], ResumeReply]
+"""``on_resume(request)``: the answer to a worker's ``ResumeRequest`` of a registered run
+(:mod:`benchop.core.resume`); without it every worker starts afresh (local mode)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,7 @@ class GateCoordinator:
         endpoint: str = ANY_LOCAL_PORT,
         *,
         on_gate: OnGate | None = None,
+        on_resume: OnResume | None = None,
         curve: CurveServer | None = None,
         agent_curve: CurveClient | None = None,
         start_lead_s: float = 0.05,
@@ -122,6 +132,7 @@ class GateCoordinator:
     ) -> None:
         self._bind = endpoint
         self._on_gate = on_gate
+        self.on_resume = on_resume  # may be set after construction (the operator's services)
         self._curve = curve
         self._agent_curve = agent_curve
         self._lead_ns = int(start_lead_s * 1e9)
@@ -256,6 +267,8 @@ class GateCoordinator:
 
     async def handle(self, msg: Message) -> Message | None:
         """Answer one request (the RequestServer handler); waits while the barrier is open."""
+        if isinstance(msg, ResumeRequest):
+            return self._resume(msg)
         if not isinstance(msg, GateRequest):
             log.debug("gates: ignored a %s", type(msg).__name__)
             return None
@@ -290,6 +303,15 @@ class GateCoordinator:
         if outcome is None:
             return _denied(msg, f"run {msg.run!r} was forgotten")
         return _granted(outcome, msg.worker)
+
+    def _resume(self, msg: ResumeRequest) -> ResumeReply:
+        state = self._runs.get(msg.run)
+        if state is None or not 0 <= msg.worker < state.workers:
+            reason = f"run {msg.run!r} worker {msg.worker} is not registered"
+            return ResumeReply(run=msg.run, worker=msg.worker, status="denied", reason=reason)
+        if self.on_resume is None:
+            return ResumeReply(run=msg.run, worker=msg.worker, status="ready")
+        return self.on_resume(msg)
 
     def _maybe_close(self, state: _Run, key: GateKey, gate: _Gate) -> None:
         if gate.closing is None and len(gate.arrived) >= state.workers:

@@ -53,6 +53,7 @@ class Kubelet:
         self.workers: list[WorkerProc] = []
         self.job_name = ""
         self.namespace = "default"
+        self.replaced = 0  # pods replaced so far (their names end in -r1, -r2, ...)
 
     async def read_job(
         self,
@@ -105,19 +106,7 @@ class Kubelet:
             }
             w = WorkerProc(index, f"{self.job_name}-{index}", results, term, args, proc_env)
             self.workers.append(w)
-            meta = job["spec"]["template"]["metadata"]
-            await self.kube.client.create(
-                PODS,
-                {
-                    "metadata": {
-                        "name": w.pod,
-                        "labels": {**meta["labels"], INDEX_KEY: str(index)},
-                        "annotations": {**meta["annotations"], INDEX_KEY: str(index)},
-                    },
-                    "spec": {**pod_spec, "nodeName": self.node},
-                },
-                namespace,
-            )
+            await self._create_pod(w)
         for w in self.workers:
             await self.launch(w)
 
@@ -163,6 +152,56 @@ class Kubelet:
                 where.mkdir(parents=True, exist_ok=True)
                 (where / item["path"]).write_bytes(value)
         return root
+
+    async def _create_pod(self, w: WorkerProc) -> None:
+        job = await self.read_job(self.job_name.removesuffix("-loadgen"), self.namespace)
+        pod_spec = job["spec"]["template"]["spec"]
+        meta = job["spec"]["template"]["metadata"]
+        w.env["BENCHOP_POD_UID"] = f"uid-{w.pod}"  # the downward API's metadata.uid
+        await self.kube.client.create(
+            PODS,
+            {
+                "metadata": {
+                    "name": w.pod,
+                    "labels": {**meta["labels"], INDEX_KEY: str(w.index)},
+                    "annotations": {**meta["annotations"], INDEX_KEY: str(w.index)},
+                },
+                "spec": {**pod_spec, "nodeName": self.node},
+            },
+            self.namespace,
+        )
+
+    async def replace(self, index: int) -> WorkerProc:
+        """Delete worker ``index``'s pod (SIGTERM: it drains and publishes its interrupted
+        COMPLETE) and start its replacement at once, as the Job controller does: a new pod
+        with a new uid and an empty results dir. Returns the old worker (still draining)."""
+        old = self.workers[index]
+        assert old.proc is not None
+        old.proc.send_signal(signal.SIGTERM)
+        self.replaced += 1
+        pod = f"{self.job_name}-{index}-r{self.replaced}"
+        new = WorkerProc(
+            index,
+            pod,
+            self.tmp / f"{pod}-results",
+            self.tmp / f"{pod}-termination",
+            list(old.args),
+            dict(old.env),
+        )
+        new.results.mkdir()
+        new.args[new.args.index("--results-dir") + 1] = str(new.results)
+        new.args[new.args.index("--termination-log") + 1] = str(new.termination)
+        self.workers[index] = new
+        await self._create_pod(new)
+        await self.launch(new)
+        return old
+
+    async def reap(self, old: WorkerProc) -> int:
+        """Wait for a replaced worker to exit, then remove its pod (a deleted pod is gone)."""
+        assert old.proc is not None
+        code = await old.proc.wait()
+        await self.kube.client.delete(PODS, old.pod, self.namespace)
+        return code
 
     async def launch(self, w: WorkerProc) -> None:
         """Start (or restart, in the same pod and results dir) one worker; report Running."""

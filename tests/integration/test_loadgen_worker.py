@@ -21,7 +21,14 @@ import zmq.asyncio
 
 from benchagent.codec import MsgpackCodec
 from benchagent.transport import RequestServer
-from benchagent.wire import GateGranted, GateRequest, Message, MetricsSnapshot
+from benchagent.wire import (
+    GateGranted,
+    GateRequest,
+    Message,
+    MetricsSnapshot,
+    ResumeReply,
+    ResumeRequest,
+)
 from benchop.api.models import BenchmarkRunSpec
 from benchop.loadgen import checkpoint
 from benchop.loadgen.records import registry_from
@@ -198,6 +205,8 @@ async def test_gates_start_after_warmup_and_end_after_profiling(
     start_delay_ns = 100_000_000
 
     async def coordinator(msg: Message) -> Message | None:
+        if isinstance(msg, ResumeRequest):
+            return ResumeReply(run=msg.run, worker=msg.worker, status="ready")
         assert isinstance(msg, GateRequest)
         seen.append((msg, time.time_ns(), mock.stats["requests"]))
         return GateGranted(
@@ -436,3 +445,222 @@ async def test_a_failed_first_state_write_disables_the_checkpoint_never_the_run(
     # a restart with the same directory starts afresh instead of refusing it
     again = await run_worker(WorkerConfig(spec=spec, run="r", results_dir=tmp_path))
     assert again.attempt == 1 and again.snapshot.counters[names.REQUESTS_OK] == 10
+
+
+class FakeCoordinator:
+    """Grants every gate at once and answers ResumeRequests: ``waits`` times ``wait``, then
+    ``ready`` with ``base``; records the requests."""
+
+    def __init__(self, base: MetricsSnapshot | None = None, waits: int = 0) -> None:
+        self.base = base
+        self.waits = waits
+        self.asked: list[ResumeRequest] = []
+        self.gates: list[GateRequest] = []
+        self.server = RequestServer()
+        self._task = asyncio.create_task(self.server.serve(self.handle))
+
+    def handle(self, msg: Message) -> Message | None:
+        if isinstance(msg, ResumeRequest):
+            self.asked.append(msg)
+            if len(self.asked) <= self.waits:
+                return ResumeReply(run=msg.run, worker=msg.worker, status="wait")
+            return ResumeReply(run=msg.run, worker=msg.worker, status="ready", base=self.base)
+        assert isinstance(msg, GateRequest)
+        self.gates.append(msg)
+        return GateGranted(
+            run=msg.run,
+            phase_id=msg.phase_id,
+            boundary=msg.boundary,
+            worker=msg.worker,
+            start_at_ns=time.time_ns(),
+            baseline_captured=False,
+        )
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint
+
+    def close(self) -> None:
+        self.server.close()
+        self._task.cancel()
+
+
+async def interrupted_first_pod(
+    spec: BenchmarkRunSpec, results: Path, mock: MockServer, ok_at_least: int
+) -> MetricsSnapshot:
+    """Run a worker in its own results dir and stop it (a pod deleted) once the server
+    completed ``ok_at_least`` responses; its interrupted COMPLETE."""
+    first = Worker(WorkerConfig(spec=spec, run="r", results_dir=results, incarnation="pod-a"))
+    task = asyncio.create_task(first.run())
+    await until(lambda: mock.stats["ok"] >= ok_at_least)
+    first.stop()
+    out = await task
+    assert out.interrupted and out.snapshot.phase == "profiling"
+    return out.snapshot
+
+
+async def test_a_new_pod_resumes_from_the_coordinators_base(
+    mock: MockServer, tmp_path: Path
+) -> None:
+    spec = make_spec(
+        mock.url,
+        {"mode": "concurrency", "concurrency": 2},
+        {"warmup": {"requests": 4}, "profiling": {"requests": 40}},
+    )
+    base = await interrupted_first_pod(spec, tmp_path / "a", mock, 16)
+    done = base.counters[names.REQUESTS]
+    assert 0 < done < 40 and base.counters["failed_cancelled"] == 0  # drained, none cut
+    coordinator = FakeCoordinator(base, waits=2)  # the earlier pod "still drains" twice
+    try:
+        config = WorkerConfig(
+            spec=spec,
+            run="r",
+            results_dir=tmp_path / "b",  # a new pod: an empty dir
+            gate_endpoint=coordinator.endpoint,
+            incarnation="pod-b",
+        )
+        out = await run_worker(config)
+    finally:
+        coordinator.close()
+    snap = out.snapshot
+    assert [a.incarnation for a in coordinator.asked] == ["pod-b"] * 3
+    assert [g.boundary for g in coordinator.gates] == ["END"]  # START was passed by pod a
+    assert out.warmup_requests == 0 and not out.interrupted
+    assert (out.attempt, snap.attempt, snap.incarnation) == (2, 2, "pod-b")
+    # exact against the server: every response once, only the remainder sent
+    assert mock.stats["requests"] == mock.stats["ok"] == 4 + 40
+    assert snap.counters[names.REQUESTS] == snap.counters[names.REQUESTS_OK] == 40
+    assert snap.series[names.TTFT].count == 40
+    assert sum(row.requests for row in snap.timeline or []) == 40
+    records = checkpoint.load(tmp_path / "b").records
+    assert len(records) == 40 - done and {r.attempt for r in records} == {2}
+    assert [r.index for r in records if r.index < 0] == []
+    assert (tmp_path / "b" / checkpoint.BASE).exists()
+
+
+async def test_a_duration_bound_counts_the_earlier_pods_time(
+    mock: MockServer, tmp_path: Path
+) -> None:
+    spec = make_spec(
+        mock.url, {"mode": "concurrency", "concurrency": 2}, {"profiling": {"duration": "1500ms"}}
+    )
+    base = await interrupted_first_pod(spec, tmp_path / "a", mock, 10)
+    assert 0 < base.elapsed_s < 1.5
+    coordinator = FakeCoordinator(base)
+    try:
+        config = WorkerConfig(
+            spec=spec,
+            run="r",
+            results_dir=tmp_path / "b",
+            gate_endpoint=coordinator.endpoint,
+            incarnation="pod-b",
+        )
+        out = await run_worker(config)
+    finally:
+        coordinator.close()
+    snap = out.snapshot
+    records = checkpoint.load(tmp_path / "b").records
+    sent = [r.sent_ns for r in records]
+    assert max(sent) - min(sent) <= (1.5 - base.elapsed_s) * 1e9  # only the time left
+    assert snap.elapsed_s >= 1.5
+    assert snap.counters[names.REQUESTS] == base.counters[names.REQUESTS] + len(records)
+    assert mock.stats["ok"] == snap.counters[names.REQUESTS_OK]
+
+
+async def test_a_container_restart_after_a_base_resumes_from_the_kept_base(
+    mock: MockServer, tmp_path: Path
+) -> None:
+    """Pod b (resumed from pod a's base) restarts its container; the coordinator has
+    nothing now (say it restarted): the base kept in b's results dir and b's records count."""
+    spec = make_spec(
+        mock.url,
+        {"mode": "concurrency", "concurrency": 2},
+        {"warmup": {"requests": 4}, "profiling": {"requests": 60}},
+    )
+    base = await interrupted_first_pod(spec, tmp_path / "a", mock, 14)
+    coordinator = FakeCoordinator(base)
+    b = tmp_path / "b"
+    try:
+        config = WorkerConfig(
+            spec=spec,
+            run="r",
+            results_dir=b,
+            gate_endpoint=coordinator.endpoint,
+            incarnation="pod-b",
+        )
+        worker = Worker(config)
+        task = asyncio.create_task(worker.run())
+        await until(lambda: len(checkpoint.load(b).records) >= 6)
+        worker.stop()
+        second = await task
+        coordinator.base = None  # forgotten
+        third = await run_worker(config)
+    finally:
+        coordinator.close()
+    assert second.interrupted and second.snapshot.counters[names.REQUESTS] < 60
+    snap = third.snapshot
+    assert third.attempt == 3 and third.warmup_requests == 0
+    assert snap.counters[names.REQUESTS] == snap.counters[names.REQUESTS_OK] == 60
+    assert mock.stats["ok"] == mock.stats["requests"] == 4 + 60
+    ids = [r.id for r in checkpoint.load(b).records]
+    assert len(ids) == len(set(ids)) == 60 - base.counters[names.REQUESTS]
+
+
+async def test_a_worker_stopped_before_its_base_arrives_publishes_nothing(
+    mock: MockServer, tmp_path: Path
+) -> None:
+    spec = make_spec(
+        mock.url, {"mode": "concurrency", "concurrency": 2}, {"profiling": {"requests": 10}}
+    )
+    coordinator = FakeCoordinator(waits=10_000)  # an earlier pod "runs" for ever
+    try:
+        worker = Worker(
+            WorkerConfig(
+                spec=spec,
+                run="r",
+                results_dir=tmp_path,
+                termination_log=tmp_path / "termination",
+                gate_endpoint=coordinator.endpoint,
+            )
+        )
+        task = asyncio.create_task(worker.run())
+        await until(lambda: len(coordinator.asked) >= 2)
+        worker.stop()
+        out = await asyncio.wait_for(task, 10)
+    finally:
+        coordinator.close()
+    assert out.interrupted and mock.stats["requests"] == 0
+    assert not (tmp_path / FINAL).exists() and not (tmp_path / "termination").exists()
+
+
+async def test_a_new_pod_on_a_claim_resumes_from_the_checkpoint_not_twice(
+    mock: MockServer, tmp_path: Path
+) -> None:
+    """With ``spec.output.pvc`` the results dir outlives the pod: the replacement finds the
+    old pod's checkpoint there and resumes from it; the coordinator's base (the same requests)
+    is not added on top."""
+    spec = make_spec(
+        mock.url,
+        {"mode": "concurrency", "concurrency": 2},
+        {"warmup": {"requests": 4}, "profiling": {"requests": 40}},
+    )
+    claim = tmp_path / "worker-0"
+    base = await interrupted_first_pod(spec, claim, mock, 16)
+    coordinator = FakeCoordinator(base)
+    try:
+        config = WorkerConfig(
+            spec=spec,
+            run="r",
+            results_dir=claim,
+            gate_endpoint=coordinator.endpoint,
+            incarnation="pod-b",
+        )
+        out = await run_worker(config)
+    finally:
+        coordinator.close()
+    snap = out.snapshot
+    assert out.attempt == 2 and out.warmup_requests == 0
+    assert snap.counters[names.REQUESTS] == snap.counters[names.REQUESTS_OK] == 40
+    assert mock.stats["ok"] == mock.stats["requests"] == 4 + 40
+    assert not (claim / checkpoint.BASE).exists()
+    assert_matches_records(snap, claim)

@@ -210,6 +210,10 @@ def worker_records(kubelet: Kubelet) -> list[list[dict[str, Any]]]:
     return out
 
 
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
 # --------------------------------------------------------------------------- tests
 
 
@@ -430,6 +434,61 @@ async def test_killed_worker_resumes_with_exact_counts(
         assert len({r["id"] for r in records}) == 120  # none counted twice
         assert {r["attempt"] for r in records} == {1, 2}  # some from each attempt
         assert res["complete"] is True
+    finally:
+        await slow.close()
+
+
+@pytest.mark.parametrize(
+    ("deletions", "profiling"),
+    [(1, {"requests": 120}), (3, {"requests": 160}), (1, {"duration": "4s"})],
+    ids=["once-requests", "3x-requests", "once-duration"],
+)
+async def test_a_deleted_worker_pod_is_replaced_and_resumes_exactly(
+    kube: Kube,
+    operator_task: Any,
+    agent: Agent,
+    kubelet: Kubelet,
+    deletions: int,
+    profiling: dict[str, Any],
+) -> None:
+    """A worker pod deleted mid-profiling (SIGTERM, then a new pod with an empty results
+    dir): the replacement resumes from the operator's copy of the old pod's last snapshot;
+    what the server completed equals what the results count, none lost, none twice."""
+    slow = await start_mock_server(MockConfig(ttft=0.05, itl=0.002, output_tokens=8))
+    try:
+        await add_target_and_agent(kube)
+        start(operator_task, kube, settings_for(agent))
+        manifest = run_manifest(
+            "rp",
+            slow.url,
+            load={"mode": "concurrency", "concurrency": 4, "workers": 2},
+            phases={"warmup": {"requests": 4}, "profiling": profiling},
+        )
+        await kube.client.create(BENCHMARKRUNS, manifest)
+        await kubelet.start("rp")
+        replaced = []
+        for _ in range(deletions):
+            w = kubelet.workers[1]  # the pod to delete, once it profiled a few requests
+            await wait_for(lambda w=w: len(lines(w.results / "records.jsonl")) >= 3, 30)
+            old = await kubelet.replace(1)
+            assert await kubelet.reap(old) != 0  # stopped by the deletion, not finished
+            replaced.append(old)
+        assert await kubelet.wait_all() == [0, 0]
+        await kubelet.job_condition("Complete")
+        await wait_condition(kube, "rp", c.SUCCEEDED, "True")
+        res = status_of(kube, "rp")["results"]
+        # not results: the warmup's requests and each pod's preflight request (2 + the
+        # replacements: a new pod checks the target again)
+        served = slow.stats["ok"] - 4 - (2 + deletions)
+        assert res["requests"]["ok"] == served  # none lost, none counted twice
+        assert res["requests"]["failed"] == 0 and res["complete"] is True
+        if "requests" in profiling:
+            assert res["requests"]["total"] == profiling["requests"]
+        assert res["ttftMs"]["count"] == served  # the latencies of every pod, once
+        last = kubelet.workers[1]
+        records = [json.loads(x) for x in lines(last.results / "records.jsonl")]
+        assert {r["attempt"] for r in records} == {deletions + 1}  # attempts go on across pods
+        assert all((o.results / "records.jsonl").exists() for o in replaced)  # each profiled
     finally:
         await slow.close()
 

@@ -120,6 +120,10 @@ def expected_job(
                                 {"name": "BENCHOP_SPEC_FILE", "value": "/etc/benchop/spec.json"},
                                 {"name": "BENCHOP_GATE_ENDPOINT", "value": "tcp://op:5555"},
                                 {"name": "BENCHOP_SNAPSHOT_ENDPOINT", "value": "tcp://op:5556"},
+                                {
+                                    "name": "BENCHOP_POD_UID",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}},
+                                },
                                 *(env_extra or []),
                             ],
                             "securityContext": {
@@ -390,7 +394,7 @@ def test_a_run_reaches_only_the_named_key_of_a_secret_in_its_namespace() -> None
     doc["spec"]["target"]["apiKeySecretRef"] = {"name": "hf", "key": "token"}
     job = job_for(doc)
     assert job["metadata"]["namespace"] == doc["metadata"]["namespace"]
-    env = ".spec.template.spec.containers[0].env[4].valueFrom"
+    env = ".spec.template.spec.containers[0].env[5].valueFrom"
     assert _secret_refs(job) == [(f"{env}.secretKeyRef", {"name": "hf", "key": "token"})]
     assert _secret_refs(job_for(run_doc())) == []
 

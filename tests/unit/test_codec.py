@@ -19,7 +19,10 @@ from benchagent.wire import (
     GpuSample,
     Message,
     MetricsSnapshot,
+    ResumeReply,
+    ResumeRequest,
     SeriesSummary,
+    TimelineRow,
 )
 
 SAMPLE = GpuSample(
@@ -101,6 +104,34 @@ MESSAGES: list[Message] = [
             )
         },
         interrupted=True,
+        attempt=3,
+        incarnation="2f0c6e1a-pod-uid",
+    ),
+    ResumeRequest(run="ns.run.abcd1234", worker=1, workers=2, incarnation="uid-b"),
+    ResumeReply(run="ns.run.abcd1234", worker=1, status="wait"),
+    ResumeReply(run="x", worker=0, status="denied", reason="not registered"),
+    ResumeReply(
+        run="ns.run.abcd1234",
+        worker=1,
+        status="ready",
+        base=MetricsSnapshot(
+            run="ns.run.abcd1234",
+            worker=1,
+            seq=40,
+            state="COMPLETE",
+            phase="profiling",
+            time_ns=5,
+            elapsed_s=3.25,
+            n_pending=0,
+            counters={"requests_total": 2},
+            series={
+                "ttft_ns": SeriesSummary(count=1, sum=7, min=7, max=7, values=b"\x07" + 7 * b"\0")
+            },
+            interrupted=True,
+            timeline=[TimelineRow(t_s=1_700_000_000, requests=2, ok=2, ttft={3: 2})],
+            attempt=2,
+            incarnation="uid-a",
+        ),
     ),
 ]
 
@@ -208,3 +239,34 @@ def test_corrupted_valid_frames_never_raise(msg: Message, data: st.DataObject) -
     frame[pos] = data.draw(st.integers(0, 255))
     result = codec.decode(bytes(frame))
     assert result is None or isinstance(result, Message)
+
+
+def test_a_snapshot_of_an_older_worker_decodes_without_attempt_or_incarnation() -> None:
+    """``attempt`` and ``incarnation`` are optional: an older worker's snapshot decodes with
+    their defaults (and a newer one in an older peer: msgspec ignores unknown fields)."""
+
+    class OldSnapshot(msgspec.Struct, tag="MetricsSnapshot", tag_field="kind", kw_only=True):
+        run: str
+        worker: int
+        seq: int
+        state: str
+        phase: str
+        time_ns: int
+        elapsed_s: float
+        n_pending: int
+
+    old = msgspec.msgpack.encode(
+        OldSnapshot(
+            run="r",
+            worker=0,
+            seq=1,
+            state="LIVE",
+            phase="warmup",
+            time_ns=1,
+            elapsed_s=0.0,
+            n_pending=0,
+        )
+    )
+    snap = MsgpackCodec().decode(old)
+    assert isinstance(snap, MetricsSnapshot)
+    assert (snap.attempt, snap.incarnation) == (0, "")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 from benchop.api.models import BenchmarkRunSpec
-from benchop.api.workload import WorkloadSpec
 from benchop.operator.handlers import runs
 from benchop.operator.pods import PodView
 from benchop.operator.settings import OperatorSettings
@@ -57,20 +55,6 @@ def test_a_waiting_run_sleeps_until_its_next_check() -> None:
     assert 4.0 < idle(late, now) <= 5.0
     # never less than a tick, even when something is overdue
     assert idle(context(next_resync=now - 5), now) == 1.0
-    # a dataset from a ConfigMap: its next read (the kubelet only says FailedMount when it is
-    # missing), until the workers are ready
-    spec = SPEC.model_copy(
-        update={
-            "workload": WorkloadSpec.model_validate(
-                {"dataset": {"configMap": {"name": "rows", "key": "rows.jsonl"}}}
-            )
-        }
-    )
-    waiting = SimpleNamespace(status={})
-    reads = context(spec=spec, writer=waiting, next_resync=now + 60, next_source_check=now + 5)
-    assert idle(reads, now) == 5.0
-    ready = SimpleNamespace(status={"conditions": [{"type": "WorkersReady", "status": "True"}]})
-    assert idle(context(spec=spec, writer=ready, next_resync=now + 60), now) == 60.0
 
 
 def test_a_run_whose_workers_publish_ticks_and_the_first_snapshot_wakes_it() -> None:
@@ -82,3 +66,11 @@ def test_a_run_whose_workers_publish_ticks_and_the_first_snapshot_wakes_it() -> 
     assert ctx.wake.is_set() and ctx.snapshot_seen
     assert idle(ctx, 1000.0) == 1.0
     assert idle(context(next_resync=1060.0, job_complete_at=999.0), 1000.0) == 1.0
+
+
+def test_a_run_reading_its_workload_configmaps_wakes_for_the_next_read() -> None:
+    doc = SPEC.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["workload"] = {"dataset": {"configMap": {"name": "rows", "key": "chat.jsonl"}}}
+    spec = BenchmarkRunSpec.model_validate(doc)
+    ctx = context(next_resync=1060.0, next_source_check=1005.0, spec=spec)
+    assert idle(ctx, 1000.0) == 5.0

@@ -13,6 +13,10 @@ Two files in the results directory:
   worker and spec the records belong to, the attempt number and how long
   profiling has been running, so a duration bound counts the time of earlier
   attempts (not the downtime between them).
+- ``base.msgpack`` (only in a pod that replaced an earlier one of its index): the earlier
+  pods' last COMPLETE snapshot the coordinator handed over (:mod:`benchop.core.resume`),
+  kept so a container restart in this pod resumes from it without asking again. The
+  records, the state's attempt and elapsed time continue after it.
 
 Resume (:func:`load`): a torn last line (a crash mid-write) is dropped and cut
 off the file; a ``cancelled`` record of an earlier attempt is dropped (the
@@ -38,10 +42,13 @@ from pathlib import Path
 
 import msgspec
 
+from benchagent.codec import MsgpackCodec
+from benchagent.wire import MetricsSnapshot
 from benchop.atomicio import write_atomic
 from benchop.loadgen.records import RequestRecord
 
 __all__ = [
+    "BASE",
     "RECORDS",
     "STATE",
     "Checkpoint",
@@ -50,6 +57,8 @@ __all__ = [
     "iter_lines",
     "iter_records",
     "load",
+    "load_base",
+    "save_base",
     "save_state",
 ]
 
@@ -57,6 +66,7 @@ log = logging.getLogger(__name__)
 
 RECORDS = "records.jsonl"
 STATE = "checkpoint.json"
+BASE = "base.msgpack"
 _COALESCE_S = 0.005  # the writer thread wakes at most ~200 times a second
 
 
@@ -215,6 +225,24 @@ def _read_state(d: Path) -> CheckpointState | None:
 def save_state(results_dir: str | os.PathLike[str], state: CheckpointState) -> None:
     """Write ``checkpoint.json`` atomically (blocking: call via ``asyncio.to_thread``)."""
     write_atomic(Path(results_dir) / STATE, msgspec.json.encode(state))
+
+
+def load_base(results_dir: str | os.PathLike[str]) -> MetricsSnapshot | None:
+    """``base.msgpack`` (None when there is none). Raises ValueError when it is not a snapshot."""
+    path = Path(results_dir) / BASE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    snap = MsgpackCodec().decode(data)
+    if not isinstance(snap, MetricsSnapshot):
+        raise ValueError(f"{path} is not a benchop snapshot")
+    return snap
+
+
+def save_base(results_dir: str | os.PathLike[str], base: MetricsSnapshot) -> None:
+    """Write ``base.msgpack`` atomically (blocking)."""
+    write_atomic(Path(results_dir) / BASE, MsgpackCodec().encode(base))
 
 
 class Checkpoint:

@@ -103,6 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=MOUNT_ROOT,
         help="where the dataset/tokenizer volumes are mounted (default %(default)s)",
     )
+    parser.add_argument(
+        "--incarnation",
+        default=env("BENCHOP_POD_UID"),
+        help="this pod's identity, the same across container restarts (env BENCHOP_POD_UID; "
+        "default: a random one)",
+    )
     parser.add_argument("--target-url", default=None, help="override spec.target.url (and urls)")
     parser.add_argument(
         "--secrets-dir",
@@ -173,6 +179,7 @@ def _config(args: argparse.Namespace) -> WorkerConfig:
         snapshot_interval_s=parse_duration(args.snapshot_interval),
         drain_timeout_s=parse_duration(args.drain_timeout),
         workload_root=args.workload_root,
+        incarnation=args.incarnation or None,
     )
 
 

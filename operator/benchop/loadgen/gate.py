@@ -10,6 +10,11 @@ the request is repeated until ``wait_s`` is spent; then, like after a
 ``GateDenied``, the worker goes on ungated and says so (``GateResult``).
 Without an endpoint the gates are skipped (``status="ungated"``).
 
+Before anything else a worker asks for its *base* (:meth:`GateClient.resume`,
+:mod:`benchop.core.resume`): the last COMPLETE snapshot of its index, which the coordinator
+gives once no earlier pod of the index is still running (``wait``: asked again every
+``RESUME_POLL_S``). No reply within ``wait_s``, or a ``denied``: no base.
+
     gate = GateClient("tcp://127.0.0.1:5555", run="r", worker=0, workers=2)
     result = await gate.pass_gate("START")
 """
@@ -23,7 +28,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from benchagent.transport import CurveEphemeral, RequestClient, RequestTimeout
-from benchagent.wire import Boundary, GateDenied, GateGranted, GateRequest
+from benchagent.wire import (
+    Boundary,
+    GateDenied,
+    GateGranted,
+    GateRequest,
+    MetricsSnapshot,
+    ResumeReply,
+    ResumeRequest,
+)
 
 __all__ = ["PROFILING", "GateClient", "GateResult"]
 
@@ -31,6 +44,7 @@ log = logging.getLogger(__name__)
 
 PROFILING = "profiling"  # the phase id of the gated phase
 _MAX_START_DELAY_S = 60.0  # a start_at further ahead than this is a clock problem
+RESUME_POLL_S = 0.5  # a ``wait`` answer is asked again after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +87,38 @@ class GateClient:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    async def resume(self, incarnation: str) -> MetricsSnapshot | None:
+        """The base of this worker's index (None: nothing to resume, or no coordinator)."""
+        client = self._client
+        if client is None:
+            return None
+        req = ResumeRequest(
+            run=self._run, worker=self._worker, workers=self._workers, incarnation=incarnation
+        )
+        deadline = time.monotonic() + self._wait_s
+        waited = False
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                reply = await client.request(
+                    req, timeout=min(self._attempt_s, remaining), retries=0
+                )
+            except RequestTimeout:
+                log.info("resume: no answer from %s yet", self.endpoint)
+                continue
+            if isinstance(reply, ResumeReply) and reply.status == "ready":
+                return reply.base
+            if isinstance(reply, ResumeReply) and reply.status == "denied":
+                log.warning("resume denied: %s; starting afresh", reply.reason)
+                return None
+            if not waited:
+                log.info(
+                    "resume: an earlier pod of worker %d is still running; waiting", self._worker
+                )
+                waited = True
+            await asyncio.sleep(min(RESUME_POLL_S, max(remaining, 0)))
+        log.warning("resume: no answer within %.0fs; starting afresh", self._wait_s)
+        return None
 
     async def pass_gate(self, boundary: Boundary, phase_id: str = PROFILING) -> GateResult:
         """Ask for ``boundary`` and return once it may be passed (never raises on the wire)."""

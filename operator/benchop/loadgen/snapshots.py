@@ -62,10 +62,14 @@ class Snapshots:
         progress: Progress,
         interval_s: float = 1.0,
         before_snapshot: Callable[[], None] | None = None,
+        attempt: int = 0,
+        incarnation: str = "",
     ) -> None:
         self._reg = registry
         self._run = run
         self._worker = worker
+        self._attempt = attempt
+        self._incarnation = incarnation
         self._pub = publisher
         self._progress = progress
         self._interval = interval_s
@@ -144,6 +148,8 @@ class Snapshots:
             interrupted=interrupted,
             abort=self.abort,
             warnings=list(self.warnings),
+            attempt=self._attempt,
+            incarnation=self._incarnation,
         )
 
     def _publish(self, snap: MetricsSnapshot) -> None:

@@ -28,19 +28,27 @@ START; after profiling it asks for END (:mod:`benchop.loadgen.gate`). Only
 profiling requests reach the registry and ``records.jsonl``. A request is
 *good* when it succeeded and met every SLO given.
 
-Resume. With a results directory that already holds a checkpoint of the
-same run, worker and spec, the worker loads the records (they count towards
-the profiling bound and into the metrics exactly once), skips warmup and the
-START gate (both happened in the earlier attempt) and profiles only what is
-left: the remaining requests, or the remaining duration (the profiling time
-of the earlier attempts counts). A checkpoint of another run or spec is an
-error, never silently mixed in.
+Resume. First (before it publishes anything) the worker asks the coordinator for the
+*base* of its index (:mod:`benchop.core.resume`): the last COMPLETE snapshot of the earlier
+pods of its index, given once none of them still runs. With a results directory that
+already holds a checkpoint of the same run, worker and spec (a container restart in the same
+pod, or a claim), the worker loads the records (they count towards the profiling bound and
+into the metrics exactly once) on top of the base it kept (``base.msgpack``); a new pod with
+an empty directory starts from the coordinator's base alone. Either way the base and records
+go into the registry, so every snapshot is cumulative over the index's pods; warmup (if it
+was finished) and the START gate (if it was passed) are skipped, the request indices and
+dataset position go on, and only what is left is profiled: the remaining requests, or the
+remaining duration (the profiling time of the earlier attempts counts). Attempts number on
+across pods. A checkpoint of another run or spec is an error, never silently mixed in.
 
 Stopping. :meth:`Worker.stop` (SIGTERM/SIGINT in the command) admits no more
 requests, lets those in flight finish for up to ``drain_timeout_s`` (then
 cancels them: outcome ``cancelled``), skips the END gate and still produces
 the final snapshot, with ``interrupted=True``. A second ``stop`` cancels at
-once.
+once. Cancelled requests are recorded once (outcome ``cancelled``): a container restart
+in the same pod drops its earlier attempts' cancelled records and sends those requests
+again; a replacement pod takes them from the base, counted as failed ``cancelled``. A worker
+stopped before it got its base publishes nothing (its COMPLETE would hide the base).
 
     outcome = await run_worker(WorkerConfig(spec=spec, run="r", results_dir=d))
     outcome.snapshot.counters["requests_total"]
@@ -50,11 +58,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +75,7 @@ import numpy as np
 from benchagent.transport import CurveEphemeral, Publisher
 from benchagent.wire import MetricsSnapshot, WorkerAbort
 from benchop.api.models import BenchmarkRunSpec, PhaseBound
+from benchop.core import resume
 from benchop.core.names import API_KEY_ENV
 from benchop.core.results import FAILURE_RATIO_EXCEEDED, SECRET_ERROR
 from benchop.core.workloadfiles import MOUNT_ROOT
@@ -89,7 +100,8 @@ from benchop.loadgen.trigger import SendTrigger
 from benchop.loadgen.workload import Prompt, Workload
 from benchop.metrics import names
 from benchop.metrics.series import Histogram
-from benchop.metrics.timeline import TimelineRow
+from benchop.metrics.stats import decode_values
+from benchop.metrics.timeline import TimelineRow, merge_rows
 
 T = TypeVar("T")
 
@@ -145,6 +157,9 @@ class WorkerConfig:
     gate_attempt_s: float = 5.0
     gate_wait_s: float = 900.0
     workload_root: str = MOUNT_ROOT  # where a pod mounts the dataset/tokenizer volumes
+    # This pod's identity (its uid; the same across container restarts in the pod): tells the
+    # coordinator which snapshots are an earlier pod's. None: a random one per process.
+    incarnation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +246,7 @@ class FinalOutcome:
     snapshot: MetricsSnapshot
     interrupted: bool
     attempt: int  # 1 + resumes
-    resumed_records: int  # profiling records loaded from the checkpoint
+    resumed_records: int  # profiling requests resumed from (the base and the checkpoint)
     gates: dict[str, GateResult]
     warmup_requests: int
     warmup_ok: int
@@ -262,6 +277,15 @@ class _Request:
         self.sink(rec)
 
 
+@dataclass(frozen=True, slots=True)
+class _Base:
+    base: MetricsSnapshot | None
+
+
+async def _base_of(gate: GateClient, incarnation: str) -> _Base:
+    return _Base(await gate.resume(incarnation))
+
+
 class Worker:
     """One worker run; ``await worker.run()`` once, ``worker.stop()`` from anywhere on its loop."""
 
@@ -283,8 +307,12 @@ class Worker:
         self.registry = new_registry()
         self.workload: Workload | None = None  # read in run(): it may read files
         self.phase = "starting"
+        self.incarnation = config.incarnation or uuid.uuid4().hex
         self.attempt = 1
         self.resumed_records = 0
+        self._resume = resume.NONE  # where the base (and the local checkpoint) left off
+        self._base_timeline: list[TimelineRow] | None = None
+        self._base_write_errors = 0
         self.gates: dict[str, GateResult] = {}
         self.warmup_requests = 0
         self.warmup_ok = 0
@@ -329,18 +357,7 @@ class Worker:
         results directory belongs to another run, worker or spec.
         """
         cfg = self.config
-        loaded = self._load_checkpoint()
-        self.workload = await asyncio.to_thread(
-            Workload.for_worker,
-            cfg.spec.workload,
-            api=cfg.spec.target.api,
-            worker=self.index,
-            workers=self.workers,
-            start=self.resumed_records,
-            root=cfg.workload_root,
-        )
         curve = CurveEphemeral(cfg.curve_server_key.encode()) if cfg.curve_server_key else None
-        publisher = Publisher(cfg.snapshot_endpoint, curve=curve) if cfg.snapshot_endpoint else None
         gate = GateClient(
             cfg.gate_endpoint,
             run=cfg.run,
@@ -350,10 +367,32 @@ class Worker:
             wait_s=cfg.gate_wait_s,
             curve=curve,
         )
+        try:
+            # Before the checkpoint is read: an earlier pod may still be writing it (a claim).
+            got = await self._until_stopped(_base_of(gate, self.incarnation))
+            if got is None:
+                gate.close()
+                return self._stopped_before_base()
+            self._load_checkpoint(got.base)
+            self.workload = await asyncio.to_thread(
+                Workload.for_worker,
+                cfg.spec.workload,
+                api=cfg.spec.target.api,
+                worker=self.index,
+                workers=self.workers,
+                start=self.resumed_records,
+                root=cfg.workload_root,
+            )
+        except BaseException:
+            gate.close()
+            raise
+        publisher = Publisher(cfg.snapshot_endpoint, curve=curve) if cfg.snapshot_endpoint else None
         snaps = self._snaps = Snapshots(
             self.registry,
             run=cfg.run,
             worker=self.index,
+            attempt=self.attempt,
+            incarnation=self.incarnation,
             publisher=publisher,
             progress=self._progress,
             interval_s=cfg.snapshot_interval_s,
@@ -367,7 +406,7 @@ class Worker:
             if client is not None:
                 async with client:
                     if await self._preflight(client):
-                        await self._phases(loaded, gate)
+                        await self._phases(gate)
         finally:
             if self._checkpoint is not None:
                 await self._checkpoint.close()
@@ -463,14 +502,14 @@ class Worker:
             self._snaps.abort = self.abort
         self._stop_event.set()
 
-    async def _phases(self, loaded: ckpt.Loaded | None, gate: GateClient) -> None:
-        resumed = loaded is not None and loaded.state is not None
-        if not resumed and self.plan.warmup is not None:
+    async def _phases(self, gate: GateClient) -> None:
+        point = self._resume
+        if not point.warmup_done and self.plan.warmup is not None:
             self.phase = "warmup"
             await self._run_phase(self.plan.warmup, self._warmup_sink, WARMUP_ATTEMPT, 0.0)
         if self.interrupted or self.abort is not None:
             return
-        if resumed:
+        if point.start_passed:
             log.info(
                 "resuming: warmup and the START gate were passed by attempt %d", self.attempt - 1
             )
@@ -622,20 +661,32 @@ class Worker:
 
     # ------------------------------------------------------------------ checkpoint
 
-    def _load_checkpoint(self) -> ckpt.Loaded | None:
+    def _load_checkpoint(self, remote: MetricsSnapshot | None) -> None:
+        """Resume from the local checkpoint (on top of the base kept with it) when there is
+        one, else from ``remote`` (the coordinator's base, then kept as ``base.msgpack``) or
+        a base kept earlier; open the checkpoint for this attempt."""
         d = self.config.results_dir
         if d is None:
-            return None
+            self._apply_base(remote)
+            return
         d.mkdir(parents=True, exist_ok=True)
         loaded = ckpt.load(d, resume=True)
         st = loaded.state
         digest = spec_hash(self.config.spec)
+        try:
+            kept = ckpt.load_base(d)
+        except ValueError as exc:
+            raise CheckpointMismatch(f"{exc}; use an empty results directory") from None
         if st is None:
             if loaded.records:
                 raise CheckpointMismatch(
                     f"{d / ckpt.RECORDS} has records but no {ckpt.STATE}: not a benchop "
                     "checkpoint; use an empty results directory"
                 )
+            base = remote if remote is not None else kept
+            if base is not None and base is not kept and resume.point(base).warmup_done:
+                ckpt.save_base(d, base)  # a container restart in this pod resumes from it
+            self._apply_base(base)
             self._state = None
         else:
             mine = (self.config.run, self.index, self.workers, digest)
@@ -646,23 +697,85 @@ class Worker:
                     f"(spec {st.spec_hash[:12]}), not run {self.config.run!r} worker "
                     f"{self.index}/{self.workers} (spec {digest[:12]}); use an empty directory"
                 )
+            self._apply_base(kept)
             self.attempt = st.attempt + 1
             self._elapsed_before_s = loaded.elapsed_s
+            self._resume = dataclasses.replace(self._resume, warmup_done=True, start_passed=True)
             for rec in loaded.records:
                 record_into(self.registry, rec)
-            self.resumed_records = len(loaded.records)
+            self.resumed_records += len(loaded.records)
             self._state = st
             log.info(
                 "resuming attempt %d: %d records (%.1fs of profiling) loaded, %d cancelled "
                 "dropped, %d torn bytes cut",
                 self.attempt,
-                self.resumed_records,
+                len(loaded.records),
                 self._elapsed_before_s,
                 loaded.dropped_cancelled,
                 loaded.torn_bytes,
             )
         self._checkpoint = ckpt.Checkpoint(d)
-        return loaded
+
+    def _apply_base(self, base: MetricsSnapshot | None) -> None:
+        """Start from ``base``: its counters and raw values into the registry (once), its
+        timeline kept for the final one; the attempt, elapsed time and request count after it."""
+        point = self._resume = resume.point(base)
+        if base is None or not point.warmup_done:
+            return
+        if base.run != self.config.run or base.worker != self.index:
+            raise CheckpointMismatch(
+                f"the base of run {base.run!r} worker {base.worker} is not run "
+                f"{self.config.run!r} worker {self.index}"
+            )
+        self.attempt = point.attempt + 1
+        if not point.start_passed:
+            log.info("resuming after attempt %d: its warmup was finished", point.attempt)
+            return
+        reg = self.registry
+        for name, n in base.counters.items():
+            reg.counter(name).inc(n)
+        self._base_write_errors = base.counters.get(CHECKPOINT_WRITE_ERRORS, 0)
+        for name, summary in base.series.items():
+            values = decode_values(summary)
+            if values is None:
+                raise CheckpointMismatch(f"the base's series {name!r} has no raw values")
+            reg.series(name).record_many(values.tolist())
+        self._base_timeline = base.timeline
+        self._elapsed_before_s = point.elapsed_s
+        self.resumed_records = point.requests
+        log.info(
+            "resuming after attempt %d of another pod: %d requests, %.1fs of profiling",
+            point.attempt,
+            point.requests,
+            point.elapsed_s,
+        )
+
+    def _stopped_before_base(self) -> FinalOutcome:
+        """Stopped while waiting for the base: nothing is published or written (a COMPLETE
+        without the base would stand for the whole index and hide what it did)."""
+        log.warning("stopped before the base of worker %d arrived: publishing nothing", self.index)
+        snap = MetricsSnapshot(
+            run=self.config.run,
+            worker=self.index,
+            seq=0,
+            state="COMPLETE",
+            phase=self.phase,
+            time_ns=time.time_ns(),
+            elapsed_s=0.0,
+            n_pending=0,
+            interrupted=True,
+            incarnation=self.incarnation,
+        )
+        return FinalOutcome(
+            snapshot=snap,
+            interrupted=True,
+            attempt=self.attempt,
+            resumed_records=0,
+            gates=self.gates,
+            warmup_requests=0,
+            warmup_ok=0,
+            checkpoint_write_errors=0,
+        )
 
     async def _save_state(self) -> None:
         d = self.config.results_dir
@@ -692,15 +805,18 @@ class Worker:
 
     async def _timeline(self) -> list[TimelineRow] | None:
         """Per-second rows of every profiling record in the checkpoint (all attempts), read
-        back from ``records.jsonl`` once profiling is over: nothing on the request path."""
+        back from ``records.jsonl`` once profiling is over: nothing on the request path;
+        merged with the base's rows."""
         d = self.config.results_dir
+        base = self._base_timeline
         if d is None or self._state is None:
-            return None
+            return base
         try:
-            return await asyncio.to_thread(lambda: timeline_from(ckpt.iter_records(d)))
+            rows = await asyncio.to_thread(lambda: timeline_from(ckpt.iter_records(d)))
         except (OSError, ValueError):
             log.exception("building the timeline from %s failed", d / ckpt.RECORDS)
             return None
+        return rows if base is None else merge_rows([base, rows])
 
     def _checkpoint_errors(self) -> int:
         written = self._checkpoint.write_errors if self._checkpoint is not None else 0
@@ -761,6 +877,7 @@ class Worker:
             if tick.count:
                 reg.gauge(names.RECV_LAG_P99).set(tick.percentile(99) / 1e6)
         errors = self._checkpoint.write_errors if self._checkpoint is not None else 0
+        errors += self._base_write_errors
         if errors:
             counter = reg.counter(CHECKPOINT_WRITE_ERRORS)
             counter.inc(errors - counter.value)

@@ -120,7 +120,8 @@ def build_loadgen_job(
     what workers send as their run id (default: the run name). ``restartPolicy: OnFailure``
     on purpose: a killed worker restarts *in the same pod*, so its results emptyDir (with the
     request checkpoint) survives and it resumes without counting a request twice; a new pod
-    would start from an empty dir. (``backoffLimitPerIndex`` needs ``Never``, so the backoff
+    (deleted, evicted) starts from an empty dir and resumes from the base the operator hands
+    it (:mod:`benchop.core.resume`). (``backoffLimitPerIndex`` needs ``Never``, so the backoff
     is the Job-wide ``backoffLimit``.) ``curve_server_key`` (the operator's CurveZMQ public
     key, not a secret) makes the workers' gate and snapshot sockets CurveZMQ.
     """
@@ -141,6 +142,8 @@ def build_loadgen_job(
         {"name": "BENCHOP_SPEC_FILE", "value": f"{SPEC_DIR}/{SPEC_KEY}"},
         {"name": "BENCHOP_GATE_ENDPOINT", "value": gate_endpoint},
         {"name": "BENCHOP_SNAPSHOT_ENDPOINT", "value": snapshot_endpoint},
+        # the pod's uid: a worker tells an earlier pod of its index from itself by it
+        {"name": "BENCHOP_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
         *_secret_env(spec),
     ]
     secret_volumes, secret_mounts = _secret_volumes(spec)

@@ -147,6 +147,7 @@ async def _start_run_services(ours: OperatorSettings, api: KubeApi) -> runs.Serv
         runs=in_progress,
         curve=curve,
     )
+    services.gates.coordinator.on_resume = functools.partial(runs.resume_reply, services)
     try:
         try:  # before the ROUTER serves: no worker of a run in progress is denied
             await runs.preload_runs(services)

@@ -87,6 +87,10 @@ class SnapshotCollector:
     def complete(self, run: str) -> dict[int, MetricsSnapshot]:
         return self._sub.complete(run)
 
+    def received_at(self, run: str) -> dict[int, float]:
+        """``time.monotonic()`` when each worker's latest snapshot arrived."""
+        return self._sub.received_at(run)
+
     @property
     def received(self) -> int:
         return self._sub.received

@@ -38,11 +38,11 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from benchagent.wire import MetricsSnapshot
+from benchagent.wire import MetricsSnapshot, ResumeReply, ResumeRequest
 from benchop.api import conditions as c
 from benchop.api.conditions import now_rfc3339
 from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, GpuResults, to_wire
-from benchop.core import lifecycle
+from benchop.core import lifecycle, resume
 from benchop.core.gaterecords import profiling_window
 from benchop.core.gpuwindow import gpu_from_status
 from benchop.core.names import (
@@ -184,6 +184,7 @@ class RunContext:
     missing_since: float | None = None  # monotonic; a workload ConfigMap (or key) is missing
     next_source_check: float = 0.0  # monotonic; when to read the workload ConfigMaps again
     done: bool = False
+    preloaded_at: float | None = None  # monotonic; taken over from an earlier operator process
     gpu: RunGpuStats | None = field(init=False)  # Prometheus GPU stats (spec.prometheus.url)
 
     def __post_init__(self) -> None:
@@ -341,6 +342,7 @@ async def preload_runs(services: Services) -> int:
             writer = services.writer(namespace, name)
             writer.seed(body)
             ctx = RunContext(key, namespace, name, uid, generation, run.spec, writer)
+            ctx.preloaded_at = time.monotonic()
             services.add(ctx)
             await services.gates.register(ctx, status.get("gates") or {})
             count += 1
@@ -458,6 +460,36 @@ async def record_gate(ctx: RunContext, boundary: str, record: Mapping[str, Any])
     )
     ctx.wake.set()
     return status is not None
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def resume_reply(services: Services, req: ResumeRequest) -> ResumeReply:
+    """A starting worker's base: the last COMPLETE snapshot of its index, once no earlier pod
+    of the index still runs (:mod:`benchop.core.resume`). Answered from memory at once."""
+    ctx = services.runs.get(req.run)
+    if ctx is None:
+        return ResumeReply(run=req.run, worker=req.worker, status="denied", reason="not running")
+    now = time.monotonic()
+    latest = services.snapshots.latest(req.run).get(req.worker)
+    at = services.snapshots.received_at(req.run).get(req.worker)
+    status, base = resume.decide(
+        req.incarnation,
+        latest=latest,
+        latest_age_s=None if at is None else now - at,
+        complete=services.snapshots.complete(req.run).get(req.worker),
+        listening_s=None if ctx.preloaded_at is None else now - ctx.preloaded_at,
+    )
+    if status == "ready":
+        log.info(
+            "run %s worker %d (%s) resumes from %s",
+            req.run,
+            req.worker,
+            req.incarnation,
+            "nothing" if base is None else f"attempt {base.attempt}, phase {base.phase}",
+        )
+    return ResumeReply(run=req.run, worker=req.worker, status=status, base=base)
 
 
 # --------------------------------------------------------------------------- the run loop
@@ -863,10 +895,7 @@ def _idle_s(services: Services, ctx: RunContext, now: float, tick_s: float) -> f
             due.append(since + (settings.stuck_after_s if view.stuck_reason in GRACEFUL else 0.0))
     if ctx.refused_since is not None:
         due.append(ctx.refused_since + settings.stuck_after_s)
-    # the workload's ConfigMaps are read every SOURCE_CHECK_S until WorkersReady
-    if configmap_sources(ctx.spec.workload) and not c.is_true(
-        (ctx.writer.status or {}).get("conditions"), c.WORKERS_READY
-    ):
+    if configmap_sources(ctx.spec.workload):  # checked until the workers are ready
         due.append(ctx.next_source_check)
     return max(tick_s, min(due) - now)
 
