@@ -294,17 +294,22 @@ class Suite:
     # ---------------------------------------------------------------- runs
 
     def spec(self, **over: Any) -> dict[str, Any]:
+        # The mock's counters are compared with the run's requests: no preflight (its test
+        # request is no run's, and a pod that starts again checks again), and no early end on
+        # failures (maxFailureRatio 1: a restarted or faulty server's failures are counted,
+        # which is what these scenarios measure). The model is the one the mock lists.
         spec: dict[str, Any] = {
             "target": {
                 "url": f"http://mock-llm.{NS}.svc:8000/v1",
-                "model": "mock",
+                "model": MOCK.model,
                 "podSelector": {"matchLabels": {"app": "mock-llm"}},
             },
             "workload": {"promptTokens": 16, "outputTokens": 16},
             "load": {"mode": "concurrency", "concurrency": 4, "workers": WORKERS,
-                     "requestTimeout": "5s"},
+                     "requestTimeout": "5s", "maxFailureRatio": 1},
             "phases": {"warmup": {"requests": WARMUP}, "profiling": {"requests": PROFILING}},
             "gates": {"baseline": True, "timeout": "10s"},
+            "preflight": {"enabled": False},
         }  # fmt: skip
         spec.update(over)
         return spec

@@ -48,7 +48,7 @@ from benchop.mockserver import MockConfig, spawn_mock_server_process
 def _spec(url: str, load: dict[str, Any], seconds: float, output_tokens: int) -> BenchmarkRunSpec:
     return BenchmarkRunSpec.model_validate(
         {
-            "target": {"model": "m", "url": url},
+            "target": {"model": "benchop-mock", "url": url},
             "workload": {"promptTokens": 16, "outputTokens": output_tokens, "seed": 1},
             "load": load,
             "phases": {"profiling": {"duration": f"{seconds}s"}},

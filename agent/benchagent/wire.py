@@ -134,6 +134,15 @@ class SeriesSummary(msgspec.Struct, kw_only=True):
             raise ValueError(f"values: {len(self.values)} bytes is not a whole number of int64")
 
 
+class WorkerAbort(msgspec.Struct, kw_only=True):
+    """Why a worker ended its run early: a failed preflight check (``TargetUnreachable``,
+    ``ModelNotFound``, ``TargetError``, ``SecretError``) or too many failed requests
+    (``FailureRatioExceeded``), with a message naming the target."""
+
+    reason: str
+    message: str
+
+
 class TimelineRow(msgspec.Struct, array_like=True):
     """One second of a worker's profiling requests, by the second each request ended.
 
@@ -172,6 +181,8 @@ class MetricsSnapshot(msgspec.Struct, tag="MetricsSnapshot", tag_field="kind", k
     gauges: dict[str, Finite] = msgspec.field(default_factory=dict)
     series: dict[str, SeriesSummary] = msgspec.field(default_factory=dict)
     interrupted: bool = False  # stopped by a signal before the phase's bound
+    abort: WorkerAbort | None = None  # the worker ended the run early (every snapshot after)
+    warnings: list[str] = msgspec.field(default_factory=list)  # e.g. the preflight's
     # COMPLETE only: per-second rows of the worker's profiling records (None: not built)
     timeline: list[TimelineRow] | None = None
     # The worker's attempt (1 for its first start, +1 per resume, across pods) and its

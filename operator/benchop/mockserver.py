@@ -29,7 +29,10 @@ Behaviour, set by :class:`MockConfig` (also the flags of ``benchop mock-server``
   ``usage.prompt_tokens`` echoes it. With ``tokenizer`` (a ``tokenizer.json``: what
   ``spec.workload.tokenizer`` gives the load generator), each text is counted by it instead
   (special tokens and chat template not counted), as benchop counts what it sent.
-- Any ``model`` name is accepted and echoed; ``/v1/models`` lists ``config.model``.
+- Any ``model`` name is accepted and echoed; ``/v1/models`` lists ``config.model`` (local
+  mode starts the mock with the run's model name, so the preflight check passes).
+- ``required_header`` (``"name: value"``, e.g. ``"x-api-key: s3cret"``): every ``/v1``
+  request without that header and value gets 401, as a gateway in front of a server would.
 - Faults, drawn per request in arrival order from one ``random.Random(seed)`` per server
   (same seed and request order -> same behaviour): ``error_rate`` -> HTTP 500,
   ``rate_limit_rate`` -> HTTP 429 (500 is drawn first), ``disconnect_rate`` -> the transport
@@ -43,9 +46,9 @@ Behaviour, set by :class:`MockConfig` (also the flags of ``benchop mock-server``
   process compares what the server served with what a run counted; ``benchop mock-server``
   also prints them as ``STATS {...}`` on stdout when it stops (a restarted server starts
   from zero).
-- ``api_key``: when set, a completion request without ``Authorization: Bearer <key>`` is
-  answered 401 (``benchop mock-server --api-key-env NAME`` reads the key from the environment,
-  never from the command line).
+- ``api_key``: when set, a ``/v1`` request without ``Authorization: Bearer <key>`` is
+  answered 401, like a missing ``required_header`` (``benchop mock-server --api-key-env
+  NAME`` reads the key from the environment, never from the command line).
 
 Non-standard field: every chunk, and a non-streaming body, carries ``"benchop_sent_ns"``,
 ``time.time_ns()`` when the server built it, so a client on the same host measures receive
@@ -106,8 +109,8 @@ STATS_KEYS = (
     "completions",
     "models",  # GET /v1/models
     "ok",  # generation responses completed normally (including malformed ones)
+    "unauthorized",  # 401: the required header or the API key was missing or wrong
     "bad_requests",  # 400
-    "unauthorized",  # 401: MockConfig.api_key set and not sent
     "errors",  # injected 500
     "rate_limited",  # injected 429
     "disconnects",  # injected mid-stream disconnects
@@ -137,12 +140,15 @@ class MockConfig:
     trickle: float = 0.05  # seconds between the bytes of a trickled response
     seed: int = 0
     model: str = "benchop-mock"
+    required_header: str | None = None  # "name: value"
     tokenizer: str | None = None  # a tokenizer.json that counts prompt tokens (else words)
     capacity: int = 0  # streams served at full speed; 0: unlimited
     api_key: str | None = field(default=None, repr=False)
-    """When set, a completion request without ``Authorization: Bearer <api_key>`` gets 401."""
+    """When set, a ``/v1`` request without ``Authorization: Bearer <api_key>`` gets 401."""
 
     def __post_init__(self) -> None:
+        if self.required_header is not None and ":" not in self.required_header:
+            raise ValueError("required_header must be 'name: value'")
         if self.ttft < 0 or self.itl < 0 or self.stall < 0 or self.trickle < 0:
             raise ValueError("ttft, itl, stall and trickle must be >= 0")
         if self.capacity < 0:
@@ -473,19 +479,43 @@ class _Handlers:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        """401 when the request lacks ``required_header`` or ``Authorization: Bearer
+        <api_key>`` (whichever are configured); every ``/v1`` route asks."""
+        message = None
+        required = self.config.required_header
+        if required is not None:
+            name, _, value = required.partition(":")
+            if request.headers.get(name.strip()) != value.strip():
+                message = f"missing or wrong {name.strip()} header"
+        key = self.config.api_key
+        if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+            message = "invalid API key"
+        if message is None:
+            return None
+        self.stats["unauthorized"] += 1
+        body = _error_body(message, "authentication_error", 401)
+        return web.Response(status=401, body=body, content_type="application/json")
+
     async def stats_view(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats)
 
     async def models(self, request: web.Request) -> web.Response:
         self.stats["models"] += 1
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         return web.Response(body=self.models_body, content_type="application/json")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.stats["chat"] += 1
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         return await self._guarded(request, chat=True)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         self.stats["completions"] += 1
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         return await self._guarded(request, chat=False)
 
     async def _guarded(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
@@ -504,11 +534,6 @@ class _Handlers:
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         stats = self.stats
         stats["requests"] += 1
-        key = self.config.api_key
-        if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
-            stats["unauthorized"] += 1
-            body = _error_body("invalid API key", "invalid_request_error", 401)
-            return web.Response(status=401, body=body, content_type="application/json")
         loop = asyncio.get_running_loop()
         body = await request.read()
         arrived = loop.time()
@@ -847,6 +872,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="seconds between a trickled response's bytes (default: %(default)s)")  # fmt: skip
     a("--seed", type=int, default=d.seed, help="seed of the fault/jitter draws")
     a("--model", default=d.model, help="model name listed by /v1/models")
+    a("--required-header", default=None, help="'name: value' every request must carry (else 401)")
     a("--tokenizer", default=None, help="tokenizer.json counting prompt tokens (default: words)")
     a("--capacity", type=int, default=d.capacity,
       help="streams at full speed; more slow all in proportion (0: unlimited)")  # fmt: skip
@@ -872,6 +898,7 @@ def run(args: argparse.Namespace) -> int:
             trickle=args.trickle,
             seed=args.seed,
             model=args.model,
+            required_header=args.required_header,
             tokenizer=args.tokenizer,
             capacity=args.capacity,
             api_key=os.environ.get(args.api_key_env) if args.api_key_env else None,

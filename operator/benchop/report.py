@@ -140,19 +140,37 @@ def results_table(results: Results, *, title: str = "Results (profiling phase)")
     if results.client is not None:
         c = results.client
         verdict = f"SATURATED: {c.reason}" if c.saturated else "ok"
+        connects = ""
+        if c.connect_failures:
+            connects = f", {c.connect_failures} of {c.connect_attempts} connects failed"
         facts.add_row(
             "client",
             f"cpu {fmt(c.cpu_pct)} %, receive lag p99 {fmt(c.recv_lag_p99_ms)} ms"
             + ("" if c.send_lag_p99_ms is None else f", send lag p99 {fmt(c.send_lag_p99_ms)} ms")
+            + connects
             + f": {verdict}",
         )
     if results.tokens is not None:
         t = results.tokens
-        facts.add_row(
-            "tokens",
+        text = (
             f"counts from {t.source} ({t.from_usage} of {req.ok} ok requests from the server's "
-            f"usage); tokenizer: {t.tokenizer or 'none (word and chunk estimates)'}",
+            f"usage); tokenizer: {t.tokenizer or 'none (word and chunk estimates)'}"
         )
+        if t.tokens_per_chunk is not None and t.tokens_per_chunk > 1.05:
+            text += f"; {fmt(t.tokens_per_chunk)} tokens per chunk (ITL is per chunk)"
+        facts.add_row("tokens", text)
+    if results.request is not None:
+        r = results.request
+        parts = ["streamed" if r.stream else "not streamed (TTFT = E2E)"]
+        if r.finish_reasons:
+            parts.append("finish " + ", ".join(f"{k}={v}" for k, v in r.finish_reasons.items()))
+        if r.endpoints > 1:
+            parts.append(f"{r.endpoints} URLs")
+        if r.insecure_skip_verify:
+            parts.append("TLS NOT VERIFIED (insecureSkipVerify)")
+        facts.add_row("request", "; ".join(parts))
+        for w in r.warnings:
+            facts.add_row("warning", w)
     facts.add_row("source", results.source + ("" if results.complete else " (INCOMPLETE)"))
     return Group(table, facts)
 

@@ -33,6 +33,8 @@ KUBE_DIR = Path(
 API_URL = f"https://127.0.0.1:{6443 + 100 * SLOT}"
 HOST_IP = f"10.{244 + SLOT}.0.1"
 """The host's address on the pods' bridge: what a pod dials to reach a server on the host."""
+BRIDGE = f"bnp{SLOT}"
+"""The host's bridge of the pods' network (kube-up.sh): where their packets to the host arrive."""
 PROJECT_IMAGE = "ghcr.io/benchop/benchop:0.1.0"
 RELEASE = "benchop"
 RELEASE_NS = "benchop-system"

@@ -13,7 +13,7 @@ from realkube import RELEASE_NS, RealKube, namespace
 pytestmark = pytest.mark.cluster
 
 TINY: dict[str, Any] = {
-    "target": {"model": "mock", "podSelector": {"matchLabels": {"app": "mock-llm"}}},
+    "target": {"model": "mock-llm", "podSelector": {"matchLabels": {"app": "mock-llm"}}},
     "workload": {"promptTokens": 16, "outputTokens": 4},
     "load": {"mode": "concurrency", "concurrency": 2, "workers": 2},
     "phases": {"profiling": {"requests": 8}},

@@ -32,6 +32,7 @@ ROWS = [{"prompt": f"row number {i}", "outputTokens": 2 + i % 3} for i in range(
 LIMIT = 5  # the workload uses the file's first 5 rows
 WORKERS = 2
 REQUESTS = 10  # two passes over the 5 rows, 5 requests per worker
+MODEL = "mock"  # the recording server lists it: each worker's preflight checks /v1/models
 
 
 @dataclass
@@ -60,7 +61,7 @@ def recording_server(host: str) -> Iterator[Recorder]:
                 recorder.bodies.append((req.remote or "", json.loads(await req.read())))
             return await handler(req)
 
-        app = build_app(MockConfig(ttft=0.002, itl=0.0005))
+        app = build_app(MockConfig(ttft=0.002, itl=0.0005, model=MODEL))
         app.middlewares.append(keep)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -91,7 +92,7 @@ def dataset_run(name: str, ns: str, url: str, dataset: dict[str, Any]) -> dict[s
         "kind": "BenchmarkRun",
         "metadata": {"name": name, "namespace": ns},
         "spec": {
-            "target": {"model": "mock", "url": url},
+            "target": {"model": MODEL, "url": url},
             "workload": {"dataset": dataset},
             "load": {"mode": "concurrency", "concurrency": WORKERS, "workers": WORKERS},
             "phases": {"profiling": {"requests": REQUESTS}},
@@ -166,6 +167,10 @@ def test_dataset_run_sends_its_rows_and_leaves_its_bundle(
     for remote, body in bodies:
         sent[worker_of[remote]].append(body)
     per_worker = REQUESTS // WORKERS
+    for w in sent:  # first, the worker's preflight: one 1-token request, not a dataset row
+        preflight, *sent[w] = sent[w]
+        assert preflight["messages"] == [{"role": "user", "content": "Hi"}], preflight
+        assert preflight["max_tokens"] == 1
     for w, got in sent.items():
         rows = [(w + WORKERS * k) % LIMIT for k in range(per_worker)]
         assert [b["messages"] for b in got] == [
@@ -236,7 +241,8 @@ def test_a_dataset_source_that_does_not_exist_fails_the_run(release: RealKube) -
         "no-claim": {"pvc": {"claimName": "no-such-claim", "path": "rows.jsonl"}},
     }
     for name, source in sources.items():
-        release.apply(dataset_run(name, ns, "http://unused.invalid/v1", source))
+        # a host the chart's allowlist admits (its pods never start: nothing dials it)
+        release.apply(dataset_run(name, ns, "http://unused.svc:8000/v1", source))
     failed = {}
     for name in sources:
         took = wait(release, ns, f"br/{name}", "Failed", "180s")

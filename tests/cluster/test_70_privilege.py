@@ -163,7 +163,7 @@ def test_a_secret_api_key_works_through_curve_and_leaks_nowhere(release: RealKub
         url,
         target={
             "url": url,
-            "model": "mock",
+            "model": "mock-llm",  # what the mock lists: each worker's preflight checks it
             "apiKeySecretRef": {"name": "llm-key", "key": "token"},
             "podSelector": {"matchLabels": {"app": "mock-llm"}},
         },

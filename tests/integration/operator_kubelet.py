@@ -23,7 +23,7 @@ from typing import Any
 
 from kube.harness import CONFIGMAPS, JOBS, PODS, SECRETS, Kube, wait_for
 
-from benchop.core.names import loadgen_job_name
+from benchop.core.names import SECRETS_DIR, loadgen_job_name
 from benchop.operator import builders
 
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
@@ -69,20 +69,6 @@ class Kubelet:
         )
         return job
 
-    def _env_value(self, var: dict[str, Any], namespace: str) -> str:
-        """An env var's value; a ``secretKeyRef`` is read from the Secret as the kubelet does
-        (a missing Secret or key fails, as CreateContainerConfigError would)."""
-        if "value" in var:
-            return str(var["value"])
-        if "fieldRef" in var["valueFrom"]:  # metadata.uid: set per pod in start()/replace()
-            return ""
-        ref = var["valueFrom"]["secretKeyRef"]
-        secret = self.kube.emulator.read(SECRETS, ref["name"], namespace)
-        assert secret is not None, f"Secret {ref['name']} not found"
-        if ref["key"] in (secret.get("stringData") or {}):
-            return str(secret["stringData"][ref["key"]])
-        return base64.b64decode(secret["data"][ref["key"]]).decode()
-
     async def start(
         self, run: str, namespace: str = "default", env: dict[str, str] | None = None
     ) -> None:
@@ -99,7 +85,8 @@ class Kubelet:
         assert cm is not None, "the spec ConfigMap exists before the Job's pods start"
         spec_file = self.tmp / f"{run}-spec.json"
         spec_file.write_text(cm["data"][builders.SPEC_KEY])
-        env_base = {e["name"]: self._env_value(e, namespace) for e in container["env"]}
+        env_base = self._env(container["env"], namespace)
+        secrets_dir = self._secret_volumes(pod_spec, namespace, self.tmp / f"{run}-secrets")
         for index in range(job["spec"]["completions"]):
             results = self.tmp / f"{run}-worker-{index}"
             results.mkdir()
@@ -108,6 +95,8 @@ class Kubelet:
             args[args.index("--spec") + 1] = str(spec_file)
             args[args.index("--results-dir") + 1] = str(results)
             args[args.index("--termination-log") + 1] = str(term)
+            if "--secrets-dir" in args:
+                args[args.index("--secrets-dir") + 1] = str(secrets_dir)
             proc_env = {
                 **os.environ,
                 **env_base,
@@ -120,6 +109,49 @@ class Kubelet:
             await self._create_pod(w)
         for w in self.workers:
             await self.launch(w)
+
+    def _secret(self, name: str, key: str, namespace: str) -> bytes | None:
+        """A Secret's key as the kubelet reads it (``stringData`` as the API server would have
+        merged it into ``data``); None when the Secret or the key is missing."""
+        secret = self.kube.emulator.read(SECRETS, name, namespace)
+        if secret is None:
+            return None
+        if key in (secret.get("stringData") or {}):
+            return str(secret["stringData"][key]).encode()
+        if key not in (secret.get("data") or {}):
+            return None
+        return base64.b64decode(secret["data"][key])
+
+    def _env(self, env: list[dict[str, Any]], namespace: str) -> dict[str, str]:
+        """The container's env as the kubelet resolves it: values, and secretKeyRefs read from
+        the emulator's Secrets (a missing one fails, as CreateContainerConfigError would)."""
+        out = {}
+        for e in env:
+            if "value" in e:
+                out[e["name"]] = e["value"]
+            elif (ref := (e.get("valueFrom") or {}).get("secretKeyRef")) is not None:
+                value = self._secret(ref["name"], ref["key"], namespace)
+                assert value is not None, f"secret {ref['name']}/{ref['key']} not found"
+                out[e["name"]] = value.decode()
+        return out
+
+    def _secret_volumes(self, pod_spec: dict[str, Any], namespace: str, root: Path) -> Path:
+        """Secret volumes written under ``root`` where the container mounts them below
+        SECRETS_DIR (optional ones without their Secret or key are left out)."""
+        mounts = {m["name"]: m["mountPath"] for m in pod_spec["containers"][0]["volumeMounts"]}
+        for volume in pod_spec["volumes"]:
+            src = volume.get("secret")
+            if src is None:
+                continue
+            where = root / Path(mounts[volume["name"]]).relative_to(SECRETS_DIR)
+            for item in src.get("items") or []:
+                value = self._secret(src["secretName"], item["key"], namespace)
+                if value is None:
+                    assert src.get("optional"), f"secret {src['secretName']} not found"
+                    continue
+                where.mkdir(parents=True, exist_ok=True)
+                (where / item["path"]).write_bytes(value)
+        return root
 
     async def _create_pod(self, w: WorkerProc) -> None:
         job = await self.read_job(self.job_name.removesuffix("-loadgen"), self.namespace)

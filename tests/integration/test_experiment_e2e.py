@@ -63,7 +63,7 @@ async def test_four_point_sweep_with_real_workers(
     memo = kopf.Memo(settings=operator_settings(), connection=kopf.ConnectionInfo(server=kube.url))
     operator_task(memo=memo)
     template: dict[str, Any] = {
-        "target": {"url": mock.url, "model": "mock"},
+        "target": {"url": mock.url, "model": "benchop-mock"},
         "workload": {"promptTokens": 8, "outputTokens": 4, "seed": 1},
         "load": {"mode": "concurrency", "concurrency": 1, "workers": 1},
         "phases": {"profiling": {"requests": 12}},
@@ -130,7 +130,7 @@ async def test_slo_search_finds_the_knee_with_real_workers(
     memo = kopf.Memo(settings=operator_settings(), connection=kopf.ConnectionInfo(server=kube.url))
     operator_task(memo=memo)
     template: dict[str, Any] = {
-        "target": {"url": capped_mock, "model": "mock"},
+        "target": {"url": capped_mock, "model": "benchop-mock"},
         "workload": {"promptTokens": 8, "outputTokens": 16, "seed": 1},
         "load": {"mode": "concurrency", "concurrency": 1, "workers": 1},
         "phases": {"warmup": {"requests": 4}, "profiling": {"requests": 16}},

@@ -13,6 +13,7 @@ import pytest
 from benchop.loadgen.client import Ident, StreamClient, Target
 from benchop.loadgen.http import _KERNEL_TIMESTAMPS
 from benchop.loadgen.records import RequestRecord
+from benchop.loadgen.request import RequestFormat
 from benchop.loadgen.trigger import SendTrigger
 from benchop.mockserver import MockConfig, start_mock_server
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.timeout(30)
 
 @pytest.mark.parametrize("api", ["chat", "completions"])
 def test_body_template_equals_the_encoded_request(api: str) -> None:
+    """The default body: streaming, usage asked for, max_tokens; no ignore_eos."""
     target = Target("http://h/v1", 'm"\\u0000', api)  # type: ignore[arg-type]
     client = StreamClient(target, request_timeout=1)
     prompt = 'say "hi"\n\u0000 é'
@@ -30,7 +32,6 @@ def test_body_template_equals_the_encoded_request(api: str) -> None:
         "max_tokens": 77,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "ignore_eos": True,
     }
     want = (
         {"messages": [{"role": "user", "content": prompt}], **common}
@@ -38,6 +39,59 @@ def test_body_template_equals_the_encoded_request(api: str) -> None:
         else {"prompt": prompt, **common}
     )
     assert body == want
+
+
+@pytest.mark.parametrize(
+    ("fmt", "want"),
+    [
+        # not streaming: no stream_options (vLLM, TRT-LLM refuse them without stream)
+        (RequestFormat(stream=False), {"stream": False, "max_tokens": 9}),
+        (RequestFormat(include_usage=False), {"stream": True, "max_tokens": 9}),
+        # fixed output lengths on vLLM: ignore_eos, min_tokens = max_tokens
+        (
+            RequestFormat(
+                output_fields=("max_tokens", "min_tokens"),
+                extra_body={"ignore_eos": True, "temperature": 0, "nvext": {"a": [1, "\u0000"]}},
+            ),
+            {
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "max_tokens": 9,
+                "min_tokens": 9,
+                "ignore_eos": True,
+                "temperature": 0,
+                "nvext": {"a": [1, "\u0000"]},
+            },
+        ),
+        (
+            RequestFormat(output_fields=("max_completion_tokens",)),
+            {"stream": True, "stream_options": {"include_usage": True}, "max_completion_tokens": 9},
+        ),
+    ],
+)
+def test_body_in_the_requested_format(fmt: RequestFormat, want: dict[str, object]) -> None:
+    """The request's format around the workload's prompt and output length, for one prompt and
+    for a multi-turn conversation's messages alike."""
+    client = StreamClient(Target("http://h/v1", "m"), request_timeout=1, request=fmt)
+    prompt = "a \u0000 -7340033 b"
+    body = msgspec.json.decode(client.body(prompt, 9))
+    assert body == {"model": "m", "messages": [{"role": "user", "content": prompt}], **want}
+    assert list(body)[:2] == ["model", "messages"]
+    turns = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": '"\u0000" -7340032'},
+        {"role": "user", "content": "and?"},
+    ]
+    body = msgspec.json.decode(client.body_messages(turns, 9))
+    assert body == {"model": "m", "messages": turns, **want}
+    assert list(body)[:2] == ["model", "messages"]
+
+
+def test_messages_need_the_chat_api() -> None:
+    client = StreamClient(Target("http://h/v1", "m", "completions"), request_timeout=1)
+    with pytest.raises(ValueError, match="chat API"):
+        client.body_messages([{"role": "user", "content": "a"}], 4)
 
 
 async def test_slow_response_times_out_and_the_client_stays_usable() -> None:
@@ -99,6 +153,7 @@ async def test_times_are_the_arrival_times_even_when_the_loop_is_late() -> None:
     port = srv.getsockname()[1]
     loop = asyncio.get_running_loop()
     chunk = b'data: {"choices":[{"delta":{"content":"t"}}]}\n\n'
+    last = b'data: {"choices":[{"delta":{"content":"t"},"finish_reason":"length"}]}\n\n'
 
     def serve() -> None:
         conn, _ = srv.accept()
@@ -109,9 +164,9 @@ async def test_times_are_the_arrival_times_even_when_the_loop_is_late() -> None:
             head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
             loop.call_soon_threadsafe(time.sleep, 0.3)  # the loop is late from here on
-            for _ in range(4):
+            for c in (chunk, chunk, chunk, last):
                 time.sleep(0.01)
-                conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                conn.sendall(b"%x\r\n%s\r\n" % (len(c), c))
             done = b"data: [DONE]\n\n"
             conn.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
             conn.recv(1)

@@ -45,7 +45,7 @@ def spec(url: str, seconds: float) -> BenchmarkRunSpec:
     load: dict[str, Any] = {"mode": "rate", "rate": 40.0, "arrival": "constant"}
     return BenchmarkRunSpec.model_validate(
         {
-            "target": {"model": "m", "url": url},
+            "target": {"model": "benchop-mock", "url": url},
             "workload": {"promptTokens": 8, "outputTokens": 8, "seed": 1},
             "load": load,
             "phases": {"profiling": {"duration": f"{seconds}s"}},

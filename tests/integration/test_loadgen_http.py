@@ -385,6 +385,78 @@ async def test_connection_refused_names_host_and_port() -> None:
         assert not pool._all
 
 
+def refused_port() -> socket.socket:
+    """A socket bound on 127.0.0.1 and not listening: connects to its port are refused."""
+    s = socket.socket()
+    s.bind((LOOPBACK, 0))
+    return s
+
+
+async def test_connection_refused_carries_the_errno() -> None:
+    with refused_port() as s:
+        port = s.getsockname()[1]
+        pool = Pool(f"http://{LOOPBACK}:{port}/v1", headers={})
+        with pytest.raises(ConnectError, match=r": ECONNREFUSED: \[Errno 111\]") as err:
+            await pool.request(b"x", Collect())
+        assert err.value.errno == 111 and not err.value.tls
+        assert (pool.attempts, pool.failures) == (1, 1)
+
+
+async def test_failing_connects_back_off_one_attempt_at_a_time() -> None:
+    """32 requests in flight, each retried 6 times: the first wave tries 32 connects, then
+    one request at a time tries, at most one per backoff step (50 ms doubling); the others
+    fail with its error. Every request fails and says why."""
+    with refused_port() as s:
+        port = s.getsockname()[1]
+        pool = Pool(f"http://{LOOPBACK}:{port}/v1", headers={})
+        errors: list[str] = []
+
+        async def loop() -> None:
+            for _ in range(6):
+                with pytest.raises(ConnectError) as err:
+                    await pool.request(b"x", Collect())
+                errors.append(str(err.value))
+
+        await asyncio.gather(*(loop() for _ in range(32)))
+    assert len(errors) == 32 * 6
+    assert all("ECONNREFUSED" in e for e in errors)
+    assert sum("backing off" in e for e in errors) >= 32 * 5 - 31
+    # 32 at once, then one per backoff step: 5 rounds of 31 waiters and one prober
+    assert pool.failures == pool.attempts
+    assert 32 < pool.attempts <= 32 + 8, pool.attempts
+
+
+async def test_after_backing_off_a_target_that_came_back_is_used_again() -> None:
+    """The probe that connects resets the backoff: the requests waiting for it connect too."""
+    sock = refused_port()
+    port = sock.getsockname()[1]
+    pool = Pool(f"http://{LOOPBACK}:{port}/v1", headers={})
+    for _ in range(3):
+        with pytest.raises(ConnectError):
+            await pool.request(b"x", Collect())
+    answered = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        while await reader.readuntil(b"\r\n\r\n"):
+            await reader.readexactly(1)
+            answered += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    sock.listen()
+    server = await asyncio.start_server(serve, sock=sock)
+    try:
+        handlers = [Collect() for _ in range(8)]
+        await asyncio.gather(*(pool.request(b"x", h) for h in handlers))
+        assert all(h.body == b"ok" for h in handlers) and answered == 8
+        assert pool.failures == 3 and pool.attempts == 3 + 8
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()
+
+
 @pytest.fixture
 def full_backlog() -> Iterator[int]:
     """A port on 127.0.0.1 whose accept queue is full: a connect there hangs (Linux drops

@@ -44,10 +44,11 @@ def write_spec(path: Path, url: str, profiling: dict[str, Any]) -> Path:
         "kind": "BenchmarkRun",
         "metadata": {"name": "proc"},
         "spec": {
-            "target": {"model": "m", "url": url},
+            "target": {"model": "benchop-mock", "url": url},
             "workload": {"promptTokens": 16, "outputTokens": 8, "seed": 2},
             "load": {"mode": "concurrency", "concurrency": CONCURRENCY},
             "phases": {"warmup": {"requests": WARMUP}, "profiling": profiling},
+            "preflight": {"enabled": False},  # the mock's requests are counted exactly
         },
     }
     path.write_text(json.dumps(manifest))

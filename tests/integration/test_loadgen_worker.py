@@ -45,10 +45,13 @@ def make_spec(
 ) -> BenchmarkRunSpec:
     return BenchmarkRunSpec.model_validate(
         {
-            "target": {"model": "m", "url": url},
+            "target": {"model": "benchop-mock", "url": url},
             "workload": {"promptTokens": 24, "outputTokens": 8, "seed": 5},
             "load": load,
             "phases": phases,
+            # the tests count the mock's requests exactly: no preflight request among them
+            # (tests/integration/test_preflight.py tests it)
+            "preflight": {"enabled": False},
             **extra,
         }
     )
@@ -164,7 +167,8 @@ async def test_injected_errors_are_counted_by_reason(tmp_path: Path) -> None:
     async with await start_mock_server(config) as server:
         spec = make_spec(
             server.url,
-            {"mode": "concurrency", "concurrency": 8},
+            # ~35 % fail: a window of 50 may hold more than half; counted here, not ended
+            {"mode": "concurrency", "concurrency": 8, "maxFailureRatio": 1},
             {"profiling": {"requests": 300}},
         )
         out = await run_worker(WorkerConfig(spec=spec, run="r", results_dir=tmp_path))

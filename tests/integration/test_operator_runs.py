@@ -128,7 +128,11 @@ def start(operator_task: Callable[..., Any], kube: Kube, settings: OperatorSetti
 
 def run_manifest(name: str, url: str, **spec: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "target": {"url": url, "model": "mock", "podSelector": {"matchLabels": {"app": "mock"}}},
+        "target": {
+            "url": url,
+            "model": "benchop-mock",
+            "podSelector": {"matchLabels": {"app": "mock"}},
+        },
         "workload": {"promptTokens": 16, "outputTokens": 8, "seed": 1},
         "load": {"mode": "concurrency", "concurrency": 4, "workers": 2},
         "phases": {"warmup": {"requests": 4}, "profiling": {"requests": 40}},
@@ -473,7 +477,9 @@ async def test_a_deleted_worker_pod_is_replaced_and_resumes_exactly(
         await kubelet.job_condition("Complete")
         await wait_condition(kube, "rp", c.SUCCEEDED, "True")
         res = status_of(kube, "rp")["results"]
-        served = slow.stats["ok"] - 4  # the warmup's requests are not results
+        # not results: the warmup's requests and each pod's preflight request (2 + the
+        # replacements: a new pod checks the target again)
+        served = slow.stats["ok"] - 4 - (2 + deletions)
         assert res["requests"]["ok"] == served  # none lost, none counted twice
         assert res["requests"]["failed"] == 0 and res["complete"] is True
         if "requests" in profiling:
@@ -716,22 +722,93 @@ async def test_results_from_termination_messages_when_pubsub_is_lost(
 async def test_unreachable_target_fails_with_target_unreachable(
     kube: Kube, operator_task: Any, kubelet: Kubelet
 ) -> None:
+    """The worker's preflight finds nothing listening: it ends with an abort in its final
+    snapshot and termination message (exit 0, no restart) and the operator fails the run with
+    the worker's reason and message (host, port, errno); no request was made, and the
+    connect attempts are few and counted."""
     start(operator_task, kube, settings_for())
-    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"  # nothing listens there
     manifest = run_manifest(
         "r9",
         url,
-        load={"mode": "concurrency", "concurrency": 1, "workers": 1},
-        phases={"profiling": {"requests": 5}},
+        load={"mode": "concurrency", "concurrency": 4, "workers": 1},
+        phases={"profiling": {"duration": "60s"}},
         gates={"baseline": False, "timeout": "1s"},
     )
     await kube.client.create(BENCHMARKRUNS, manifest)
     await kubelet.start("r9")
-    await kubelet.wait_all()
+    assert await kubelet.wait_all() == [0]
     failed = await wait_condition(kube, "r9", c.SUCCEEDED, "False")
-    assert failed["reason"] == "TargetUnreachable" and "connection" in failed["message"]
+    assert failed["reason"] == "TargetUnreachable", failed
+    msg = failed["message"]
+    assert msg.startswith(f"worker 0: {url}: cannot connect to 127.0.0.1:{port}: ECONNREFUSED")
+    assert "[Errno 111]" in msg and "spec.preflight.timeout is 2s" in msg
     st = status_of(kube, "r9")
-    assert st["phase"] == "Failed" and st["results"]["requests"]["failed"] == 5
+    assert st["phase"] == "Failed" and st["results"]["requests"]["total"] == 0
+    assert "gpu" not in st["results"]
+    assert 1 <= st["results"]["client"]["connectAttempts"] <= 8  # 2 s of backoff: 6 or 7
+
+
+async def test_a_header_from_a_secret_reaches_the_target_through_the_job(
+    kube: Kube, operator_task: Any, kubelet: Kubelet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operator never reads the Secret: the Job carries a secretKeyRef env var, the kubelet
+    (the test) resolves it, the worker sends the header to a gateway that wants it. The value
+    is in no status, event or operator log."""
+    secret = "gw-token-9c41e0"
+    kube.emulator.register("v1/secrets", kind="Secret")  # the kubelet's; the operator's: none
+    await kube.client.create(
+        "v1/secrets",
+        {
+            "metadata": {"name": "gateway"},
+            "data": {"api-key": base64.b64encode(secret.encode()).decode()},
+        },
+    )
+    gateway = await start_mock_server(
+        MockConfig(ttft=0.002, itl=0.001, output_tokens=8, required_header=f"x-api-key: {secret}")
+    )
+    caplog.set_level(logging.DEBUG)
+    try:
+        start(operator_task, kube, settings_for())
+        manifest = run_manifest(
+            "r11",
+            gateway.url,
+            load={"mode": "concurrency", "concurrency": 2, "workers": 2},
+            phases={"profiling": {"requests": 10}},
+            gates={"baseline": False, "timeout": "1s"},
+        )
+        manifest["spec"]["target"]["headers"] = [
+            {
+                "name": "x-api-key",
+                "valueFrom": {"secretKeyRef": {"name": "gateway", "key": "api-key"}},
+            }
+        ]
+        await kube.client.create(BENCHMARKRUNS, manifest)
+        job = await kubelet.read_job("r11")
+        env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {
+            "name": "BENCHOP_HEADER_0",
+            "valueFrom": {"secretKeyRef": {"name": "gateway", "key": "api-key"}},
+        } in env
+        await kubelet.start("r11")
+        assert await kubelet.wait_all() == [0, 0]
+        await wait_condition(kube, "r11", c.SUCCEEDED, "True")
+        assert gateway.stats["unauthorized"] == 0 and gateway.stats["requests"] == 10 + 2
+    finally:
+        await gateway.close()
+    secrets = kmock.resource("v1/secrets")
+    seen = json.dumps(
+        [
+            [dict(v) for v in obj.history]
+            for k, obj in kube.emulator.objects.items()
+            if k[0] != secrets
+        ],
+        default=str,
+    )
+    assert "BENCHOP_HEADER_0" in seen  # the Job is in there (events, runs, pods too)
+    assert secret not in seen and secret not in caplog.text
+    assert secret not in json.dumps(status_of(kube, "r11"))
 
 
 async def test_watchdog_fails_a_run_that_never_finishes(
@@ -1111,7 +1188,8 @@ async def test_the_api_key_reaches_the_workers_and_no_status_event_or_log(
             await kubelet.job_condition("Complete")
             await wait_condition(kube, "sec", c.SUCCEEDED, "True")
             assert status_of(kube, "sec")["results"]["requests"]["ok"] == 40
-            assert server.stats["unauthorized"] == 0 and server.stats["ok"] == 44
+            assert server.stats["unauthorized"] == 0
+            assert server.stats["ok"] == 40 + 4 + 2  # profiling, warmup, 2 preflight requests
         else:
             failed = await wait_condition(kube, "sec", c.SUCCEEDED, "False", 10)
             assert failed["reason"] == "ChildCreateFailed"

@@ -82,6 +82,9 @@ def spec_of(
             "load": {"mode": "concurrency", "concurrency": 1, **load},
             "phases": {"profiling": {"requests": requests}},
             "gates": {"baseline": False},
+            # the workload's requests only: the preflight's (tests/integration/test_preflight.py)
+            # would be one more body on the wire, and its model check wants the mock's model
+            "preflight": {"enabled": False},
         }
     )
 
@@ -231,8 +234,9 @@ async def test_without_usage_the_tokenizer_counts_the_answer() -> None:
     async def handler(req: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(req)
-        for p in pieces:
-            chunk = {"choices": [{"delta": {"content": p}}]}
+        for i, p in enumerate(pieces):  # a finish_reason at the end, as servers send it
+            last = {"finish_reason": "length"} if i == len(pieces) - 1 else {}
+            chunk = {"choices": [{"delta": {"content": p}, **last}]}
             await resp.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp
@@ -309,6 +313,7 @@ async def test_a_worker_reads_a_mounted_dataset_and_names_a_bad_row(
             "workload": {"dataset": {"configMap": {"name": "chats", "key": "chat.jsonl"}}},
             "load": {"concurrency": 1},
             "phases": {"profiling": {"requests": 3}},
+            "preflight": {"enabled": False},  # the dataset's bodies only
         },
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(doc))

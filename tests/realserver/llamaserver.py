@@ -2,7 +2,8 @@
 OpenAI-compatible server (``python -m llama_cpp.server``) with Gemma 3 270M (Q4_K_M).
 
 ``bash hack/install-llama.sh`` installs both (``.tools/models/`` holds the assembled model).
-The server runs on 127.0.0.1 at a free port with a fixed seed, a small context, Gemma's chat
+The server runs on 127.0.0.1 (or ``host``: the real-control-plane tests bind the pods' host
+address) at a free port with a fixed seed, a small context, Gemma's chat
 format (the GGUF carries no chat template, and the server's fallback, llama-2's ``[INST]``
 format, makes the model end its turn at once: a chat stream with no content),
 ``logits_all`` off (the server's default keeps every prompt token's logits, which for
@@ -14,7 +15,9 @@ llama.cpp then prints its own timings for every request (:func:`perf_records`).
     with start_server(model_file(), log_path=tmp / "server.log") as server:
         ...  # server.url == "http://127.0.0.1:PORT/v1", server.model == MODEL_ALIAS
 
-Also used by ``hack/record_llamacpp_streams.py``.
+Tests start it with :func:`server_or_skip` (tests/realserver/conftest.py,
+tests/cluster/test_45_target.py); ``hack/record_llamacpp_streams.py`` and
+``hack/bench_llama.py`` with :func:`start_server`.
 """
 
 from __future__ import annotations
@@ -81,10 +84,34 @@ def check_installed() -> None:
         )
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@contextlib.contextmanager
+def server_or_skip(
+    log_path: Path, *, host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()
+) -> Iterator[Server]:
+    """:func:`start_server` for a test: not installed (``bash hack/install-llama.sh`` not
+    run), the test skips and says so, except under ``CI=true``, where that is a failure.
+    Installed but failing to start: always a failure, with the end of the server's log."""
+    import pytest  # only tests call this; the hack/ scripts use start_server
+
+    try:
+        check_installed()
+        model = model_file()
+    except ServerUnavailable as exc:
+        if _in_ci():
+            pytest.fail(f"realserver under CI: {exc}", pytrace=False)
+        pytest.skip(f"realserver: {exc}")
+    with start_server(model, log_path=log_path, host=host, extra_args=extra_args) as server:
+        yield server
 
 
 @dataclass
@@ -120,6 +147,7 @@ def start_server(
     model: Path,
     *,
     log_path: Path,
+    host: str = "127.0.0.1",
     n_ctx: int = N_CTX,
     seed: int = SEED,
     threads: int | None = None,
@@ -135,7 +163,7 @@ def start_server(
     Raises :class:`RuntimeError` with the end of the server's log when it exits or does not
     answer within ``deadline_s``.
     """
-    port = free_port()
+    port = free_port(host)
     threads = threads or os.cpu_count() or 1
     launch = ["-m", "llama_cpp.server"]
     if prelude:
@@ -144,7 +172,7 @@ def start_server(
     cmd = [
         sys.executable, *launch,
         "--model", str(model), "--model_alias", MODEL_ALIAS,
-        "--host", "127.0.0.1", "--port", str(port),
+        "--host", host, "--port", str(port),
         "--n_ctx", str(n_ctx), "--seed", str(seed),
         "--n_threads", str(threads), "--n_threads_batch", str(threads),
         "--chat_format", "gemma",  # the GGUF has no chat template: the fallback is llama-2's
@@ -155,7 +183,7 @@ def start_server(
     log = log_path.open("wb")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    server = Server("127.0.0.1", port, MODEL_ALIAS, proc, log_path, 0.0)
+    server = Server(host, port, MODEL_ALIAS, proc, log_path, 0.0)
     try:
         while not _models_answer(server.url):
             if proc.poll() is not None:

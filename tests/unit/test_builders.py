@@ -203,6 +203,74 @@ def test_job_with_every_pod_override_whole_manifest() -> None:
     assert job_for(doc) == want
 
 
+def test_job_with_secret_headers_and_tls_whole_manifest() -> None:
+    """Header values from Secrets are secretKeyRef env vars (BENCHOP_HEADER_<index>), the TLS
+    files secret volumes of just their keys at /var/run/benchop/secrets/<secret>/<key> (one
+    volume per Secret, optional: the worker names a missing one), and the worker is told
+    where they are. Plain header values stay in the spec, not the pod."""
+    doc = run_doc()
+    doc["spec"]["target"] = {
+        "urls": ["https://a.llm.svc:8443/v1", "https://b.llm.svc:8443/v1"],
+        "model": "m",
+        "apiKeySecretRef": {"name": "hf", "key": "token"},
+        "headers": [
+            {"name": "x-tenant", "value": "tenant-7"},
+            {"name": "x-api-key", "valueFrom": {"secretKeyRef": {"name": "gw", "key": "key"}}},
+        ],
+        "tls": {
+            "caSecretRef": {"name": "gw-ca", "key": "ca.crt"},
+            "clientCertSecretRef": {"name": "client", "key": "tls.crt"},
+            "clientKeySecretRef": {"name": "client", "key": "tls.key"},
+        },
+    }
+    want = expected_job(
+        env_extra=[
+            {
+                "name": "BENCHOP_API_KEY",
+                "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}},
+            },
+            {
+                "name": "BENCHOP_HEADER_1",
+                "valueFrom": {"secretKeyRef": {"name": "gw", "key": "key"}},
+            },
+        ]
+    )
+    pod = want["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    container["args"] += ["--secrets-dir", "/var/run/benchop/secrets"]
+    container["volumeMounts"] += [
+        {"name": "secret-0", "mountPath": "/var/run/benchop/secrets/client", "readOnly": True},
+        {"name": "secret-1", "mountPath": "/var/run/benchop/secrets/gw-ca", "readOnly": True},
+    ]
+    pod["volumes"] += [
+        {
+            "name": "secret-0",
+            "secret": {
+                "secretName": "client",
+                "items": [
+                    {"key": "tls.crt", "path": "tls.crt"},
+                    {"key": "tls.key", "path": "tls.key"},
+                ],
+                "defaultMode": 0o440,
+                "optional": True,
+            },
+        },
+        {
+            "name": "secret-1",
+            "secret": {
+                "secretName": "gw-ca",
+                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                "defaultMode": 0o440,
+                "optional": True,
+            },
+        },
+    ]
+    job = job_for(doc)
+    assert job == want
+    k8s_validate(job, K8S_VERSION, strict=True)
+    assert "tenant-7" not in json.dumps(job)  # a plain value stays in the spec (ConfigMap)
+
+
 def test_job_mounts_a_configmap_dataset_and_a_pvc_tokenizer_whole_manifest() -> None:
     doc = run_doc(
         workload={
@@ -346,11 +414,19 @@ def test_spec_configmap_whole_manifest() -> None:
                     "load": {
                         "arrival": "poisson",
                         "concurrency": 8,
+                        "failureWindow": 50,
+                        "maxFailureRatio": 0.5,
                         "mode": "concurrency",
                         "requestTimeout": "300s",
                         "workers": 2,
                     },
                     "phases": {"profiling": {"requests": 100}},
+                    "preflight": {"enabled": True, "timeout": "2s"},
+                    "request": {
+                        "includeUsage": True,
+                        "outputTokensFields": ["max_tokens"],
+                        "stream": True,
+                    },
                     "target": {
                         "api": "chat",
                         "model": "m",

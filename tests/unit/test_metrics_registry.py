@@ -95,6 +95,7 @@ def test_names_follow_the_contract() -> None:
         "timeout",
         "connection",
         "malformed_stream",
+        "truncated",
         "disconnected",
         "cancelled",
         "other",

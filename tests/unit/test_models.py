@@ -139,6 +139,8 @@ def test_python_names_are_accepted_too() -> None:
         "workers": 1,
         "requestTimeout": "5s",
         "maxInFlight": 10,
+        "maxFailureRatio": 0.5,
+        "failureWindow": 50,
     }
     assert models.SloSpec.model_validate({"e2eMs": 900}).e2e_ms == 900
     assert to_wire(models.SloSpec(e2e_ms=900)) == {"e2eMs": 900.0}
@@ -198,6 +200,12 @@ def test_specs_are_read_as_the_api_server_reads_them() -> None:
     assert "spec.target.model: Field required" in error_text(
         set_path(example("run.yaml"), "spec.target.model", None)
     )
+    # extraBody is free-form (x-kubernetes-preserve-unknown-fields): no schema for its values,
+    # so the API server prunes none of them, and a null is sent as written
+    doc = set_path(example("run.yaml"), "spec.request", {"extraBody": {"stop": None, "n": 1}})
+    run = load_manifest(doc)
+    assert isinstance(run, BenchmarkRun)
+    assert run.spec.request.extra_body == {"stop": None, "n": 1}
 
 
 def test_ints_are_accepted_for_floats() -> None:

@@ -102,6 +102,16 @@ def test_the_run_policy_names_each_field_it_refuses() -> None:
         "spec.prometheus.url: host kube-apiserver.default.svc is not in the allowlist "
         "prometheus.monitoring.svc (the operator's --allowed-prometheus)",
     ]
+    # several target URLs (spec.target.urls): each is checked and named by its index
+    assert policy.problems(
+        image=None,
+        target_url=None,
+        prometheus_url=None,
+        target_urls=["http://vllm-0.ml.svc:8000/v1", "http://169.254.169.254/v1"],
+    ) == [
+        "spec.target.urls[1]: host 169.254.169.254 is not in the allowlist *.svc "
+        "(the operator's --allowed-target)"
+    ]
 
 
 def _run(**spec: Any) -> BenchmarkRun:
@@ -136,6 +146,11 @@ def test_the_operator_checks_target_and_prometheus_hosts_when_configured() -> No
     with pytest.raises(InvalidRun, match=r"^spec\.target\.url: host 169\.254\.169\.254 is not"):
         check_operator_rules(run, settings)
     check_operator_rules(run, OperatorSettings())  # no allowlist: any host
+    # several URLs: every one is checked (a second replica is no way around the allowlist)
+    urls = ["http://vllm-0.ml.svc:8000/v1", "http://169.254.169.254/latest"]
+    with pytest.raises(InvalidRun, match=r"^spec\.target\.urls\[1\]: host 169\.254\.169\.254"):
+        check_operator_rules(_run(target={"urls": urls, "model": "m"}), settings)
+    check_operator_rules(_run(target={"urls": urls[:1], "model": "m"}), settings)
 
 
 def _flags(*argv: str) -> OperatorSettings:

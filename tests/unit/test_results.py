@@ -36,7 +36,7 @@ def worker_registry(seed: int, n: int) -> tuple[Registry, dict[str, list[int]]]:
     recorded: dict[str, list[int]] = {name: [] for name in LATENCIES}
     for i in range(n):
         if i % 10 == 9:  # one request in ten fails
-            reason = names.FAILURE_REASONS[i % len(names.FAILURE_REASONS)]
+            reason = names.FAILURE_REASONS[(i // 10) % len(names.FAILURE_REASONS)]
             reg.counter(names.REQUESTS).inc()
             reg.counter(names.REQUESTS_FAILED).inc()
             reg.counter(names.failed(reason)).inc()
@@ -395,7 +395,7 @@ def test_bound_results_drops_prometheus_per_gpu_values_before_its_summary() -> N
 
 def _with_usage(worker: int, ok: int, from_usage: int) -> MetricsSnapshot:
     s = snap(worker, ok=ok)
-    s.counters[names.USAGE_COUNTED] = from_usage
+    s.counters[names.BENCHOP_COUNTED] = ok - from_usage  # counted: the uncommon case
     return s
 
 
@@ -423,6 +423,33 @@ def test_results_say_how_tokens_were_counted(
         "fromUsage": sum(usage),
         **({} if tokenizer is None else {"tokenizer": tokenizer}),
     }
+
+
+@pytest.mark.parametrize(
+    ("benchop_counted", "not_streamed", "per_chunk"),
+    [
+        (0, 0, 2.5),  # streamed, every count from usage: 50 tokens in 20 chunks
+        (1, 0, None),  # a request counted by benchop: its tokens are chunks, no ratio
+        (0, 1, None),  # a non-streamed answer has no chunks to compare with
+    ],
+)
+def test_tokens_per_chunk_only_when_every_streamed_count_is_the_servers(
+    benchop_counted: int, not_streamed: int, per_chunk: float | None
+) -> None:
+    s = snap(0, ok=10)
+    s.counters.update(
+        {
+            names.OUTPUT_TOKENS_TOTAL: 50,
+            names.CONTENT_CHUNKS: 20,
+            names.BENCHOP_COUNTED: benchop_counted,
+            names.NOT_STREAMED: not_streamed,
+        }
+    )
+    f = final_snapshots(1, [("pubsub", {0: s})])
+    assert f is not None
+    tokens = build_final_results(f, slo=None, gpu=None)["tokens"]
+    assert tokens.get("tokensPerChunk") == per_chunk
+    assert tokens["source"] == ("usage" if benchop_counted == 0 else "mixed")
 
 
 def test_results_without_an_ok_request_say_nothing_about_tokens() -> None:

@@ -4,7 +4,9 @@ formats of vLLM, SGLang, TGI, TensorRT-LLM, llama.cpp's llama-server and OpenAI
 (tests/fixtures/streams/documented/; README.md there says where each comes from).
 
 Each stream is fed whole, in the reads it arrived in (recorded ones: one HTTP chunk per
-read) and one byte per read; every split must give the same facts.
+read) and one byte per read; every split must give the same facts. What the client makes
+of the facts (ok, truncated, malformed, the server's error) is tested in
+tests/integration/test_loadgen_streams.py.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Facts:
     error: str | None = None  # start of the error message sent inside the stream
     error_code: int | None = None
     malformed: bool = False
+    finish: str | None = None  # the last finish_reason
 
 
 def facts(p: StreamParser) -> Facts:
@@ -42,6 +45,7 @@ def facts(p: StreamParser) -> Facts:
         error=None if p.error is None else p.error[:20],
         error_code=p.error_code,
         malformed=p.malformed is not None,
+        finish=p.finish_reason,
     )
 
 
@@ -62,35 +66,34 @@ def bytewise(data: bytes) -> list[bytes]:
 
 EXPECTED = {
     # role-only first chunk (content ""), a finish_reason "length" chunk, usage-only last chunk
-    "vllm-chat-usage.sse": Facts(5, (14, 5)),
-    "vllm-completions-usage.sse": Facts(5, (6, 5)),
+    "vllm-chat-usage.sse": Facts(5, (14, 5), finish="length"),
+    "vllm-completions-usage.sse": Facts(5, (6, 5), finish="length"),
     # vLLM's current reasoning field: `reasoning` chunks are tokens, like `reasoning_content`
-    "vllm-chat-reasoning.sse": Facts(6, (12, 6)),
-    "vllm-error-in-stream.sse": Facts(2, error="Internal server erro", error_code=500),
+    "vllm-chat-reasoning.sse": Facts(6, (12, 6), finish="length"),
+    # the name chunk and three argument chunks are tokens (usage counts 12: the server's
+    # tokenizer cut the arguments finer than its chunks)
+    "vllm-chat-tool-calls.sse": Facts(4, (180, 12), finish="tool_calls"),
+    # an error then [DONE] in one read: the error is the outcome, done stays False
+    "vllm-error-in-stream.sse": Facts(2, done=False, error="Internal server erro", error_code=500),
     # null-valued fields everywhere, reasoning_content, finish_reason in a separate empty chunk
-    "sglang-chat-reasoning-usage.sse": Facts(5, (12, 5)),
-    "sglang-error-abort.sse": Facts(1, error="Request was aborted:", error_code=503),
+    "sglang-chat-reasoning-usage.sse": Facts(5, (12, 5), finish="length"),
+    "sglang-error-abort.sse": Facts(1, done=False, error="Request was aborted:", error_code=503),
     # "data:" without a space, ":" keep-alives, an empty-content last chunk (the EOS token):
     # 4 chunks with content, usage counts 5 tokens
-    "tgi-chat-usage.sse": Facts(4, (14, 5)),
+    "tgi-chat-usage.sse": Facts(4, (14, 5), finish="stop"),
     # the error is a string, with no code
     "tgi-error-in-stream.sse": Facts(2, done=False, error="Request failed durin"),
-    "openai-chat-usage.sse": Facts(6, (11, 6)),
+    "openai-chat-usage.sse": Facts(6, (11, 6), finish="stop"),
     "openai-error-event.sse": Facts(1, done=False, error="The server had an er"),
     # several tokens per chunk (speculative decoding): 3 chunks, usage counts 7 tokens
-    "trtllm-chat-usage.sse": Facts(3, (14, 7)),
-    "llamacpp-server-chat-usage.sse": Facts(4, (14, 4)),
+    "trtllm-chat-usage.sse": Facts(3, (14, 7), finish="length"),
+    "llamacpp-server-chat-usage.sse": Facts(4, (14, 4), finish="length"),
     "llamacpp-server-error.sse": Facts(1, done=False, error="Context size has bee", error_code=500),
 }
-# An error event followed by [DONE] in the same read marks the stream done; fed in smaller
-# reads it stops at the error first. The outcome is the error either way.
-DONE_DEPENDS_ON_READS = {"vllm-error-in-stream.sse", "sglang-error-abort.sse"}
 
 
 def test_every_documented_stream_has_an_expectation() -> None:
-    assert sorted(p.name for p in DOCUMENTED.glob("*.sse")) == sorted(
-        [*EXPECTED, "vllm-chat-tool-calls.sse"]
-    )
+    assert sorted(p.name for p in DOCUMENTED.glob("*.sse")) == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -101,10 +104,7 @@ def test_documented_stream(name: str) -> None:
     assert facts(whole) == EXPECTED[name]
     by_byte, stopped = parse(bytewise(data))
     assert stopped, "the parser must stop at [DONE] or at the error"
-    expected = EXPECTED[name]
-    if name in DONE_DEPENDS_ON_READS:
-        expected = Facts(**{**expected.__dict__, "done": False})
-    assert facts(by_byte) == expected
+    assert facts(by_byte) == EXPECTED[name]
 
 
 def test_reasoning_chunks_start_the_first_token() -> None:
@@ -116,15 +116,52 @@ def test_reasoning_chunks_start_the_first_token() -> None:
     assert p.itl_ns == [1, 1, 1, 1, 1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tool-call argument deltas are not counted as tokens: a stream of only tool calls "
-    "has no content and the client calls it malformed (issue 13, request format step)",
-)
 def test_tool_call_deltas_are_tokens() -> None:
     p, _ = parse([(DOCUMENTED / "vllm-chat-tool-calls.sse").read_bytes()])
     assert p.done and p.usage_completion == 12
     assert p.n_tokens == 4  # the name chunk and three argument chunks
+    assert p.first_ns == 0 and p.finish_reason == "tool_calls"
+
+
+CHUNK = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize(
+    ("event", "why"),
+    [
+        (b'data: {"detail":"Not Found"}\n\n', "no choices, usage or error"),
+        (b'data: {"id":"x","object":"chat.completion.chunk"}\n\n', "no choices, usage or error"),
+        (b'data: {"choices":[{"message":{"content":"a"}}]}\n\n', "no delta, text or finish"),
+        (b'data: {"choices":[{"index":0}]}\n\n', "no delta, text or finish"),
+        (b"data: [1, 2]\n\n", "undecodable chunk"),
+        (b'data: {"choices": null}\n\n', "undecodable chunk"),
+        (b'data: {"choices":[{"delta":{"content":"a"}}]\n\n', "undecodable"),
+    ],
+)
+def test_a_chunk_the_parser_does_not_understand_ends_the_stream(event: bytes, why: str) -> None:
+    """Never a silently wrong count: the stream stops as malformed, quoting the bytes, split
+    or not, and whether [DONE] follows in the same read or not."""
+    for reads in ([CHUNK + event + DONE], bytewise(CHUNK + event + DONE), [CHUNK, event, DONE]):
+        p, stopped = parse(reads)
+        assert stopped and p.malformed is not None and why in p.malformed, (reads, p.malformed)
+        assert not p.done and p.n_tokens == 1
+        assert event.strip()[6:40].decode() in p.malformed
+
+
+def test_usage_without_choices_and_empty_choices_are_understood() -> None:
+    """Azure's first chunk has empty choices; some servers send usage without choices."""
+    p, _ = parse(
+        [
+            b'data: {"choices":[],"prompt_filter_results":[]}\n\n',
+            CHUNK,
+            b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n',
+            b'data: {"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n',
+            DONE,
+        ]
+    )
+    assert p.malformed is None and p.done and p.n_tokens == 1
+    assert (p.usage_prompt, p.usage_completion, p.finish_reason) == (3, 1, "stop")
 
 
 # -- recorded from llama-cpp-python's server -------------------------------------------------
@@ -152,19 +189,19 @@ def http_response(name: str) -> tuple[int, dict[str, str], list[bytes]]:
 RECORDED_STREAMS = {
     # one chunk per token, a role-only first chunk and an empty-delta finish chunk; no usage
     # chunk although benchop's body asks for one (stream_options is not in the server's model)
-    "chat-stream.http": Facts(8),
-    "chat-stream-usage.http": Facts(8),
-    "completions-stream.http": Facts(8),
-    "completions-stream-usage.http": Facts(8),
+    "chat-stream.http": Facts(8, finish="length"),
+    "chat-stream-usage.http": Facts(8, finish="length"),
+    "completions-stream.http": Facts(8, finish="length"),
+    "completions-stream-usage.http": Facts(8, finish="length"),
     # any model name is served by the one model
-    "error-unknown-model.http": Facts(4),
+    "error-unknown-model.http": Facts(4, finish="length"),
     # ignore_eos is not honoured: the end-of-sequence token ends the stream with no content
-    "chat-stream-eos.http": Facts(0),
-    # interrupt_requests (the server's default): [DONE] after 5 of 200 tokens, no
-    # finish_reason; the parser cannot tell it from a complete stream
+    "chat-stream-eos.http": Facts(0, finish="stop"),
+    # interrupt_requests (the server's default): [DONE] after 5 of 200 tokens and no
+    # finish_reason (the client calls it truncated)
     "chat-stream-interrupted.http": Facts(5),
     # ": ping - <time>" comments, each in its own write, while the prompt is evaluated
-    "completions-stream-ping.http": Facts(4),
+    "completions-stream-ping.http": Facts(4, finish="length"),
     # a prompt over the context, streaming: 200, text/event-stream, and an empty body
     "error-too-long-stream.http": Facts(0, done=False),
 }

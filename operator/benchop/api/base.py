@@ -26,7 +26,8 @@ class Spec(BaseModel):
 
     Before validation the input is read as the API server reads a custom resource (so local
     mode and the cluster accept the same manifests): a ``null`` field or map value is pruned
-    (a defaulted field then takes its default) and an integer past int64 is refused.
+    (a defaulted field then takes its default; a free-form map's values have no schema and
+    keep theirs) and an integer past int64 is refused.
     """
 
     model_config = ConfigDict(
@@ -46,10 +47,11 @@ class Spec(BaseModel):
                 continue
             field = fields.get(key)
             if isinstance(value, dict) and field is not None and _is_map(field.annotation):
+                free = _is_free_form(field.annotation)  # no schema for its values: nulls stay
                 value = {
                     k: _as_the_api_server_reads(v, f"{key}.{k}")
                     for k, v in value.items()
-                    if v is not None
+                    if v is not None or free
                 }
             out[key] = _as_the_api_server_reads(value, str(key))
         return out
@@ -58,6 +60,15 @@ class Spec(BaseModel):
 def _is_map(annotation: Any) -> bool:
     """A ``dict[...]`` field (or an optional one): a map, not a nested object."""
     return any(get_origin(a) is dict for a in (annotation, *get_args(annotation)))
+
+
+def _is_free_form(annotation: Any) -> bool:
+    """A ``dict[str, Any]`` field (``x-kubernetes-preserve-unknown-fields``, e.g.
+    ``request.extraBody``): the API server has no schema for its values and keeps a null."""
+    return any(
+        get_origin(a) is dict and get_args(a)[1:] == (Any,)
+        for a in (annotation, *get_args(annotation))
+    )
 
 
 class Status(BaseModel):

@@ -113,11 +113,26 @@ Quantity = Annotated[
 # --------------------------------------------------------------------------- spec: target
 
 
-class SecretKeyRef(Spec):
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+SECRET_KEY_RULE = (
+    "!self.key.startsWith('..') && self.key != '.'",
+    "key: '.', '..' and keys starting with '..' are not Secret keys",
+)
+
+
+class SecretKeyRef(Spec, json_schema_extra=cel(SECRET_KEY_RULE)):
     """A key of a Secret in the run's namespace."""
 
-    name: str = Field(min_length=1)
-    key: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=253, pattern=SECRET_NAME_PATTERN)
+    key: str = Field(min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, key: str) -> str:
+        if key == "." or key.startswith(".."):
+            raise ValueError(SECRET_KEY_RULE[1].removeprefix("key: "))
+        return key
 
 
 SELECTOR_VALUES_RULE = (
@@ -153,19 +168,264 @@ class LabelSelector(Spec):
     match_expressions: list[LabelSelectorRequirement] | None = Field(None, max_length=32)
 
 
-class TargetSpec(Spec):
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+"""An HTTP header name (RFC 9110 token characters)."""
+RESERVED_HEADERS = ("host", "content-length", "content-type", "transfer-encoding", "connection")
+"""Headers benchop writes itself; a spec may not set them."""
+HEADER_VALUE_RULE = (
+    "has(self.value) != has(self.valueFrom)",
+    "set exactly one of value or valueFrom",
+)
+HEADER_RESERVED_RULE = (
+    "!self.name.matches('(?i)^(" + "|".join(RESERVED_HEADERS) + ")$')",
+    "name: " + ", ".join(RESERVED_HEADERS) + " are set by benchop",
+)
+
+
+class HeaderValueSource(Spec):
+    """Where a header's value comes from: a key of a Secret in the run's namespace."""
+
+    secret_key_ref: SecretKeyRef
+
+
+class HeaderSpec(Spec, json_schema_extra=cel(HEADER_VALUE_RULE, HEADER_RESERVED_RULE)):
+    """One HTTP header sent with every request (and the preflight checks).
+
+    A value from a Secret reaches the workers as a ``secretKeyRef`` environment variable
+    (resolved by the kubelet; the operator never reads it) and is never written to status,
+    events or logs.
+    """
+
+    name: str = Field(min_length=1, max_length=256, pattern=HEADER_NAME_PATTERN)
+    value: str | None = Field(None, max_length=8192, pattern=r"^[^\r\n\x00]*$")
+    value_from: HeaderValueSource | None = None
+
+    @model_validator(mode="after")
+    def _one_value(self) -> Self:
+        if (self.value is None) == (self.value_from is None):
+            raise ValueError(HEADER_VALUE_RULE[1])
+        if self.name.lower() in RESERVED_HEADERS:
+            raise ValueError(f"{HEADER_RESERVED_RULE[1]} (got {self.name!r})")
+        return self
+
+
+TLS_PAIR_RULE = (
+    "has(self.clientCertSecretRef) == has(self.clientKeySecretRef)",
+    "set both clientCertSecretRef and clientKeySecretRef (mTLS) or neither",
+)
+TLS_INSECURE_RULE = (
+    "!(has(self.insecureSkipVerify) && self.insecureSkipVerify && has(self.caSecretRef))",
+    "insecureSkipVerify verifies nothing: drop caSecretRef or insecureSkipVerify",
+)
+
+
+class TlsSpec(Spec, json_schema_extra=cel(TLS_PAIR_RULE, TLS_INSECURE_RULE)):
+    """TLS of ``https://`` targets: a CA bundle and a client certificate (mTLS) from Secrets.
+
+    The workers mount the keys as files (secret volumes); the operator never reads them.
+    """
+
+    ca_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="PEM CA bundle the server's certificate must chain to (default: "
+        "the system's CAs).",
+    )
+    client_cert_secret_ref: SecretKeyRef | None = Field(
+        None, description="PEM client certificate (chain) for mutual TLS."
+    )
+    client_key_secret_ref: SecretKeyRef | None = Field(
+        None, description="PEM private key of the client certificate."
+    )
+    insecure_skip_verify: bool = Field(
+        False,
+        description="Do not verify the server's certificate or name. The results say so "
+        "(results.request.insecureSkipVerify).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.client_cert_secret_ref is None) != (self.client_key_secret_ref is None):
+            raise ValueError(TLS_PAIR_RULE[1])
+        if self.insecure_skip_verify and self.ca_secret_ref is not None:
+            raise ValueError(TLS_INSECURE_RULE[1])
+        return self
+
+
+MAX_TARGET_URLS = 64
+MAX_HEADERS = 32
+TARGET_RULES: tuple[tuple[str, str], ...] = (
+    ("!(has(self.url) && has(self.urls))", "set url or urls, not both"),
+    (
+        "!has(self.tls) || (has(self.url) && self.url.startsWith('https://')) || "
+        "(has(self.urls) && self.urls.all(u, u.startsWith('https://')))",
+        "tls is for https:// targets: every URL must start with https://",
+    ),
+    (
+        "!has(self.apiKeySecretRef) || !has(self.headers) || "
+        "!self.headers.exists(h, h.name.matches('(?i)^authorization$'))",
+        "headers: Authorization is already set by apiKeySecretRef",
+    ),
+)
+
+
+class TargetSpec(Spec, json_schema_extra=cel(*TARGET_RULES)):
     """The OpenAI-compatible server under test."""
 
     url: HttpUrl | None = Field(
         None,
-        description="Base URL, e.g. http://vllm.default.svc:8000/v1. Required by the operator; "
-        "local mode uses its mock server when unset.",
+        description="Base URL, e.g. http://vllm.default.svc:8000/v1. Required by the operator "
+        "(or urls); local mode uses its mock server when neither is set.",
+    )
+    urls: list[HttpUrl] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_TARGET_URLS,
+        description="Several base URLs of one model (replicas behind no load balancer): each "
+        "worker sends its requests to them in turn, starting at its own index.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     model: str = Field(min_length=1, description="Model name sent in each request.")
     api: Literal["chat", "completions"] = "chat"
-    api_key_secret_ref: SecretKeyRef | None = None
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None, description="Sent as Authorization: Bearer <key>."
+    )
+    headers: list[HeaderSpec] | None = Field(
+        None,
+        max_length=MAX_HEADERS,
+        description="Headers of every request, e.g. an x-api-key from a Secret.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    tls: TlsSpec | None = None
     pod_selector: LabelSelector | None = Field(
         None, description="Pods of the model server, whose GPUs are observed."
+    )
+
+    @model_validator(mode="after")
+    def _target_rules(self) -> Self:
+        if self.url is not None and self.urls is not None:
+            raise ValueError(TARGET_RULES[0][1])
+        if self.urls is not None and len(set(self.urls)) != len(self.urls):
+            raise ValueError(f"urls: each URL once (got {self.urls})")
+        if self.tls is not None and not all(u.startswith("https://") for u in self.endpoints):
+            raise ValueError(TARGET_RULES[1][1])
+        names = [h.name.lower() for h in self.headers or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"headers: each name once, in any case (got {names})")
+        if self.api_key_secret_ref is not None and "authorization" in names:
+            raise ValueError(TARGET_RULES[2][1])
+        return self
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The base URLs requests go to (``urls``, or ``[url]``; empty for local mode's mock)."""
+        if self.urls is not None:
+            return list(self.urls)
+        return [self.url] if self.url is not None else []
+
+
+# --------------------------------------------------------------------------- spec: request
+
+BENCHOP_BODY_FIELDS = ("model", "messages", "prompt", "stream", "stream_options")
+"""Request-body fields benchop writes; ``extraBody`` may not set them."""
+MAX_EXTRA_BODY_BYTES = 16_384
+BODY_FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+OUTPUT_FIELDS_RULE = (
+    "!has(self.outputTokensFields) || self.outputTokensFields.all(f, !(f in "
+    + json.dumps(list(BENCHOP_BODY_FIELDS))
+    + "))",
+    "outputTokensFields: " + ", ".join(BENCHOP_BODY_FIELDS) + " are set by benchop",
+)
+
+
+class RequestSpec(Spec, json_schema_extra=cel(OUTPUT_FIELDS_RULE)):
+    """The body of every request: streaming, usage, output length fields, extra fields.
+
+    Sent as JSON: ``model``, ``messages`` (chat) or ``prompt`` (completions), ``stream``,
+    ``stream_options`` (streaming with ``includeUsage``), each of ``outputTokensFields`` set to
+    the request's output length (``workload.outputTokens``, a draw of ``outputLength`` or the
+    dataset's), then ``extraBody``. Nothing else: ``ignore_eos`` is sent only
+    when ``extraBody`` has it (docs/request.md: fixed output lengths per server).
+    """
+
+    stream: bool = Field(
+        True,
+        description="Stream the response (SSE). Off: one JSON answer; TTFT = E2E, no ITL, "
+        "tokens from usage.",
+    )
+    include_usage: bool = Field(
+        True,
+        description="Ask for a usage chunk (stream_options.include_usage) when streaming. Off "
+        "for servers that refuse stream_options: benchop then counts the tokens (with "
+        "workload.tokenizer, or content chunks and words; results.tokens.source says which).",
+    )
+    output_tokens_fields: list[Annotated[str, Field(pattern=BODY_FIELD_PATTERN)]] = Field(
+        default_factory=lambda: ["max_tokens"],
+        min_length=1,
+        max_length=4,
+        description="Body fields set to each request's output length (workload.outputTokens, "
+        "outputLength or the dataset's), e.g. [max_tokens, min_tokens] "
+        "for fixed output lengths on vLLM, or [max_completion_tokens].",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    extra_body: dict[str, Any] | None = Field(
+        None,
+        description="Fields merged into every request body: sampling parameters, ignore_eos, "
+        "vendor extensions (nvext). Not model, messages, prompt, stream, stream_options or an "
+        "outputTokensFields name.",
+    )
+
+    @field_validator("output_tokens_fields")
+    @classmethod
+    def _output_fields(cls, fields: list[str]) -> list[str]:
+        if len(set(fields)) != len(fields):
+            raise ValueError(f"each name once (got {fields})")
+        for f in fields:
+            if f in BENCHOP_BODY_FIELDS:
+                raise ValueError(OUTPUT_FIELDS_RULE[1].removeprefix("outputTokensFields: "))
+        return fields
+
+    @model_validator(mode="after")
+    def _extra_body(self) -> Self:
+        if not self.extra_body:
+            return self
+        taken = set(BENCHOP_BODY_FIELDS) | set(self.output_tokens_fields)
+        clash = sorted(k for k in self.extra_body if k in taken)
+        if clash:
+            hint = {
+                "stream": "use request.stream",
+                "stream_options": "use request.includeUsage",
+                "model": "use target.model",
+                "messages": "benchop writes the prompt",
+                "prompt": "benchop writes the prompt",
+            }
+            why = "; ".join(
+                f"{k}: {hint.get(k, 'set to the output length by outputTokensFields')}"
+                for k in clash
+            )
+            raise ValueError(f"extraBody may not set {', '.join(clash)} ({why})")
+        try:
+            size = len(json.dumps(self.extra_body, allow_nan=False))
+        except ValueError as exc:
+            raise ValueError(f"extraBody is not JSON: {exc}") from None
+        if size > MAX_EXTRA_BODY_BYTES:
+            raise ValueError(f"extraBody is {size} bytes as JSON, at most {MAX_EXTRA_BODY_BYTES}")
+        return self
+
+
+class PreflightSpec(Spec):
+    """Checks of the target before warmup; a failure ends the run with its reason.
+
+    TCP connect to every URL (retried until ``timeout``), ``GET /models`` lists the model (a
+    server without the route is a warning), one request of one output token (both wait up to
+    ``load.requestTimeout``). Reasons: ``TargetUnreachable``, ``ModelNotFound``,
+    ``TargetError`` (docs/request.md).
+    """
+
+    enabled: bool = True
+    timeout: Duration = Field(
+        Duration("2s"),
+        description="How long connecting may be retried before the run fails "
+        "TargetUnreachable; raise it to wait for a server that is still starting.",
     )
 
 
@@ -209,6 +469,16 @@ class LoadSpec(Spec, json_schema_extra=cel(*LOAD_RULES)):
     request_timeout: Duration = Duration("300s")
     max_in_flight: int | None = Field(
         None, ge=1, description="Cap on requests in flight in rate mode."
+    )
+    max_failure_ratio: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="End the run early (FailureRatioExceeded) when more than this share of a "
+        "worker's last failureWindow requests failed; 1 never ends it.",
+    )
+    failure_window: int = Field(
+        50, ge=1, le=100_000, description="Requests per worker maxFailureRatio looks back on."
     )
 
     @model_validator(mode="after")
@@ -373,6 +643,8 @@ class BenchmarkRunSpec(Spec):
     """One measurement of one server."""
 
     target: TargetSpec
+    request: RequestSpec = Field(default_factory=RequestSpec)
+    preflight: PreflightSpec = Field(default_factory=PreflightSpec)
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     load: LoadSpec
     phases: PhasesSpec
@@ -481,13 +753,18 @@ class TokenCounting(Status):
 
     source: Literal["usage", "tokenizer", "estimate", "mixed"] = Field(
         description="usage: every ok request's counts are the server's usage; tokenizer or "
-        "estimate: none are, benchop counted (with the tokenizer, or words and stream chunks); "
-        "mixed: some of each."
+        "estimate: none are, benchop counted (with the tokenizer, or the prompt's words and "
+        "the answer's content chunks); mixed: some of each."
     )
     tokenizer: str | None = Field(
         None, description="The tokenizer benchop used; absent: word and chunk estimates."
     )
     from_usage: int = Field(0, description="Ok requests whose counts are the server's usage.")
+    tokens_per_chunk: float | None = Field(
+        None,
+        description="Usage tokens per content chunk (streamed, every count from usage): above "
+        "1 the server sends several tokens per chunk and itlMs is per chunk.",
+    )
 
 
 class Goodput(Status):
@@ -517,10 +794,24 @@ class ClientStats(Status):
     """Load-generator health: a saturated client under-reports the server."""
 
     cpu_pct: float | None = None
+    connect_attempts: int | None = None  # TCP connects, every phase and the preflight
+    connect_failures: int | None = None
     recv_lag_p99_ms: float | None = None
     send_lag_p99_ms: float | None = None  # open loop: actual minus scheduled send time
     saturated: bool = False
     reason: str | None = None
+
+
+class RequestResults(Status):
+    """How the requests were made (how their tokens were counted: :class:`TokenCounting`)."""
+
+    stream: bool = True
+    finish_reasons: dict[str, int] = Field(
+        default_factory=dict, description="finish_reason of the ok requests (length, stop, ...)."
+    )
+    endpoints: int = 1
+    insecure_skip_verify: bool = False
+    warnings: list[str] = Field(default_factory=list)
 
 
 class Results(Status):
@@ -539,6 +830,7 @@ class Results(Status):
     goodput: Goodput | None = None
     gpu: GpuResults | None = None
     client: ClientStats | None = None
+    request: RequestResults | None = None
     tokens: TokenCounting | None = None
     workers: int
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Final, Literal
 
 GROUP: Final = "benchop.io"
@@ -57,6 +58,31 @@ MAX_NAME: Final = 63
 MAX_WORKERS: Final = 1000
 """Most load-generator pods one run may have (``spec.load.workers``); an Indexed Job's pods are
 ``<job>-<index>``, so the Job's name leaves room for ``-999``."""
+
+
+API_KEY_ENV: Final = "BENCHOP_API_KEY"
+"""The workers' env var with ``spec.target.apiKeySecretRef``'s value (a ``secretKeyRef``)."""
+SECRETS_DIR: Final = "/var/run/benchop/secrets"
+"""Where a worker pod mounts the Secrets of ``spec.target.tls``: ``<dir>/<secret>/<key>``."""
+
+
+def header_env(index: int) -> str:
+    """The workers' env var with the value of ``spec.target.headers[index].valueFrom``.
+
+    >>> header_env(0)
+    'BENCHOP_HEADER_0'
+    """
+    return f"BENCHOP_HEADER_{index}"
+
+
+def secret_file(root: str | Path, secret: str, key: str) -> Path:
+    """``<root>/<secret>/<key>``: a Secret's key as a file, mounted (``SECRETS_DIR``) or in
+    the directory of ``benchop run --secrets-dir``.
+
+    >>> str(secret_file("/s", "ca", "ca.crt"))
+    '/s/ca/ca.crt'
+    """
+    return Path(root) / secret / key
 
 
 def safe_name(base: str, suffix: str = "", limit: int = MAX_NAME) -> str:

@@ -10,7 +10,7 @@ The operator and local mode call the same functions on what they collected:
   ``complete: false`` (source ``live``), so a missing worker is never hidden;
 - :func:`build_final_results` merges them and builds the bounded ``status.results``;
 - :func:`verdict`: Succeeded, or why not (``AllRequestsFailed``, ``TargetUnreachable``,
-  ``NoRequests``).
+  ``NoRequests``, or the reason a worker ended the run early: :func:`first_abort`).
 
 Underneath, two functions:
 
@@ -28,14 +28,21 @@ Underneath, two functions:
   * latencies: ``Stats`` of each series with nanoseconds divided by 1e6 (ms): p50, p90,
     p95, p99 and, in ``percentiles``, the others ``spec.report.percentiles`` asks for;
   * tokens: where the token counts came from (``usage`` when every ok request's counts are
-    the server's usage; ``tokenizer``/``estimate`` when none are; ``mixed``) and the
-    tokenizer benchop used, if any;
+    the server's usage; ``tokenizer`` or ``estimate`` when none are: benchop counted the
+    answer with the tokenizer, or its content chunks, and the prompt with the tokenizer or
+    its words; ``mixed``), the tokenizer benchop used, if any, and ``tokensPerChunk``
+    (streamed, all usage-counted): above 1 the server sends several tokens per chunk;
   * goodput (only when an SLO is given): ``ratio`` is the share of *all*
     profiling requests that succeeded and met every SLO (``requests_good /
     requests_total``), ``rps`` is ``requests_good`` per second;
   * client saturated: client CPU above 80 %, or receive- or send-lag p99 (the
     open loop's actual minus scheduled send time) above 10 % of the TTFT p50 —
-    a saturated client under-reports the server.
+    a saturated client under-reports the server;
+  * request: how the requests were made (from the spec: :class:`RequestInfo`):
+    streaming, endpoints, insecure TLS; ``finishReasons`` of the ok requests; the workers'
+    warnings;
+  * gpu: none when no request succeeded — a run that served nothing has no energy per token
+    and no utilisation to show.
 
 >>> final = final_snapshots(2, [("pubsub", complete), ("live", latest)])  # doctest: +SKIP
 >>> results = build_final_results(final, slo=spec.slo, gpu=None)          # doctest: +SKIP
@@ -49,13 +56,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from benchagent.wire import MetricsSnapshot, SeriesSummary
+from benchagent.wire import MetricsSnapshot, SeriesSummary, WorkerAbort
 from benchop.api.models import (
+    BenchmarkRunSpec,
     ClientStats,
     Goodput,
     GpuResults,
     LatencyStats,
     RequestCounts,
+    RequestResults,
     Results,
     SloSpec,
     Throughput,
@@ -78,6 +87,17 @@ REASONS: dict[Source, str] = {
     "live": "LatestLiveSnapshots",
 }
 """``ResultsAvailable`` reason per source."""
+
+TARGET_UNREACHABLE = "TargetUnreachable"
+"""No connection to the target (preflight), or most requests failed to connect (verdict)."""
+MODEL_NOT_FOUND = "ModelNotFound"
+"""The target does not list ``spec.target.model`` (preflight)."""
+TARGET_ERROR = "TargetError"
+"""The target answered the preflight's checks with an error."""
+SECRET_ERROR = "SecretError"
+"""A Secret the spec references is missing or unusable (not PEM, a line break in a header)."""
+FAILURE_RATIO_EXCEEDED = "FailureRatioExceeded"
+"""More than ``load.maxFailureRatio`` of a worker's last ``load.failureWindow`` requests failed."""
 
 RESULTS_MAX_BYTES = 16_384
 """``status.results`` larger than this (as JSON) is trimmed (GPU lists, then latencies)."""
@@ -102,6 +122,8 @@ class MergedMetrics:
     complete: bool  # every worker COMPLETE and none interrupted
     interrupted: bool  # some worker was stopped by a signal
     n_pending: int  # requests still in flight, summed over workers
+    abort: tuple[int, WorkerAbort] | None = None  # the lowest worker that ended the run early
+    warnings: tuple[str, ...] = ()  # every worker's, each once
 
 
 def merge_snapshots(snaps: Sequence[MetricsSnapshot]) -> MergedMetrics:
@@ -126,6 +148,9 @@ def merge_snapshots(snaps: Sequence[MetricsSnapshot]) -> MergedMetrics:
         for name, summary in s.series.items():
             parts.setdefault(name, []).append(summary)
     interrupted = any(s.interrupted for s in snaps)
+    warnings = tuple(
+        dict.fromkeys(w for s in sorted(snaps, key=lambda s: s.worker) for w in s.warnings)
+    )
     return MergedMetrics(
         run=snaps[0].run,
         workers=len(snaps),
@@ -136,6 +161,58 @@ def merge_snapshots(snaps: Sequence[MetricsSnapshot]) -> MergedMetrics:
         complete=all(s.state == "COMPLETE" for s in snaps) and not interrupted,
         interrupted=interrupted,
         n_pending=sum(s.n_pending for s in snaps),
+        abort=first_abort([{s.worker: s for s in snaps}]),
+        warnings=warnings,
+    )
+
+
+def first_abort(
+    sources: Sequence[Mapping[int, MetricsSnapshot]],
+) -> tuple[int, WorkerAbort] | None:
+    """The abort of the lowest worker index that reported one in any source (its snapshots
+    by worker, e.g. pub/sub COMPLETE, termination messages, latest live), else None."""
+    found: dict[int, WorkerAbort] = {}
+    for snaps in sources:
+        for w, snap in snaps.items():
+            if snap.abort is not None:
+                found.setdefault(w, snap.abort)
+    if not found:
+        return None
+    w = min(found)
+    return w, found[w]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What the results say of the requests that comes from the spec, not the workers."""
+
+    stream: bool = True
+    endpoints: int = 1
+    insecure_skip_verify: bool = False
+
+    @classmethod
+    def of(cls, spec: BenchmarkRunSpec) -> RequestInfo:
+        tls = spec.target.tls
+        return cls(
+            stream=spec.request.stream,
+            endpoints=max(len(spec.target.endpoints), 1),
+            insecure_skip_verify=bool(tls is not None and tls.insecure_skip_verify),
+        )
+
+
+def _request_results(merged: MergedMetrics, info: RequestInfo) -> RequestResults:
+    c = merged.counters
+    finish = {
+        name.removeprefix(names.FINISH_PREFIX): n
+        for name, n in sorted(c.items())
+        if name.startswith(names.FINISH_PREFIX) and n > 0
+    }
+    return RequestResults(
+        stream=info.stream,
+        finish_reasons=finish,
+        endpoints=info.endpoints,
+        insecure_skip_verify=info.insecure_skip_verify,
+        warnings=list(merged.warnings),
     )
 
 
@@ -167,17 +244,28 @@ def _tokens(counters: Mapping[str, int], tokenizer: TokenizerSpec | None) -> Tok
     ok = counters.get(names.REQUESTS_OK, 0)
     if ok == 0:
         return None
-    usage = counters.get(names.USAGE_COUNTED, 0)
+    usage = max(ok - counters.get(names.BENCHOP_COUNTED, 0), 0)
     fallback: Literal["tokenizer", "estimate"] = "estimate" if tokenizer is None else "tokenizer"
+    source: Literal["usage", "tokenizer", "estimate", "mixed"] = (
+        "usage" if usage == ok else fallback if usage == 0 else "mixed"
+    )
+    chunks = counters.get(names.CONTENT_CHUNKS, 0)
+    per_chunk = None
+    if source == "usage" and chunks and not counters.get(names.NOT_STREAMED, 0):
+        per_chunk = round(counters.get(names.OUTPUT_TOKENS_TOTAL, 0) / chunks, 3)
     return TokenCounting(
-        source="usage" if usage >= ok else fallback if usage == 0 else "mixed",
+        source=source,
         tokenizer=None if tokenizer is None else tokenizer.display_name,
         from_usage=usage,
+        tokens_per_chunk=per_chunk,
     )
 
 
 def _client(
-    gauges: dict[str, float], ttft: LatencyStats | None, send_lag: LatencyStats | None
+    counters: Mapping[str, int],
+    gauges: dict[str, float],
+    ttft: LatencyStats | None,
+    send_lag: LatencyStats | None,
 ) -> ClientStats:
     cpu = gauges.get(names.CLIENT_CPU)
     lag = gauges.get(names.RECV_LAG_P99)
@@ -193,6 +281,8 @@ def _client(
             )
     return ClientStats(
         cpu_pct=cpu,
+        connect_attempts=counters.get(names.CONNECT_ATTEMPTS),
+        connect_failures=counters.get(names.CONNECT_FAILURES),
         recv_lag_p99_ms=lag,
         send_lag_p99_ms=send,
         saturated=bool(reasons),
@@ -206,6 +296,7 @@ def build_results(
     slo: SloSpec | None,
     source: Source,
     gpu: GpuResults | None = None,
+    request: RequestInfo | None = None,
     report: ReportSpec | None = None,
     tokenizer: TokenizerSpec | None = None,
 ) -> Results:
@@ -251,8 +342,9 @@ def build_results(
             if slo is None
             else Goodput(ratio=good / total if total else 0.0, rps=per_s(good), slo=slo)
         ),
-        gpu=gpu,
-        client=_client(merged.gauges, ttft, _latency_ms(merged, names.SEND_LAG)),
+        gpu=gpu if ok > 0 else None,  # nothing served: no window numbers as if it had
+        client=_client(c, merged.gauges, ttft, _latency_ms(merged, names.SEND_LAG)),
+        request=_request_results(merged, request or RequestInfo()),
         tokens=_tokens(c, tokenizer),
     )
 
@@ -281,6 +373,12 @@ def parse_termination_message(text: str | None, run: str) -> MetricsSnapshot | N
             gauges={str(k): float(v) for k, v in (doc.get("gauges") or {}).items()},
             series={},
             interrupted=bool(doc.get("interrupted", False)),
+            abort=(
+                WorkerAbort(reason=str(abort["reason"]), message=str(abort["message"]))
+                if isinstance(abort := doc.get("abort"), dict)
+                else None
+            ),
+            warnings=[str(w) for w in doc.get("warnings") or []],
         )
     except (ValueError, TypeError, KeyError) as e:
         log.debug("unreadable termination message of %s: %s", run, e)
@@ -329,6 +427,7 @@ def build_final_results(
     *,
     slo: SloSpec | None,
     gpu: GpuResults | None,
+    request: RequestInfo | None = None,
     report: ReportSpec | None = None,
     tokenizer: TokenizerSpec | None = None,
 ) -> dict[str, Any]:
@@ -337,7 +436,9 @@ def build_final_results(
     Incomplete (``complete: false``) when a worker is missing or a snapshot is live.
     ``report`` and ``tokenizer`` are the spec's (``spec.report``, ``spec.workload.tokenizer``).
     """
-    return build_final(final, slo=slo, gpu=gpu, report=report, tokenizer=tokenizer)[0]
+    return build_final(
+        final, slo=slo, gpu=gpu, request=request, report=report, tokenizer=tokenizer
+    )[0]
 
 
 def build_final(
@@ -345,13 +446,20 @@ def build_final(
     *,
     slo: SloSpec | None,
     gpu: GpuResults | None,
+    request: RequestInfo | None = None,
     report: ReportSpec | None = None,
     tokenizer: TokenizerSpec | None = None,
 ) -> tuple[dict[str, Any], MergedMetrics]:
     """:func:`build_final_results` and the merged metrics it came from (for the bundle)."""
     merged = merge_snapshots(final.snapshots)
     results: Results = build_results(
-        merged, slo=slo, source=final.source, gpu=gpu, report=report, tokenizer=tokenizer
+        merged,
+        slo=slo,
+        source=final.source,
+        gpu=gpu,
+        request=request,
+        report=report,
+        tokenizer=tokenizer,
     )
     if final.source == "live" or final.missing:
         results = results.model_copy(update={"complete": False})
@@ -382,6 +490,9 @@ def bound_results(doc: dict[str, Any], limit: int = RESULTS_MAX_BYTES) -> dict[s
         if size() <= limit:
             break
         gpu.pop(key, None)
+    warnings = (doc.get("request") or {}).get("warnings")
+    if size() > limit and warnings:
+        doc["request"]["warnings"] = [w[:200] for w in warnings[:3]]
     if size() > limit:
         by_reason = doc.get("requests", {}).get("byReason")
         if by_reason:
@@ -389,12 +500,17 @@ def bound_results(doc: dict[str, Any], limit: int = RESULTS_MAX_BYTES) -> dict[s
     return doc
 
 
-def verdict(results: Mapping[str, Any]) -> tuple[bool, str, str]:
+def verdict(
+    results: Mapping[str, Any], abort: tuple[int, WorkerAbort] | None = None
+) -> tuple[bool, str, str]:
     """(succeeded, reason, message) of final results.
 
-    No successful request: ``TargetUnreachable`` when connection errors and timeouts make up
-    most failures, else ``AllRequestsFailed``; no request at all: ``NoRequests``.
+    A worker that ended the run early (``abort``, :func:`first_abort`) gives its reason and
+    message. No successful request: ``TargetUnreachable`` when connection errors and timeouts
+    make up most failures, else ``AllRequestsFailed``; no request at all: ``NoRequests``.
     """
+    if abort is not None:
+        return False, abort[1].reason, abort_message(*abort)
     req = results.get("requests") or {}
     total, ok, failed = req.get("total", 0), req.get("ok", 0), req.get("failed", 0)
     if ok > 0:
@@ -407,6 +523,11 @@ def verdict(results: Mapping[str, Any]) -> tuple[bool, str, str]:
     if unreachable * 2 > failed:
         return False, "TargetUnreachable", f"all {total} requests failed ({detail})"
     return False, "AllRequestsFailed", f"all {total} requests failed ({detail})"
+
+
+def abort_message(worker: int, abort: WorkerAbort) -> str:
+    """The Succeeded condition's message for a run a worker ended early."""
+    return f"worker {worker}: {abort.message}"
 
 
 def output_tokens(final: Final) -> int:

@@ -1,20 +1,26 @@
-"""Streaming OpenAI-compatible HTTP client: one request in, one :class:`RequestRecord` out.
+"""OpenAI-compatible HTTP client: one request in, one :class:`RequestRecord` out.
 
 One :class:`~benchop.loadgen.http.Pool` of keep-alive connections (asyncio
-protocols, llhttp; one connection per request in flight) serves every request
-of a worker: aiohttp's per-request cost alone was the client's whole budget,
-and httpx's shared pool collapses at high concurrency. Each read of a response
-is parsed at byte level by :class:`~benchop.loadgen.sse.StreamParser` inside
-the protocol's ``data_received``, stamped with the time of that read.
+protocols, llhttp; one connection per request in flight) per target URL serves
+every request of a worker: aiohttp's per-request cost alone was the client's
+whole budget, and httpx's shared pool collapses at high concurrency. With several
+URLs (``target.urls``) requests go to them in turn, starting at the worker's index.
+Each read of a streamed response is parsed at byte level by
+:class:`~benchop.loadgen.sse.StreamParser` inside the protocol's ``data_received``,
+stamped with the time of that read; a non-streaming one (``request.stream: false``) is
+collected and decoded at its end by :class:`~benchop.loadgen.response.ResponseParser`.
+The body, headers and TLS come from :mod:`benchop.loadgen.request`.
 
 Every request ends in exactly one call of its ``sink`` with a record whose
-``outcome`` is ``"ok"`` or a reason: ``http_4xx``, ``http_429``, ``http_5xx``,
-``timeout``, ``connection`` (no response: refused, reset before headers),
-``malformed_stream`` (not SSE, undecodable chunk, no content), ``disconnected``
-(the stream broke or ended without ``[DONE]``), ``cancelled`` (the worker
-stopped it; the sink runs and the ``CancelledError`` propagates) or ``other``
-(e.g. bytes that are not an HTTP response).
-Errors never escape :meth:`StreamClient.send`.
+``outcome`` is ``"ok"`` or a reason: ``http_4xx``, ``http_429``, ``http_5xx`` (also
+for an error object inside a 200 stream, by its code), ``timeout``, ``connection`` (no
+response: refused, reset before headers, or failed while connects back off),
+``malformed_stream`` (not SSE or JSON, an undecodable or unknown chunk, no content, no
+usage in a non-streaming answer), ``truncated`` (``[DONE]`` came but no choice ever had a
+``finish_reason``: the server cut the answer short), ``disconnected`` (the stream broke or
+ended without ``[DONE]``), ``cancelled`` (the worker stopped it; the sink runs and the
+``CancelledError`` propagates) or ``other`` (e.g. bytes that are not an HTTP response, an
+error object without a code). Errors never escape :meth:`StreamClient.send`.
 
     async with StreamClient(Target(url, "m"), request_timeout=60) as client:
         await client.send(client.body("a b c", 16), ident=Ident(0, 1, 0), input_words=3,
@@ -25,18 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from benchop.loadgen.http import BadResponse, ConnectError, Disconnected, NotSent, Pool
 from benchop.loadgen.records import OK, RequestRecord
+from benchop.loadgen.request import BodyTemplate, RequestFormat
+from benchop.loadgen.response import ResponseParser
 from benchop.loadgen.sse import StreamParser
 from benchop.loadgen.trigger import SendTrigger
 
@@ -49,22 +57,40 @@ _perf_ns = time.perf_counter_ns
 _wall_ns = time.time_ns
 _ERROR_CHARS = 200
 _current_task = asyncio.current_task
+NO_CONTENT = "stream had no content"
+"""The error of a response that ended properly with no content (e.g. the end-of-sequence
+token first): a failure in a benchmark, a live server to the preflight check."""
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """The server under test: OpenAI base URL (``http://host:8000/v1``) and model."""
+    """The server under test: OpenAI base URL(s) (``http://host:8000/v1``) and model.
+
+    ``urls`` (several replicas) replaces ``url`` when given; ``headers`` are sent with every
+    request (after ``Authorization: Bearer <api_key>``); ``ssl_context`` is used for https.
+    """
 
     url: str
     model: str
     api: Literal["chat", "completions"] = "chat"
     api_key: str | None = field(default=None, repr=False)
+    urls: tuple[str, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def bases(self) -> tuple[str, ...]:
+        """The base URLs requests go to, in turn."""
+        return self.urls or (self.url,)
 
     @property
     def endpoint(self) -> str:
-        """The streaming endpoint for ``api``."""
+        """The completions endpoint for ``api`` (of the first base URL)."""
+        return self.endpoint_of(self.bases[0])
+
+    def endpoint_of(self, base: str) -> str:
         path = "/chat/completions" if self.api == "chat" else "/completions"
-        return self.url.rstrip("/") + path
+        return base.rstrip("/") + path
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +117,11 @@ def _status_outcome(status: int) -> str:
 
 
 class StreamClient:
-    """Sends streaming completions and measures them; use as an async context manager."""
+    """Sends completions and measures them; use as an async context manager.
+
+    ``request`` is the body's format (streaming, usage, output-length and extra fields);
+    ``start`` is the first URL of the round robin (the worker index spreads workers out).
+    """
 
     def __init__(
         self,
@@ -99,37 +129,34 @@ class StreamClient:
         *,
         request_timeout: float,
         connect_timeout: float = 10.0,
+        request: RequestFormat | None = None,
+        start: int = 0,
         count_tokens: Callable[[str], int] | None = None,
     ) -> None:
         self.target = target
+        fmt = self.request = request or RequestFormat()
+        self._stream = fmt.stream
         # counts an answer's tokens when the server reports no usage (else: stream chunks)
         self._count_tokens = count_tokens
         self._timeout = request_timeout
         self._timeout_ns = int(request_timeout * 1e9)
         self._connect_timeout = connect_timeout
-        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        accept = "text/event-stream" if fmt.stream else "application/json"
+        headers = {"Content-Type": "application/json", "Accept": accept}
         if target.api_key:
-            self._headers["Authorization"] = f"Bearer {target.api_key}"
-        self._pool: Pool | None = None
+            headers["Authorization"] = f"Bearer {target.api_key}"
+        for name, value in target.headers.items():  # the spec's headers win, in any case
+            for k in [k for k in headers if k.lower() == name.lower()]:
+                del headers[k]
+            headers[name] = value
+        self._headers = headers
+        self._pools: list[Pool] = []
+        self._closed_attempts = (0, 0)  # (attempts, failures) of pools already closed
+        self._rr = start  # the next URL of the round robin
         self._before_read: Callable[[], None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._calls: set[_Call] = set()  # in flight, with their deadlines
-        encode = self._encode = msgspec.json.Encoder().encode
-        # The body is these halves around the JSON-encoded prompt (see ``body``).
-        common = {
-            "model": target.model,
-            "max_tokens": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "ignore_eos": True,
-        }
-        if target.api == "chat":
-            self._prompt_tpl = _template(
-                encode({"messages": [{"role": "user", "content": "\x00"}], **common})
-            )
-            self._messages_tpl = _template(encode({"messages": "\x00", **common}))
-        else:
-            self._prompt_tpl = _template(encode({"prompt": "\x00", **common}))
+        self._template = BodyTemplate(target.model, target.api, fmt)
         #: Requests currently in flight.
         self.in_flight = 0
         # Receive lags (wall ns, from ``benchop_sent_ns``, one per read) of finished
@@ -146,14 +173,35 @@ class StreamClient:
     @before_read.setter
     def before_read(self, hook: Callable[[], None] | None) -> None:
         self._before_read = hook
-        if self._pool is not None:
-            self._pool.before_read = hook
+        for pool in self._pools:
+            pool.before_read = hook
+
+    @property
+    def pools(self) -> list[Pool]:
+        """One connection pool per base URL (``target.bases``), while open."""
+        return self._pools
+
+    @property
+    def connect_attempts(self) -> int:
+        """TCP connects tried so far, over every URL (requests and checks)."""
+        return sum(p.attempts for p in self._pools) + self._closed_attempts[0]
+
+    @property
+    def connect_failures(self) -> int:
+        return sum(p.failures for p in self._pools) + self._closed_attempts[1]
 
     async def __aenter__(self) -> StreamClient:
-        self._pool = Pool(
-            self.target.endpoint, headers=self._headers, connect_timeout=self._connect_timeout
-        )
-        self._pool.before_read = self._before_read
+        self._pools = [
+            Pool(
+                self.target.endpoint_of(base),
+                headers=self._headers,
+                connect_timeout=self._connect_timeout,
+                ssl_context=self.target.ssl_context,
+            )
+            for base in self.target.bases
+        ]
+        for pool in self._pools:
+            pool.before_read = self._before_read
         self._watchdog = asyncio.create_task(self._expire())
         return self
 
@@ -164,9 +212,10 @@ class StreamClient:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        self._closed_attempts = (self.connect_attempts, self.connect_failures)
+        for pool in self._pools:
+            pool.close()
+        self._pools = []
 
     def take_recv_lags(self) -> npt.NDArray[np.int64]:
         """The receive lags (ns) recorded since the last call, and start afresh."""
@@ -174,18 +223,14 @@ class StreamClient:
         return np.frombuffer(lags, dtype=np.int64)
 
     def body(self, prompt: str, max_tokens: int) -> bytes:
-        """The JSON request body for ``api``: streaming, usage included, ``ignore_eos``; the
-        prompt is the one user message (chat) or the prompt (completions).
-
-        Only the prompt is encoded per call; the rest is a template built once.
-        """
-        return _fill(self._prompt_tpl, self._encode(prompt), max_tokens)
+        """The JSON request body for ``api`` in the client's format (``request``), with every
+        output-length field set to ``max_tokens``; the prompt is the one user message (chat) or
+        the prompt (completions). Only the prompt is encoded per call."""
+        return self._template.body(prompt, max_tokens)
 
     def body_messages(self, messages: list[dict[str, str]], max_tokens: int) -> bytes:
         """The chat request body with these ``messages`` (``{"role", "content"}`` dicts)."""
-        if self.target.api != "chat":
-            raise ValueError("messages need the chat API")
-        return _fill(self._messages_tpl, self._encode(messages), max_tokens)
+        return self._template.body_messages(messages, max_tokens)
 
     async def _expire(self) -> None:
         """Cancel requests past their deadline (one timer for all, ~10 checks per timeout)."""
@@ -210,10 +255,12 @@ class StreamClient:
         input_words: int,
         sink: Sink,
         trigger: SendTrigger | None = None,
+        endpoint: int | None = None,
         keep_text: bool = False,
     ) -> str | None:
         """Send one request and call ``sink`` once with its record; never raises
-        (except ``CancelledError``, after the sink ran). With ``keep_text``, returns the
+        (except ``CancelledError``, after the sink ran). It goes to the next base URL in turn,
+        or to ``endpoint`` (an index of ``target.bases``). With ``keep_text``, returns the
         answer's text when the request succeeded (else None).
 
         With an open loop's ``trigger``, the request is sent when the trigger fires (written
@@ -222,9 +269,17 @@ class StreamClient:
         request whose trigger was cancelled before it fired was never sent: no record, and a
         cancellation before the send propagates without one.
         """
-        pool = self._pool
-        assert pool is not None, "use StreamClient as an async context manager"
-        c = _Call()
+        pools = self._pools
+        assert pools, "use StreamClient as an async context manager"
+        if endpoint is None:
+            if len(pools) == 1:
+                endpoint = 0
+            else:
+                endpoint = self._rr % len(pools)
+                self._rr += 1
+        pool = pools[endpoint]
+        c = _Call(self._stream)
+        c.endpoint = endpoint
         c.task = task = _current_task()
         c.trigger = trigger
         c.keep_text = keep_text or self._count_tokens is not None
@@ -277,15 +332,20 @@ class StreamClient:
         ttft = None
         itl: list[int] = []
         out_tokens = 0
+        chunks = 0
         in_tokens = input_words
         from_usage = False
+        finish = None
         parser = c.parser
         if parser is not None:
             if parser.first_ns >= 0:
                 ttft = parser.first_ns - t0
             itl = parser.itl_ns
             out_tokens = parser.n_tokens
-            self.chunks += parser.n_tokens
+            finish = parser.finish_reason
+            if c.stream:
+                chunks = parser.n_tokens
+                self.chunks += chunks
             if parser.usage_completion is not None:
                 out_tokens = parser.usage_completion
                 from_usage = True
@@ -312,6 +372,10 @@ class StreamClient:
             tokens_from_usage=from_usage,
             send_lag_ns=None if trigger is None else t0 - trigger.scheduled_ns,
             delayed=trigger is not None and trigger.delayed,
+            finish_reason=finish,
+            chunks=chunks,
+            stream=c.stream,
+            endpoint=c.endpoint,
         )
         try:
             sink(rec)
@@ -325,6 +389,7 @@ class _Call:
 
     __slots__ = (
         "deadline",
+        "endpoint",
         "error",
         "error_body",
         "finished",
@@ -332,6 +397,7 @@ class _Call:
         "outcome",
         "parser",
         "status",
+        "stream",
         "t_end",
         "task",
         "timed_out",
@@ -339,18 +405,20 @@ class _Call:
         "wall_offset",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, stream: bool = True) -> None:
+        self.stream = stream
+        self.endpoint = 0
         self.task: asyncio.Task[Any] | None = None
         self.deadline = 0  # perf_counter_ns after which the watchdog cancels it
         self.trigger: SendTrigger | None = None  # open loop: the deadline counts from its send
         self.wall_offset = 0  # wall ns - perf_counter ns, for the receive lag
         self.timed_out = False
-        self.keep_text = False  # keep the answer's text (StreamParser.text)
+        self.keep_text = False  # keep the answer's text (the parser's text)
         self.status = 0  # HTTP status; 0 until headers arrived
         self.outcome = "other"
         self.error: str | None = None
         self.error_body: bytes | None = None  # start of a non-200 body
-        self.parser: StreamParser | None = None
+        self.parser: StreamParser | ResponseParser | None = None
         self.finished = False  # ended (outcome set): later errors do not change it
         self.t_end = 0
 
@@ -358,6 +426,13 @@ class _Call:
         self.status = status
         if status != 200:
             self.error_body = b""
+            return False
+        if not self.stream:
+            if content_type[:16].lower() != "application/json":
+                why = f"expected application/json, got {content_type[:80]!r}"
+                self.end("malformed_stream", why)
+                return True
+            self.parser = ResponseParser(self.wall_offset, self.keep_text)
             return False
         if content_type[:17].lower() != "text/event-stream":
             self.end("malformed_stream", f"expected text/event-stream, got {content_type[:80]!r}")
@@ -382,8 +457,12 @@ class _Call:
         """The response ended (or was abandoned) without a transport error."""
         if self.finished:
             return
-        if self.parser is not None:
-            self.end(*_stream_outcome(self.parser))
+        p = self.parser
+        if isinstance(p, ResponseParser):
+            p.close()  # the whole answer is in: it ended at its last read
+            self.end(*_stream_outcome(p), p.last_ns if p.last_ns >= 0 else None)
+        elif p is not None:
+            self.end(*_stream_outcome(p))
         elif self.error_body is not None:
             self.end(_status_outcome(self.status), self.error_body.decode("utf-8", "replace"))
         else:
@@ -400,20 +479,7 @@ class _Call:
             self.end(outcome, error)
 
 
-def _template(whole: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    """A body split around its ``"\\u0000"`` placeholder and its ``max_tokens`` value:
-    (head, middle, ``"max_tokens":``, tail)."""
-    head, _, tail = whole.partition(b'"\\u0000"')
-    a, key, b = tail.partition(b'"max_tokens":0')
-    return head, a, key[:-1], b
-
-
-def _fill(tpl: tuple[bytes, bytes, bytes, bytes], value: bytes, max_tokens: int) -> bytes:
-    head, a, key, b = tpl
-    return b"".join((head, value, a, key, b"%d" % max_tokens, b))
-
-
-def _stream_outcome(p: StreamParser) -> tuple[str, str | None]:
+def _stream_outcome(p: StreamParser | ResponseParser) -> tuple[str, str | None]:
     if p.malformed is not None:
         return "malformed_stream", p.malformed[:_ERROR_CHARS]
     if p.error is not None:
@@ -421,9 +487,16 @@ def _stream_outcome(p: StreamParser) -> tuple[str, str | None]:
         outcome = _status_outcome(code) if code is not None else "other"
         return outcome, p.error[:_ERROR_CHARS]
     if not p.done:
+        if p.n_chunks == 0:
+            return "disconnected", "stream ended without [DONE] and without any event"
         return "disconnected", "stream ended without [DONE]"
+    if p.finish_reason is None:
+        return "truncated", (
+            f"[DONE] after {p.n_tokens} content chunks but no finish_reason: the server cut "
+            "the answer short"
+        )
     if p.n_tokens == 0:
-        return "malformed_stream", "stream had no content"
+        return "malformed_stream", NO_CONTENT
     return OK, None
 
 

@@ -109,7 +109,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="this pod's identity, the same across container restarts (env BENCHOP_POD_UID; "
         "default: a random one)",
     )
-    parser.add_argument("--target-url", default=None, help="override spec.target.url")
+    parser.add_argument("--target-url", default=None, help="override spec.target.url (and urls)")
+    parser.add_argument(
+        "--secrets-dir",
+        type=Path,
+        default=env("BENCHOP_SECRETS_DIR") or None,
+        help="Secrets of the spec as DIR/<secret>/<key> files: the TLS files, and header "
+        "values not in the environment (env BENCHOP_SECRETS_DIR)",
+    )
     parser.add_argument(
         "--api-key-env",
         default="BENCHOP_API_KEY",
@@ -163,6 +170,7 @@ def _config(args: argparse.Namespace) -> WorkerConfig:
         target_url=args.target_url,
         # a Secret made with `echo key | base64` ends in a newline: never part of a key
         api_key=(os.environ.get(args.api_key_env) or "").strip() or None,
+        secrets_dir=args.secrets_dir,
         gate_endpoint=args.gate_endpoint or None,
         snapshot_endpoint=args.snapshot_endpoint or None,
         curve_server_key=args.curve_server_key or None,

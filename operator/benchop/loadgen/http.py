@@ -13,7 +13,13 @@ for ``https``) a read's time is when ``data_received`` ran.
 
 Not supported, as a model server needs none of it: proxies, redirects (a 3xx is an
 answer like any other), compression (no ``Accept-Encoding`` is sent), HTTP/2. ``https``
-URLs use the system's CA store.
+URLs use the given ``ssl.SSLContext`` (a CA bundle, a client certificate; see
+:mod:`benchop.loadgen.request`), else the system's CA store.
+
+Connect failures back off: after one, the next connect waits 50 ms, doubling up to 1 s while
+they keep failing, and only one request at a time tries (the others wait for it and fail with
+its error, or connect once it succeeded). A dead target costs a worker about one connect
+attempt per second, not one per request (``attempts`` and ``failures`` count them).
 
 An open-loop request can be written at its send time by a callback rather than by its
 task (a loop iteration later): :meth:`Pool.request` takes a
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import platform
 import socket
 import ssl
@@ -50,10 +57,32 @@ from benchop.loadgen.trigger import SendTrigger
 __all__ = ["BadResponse", "ConnectError", "Disconnected", "Handler", "NotSent", "Pool"]
 
 _perf_ns = time.perf_counter_ns
+BACKOFF_MIN_S = 0.05
+"""Wait before the connect after a failed one; doubles with each failure in a row ..."""
+BACKOFF_MAX_S = 1.0
+"""... up to this: a dead target gets about one connect attempt per second per pool."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``ECONNREFUSED: [Errno 111] Connect call failed ...``: the errno's name, then the text."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's, not the OS's
+        return text
+    name = errno.errorcode.get(exc.errno) if isinstance(exc.errno, int) else None
+    return f"{name}: {text}" if name else text
 
 
 class ConnectError(Exception):
-    """No connection: refused, unreachable, name not resolved, TLS failed, or timed out."""
+    """No connection: refused, unreachable, name not resolved, TLS failed, or timed out.
+
+    ``errno`` is the OS error number when there was one; ``tls`` is True when the TCP
+    connection was made and the TLS handshake failed.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None, tls: bool = False) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.tls = tls
 
 
 class Disconnected(Exception):
@@ -94,7 +123,12 @@ class Pool:
     """
 
     def __init__(
-        self, url: str, *, headers: Mapping[str, str], connect_timeout: float = 10.0
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        connect_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         u = urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
@@ -103,25 +137,52 @@ class Pool:
             port = u.port
         except ValueError as exc:
             raise ValueError(f"target URL {url!r}: {exc}") from None
+        self.url = url
         self._host = u.hostname
         self._port = port or (443 if u.scheme == "https" else 80)
-        self._ssl = ssl.create_default_context() if u.scheme == "https" else None
+        #: ``host:port`` for messages.
+        self.where = f"{self._host}:{self._port}"
+        self._ssl = (ssl_context or ssl.create_default_context()) if u.scheme == "https" else None
         self._connect_timeout = connect_timeout
         host = u.netloc.rpartition("@")[2]  # never send user:password@ in Host
         target = (u.path or "/") + (f"?{u.query}" if u.query else "")
-        lines = [f"POST {target} HTTP/1.1", f"Host: {host}", f"User-Agent: benchop/{__version__}"]
+        lines = [f"Host: {host}", f"User-Agent: benchop/{__version__}"]
         for k, v in headers.items():
             if any(c in k or c in v for c in "\r\n\x00"):  # would split the request
                 raise ValueError(f"header {k!r}: the name or value holds CR, LF or NUL")
             lines.append(f"{k}: {v}")
-        self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        self._lines = lines
+        self._head = self._request_head("POST", target, lines)
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
         #: Called before each read of any connection is handled (e.g. ``OpenLoop.poll``).
         self.before_read: Callable[[], None] | None = None
+        #: Connects attempted and failed (requests, checks), for the worker's counters.
+        self.attempts = 0
+        self.failures = 0
+        self._streak = 0  # rounds of failed connects in a row
+        self._next_ns = 0  # while failing: no connect before this perf_counter_ns
+        self._probe: asyncio.Future[bool | None] | None = None  # the one connect while failing
+        self._last_error: ConnectError | None = None
+
+    @staticmethod
+    def _request_head(method: str, target: str, lines: list[str]) -> bytes:
+        head = f"{method} {target} HTTP/1.1\r\n" + "\r\n".join(lines) + "\r\nContent-Length: "
+        return head.encode("latin-1")
+
+    def head_for(self, method: str, target: str, *, accept: str = "application/json") -> bytes:
+        """The start of another request to this host (:meth:`request`'s ``head``): same headers,
+        ``Accept`` replaced."""
+        lines = [x for x in self._lines if not x.lower().startswith("accept:")]
+        return self._request_head(method, target, [*lines, f"Accept: {accept}"])
 
     async def request(
-        self, body: bytes, handler: Handler, trigger: SendTrigger | None = None
+        self,
+        body: bytes,
+        handler: Handler,
+        trigger: SendTrigger | None = None,
+        *,
+        head: bytes | None = None,
     ) -> None:
         """POST ``body`` and feed the response to ``handler`` until it ends or is abandoned.
 
@@ -137,7 +198,7 @@ class Pool:
         conn = idle.pop() if idle else None
         while conn is not None and conn.lost:  # closed by the server while idle
             conn = idle.pop() if idle else None
-        data = b"".join((self._head, b"%d\r\n\r\n" % len(body), body))
+        data = b"".join((head or self._head, b"%d\r\n\r\n" % len(body), body))
         if conn is None:  # with a trigger: connect ahead of the send time
             started = _perf_ns()
             had_fired = trigger is not None and _has_fired(trigger)
@@ -179,9 +240,74 @@ class Pool:
         else:
             conn.close()
 
+    async def connect_idle(self) -> None:
+        """Open one connection and keep it for the next request (the preflight's TCP check).
+        Raises :class:`ConnectError`."""
+        self._idle.append(await self._connect())
+
+    async def fetch(
+        self, method: str, target: str, *, body: bytes = b"", limit: int = 65536
+    ) -> tuple[int, str, bytes]:
+        """One request other than the benchmark's POST (e.g. ``GET /v1/models``): its status,
+        content type and the first ``limit`` bytes of its body. Raises like :meth:`request`."""
+        h = _Collect(limit)
+        await self.request(body, h, head=self.head_for(method, target))
+        return h.status, h.content_type, bytes(h.body)
+
     async def _connect(self) -> _Conn:
+        """A new connection, with the backoff of the module doc while connects fail."""
+        while self._streak:
+            probe = self._probe
+            if probe is None:
+                return await self._probe_connect()
+            outcome = await asyncio.shield(probe)  # True: connected, False: failed, None: gone
+            if outcome is False and self._last_error is not None:
+                e = self._last_error
+                raise ConnectError(
+                    f"{e} (backing off: {self._streak} connect rounds failed in a row)",
+                    errno=e.errno,
+                    tls=e.tls,
+                )
+        return await self._attempt()
+
+    async def _probe_connect(self) -> _Conn:
+        """The one connect while failing, at its backoff time; the others wait for it."""
+        fut: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._probe = fut
+        outcome: bool | None = None
+        try:
+            delay = (self._next_ns - _perf_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
+            conn = await self._attempt()
+            outcome = True
+            return conn
+        except ConnectError:
+            outcome = False
+            raise
+        finally:
+            self._probe = None
+            fut.set_result(outcome)
+
+    async def _attempt(self) -> _Conn:
+        """One connect, counted; a failure moves the backoff on, a success resets it."""
+        self.attempts += 1
+        streak = self._streak  # connects started together (the first wave) count as one
+        try:
+            conn = await self._connect_once()
+        except ConnectError as exc:
+            self.failures += 1
+            self._streak = max(self._streak, streak + 1)
+            self._last_error = exc
+            wait = min(BACKOFF_MIN_S * 2 ** min(self._streak - 1, 16), BACKOFF_MAX_S)
+            self._next_ns = _perf_ns() + int(wait * 1e9)
+            raise
+        self._streak = 0
+        return conn
+
+    async def _connect_once(self) -> _Conn:
         loop = asyncio.get_running_loop()
-        where = f"{self._host}:{self._port}"
+        where = self.where
         try:
             async with asyncio.timeout(self._connect_timeout):
                 if self._ssl is None and _KERNEL_TIMESTAMPS:
@@ -191,9 +317,13 @@ class Pool:
                 )
         except TimeoutError:
             why = f"connect to {where} timed out after {self._connect_timeout:g}s"
-            raise ConnectError(why) from None
+            raise ConnectError(why, errno=errno.ETIMEDOUT) from None
         except OSError as exc:  # refused, unreachable, DNS (gaierror), TLS (SSLError)
-            raise ConnectError(f"cannot connect to {where}: {exc}") from exc
+            raise ConnectError(
+                f"cannot connect to {where}: {describe_os_error(exc)}",
+                errno=None if isinstance(exc, ssl.SSLError) or exc.errno is None else exc.errno,
+                tls=isinstance(exc, ssl.SSLError),
+            ) from exc
         return conn
 
     async def _connect_timestamped(self, loop: asyncio.AbstractEventLoop) -> _Conn:
@@ -225,6 +355,27 @@ class Pool:
         for conn in list(self._all):
             conn.close()
         self._idle.clear()
+
+
+class _Collect:
+    """A :class:`Handler` that keeps the status, content type and start of the body."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.status = 0
+        self.content_type = ""
+        self.body = bytearray()
+
+    def on_headers(self, status: int, content_type: str) -> bool:
+        self.status = status
+        self.content_type = content_type
+        return False
+
+    def on_body(self, data: bytes, t_ns: int) -> bool:
+        room = self.limit - len(self.body)
+        if room > 0:
+            self.body += data[:room]
+        return False
 
 
 def _has_fired(trigger: SendTrigger) -> bool:

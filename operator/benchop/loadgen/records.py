@@ -66,6 +66,10 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     send_lag_ns: int | None = None  # open loop only: actual - scheduled send time
     delayed: bool = False  # open loop: waited for a slot under maxInFlight
     good: bool = False  # ok and met every SLO given
+    finish_reason: str | None = None  # of the last choice that had one
+    chunks: int = 0  # streamed: chunks with content (several tokens each on some servers)
+    stream: bool = True  # False: one JSON answer, TTFT = E2E, no ITL
+    endpoint: int = 0  # index of the base URL (spec.target.urls) it went to
     # What the workload sent (benchop.loadgen.workload):
     prompt_tokens: int | None = None  # the prompt's tokens as benchop counts them
     max_tokens: int | None = None  # the output length asked for (max_tokens)
@@ -84,8 +88,9 @@ class Slo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def tpot_ns(rec: RequestRecord) -> int | None:
-    """Time per output token after the first: ``(e2e - ttft) // (output_tokens - 1)``."""
-    if rec.ttft_ns is None or rec.output_tokens < 2:
+    """Time per output token after the first: ``(e2e - ttft) // (output_tokens - 1)``; None
+    for a non-streamed answer (its tokens arrived together)."""
+    if rec.ttft_ns is None or rec.output_tokens < 2 or not rec.stream:
         return None
     return (rec.e2e_ns - rec.ttft_ns) // (rec.output_tokens - 1)
 
@@ -116,7 +121,9 @@ def new_registry() -> Registry:
         names.GOOD,
         names.OUTPUT_TOKENS_TOTAL,
         names.INPUT_TOKENS_TOTAL,
-        names.USAGE_COUNTED,
+        names.BENCHOP_COUNTED,
+        names.NOT_STREAMED,
+        names.CONTENT_CHUNKS,
         DELAYED,
     ):
         reg.counter(c)
@@ -144,12 +151,18 @@ def record_into(reg: Registry, rec: RequestRecord) -> None:
         reg.counter(names.failed(reason)).inc()
         return
     reg.counter(names.REQUESTS_OK).inc()
-    if rec.tokens_from_usage:
-        reg.counter(names.USAGE_COUNTED).inc()
     if rec.good:
         reg.counter(names.GOOD).inc()
     reg.counter(names.OUTPUT_TOKENS_TOTAL).inc(rec.output_tokens)
     reg.counter(names.INPUT_TOKENS_TOTAL).inc(rec.input_tokens)
+    if not rec.tokens_from_usage:  # the uncommon cases are counted, the common ones derived
+        reg.counter(names.BENCHOP_COUNTED).inc()
+    if rec.stream:
+        reg.counter(names.CONTENT_CHUNKS).inc(rec.chunks)
+    else:
+        reg.counter(names.NOT_STREAMED).inc()
+    if rec.finish_reason is not None:
+        reg.counter(names.finished(rec.finish_reason)).inc()
     if rec.ttft_ns is not None:
         reg.series(names.TTFT).record(rec.ttft_ns)
     if rec.itl_ns:

@@ -32,7 +32,7 @@ from typing import Any
 
 from benchagent.codec import MsgpackCodec
 from benchagent.transport import Publisher
-from benchagent.wire import MetricsSnapshot, SeriesSummary, SnapshotState, TimelineRow
+from benchagent.wire import MetricsSnapshot, SeriesSummary, SnapshotState, TimelineRow, WorkerAbort
 from benchop.atomicio import write_atomic
 from benchop.metrics import Registry
 from benchop.metrics.stats import summarize
@@ -78,6 +78,10 @@ class Snapshots:
         self._task: asyncio.Task[None] | None = None
         self.state: SnapshotState = "LIVE"
         self.published = 0
+        #: Set by the worker when it ends the run early; in every snapshot from then on.
+        self.abort: WorkerAbort | None = None
+        #: Notes for the results (e.g. the preflight's); in every snapshot.
+        self.warnings: list[str] = []
 
     def start(self) -> None:
         """Start the tick task (needs a running loop)."""
@@ -142,6 +146,8 @@ class Snapshots:
             gauges=gauges,
             series=series,
             interrupted=interrupted,
+            abort=self.abort,
+            warnings=list(self.warnings),
             attempt=self._attempt,
             incarnation=self._incarnation,
         )
@@ -210,7 +216,9 @@ def summary(snap: MetricsSnapshot, limit: int = TERMINATION_LIMIT) -> dict[str, 
     """A compact summary of a snapshot whose JSON fits in ``limit`` bytes.
 
     Non-zero counters, gauges, and count/p50/p99 of each non-empty series (in
-    the series' unit); parts are dropped (gauges, then series) if too long.
+    the series' unit), the abort (if any, its message cut to 1000 characters) and up to three
+    warnings; parts are dropped (warnings, gauges, series, counters) if too long — the abort
+    never is.
     """
     series: dict[str, dict[str, float]] = {}
     for name, s in snap.series.items():
@@ -230,8 +238,12 @@ def summary(snap: MetricsSnapshot, limit: int = TERMINATION_LIMIT) -> dict[str, 
         "gauges": {k: round(v, 3) for k, v in snap.gauges.items()},
         "series": series,
     }
-    for key in ("gauges", "series", "counters"):
+    if snap.abort is not None:
+        out["abort"] = {"reason": snap.abort.reason, "message": snap.abort.message[:1000]}
+    if snap.warnings:
+        out["warnings"] = [w[:300] for w in snap.warnings[:3]]
+    for key in ("warnings", "gauges", "series", "counters"):
         if len(json.dumps(out, separators=(",", ":"))) <= limit:
             break
-        out.pop(key)
+        out.pop(key, None)
     return out

@@ -6,14 +6,23 @@ of a small typed msgspec decoder (about 10x cheaper than ``json.loads`` plus
 dict lookups); the content of every chunk is decoded. A chunk counts as a
 token when it carries content (chat ``delta.content``; reasoning as
 ``delta.reasoning`` (vLLM since late 2025) or ``delta.reasoning_content``
-(DeepSeek, SGLang, llama.cpp, older vLLM); completions ``text``); the time of
-the read that delivered it is its arrival time, so tokens of one read have gaps of 0.
+(DeepSeek, SGLang, llama.cpp, older vLLM); tool-call deltas ``delta.tool_calls``;
+completions ``text``); the time of the read that delivered it is its arrival time, so
+tokens of one read have gaps of 0 (a server that sends several tokens per chunk, as
+TensorRT-LLM with speculative decoding does, gives one gap per chunk).
 ``usage`` is taken from whichever chunk has it (the last one, with
-``stream_options.include_usage``). With ``keep_text``, the answer's text (chat
-``delta.content``, completions ``text``; not reasoning) is kept in ``text``, for
-multi-turn replay and for counting tokens the server did not report. A token count or
-stamp outside 0..2**62 makes its chunk undecodable (the stream is malformed), never a
-number that overflows later.
+``stream_options.include_usage``); ``finish_reason`` from the last choice that has one.
+With ``keep_text``, the answer's text (chat ``delta.content``, completions ``text``; not
+reasoning or tool calls) is kept in ``text``, for multi-turn replay and for counting tokens
+the server did not report.
+
+What the parser does not understand ends the stream as ``malformed`` (the client counts
+a ``malformed_stream`` failure), never a silently wrong number: an undecodable chunk, a
+chunk with none of ``choices``, ``usage`` or ``error``, a choice with none of ``delta``,
+``text`` or ``finish_reason``, a token count or stamp outside 0..2**62 (rather than a
+number that overflows later). An ``error`` object inside the stream (vLLM, SGLang,
+llama.cpp's server; a plain string from TGI) ends it with the server's message; ``done``
+then stays False however the bytes were split (an error and ``[DONE]`` in one read or two).
 The receive lag (mock server only: it stamps ``benchop_sent_ns``) is one value
 per read: the read's time minus the stamp of its first, oldest chunk.
 
@@ -28,9 +37,10 @@ True
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 __all__ = ["StreamParser"]
 
@@ -45,11 +55,13 @@ class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
     reasoning: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[Any] | None = None
 
 
 class _Choice(msgspec.Struct, gc=False):
     delta: _Delta | None = None
     text: str | None = None
+    finish_reason: str | None = None
 
 
 class _Usage(msgspec.Struct, gc=False):
@@ -63,7 +75,7 @@ class _Error(msgspec.Struct, gc=False):
 
 
 class _Chunk(msgspec.Struct, gc=False):
-    choices: list[_Choice] = []
+    choices: list[_Choice] | UnsetType = UNSET
     usage: _Usage | None = None
     error: _Error | str | None = None
     benchop_sent_ns: _Stamp | None = None
@@ -74,6 +86,7 @@ _decode_many = msgspec.json.Decoder(list[_Chunk]).decode
 _DecodeError = msgspec.DecodeError
 _DONE_EVENT = b"data: [DONE]\n\n"
 _SEP = b",       "  # as long as b"\n\ndata: ": a same-length replace is the cheapest
+_EXCERPT = 160  # bytes of a read quoted in a malformed-stream message
 
 
 def _zeros(n: int) -> list[int]:
@@ -94,10 +107,12 @@ class StreamParser:
         "done",
         "error",
         "error_code",
+        "finish_reason",
         "first_ns",
         "itl_ns",
         "last_ns",
         "malformed",
+        "n_chunks",
         "n_tokens",
         "recv_lag_ns",
         "text",
@@ -116,6 +131,8 @@ class StreamParser:
         self.last_ns = -1
         self.itl_ns: list[int] = []
         self.n_tokens = 0  # chunks with content
+        self.n_chunks = 0  # JSON chunks decoded (any content)
+        self.finish_reason: str | None = None  # of the last choice that had one
         self.recv_lag_ns: list[int] = []
         self.usage_prompt: int | None = None
         self.usage_completion: int | None = None
@@ -156,7 +173,7 @@ class StreamParser:
             except _DecodeError:
                 pass
             else:
-                return self._on_chunks(chunks, t_ns) or stop
+                return self._on_chunks(chunks, t_ns, buf) or stop
         return self._by_lines(buf, t_ns) or stop
 
     def _by_lines(self, buf: bytes, t_ns: int) -> bool:
@@ -172,7 +189,7 @@ class StreamParser:
             chunks = _decode_many(b"[" + b",".join(payloads) + b"]")
         except _DecodeError:
             return self._one_by_one(payloads, t_ns)
-        return self._on_chunks(chunks, t_ns) or stop
+        return self._on_chunks(chunks, t_ns, buf) or stop
 
     def _one_by_one(self, payloads: list[bytes], t_ns: int) -> bool:
         """The slow path after a failed batch decode: find the bad chunk."""
@@ -181,35 +198,62 @@ class StreamParser:
             try:
                 chunk = _decode(payload)
             except _DecodeError as exc:
-                self.malformed = f"undecodable chunk: {exc}"
+                return self._malformed(f"undecodable chunk: {exc}", payload)
+            if self._on_chunks([chunk], t_ns, payload):
                 return True
-            if self._on_chunks([chunk], t_ns):
-                return True
-        self.malformed = "undecodable stream"  # joined they failed, alone they did not
-        return True
+        # joined they failed, alone they did not
+        return self._malformed("undecodable stream", b"\n".join(payloads))
 
-    def _on_chunks(self, chunks: list[_Chunk], t_ns: int) -> bool:
-        """Account the chunks of one read (received at ``t_ns``); True to stop."""
+    def _on_chunks(self, chunks: list[_Chunk], t_ns: int, raw: bytes) -> bool:
+        """Account the chunks of one read (received at ``t_ns``; ``raw`` only for messages);
+        True to stop."""
         n = 0
         if chunks and (sent := chunks[0].benchop_sent_ns) is not None:
             # one receive lag per read, from its first (oldest) chunk: the read's worst
             self.recv_lag_ns.append(t_ns + self._wall_offset - sent)
+        self.n_chunks += len(chunks)
+        unset = UNSET
+        finish = None
         for chunk in chunks:
+            choices = chunk.choices
             if chunk.error is not None:
                 self._count(n, t_ns)
                 return self._on_error(chunk.error)
-            for ch in chunk.choices:
+            if choices is unset:
+                if chunk.usage is None:
+                    self._count(n, t_ns)
+                    return self._malformed("unknown chunk: no choices, usage or error", raw)
+                choices = []
+            for ch in choices:
                 d = ch.delta
-                if (d.content or d.reasoning or d.reasoning_content) if d is not None else ch.text:
+                if d is not None:
+                    if d.content or d.reasoning or d.reasoning_content or d.tool_calls:
+                        n += 1
+                elif ch.text:
                     n += 1
+                elif ch.text is None and ch.finish_reason is None:
+                    self._count(n, t_ns)
+                    return self._malformed(
+                        "unknown chunk: a choice with no delta, text or finish_reason", raw
+                    )
+                if ch.finish_reason is not None:
+                    finish = ch.finish_reason
             if self.text is not None:
-                self._keep(chunk.choices)
+                self._keep(choices)
             usage = chunk.usage
             if usage is not None:
                 self.usage_prompt = usage.prompt_tokens
                 self.usage_completion = usage.completion_tokens
+        if finish is not None:
+            self.finish_reason = finish
         self._count(n, t_ns)
         return False
+
+    def _malformed(self, why: str, raw: bytes) -> bool:
+        excerpt = raw[:_EXCERPT].decode("utf-8", "replace")
+        self.malformed = f"{why} in {excerpt!r}"
+        self.done = False
+        return True
 
     def _keep(self, choices: list[_Choice]) -> None:
         text = self.text
@@ -234,6 +278,7 @@ class StreamParser:
         self.n_tokens += n
 
     def _on_error(self, err: _Error | str) -> bool:
+        self.done = False  # an error is the outcome, whether [DONE] came in the same read
         if isinstance(err, str):
             self.error = err
         else:

@@ -1,8 +1,20 @@
-"""One load-generator worker: warmup, the START gate, profiling, the END gate, results.
+"""One load-generator worker: preflight, warmup, the START gate, profiling, the END gate,
+results.
 
 :func:`run_worker` (or :class:`Worker` for a stoppable handle) runs the
 whole worker in-process; ``benchop loadgen`` wraps it for a pod or a local
 subprocess.
+
+Preflight (:mod:`benchop.loadgen.preflight`, ``spec.preflight``): before anything else the
+worker checks the target (connect, model list, one request); a failure, or a Secret of the
+spec it cannot read, ends the worker at once with an *abort* (reason and message) in its
+final snapshot and termination message, and exit code 0 (a restart would fail the same way).
+The operator and local mode end the run on the first worker's abort.
+
+Fail-fast: the outcomes of the worker's last ``load.failureWindow`` requests (warmup and
+profiling) are kept (:class:`~benchop.loadgen.failures.FailureWindow`); when more than
+``load.maxFailureRatio`` of them failed, the worker stops admitting requests, drains the ones
+in flight and ends with the abort ``FailureRatioExceeded`` (not ``interrupted``: no restart).
 
 Phases. Warmup (optional) then profiling, each bounded by a request count or
 a duration, with the spec's load mode. The load of the run is split evenly
@@ -50,6 +62,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -60,14 +73,18 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from benchagent.transport import CurveEphemeral, Publisher
-from benchagent.wire import MetricsSnapshot
+from benchagent.wire import MetricsSnapshot, WorkerAbort
 from benchop.api.models import BenchmarkRunSpec, PhaseBound
 from benchop.core import resume
+from benchop.core.names import API_KEY_ENV
+from benchop.core.results import FAILURE_RATIO_EXCEEDED, SECRET_ERROR
 from benchop.core.workloadfiles import MOUNT_ROOT
 from benchop.loadgen import checkpoint as ckpt
 from benchop.loadgen.client import Ident, StreamClient, Target
+from benchop.loadgen.failures import FailureWindow
 from benchop.loadgen.gate import GateClient, GateResult
 from benchop.loadgen.load import Budget, OpenLoop, arrival_offsets, run_closed
+from benchop.loadgen.preflight import preflight
 from benchop.loadgen.records import (
     OK,
     RequestRecord,
@@ -77,6 +94,7 @@ from benchop.loadgen.records import (
     record_into,
     timeline_from,
 )
+from benchop.loadgen.request import RequestFormat, SecretMissing, resolve_headers, tls_context
 from benchop.loadgen.snapshots import Snapshots
 from benchop.loadgen.trigger import SendTrigger
 from benchop.loadgen.workload import Prompt, Workload
@@ -84,6 +102,8 @@ from benchop.metrics import names
 from benchop.metrics.series import Histogram
 from benchop.metrics.stats import decode_values
 from benchop.metrics.timeline import TimelineRow, merge_rows
+
+T = TypeVar("T")
 
 __all__ = [
     "CheckpointMismatch",
@@ -121,8 +141,10 @@ class WorkerConfig:
     run: str
     worker_index: int = 0
     workers: int | None = None  # default: spec.load.workers
-    target_url: str | None = None  # default: spec.target.url
-    api_key: str | None = field(default=None, repr=False)
+    target_url: str | None = None  # default: spec.target.url or urls
+    api_key: str | None = field(default=None, repr=False)  # default: env BENCHOP_API_KEY
+    secrets_dir: Path | None = None  # <dir>/<secret>/<key>: TLS files, else header values
+    env: dict[str, str] | None = field(default=None, repr=False)  # default: os.environ
     gate_endpoint: str | None = None
     snapshot_endpoint: str | None = None
     # The operator's CurveZMQ public key (Z85): gates and snapshots are then encrypted and sent
@@ -229,6 +251,7 @@ class FinalOutcome:
     warmup_requests: int
     warmup_ok: int
     checkpoint_write_errors: int
+    abort: WorkerAbort | None = None  # the worker ended the run early (preflight, failures)
 
     @property
     def exit_code(self) -> int:
@@ -254,9 +277,6 @@ class _Request:
         self.sink(rec)
 
 
-T = TypeVar("T")
-
-
 @dataclass(frozen=True, slots=True)
 class _Base:
     base: MetricsSnapshot | None
@@ -275,10 +295,15 @@ class Worker:
         self.workers = config.workers or spec.load.workers
         self.index = config.worker_index
         self.plan = plan_for(spec, self.index, self.workers)
-        url = config.target_url or spec.target.url
-        if not url:
-            raise ValueError("no target URL: set spec.target.url or --target-url")
-        self.target = Target(url, spec.target.model, spec.target.api, config.api_key)
+        bases = (config.target_url,) if config.target_url else tuple(spec.target.endpoints)
+        if not bases:
+            raise ValueError("no target URL: set spec.target.url (or urls) or --target-url")
+        self.bases = bases
+        self.request_format = RequestFormat.from_spec(spec)
+        self.abort: WorkerAbort | None = None
+        self._failures = FailureWindow(
+            ratio=spec.load.max_failure_ratio, size=spec.load.failure_window
+        )
         self.registry = new_registry()
         self.workload: Workload | None = None  # read in run(): it may read files
         self.phase = "starting"
@@ -352,7 +377,7 @@ class Worker:
             self.workload = await asyncio.to_thread(
                 Workload.for_worker,
                 cfg.spec.workload,
-                api=self.target.api,
+                api=cfg.spec.target.api,
                 worker=self.index,
                 workers=self.workers,
                 start=self.resumed_records,
@@ -373,19 +398,15 @@ class Worker:
             interval_s=cfg.snapshot_interval_s,
             before_snapshot=self._update_gauges,
         )
-        timeout = self.plan.request_timeout_s
-        counter = self.workload.counter
-        client = self._client = StreamClient(
-            self.target,
-            request_timeout=timeout,
-            count_tokens=None if counter.name is None else counter.count,
-        )
         # numpy loads percentile's internals on first use (~10 ms): now, not mid-profiling
         np.percentile(np.zeros(2, dtype=np.int64), 99)
         snaps.start()
         try:
-            async with client:
-                await self._phases(gate)
+            client = self._client = self._make_client()
+            if client is not None:
+                async with client:
+                    if await self._preflight(client):
+                        await self._phases(gate)
         finally:
             if self._checkpoint is not None:
                 await self._checkpoint.close()
@@ -408,14 +429,85 @@ class Worker:
             warmup_requests=self.warmup_requests,
             warmup_ok=self.warmup_ok,
             checkpoint_write_errors=self._checkpoint_errors(),
+            abort=self.abort,
         )
+
+    def _make_client(self) -> StreamClient | None:
+        """The client with the spec's headers and TLS; None (and an abort) when a Secret of
+        the spec cannot be read or used."""
+        cfg = self.config
+        spec = cfg.spec
+        env = dict(os.environ if cfg.env is None else cfg.env)
+        if cfg.api_key:
+            env[API_KEY_ENV] = cfg.api_key
+        try:
+            headers = resolve_headers(spec, env=env, secrets_dir=cfg.secrets_dir)
+            https = any(b.startswith("https://") for b in self.bases)
+            ctx = tls_context(spec.target.tls, secrets_dir=cfg.secrets_dir) if https else None
+        except (SecretMissing, ValueError) as exc:
+            self._abort(SECRET_ERROR, str(exc))
+            return None
+        target = Target(
+            self.bases[0],
+            spec.target.model,
+            spec.target.api,
+            urls=self.bases if len(self.bases) > 1 else (),
+            headers=headers,
+            ssl_context=ctx,
+        )
+        assert self.workload is not None
+        counter = self.workload.counter
+        return StreamClient(
+            target,
+            request_timeout=self.plan.request_timeout_s,
+            request=self.request_format,
+            start=self.index,
+            count_tokens=None if counter.name is None else counter.count,
+        )
+
+    async def _preflight(self, client: StreamClient) -> bool:
+        """The target's checks (``spec.preflight``); False (and an abort) when one failed."""
+        pf = self.config.spec.preflight
+        if not pf.enabled:
+            return True
+        self.phase = "preflight"
+        result = await self._until_stopped(
+            preflight(
+                client,
+                model=self.config.spec.target.model,
+                connect_s=pf.timeout.seconds,
+                http_timeout_s=self.plan.request_timeout_s,
+                worker=self.index,
+            )
+        )
+        if result is None:  # stopped meanwhile
+            return False
+        assert self._snaps is not None
+        for w in result.warnings:
+            log.warning("preflight: %s", w)
+        self._snaps.warnings = list(result.warnings)
+        if not result.ok:
+            self._abort(result.reason, result.message)
+            return False
+        log.info("preflight passed in %.2fs", result.seconds)
+        return True
+
+    def _abort(self, reason: str, message: str) -> None:
+        """End the run early: admit no more requests, drain, skip the gates still to come."""
+        if self.abort is not None:
+            return
+        log.error("ending the run: %s: %s", reason, message)
+        self.abort = WorkerAbort(reason=reason, message=message)
+        if self._snaps is not None:
+            self._snaps.abort = self.abort
+        self._stop_event.set()
 
     async def _phases(self, gate: GateClient) -> None:
         point = self._resume
         if not point.warmup_done and self.plan.warmup is not None:
             self.phase = "warmup"
             await self._run_phase(self.plan.warmup, self._warmup_sink, WARMUP_ATTEMPT, 0.0)
-        if self.interrupted:
+        if self.interrupted or self.abort is not None:
             return
         if point.start_passed:
             log.info(
@@ -438,7 +530,7 @@ class Worker:
             already=self.resumed_records,
         )
         self._end_profiling()
-        if self.interrupted:
+        if self.interrupted or self.abort is not None:
             return
         await self._save_state()
         self.phase = "done"
@@ -449,7 +541,7 @@ class Worker:
             self.gates["END"] = end
 
     async def _until_stopped(self, coro: Coroutine[Any, Any, T]) -> T | None:
-        """``coro``'s result, or None when the worker is stopped first."""
+        """``coro``'s result, or None when the worker is stopped (or aborts) first."""
         task = asyncio.ensure_future(coro)
         stopper = asyncio.ensure_future(self._stop_event.wait())
         try:
@@ -472,7 +564,7 @@ class Worker:
         already: int = 0,
     ) -> None:
         """Issue the phase's requests until its bound or a stop; wait for them to finish."""
-        if self.interrupted:
+        if self.interrupted or self.abort is not None:
             return
         plan = self.plan
         snaps = self._snaps
@@ -554,6 +646,8 @@ class Worker:
         self.warmup_requests += 1
         if rec.outcome == OK:
             self.warmup_ok += 1
+        if self._failures.add(rec.outcome, rec.error):
+            self._abort(FAILURE_RATIO_EXCEEDED, self._failures.describe())
 
     def _profiling_sink(self, rec: RequestRecord) -> None:
         rec.good = is_good(rec, self.plan.slo)
@@ -562,6 +656,8 @@ class Worker:
             self._unwritten += 1
         elif self._checkpoint is not None:
             self._checkpoint.append(rec)
+        if self._failures.add(rec.outcome, rec.error):
+            self._abort(FAILURE_RATIO_EXCEEDED, self._failures.describe())
 
     # ------------------------------------------------------------------ checkpoint
 
@@ -775,7 +871,7 @@ class Worker:
             reg.gauge(names.CLIENT_CPU).set(self._final_cpu_pct)
             if self._recv_lags.count:
                 reg.gauge(names.RECV_LAG_P99).set(self._recv_lags.percentile(99) / 1e6)
-        else:
+        elif self.phase not in ("starting", "preflight"):  # a worker that never loaded has none
             if wall > 0:
                 reg.gauge(names.CLIENT_CPU).set(100.0 * cpu / wall)
             if tick.count:
@@ -785,6 +881,14 @@ class Worker:
         if errors:
             counter = reg.counter(CHECKPOINT_WRITE_ERRORS)
             counter.inc(errors - counter.value)
+        if client is not None:  # the whole worker's connects, preflight included
+            for name, value in (
+                (names.CONNECT_ATTEMPTS, client.connect_attempts),
+                (names.CONNECT_FAILURES, client.connect_failures),
+            ):
+                if value:
+                    counter = reg.counter(name)
+                    counter.inc(value - counter.value)
 
 
 async def run_worker(config: WorkerConfig) -> FinalOutcome:

@@ -103,6 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="streams the mock server serves at full speed; beyond, every stream slows in "
       "proportion, like a server with a full batch (0: unlimited; default %(default)s)",
     )  # fmt: skip
+    a("--secrets-dir", type=Path, default=os.environ.get("BENCHOP_SECRETS_DIR") or None,
+      help="the spec's Secrets as DIR/<secret>/<key> files (env BENCHOP_SECRETS_DIR)")  # fmt: skip
 
 
 def bundle_dirs(results_dir: Path | None, manifests: list[Manifest]) -> list[Path]:
@@ -140,11 +142,11 @@ async def _run_experiment(
     done: list[tuple[BenchmarkRun, LocalOutcome]] = []
     failures = 0
     points = exp.spec.points()
-    tok = exp.spec.template.workload.tokenizer
+    template = exp.spec.template
+    needed = any(not s.target.endpoints for _, s in points)
+    tok = template.workload.tokenizer  # the mock counts prompts as the workers do
     async with shared_mock(
-        opts,
-        needed=any(s.target.url is None for _, s in points),
-        tokenizer=tok.file if tok else None,
+        opts, needed=needed, model=template.target.model, tokenizer=tok.file if tok else None
     ) as opts:
         for i, (params, spec) in enumerate(points):
             label = ", ".join(f"{k}={v}" for k, v in params.items())
@@ -270,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
         live=not args.no_live and err.is_terminal,
         mock=MockConfig(ttft=args.mock_ttft, itl=args.mock_itl, capacity=args.mock_capacity),
         console=err,
+        secrets_dir=Path(args.secrets_dir) if args.secrets_dir else None,
     )
     all_docs: list[dict[str, Any]] = []
     ok = True

@@ -55,9 +55,13 @@ async def run_search(
     name = body["metadata"]["name"]
     done: list[tuple[BenchmarkRun, LocalOutcome]] = []
     probes: dict[Load, bool | None] = {}
+    target = exp.spec.template.target
     tok = exp.spec.template.workload.tokenizer  # the mock counts prompts as the workers do
     async with shared_mock(
-        opts, needed=exp.spec.template.target.url is None, tokenizer=tok.file if tok else None
+        opts,
+        needed=not target.endpoints,
+        model=target.model,
+        tokenizer=tok.file if tok else None,
     ) as opts:
         while (step := search_step(search, probes)).next is not None:
             index, value = len(done), step.next

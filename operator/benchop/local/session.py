@@ -1,6 +1,7 @@
 """One BenchmarkRun on this machine: the same pieces the operator drives, as local processes.
 
-    target   the spec's URL, or a mock model server child process (`benchop mock-server`)
+    target   the spec's URL(s), or a mock model server child process (`benchop mock-server`)
+             serving the spec's model name
     agent    one in-process node agent (simulated GPUs unless NVML loads; marked so)
     gates    a GateCoordinator on a loopback port, the agent as its only collector
     results  a Subscriber on a loopback port for the workers' snapshots
@@ -10,6 +11,14 @@ The status is built with the operator's own transitions (``benchop.core.lifecycl
 the results with the same rules (``benchop.core.results``, ``benchop.core.gpuwindow``): per
 worker the COMPLETE snapshot over pub/sub, else its ``final.msgpack``, else its latest live
 snapshot; a worker with none makes the results ``complete: false``, as in the operator.
+
+A worker that ends the run early (its preflight failed, a Secret is missing, too many requests
+failed: an *abort* in its snapshot) ends the run: the other workers are stopped (SIGTERM:
+they drain and report) and the run fails with the abort's reason, as in the operator.
+
+Secrets: the workers read ``DIR/<secret>/<key>`` files (``--secrets-dir``, default
+``$BENCHOP_SECRETS_DIR``): the layout of a mounted Secret, e.g. made with
+``kubectl get secret NAME -o json | jq -r '.data.KEY | @base64d' > DIR/NAME/KEY``.
 
 With ``bundle_dir`` set, the results bundle goes there (``benchop.core.bundle``): results.json
 and timeseries.csv from the same final snapshots, GPU columns from the local agent's samples
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -39,7 +49,7 @@ from benchagent.transport import Subscriber
 from benchagent.wire import MetricsSnapshot
 from benchop import bundle as files
 from benchop.api import conditions as c
-from benchop.api.models import BenchmarkRun, Phase, Results, to_wire
+from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, Phase, Results, to_wire
 from benchop.core import bundle, lifecycle
 from benchop.core.gaterecords import GateOutcome, gate_record, profiling_window
 from benchop.core.gpuwindow import gpu_from_status
@@ -47,8 +57,11 @@ from benchop.core.results import (
     REASONS,
     Final,
     MergedMetrics,
+    RequestInfo,
+    abort_message,
     build_final,
     final_snapshots,
+    first_abort,
     output_tokens,
     verdict,
 )
@@ -59,6 +72,7 @@ from benchop.mockserver import MockConfig, spawn_mock_server_process
 
 PHASE_ID = "profiling"
 COMPLETE_WAIT_S = 5.0  # after the workers exited, how long COMPLETE snapshots may still arrive
+ABORTED_WAIT_S = 0.5  # the same after a worker ended the run early
 
 
 @dataclass
@@ -72,6 +86,7 @@ class LocalOptions:
     live: bool = True
     mock: MockConfig = field(default_factory=MockConfig)
     console: Console = field(default_factory=lambda: Console(stderr=True))
+    secrets_dir: Path | None = None
     mock_url: str | None = None
     """A mock server already running (:func:`shared_mock`): runs without a URL use it."""
     bundle_dir: Path | None = None  # where the results bundle goes (None: nowhere)
@@ -138,27 +153,47 @@ class _Status:
 
 @contextlib.asynccontextmanager
 async def shared_mock(
-    opts: LocalOptions, needed: bool = True, tokenizer: str | None = None
+    opts: LocalOptions,
+    needed: bool = True,
+    model: str | None = None,
+    tokenizer: str | None = None,
 ) -> AsyncIterator[LocalOptions]:
     """``opts`` with one mock server for several runs (an Experiment's runs share it, as they
-    would share one real server); ``needed`` False (every run has a URL): ``opts`` as is.
-    ``tokenizer``: the runs' tokenizer.json, which the mock then counts prompts with."""
+    would share one real server), serving ``model`` and counting prompts with ``tokenizer``
+    (the runs' tokenizer.json); ``needed`` False (every run has a URL): ``opts`` as is."""
     if not needed or opts.mock_url is not None:
         yield opts
         return
-    async with _target(None, opts, tokenizer) as url:
-        yield replace(opts, mock_url=url)
+    config = _mock_config(opts, model, tokenizer)
+    proc, url = await asyncio.to_thread(spawn_mock_server_process, config)
+    try:
+        yield replace(opts, mock_url=url, mock=config)
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait)
+
+
+def _mock_config(opts: LocalOptions, model: str | None, tokenizer: str | None) -> MockConfig:
+    """The mock server's config: ``opts.mock`` serving ``model`` and counting with
+    ``tokenizer`` where given."""
+    config = opts.mock if model is None else replace(opts.mock, model=model)
+    return config if tokenizer is None else replace(config, tokenizer=tokenizer)
 
 
 @contextlib.asynccontextmanager
-async def _target(
-    url: str | None, opts: LocalOptions, tokenizer: str | None = None
-) -> AsyncIterator[str]:
-    if url is not None or opts.mock_url is not None:
-        yield url or opts.mock_url or ""
+async def _target(spec: BenchmarkRunSpec, opts: LocalOptions) -> AsyncIterator[str | None]:
+    """None when the spec names its target; else a mock server's URL: the shared one, or one
+    of its own serving the spec's model (the preflight checks the model list) and counting
+    prompts with the spec's tokenizer, as the workers do."""
+    if spec.target.endpoints:
+        yield None
         return
-    mock = opts.mock if tokenizer is None else replace(opts.mock, tokenizer=tokenizer)
-    proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, mock)
+    if opts.mock_url is not None:
+        yield opts.mock_url
+        return
+    tok = spec.workload.tokenizer
+    config = _mock_config(opts, spec.target.model, tok.file if tok else None)
+    proc, mock_url = await asyncio.to_thread(spawn_mock_server_process, config)
     try:
         yield mock_url
     finally:
@@ -213,12 +248,11 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
     spec_file = opts.results_dir / "spec.json"
     spec_file.write_text(json.dumps(to_wire(run)))
 
-    tok = spec.workload.tokenizer  # the mock counts prompts as the workers do
-    async with (
-        _target(spec.target.url, opts, tok.file if tok else None) as url,
-        _agent(opts) as agent,
-    ):
-        st.events.append(f"target {url}" + ("" if spec.target.url else " (built-in mock server)"))
+    async with _target(spec, opts) as mock_url, _agent(opts) as agent:
+        shown = (
+            mock_url + " (built-in mock server)" if mock_url else ", ".join(spec.target.endpoints)
+        )
+        st.events.append(f"target {shown}")
         agents: list[AgentEndpoint] = []
         if agent is None:
             st.events.append("no agent: GPU numbers are not measured")
@@ -255,9 +289,9 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
         )
         try:
             gpu_rec = _GpuRecorder(agent)
-            codes = await _run_workers(
+            codes, aborted = await _run_workers(
                 name,
-                url,
+                mock_url,
                 spec_file,
                 workers,
                 coordinator.endpoint,
@@ -268,7 +302,9 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
                 on_worker_died=lambda: coordinator.forget_run(name),
                 on_tick=gpu_rec.poll,
             )
-            complete = await sub.wait_for_complete(name, workers, COMPLETE_WAIT_S)
+            # after an abort the stopped workers' files are as good: no long wait
+            wait = ABORTED_WAIT_S if aborted else COMPLETE_WAIT_S
+            complete = await sub.wait_for_complete(name, workers, wait)
             latest = sub.latest(name)
         finally:
             await coordinator.close()
@@ -276,6 +312,7 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
 
     files = _results_files(opts.results_dir, [w for w in range(workers) if w not in complete])
     final = final_snapshots(workers, [("pubsub", complete), ("local", files), ("live", latest)])
+    abort = first_abort([complete, files, latest])
     results_doc = None
     results_reason = ""
     merged = None
@@ -283,12 +320,29 @@ async def run_benchmark(run: BenchmarkRun, opts: LocalOptions) -> LocalOutcome:
         gates = st.status.get("gates") or {}
         gpu = gpu_from_status(gates, output_tokens=output_tokens(final))
         results_doc, merged = build_final(
-            final, slo=spec.slo, gpu=gpu, report=spec.report, tokenizer=spec.workload.tokenizer
+            final,
+            slo=spec.slo,
+            gpu=gpu,
+            request=RequestInfo.of(spec),
+            report=spec.report,
+            tokenizer=spec.workload.tokenizer,
         )
         results_reason = REASONS[final.source]
     now = c.now_rfc3339()
     failed = {w: code for w, code in enumerate(codes) if code != 0}
-    if results_doc is None or failed:
+    if abort is not None:  # the cause: the other workers were stopped because of it
+        st.apply(
+            lifecycle.failed(
+                st.status,
+                generation=st.generation,
+                reason=abort[1].reason,
+                message=abort_message(*abort),
+                now=now,
+                results=results_doc,
+                results_reason=results_reason,
+            )
+        )
+    elif results_doc is None or failed:
         message = (
             ", ".join(f"worker {w} exited {code}" for w, code in failed.items())
             or "no worker produced a final snapshot"
@@ -402,7 +456,7 @@ def write_bundle(
 
 async def _run_workers(
     name: str,
-    url: str,
+    url: str | None,
     spec_file: Path,
     workers: int,
     gate_endpoint: str,
@@ -413,7 +467,8 @@ async def _run_workers(
     warmup: bool,
     on_worker_died: Callable[[], None],
     on_tick: Callable[[], None] = lambda: None,
-) -> list[int]:
+) -> tuple[list[int], bool]:
+    """Run the workers to their end; their exit codes, and whether one ended the run early."""
     procs: list[asyncio.subprocess.Process] = []
     logs = []
     for w in range(workers):
@@ -427,13 +482,17 @@ async def _run_workers(
             "--worker-index", str(w), "--workers", str(workers),
             "--gate-endpoint", gate_endpoint, "--snapshot-endpoint", sub.endpoint,
             "--results-dir", str(wdir), "--termination-log", str(wdir / "termination-log"),
-            "--target-url", url,
         ]  # fmt: skip
+        if url is not None:
+            cmd += ["--target-url", url]
+        if opts.secrets_dir is not None:
+            cmd += ["--secrets-dir", str(opts.secrets_dir)]
         procs.append(
             await asyncio.create_subprocess_exec(*cmd, stdout=log, stderr=subprocess.STDOUT)
         )
     ready = False
     released = False
+    aborted = False
     live = Live(console=opts.console, refresh_per_second=4, transient=False) if opts.live else None
     try:
         if live is not None:
@@ -452,6 +511,15 @@ async def _run_workers(
                         warmup=warmup,
                     )
                 )
+            if not aborted and (by := _abort_seen(latest, procs, opts.results_dir)) is not None:
+                # a worker ended the run (preflight, failures): stop the others now rather
+                # than let them wait at a gate for it or load a target the run gave up on
+                aborted = True
+                st.events.append(f"worker {by} ended the run early: stopping the others")
+                for w, p in enumerate(procs):
+                    if p.returncode is None and w != by:
+                        p.terminate()
+                on_worker_died()
             dead = [p.returncode for p in procs if p.returncode not in (None, 0)]
             if dead and not released:
                 # a worker died: release the others from the gate barrier instead of letting
@@ -482,8 +550,22 @@ async def _run_workers(
         for log in logs:
             log.close()
     codes = [await p.wait() for p in procs]
+    if aborted:  # stopped by us: their exit code says SIGTERM, not a failure of their own
+        codes = [0 if code in (128 + signal.SIGTERM, -signal.SIGTERM) else code for code in codes]
     for w, code in enumerate(codes):
         if code != 0:
             tail = (opts.results_dir / f"worker-{w}" / "worker.log").read_text()[-2000:]
             opts.console.print(f"[red]worker {w} exited {code}[/red]; its log ends:\n{tail}")
-    return codes
+    return codes, aborted
+
+
+def _abort_seen(
+    latest: dict[int, MetricsSnapshot],
+    procs: list[asyncio.subprocess.Process],
+    results_dir: Path,
+) -> int | None:
+    """The worker that reported an abort, if one did: in a live snapshot, or in the final
+    file of one that exited (its COMPLETE may not have made it over pub/sub)."""
+    exited = [w for w, p in enumerate(procs) if p.returncode is not None]
+    found = first_abort([latest, _results_files(results_dir, exited)])
+    return None if found is None else found[0]

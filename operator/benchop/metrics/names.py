@@ -29,7 +29,18 @@ REQUESTS_FAILED: Final = "requests_failed"
 GOOD: Final = "requests_good"  # succeeded and met every SLO
 OUTPUT_TOKENS_TOTAL: Final = "output_tokens_total"
 INPUT_TOKENS_TOTAL: Final = "input_tokens_total"
-USAGE_COUNTED: Final = "requests_usage_counted"  # ok requests whose counts are the server's usage
+# Ok requests without the server's usage: benchop counted their tokens (tokenizer, or
+# content chunks and prompt words). The common case (usage) is derived: ok minus these.
+BENCHOP_COUNTED: Final = "requests_benchop_counted"
+NOT_STREAMED: Final = "requests_not_streamed"  # ok requests answered as one JSON body
+CONTENT_CHUNKS: Final = "content_chunks_total"  # chunks with content of the ok streamed ones
+CONNECT_ATTEMPTS: Final = "connect_attempts"  # whole worker, every phase and the preflight
+CONNECT_FAILURES: Final = "connect_failures"
+
+# One counter per finish_reason of the ok requests: FINISH_PREFIX + reason (created when seen).
+FINISH_PREFIX: Final = "finish_"
+FINISH_REASONS: Final = ("stop", "length", "tool_calls", "content_filter", "function_call")
+"""Any other finish_reason counts as ``finish_other``."""
 
 # One counter per failure reason: FAILED_PREFIX + reason.
 FAILED_PREFIX: Final = "failed_"
@@ -40,6 +51,7 @@ FAILURE_REASONS: Final = (
     "timeout",
     "connection",
     "malformed_stream",
+    "truncated",
     "disconnected",
     "cancelled",
     "other",
@@ -48,6 +60,15 @@ FAILURE_REASONS: Final = (
 # Gauges (floats).
 CLIENT_CPU: Final = "client_cpu_pct"
 RECV_LAG_P99: Final = "recv_lag_p99_ms"
+
+
+def finished(reason: str) -> str:
+    """Counter name of one finish_reason (unknown ones are ``other``).
+
+    >>> finished("length"), finished("eos_token")
+    ('finish_length', 'finish_other')
+    """
+    return FINISH_PREFIX + (reason if reason in FINISH_REASONS else "other")
 
 
 def failed(reason: str) -> str:

@@ -17,8 +17,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from benchop.api.models import BenchmarkRun, to_wire
+from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, SecretKeyRef, to_wire
 from benchop.core.names import (
+    API_KEY_ENV,
     APP,
     COMPONENT_LABEL,
     LOADGEN,
@@ -26,7 +27,10 @@ from benchop.core.names import (
     NAME_LABEL,
     RUN_LABEL,
     RUN_NAME_ANNOTATION,
+    SECRETS_DIR,
+    header_env,
     run_label_value,
+    secret_file,
     spec_configmap_name,
 )
 from benchop.core.workloadfiles import volumes as workload_volumes
@@ -46,6 +50,8 @@ TERMINATION_LOG = "/dev/termination-log"
 CONTAINER = "loadgen"
 BACKOFF_PER_WORKER = 3
 """Container restarts allowed per worker before the Job fails (``backoffLimit = 3 * workers``)."""
+SECRET_FILE_MODE = 0o440
+"""Secret files in the pod: read-only, for the worker's user and group (fsGroup)."""
 
 
 def labels_for(run_name: str, component: str) -> dict[str, str]:
@@ -138,17 +144,11 @@ def build_loadgen_job(
         {"name": "BENCHOP_SNAPSHOT_ENDPOINT", "value": snapshot_endpoint},
         # the pod's uid: a worker tells an earlier pod of its index from itself by it
         {"name": "BENCHOP_POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+        *_secret_env(spec),
     ]
+    secret_volumes, secret_mounts = _secret_volumes(spec)
     if curve_server_key is not None:
         env.append({"name": "BENCHOP_CURVE_SERVER_KEY", "value": curve_server_key})
-    ref = spec.target.api_key_secret_ref
-    if ref is not None:  # resolved by the kubelet; the operator never reads the Secret
-        env.append(
-            {
-                "name": "BENCHOP_API_KEY",
-                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-            }
-        )
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": (pod.image if pod and pod.image else image),
@@ -163,6 +163,7 @@ def build_loadgen_job(
             results_dir,
             "--termination-log",
             TERMINATION_LOG,
+            *(["--secrets-dir", SECRETS_DIR] if secret_volumes else []),
         ],
         "env": env,
         "securityContext": {
@@ -177,6 +178,7 @@ def build_loadgen_job(
             {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
             results_mount,
             {"name": "tmp", "mountPath": "/tmp"},
+            *secret_mounts,
         ],
     }
     data = workload_volumes(spec.workload)  # a dataset or tokenizer from a ConfigMap or PVC
@@ -202,6 +204,7 @@ def build_loadgen_job(
             },
             results_volume,
             {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+            *secret_volumes,
             *(volume for volume, _ in data),
         ],
     }
@@ -248,6 +251,56 @@ def _job(
         "metadata": _metadata(run_name, name, namespace, owner, component),
         "spec": job_spec,
     }
+
+
+def _secret_env(spec: BenchmarkRunSpec) -> list[dict[str, Any]]:
+    """The API key and the Secret-valued headers as ``secretKeyRef`` env vars: resolved by the
+    kubelet, so the operator never reads a Secret (its RBAC has no access to them). A missing
+    Secret or key is ``CreateContainerConfigError``: the run fails PodConfigError."""
+
+    def ref_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+    out = []
+    if spec.target.api_key_secret_ref is not None:
+        out.append(ref_env(API_KEY_ENV, spec.target.api_key_secret_ref))
+    for i, header in enumerate(spec.target.headers or []):
+        if header.value_from is not None:
+            out.append(ref_env(header_env(i), header.value_from.secret_key_ref))
+    return out
+
+
+def _secret_volumes(spec: BenchmarkRunSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The TLS files' Secrets as volumes (only the keys used) and their mounts, at
+    ``SECRETS_DIR/<secret>/<key>`` where the worker's ``--secrets-dir`` looks. ``optional``: a
+    missing Secret or key leaves its file out, and the worker ends the run SecretError with
+    the field and the path, rather than the pod waiting in ContainerCreating."""
+    tls = spec.target.tls
+    refs = [] if tls is None else [
+        r for r in (tls.ca_secret_ref, tls.client_cert_secret_ref, tls.client_key_secret_ref)
+        if r is not None
+    ]  # fmt: skip
+    keys: dict[str, list[str]] = {}
+    for ref in refs:
+        if ref.key not in keys.setdefault(ref.name, []):
+            keys[ref.name].append(ref.key)
+    volumes, mounts = [], []
+    for i, name in enumerate(sorted(keys)):
+        volume = f"secret-{i}"
+        volumes.append(
+            {
+                "name": volume,
+                "secret": {
+                    "secretName": name,
+                    "items": [{"key": k, "path": k} for k in sorted(keys[name])],
+                    "defaultMode": SECRET_FILE_MODE,
+                    "optional": True,
+                },
+            }
+        )
+        mount = str(secret_file(SECRETS_DIR, name, "x").parent)
+        mounts.append({"name": volume, "mountPath": mount, "readOnly": True})
+    return volumes, mounts
 
 
 def _pvc_volume(claim: str) -> dict[str, Any]:

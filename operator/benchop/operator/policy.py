@@ -4,8 +4,9 @@ A run's author must not gain more than a Job author in the same namespace (docs/
 
 - the load-generator image is the operator's (``--image``) or one of ``--allowed-image``;
   ``spec.pod.image`` may name only those;
-- ``spec.target.url`` and ``spec.prometheus.url`` hosts may be restricted by allowlists
-  (``--allowed-target``, ``--allowed-prometheus``; empty = any host).
+- ``spec.target.url`` (or each of ``spec.target.urls``) and ``spec.prometheus.url`` hosts
+  may be restricted by allowlists (``--allowed-target``, ``--allowed-prometheus``; empty =
+  any host).
 
 A host allowlist holds CIDRs and hostname patterns. A literal IP in a URL (``10.0.0.7``,
 ``[fd00::7]``, and the legacy forms a resolver also reads as an IP, such as ``127.1`` or
@@ -27,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -124,9 +125,15 @@ class RunPolicy:
         return tuple(dict.fromkeys((self.image, *self.allowed_images)))
 
     def problems(
-        self, *, image: str | None, target_url: str | None, prometheus_url: str | None
+        self,
+        *,
+        image: str | None,
+        target_url: str | None,
+        prometheus_url: str | None,
+        target_urls: Sequence[str] = (),
     ) -> list[str]:
-        """What a run asks beyond the allowlists, one message per field (empty: allowed)."""
+        """What a run asks beyond the allowlists, one message per field (empty: allowed);
+        ``target_urls`` are ``spec.target.urls`` (each one checked as ``target_url`` is)."""
         out: list[str] = []
         if image is not None and image not in self.images:
             out.append(
@@ -135,6 +142,10 @@ class RunPolicy:
             )
         for field, url, rules, flag in (
             ("spec.target.url", target_url, self.targets, "--allowed-target"),
+            *(
+                (f"spec.target.urls[{i}]", u, self.targets, "--allowed-target")
+                for i, u in enumerate(target_urls)
+            ),
             ("spec.prometheus.url", prometheus_url, self.prometheus, "--allowed-prometheus"),
         ):
             why = rules.refusal(url) if url is not None else None

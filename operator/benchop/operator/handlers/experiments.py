@@ -181,7 +181,7 @@ def validate_spec(
             for line in lines
         )
     if exp.sweep is None:  # a search: its probes come one at a time, min and max were checked
-        if exp.template.target.url is None and default_target_url is None:
+        if not exp.template.target.endpoints and default_target_url is None:
             return f"spec.template.target.url: {NO_TARGET}"
         return exp, []
     size = math.prod(len(axis.values) for axis in exp.sweep)
@@ -200,7 +200,7 @@ def validate_spec(
                 f"invalid: {format_validation_error(e)}"
             )
     for i, (_, run_spec) in enumerate(points):
-        if run_spec.target.url is None and default_target_url is None:
+        if not run_spec.target.endpoints and default_target_url is None:
             return f"spec.template.target.url: {NO_TARGET} (run {i} has none)"
         problem = cluster_problem(run_spec.workload, "spec.template.workload")
         if problem is not None:

@@ -9,8 +9,10 @@ Flow (docs/operator.md has the picture):
 2. :func:`observe_pod` / :func:`observe_job` (watch events) record what the kubelet and the Job
    controller report into the run's :class:`RunContext` and wake its loop.
 3. :func:`run_loop` (one kopf daemon per non-terminal run) is the only place that ends a run:
-   WorkersReady, stuck pods, Job failure, the watchdog deadline, ``status.live`` at most once per
-   ``--live-interval``, and final results once every worker is COMPLETE or the Job completed.
+   WorkersReady, stuck pods, Job failure, a worker's abort (its preflight failed, a Secret is
+   missing or too many requests failed: the run fails at once with that reason), the watchdog
+   deadline, ``status.live`` at most once per ``--live-interval``, and final results once every
+   worker is COMPLETE or the Job completed.
 4. Gate outcomes come from :mod:`benchop.operator.gatebridge` (:func:`record_gate`).
 5. With ``spec.prometheus.url`` set, :mod:`benchop.operator.gpustats` adds ``status.live.gpu``
    to the live patches and ``results.gpu.prometheus`` (the window between the gates) to the
@@ -57,8 +59,11 @@ from benchop.core.results import (
     REASONS,
     Final,
     MergedMetrics,
+    RequestInfo,
+    abort_message,
     build_final,
     final_snapshots,
+    first_abort,
     output_tokens,
     parse_termination_message,
     verdict,
@@ -115,16 +120,16 @@ class InvalidRun(ValueError):
 
 
 NO_TARGET = (
-    "required in a cluster (local mode has a built-in mock server; in a cluster, an operator "
-    "installed with mockServer.enabled sends such runs to the chart's mock server)"
+    "required in a cluster, or urls (local mode has a built-in mock server; in a cluster, an "
+    "operator installed with mockServer.enabled sends such runs to the chart's mock server)"
 )
 DEFAULT_SETTINGS = OperatorSettings()
 
 
 def with_default_target(run: BenchmarkRun, default_url: str | None) -> BenchmarkRun:
     """The run with ``spec.target.url`` set to the operator's ``--default-target-url`` when it
-    has none (in memory: the workers read the spec ConfigMap built from this)."""
-    if run.spec.target.url is not None or default_url is None:
+    has neither url nor urls (in memory: the workers read the spec ConfigMap built from this)."""
+    if run.spec.target.endpoints or default_url is None:
         return run
     target = run.spec.target.model_copy(update={"url": default_url})
     return run.model_copy(update={"spec": run.spec.model_copy(update={"target": target})})
@@ -135,7 +140,7 @@ def check_operator_rules(run: BenchmarkRun, settings: OperatorSettings = DEFAULT
     operator's allowlists (:mod:`benchop.operator.policy`; the operator's own
     ``--default-target-url`` is not checked against them)."""
     spec = run.spec
-    if spec.target.url is None:
+    if not spec.target.endpoints:
         raise InvalidRun(f"spec.target.url: {NO_TARGET}")
     problem = cluster_problem(spec.workload)
     if problem is not None:
@@ -144,6 +149,7 @@ def check_operator_rules(run: BenchmarkRun, settings: OperatorSettings = DEFAULT
         image=spec.pod.image if spec.pod else None,
         target_url=None if spec.target.url == settings.default_target_url else spec.target.url,
         prometheus_url=spec.prometheus.url if spec.prometheus else None,
+        target_urls=spec.target.urls or (),
     )
     if refused:
         raise InvalidRun("; ".join(refused))
@@ -171,6 +177,7 @@ class RunContext:
     last_live_seqs: dict[int, int] = field(default_factory=dict)
     next_resync: float = 0.0  # monotonic; 0: re-read pods and Job at the first pass
     messages: dict[int, str] = field(default_factory=dict)  # termination messages of pods gone
+    parsed: dict[int, tuple[str, MetricsSnapshot | None]] = field(default_factory=dict)
     refused_since: float | None = None  # monotonic; the Job's pod creation is being refused
     snapshot_seen: bool = False  # a worker's snapshot arrived (the loop then ticks)
     refused_message: str = ""  # the latest FailedCreate event's message
@@ -529,6 +536,7 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
                 final,
                 slo=ctx.spec.slo,
                 gpu=gpu,
+                request=RequestInfo.of(ctx.spec),
                 report=ctx.spec.report,
                 tokenizer=ctx.spec.workload.tokenizer,
             )
@@ -590,9 +598,13 @@ async def _stop_job(services: Services, ctx: RunContext) -> None:
 
 
 def _terminations(ctx: RunContext) -> dict[int, MetricsSnapshot]:
+    """The termination messages as snapshots (each text parsed once: read every tick)."""
     out = {}
     for index, text in ctx.termination().items():
-        snap = parse_termination_message(text, ctx.key)
+        seen = ctx.parsed.get(index)
+        if seen is None or seen[0] != text:
+            seen = ctx.parsed[index] = (text, parse_termination_message(text, ctx.key))
+        snap = seen[1]
         if snap is not None and snap.worker == index:
             out[index] = snap
     return out
@@ -622,10 +634,11 @@ async def _finish(services: Services, ctx: RunContext) -> None:
         final,
         slo=ctx.spec.slo,
         gpu=gpu,
+        request=RequestInfo.of(ctx.spec),
         report=ctx.spec.report,
         tokenizer=ctx.spec.workload.tokenizer,
     )
-    ok, reason, message = verdict(results)
+    ok, reason, message = verdict(results, first_abort([{s.worker: s for s in final.snapshots}]))
     phase = "Succeeded" if ok else "Failed"
     output = await _output(services, ctx, final, merged, results, (phase, reason, message))
     now = now_rfc3339()
@@ -697,7 +710,19 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
         msg = f"Job {loadgen_job_name(ctx.name)} failed: {ctx.job.message}".strip(": ")
         await _fail(services, ctx, ctx.job.reason, msg)
         return
-    # 3. the Job cannot create its pods (quota, LimitRange, admission, no ServiceAccount)
+    # 3. a worker ended the run early (its preflight failed, too many requests failed): its
+    #    snapshot or termination message says why; the others are stopped with the Job
+    abort = first_abort(
+        [
+            services.snapshots.complete(ctx.key),
+            _terminations(ctx),
+            services.snapshots.latest(ctx.key),
+        ]
+    )
+    if abort is not None:
+        await _fail(services, ctx, abort[1].reason, abort_message(*abort))
+        return
+    # 4. the Job cannot create its pods (quota, LimitRange, admission, no ServiceAccount)
     if ctx.refused_since is not None:
         if len(ctx.pods) >= ctx.workers:
             ctx.refused_since = None
@@ -706,14 +731,14 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
             message = f"Job {job} cannot create its worker pods: {ctx.refused_message}"
             await _fail(services, ctx, "PodCreateFailed", message[:1000])
             return
-    # 3b. a dataset or tokenizer ConfigMap (or its key) is missing: the kubelet keeps the
-    #     pods in ContainerCreating and says so only in FailedMount events
+    # 5. a dataset or tokenizer ConfigMap (or its key) is missing: the kubelet keeps the
+    #    pods in ContainerCreating and says so only in FailedMount events
     if await _workload_configmap_missing(services, ctx, now):
         return
-    # 4. watchdog (before finishing: a finish that keeps failing must not outlive it)
+    # 6. watchdog (before finishing: a finish that keeps failing must not outlive it)
     if await _watchdog(services, ctx):
         return
-    # 5. results: every worker COMPLETE, or the Job completed (then wait a little for COMPLETE).
+    # 7. results: every worker COMPLETE, or the Job completed (then wait a little for COMPLETE).
     #    While the Job runs, an interrupted COMPLETE is not final: an evicted worker's pod is
     #    replaced and the new one resumes.
     indexes = set(range(ctx.workers))
@@ -735,7 +760,7 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
             log.exception("run %s: final results failed", ctx.key)
             await _fail(services, ctx, "ResultsError", f"building the results: {e}"[:500])
         return
-    # 6. WorkersReady
+    # 8. WorkersReady
     running = {v.index for v in ctx.pods.values() if v.running and v.index is not None}
     finished_ok = {v.index for v in ctx.pods.values() if v.phase == "Succeeded"}
     warmup = ctx.spec.phases.warmup is not None
@@ -754,7 +779,7 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
                 st, generation=gen, running=len(running), workers=ctx.workers, warmup=warmup
             )
         )
-    # 7. live status, at most once per live interval and only when a snapshot is new; the
+    # 9. live status, at most once per live interval and only when a snapshot is new; the
     #    Prometheus GPU view goes into the same patch
     latest = services.snapshots.latest(ctx.key)
     seqs = {w: s.seq for w, s in latest.items()}
@@ -856,7 +881,7 @@ def _idle_s(services: Services, ctx: RunContext, now: float, tick_s: float) -> f
 
     A tick once workers publish or the Job has completed (later snapshots wake nothing, the
     live status and COMPLETEs are read each pass); before that, until the next time-based
-    check is due — a stuck pod's grace, refused pods,
+    check is due — a stuck pod's grace, refused pods, the workload ConfigMaps' next read,
     the watchdog, the resync — but at least a tick. 1,000 runs waiting for their pods then
     cost a wake-up a minute each, not a second.
     """
