@@ -638,7 +638,9 @@ def scenarios(s: Suite) -> list[tuple[str, bool, Callable[[], Result]]]:
     return [
         ("worker-pod-deleted", False, lambda: worker_deleted(s, 1)),
         ("worker-pod-deleted-3x", False, lambda: worker_deleted(s, 3)),
-        ("worker-killed", True, lambda: worker_killed(s)),
+        # not in --short: a response the server finished at the instant of SIGKILL is sent
+        # again by the restarted worker, and the server's count cannot tell that from a loss
+        ("worker-killed", False, lambda: worker_killed(s)),
         ("operator-deleted-warmup", False, lambda: operator_deleted(s, "warmup")),
         ("operator-deleted-gate", True, lambda: operator_deleted(s, "gate")),
         ("operator-deleted-profiling", True, lambda: operator_deleted(s, "profiling")),
