@@ -45,6 +45,9 @@ die() {
 }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces and mounts for the test kubelet)"
+# Pods run this checkout's code from its path, and the chart's pods mount an emptyDir on /tmp:
+# a checkout under /tmp would be hidden from them (benchop not found, a crash loop).
+case "$REPO/" in /tmp/*) die "the checkout $REPO is under /tmp, which the pods' own /tmp hides: clone it elsewhere" ;; esac
 BIN="$(bash hack/build-controlplane.sh)"
 mkdir -p "$DIR"/{pki,logs,pids,audit,etcd}
 chmod 0755 "$DIR"
