@@ -20,42 +20,25 @@ False
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
 import msgspec
 from msgspec import UNSET, UnsetType
+
+from benchop.loadgen.sse import _Delta, _Error, _Stamp, _Usage
 
 __all__ = ["MAX_BODY", "ResponseParser"]
 
 MAX_BODY = 8 * 1024 * 1024
 """A longer body is abandoned as malformed (an answer of a few thousand tokens is ~100 KB)."""
 _EXCERPT = 160
-# As in benchop.loadgen.sse: a count or stamp outside these makes the body undecodable.
-_Count = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
-_Stamp = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
-
-
-class _Message(msgspec.Struct, gc=False):
-    content: str | None = None
-    reasoning: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: list[Any] | None = None
+# The message, usage and error shapes (and the number bounds) are the stream parser's: one
+# definition of what a server may send.
+_Message = _Delta
 
 
 class _Choice(msgspec.Struct, gc=False):
     message: _Message | None = None
     text: str | None = None
     finish_reason: str | None = None
-
-
-class _Usage(msgspec.Struct, gc=False):
-    prompt_tokens: _Count | None = None
-    completion_tokens: _Count | None = None
-
-
-class _Error(msgspec.Struct, gc=False):
-    message: str = ""
-    code: int | str | None = None
 
 
 class _Response(msgspec.Struct, gc=False):
