@@ -146,6 +146,25 @@ async def test_a_failing_pass_is_retried_with_backoff_and_others_go_on(
     assert attempts == [0, 1]  # the backoff grows per failure in a row
 
 
+async def test_a_failure_that_names_its_delay_is_retried_after_it() -> None:
+    class Later(Exception):
+        delay = 3600.0  # as kopf.TemporaryError carries the API client's backoff
+
+    steps = Steps({"a": [Later(), None]})  # type: ignore[list-item]
+    scheduler = Scheduler(steps)
+
+    async def body() -> None:
+        scheduler.wake("a")
+        await until(lambda: steps.passes == ["a"] and "a" not in steps.running)
+        await asyncio.sleep(0.05)
+        assert steps.passes == ["a"]  # not retried at once: an hour away
+        scheduler.wake("a")  # an event still wakes it
+        await steps.done.wait()
+
+    await running(scheduler, body)
+    assert steps.passes == ["a", "a"]
+
+
 async def test_a_forgotten_run_gets_no_more_passes() -> None:
     steps = Steps({"a": [None]})
     scheduler = Scheduler(steps)

@@ -114,10 +114,11 @@ class Scheduler:
         try:
             delay = await self._step(key)
             self._failures.pop(key, None)
-        except Exception:  # a bug or an API outage: this run is retried, the others go on
+        except Exception as e:  # a bug or an API outage: this run is retried, the others go on
             attempt = self._failures.get(key, 0)
             self._failures[key] = attempt + 1
-            delay = backoff.delay(attempt)
+            asked = getattr(e, "delay", None)  # kopf.TemporaryError's (the API client's backoff)
+            delay = asked if isinstance(asked, int | float) else backoff.delay(attempt)
             log.exception("run %s: pass failed; next in %.1fs", key, delay)
         finally:
             self._running.discard(key)
