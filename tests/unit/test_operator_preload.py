@@ -71,7 +71,6 @@ async def test_preload_registers_only_accepted_runs_in_progress_with_their_gates
     assert ctx.workers == 2 and ctx.uid == "uid-going" and not ctx.accepted
     # its first pass re-adopts its children (reconcile_run), before it is driven
     assert list(services.pending) == [key] and len(services.scheduler) == 1
-    assert ctx.next_resync == 0.0  # a preloaded run re-reads its pods and Job at once
 
 
 def test_a_run_without_url_takes_the_operators_default_target_or_is_refused() -> None:

@@ -43,27 +43,27 @@ def pending(name: str, reason: str | None) -> PodView:
 def test_a_waiting_run_sleeps_until_its_next_check() -> None:
     now = 1000.0
     started = time.time()
-    # nothing due before the resync
-    assert idle(context(next_resync=now + 60, started_at=started), now) == 60.0
+    # nothing due but the watchdog (events wake it; the resync of every run wakes it if its
+    # pods or Job changed)
+    assert 3599.0 < idle(context(started_at=started), now) <= 3600.0
     # a pod stuck pulling its image: until its grace ends
     stuck = context(
-        next_resync=now + 60,
         started_at=started,
         pods={"p": pending("p", "ImagePullFailed")},
         stuck_since={"p": now - 50},
     )
     assert idle(stuck, now) == 10.0
     # refused pod creation: until stuck_after from the first refusal
-    assert idle(context(next_resync=now + 60, refused_since=now - 30.5), now) == 29.5
+    assert idle(context(refused_since=now - 30.5), now) == 29.5
     # the watchdog's deadline (an hour after the start)
-    late = context(next_resync=now + 60, started_at=started - 3600 + 5)
+    late = context(started_at=started - 3600 + 5)
     assert 4.0 < idle(late, now) <= 5.0
     # never less than a tick, even when something is overdue
-    assert idle(context(next_resync=now - 5), now) == 1.0
+    assert idle(context(started_at=started - 3600 - 5), now) == 1.0
 
 
 async def test_a_run_whose_workers_publish_ticks_and_the_first_snapshot_wakes_it() -> None:
-    ctx = context(next_resync=1060.0)
+    ctx = context()
     woken: list[str] = []
     ctx.scheduler = Scheduler(lambda key: _never(key))
     ctx.scheduler.wake = woken.append  # type: ignore[method-assign]
@@ -75,12 +75,12 @@ async def test_a_run_whose_workers_publish_ticks_and_the_first_snapshot_wakes_it
     assert runs.admit_snapshot(in_progress, ctx.key)  # later snapshots wake nothing
     assert woken == [ctx.key]
     assert idle(ctx, 1000.0) == 1.0
-    assert idle(context(next_resync=1060.0, job_complete_at=999.0), 1000.0) == 1.0
+    assert idle(context(job_complete_at=999.0), 1000.0) == 1.0
 
 
 def test_a_run_reading_its_workload_configmaps_wakes_for_the_next_read() -> None:
     doc = SPEC.model_dump(mode="json", by_alias=True, exclude_none=True)
     doc["workload"] = {"dataset": {"configMap": {"name": "rows", "key": "chat.jsonl"}}}
     spec = BenchmarkRunSpec.model_validate(doc)
-    ctx = context(next_resync=1060.0, next_source_check=1005.0, spec=spec)
+    ctx = context(next_source_check=1005.0, spec=spec)
     assert idle(ctx, 1000.0) == 5.0

@@ -11,7 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from benchop.api.models import LabelSelector, LabelSelectorRequirement
-from benchop.core.names import EXPERIMENT_LABEL, RUN_LABEL, experiment_label_value, run_label_value
+from benchop.core.names import (
+    COMPONENT_LABEL,
+    EXPERIMENT_LABEL,
+    LOADGEN,
+    RUN_LABEL,
+    experiment_label_value,
+    run_label_value,
+)
+
+LOADGEN_SELECTOR = f"{COMPONENT_LABEL}={LOADGEN},{RUN_LABEL}"
+"""Every run's load-generator pods and Jobs (the operator's watches and its resync)."""
 
 
 def label_selector(selector: LabelSelector | None) -> str:

@@ -14,6 +14,7 @@ filtered out and their services not started (the Experiment tests play the run c
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import shutil
@@ -36,6 +37,7 @@ from benchop.core.names import (
     RUN_LABEL,
     VERSION,
 )
+from benchop.core.selectors import LOADGEN_SELECTOR
 from benchop.operator import curvekeys
 from benchop.operator.gatebridge import GateBridge
 from benchop.operator.gpustats import shutdown_prom_executor
@@ -83,9 +85,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.connect_timeout = ours.connect_timeout
     # Only load-generator pods and Jobs reach the operator, filtered by the apiserver: a
     # handler's `labels=` filters client-side, after every pod of the cluster was sent.
-    loadgen = f"{COMPONENT_LABEL}={LOADGEN},{RUN_LABEL}"
-    settings.watching.label_selectors["", "v1", "pods"] = loadgen
-    settings.watching.label_selectors["batch", "v1", "jobs"] = loadgen
+    settings.watching.label_selectors["", "v1", "pods"] = LOADGEN_SELECTOR
+    settings.watching.label_selectors["batch", "v1", "jobs"] = LOADGEN_SELECTOR
     settings.watching.field_selectors["", "v1", "events"] = FAILED_CREATE
     # The LIST that starts each watch is one request, not pages: kopf reads a page, hands its
     # objects on, then asks for the next, and with 10,000 runs on a busy operator the pages
@@ -166,6 +167,7 @@ async def _start_run_services(ours: OperatorSettings, api: KubeApi) -> runs.Serv
         snapshots.start()  # after the preload: what queued meanwhile is read, not rejected
         await services.gates.start()
         services.scheduler.start()
+        services.resync = asyncio.create_task(runs.resync_loop(services), name="benchop-resync")
     except BaseException:
         await _close_run_services(services)
         raise
@@ -176,6 +178,8 @@ async def _close_run_services(services: runs.Services) -> None:
     """Close the gate ROUTER, the snapshot SUB and the Prometheus pool; each is closed even if
     closing another one raised (that error is raised afterwards)."""
     try:
+        if services.resync is not None:
+            services.resync.cancel()
         await services.scheduler.close()
         await services.gates.close()
     finally:

@@ -29,6 +29,7 @@ results from :mod:`benchop.core.results` (the same functions local mode calls).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -54,8 +55,6 @@ from benchop.core import lifecycle, resume
 from benchop.core.gaterecords import profiling_window
 from benchop.core.gpuwindow import gpu_from_status
 from benchop.core.names import (
-    COMPONENT_LABEL,
-    LOADGEN,
     RUN_NAME_ANNOTATION,
     loadgen_job_name,
     owner_reference,
@@ -74,7 +73,7 @@ from benchop.core.results import (
     parse_termination_message,
     verdict,
 )
-from benchop.core.selectors import run_selector
+from benchop.core.selectors import LOADGEN_SELECTOR
 from benchop.core.workloadfiles import cluster_problem, configmap_problem, configmap_sources
 from benchop.operator import builders
 from benchop.operator.curvekeys import KeyFiles
@@ -87,6 +86,7 @@ from benchop.operator.k8s import (
     JOB,
     POD,
     ApiError,
+    Body,
     KubeApi,
     controller_uid,
     object_meta,
@@ -101,7 +101,7 @@ from benchop.operator.status import StatusWriter
 log = logging.getLogger(__name__)
 
 RESYNC_S = 60.0
-"""The run loop re-lists the run's pods and reads its Job this often (a missed event heals)."""
+"""Every load-generator pod and Job is re-read this often (:func:`resync_all`)."""
 TICK_S = 1.0
 """The run loop wakes at least this often (and at once on a pod/Job event)."""
 SOURCE_CHECK_S = 5.0
@@ -182,7 +182,6 @@ class RunContext:
     started_at: float = field(default_factory=time.time)  # wall clock, from status.startTime
     last_live_at: float = float("-inf")
     last_live_seqs: dict[int, int] = field(default_factory=dict)
-    next_resync: float = 0.0  # monotonic; 0: re-read pods and Job at the first pass
     messages: dict[int, str] = field(default_factory=dict)  # termination messages of pods gone
     parsed: dict[int, tuple[str, MetricsSnapshot | None]] = field(default_factory=dict)
     refused_since: float | None = None  # monotonic; the Job's pod creation is being refused
@@ -231,6 +230,7 @@ class Services:
     keys: dict[str, str] = field(default_factory=dict)  # object_key -> run_key in ``runs``
     curve: KeyFiles | None = None  # CurveZMQ (--curve-secret): the workers get its public key
     scheduler: Scheduler = field(init=False)  # every run's passes (:func:`run_pass`)
+    resync: asyncio.Task[None] | None = None  # :func:`resync_loop`, started with the scheduler
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(functools.partial(run_pass, self))
@@ -334,9 +334,6 @@ async def reconcile_run(services: Services, body: Mapping[str, Any], run: Benchm
     if ctx is None:  # new, resumed, or a deleted and re-created run (the old one is released)
         ctx = RunContext(key, namespace, name, uid, generation, run.spec, writer)
         services.add(ctx)
-    fresh = not c.is_true((body.get("status") or {}).get("conditions"), c.ACCEPTED)
-    if fresh:  # accepted just now: pods and Job come through the watches, no resync needed yet
-        ctx.next_resync = time.monotonic() + RESYNC_S
     now = now_rfc3339()
     status = await writer.update(lambda st: lifecycle.accepted(st, generation=generation, now=now))
     if status is None or lifecycle.is_terminal(status):
@@ -488,22 +485,46 @@ def observe_failed_create(services: Services, event: Mapping[str, Any]) -> None:
     ctx.wake()
 
 
-async def resync(services: Services, ctx: RunContext) -> None:
-    """Read the run's pods and Job directly (after a restart, or if a watch event was missed)."""
-    pods = await services.api.list(POD, ctx.namespace, labels=run_selector(ctx.name))
-    seen = set()
+async def resync_all(services: Services) -> None:
+    """Read every load-generator pod and Job the operator watches, and wake the runs whose
+    view changed: a missed watch event heals. Two LISTs per watched namespace (one with
+    ``--namespace`` unset), whatever the number of runs; a pod is forgotten only if it was known
+    before the LIST (one created meanwhile came through the watch and stays)."""
+    before = {key: (dict(ctx.pods), ctx.job) for key, ctx in services.runs.items()}
+    pods: list[Body] = []
+    jobs: list[Body] = []
+    namespaces: list[str | None] = list(services.settings.namespaces) or [None]
+    for ns in namespaces:
+        pods += await services.api.list(POD, ns, labels=LOADGEN_SELECTOR)
+        jobs += await services.api.list(JOB, ns, labels=LOADGEN_SELECTOR)
+    seen: dict[str, set[str]] = {}
     for pod in pods:
-        meta = pod.get("metadata") or {}
-        ann = meta.get("annotations") or {}
-        worker = (meta.get("labels") or {}).get(COMPONENT_LABEL) == LOADGEN  # not the collect pod
-        if ann.get(RUN_NAME_ANNOTATION) == ctx.name and worker:
+        ctx = _ctx_for(services, pod)
+        if ctx is not None:
             _note_pod(ctx, pod)
-            seen.add(pod["metadata"]["name"])
-    for gone in set(ctx.pods) - seen:
-        _drop_pod(ctx, gone)
-    job = await services.api.get(JOB, ctx.namespace, loadgen_job_name(ctx.name))
-    if job is not None:
-        _note_job(ctx, job)
+            seen.setdefault(ctx.key, set()).add(pod["metadata"]["name"])
+    for job in jobs:
+        ctx = _ctx_for(services, job)
+        if ctx is not None:
+            _note_job(ctx, job)
+    for key, (pods_before, job_before) in before.items():
+        ctx = services.runs.get(key)
+        if ctx is None:
+            continue
+        for gone in pods_before.keys() - seen.get(key, set()):
+            _drop_pod(ctx, gone)
+        if ctx.pods != pods_before or ctx.job != job_before:
+            ctx.wake()
+
+
+async def resync_loop(services: Services, every_s: float = RESYNC_S) -> None:
+    """:func:`resync_all` every ``every_s`` (an API error waits for the next round)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await resync_all(services)
+        except (ApiError, kopf.TemporaryError) as e:
+            log.warning("resync of the runs' pods and Jobs: %s", e)
 
 
 # --------------------------------------------------------------------------- gates
@@ -905,11 +926,7 @@ async def run_pass(services: Services, key: str, *, tick_s: float = TICK_S) -> f
     if ctx is None or not ctx.accepted:
         return None
     if not (ctx.done or ctx.writer.gone or lifecycle.is_terminal(ctx.writer.status)):
-        now = time.monotonic()
-        if now >= ctx.next_resync:
-            await resync(services, ctx)
-            ctx.next_resync = now + RESYNC_S
-        await _step(services, ctx, now)
+        await _step(services, ctx, time.monotonic())
     if ctx.done or ctx.writer.gone or lifecycle.is_terminal(ctx.writer.status):
         release(services, ctx)
         return None
@@ -928,7 +945,7 @@ def _idle_s(services: Services, ctx: RunContext, now: float, tick_s: float) -> f
     if ctx.snapshot_seen or ctx.job_complete_at is not None:
         return tick_s
     settings = services.settings
-    due = [ctx.next_resync, now + deadline_s(settings, ctx.spec) - (time.time() - ctx.started_at)]
+    due = [now + deadline_s(settings, ctx.spec) - (time.time() - ctx.started_at)]
     for pod_name, since in ctx.stuck_since.items():
         view = ctx.pods.get(pod_name)
         if view is not None and view.stuck_reason is not None:
