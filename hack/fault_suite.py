@@ -383,12 +383,14 @@ class Suite:
         telemetry: str | None = None,
         exact: bool = True,
         faults: dict[str, str] | None = None,
+        resent: int = 0,
         timeout: float = 300,
     ) -> Result:
         """Create a run, call ``inject(name, served_before)``, wait for the end, compare.
 
         ``faults`` maps a mock counter to the results' byReason key it must equal (each
-        injected fault counted once as that failure)."""
+        injected fault counted once as that failure); ``resent``: at least that many responses
+        completed twice (a request sent again by a restarted worker)."""
         self.mock(mock)
         self.report_stuck()
         spec = spec or self.spec()
@@ -437,6 +439,8 @@ class Suite:
         if exact and (t.lost or t.double):
             problems.append(f"server {what} {t.served} distinct, results+warmup count "
                             f"{t.counted}")  # fmt: skip
+        if t.resent < resent:
+            problems.append(f"{t.resent} responses completed twice, expected at least {resent}")
         by_reason = req.get("byReason") or {}
         for counter, reason in (faults or {}).items():
             if delta.get(counter, 0) != by_reason.get(reason, 0) or not delta.get(counter):
@@ -506,12 +510,21 @@ def worker_deleted(s: Suite, times: int) -> Result:
     return s.measure("wdel", inject)
 
 
-def worker_killed(s: Suite) -> Result:
+def worker_killed(s: Suite, unrecorded: bool = False) -> Result:
+    """SIGKILL a worker mid-profiling. ``unrecorded``: SIGSTOP it first and let the server
+    finish the responses it was receiving (a response takes ~0.2 s), so the kill always
+    hits responses the server completed and the worker never recorded: the restarted worker
+    sends them again, with the same request ids (resent, not lost)."""
+
     def inject(name: str, before: dict[str, int]) -> None:
         s.profiling_started(name, before, 0.3)
-        s.signal_container(s.worker_pods(name)[0], "loadgen", signal.SIGKILL)
+        pod = s.worker_pods(name)[0]
+        if unrecorded:
+            s.signal_container(pod, "loadgen", signal.SIGSTOP)
+            time.sleep(2.0)
+        s.signal_container(pod, "loadgen", signal.SIGKILL)
 
-    return s.measure("wkill", inject)
+    return s.measure("wkill", inject, resent=1 if unrecorded else 0)
 
 
 def operator_deleted(s: Suite, when: str) -> Result:
@@ -648,6 +661,7 @@ def scenarios(s: Suite) -> list[tuple[str, bool, Callable[[], Result]]]:
         ("worker-pod-deleted", False, lambda: worker_deleted(s, 1)),
         ("worker-pod-deleted-3x", False, lambda: worker_deleted(s, 3)),
         ("worker-killed", True, lambda: worker_killed(s)),
+        ("worker-killed-unrecorded", True, lambda: worker_killed(s, unrecorded=True)),
         ("operator-deleted-warmup", False, lambda: operator_deleted(s, "warmup")),
         ("operator-deleted-gate", True, lambda: operator_deleted(s, "gate")),
         ("operator-deleted-profiling", True, lambda: operator_deleted(s, "profiling")),
