@@ -31,6 +31,7 @@ from kube.harness import (
     CONFIGMAPS,
     EVENTS,
     EXPERIMENTS,
+    FINALIZER,
     JOBS,
     SECRETS,
     Kube,
@@ -1062,6 +1063,23 @@ def test_a_deleted_pod_keeps_its_termination_message() -> None:
     assert ctx.pods == {} and ctx.termination() == {0: '{"run": "x"}'}
 
 
+async def test_a_run_holding_an_earlier_versions_finalizer_is_released(
+    kube: Kube, operator_task: Any, mock: MockServer
+) -> None:
+    """Runs created by an operator that still put kopf's finalizer on them (before the run
+    scheduler) lose it at the first event, so deleting them never hangs."""
+    memo = kopf.Memo(settings=settings_for(), connection=kopf.ConnectionInfo(server=kube.url))
+    operator_task(memo=memo)
+    body = single_worker_run("old", mock.url)
+    body["metadata"]["finalizers"] = [FINALIZER]
+    await kube.client.create(BENCHMARKRUNS, body)
+    await wait_for(
+        lambda: not kube.emulator.read(BENCHMARKRUNS, "old")["metadata"].get("finalizers"), 10
+    )
+    await kube.client.delete(BENCHMARKRUNS, "old")
+    await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "old") is None, 10)
+
+
 async def test_deleting_a_run_mid_run_forgets_its_gate_and_snapshot_state(
     kube: Kube, operator_task: Any, mock: MockServer
 ) -> None:
@@ -1079,9 +1097,13 @@ async def test_deleting_a_run_mid_run_forgets_its_gate_and_snapshot_state(
     services: runs.Services = memo.services
     assert key in services.runs and services.snapshots.latest(key)
     assert key in services.gates.coordinator._runs  # type: ignore[attr-defined]
+    # nothing of kopf's on a run: no finalizer holds its deletion, no bookkeeping annotations
+    meta = kube.emulator.read(BENCHMARKRUNS, "rd")["metadata"]
+    assert not meta.get("finalizers") and not meta.get("annotations")
     await kube.client.delete(BENCHMARKRUNS, "rd")
     await wait_for(lambda: kube.emulator.read(BENCHMARKRUNS, "rd") is None, 10)
-    assert key not in services.runs and not services.keys and not services.writers
+    await wait_for(lambda: key not in services.runs, 10)  # from the DELETED event
+    assert not services.keys and not services.writers and key in services.ended
     assert key not in services.gates.coordinator._runs  # type: ignore[attr-defined]
     assert services.snapshots.latest(key) == {} and services.snapshots.complete(key) == {}
     rejected = services.snapshots.rejected

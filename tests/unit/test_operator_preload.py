@@ -68,7 +68,9 @@ async def test_preload_registers_only_accepted_runs_in_progress_with_their_gates
     key = runs.run_key("ns", "going", "uid-going")  # the run key carries the uid
     assert gates.registered == {key: {"START": start}}
     ctx = services.runs[key]
-    assert ctx.workers == 2 and ctx.uid == "uid-going" and not ctx.accepted.is_set()
+    assert ctx.workers == 2 and ctx.uid == "uid-going" and not ctx.accepted
+    # its first pass re-adopts its children (reconcile_run), before it is driven
+    assert list(services.pending) == [key] and len(services.scheduler) == 1
     assert ctx.next_resync == 0.0  # a preloaded run re-reads its pods and Job at once
 
 

@@ -1,4 +1,4 @@
-"""The run loop's sleep: a tick once workers publish, else until the next time-based check."""
+"""A run's next pass: a tick once workers publish, else at its next time-based check."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from benchop.api.models import BenchmarkRunSpec
 from benchop.operator.handlers import runs
 from benchop.operator.pods import PodView
+from benchop.operator.scheduler import Scheduler
 from benchop.operator.settings import OperatorSettings
 
 SPEC = BenchmarkRunSpec.model_validate(
@@ -29,6 +30,10 @@ def context(**fields: object) -> runs.RunContext:
 def idle(ctx: runs.RunContext, now: float) -> float:
     services = runs.Services(settings=SETTINGS, api=None, snapshots=None, gates=None)  # type: ignore[arg-type]
     return runs._idle_s(services, ctx, now, 1.0)
+
+
+async def _never(key: str) -> float | None:
+    raise AssertionError(f"no pass expected ({key})")
 
 
 def pending(name: str, reason: str | None) -> PodView:
@@ -57,13 +62,18 @@ def test_a_waiting_run_sleeps_until_its_next_check() -> None:
     assert idle(context(next_resync=now - 5), now) == 1.0
 
 
-def test_a_run_whose_workers_publish_ticks_and_the_first_snapshot_wakes_it() -> None:
+async def test_a_run_whose_workers_publish_ticks_and_the_first_snapshot_wakes_it() -> None:
     ctx = context(next_resync=1060.0)
+    woken: list[str] = []
+    ctx.scheduler = Scheduler(lambda key: _never(key))
+    ctx.scheduler.wake = woken.append  # type: ignore[method-assign]
     in_progress = {ctx.key: ctx}
     assert not runs.admit_snapshot(in_progress, "ns.other.uid")  # not a run in progress here
-    assert not ctx.wake.is_set()
+    assert woken == []
     assert runs.admit_snapshot(in_progress, ctx.key)
-    assert ctx.wake.is_set() and ctx.snapshot_seen
+    assert woken == [ctx.key] and ctx.snapshot_seen
+    assert runs.admit_snapshot(in_progress, ctx.key)  # later snapshots wake nothing
+    assert woken == [ctx.key]
     assert idle(ctx, 1000.0) == 1.0
     assert idle(context(next_resync=1060.0, job_complete_at=999.0), 1000.0) == 1.0
 

@@ -18,17 +18,13 @@ import functools
 import logging
 import shutil
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from benchagent.transport import CurveServer
-from benchop.api.models import BenchmarkRun, format_validation_error
 from benchop.core import backoff
-from benchop.core.lifecycle import is_terminal
 from benchop.core.names import (
     BENCHMARKRUN_PLURAL,
     COMPONENT_LABEL,
@@ -169,6 +165,7 @@ async def _start_run_services(ours: OperatorSettings, api: KubeApi) -> runs.Serv
             logging.getLogger(__name__).warning("could not preload runs in progress: %s", e)
         snapshots.start()  # after the preload: what queued meanwhile is read, not rejected
         await services.gates.start()
+        services.scheduler.start()
     except BaseException:
         await _close_run_services(services)
         raise
@@ -179,6 +176,7 @@ async def _close_run_services(services: runs.Services) -> None:
     """Close the gate ROUTER, the snapshot SUB and the Prometheus pool; each is closed even if
     closing another one raised (that error is raised afterwards)."""
     try:
+        await services.scheduler.close()
         await services.gates.close()
     finally:
         try:
@@ -220,48 +218,12 @@ def _reconciling_runs(memo: kopf.Memo, **_: Any) -> bool:
     return settings.reconcile_runs
 
 
-def _run_in_progress(memo: kopf.Memo, status: Mapping[str, Any], **_: Any) -> bool:
-    return _reconciling_runs(memo) and not is_terminal(status)
-
-
-@kopf.on.resume(GROUP, VERSION, BENCHMARKRUN_PLURAL, when=_reconciling_runs)
-@kopf.on.create(GROUP, VERSION, BENCHMARKRUN_PLURAL, when=_reconciling_runs)
-async def benchmarkrun_create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Validate, accept, create the children, register with the gates."""
-    services = _services(memo)
-    try:
-        run = runs.with_default_target(
-            BenchmarkRun.model_validate({"metadata": dict(body.metadata), "spec": dict(body.spec)}),
-            services.settings.default_target_url,
-        )
-        runs.check_operator_rules(run, services.settings)
-    except (ValidationError, runs.InvalidRun) as e:
-        message = format_validation_error(e) if isinstance(e, ValidationError) else str(e)
-        await runs.reject_run(services, body, message)
-        kopf.warn(body, reason="InvalidSpec", message=message)  # `kubectl describe` shows it
-        raise kopf.PermanentError(f"invalid spec: {message}") from None
-    await runs.reconcile_run(services, body, run)
-
-
-@kopf.daemon(
-    GROUP,
-    VERSION,
-    BENCHMARKRUN_PLURAL,
-    id="run-loop",
-    when=_run_in_progress,
-    cancellation_timeout=2.0,
-)
-async def benchmarkrun_loop(
-    body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any
-) -> None:
-    """Drive one run to a terminal phase (workers, failures, live status, results, watchdog)."""
-    await runs.run_loop(_services(memo), body, stopped)
-
-
-@kopf.on.delete(GROUP, VERSION, BENCHMARKRUN_PLURAL, when=_reconciling_runs)
-async def benchmarkrun_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Forget the run's in-memory gate and snapshot state (children go by owner GC)."""
-    await runs.forget_run(_services(memo), body.metadata["namespace"], body.metadata["name"])
+@kopf.on.event(GROUP, VERSION, BENCHMARKRUN_PLURAL, when=_reconciling_runs)
+async def benchmarkrun_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Any BenchmarkRun event: a new run is admitted, a deleted one forgotten; the runs in
+    progress are driven by one scheduler (:mod:`benchop.operator.scheduler`), not a daemon
+    each, and no handler here needs a finalizer or kopf's per-object annotations."""
+    await runs.observe_run(_services(memo), body, type)
 
 
 @kopf.on.event("", "v1", "pods", labels=LOADGEN_LABELS, when=_reconciling_runs)

@@ -2,13 +2,16 @@
 
 Flow (docs/operator.md has the picture):
 
-1. :func:`reconcile_run` (create/resume): validated spec -> Accepted=True, Succeeded=Unknown,
-   phase Initializing; the spec ConfigMap and the loadgen Job created idempotently; the run
-   registered with the gate coordinator (seeded from ``status.gates`` after a restart).
-   :func:`reject_run` handles an invalid spec (Accepted=False InvalidSpec, phase Failed).
+1. :func:`observe_run` (every BenchmarkRun event) queues a run not known here; its first pass
+   (:func:`admit_run`) validates it, then :func:`reconcile_run`: Accepted=True,
+   Succeeded=Unknown, phase Initializing; the spec ConfigMap and the loadgen Job created
+   idempotently; the run registered with the gate coordinator (seeded from ``status.gates``
+   after a restart). :func:`reject_run` handles an invalid spec (Accepted=False InvalidSpec,
+   phase Failed). An API error there is retried by the scheduler with backoff.
 2. :func:`observe_pod` / :func:`observe_job` (watch events) record what the kubelet and the Job
-   controller report into the run's :class:`RunContext` and wake its loop.
-3. :func:`run_loop` (one kopf daemon per non-terminal run) is the only place that ends a run:
+   controller report into the run's :class:`RunContext` and wake it.
+3. :func:`run_pass` (the :class:`~benchop.operator.scheduler.Scheduler`'s step: one loop over
+   every run in progress, a pass per run when due or woken) is the only place that ends a run:
    WorkersReady, stuck pods, Job failure, a worker's abort (its preflight failed, a Secret is
    missing or too many requests failed: the run fails at once with that reason), the watchdog
    deadline, ``status.live`` at most once per ``--live-interval``, and final results once every
@@ -17,7 +20,7 @@ Flow (docs/operator.md has the picture):
 5. With ``spec.prometheus.url`` set, :mod:`benchop.operator.gpustats` adds ``status.live.gpu``
    to the live patches and ``results.gpu.prometheus`` (the window between the gates) to the
    final results; a Prometheus error is ``TelemetryDegraded=True PrometheusUnavailable``.
-6. :func:`forget_run` (delete) drops the in-memory gate, snapshot and Prometheus state.
+6. :func:`forget_run` (deleted) drops the in-memory gate, snapshot and Prometheus state.
 
 All status writes go through the run's :class:`~benchop.operator.status.StatusWriter`; what
 they write comes from the pure transitions in :mod:`benchop.core.lifecycle`, and the final
@@ -26,8 +29,7 @@ results from :mod:`benchop.core.results` (the same functions local mode calls).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -41,13 +43,17 @@ from pydantic import ValidationError
 from benchagent.wire import MetricsSnapshot, ResumeReply, ResumeRequest
 from benchop.api import conditions as c
 from benchop.api.conditions import now_rfc3339
-from benchop.api.models import BenchmarkRun, BenchmarkRunSpec, GpuResults, to_wire
+from benchop.api.models import (
+    BenchmarkRun,
+    BenchmarkRunSpec,
+    GpuResults,
+    format_validation_error,
+    to_wire,
+)
 from benchop.core import lifecycle, resume
 from benchop.core.gaterecords import profiling_window
 from benchop.core.gpuwindow import gpu_from_status
 from benchop.core.names import (
-    API_VERSION,
-    BENCHMARKRUN_KIND,
     COMPONENT_LABEL,
     LOADGEN,
     RUN_NAME_ANNOTATION,
@@ -72,6 +78,7 @@ from benchop.core.selectors import run_selector
 from benchop.core.workloadfiles import cluster_problem, configmap_problem, configmap_sources
 from benchop.operator import builders
 from benchop.operator.curvekeys import KeyFiles
+from benchop.operator.events import warn_run
 from benchop.operator.gatebridge import GateBridge
 from benchop.operator.gpustats import RunGpuStats, with_prometheus
 from benchop.operator.k8s import (
@@ -86,6 +93,7 @@ from benchop.operator.k8s import (
 )
 from benchop.operator.output import write_output
 from benchop.operator.pods import GRACEFUL, JobView, PodView, job_view, pod_view
+from benchop.operator.scheduler import Scheduler
 from benchop.operator.settings import OperatorSettings
 from benchop.operator.snapshots import SnapshotCollector, live_status
 from benchop.operator.status import StatusWriter
@@ -166,8 +174,7 @@ class RunContext:
     generation: int
     spec: BenchmarkRunSpec
     writer: StatusWriter
-    accepted: asyncio.Event = field(default_factory=asyncio.Event)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    accepted: bool = False  # its children exist (or were adopted): its passes drive it
     pods: dict[str, PodView] = field(default_factory=dict)
     stuck_since: dict[str, float] = field(default_factory=dict)
     job: JobView = field(default_factory=lambda: JobView(None, "", ""))
@@ -186,6 +193,7 @@ class RunContext:
     done: bool = False
     preloaded_at: float | None = None  # monotonic; taken over from an earlier operator process
     gpu: RunGpuStats | None = field(init=False)  # Prometheus GPU stats (spec.prometheus.url)
+    scheduler: Scheduler | None = None  # set by Services.add: :meth:`wake` asks it for a pass
 
     def __post_init__(self) -> None:
         self.gpu = RunGpuStats.for_spec(self.namespace, self.spec)
@@ -193,6 +201,11 @@ class RunContext:
     @property
     def workers(self) -> int:
         return self.spec.load.workers
+
+    def wake(self) -> None:
+        """A pass of this run now (an event changed what it knows)."""
+        if self.scheduler is not None:
+            self.scheduler.wake(self.key)
 
     def termination(self) -> dict[int, str]:
         """Termination message per worker index (a deleted pod's stays: the fallback source)."""
@@ -212,9 +225,15 @@ class Services:
     snapshots: SnapshotCollector
     gates: GateBridge[RunContext]
     runs: dict[str, RunContext] = field(default_factory=dict)  # by run_key
+    pending: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # to admit, by run_key
+    ended: dict[str, None] = field(default_factory=dict)  # released run_keys, oldest first
     writers: dict[str, StatusWriter] = field(default_factory=dict)  # by object_key
     keys: dict[str, str] = field(default_factory=dict)  # object_key -> run_key in ``runs``
     curve: KeyFiles | None = None  # CurveZMQ (--curve-secret): the workers get its public key
+    scheduler: Scheduler = field(init=False)  # every run's passes (:func:`run_pass`)
+
+    def __post_init__(self) -> None:
+        self.scheduler = Scheduler(functools.partial(run_pass, self))
 
     def writer(self, namespace: str, name: str) -> StatusWriter:
         key = object_key(namespace, name)
@@ -234,6 +253,7 @@ class Services:
             release(self, old)
         self.runs[ctx.key] = ctx
         self.keys[object_key(ctx.namespace, ctx.name)] = ctx.key
+        ctx.scheduler = self.scheduler
 
 
 def parse_time(text: str | None) -> float | None:
@@ -263,9 +283,47 @@ async def reject_run(services: Services, body: Mapping[str, Any], message: str) 
         services.writers.pop(object_key(namespace, name), None)  # terminal: nothing more to write
 
 
+async def observe_run(services: Services, body: Mapping[str, Any], event_type: str | None) -> None:
+    """Every BenchmarkRun event: a run not known here is admitted (by its next pass, at once),
+    a deleted one forgotten. Runs in progress, ended and terminal ones are left alone, so the
+    events of the operator's own status patches cost a lookup."""
+    namespace, name, uid, _ = object_meta(body)
+    if event_type == "DELETED" or body["metadata"].get("deletionTimestamp"):
+        forget_run(services, namespace, name, uid)
+        return
+    key = run_key(namespace, name, uid)
+    if key in services.runs or key in services.pending or key in services.ended:
+        return
+    if lifecycle.is_terminal(body.get("status")):
+        return
+    services.pending[key] = body
+    services.scheduler.wake(key)
+
+
+async def admit_run(services: Services, body: Mapping[str, Any]) -> None:
+    """Validate the run; accept it (:func:`reconcile_run`) or reject it (:func:`reject_run`).
+    An API error propagates: the scheduler retries the pass with backoff."""
+    try:
+        run = with_default_target(
+            BenchmarkRun.model_validate(
+                {"metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {})}
+            ),
+            services.settings.default_target_url,
+        )
+        check_operator_rules(run, services.settings)
+    except (ValidationError, InvalidRun) as e:
+        message = format_validation_error(e) if isinstance(e, ValidationError) else str(e)
+        await reject_run(services, body, message)
+        namespace, name, uid, _ = object_meta(body)
+        _ended(services, run_key(namespace, name, uid))
+        log.warning("run %s/%s: invalid spec: %s", namespace, name, message)
+        await warn_run(services.api, namespace, name, uid, "InvalidSpec", message)
+        return
+    await reconcile_run(services, body, run)
+
+
 async def reconcile_run(services: Services, body: Mapping[str, Any], run: BenchmarkRun) -> None:
     """Accept a valid run, create its children idempotently, register it with the gates."""
-    check_operator_rules(run, services.settings)
     if lifecycle.is_terminal(body.get("status")):
         return  # finished before (e.g. resumed after a restart): nothing in memory for it
     namespace, name, uid, generation = object_meta(body)
@@ -282,6 +340,7 @@ async def reconcile_run(services: Services, body: Mapping[str, Any], run: Benchm
     now = now_rfc3339()
     status = await writer.update(lambda st: lifecycle.accepted(st, generation=generation, now=now))
     if status is None or lifecycle.is_terminal(status):
+        release(services, ctx)
         return
     ctx.started_at = parse_time(status.get("startTime")) or ctx.started_at
     owner = owner_reference(body)
@@ -308,9 +367,8 @@ async def reconcile_run(services: Services, body: Mapping[str, Any], run: Benchm
     except ApiError as e:  # refused (422 bad nodeSelector, 403 RBAC): retrying will not help
         await _fail(services, ctx, "ChildCreateFailed", f"creating the run's children: {e}")
         release(services, ctx)
-        raise kopf.PermanentError(f"ChildCreateFailed: {e}") from e
-    ctx.accepted.set()
-    ctx.wake.set()
+        return
+    ctx.accepted = True
 
 
 async def preload_runs(services: Services) -> int:
@@ -345,6 +403,8 @@ async def preload_runs(services: Services) -> int:
             ctx.preloaded_at = time.monotonic()
             services.add(ctx)
             await services.gates.register(ctx, status.get("gates") or {})
+            services.pending[key] = body  # its first pass re-adopts (or re-creates) its children
+            services.scheduler.wake(key)
             count += 1
     return count
 
@@ -393,7 +453,7 @@ async def observe_pod(services: Services, pod: Mapping[str, Any], event_type: st
     if ctx is None:
         return
     _note_pod(ctx, pod, deleted=event_type == "DELETED")
-    ctx.wake.set()
+    ctx.wake()
 
 
 async def observe_job(services: Services, job: Mapping[str, Any]) -> None:
@@ -402,7 +462,7 @@ async def observe_job(services: Services, job: Mapping[str, Any]) -> None:
     if ctx is None:
         return
     _note_job(ctx, job)
-    ctx.wake.set()
+    ctx.wake()
 
 
 def observe_failed_create(services: Services, event: Mapping[str, Any]) -> None:
@@ -425,7 +485,7 @@ def observe_failed_create(services: Services, event: Mapping[str, Any]) -> None:
     ctx.refused_message = str(event.get("message") or "")
     if ctx.refused_since is None:
         ctx.refused_since = time.monotonic()
-    ctx.wake.set()
+    ctx.wake()
 
 
 async def resync(services: Services, ctx: RunContext) -> None:
@@ -458,7 +518,7 @@ async def record_gate(ctx: RunContext, boundary: str, record: Mapping[str, Any])
             st, generation=gen, boundary=boundary, record=record, requested=requested
         )
     )
-    ctx.wake.set()
+    ctx.wake()
     return status is not None
 
 
@@ -555,7 +615,7 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
     if final is not None and results is not None and merged is not None:
         # after the suspend: a collect Job must not merge files workers still write
         output = await _output(services, ctx, final, merged, results, ("Failed", reason, message))
-    kopf.warn(_event_target(ctx), reason=reason, message=message)  # `kubectl describe br`
+    await warn_run(services.api, ctx.namespace, ctx.name, ctx.uid, reason, message)
     await ctx.writer.update(
         lambda st: lifecycle.failed(
             st,
@@ -570,17 +630,6 @@ async def _fail(services: Services, ctx: RunContext, reason: str, message: str) 
         )
     )
     ctx.done = True
-
-
-def _event_target(ctx: RunContext) -> kopf.Body:
-    """The run as kopf's event poster needs it (the event's involvedObject)."""
-    return kopf.Body(
-        {
-            "apiVersion": API_VERSION,
-            "kind": BENCHMARKRUN_KIND,
-            "metadata": {"name": ctx.name, "namespace": ctx.namespace, "uid": ctx.uid},
-        }
-    )
 
 
 async def _stop_job(services: Services, ctx: RunContext) -> None:
@@ -840,40 +889,31 @@ async def _watchdog(services: Services, ctx: RunContext) -> bool:
     return True
 
 
-async def run_loop(
-    services: Services, body: Mapping[str, Any], stopped: Any, *, tick_s: float = TICK_S
-) -> None:
-    """The per-run daemon: drives the run to a terminal phase (see the module doc)."""
-    namespace, name, uid, _ = object_meta(body)
-    key = run_key(namespace, name, uid)
-    idle = 0.05
-    while not stopped:
-        ctx = services.runs.get(key)
-        if ctx is None or not ctx.accepted.is_set():
-            if lifecycle.is_terminal(body.get("status")):  # kopf keeps a daemon's body live
-                return
-            if ctx is None:  # the create/resume handler has not run yet
-                await asyncio.sleep(idle)
-                idle = min(idle * 2, tick_s)  # 50 ms, 100 ms, ... 1 s: cheap with 1,000 runs
-                continue
-            if await _watchdog(services, ctx):  # children never created (e.g. retried forever)
-                release(services, ctx)
-                return
-            await _sleep(ctx.accepted, tick_s, stopped)
-            continue
-        if ctx.done or lifecycle.is_terminal(ctx.writer.status):
+async def run_pass(services: Services, key: str, *, tick_s: float = TICK_S) -> float | None:
+    """One pass of a run, the scheduler's step: admit it if it is pending, else drive it
+    (:func:`_step`). Returns the seconds until its next pass, None once it is released."""
+    ctx = services.runs.get(key)
+    body = services.pending.get(key)
+    if body is not None:
+        if ctx is not None and await _watchdog(services, ctx):  # its admission kept failing
+            services.pending.pop(key, None)
             release(services, ctx)
-            return
+            return None
+        await admit_run(services, body)  # raises on API trouble: retried with backoff
+        services.pending.pop(key, None)
+        ctx = services.runs.get(key)
+    if ctx is None or not ctx.accepted:
+        return None
+    if not (ctx.done or ctx.writer.gone or lifecycle.is_terminal(ctx.writer.status)):
         now = time.monotonic()
         if now >= ctx.next_resync:
             await resync(services, ctx)
             ctx.next_resync = now + RESYNC_S
-        ctx.wake.clear()
         await _step(services, ctx, now)
-        if ctx.done or ctx.writer.gone:
-            release(services, ctx)
-            return
-        await _sleep(ctx.wake, _idle_s(services, ctx, time.monotonic(), tick_s), stopped)
+    if ctx.done or ctx.writer.gone or lifecycle.is_terminal(ctx.writer.status):
+        release(services, ctx)
+        return None
+    return _idle_s(services, ctx, time.monotonic(), tick_s)
 
 
 def _idle_s(services: Services, ctx: RunContext, now: float, tick_s: float) -> float:
@@ -900,30 +940,34 @@ def _idle_s(services: Services, ctx: RunContext, now: float, tick_s: float) -> f
     return max(tick_s, min(due) - now)
 
 
-async def _sleep(wake: asyncio.Event | None, seconds: float, stopped: Any) -> None:
-    """Wait for ``wake`` (or just ``seconds``); kopf cancels the task when the daemon stops."""
-    if wake is None:
-        await asyncio.sleep(seconds)
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(wake.wait(), seconds)
-
-
 def admit_snapshot(in_progress: Mapping[str, RunContext], key: str) -> bool:
     """The snapshot collector's ``accept``: keep snapshots of runs in progress only, and wake
-    a run's loop at its first one (it may be asleep until its next time-based check)."""
+    a run at its first one (it may be asleep until its next time-based check)."""
     ctx = in_progress.get(key)
     if ctx is None:
         return False
     if not ctx.snapshot_seen:
         ctx.snapshot_seen = True
-        ctx.wake.set()
+        ctx.wake()
     return True
+
+
+ENDED_KEPT = 20_000
+"""Released runs remembered (their keys only): a late event of one is not admitted again."""
+
+
+def _ended(services: Services, key: str) -> None:
+    services.ended[key] = None
+    while len(services.ended) > ENDED_KEPT:
+        del services.ended[next(iter(services.ended))]
 
 
 def release(services: Services, ctx: RunContext) -> None:
     """A finished run: free its in-memory state (gates, snapshots, writer, context)."""
     obj = object_key(ctx.namespace, ctx.name)
+    _ended(services, ctx.key)
+    services.scheduler.forget(ctx.key)
+    services.pending.pop(ctx.key, None)
     if services.runs.get(ctx.key) is ctx:
         del services.runs[ctx.key]
     if services.keys.get(obj) == ctx.key:
@@ -939,11 +983,16 @@ def release(services: Services, ctx: RunContext) -> None:
 # --------------------------------------------------------------------------- delete
 
 
-async def forget_run(services: Services, namespace: str, name: str) -> None:
+def forget_run(services: Services, namespace: str, name: str, uid: str) -> None:
     """The run is being deleted: drop its gate, snapshot and status-writer state."""
-    ctx = services.by_name(namespace, name)
+    key = run_key(namespace, name, uid)
+    ctx = services.runs.get(key)
     if ctx is not None:
         ctx.done = True
-        ctx.wake.set()
         release(services, ctx)
-    services.writers.pop(object_key(namespace, name), None)
+    elif key not in services.ended:
+        _ended(services, key)
+        services.pending.pop(key, None)
+        services.scheduler.forget(key)
+    if services.keys.get(object_key(namespace, name)) in (None, key):
+        services.writers.pop(object_key(namespace, name), None)
