@@ -8,18 +8,23 @@ pods, the operator, the API server, etcd, the model server or a node fail — in
 Starts the control plane (or reuses a running one; stops the one it started), installs the chart,
 serves benchop's mock model server as a Deployment on the GPU node, and for each scenario creates
 BenchmarkRuns, injects the fault and waits for a terminal condition. One table, one line per
-scenario: runs, outcome, requests lost, requests counted twice, seconds to the terminal condition
+scenario: runs, outcome, requests lost, requests counted twice, responses the server completed
+again for a request a restarted worker sent again (resent), seconds to the terminal condition
 (max over the runs), operator restarts (new operator processes during the runs); the last line is
 ``scenarios S passed P lost L double D``; the exit code is 1 when a scenario did not end as
 documented (docs/faults.md says what each expects).
 
 Lost and double come from the mock server's counters (``GET /benchop/stats``, plus the ``STATS``
-line each stopped mock process printed) against the run's results: ``served`` = responses the
-server completed (``ok``) during the run, ``counted`` = ``results.requests.ok`` plus the warmup
-requests; lost = served - counted when positive, double = counted - served when positive. In
-the model-server fault scenarios (the server injects failures; every request reaches it)
-``served`` = requests it received and ``counted`` = ``results.requests.total`` plus warmup, and
-each injected fault must be in ``results.requests.byReason`` exactly once.
+line each stopped mock process printed) against the run's results, by request identity: every
+request of a worker carries ``x-benchop-request-id`` (docs/request.md; a request a restarted
+worker sends again has the same one) and the mock runs with ``--request-ids``.
+``benchop.mockserver.tally`` is the rule: ``served`` = the distinct requests the server
+completed during the run (``ok`` less ``ok_repeats``), ``counted`` = ``results.requests.ok``
+plus the warmup requests; lost = served - counted when positive, double = counted - served
+when positive, resent = ``ok_repeats`` (shown, neither lost nor double). In the model-server
+fault scenarios (the server injects failures; every request reaches it) ``served`` = requests
+it received and ``counted`` = ``results.requests.total`` plus warmup, and each injected fault
+must be in ``results.requests.byReason`` exactly once.
 
 The operator reaches the API server through a fault-injecting TLS proxy of this process on the
 slot's host IP (``KUBERNETES_SERVICE_HOST``/``PORT`` in the chart's ``operator.extraEnv``, which
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import calendar
+import dataclasses
 import json
 import os
 import signal
@@ -66,7 +72,7 @@ from realkube import (  # noqa: E402
     namespace,
 )
 
-from benchop.mockserver import MockConfig, config_args  # noqa: E402
+from benchop.mockserver import MockConfig, config_args, tally  # noqa: E402
 
 NS = "benchop-faults"
 PROXY_PORT = 6444 + 100 * SLOT
@@ -173,6 +179,7 @@ class Result:
     outcome: str
     lost: int | None
     double: int | None
+    resent: int | None
     took: float
     restarts: int
     problems: list[str] = field(default_factory=list)
@@ -208,7 +215,9 @@ class Suite:
         )  # fmt: skip  (an interrupted suite's runs)
 
     def mock(self, config: MockConfig) -> None:
-        """The mock server as Deployment mock-llm (+ Service) on the GPU node with ``config``."""
+        """The mock server as Deployment mock-llm (+ Service) on the GPU node with ``config``,
+        counting request ids."""
+        config = dataclasses.replace(config, request_ids=True)
         if config == self.mock_config:
             return
         labels = {"app": "mock-llm"}
@@ -374,12 +383,14 @@ class Suite:
         telemetry: str | None = None,
         exact: bool = True,
         faults: dict[str, str] | None = None,
+        resent: int = 0,
         timeout: float = 300,
     ) -> Result:
         """Create a run, call ``inject(name, served_before)``, wait for the end, compare.
 
         ``faults`` maps a mock counter to the results' byReason key it must equal (each
-        injected fault counted once as that failure)."""
+        injected fault counted once as that failure); ``resent``: at least that many responses
+        completed twice (a request sent again by a restarted worker)."""
         self.mock(mock)
         self.report_stuck()
         spec = spec or self.spec()
@@ -395,8 +406,8 @@ class Suite:
         try:
             run = self.k.wait_ended("br", name, NS, timeout=timeout)
         except AssertionError as e:
-            return Result(False, "no terminal condition", None, None, time.monotonic() - start,
-                          0, [*problems, str(e)])  # fmt: skip
+            return Result(False, "no terminal condition", None, None, None,
+                          time.monotonic() - start, 0, [*problems, str(e)])  # fmt: skip
         took = time.monotonic() - start
         ops_after = self.operator_pods()
         restarts = len(ops_after.keys() - ops_before.keys()) + sum(
@@ -422,19 +433,21 @@ class Suite:
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         warmup = (spec["phases"].get("warmup") or {}).get("requests") or 0
         if faults:  # every request reaches the server and is counted once, whatever its end
-            served, counted, what = delta.get("requests", 0), req.get("total", 0) + warmup, "got"
-        else:  # responses the server completed against the successes counted
-            served, counted, what = delta.get("ok", 0), req.get("ok", 0) + warmup, "completed"
-        lost, double = max(0, served - counted), max(0, counted - served)
-        if exact and (lost or double):
-            problems.append(f"server {what} {served}, results+warmup count {counted}")
+            t, what = tally(delta, req.get("total", 0) + warmup, received=True), "got"
+        else:  # distinct requests the server completed against the successes counted
+            t, what = tally(delta, req.get("ok", 0) + warmup), "completed"
+        if exact and (t.lost or t.double):
+            problems.append(f"server {what} {t.served} distinct, results+warmup count "
+                            f"{t.counted}")  # fmt: skip
+        if t.resent < resent:
+            problems.append(f"{t.resent} responses completed twice, expected at least {resent}")
         by_reason = req.get("byReason") or {}
         for counter, reason in (faults or {}).items():
             if delta.get(counter, 0) != by_reason.get(reason, 0) or not delta.get(counter):
                 problems.append(f"mock {counter}={delta.get(counter, 0)}, results "
                                 f"{reason}={by_reason.get(reason, 0)}")  # fmt: skip
         self.k.kubectl("-n", NS, "delete", "br", name, "--wait=false", check=False)
-        return Result(not problems, outcome, lost, double, took, restarts, problems)
+        return Result(not problems, outcome, t.lost, t.double, t.resent, took, restarts, problems)
 
     # ---------------------------------------------------------------- injections
 
@@ -497,12 +510,21 @@ def worker_deleted(s: Suite, times: int) -> Result:
     return s.measure("wdel", inject)
 
 
-def worker_killed(s: Suite) -> Result:
+def worker_killed(s: Suite, unrecorded: bool = False) -> Result:
+    """SIGKILL a worker mid-profiling. ``unrecorded``: SIGSTOP it first and let the server
+    finish the responses it was receiving (a response takes ~0.2 s), so the kill always
+    hits responses the server completed and the worker never recorded: the restarted worker
+    sends them again, with the same request ids (resent, not lost)."""
+
     def inject(name: str, before: dict[str, int]) -> None:
         s.profiling_started(name, before, 0.3)
-        s.signal_container(s.worker_pods(name)[0], "loadgen", signal.SIGKILL)
+        pod = s.worker_pods(name)[0]
+        if unrecorded:
+            s.signal_container(pod, "loadgen", signal.SIGSTOP)
+            time.sleep(2.0)
+        s.signal_container(pod, "loadgen", signal.SIGKILL)
 
-    return s.measure("wkill", inject)
+    return s.measure("wkill", inject, resent=1 if unrecorded else 0)
 
 
 def operator_deleted(s: Suite, when: str) -> Result:
@@ -638,9 +660,8 @@ def scenarios(s: Suite) -> list[tuple[str, bool, Callable[[], Result]]]:
     return [
         ("worker-pod-deleted", False, lambda: worker_deleted(s, 1)),
         ("worker-pod-deleted-3x", False, lambda: worker_deleted(s, 3)),
-        # not in --short: a response the server finished at the instant of SIGKILL is sent
-        # again by the restarted worker, and the server's count cannot tell that from a loss
-        ("worker-killed", False, lambda: worker_killed(s)),
+        ("worker-killed", True, lambda: worker_killed(s)),
+        ("worker-killed-unrecorded", True, lambda: worker_killed(s, unrecorded=True)),
         ("operator-deleted-warmup", False, lambda: operator_deleted(s, "warmup")),
         ("operator-deleted-gate", True, lambda: operator_deleted(s, "gate")),
         ("operator-deleted-profiling", True, lambda: operator_deleted(s, "profiling")),
@@ -697,7 +718,8 @@ def main() -> int:
                 res = fn()
                 results.append(res)
                 status = "ok" if res.ok else "FAILED: " + "; ".join(res.problems)
-                line = f"{res.outcome} lost={res.lost} double={res.double} took={res.took:.0f}s"
+                line = (f"{res.outcome} lost={res.lost} double={res.double} resent={res.resent} "
+                        f"took={res.took:.0f}s")  # fmt: skip
                 print(f"# {name} run {i + 1}: {line} restarts={res.restarts} {status}", flush=True)
             rows.append((name, results))
     finally:
@@ -714,7 +736,7 @@ def main() -> int:
 
     print()
     print(f"{'scenario':30} {'runs':>4}  {'outcome':42} {'lost':>5} {'double':>6} "
-          f"{'end s':>6} {'op restarts':>11}")  # fmt: skip
+          f"{'resent':>6} {'end s':>6} {'op restarts':>11}")  # fmt: skip
     passed = lost_all = double_all = 0
     for name, results in rows:
         ok = all(r.ok for r in results)
@@ -722,13 +744,14 @@ def main() -> int:
         outcomes = sorted({r.outcome for r in results})
         lost = sum(r.lost or 0 for r in results)
         double = sum(r.double or 0 for r in results)
+        resent = sum(r.resent or 0 for r in results)
         lost_all += lost
         double_all += double
         took = max(r.took for r in results)
         restarts = sum(r.restarts for r in results)
         mark = "" if ok else "  << not as documented"
         print(f"{name:30} {len(results):>4}  {' / '.join(outcomes):42} {lost:>5} {double:>6} "
-              f"{took:>6.0f} {restarts:>11}{mark}")  # fmt: skip
+              f"{resent:>6} {took:>6.0f} {restarts:>11}{mark}")  # fmt: skip
     print(f"(total {time.monotonic() - t0:.0f}s)")
     print(f"scenarios {len(rows)} passed {passed} lost {lost_all} double {double_all}")
     return 0 if passed == len(rows) else 1

@@ -46,6 +46,11 @@ Behaviour, set by :class:`MockConfig` (also the flags of ``benchop mock-server``
   process compares what the server served with what a run counted; ``benchop mock-server``
   also prints them as ``STATS {...}`` on stdout when it stops (a restarted server starts
   from zero).
+- ``request_ids``: the ``ok`` responses are also counted by their ``x-benchop-request-id``
+  header (every request of benchop's load generator has one, :class:`RequestIds`):
+  ``ok_ids`` distinct ids, ``ok_repeats`` completions of an id already completed (a request
+  a resumed worker sent again). Off by default: the set of ids grows with the requests.
+  :func:`tally` compares the counters with what a client counted.
 - ``api_key``: when set, a ``/v1`` request without ``Authorization: Bearer <key>`` is
   answered 401, like a missing ``required_header`` (``benchop mock-server --api-key-env
   NAME`` reads the key from the environment, never from the command line).
@@ -84,6 +89,8 @@ from typing import Any, overload
 import msgspec
 from aiohttp import web
 
+from benchop.core.names import REQUEST_ID_HEADER
+
 __all__ = [
     "STATS",
     "STATS_KEYS",
@@ -92,6 +99,8 @@ __all__ = [
     "MockConfig",
     "MockServer",
     "Plan",
+    "RequestIds",
+    "Tally",
     "add_arguments",
     "build_app",
     "config_args",
@@ -101,6 +110,7 @@ __all__ = [
     "run_in_thread",
     "spawn_mock_server_process",
     "start_mock_server",
+    "tally",
 ]
 
 STATS_KEYS = (
@@ -119,6 +129,8 @@ STATS_KEYS = (
     "trickles",  # injected slow-loris responses
     "client_disconnects",  # the client went away before the response was complete
     "tokens",  # output tokens written
+    "ok_ids",  # with request_ids: distinct x-benchop-request-id values among the "ok"
+    "ok_repeats",  # with request_ids: "ok" of a request id this process had completed before
 )
 
 
@@ -143,6 +155,7 @@ class MockConfig:
     required_header: str | None = None  # "name: value"
     tokenizer: str | None = None  # a tokenizer.json that counts prompt tokens (else words)
     capacity: int = 0  # streams served at full speed; 0: unlimited
+    request_ids: bool = False  # count distinct request ids (ok_ids, ok_repeats); memory grows
     api_key: str | None = field(default=None, repr=False)
     """When set, a ``/v1`` request without ``Authorization: Bearer <api_key>`` gets 401."""
 
@@ -442,6 +455,64 @@ _ERROR_429 = _error_body(
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
+class RequestIds:
+    """The ``ok_ids`` and ``ok_repeats`` counters of ``stats``: each ``ok`` response is counted
+    once per distinct request id; one without an id is not counted here.
+
+    >>> stats = dict.fromkeys(STATS_KEYS, 0); ids = RequestIds(stats)
+    >>> for rid in ("r/0/profiling/0", "r/0/profiling/1", "r/0/profiling/0", None):
+    ...     ids.completed(rid)
+    >>> stats["ok_ids"], stats["ok_repeats"]
+    (2, 1)
+    """
+
+    __slots__ = ("_seen", "_stats")
+
+    def __init__(self, stats: dict[str, int]) -> None:
+        self._stats = stats
+        self._seen: set[str] = set()
+
+    def completed(self, rid: str | None) -> None:
+        if rid is None:
+            return
+        if rid in self._seen:
+            self._stats["ok_repeats"] += 1
+        else:
+            self._seen.add(rid)
+            self._stats["ok_ids"] += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """A client's count against the server's: ``served`` (see :func:`tally`) and ``counted``;
+    ``lost`` = served - counted and ``double`` = counted - served when positive; ``resent``
+    = responses completed again for a request id already completed (neither lost nor double)."""
+
+    served: int
+    counted: int
+    lost: int
+    double: int
+    resent: int
+
+
+def tally(stats: dict[str, int], counted: int, *, received: bool = False) -> Tally:
+    """``counted`` (the client's requests) against ``stats`` (the mock's counters over the same
+    requests, e.g. the difference of two reads; with ``request_ids``).
+
+    ``served``: the responses completed (``ok``) less ``ok_repeats`` — the distinct requests
+    completed, a request sent again counted once (with ``received``: the requests received,
+    whatever their end, when every request reaches the server and is counted once).
+
+    >>> tally({"ok": 11, "ok_repeats": 1, "requests": 12}, 10)
+    Tally(served=10, counted=10, lost=0, double=0, resent=1)
+    >>> tally({"ok": 10, "ok_repeats": 0}, 9).lost
+    1
+    """
+    resent = stats.get("ok_repeats", 0)
+    served = stats.get("requests", 0) if received else stats.get("ok", 0) - resent
+    return Tally(served, counted, max(0, served - counted), max(0, counted - served), resent)
+
+
 # ---------------------------------------------------------------------------------------------
 # I/O shell: aiohttp handlers, server lifecycle
 
@@ -460,6 +531,7 @@ class _Handlers:
 
             self.count = HfTokenizer.from_file(config.tokenizer).count
         self.in_flight = 0  # generation requests past planning, not yet answered
+        self.request_ids = RequestIds(stats) if config.request_ids else None
         created = int(time.time())
         self.models_body = json.dumps(
             {
@@ -635,7 +707,7 @@ class _Handlers:
         else:
             resp = web.Response(body=out, content_type="application/json")
         stats["tokens"] += n
-        stats["ok"] += 1
+        self._ok(request)
         return resp
 
     async def _trickle(self, resp: web.StreamResponse, data: bytes, *, eof: bool) -> None:
@@ -705,8 +777,13 @@ class _Handlers:
             i = j
         if fault is Fault.DISCONNECT:
             return self._abort(request)
-        stats["ok"] += 1
+        self._ok(request)
         return resp
+
+    def _ok(self, request: web.Request) -> None:
+        self.stats["ok"] += 1
+        if self.request_ids is not None:
+            self.request_ids.completed(request.headers.get(REQUEST_ID_HEADER))
 
 
 def build_app(config: MockConfig) -> web.Application:
@@ -812,7 +889,9 @@ def config_args(config: MockConfig) -> list[str]:
         if f.name == "api_key":  # never on a command line: see spawn_mock_server_process
             continue
         value = getattr(config, f.name)
-        if value is not None:
+        if isinstance(value, bool):  # a switch
+            args += [f"--{f.name.replace('_', '-')}"] if value else []
+        elif value is not None:
             args += [f"--{f.name.replace('_', '-')}", str(value)]
     return args
 
@@ -876,6 +955,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--tokenizer", default=None, help="tokenizer.json counting prompt tokens (default: words)")
     a("--capacity", type=int, default=d.capacity,
       help="streams at full speed; more slow all in proportion (0: unlimited)")  # fmt: skip
+    a("--request-ids", action="store_true",
+      help="count distinct x-benchop-request-id values of ok responses")  # fmt: skip
     a("--api-key-env", metavar="NAME",
       help="require 'Authorization: Bearer <key>', the key from this env variable")  # fmt: skip
 
@@ -901,6 +982,7 @@ def run(args: argparse.Namespace) -> int:
             required_header=args.required_header,
             tokenizer=args.tokenizer,
             capacity=args.capacity,
+            request_ids=args.request_ids,
             api_key=os.environ.get(args.api_key_env) if args.api_key_env else None,
         )
     except ValueError as exc:

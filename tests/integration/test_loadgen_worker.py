@@ -35,7 +35,7 @@ from benchop.loadgen.records import registry_from
 from benchop.loadgen.snapshots import FINAL
 from benchop.loadgen.worker import CheckpointMismatch, Worker, WorkerConfig, run_worker
 from benchop.metrics import names
-from benchop.mockserver import MockConfig, MockServer, start_mock_server
+from benchop.mockserver import MockConfig, MockServer, Tally, start_mock_server, tally
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -359,6 +359,41 @@ async def test_resume_in_process_counts_each_request_once(mock: MockServer, tmp_
     ids = [r.id for r in checkpoint.load(tmp_path).records]
     assert len(ids) == len(set(ids)) == 40
     assert_matches_records(snap, tmp_path)
+
+
+async def test_a_request_sent_again_after_a_crash_has_its_index_and_request_id(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL right after the server completed two responses and before the worker wrote
+    their records: the restarted worker sends those two again with their own indices (and
+    ``x-benchop-request-id``), so the server sees each id of the run completed, two of them
+    twice, and the results count every index once."""
+    config_ = MockConfig(ttft=0.005, itl=0.001, request_ids=True)
+    async with await start_mock_server(config_) as mock:
+        spec = make_spec(
+            mock.url,
+            {"mode": "concurrency", "concurrency": 2},
+            {"warmup": {"requests": 4}, "profiling": {"requests": 40}},
+        )
+        config = WorkerConfig(spec=spec, run="ns.r", results_dir=tmp_path)
+        worker = Worker(config)
+        task = asyncio.create_task(worker.run())
+        await until(lambda: mock.stats["ok"] >= 20)
+        worker.stop()  # drains: every request sent has its record
+        first = await task
+        path = tmp_path / checkpoint.RECORDS
+        lines = path.read_bytes().splitlines(keepends=True)
+        assert first.snapshot.counters["failed_cancelled"] == 0 and len(lines) > 2
+        path.write_bytes(b"".join(lines[:-2]))  # the crash lost the last two records
+        lost = {msgspec.json.decode(x)["index"] for x in lines[-2:]}
+        second = await run_worker(config)
+        assert second.snapshot.counters[names.REQUESTS] == 40
+        records = checkpoint.load(tmp_path).records
+        assert sorted(r.index for r in records) == list(range(40))
+        assert {r.index for r in records if r.attempt == 2} >= lost
+        stats = dict(mock.stats)
+    assert (stats["ok"], stats["ok_ids"], stats["ok_repeats"]) == (4 + 40 + 2, 4 + 40, 2)
+    assert tally(stats, 4 + 40) == Tally(served=44, counted=44, lost=0, double=0, resent=2)
 
 
 async def test_checkpoint_of_another_spec_is_refused(mock: MockServer, tmp_path: Path) -> None:

@@ -482,3 +482,22 @@ async def test_trickle_sends_the_body_a_byte_at_a_time(session: aiohttp.ClientSe
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(r.content.read(1), 1.0)
         assert server.stats["trickles"] == 1
+
+
+async def test_request_ids_count_distinct_ok_responses(session: aiohttp.ClientSession) -> None:
+    config = MockConfig(ttft=0.0, itl=0.0, output_tokens=3, request_ids=True)
+    async with await serve(config) as server:
+        for rid, stream in [("r/0/profiling/0", True), ("r/0/profiling/1", False),
+                            ("r/0/profiling/0", False), (None, True)]:  # fmt: skip
+            headers = {} if rid is None else {"x-benchop-request-id": rid}
+            async with session.post(f"{server.url}/chat/completions", headers=headers,
+                                    json={**CHAT, "stream": stream}) as r:  # fmt: skip
+                assert r.status == 200
+                await r.read()
+        stats = server.stats
+        assert (stats["ok"], stats["ok_ids"], stats["ok_repeats"]) == (4, 2, 1)
+    async with await serve(FAST) as server:  # off by default: nothing kept
+        rid = {"x-benchop-request-id": "r/0/profiling/0"}
+        async with session.post(f"{server.url}/chat/completions", json=CHAT, headers=rid) as r:
+            await r.read()
+        assert (server.stats["ok"], server.stats["ok_ids"]) == (1, 0)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
 from benchagent.wire import MetricsSnapshot
-from benchop.core.resume import decide, point
+from benchop.core.resume import decide, indices, point
 
 
 def snap(
@@ -68,3 +70,14 @@ def test_the_resume_point_of_a_base() -> None:
     in_warmup = point(snap("COMPLETE", phase="warmup"))
     assert not in_warmup.warmup_done and in_warmup.requests == 0
     assert not point(None).warmup_done
+
+
+def test_a_resumed_worker_sends_the_missing_indices_first_then_the_next() -> None:
+    def first(n: int, below: int, done: set[int]) -> list[int]:
+        return list(itertools.islice(indices(below, done), n))
+
+    assert first(3, 0, set()) == [0, 1, 2]  # a fresh worker
+    # records 0..4 and 6 in the checkpoint: 5 was in flight when the attempt died
+    assert first(3, 0, {0, 1, 2, 3, 4, 6}) == [5, 7, 8]
+    # a base of 10 requests, then records 10, 12 of this pod
+    assert first(3, 10, {10, 12}) == [11, 13, 14]

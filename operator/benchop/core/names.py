@@ -62,6 +62,9 @@ MAX_WORKERS: Final = 1000
 
 API_KEY_ENV: Final = "BENCHOP_API_KEY"
 """The workers' env var with ``spec.target.apiKeySecretRef``'s value (a ``secretKeyRef``)."""
+REQUEST_ID_HEADER: Final = "x-benchop-request-id"
+"""On every request a worker sends: ``<run>/<worker>/<phase>/<index>`` (docs/request.md); a
+request a resumed worker sends again carries the same value."""
 SECRETS_DIR: Final = "/var/run/benchop/secrets"
 """Where a worker pod mounts the Secrets of ``spec.target.tls``: ``<dir>/<secret>/<key>``."""
 

@@ -26,13 +26,14 @@ back) leaves no COMPLETE: what it did since the last one is not in the results.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from benchagent.wire import MetricsSnapshot
 from benchop.metrics import names
 
-__all__ = ["SILENCE_S", "ResumePoint", "decide", "point"]
+__all__ = ["SILENCE_S", "ResumePoint", "decide", "indices", "point"]
 
 SILENCE_S = 10.0
 """An earlier pod of an index counts as gone when no snapshot of it arrived for this long
@@ -99,3 +100,20 @@ def point(base: MetricsSnapshot | None) -> ResumePoint:
         elapsed_s=base.elapsed_s if started else 0.0,
         attempt=base.attempt,
     )
+
+
+def indices(done_below: int, done: Collection[int]) -> Iterator[int]:
+    """The profiling request indices a worker sends, in order: every index from ``done_below``
+    (the base's requests are ``0 .. done_below - 1``) that is not in ``done`` (the records of
+    its checkpoint). A request that was in flight when an attempt died is sent again with the
+    same index (and so the same ``x-benchop-request-id``); a fresh worker sends 0, 1, 2, ...
+
+    >>> import itertools
+    >>> list(itertools.islice(indices(2, {3, 5}), 4))
+    [2, 4, 6, 7]
+    """
+    i = done_below
+    while True:
+        if i not in done:
+            yield i
+        i += 1

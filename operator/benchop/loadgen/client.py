@@ -21,6 +21,8 @@ usage in a non-streaming answer), ``truncated`` (``[DONE]`` came but no choice e
 ended without ``[DONE]``), ``cancelled`` (the worker stopped it; the sink runs and the
 ``CancelledError`` propagates) or ``other`` (e.g. bytes that are not an HTTP response, an
 error object without a code). Errors never escape :meth:`StreamClient.send`.
+With ``run``, each request carries ``x-benchop-request-id: <run>/<worker>/<phase>/<index>``
+(:meth:`Ident.request_id`), which a server ignores and benchop's mock counts.
 
     async with StreamClient(Target(url, "m"), request_timeout=60) as client:
         await client.send(client.body("a b c", 16), ident=Ident(0, 1, 0), input_words=3,
@@ -41,6 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from benchop.core.names import REQUEST_ID_HEADER
 from benchop.loadgen.http import BadResponse, ConnectError, Disconnected, NotSent, Pool
 from benchop.loadgen.records import OK, RequestRecord
 from benchop.loadgen.request import BodyTemplate, RequestFormat
@@ -57,6 +60,7 @@ _perf_ns = time.perf_counter_ns
 _wall_ns = time.time_ns
 _ERROR_CHARS = 200
 _current_task = asyncio.current_task
+_RID = REQUEST_ID_HEADER.encode()
 NO_CONTENT = "stream had no content"
 """The error of a response that ended properly with no content (e.g. the end-of-sequence
 token first): a failure in a benchmark, a live server to the preflight check."""
@@ -105,6 +109,20 @@ class Ident:
     def id(self) -> str:
         return f"w{self.worker}-a{self.attempt}-{self.index}"
 
+    @property
+    def phase(self) -> str:
+        """``preflight`` (attempt < 0), ``warmup`` (attempt 0) or ``profiling``."""
+        return "preflight" if self.attempt < 0 else "warmup" if self.attempt == 0 else "profiling"
+
+    def request_id(self, run: str) -> str:
+        """The ``x-benchop-request-id`` value, ``<run>/<worker>/<phase>/<index>``: without the
+        attempt, so a request a resumed worker sends again (the same index) has the same one.
+
+        >>> Ident(1, 2, 7).request_id("ns.r")
+        'ns.r/1/profiling/7'
+        """
+        return f"{run}/{self.worker}/{self.phase}/{self.index}"
+
 
 def _status_outcome(status: int) -> str:
     if status == 429:
@@ -132,6 +150,7 @@ class StreamClient:
         request: RequestFormat | None = None,
         start: int = 0,
         count_tokens: Callable[[str], int] | None = None,
+        run: str | None = None,
     ) -> None:
         self.target = target
         fmt = self.request = request or RequestFormat()
@@ -150,6 +169,13 @@ class StreamClient:
                 del headers[k]
             headers[name] = value
         self._headers = headers
+        # with ``run``, every request carries its identity (Ident.request_id), unless the
+        # spec's headers set that header themselves
+        self._run = run
+        if run is not None and any(c in run for c in "\r\n\x00"):
+            raise ValueError(f"run {run!r}: holds CR, LF or NUL")
+        if any(k.lower() == REQUEST_ID_HEADER for k in headers):
+            self._run = None
         self._pools: list[Pool] = []
         self._closed_attempts = (0, 0)  # (attempts, failures) of pools already closed
         self._rr = start  # the next URL of the round robin
@@ -291,7 +317,10 @@ class StreamClient:
         calls = self._calls
         calls.add(c)
         try:
-            await pool.request(body, c, trigger)
+            extra = b""
+            if self._run is not None:
+                extra = b"%s: %s\r\n" % (_RID, ident.request_id(self._run).encode())
+            await pool.request(body, c, trigger, extra=extra)
             c.complete()
         except NotSent:
             calls.discard(c)

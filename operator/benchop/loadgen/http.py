@@ -183,8 +183,10 @@ class Pool:
         trigger: SendTrigger | None = None,
         *,
         head: bytes | None = None,
+        extra: bytes = b"",
     ) -> None:
         """POST ``body`` and feed the response to ``handler`` until it ends or is abandoned.
+        ``extra``: header lines of this request alone (each ending in CRLF).
 
         With a ``trigger``, a connection is reserved now (an idle one, or a new one) and the
         request is written when the trigger fires, by the firer. A trigger that fired while
@@ -198,7 +200,7 @@ class Pool:
         conn = idle.pop() if idle else None
         while conn is not None and conn.lost:  # closed by the server while idle
             conn = idle.pop() if idle else None
-        data = b"".join((head or self._head, b"%d\r\n\r\n" % len(body), body))
+        data = b"".join((head or self._head, b"%d\r\n" % len(body), extra, b"\r\n", body))
         if conn is None:  # with a trigger: connect ahead of the send time
             started = _perf_ns()
             had_fired = trigger is not None and _has_fired(trigger)

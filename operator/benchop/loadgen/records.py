@@ -52,7 +52,7 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     id: str  # "w<worker>-a<attempt>-<index>", unique within a run
     worker: int
     attempt: int  # 1 for the first start of the worker, +1 per resume
-    index: int  # request number within the attempt (0-based)
+    index: int  # request number in its phase (0-based); a resumed attempt re-sends missing ones
     sent_ns: int
     outcome: str
     status: int = 0  # HTTP status; 0 when no response arrived

@@ -36,9 +36,11 @@ pod, or a claim), the worker loads the records (they count towards the profiling
 into the metrics exactly once) on top of the base it kept (``base.msgpack``); a new pod with
 an empty directory starts from the coordinator's base alone. Either way the base and records
 go into the registry, so every snapshot is cumulative over the index's pods; warmup (if it
-was finished) and the START gate (if it was passed) are skipped, the request indices and
-dataset position go on, and only what is left is profiled: the remaining requests, or the
-remaining duration (the profiling time of the earlier attempts counts). Attempts number on
+was finished) and the START gate (if it was passed) are skipped, the request indices go on
+(:func:`benchop.core.resume.indices`: first those the checkpoint lacks, so a request in flight
+when the last attempt died is sent again with its index and request id, then the next ones),
+and only what is left is profiled: the remaining requests, or the remaining duration (the
+profiling time of the earlier attempts counts). Attempts number on
 across pods. A checkpoint of another run or spec is an error, never silently mixed in.
 
 Stopping. :meth:`Worker.stop` (SIGTERM/SIGINT in the command) admits no more
@@ -60,12 +62,13 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -333,7 +336,8 @@ class Worker:
         self._cpu_mark = (time.perf_counter(), time.process_time())
         self._profiling_cpu: tuple[float, float] | None = None  # (wall, cpu) at start
         self._final_cpu_pct: float | None = None
-        self._next_index = 0
+        self._done_below = 0  # profiling indices 0 .. _done_below - 1 are in the base
+        self._done: set[int] = set()  # profiling indices of the checkpoint's records
 
     # ------------------------------------------------------------------ control
 
@@ -463,6 +467,7 @@ class Worker:
             request=self.request_format,
             start=self.index,
             count_tokens=None if counter.name is None else counter.count,
+            run=self.config.run,
         )
 
     async def _preflight(self, client: StreamClient) -> bool:
@@ -506,7 +511,9 @@ class Worker:
         point = self._resume
         if not point.warmup_done and self.plan.warmup is not None:
             self.phase = "warmup"
-            await self._run_phase(self.plan.warmup, self._warmup_sink, WARMUP_ATTEMPT, 0.0)
+            await self._run_phase(
+                self.plan.warmup, self._warmup_sink, WARMUP_ATTEMPT, 0.0, itertools.count()
+            )
         if self.interrupted or self.abort is not None:
             return
         if point.start_passed:
@@ -527,6 +534,7 @@ class Worker:
             self._profiling_sink,
             self.attempt,
             self._elapsed_before_s,
+            resume.indices(self._done_below, self._done),
             already=self.resumed_records,
         )
         self._end_profiling()
@@ -561,9 +569,11 @@ class Worker:
         sink: Callable[[RequestRecord], None],
         attempt: int,
         elapsed_before_s: float,
+        indices: Iterator[int],
         already: int = 0,
     ) -> None:
-        """Issue the phase's requests until its bound or a stop; wait for them to finish."""
+        """Issue the phase's requests, numbered by ``indices``, until its bound or a stop; wait
+        for them to finish."""
         if self.interrupted or self.abort is not None:
             return
         plan = self.plan
@@ -581,7 +591,6 @@ class Worker:
             deadline = time.perf_counter_ns() + int(max(left, 0.0) * 1e9)
         requests = None if bound.requests is None else max(bound.requests - already, 0)
         budget = Budget(requests=requests, deadline_ns=deadline, on_close=draining)
-        self._next_index = 0
         client = self._client
         workload = self.workload
         assert workload is not None
@@ -589,8 +598,7 @@ class Worker:
         multi_turn = workload.multi_turn
 
         def prepare() -> _Request:
-            i = self._next_index
-            self._next_index += 1
+            i = next(indices)
             p = workload.next(attempt, i)
             if p.messages is None:
                 assert p.text is not None
@@ -703,6 +711,7 @@ class Worker:
             self._resume = dataclasses.replace(self._resume, warmup_done=True, start_passed=True)
             for rec in loaded.records:
                 record_into(self.registry, rec)
+                self._done.add(rec.index)
             self.resumed_records += len(loaded.records)
             self._state = st
             log.info(
@@ -742,7 +751,7 @@ class Worker:
             reg.series(name).record_many(values.tolist())
         self._base_timeline = base.timeline
         self._elapsed_before_s = point.elapsed_s
-        self.resumed_records = point.requests
+        self.resumed_records = self._done_below = point.requests
         log.info(
             "resuming after attempt %d of another pod: %d requests, %.1fs of profiling",
             point.attempt,
