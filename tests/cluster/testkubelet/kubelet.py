@@ -21,7 +21,7 @@ from .api import Api, load_kubeconfig
 from .config import Config
 from .events import EventRecorder
 from .images import Images
-from .mountpoints import Mountpoints
+from .mountpoints import HOST_STATE, Mountpoints
 from .network import IpPool, Network
 from .node import NodeAgent, resources
 from .pods import HostsFiles, NodeContext, PodManager
@@ -39,7 +39,7 @@ async def run(cfg: Config) -> None:
     if killed:
         log.info("killed %d container process groups left by a previous run", killed)
     volumes.unmount_under(pods_dir)
-    mountpoints = Mountpoints(cfg.kubelet_dir / "mountpoints.json")
+    mountpoints = Mountpoints(HOST_STATE, str(cfg.kubelet_dir))  # shared by all test kubelets
     mountpoints.cleanup_stale()
     network = Network(
         bridge=cfg.bridge, host_ip=cfg.host_ip, pod_cidr=cfg.pod_cidr, service_cidr=cfg.service_cidr
