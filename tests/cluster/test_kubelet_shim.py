@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from testkubelet import runtime
+from testkubelet.mountpoints import Mountpoints
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and mounts need root")
 
@@ -146,3 +147,59 @@ async def test_a_command_that_cannot_be_executed_is_a_start_error(tmp_path):
     inst = await runtime.start(s, spec_path=tmp_path / "0.json", log_path=tmp_path / "0.log")
     assert inst.start_error == 'exec: "no-such-command": executable file not found in $PATH'
     assert await inst.wait() == 128
+
+
+SURVIVOR = """
+import os, sys, time
+control, results = sys.argv[1], sys.argv[2]
+while not os.path.exists(control + "/go"):
+    time.sleep(0.02)
+try:
+    os.makedirs(results, exist_ok=True)  # as the load generator does with /results
+    open(results + "/records.jsonl", "w").write("kept")
+    print("ok", flush=True)
+except OSError as e:
+    print(e.strerror, flush=True)
+"""
+
+
+async def test_a_volume_stays_mounted_when_another_kubelet_releases_its_mount_point(tmp_path):
+    """Two test kubelets (slots) on one host, both with pods mounting an emptyDir where the host
+    has no directory: the first kubelet's last such pod ending must not take the mount point
+    away from the other's running container (removing it would detach the container's mount;
+    its read-only root then fails ``mkdir`` with EROFS)."""
+    for name in ("slot-x", "slot-y"):
+        (tmp_path / name).mkdir()
+    x, y = (
+        Mountpoints(tmp_path / "host" / "mountpoints.json", str(tmp_path / name))
+        for name in ("slot-x", "slot-y")
+    )
+    results = tmp_path / "hostroot" / "results"
+    emptydir = tmp_path / "emptydir"
+    emptydir.mkdir()
+    x.ensure("pod-x", str(results), is_dir=True)
+    y.ensure("pod-y", str(results), is_dir=True)
+    s = spec(tmp_path, [sys.executable, "-c", SURVIVOR, TARGET, str(results)])
+    s["uid"] = s["gid"] = 0  # tmp_path's parents are root's alone
+    s["mounts"].append(
+        {
+            "kind": "bind",
+            "target": str(results),
+            "source": str(emptydir),
+            "readonly": False,
+            "options": "",
+        }
+    )
+    log = tmp_path / "0.log"
+    inst = await runtime.start(s, spec_path=tmp_path / "0.json", log_path=log)
+    assert inst.start_error == ""
+    x.release("pod-x")  # mounted in pod-y's container: must stay
+    (tmp_path / "src" / "go").write_text("")
+    try:
+        assert (await wait_for_line(log)).strip() == "ok"
+        assert read(emptydir / "records.jsonl") == "kept"
+    finally:
+        inst.signal(signal.SIGKILL)
+        await inst.wait()
+    y.release("pod-y")
+    assert not exists(results.parent)
