@@ -544,3 +544,56 @@ async def test_bridge_retries_a_failed_persist_before_granting(
         assert reply.start_at_ns >= persisted_ns[0] + START_LEAD_S * 1e9 / 2
     finally:
         await bridge.close()
+
+
+async def test_bridge_reads_a_targets_agents_once_for_runs_admitted_together() -> None:
+    """40 runs a second on one server: one lookup of its agents, not 40; when the workers are
+    ready (``fresh``) the agents are read again."""
+    from benchop.api.models import BenchmarkRunSpec
+    from benchop.operator.gatebridge import GateBridge
+    from benchop.operator.settings import OperatorSettings
+
+    @dataclass
+    class Run:
+        key: str
+        namespace: str
+        spec: BenchmarkRunSpec
+        workers: int
+
+    target = {"metadata": {"name": "vllm-0"}, "spec": {"nodeName": "gpu-a"}}
+    agent = {
+        "metadata": {"name": "agent-a"},
+        "spec": {"nodeName": "gpu-a"},
+        "status": {"phase": "Running", "podIP": "10.0.0.7"},
+    }
+
+    class Api:
+        def __init__(self) -> None:
+            self.lists: list[str | None] = []
+
+        async def list(self, res: object, namespace: str | None, **_: object) -> list[object]:
+            self.lists.append(namespace)
+            return [target] if namespace == "ns" else [agent]
+
+    async def never(run: object, boundary: str, record: object) -> bool:
+        raise AssertionError("not called")
+
+    api = Api()
+    settings = OperatorSettings(gate_port=0, agent_namespace="benchop-system")
+    bridge = GateBridge(settings, api, on_gate=never)  # type: ignore[arg-type]
+    spec = BenchmarkRunSpec.model_validate(
+        {
+            "target": {"model": "m", "podSelector": {"matchLabels": {"app": "vllm"}}},
+            "load": {"mode": "concurrency", "concurrency": 1},
+            "phases": {"profiling": {"requests": 1}},
+        }
+    )
+    for i in range(40):
+        await bridge.register(Run(f"ns.r{i}.u", "ns", spec, workers=1), {})
+    assert api.lists == ["ns", "benchop-system"]  # the target's pods, then the agents: once
+    await bridge.register(Run("ns.r0.u", "ns", spec, workers=1), {}, fresh=True)
+    assert api.lists == ["ns", "benchop-system"] * 2
+    endpoints = bridge.coordinator._runs["ns.r0.u"].agents  # type: ignore[attr-defined]
+    assert [(a.name, a.endpoint) for a in endpoints] == [
+        ("agent-a", f"tcp://10.0.0.7:{settings.agent_port}")
+    ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -68,6 +69,10 @@ the bridge (which logs what it gave up on) always decides, never a cancellation 
 START_LEAD_S = 0.25
 """How far after the gate's status write the workers start: the grants reach pods on other
 nodes first."""
+AGENTS_TTL_S = 5.0
+"""How long a target's agents, once read, serve the runs being admitted."""
+AGENTS_KEPT = 256
+"""Targets whose agents are kept before the expired ones are dropped."""
 
 
 def persist_timeout_s(settings: OperatorSettings) -> float:
@@ -149,6 +154,7 @@ class GateBridge(Generic[R]):
         self.api = api
         self.on_gate = on_gate
         self._runs: dict[str, R] = {}  # registered, by key
+        self._agents: dict[tuple[str, str], tuple[float, dict[str, tuple[str, str]]]] = {}
         port = settings.gate_port
         self.coordinator = GateCoordinator(
             endpoint=f"tcp://{settings.bind_host}:{port if port else '*'}",
@@ -197,20 +203,17 @@ class GateBridge(Generic[R]):
                 persist_timeout_s(self.settings),
             )
 
-    async def register(self, ctx: R, restored: Mapping[str, Any]) -> None:
-        """Register a run: resolve its agents, seed the gates that already closed."""
+    async def register(self, ctx: R, restored: Mapping[str, Any], *, fresh: bool = False) -> None:
+        """Register a run: resolve its agents, seed the gates that already closed.
+
+        The agents of a target are read at most every ``AGENTS_TTL_S`` for runs being admitted
+        (40 runs a second on one server: one lookup, not 40); ``fresh`` reads them now (the
+        workers are ready and the START gate comes next)."""
         spec = ctx.spec
         timeout_s = gate_timeout_s(spec.gates.timeout.seconds, self.settings.gate_timeout_s)
         agents: dict[str, tuple[str, str]] = {}
         if spec.gates.baseline:
-            agents = await resolve_agents(
-                self.api,
-                namespace=ctx.namespace,
-                pod_selector=spec.target.pod_selector,
-                agent_selector=self.settings.agent_selector,
-                agent_namespace=self.settings.agent_namespace,
-                agent_port=self.settings.agent_port,
-            )
+            agents = await self._resolve(ctx.namespace, spec.target.pod_selector, fresh)
         self._runs[ctx.key] = ctx
         self.coordinator.register_run(
             ctx.key,
@@ -231,6 +234,27 @@ class GateBridge(Generic[R]):
                 baseline_captured=bool(record.get("baselineCaptured")),
                 missing=list(record.get("missing") or []),
             )
+
+    async def _resolve(
+        self, namespace: str, pod_selector: LabelSelector | None, fresh: bool
+    ) -> dict[str, tuple[str, str]]:
+        key = (namespace, label_selector(pod_selector))
+        now = time.monotonic()
+        cached = self._agents.get(key)
+        if cached is not None and not fresh and now < cached[0]:
+            return cached[1]
+        agents = await resolve_agents(
+            self.api,
+            namespace=namespace,
+            pod_selector=pod_selector,
+            agent_selector=self.settings.agent_selector,
+            agent_namespace=self.settings.agent_namespace,
+            agent_port=self.settings.agent_port,
+        )
+        if len(self._agents) >= AGENTS_KEPT:
+            self._agents = {k: v for k, v in self._agents.items() if now < v[0]}
+        self._agents[key] = (now + AGENTS_TTL_S, agents)
+        return agents
 
     def forget(self, key: str) -> None:
         self._runs.pop(key, None)

@@ -841,7 +841,7 @@ async def _step(services: Services, ctx: RunContext, now: float) -> None:
             # the target's pods may have moved or started since acceptance: ask the agents
             # that serve them now, before the START gate (and query Prometheus for them).
             # Before WorkersReady is written: if this fails, the next pass tries again.
-            await services.gates.register(ctx, gates)
+            await services.gates.register(ctx, gates, fresh=True)
             if ctx.gpu is not None:
                 ctx.gpu.invalidate()
         await ctx.writer.update(
