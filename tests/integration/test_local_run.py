@@ -417,6 +417,7 @@ def test_local_slo_search_finds_the_knee_of_a_known_capacity(tmp_path: Path) -> 
     out = tmp_path / "out.yaml"
     res = benchop(
         "run", str(path), "--no-agent", "--output-file", str(out),
+        "--results-dir", str(tmp_path / "r"),
         "--mock-capacity", "4", "--mock-itl", "0.01", "--mock-ttft", "0.01",
         timeout=300,
     )  # fmt: skip
