@@ -348,7 +348,9 @@ class Killed:
 def killed(tmp_path_factory: pytest.TempPathFactory) -> Killed:
     tmp_path = tmp_path_factory.mktemp("killed")
     doc = yaml.safe_load((ROOT / "examples/run.yaml").read_text())
-    doc["metadata"]["name"] = f"t-dies-{tmp_path.name[-12:]}"  # unique in the process table
+    # unique in the process table, which other pytest sessions and xdist workers share (the
+    # tmp dir's name, killed0, is the same in every one of them)
+    doc["metadata"]["name"] = f"t-dies-{os.getpid()}"
     doc["spec"]["load"]["workers"] = 2
     # warmup takes ~2 s at concurrency 1 per worker: worker 1 is killed before the START gate
     doc["spec"]["load"]["concurrency"] = 2
