@@ -29,6 +29,11 @@ from realkube import (
     namespace,
 )
 
+STUCK_AFTER = "15s"
+"""The release's ``--stuck-after`` (the chart's default is 60s): how long test_40_failures' and
+test_60_results' runs wait before their stuck pods fail them. hack/fault_suite.py
+(test_95_faults) upgrades the release with its own values, back to the chart's 60s."""
+
 
 def _cannot_run() -> str | None:
     if os.geteuid() != 0:
@@ -65,6 +70,7 @@ def release(cluster: RealKube) -> RealKube:
         "upgrade", "--install", RELEASE, str(ROOT / "charts" / "benchop"),
         "-n", RELEASE_NS,
         "-f", str(ROOT / "hack" / "local-cluster-values.yaml"),
+        "--set", f"operator.stuckAfter={STUCK_AFTER}",
         "--wait", "--timeout", "3m",
         timeout=240,
     )  # fmt: skip

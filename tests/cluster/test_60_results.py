@@ -233,7 +233,7 @@ def test_kubectl_wait_for_failed_returns_for_a_refused_dataset_run(release: Real
 def test_a_dataset_source_that_does_not_exist_fails_the_run(release: RealKube) -> None:
     # A missing ConfigMap: the kubelet cannot mount it and keeps the pod in ContainerCreating,
     # saying so only in FailedMount events; the operator reads the ConfigMap while the workers
-    # start and fails the run once it has been missing for --stuck-after (60 s in the chart).
+    # start and fails the run once it has been missing for --stuck-after (conftest.STUCK_AFTER).
     # A missing claim: the scheduler leaves the pod Unschedulable, which fails it the same way.
     ns = namespace(release, "benchop-e2e-results")
     sources = {

@@ -348,7 +348,9 @@ class Killed:
 def killed(tmp_path_factory: pytest.TempPathFactory) -> Killed:
     tmp_path = tmp_path_factory.mktemp("killed")
     doc = yaml.safe_load((ROOT / "examples/run.yaml").read_text())
-    doc["metadata"]["name"] = f"t-dies-{tmp_path.name[-12:]}"  # unique in the process table
+    # unique in the process table, which other pytest sessions and xdist workers share (the
+    # tmp dir's name, killed0, is the same in every one of them)
+    doc["metadata"]["name"] = f"t-dies-{os.getpid()}"
     doc["spec"]["load"]["workers"] = 2
     # warmup takes ~2 s at concurrency 1 per worker: worker 1 is killed before the START gate
     doc["spec"]["load"]["concurrency"] = 2
@@ -394,8 +396,9 @@ def test_results_without_a_worker_that_never_reported_are_incomplete(killed: Kil
 
 def test_local_slo_search_finds_the_knee_of_a_known_capacity(tmp_path: Path) -> None:
     """The mock server serves 4 streams at full speed (ITL 10 ms); a 5th stretches every
-    stream's ITL to 12.5 ms. With slo.itlMs 11 the knee is concurrency 4: found within one
-    step, by probes that are child runs, in the search's order."""
+    stream's ITL to 12.5 ms. With slo.itlMs 12 (near the top of that gap: a busy machine only
+    adds delay) the knee is concurrency 4: found within one step, by probes that are child
+    runs, in the search's order."""
     exp = {
         "apiVersion": "benchop.io/v1alpha1",
         "kind": "Experiment",
@@ -407,7 +410,7 @@ def test_local_slo_search_finds_the_knee_of_a_known_capacity(tmp_path: Path) -> 
                 "load": {"mode": "concurrency", "concurrency": 1},
                 "phases": {"warmup": {"requests": 4}, "profiling": {"requests": 16}},
                 "gates": {"baseline": False},
-                "slo": {"itlMs": 11},
+                "slo": {"itlMs": 12},
             },
             "search": {"concurrency": {"min": 2, "max": 32}, "minGoodput": 0.9, "maxProbes": 8},
         },
@@ -417,6 +420,7 @@ def test_local_slo_search_finds_the_knee_of_a_known_capacity(tmp_path: Path) -> 
     out = tmp_path / "out.yaml"
     res = benchop(
         "run", str(path), "--no-agent", "--output-file", str(out),
+        "--results-dir", str(tmp_path / "r"),
         "--mock-capacity", "4", "--mock-itl", "0.01", "--mock-ttft", "0.01",
         timeout=300,
     )  # fmt: skip
