@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from benchop.api.models import BenchmarkRunSpec
@@ -38,13 +38,15 @@ class FakeApi:
         self.listed: list[tuple[Resource, str | None, str | None]] = []
         self.during_pod_list: Callable[[], None] = lambda: None
 
-    async def list(
+    async def pages(
         self, res: Resource, namespace: str | None, *, labels: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         self.listed.append((res, namespace, labels))
         if res == POD:
             self.during_pod_list()
-        return self.items[res]
+        items = self.items[res]
+        for i in range(0, max(len(items), 1), 2):  # pages of two
+            yield items[i : i + 2]
 
 
 def services_with(api: FakeApi, names: list[str]) -> tuple[runs.Services, list[str]]:
