@@ -6,8 +6,8 @@ kubeconfig), creates N runs (paced, or a bounded number of concurrent POSTs), an
 each the time from its create response to the watch event that shows ``Accepted=True``. Prints
 p50/p99/max of that latency, the wall time for all, the operator's RSS (current and peak), the
 API requests the operator made per run and, on the real control plane, the CPU that
-kube-apiserver and etcd spent. Workers never start, so every run stays in progress: a daemon
-per run, the worst case for memory.
+kube-apiserver and etcd spent. Workers never start, so every run stays in progress (held by
+the operator's run scheduler): the worst case for memory.
 
   --backend emulator   the emulator of tests/integration/kube, served by this process.
   --backend real       the control plane of hack/kube-up.sh: the Job controller makes the
