@@ -18,6 +18,9 @@ TINY: dict[str, Any] = {
     "load": {"mode": "concurrency", "concurrency": 1, "workers": 2},
     "phases": {"profiling": {"requests": 4}},
     "gates": {"baseline": False},
+    # not what these tests are about: 2 s (the default) to connect to the mock's Service was
+    # too short once, with 3 test workers and 4 children at a time on the 2-core machine
+    "preflight": {"timeout": "10s"},
 }
 
 

@@ -26,6 +26,9 @@ GRANTED_BUT_NOT_EXERCISED: dict[tuple[str, str, str], str] = {
     "OwnerReferencesPermissionEnforcement when a child with blockOwnerDeletion is created; "
     "never a request of its own (a 403 on the child's create says it is missing)",
     ("benchop.io", "experiments/finalizers", "update"): "the same, for child BenchmarkRuns",
+    ("benchop.io", "benchmarkruns", "get"): "the status writer re-reads a run after a 409 (a "
+    "concurrent writer, e.g. an older operator still stopping); no run's status write conflicts "
+    "in the e2e now that kopf writes nothing to runs",
     ("benchop.io", "benchmarkruns", "patch"): "runs carry no finalizer or kopf annotation; "
     "kopf patches a run only to remove the finalizer an earlier operator version put on it",
     ("", "configmaps", "patch"): "the results ConfigMap is merge-patched only when it exists "

@@ -1132,11 +1132,12 @@ async def test_a_failed_agent_re_resolution_is_retried_before_workers_ready(
     real = services.gates.register
     calls: list[str] = []
 
-    async def flaky(ctx: Any, restored: Any) -> None:
+    async def flaky(ctx: Any, restored: Any, *, fresh: bool = False) -> None:
+        assert fresh  # at WorkersReady the agents are read now, not from the admission's cache
         calls.append(ctx.key)
         if len(calls) == 1:  # the agent list fails (API outage) at WorkersReady
             raise kopf.TemporaryError("agents: HTTP 503", delay=0.1)
-        await real(ctx, restored)
+        await real(ctx, restored, fresh=fresh)
 
     services.gates.register = flaky  # type: ignore[method-assign]
     meta = job["spec"]["template"]["metadata"]
