@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -102,14 +103,11 @@ async def test_create_409_does_not_adopt_another_owners_child(kube: Kube, api: K
     assert same["metadata"]["ownerReferences"][0]["uid"] == "uid-old"
 
 
-async def test_a_non_json_error_body_is_mapped_with_its_text() -> None:
-    """An HTML 502 from a proxy is a TemporaryError carrying the text, not a ValueError."""
-
-    async def html(_: web.Request) -> web.Response:
-        return web.Response(status=502, text="<html>Bad Gateway</html>", content_type="text/html")
-
+@contextlib.asynccontextmanager
+async def client_of(handler: Any) -> AsyncIterator[KubeApi]:
+    """A KubeApi whose every request ``handler`` answers (a server on a free loopback port)."""
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", html)
+    app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -117,11 +115,21 @@ async def test_a_non_json_error_body_is_mapped_with_its_text() -> None:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     client = await KubeApi.connect(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}"))
     try:
-        with pytest.raises(kopf.TemporaryError, match="Bad Gateway"):
-            await client.get(BENCHMARKRUN, "default", "r")
+        yield client
     finally:
         await client.close()
         await runner.cleanup()
+
+
+async def test_a_non_json_error_body_is_mapped_with_its_text() -> None:
+    """An HTML 502 from a proxy is a TemporaryError carrying the text, not a ValueError."""
+
+    async def html(_: web.Request) -> web.Response:
+        return web.Response(status=502, text="<html>Bad Gateway</html>", content_type="text/html")
+
+    async with client_of(html) as client:
+        with pytest.raises(kopf.TemporaryError, match="Bad Gateway"):
+            await client.get(BENCHMARKRUN, "default", "r")
 
 
 async def test_retry_delays_back_off_with_the_streak_and_honour_retry_after() -> None:
@@ -135,15 +143,7 @@ async def test_retry_delays_back_off_with_the_streak_and_honour_retry_after() ->
         status, headers = next(answers)
         return web.json_response({"items": []}, status=status, headers=headers)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", scripted)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    client = await KubeApi.connect(kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}"))
-    try:
+    async with client_of(scripted) as client:
         delays = []
         for _ in range(4):
             with pytest.raises(kopf.TemporaryError) as err:
@@ -154,9 +154,6 @@ async def test_retry_delays_back_off_with_the_streak_and_honour_retry_after() ->
         assert client.errors_in_a_row == 0
         with pytest.raises(kopf.TemporaryError) as err:
             await client.list(CONFIGMAP, "default")
-    finally:
-        await client.close()
-        await runner.cleanup()
     assert delays[0] is not None and 7.0 <= delays[0] <= 7.0 + 1.0
     assert all(d is not None and 0 <= d <= 2.0**n for n, d in enumerate(delays[1:], start=1))
     assert err.value.delay is not None and 0 <= err.value.delay <= 1.0
