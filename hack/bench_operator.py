@@ -3,11 +3,13 @@
 
 Starts the real operator as a subprocess (``python -m benchop operator``, logged in through a
 kubeconfig), creates N runs (paced, or a bounded number of concurrent POSTs), and measures for
-each the time from its create response to the watch event that shows ``Accepted=True``. Prints
-p50/p99/max of that latency, the wall time for all, the operator's RSS (current and peak), the
-API requests the operator made per run and, on the real control plane, the CPU that
-kube-apiserver and etcd spent. Workers never start, so every run stays in progress (held by
-the operator's run scheduler): the worst case for memory.
+each the time from sending its create request to the watch event that shows ``Accepted=True``
+(and the create request's own round trip). Prints p50/p99/max of that latency, the wall time
+for all, the operator's RSS (current and peak), the API requests the operator made per run,
+the CPU of the operator and, on the real control plane, of kube-apiserver, etcd, the
+controller-manager and the scheduler, and the latency and CPU by creation order (tenths).
+Workers never start, so every run stays in progress (held by the operator's run scheduler):
+the worst case for memory.
 
   --backend emulator   the emulator of tests/integration/kube, served by this process.
   --backend real       the control plane of hack/kube-up.sh: the Job controller makes the
@@ -76,6 +78,33 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process."""
     parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def print_windows(
+    created: dict[str, float],
+    done: dict[str, float],
+    samples: list[tuple[float, dict[str, float]]],
+    windows: int = 10,
+) -> None:
+    """Latency by creation order, in ``windows`` slices, with each process's CPU (% of a core)
+    while the slice's runs were created: does the latency grow with the runs in progress, and
+    which process was busy then?"""
+    names = sorted((n for n in created if n != "warmup"), key=created.__getitem__)
+    if len(names) < windows or len(samples) < 2:
+        return
+    size = len(names) // windows
+    print(f"by creation order ({windows} slices; CPU as % of a core while they were created):")
+    for w in range(windows):
+        part = names[w * size : (w + 1) * size if w < windows - 1 else len(names)]
+        lat = np.array([done[n] - created[n] for n in part if n in done]) * 1e3
+        t_from, t_to = created[part[0]], created[part[-1]]
+        inside = [s for s in samples if t_from <= s[0] <= t_to] or samples[-2:]
+        (ta, a), (tb, b) = inside[0], inside[-1]
+        busy = (
+            " ".join(f"{n} {(b[n] - a[n]) / max(tb - ta, 1e-9):4.0%}" for n in a) if tb > ta else ""
+        )
+        p50, p99 = (np.percentile(lat, 50), np.percentile(lat, 99)) if len(lat) else (0, 0)
+        print(f"  runs {w * size:>5}+: p50 {p50:6.0f} ms p99 {p99:6.0f} ms | {busy}")
 
 
 def _kind(path: str) -> str:
@@ -166,6 +195,7 @@ async def measure(
         raise RuntimeError(f"/healthz not 200 within {limit_s:.0f}s after a restart")
 
     created: dict[str, float] = {}
+    responded: dict[str, float] = {}
     done: dict[str, float] = {}
     progress = asyncio.Event()
 
@@ -187,8 +217,8 @@ async def measure(
     watcher = asyncio.create_task(watch())
     try:
         await asyncio.sleep(0.5)  # the watch is open before the first create
-        await backend.create(manifest("warmup"))  # the operator answers: its first run accepted
         created["warmup"] = time.perf_counter()
+        await backend.create(manifest("warmup"))  # the operator answers: its first run accepted
         async with asyncio.timeout(120):
             await until(1)
         rss_idle, _ = rss_kib(proc.pid)
@@ -207,16 +237,29 @@ async def measure(
             if rate > 0:  # paced: run i is created at t0 + i / rate
                 await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
             async with sem:
-                await backend.create(manifest(name))
+                # from the moment the create is sent (as `kubectl apply` is run): its Accepted
+                # event may arrive before its create response
                 created[name] = time.perf_counter()
+                await backend.create(manifest(name))
+                responded[name] = time.perf_counter()
 
         t0 = time.perf_counter()
+        pids = {**backend.servers, "operator": proc.pid, "bench": os.getpid()}
+        samples: list[tuple[float, dict[str, float]]] = []
+
+        async def sample() -> None:  # CPU of each process every second: the windows' shares
+            while True:
+                samples.append((time.perf_counter(), {n: cpu_s(p) for n, p in pids.items()}))
+                await asyncio.sleep(1)
+
+        sampler = asyncio.create_task(sample())
         await asyncio.gather(*(create(i) for i in range(runs)))
         t_created = time.perf_counter() - t0
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(until(runs + 1), timeout_s)
         t_all = time.perf_counter() - t0
         await asyncio.sleep(5)  # let the per-run loops make their first pass before RSS
+        sampler.cancel()
         rss, hwm = rss_kib(proc.pid)
         cpu = {name: cpu_s(pid) - cpu_before[name] for name, pid in backend.servers.items()}
         op_cpu = cpu_s(proc.pid) - op_cpu_before
@@ -232,6 +275,13 @@ async def measure(
                 f"p50 {np.percentile(lat, 50) * 1e3:.0f} ms, "
                 f"p99 {np.percentile(lat, 99) * 1e3:.0f} ms, max {lat.max() * 1e3:.0f} ms"
             )
+        post = np.array([responded[n] - created[n] for n in responded])
+        if len(post):
+            print(
+                "create request:         "
+                f"p50 {np.percentile(post, 50) * 1e3:.0f} ms, "
+                f"p99 {np.percentile(post, 99) * 1e3:.0f} ms"
+            )
         print(
             f"operator RSS:           {rss / 1024:.1f} MiB after "
             f"(idle with 1 run: {rss_idle / 1024:.1f} MiB, peak {hwm / 1024:.1f} MiB)"
@@ -239,6 +289,7 @@ async def measure(
         print(f"operator CPU:           {op_cpu:.1f} s over {wall:.0f} s")
         for name, seconds in cpu.items():
             print(f"{name + ' CPU:':23} {seconds:.1f} s ({seconds / wall:.0%} of a core)")
+        print_windows(created, done, samples)
         print(f"API requests seen:      {len(calls)} ({len(calls) / max(runs, 1):.1f} per run)")
         kinds = collections.Counter((m, _kind(p), s) for m, p, s in calls)
         for (method, kind, status), n in kinds.most_common(12):
@@ -476,7 +527,10 @@ async def bench_real(
             create,
             updates,
             calls,
-            servers={"kube-apiserver": pid_of("kube-apiserver"), "etcd": pid_of("etcd")},
+            servers={
+                name: pid_of(name)
+                for name in ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler")
+            },
             operator_args=["--stuck-after", "1h"],
             remove_all=remove_all,
         )

@@ -217,7 +217,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
 def run(args: argparse.Namespace) -> int:
     import kopf
 
-    import benchop.operator.main  # noqa: F401 - registers the handlers
+    import benchop.operator.main  # registers the handlers
 
     settings = settings_from_args(args)
     logging.basicConfig(
@@ -232,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
             peering_name=settings.peering,
             liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
             memo=kopf.Memo(settings=settings),
+            memories=benchop.operator.main.Memories(),
             # kopf would ask getpass for a user name, which a container's uid may not have.
             identity=f"benchop@{os.environ.get('POD_NAME') or socket.gethostname()}",  # type: ignore[arg-type]
         )

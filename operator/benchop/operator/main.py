@@ -9,7 +9,7 @@ operator`` or a test); the shared services live in ``memo.services`` (BenchmarkR
 filtered out and their services not started (the Experiment tests play the run controller).
 
     memo = kopf.Memo(settings=OperatorSettings(...), connection=kopf.ConnectionInfo(server=url))
-    await kopf.operator(memo=memo, namespaces=["default"])   # with this module imported
+    await kopf.operator(memo=memo, namespaces=["default"], memories=Memories())
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from kopf._core.reactor.inventory import ResourceMemories, ResourceMemory
 
 from benchagent.transport import CurveServer
 from benchop.core import backoff
 from benchop.core.names import (
     BENCHMARKRUN_PLURAL,
     COMPONENT_LABEL,
+    EXPERIMENT_KIND,
     EXPERIMENT_LABEL,
     EXPERIMENT_PLURAL,
     FINALIZER,
@@ -54,6 +56,25 @@ API_ATTEMPTS = 8
 """Retries of one of kopf's API requests before it escalates (kopf's default count)."""
 EVENT_LOG_ATTEMPTS = 5
 """Retries of an event kopf posts for a log record (kopf's default count)."""
+REMEMBERED_KINDS = frozenset({EXPERIMENT_KIND})
+"""The kinds whose kopf handlers need kopf's memory of an object between its events (an
+Experiment's resume/create/update handlers and timer); every other kind here has event handlers
+only."""
+
+
+class Memories(ResourceMemories):
+    """kopf's per-object memory, kept only for :data:`REMEMBERED_KINDS`. kopf otherwise keeps an
+    entry (a copy of the memo, throttler, daemon and index records: ~1 KiB) for every object it
+    watches until the object is deleted: 10,000 runs in progress are 40,000 objects (runs, their
+    Jobs and worker pods), 40 MiB. kopf (1.45) has no setting for it; the memory of the other
+    kinds is made ephemeral, as kopf's admission webhooks make theirs."""
+
+    async def recall(
+        self, raw_body: Any, *, ephemeral: bool = False, **kwargs: Any
+    ) -> ResourceMemory:
+        kept = raw_body.get("kind") in REMEMBERED_KINDS  # kopf sets `kind` on listed items too
+        return await super().recall(raw_body, ephemeral=ephemeral or not kept, **kwargs)
+
 
 
 def _services(memo: Any) -> runs.Services:

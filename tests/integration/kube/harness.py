@@ -306,10 +306,16 @@ def run_operator(
     """Start a kopf operator as a task of the running loop, logged in to ``url``.
 
     ``registry`` defaults to kopf's default registry (where ``@kopf.on...`` decorators put
-    handlers); a login handler pointing at the emulator is added to it once. Stop it with
-    ``await stop_operator(task)`` (``task.cancel()`` + await).
+    handlers); a login handler pointing at the emulator is added to it once. With that registry
+    (the operator's handlers) kopf keeps its per-object memory as ``benchop operator`` has it
+    keep it (:class:`benchop.operator.main.Memories`). Stop it with ``await
+    stop_operator(task)`` (``task.cancel()`` + await).
     """
-    registry = registry if registry is not None else kopf.get_default_registry()
+    memories = None
+    if registry is None:
+        from benchop.operator.main import Memories
+
+        registry, memories = kopf.get_default_registry(), Memories()
     if registry not in _LOGIN_INSTALLED:
         kopf.on.login(registry=registry, id="benchop-test-emulator")(_login_to_emulator)
         _LOGIN_INSTALLED.add(registry)
@@ -324,6 +330,7 @@ def run_operator(
             clusterwide=clusterwide,
             namespaces=() if clusterwide else namespaces,
             memo=memo,
+            memories=memories,
         )
         await kopf.run_tasks(root_tasks, ignored=_NotOurs())
 

@@ -162,7 +162,7 @@ def check_operator_rules(run: BenchmarkRun, settings: OperatorSettings = DEFAULT
         raise InvalidRun("; ".join(refused))
 
 
-@dataclass
+@dataclass(slots=True)
 class RunContext:
     """In-memory state of one non-terminal run (lost on restart; rebuilt from the cluster)."""
 
