@@ -24,6 +24,7 @@ from realkube import (
     RELEASE,
     RELEASE_NS,
     ROOT,
+    SLOT,
     KubeError,
     RealKube,
     namespace,
@@ -47,17 +48,31 @@ def _cannot_run() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[RealKube]:
+def require_control_plane() -> None:
+    """Skip (fail under ``CI=true``) where no control plane can run here."""
     reason = _cannot_run()
     if reason:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and the real control plane cannot run: {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[RealKube]:
+    require_control_plane()
     kube = RealKube.up()
     yield kube
     if kube.started and os.environ.get("BENCHOP_KUBE_KEEP") != "1":
         kube.down()
+
+
+@pytest.fixture
+def spare_slot() -> int:
+    """Another control plane's slot (BENCHOP_KUBE_SLOT) for a test that starts and purges its
+    own, beside this session's (tests/conftest.py then runs it on another xdist worker):
+    ``BENCHOP_SPARE_SLOT``, else the session's slot + 1 (8 beside slot 9)."""
+    require_control_plane()
+    return int(os.environ.get("BENCHOP_SPARE_SLOT", SLOT + 1 if SLOT < 9 else 8))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
-"""The fault suite's CI variant: ``python hack/fault_suite.py --short`` on the control plane of
-this session (docs/faults.md): every scenario must end as documented, with nothing lost or
-counted twice. It reinstalls the chart with the operator behind its API proxy and uninstalls it
-at the end, so it runs last."""
+"""The fault suite's CI variant: ``python hack/fault_suite.py --short`` (docs/faults.md):
+every scenario must end as documented, with nothing lost or counted twice. It runs on a control
+plane of its own (another slot, started and purged by the suite), so it does not wait for the
+other cluster tests: tests/conftest.py sends it to an xdist worker of its own."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import subprocess
 import sys
 
 import pytest
-from realkube import ROOT, RealKube
+from realkube import ROOT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.fault]
 
 
-def test_fault_suite_short(cluster: RealKube) -> None:
-    env = {**os.environ, "BENCHOP_KUBE_DIR": str(cluster.dir)}
+def test_fault_suite_short(spare_slot: int) -> None:
+    env = {**os.environ, "BENCHOP_KUBE_SLOT": str(spare_slot)}
+    env.pop("BENCHOP_KUBE_DIR", None)  # the slot's own state dir
     res = subprocess.run(
         [sys.executable, str(ROOT / "hack" / "fault_suite.py"), "--short"],
         env=env,
