@@ -1,5 +1,6 @@
 """The operator's API client against the real apiserver, where the emulator has no twin: the
-paged LIST of the runs' resync (``limit`` and ``continue`` tokens)."""
+paged LIST of the runs' resync (``limit`` and ``continue`` tokens) and its read of one pod by
+name (a LIST with a field selector: the operator may list pods, not get them)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,11 @@ def test_pages_list_every_object_once_in_pages_of_the_limit(
                 [cm["metadata"]["name"] for cm in page]
                 async for page in api.pages(CONFIGMAP, ns, labels="paged=yes", limit=2)
             ]
-            return pages, api.requests
+            requests = api.requests
+            one = await api.list(CONFIGMAP, ns, fields="metadata.name=cm-3")
+            assert [cm["data"] for cm in one] == [{"i": "3"}]
+            assert await api.list(CONFIGMAP, ns, fields="metadata.name=gone") == []
+            return pages, requests
         finally:
             await api.close()
 

@@ -256,11 +256,20 @@ class KubeApi:
             params = {**params, "continue": token}
 
     async def list(
-        self, res: Resource, namespace: str | None, *, labels: str | None = None
+        self,
+        res: Resource,
+        namespace: str | None,
+        *,
+        labels: str | None = None,
+        fields: str | None = None,
     ) -> list[Body]:
-        """Items of ``res`` in ``namespace`` (None: every namespace) matching ``labels``."""
+        """Items of ``res`` in ``namespace`` (None: every namespace) matching ``labels`` and
+        ``fields`` (a label and a field selector)."""
         path = res.path(namespace)
-        params = {"labelSelector": labels} if labels else None
+        params = {
+            **({"labelSelector": labels} if labels else {}),
+            **({"fieldSelector": fields} if fields else {}),
+        }
         status, body = await self._call("GET", path, params=params)
         return list(self._check("GET", path, status, body).get("items") or [])
 

@@ -76,7 +76,6 @@ class Memories(ResourceMemories):
         return await super().recall(raw_body, ephemeral=ephemeral or not kept, **kwargs)
 
 
-
 def _services(memo: Any) -> runs.Services:
     services: runs.Services = memo.services
     return services

@@ -38,6 +38,7 @@ class PodView:
     stuck_reason: str | None  # run failure reason, e.g. "ImagePullFailed", "OOMKilled"
     stuck_message: str
     termination_message: str | None
+    resource_version: str = ""  # of the pod as read: the resync compares it with the LIST's
 
 
 def _index(pod: Mapping[str, Any]) -> int | None:
@@ -94,6 +95,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         stuck_reason=reason,
         stuck_message=message,
         termination_message=term_msg,
+        resource_version=(pod.get("metadata") or {}).get("resourceVersion", ""),
     )
 
 
@@ -104,14 +106,17 @@ class JobView:
     state: str | None
     reason: str
     message: str
+    resource_version: str = ""  # of the Job as read: the resync compares it with the LIST's
 
 
 def job_view(job: Mapping[str, Any]) -> JobView:
+    version = (job.get("metadata") or {}).get("resourceVersion", "")
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("status") != "True":
             continue
         if cond.get("type") == "Failed":
-            return JobView("Failed", cond.get("reason") or "JobFailed", cond.get("message") or "")
+            reason, message = cond.get("reason") or "JobFailed", cond.get("message") or ""
+            return JobView("Failed", reason, message, version)
         if cond.get("type") == "Complete":
-            return JobView("Complete", cond.get("reason") or "Completed", "")
-    return JobView(None, "", "")
+            return JobView("Complete", cond.get("reason") or "Completed", "", version)
+    return JobView(None, "", "", version)

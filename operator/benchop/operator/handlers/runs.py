@@ -100,7 +100,9 @@ from benchop.operator.status import StatusWriter
 log = logging.getLogger(__name__)
 
 RESYNC_S = 60.0
-"""Every load-generator pod and Job is re-read this often (:func:`resync_all`)."""
+"""Every load-generator pod and Job is compared this often (:func:`resync_all`)."""
+RESYNC_PAGE_PAUSE_S = 0.2
+"""The resync's pause between two pages of its LISTs."""
 TICK_S = 1.0
 """The run loop wakes at least this often (and at once on a pod/Job event)."""
 SOURCE_CHECK_S = 5.0
@@ -484,35 +486,69 @@ def observe_failed_create(services: Services, event: Mapping[str, Any]) -> None:
     ctx.wake()
 
 
-async def resync_all(services: Services) -> None:
-    """Read every load-generator pod and Job the operator watches, and wake the runs whose
-    view changed: a missed watch event heals. A LIST of each per watched namespace (one with
-    ``--namespace`` unset), whatever the number of runs, read in pages (each parsed, applied and
-    dropped: 10,000 Jobs at once were 300 MiB of the operator's memory); a pod is forgotten
-    only if it was known before the LIST (one created meanwhile came through the watch)."""
-    before = {key: (dict(ctx.pods), ctx.job) for key, ctx in services.runs.items()}
-    seen: dict[str, set[str]] = {}
+async def resync_all(services: Services, pause_s: float = RESYNC_PAGE_PAUSE_S) -> None:
+    """Compare every load-generator pod and Job the operator watches with what the runs know,
+    and re-read those that differ: a missed watch event heals. A LIST of each per watched
+    namespace (one with ``--namespace`` unset), whatever the number of runs, read in pages
+    (each parsed and dropped: 10,000 Jobs at once were 300 MiB of the operator's memory), with
+    ``pause_s`` between pages (10,000 runs are 60 pages: spread over seconds, not a burst that
+    held back the runs being admitted meanwhile). What a page shows is only compared: a pod or
+    Job whose resourceVersion differs from the one its view was read from, and a pod known
+    before the LIST that it lacks, is read again (its current state: a page is older than the
+    watch events that arrived while the LIST went on), and its run woken if that changed."""
+    known = {key: set(ctx.pods) for key, ctx in services.runs.items()}
+    listed: dict[str, set[str]] = {}
+    pods: list[tuple[str, str]] = []  # (run key, pod name) to read again
+    jobs: list[str] = []  # run keys
     namespaces: list[str | None] = list(services.settings.namespaces) or [None]
     for ns in namespaces:
-        async for pods in services.api.pages(POD, ns, labels=LOADGEN_SELECTOR):
-            for pod in pods:
+        async for page in services.api.pages(POD, ns, labels=LOADGEN_SELECTOR):
+            for pod in page:
                 ctx = _ctx_for(services, pod)
-                if ctx is not None:
-                    _note_pod(ctx, pod)
-                    seen.setdefault(ctx.key, set()).add(pod["metadata"]["name"])
-        async for jobs in services.api.pages(JOB, ns, labels=LOADGEN_SELECTOR):
-            for job in jobs:
+                if ctx is None:
+                    continue
+                name, version = pod["metadata"]["name"], pod["metadata"].get("resourceVersion")
+                listed.setdefault(ctx.key, set()).add(name)
+                view = ctx.pods.get(name)
+                if view is None or view.resource_version != version:
+                    pods.append((ctx.key, name))
+            await asyncio.sleep(pause_s)
+        async for page in services.api.pages(JOB, ns, labels=LOADGEN_SELECTOR):
+            for job in page:
                 ctx = _ctx_for(services, job)
-                if ctx is not None:
-                    _note_job(ctx, job)
-    for key, (pods_before, job_before) in before.items():
+                if ctx is not None and ctx.job.resource_version != job["metadata"].get(
+                    "resourceVersion"
+                ):
+                    jobs.append(ctx.key)
+            await asyncio.sleep(pause_s)
+    for key, names in known.items():
+        pods.extend((key, name) for name in names - listed.get(key, set()))
+    for key, name in pods:
         ctx = services.runs.get(key)
-        if ctx is None:
-            continue
-        for gone in pods_before.keys() - seen.get(key, set()):
-            _drop_pod(ctx, gone)
-        if ctx.pods != pods_before or ctx.job != job_before:
+        if ctx is not None:
+            await _reread_pod(services, ctx, name)
+    for key in jobs:
+        ctx = services.runs.get(key)
+        if ctx is not None:
+            now = await services.api.get(JOB, ctx.namespace, loadgen_job_name(ctx.name))
+            if now is not None and job_view(now) != ctx.job:
+                _note_job(ctx, now)
+                ctx.wake()
+
+
+async def _reread_pod(services: Services, ctx: RunContext, name: str) -> None:
+    """Read one worker pod afresh (a LIST by name: the operator lists pods, it does not get
+    them) and note it, or forget it when it is gone; wake the run if its view changed."""
+    found = await services.api.list(POD, ctx.namespace, fields=f"metadata.name={name}")
+    before = ctx.pods.get(name)
+    if not found:
+        if before is not None:
+            _drop_pod(ctx, name)
             ctx.wake()
+        return
+    _note_pod(ctx, found[0])
+    if ctx.pods.get(name) != before:
+        ctx.wake()
 
 
 async def resync_loop(services: Services, every_s: float = RESYNC_S) -> None:
