@@ -245,7 +245,7 @@ class KubeApi:
         10,000 Jobs is 50 MB of JSON, a page of 500 a twentieth of it, parsed and dropped in
         turn. An expired token (410, the list outlived etcd's revision) is an ``ApiError``."""
         path = res.path(namespace)
-        params = {"limit": str(limit), **({"labelSelector": labels} if labels else {})}
+        params = {"limit": str(limit), **_selectors(labels)}
         while True:
             status, body = await self._call("GET", path, params=params)
             page = self._check("GET", path, status, body)
@@ -266,10 +266,7 @@ class KubeApi:
         """Items of ``res`` in ``namespace`` (None: every namespace) matching ``labels`` and
         ``fields`` (a label and a field selector)."""
         path = res.path(namespace)
-        params = {
-            **({"labelSelector": labels} if labels else {}),
-            **({"fieldSelector": fields} if fields else {}),
-        }
+        params = _selectors(labels, fields)
         status, body = await self._call("GET", path, params=params)
         return list(self._check("GET", path, status, body).get("items") or [])
 
@@ -339,3 +336,11 @@ class KubeApi:
         if status == 404:
             return None
         return self._check("PATCH", path, status, body)
+
+
+def _selectors(labels: str | None, fields: str | None = None) -> dict[str, str]:
+    """A LIST's query parameters for a label and a field selector (each only when given)."""
+    return {
+        **({"labelSelector": labels} if labels else {}),
+        **({"fieldSelector": fields} if fields else {}),
+    }

@@ -973,8 +973,8 @@ def _idle_s(services: Services, ctx: RunContext, now: float, tick_s: float) -> f
     A tick once workers publish or the Job has completed (later snapshots wake nothing, the
     live status and COMPLETEs are read each pass); before that, until the next time-based
     check is due — a stuck pod's grace, refused pods, the workload ConfigMaps' next read,
-    the watchdog, the resync — but at least a tick. 1,000 runs waiting for their pods then
-    cost a wake-up a minute each, not a second.
+    the watchdog — but at least a tick (the resync wakes only the runs it finds changed).
+    Runs waiting for their pods then cost no wake-up until something is due, not one a second.
     """
     if ctx.snapshot_seen or ctx.job_complete_at is not None:
         return tick_s
